@@ -1,0 +1,1 @@
+"""Online River learners. Pure: they know nothing of Kafka or Faust."""

@@ -1,0 +1,1 @@
+"""Retention Streams: shop events in, per-user state, online learners, retention actions out."""

@@ -1,0 +1,194 @@
+"""The inbound topic contract as typed events, and the one function that decodes them.
+
+The JSON Schemas in ``schemas/`` are the contract for other teams and languages; these
+structs are the same contract for Python, and ``tests/unit/test_contract.py`` runs the
+same valid and invalid examples through both so they cannot drift apart.
+
+Decoding never raises: :func:`decode` returns an event or an :class:`Invalid` whose
+``error`` says in words which rule failed, so the worker can dead-letter the record and
+carry on.
+
+>>> decode("clicks", b'{"event_id":"e1","user_id":"u1","ts":1767225600000,"kind":"search"}').kind.value
+'search'
+>>> decode("reviews", b'{"event_id":"e1","user_id":"u1","ts":1767225600000,"item_id":"i","rating":7}').error
+'Expected a whole number from 1 to 5, got 7 - at `$.rating`'
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Literal, TypeAlias, Union
+
+import msgspec
+
+from streams.domain.timestamps import TimestampError, parse_ts
+
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+ShortText = Annotated[str, msgspec.Meta(max_length=1_000)]
+ReviewText = Annotated[str, msgspec.Meta(max_length=10_000)]
+
+
+class EventTime(int):
+    """Epoch milliseconds, decoded from an RFC 3339 string or an integer on the wire."""
+
+
+class Quantity(int):
+    """A whole number >= 1. Like JSON Schema's ``integer``, ``2.0`` is accepted as 2."""
+
+    bounds = (1, None)
+
+
+class Rating(int):
+    """A whole number of stars, 1 to 5 (``4.0`` is accepted as 4)."""
+
+    bounds = (1, 5)
+
+
+class ClickKind(str, enum.Enum):
+    PAGE_VIEW = "page_view"
+    PRODUCT_VIEW = "product_view"
+    SEARCH = "search"
+    ADD_TO_CART = "add_to_cart"
+    REMOVE_FROM_CART = "remove_from_cart"
+    WISHLIST = "wishlist"
+    CHECKOUT_START = "checkout_start"
+
+
+class Channel(str, enum.Enum):
+    WEB = "web"
+    APP = "app"
+    STORE = "store"
+
+
+class OutcomeKind(str, enum.Enum):
+    DELIVERED = "delivered"
+    OPENED = "opened"
+    CLICKED = "clicked"
+    REDEEMED = "redeemed"
+    UNSUBSCRIBED = "unsubscribed"
+
+
+class Click(msgspec.Struct, frozen=True):
+    event_id: Id
+    user_id: Id
+    ts: EventTime
+    kind: ClickKind
+    session_id: Id | None = None
+    item_id: Id | None = None
+    category: Id | None = None
+    channel: Channel | None = None
+    query: ShortText | None = None
+
+
+class Item(msgspec.Struct, frozen=True):
+    item_id: Id
+    quantity: Quantity
+    unit_price: Annotated[float, msgspec.Meta(ge=0)]
+    category: Id | None = None
+
+
+class Purchase(msgspec.Struct, frozen=True):
+    event_id: Id
+    user_id: Id
+    ts: EventTime
+    order_id: Id
+    items: Annotated[list[Item], msgspec.Meta(min_length=1)]
+    total: Annotated[float, msgspec.Meta(ge=0)]
+    currency: Annotated[str, msgspec.Meta(pattern="^[A-Z]{3}$")]
+    channel: Channel
+    action_id: Id | None = None
+    coupon_code: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class Review(msgspec.Struct, frozen=True):
+    event_id: Id
+    user_id: Id
+    ts: EventTime
+    item_id: Id
+    rating: Rating
+    text: ReviewText | None = None
+    order_id: Id | None = None
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    action_id: Id
+    user_id: Id
+    ts: EventTime
+    outcome: OutcomeKind
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    """Advances the event-time clock of one partition when customers are silent."""
+
+    ts: EventTime
+    source: ShortText | None = None
+
+
+UserEvent: TypeAlias = Union[Click, Purchase, Review, Outcome]
+Event: TypeAlias = Union[UserEvent, Heartbeat]
+
+#: Logical topic name (the contract's default name) -> event type.
+EVENT_TYPES: dict[str, type[Event]] = {
+    "clicks": Click,
+    "purchases": Purchase,
+    "reviews": Review,
+    "action-outcomes": Outcome,
+    "heartbeats": Heartbeat,
+}
+InboundTopic = Literal["clicks", "purchases", "reviews", "action-outcomes", "heartbeats"]
+
+
+class Invalid(msgspec.Struct, frozen=True):
+    """A record that broke the contract, and the rule it broke, in words."""
+
+    error: str
+
+
+def _whole_number(tp: type[Quantity] | type[Rating], obj: object) -> int:
+    if isinstance(obj, bool) or not isinstance(obj, (int, float)) or not float(obj).is_integer():
+        raise ValueError(f"Expected a whole number, got {obj!r}")
+    low, high = tp.bounds
+    if obj < low or (high is not None and obj > high):
+        raise ValueError(f"Expected a whole number from {low}" + (f" to {high}" if high else " up") + f", got {obj!r}")
+    return tp(int(obj))
+
+
+def _dec_hook(tp: type, obj: object) -> object:
+    if tp is EventTime:
+        try:
+            return EventTime(parse_ts(obj))  # type: ignore[arg-type]
+        except (TimestampError, TypeError) as exc:
+            raise ValueError(str(exc)) from None
+    if tp is Quantity or tp is Rating:
+        return _whole_number(tp, obj)
+    raise NotImplementedError(f"no decoder for {tp}")
+
+
+_DECODERS = {topic: msgspec.json.Decoder(tp, dec_hook=_dec_hook) for topic, tp in EVENT_TYPES.items()}
+
+
+def decode(topic: str, raw: bytes | None, *, not_after_ms: int | None = None) -> Event | Invalid:
+    """Decode and validate one record of a logical inbound topic.
+
+    ``not_after_ms`` bounds how far in the future ``ts`` may be (the runtime passes the
+    record's own Kafka timestamp plus the allowed clock skew), so one bad clock cannot
+    drag the event-time clock of a whole partition into the future.
+    """
+    if raw is None:
+        return Invalid("value is empty (a tombstone): a JSON object is required")
+    try:
+        event = _DECODERS[topic].decode(raw)
+    except KeyError:
+        return Invalid(f"no contract for topic {topic!r}")
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+        return Invalid(str(exc))
+    except msgspec.DecodeError as exc:
+        return Invalid(f"not valid JSON: {exc}")
+    except UnicodeDecodeError as exc:
+        return Invalid(f"not valid UTF-8: {exc}")
+    if not_after_ms is not None and event.ts > not_after_ms:
+        return Invalid(
+            f"ts is {(event.ts - not_after_ms) / 1000:.0f} s beyond the allowed clock skew "
+            "past the record's Kafka timestamp"
+        )
+    return event
