@@ -1,0 +1,78 @@
+"""One user's step through the pipeline: event -> state -> labels -> score -> action.
+
+The Faust agent calls these two functions and does only I/O around them, so the whole
+decision path is tested without a broker, with explicit event times.
+
+- :func:`on_event` folds an event into the state (once per event id) and, at a
+  purchase, resolves pending churn labels and records a new scoring point.
+- :func:`on_due` runs when the event-time clock reaches the user's due time: labels
+  mature, and the lapse rule scores the user and may emit a coupon.
+
+Both return a :class:`Step` whose ``due_ms`` tells when the user next needs a look.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from models.score import Score
+from streams.domain.actions import RetentionAction
+from streams.domain.events import Purchase, UserEvent
+from streams.domain.features import as_dict, feature_vector
+from streams.domain.labels import Example, add_scoring_point, mature, next_maturity, resolve_on_purchase
+from streams.domain.policy import PolicyConfig, decide_lapse, lapse_check_due
+from streams.domain.state import UserState, apply_event
+from streams.domain.timestamps import MS_PER_DAY
+
+
+class ChurnScorer(Protocol):
+    def score(self, x: dict[str, float]) -> Score: ...
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    churn_horizon_days: float = 30.0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+
+    @property
+    def horizon_ms(self) -> int:
+        return int(self.churn_horizon_days * MS_PER_DAY)
+
+
+@dataclass
+class Step:
+    applied: bool
+    examples: list[Example] = field(default_factory=list)
+    actions: list[RetentionAction] = field(default_factory=list)
+    due_ms: int | None = None
+
+
+def due_at(state: UserState, cfg: EngineConfig) -> int | None:
+    """The next event time at which :func:`on_due` has something to do for this user."""
+    times = [t for t in (next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy)) if t is not None]
+    return min(times, default=None)
+
+
+def on_event(state: UserState, event: UserEvent, cfg: EngineConfig) -> Step:
+    if not apply_event(state, event):
+        return Step(applied=False, due_ms=due_at(state, cfg))
+    examples: list[Example] = []
+    if isinstance(event, Purchase):
+        examples = resolve_on_purchase(state, event.ts, cfg.horizon_ms)
+        add_scoring_point(state, event.ts, feature_vector(state, event.ts))
+    return Step(applied=True, examples=examples, due_ms=due_at(state, cfg))
+
+
+def on_due(state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig) -> Step:
+    examples = mature(state, now_ms, cfg.horizon_ms)
+    actions: list[RetentionAction] = []
+    due = lapse_check_due(state, cfg.policy)
+    if due is not None and now_ms >= due:
+        features = feature_vector(state, now_ms)
+        if state.lapse_checked is None or state.last_purchase is None or state.lapse_checked <= state.last_purchase:
+            add_scoring_point(state, now_ms, features)  # first check of this lapse episode
+        action = decide_lapse(state, now_ms, features, churn.score(as_dict(features)), cfg.policy)
+        if action is not None:
+            actions.append(action)
+    return Step(applied=True, examples=examples, actions=actions, due_ms=due_at(state, cfg))

@@ -1,0 +1,201 @@
+"""The decision path of one user, driven by explicit event times, no broker."""
+
+from __future__ import annotations
+
+from models.churn import ChurnModel, recency_prior
+from models.score import Score
+from streams.domain.actions import decode_action, encode_action
+from streams.domain.engine import EngineConfig, on_due, on_event
+from streams.domain.events import Click, ClickKind, Item, Outcome, OutcomeKind, Purchase, Review
+from streams.domain.features import FEATURE_NAMES, as_dict, feature_vector
+from streams.domain.policy import PolicyConfig
+from streams.domain.schedule import DueQueue
+from streams.domain.state import RECENT_IDS, UserState, apply_event, dump_state, load_state
+from streams.domain.timestamps import MS_PER_DAY
+from tests.contract import schema_errors
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+CFG = EngineConfig(churn_horizon_days=30, policy=PolicyConfig(control_share=0.0))
+
+
+def day(n: float) -> int:
+    return T0 + int(n * MS_PER_DAY)
+
+
+def purchase(n: float, eid: str | None = None, total: float = 50.0) -> Purchase:
+    return Purchase(
+        event_id=eid or f"p{n}", user_id="u1", ts=day(n), order_id=f"o{n}",
+        items=[Item(item_id="i1", quantity=1, unit_price=total)], total=total, currency="EUR", channel="web",
+    )
+
+
+class Fixed:
+    """A scorer that always answers the same (the engine must obey the threshold)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def score(self, x: dict[str, float]) -> Score:
+        return Score(self.value, "fixed-1")
+
+
+def streak(state: UserState, days: list[float]) -> None:
+    for n in days:
+        on_event(state, purchase(n), CFG)
+
+
+def test_duplicate_events_count_once() -> None:
+    state = UserState("u1")
+    assert on_event(state, purchase(0, "same"), CFG).applied
+    assert not on_event(state, purchase(0, "same"), CFG).applied
+    assert state.purchases == 1 and state.spend == 50.0
+
+
+def test_dedup_memory_is_bounded() -> None:
+    state = UserState("u1")
+    for i in range(RECENT_IDS * 3):
+        apply_event(state, Click(event_id=f"c{i}", user_id="u1", ts=day(i / 100), kind=ClickKind.PAGE_VIEW))
+    assert len(state.recent_ids) == RECENT_IDS
+    assert state.clicks == RECENT_IDS * 3
+
+
+def test_state_round_trips_through_msgpack() -> None:
+    state = UserState("u1")
+    streak(state, [0, 7, 14])
+    assert load_state(dump_state(state)) == state
+
+
+def test_gap_statistics_and_features_at_event_time() -> None:
+    state = UserState("u1")
+    streak(state, [0, 10, 30])  # gaps 10 and 20
+    assert state.gaps == 2 and state.gap_mean_days == 15.0
+    assert abs(state.gap_std_days - 7.0710678) < 1e-6
+    x = as_dict(feature_vector(state, day(45)))
+    assert list(x) == list(FEATURE_NAMES)
+    assert x["recency_days"] == 15.0 and x["recency_over_gap"] == 1.0 and x["tenure_days"] == 45.0
+    assert x["purchases"] == 3 and x["avg_order_value"] == 50.0
+
+
+def test_late_purchase_counts_but_keeps_gaps_in_order() -> None:
+    state = UserState("u1")
+    streak(state, [0, 10])
+    on_event(state, purchase(5), CFG)
+    assert state.purchases == 3 and state.last_purchase == day(10) and state.gaps == 1
+
+
+def test_reviews_and_outcomes_update_state() -> None:
+    state = UserState("u1")
+    apply_event(state, Review(event_id="r1", user_id="u1", ts=day(1), item_id="i", rating=2))
+    apply_event(state, Review(event_id="r2", user_id="u1", ts=day(2), item_id="i", rating=4))
+    assert state.reviews == 2 and state.rating_sum == 6 and state.last_rating == 4
+    apply_event(state, Outcome(action_id="a", user_id="u1", ts=day(3), outcome=OutcomeKind.UNSUBSCRIBED))
+    assert state.unsubscribed
+
+
+def test_purchase_within_horizon_labels_previous_point_not_churned() -> None:
+    state = UserState("u1")
+    on_event(state, purchase(0), CFG)
+    step = on_event(state, purchase(20), CFG)
+    assert [label for _, label in step.examples] == [0]
+    assert len(state.pending) == 1 and state.pending[0].ts == day(20)
+
+
+def test_silence_past_horizon_matures_churn_label() -> None:
+    state = UserState("u1")
+    step = on_event(state, purchase(0), CFG)
+    assert step.due_ms == day(30) + 1
+    assert on_due(state, day(30), Fixed(0.0), CFG).examples == []
+    matured = on_due(state, day(30) + 1, Fixed(0.0), CFG)
+    assert [label for _, label in matured.examples] == [1]
+    assert matured.examples[0][0][0] == 0.0  # recency at the purchase itself
+
+
+def test_lapsed_streak_customer_gets_one_coupon_per_episode() -> None:
+    state = UserState("u1")
+    streak(state, [0, 7, 14, 21])  # a weekly buyer: lapse after max(14, 2 * 7) days
+    due = on_event(state, Click(event_id="c", user_id="u1", ts=day(22), kind=ClickKind.SEARCH), CFG).due_ms
+    assert due == day(35)
+    assert on_due(state, day(34), Fixed(0.9), CFG).actions == []
+    fired = on_due(state, day(35), Fixed(0.9), CFG)
+    assert len(fired.actions) == 1
+    action = fired.actions[0]
+    assert action.kind == "coupon" and action.group == "treatment"
+    assert action.reason.rule == "lapsed_after_streak" and action.reason.scores == {"churn": 0.9}
+    assert action.reason.model_versions == {"churn": "fixed-1"}
+    assert action.payload["percent_off"] == 10.0 and action.payload["code"].startswith("RS-")
+    assert action.ts == "2026-02-05T00:00:00.000Z" and action.expires_at == "2026-02-19T00:00:00.000Z"
+    assert schema_errors("retention-actions", decode_action_json(action)) == []
+    # the same episode never fires twice; the label point still matures later
+    assert on_due(state, day(36), Fixed(0.99), CFG).actions == []
+    assert fired.due_ms == day(51) + 1
+    # a purchase starts a new episode (gaps 7, 7, 7, 39: lapse after 2 * 15 days) with a new action id
+    streak(state, [60])
+    assert on_due(state, day(89), Fixed(0.9), CFG).actions == []
+    second = on_due(state, day(90), Fixed(0.9), CFG).actions
+    assert len(second) == 1 and second[0].action_id != action.action_id
+
+
+def decode_action_json(action) -> dict:
+    import json
+
+    raw = encode_action(action)
+    assert decode_action(raw) == action
+    return json.loads(raw)
+
+
+def test_reprocessing_the_same_decision_gives_the_same_action_id() -> None:
+    def run() -> str:
+        state = UserState("u1")
+        streak(state, [0, 7, 14, 21])
+        return on_due(state, day(40), Fixed(0.9), CFG).actions[0].action_id
+
+    assert run() == run()
+
+
+def test_low_churn_score_rechecks_daily_until_threshold() -> None:
+    state = UserState("u1")
+    streak(state, [0, 7, 14, 21])
+    low = on_due(state, day(35), Fixed(0.2), CFG)
+    assert low.actions == [] and low.due_ms == day(36)
+    assert len(on_due(state, day(36), Fixed(0.7), CFG).actions) == 1
+
+
+def test_no_coupon_without_a_streak_or_after_unsubscribe() -> None:
+    short = UserState("u1")
+    streak(short, [0, 7])
+    assert on_due(short, day(60), Fixed(1.0), CFG).actions == []
+    gone = UserState("u1")
+    streak(gone, [0, 7, 14])
+    apply_event(gone, Outcome(action_id="a", user_id="u1", ts=day(15), outcome=OutcomeKind.UNSUBSCRIBED))
+    assert on_due(gone, day(60), Fixed(1.0), CFG).actions == []
+
+
+def test_control_group_decisions_are_recorded_as_control() -> None:
+    cfg = EngineConfig(policy=PolicyConfig(control_share=1.0))
+    state = UserState("u1")
+    for n in (0, 7, 14):
+        on_event(state, purchase(n), cfg)
+    assert on_due(state, day(40), Fixed(0.9), cfg).actions[0].group == "control"
+
+
+def test_due_queue_pops_each_user_once_at_its_latest_due_time() -> None:
+    q = DueQueue()
+    q.schedule("a", 10)
+    q.schedule("a", 30)
+    q.schedule("b", 20)
+    q.schedule("c", 15)
+    q.schedule("c", None)
+    assert q.pop_due(25) == ["b"] and len(q) == 1 and q.next_due() == 30
+    assert q.pop_due(30) == ["a"] and q.pop_due(10**15) == []
+
+
+def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
+    model = ChurnModel(min_labels=20)
+    assert model.score({"recency_days": 40.0, "gap_mean_days": 10.0}) == Score(recency_prior({"recency_days": 40.0, "gap_mean_days": 10.0}), "recency-prior", True)
+    for i in range(400):
+        recency = float(i % 40)
+        model.learn({"recency_days": recency, "gap_mean_days": 7.0}, recency > 20)
+    assert model.warm and model.version == "churn-logreg+400"
+    fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
+    stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
+    assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value
