@@ -29,7 +29,11 @@ ReviewText = Annotated[str, msgspec.Meta(max_length=10_000)]
 
 
 class EventTime(int):
-    """Epoch milliseconds, decoded from an RFC 3339 string or an integer on the wire."""
+    """Epoch milliseconds, decoded from an RFC 3339 string or an integer on the wire.
+
+    These int subclasses select a decoding rule; encoders turn them back into ``int``
+    (see :func:`plain_int`).
+    """
 
 
 class Quantity(int):
@@ -142,6 +146,13 @@ class Invalid(msgspec.Struct, frozen=True):
     """A record that broke the contract, and the rule it broke, in words."""
 
     error: str
+
+
+def plain_int(obj: object) -> int:
+    """``enc_hook`` for msgspec encoders: the decoding marker types are plain ints."""
+    if isinstance(obj, int):
+        return int(obj)
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
 
 
 def _whole_number(tp: type[Quantity] | type[Rating], obj: object) -> int:

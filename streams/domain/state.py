@@ -12,7 +12,7 @@ from hashlib import blake2b
 
 import msgspec
 
-from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purchase, Review, UserEvent
+from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purchase, Review, UserEvent, plain_int
 from streams.domain.timestamps import MS_PER_DAY
 
 #: How many recent event-id digests a user keeps for de-duplication.
@@ -54,7 +54,7 @@ class UserState(msgspec.Struct, array_like=True):
         return math.sqrt(self.gap_m2 / (self.gaps - 1)) if self.gaps > 1 else 0.0
 
 
-_encoder = msgspec.msgpack.Encoder()
+_encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
 _decoder = msgspec.msgpack.Decoder(UserState)
 
 

@@ -14,7 +14,7 @@ event time is exact and cheap.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 MS_PER_SECOND = 1_000
 MS_PER_HOUR = 3_600_000
@@ -60,8 +60,19 @@ def parse_ts(value: str | int) -> int:
     return (delta.days * 86_400 + delta.seconds) * MS_PER_SECOND + delta.microseconds // 1_000
 
 
+_DAY_PREFIXES: dict[int, str] = {}
+
+
 def format_ts(epoch_ms: int) -> str:
-    """RFC 3339 in UTC with milliseconds, the form every topic we produce uses."""
-    seconds, ms = divmod(epoch_ms, MS_PER_SECOND)
-    stamp = datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-    return f"{stamp}.{ms:03d}Z"
+    """RFC 3339 in UTC with milliseconds, the form every topic we produce uses.
+
+    Fast (no datetime per call): the date part is cached per day.
+    """
+    seconds, millis = divmod(epoch_ms, MS_PER_SECOND)
+    day, sod = divmod(seconds, 86_400)
+    prefix = _DAY_PREFIXES.get(day)
+    if prefix is None:
+        if len(_DAY_PREFIXES) > 100_000:  # bound the cache; pure, so clearing is harmless
+            _DAY_PREFIXES.clear()
+        prefix = _DAY_PREFIXES[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+    return f"{prefix}{sod // 3600:02d}:{sod // 60 % 60:02d}:{sod % 60:02d}.{millis:03d}Z"

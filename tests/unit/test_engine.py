@@ -199,3 +199,18 @@ def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
     fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
     stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
     assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value
+
+
+def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
+    import json
+
+    from streams.domain.events import decode
+
+    state = UserState("u1")
+    raw = {"event_id": "w1", "user_id": "u1", "ts": "2026-01-02T00:00:00Z", "order_id": "o",
+           "items": [{"item_id": "i", "quantity": 2.0, "unit_price": 5}], "total": 10, "currency": "EUR", "channel": "app"}
+    event = decode("purchases", json.dumps(raw).encode())
+    on_event(state, event, CFG)
+    on_event(state, decode("reviews", b'{"event_id":"w2","user_id":"u1","ts":1767312000000,"item_id":"i","rating":5.0}'), CFG)
+    restored = load_state(dump_state(state))
+    assert restored == state and restored.last_purchase == day(1) and restored.rating_sum == 5

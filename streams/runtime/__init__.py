@@ -1,0 +1,1 @@
+"""The only code that imports Faust, Kafka clients, RocksDB and prometheus_client."""

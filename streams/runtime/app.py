@@ -1,0 +1,47 @@
+"""The Faust app of a worker, built from :class:`Settings`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+from prometheus_client import generate_latest
+
+from streams.runtime.agents.ingest import Ingest
+from streams.runtime.settings import Settings
+from streams.runtime.transport import Transport
+
+
+class RetentionApp(faust.App):
+    """faust.App whose consumer honours ``RETENTION_FETCH_MAX_WAIT_MS``."""
+
+    def _new_transport(self) -> Transport:
+        return Transport(self.conf.broker_consumer, self)
+
+
+def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
+    app = RetentionApp(
+        settings.app_id,
+        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        store="rocksdb://",
+        datadir=str(settings.data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_allow_declare=True,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.heartbeat_interval_s,
+        web_host=settings.web_host,
+        web_port=settings.web_port,
+        web_in_thread=False,
+        autodiscover=False,
+        logging_config=None,
+    )
+    app.conf.retention_fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by our transport
+    ingest = Ingest(app, settings)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(generate_latest(), content_type="text/plain")
+
+    return app, ingest

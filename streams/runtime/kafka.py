@@ -1,0 +1,97 @@
+"""confluent-kafka clients for the command-line side: topic admin, producers, consumers.
+
+Producers use the ``murmur2_random`` partitioner, the Java client's (and Faust's)
+partitioner, so a record keyed by user_id lands on the same partition whichever of our
+tools wrote it. Records from producers with another partitioner are still routed to
+the right partition by the worker (see ``streams.runtime.partitioning``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def admin(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
+    """Create every topic the system uses, with its final partition count. Idempotent.
+
+    Returns the topics that were created (existing ones are left as they are, after
+    checking that their partition count matches: inputs must be co-partitioned).
+    """
+    client = admin(settings)
+    existing = client.list_topics(timeout=timeout).topics
+    for name in settings.all_topics:
+        if name in existing and len(existing[name].partitions) != settings.partitions:
+            raise RuntimeError(
+                f"topic {name!r} has {len(existing[name].partitions)} partitions, "
+                f"RETENTION_PARTITIONS is {settings.partitions}: all topics must be co-partitioned"
+            )
+    wanted = [
+        NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+        for name in settings.all_topics
+        if name not in existing
+    ]
+    if not wanted:
+        return []
+    created = []
+    for name, future in client.create_topics(wanted, operation_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    return created
+
+
+def producer(settings: Settings, **overrides: Any) -> Producer:
+    config = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "partitioner": "murmur2_random",
+        "enable.idempotence": True,
+        "linger.ms": 20,
+        "compression.type": "lz4",
+        **overrides,
+    }
+    return Producer(config)
+
+
+def consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Consumer:
+    """A consumer; with ``group_id=None`` it uses a throw-away group and never commits."""
+    config = {
+        "bootstrap.servers": settings.bootstrap_servers,
+        "group.id": group_id or f"retention-reader-{id(settings)}",
+        "enable.auto.commit": group_id is not None,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": int(settings.session_timeout_s * 1000),
+        "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+        **overrides,
+    }
+    return Consumer(config)
+
+
+def messages(consumer_: Consumer, poll_s: float = 0.2) -> Iterator[Message | None]:
+    """Messages as they arrive; yields None when a poll times out (so callers can stop)."""
+    while True:
+        msg = consumer_.poll(poll_s)
+        if msg is None:
+            yield None
+            continue
+        if msg.error():
+            if msg.error().code() == KafkaError._PARTITION_EOF:
+                continue
+            raise KafkaException(msg.error())
+        yield msg

@@ -1,0 +1,100 @@
+"""Worker processes started by the demo, the benchmark and the tests (and stopped by PID)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streams.runtime.broker import free_port
+
+
+class WorkerProcess:
+    """``retention worker`` in a child process, with its own data dir and web port."""
+
+    def __init__(self, env: dict[str, str], data_dir: Path, log_file: Path, web_port: int | None = None) -> None:
+        self.web_port = web_port or free_port()
+        self.data_dir = data_dir
+        self.log_file = log_file
+        self.env = {
+            **os.environ,
+            **env,
+            "RETENTION_DATA_DIR": str(data_dir),
+            "RETENTION_WEB_PORT": str(self.web_port),
+            "RETENTION_WEB_HOST": "127.0.0.1",
+        }
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams.cli", "worker"],
+                env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def metrics_text(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as response:
+            return response.read().decode()
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Samples of one metric (e.g. ``retention_records_total``) as (labels, value)."""
+        out = []
+        for family in text_string_to_metric_families(self.metrics_text()):
+            out += [(s.labels, s.value) for s in family.samples if s.name == name]
+        return out
+
+    def total(self, name: str, **labels: str) -> float:
+        try:
+            return sum(v for lab, v in self.samples(name) if all(lab.get(k) == x for k, x in labels.items()))
+        except OSError:
+            return 0.0
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until the web server answers (the agent starts once partitions are assigned)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive:
+                raise RuntimeError(f"worker exited with {self.process and self.process.returncode}; see {self.log_file}")
+            try:
+                self.metrics_text()
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise TimeoutError(f"worker web server not up within {timeout:.0f} s; see {self.log_file}")
+
+    def wait_processed(self, count: int, timeout: float = 120.0) -> float:
+        """Until the worker has handled ``count`` inbound records (not counting re-keys)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = sum(v for lab, v in self.samples("retention_records_total") if lab["result"] != "rekeyed")
+            if done >= count:
+                return done
+            if not self.alive:
+                raise RuntimeError(f"worker died; see {self.log_file}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker processed {done:.0f} of {count} records in {timeout:.0f} s; see {self.log_file}")
+            time.sleep(0.25)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Stop the worker's process group; SIGKILL if it does not end in ``timeout``."""
+        if self.process is None or self.process.poll() is not None:
+            return None if self.process is None else self.process.returncode
+        os.killpg(self.process.pid, sig)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait()

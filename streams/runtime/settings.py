@@ -1,0 +1,126 @@
+"""Every setting, in one typed place, read from environment variables.
+
+``KAFKA_BOOTSTRAP_SERVERS`` keeps its usual name; everything else is ``RETENTION_*``.
+The README's settings table is generated from this class (``retention settings``).
+Defaults are production defaults: the embedded broker's short timeouts are applied only
+by :func:`embedded_overrides`, in processes the demo and the tests start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streams.domain.engine import EngineConfig
+from streams.domain.policy import PolicyConfig
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RETENTION_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = Field(
+        "localhost:9092",
+        validation_alias="KAFKA_BOOTSTRAP_SERVERS",
+        description="Kafka bootstrap servers, comma separated (host:port).",
+    )
+    app_id: str = Field("retention-streams", description="Faust app id: the consumer group and the prefix of internal topics.")
+    partitions: int = Field(8, ge=1, description="Partitions of every topic we create. Inputs must all have this many (co-partitioned by user_id).")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of topics we create.")
+
+    topic_clicks: str = Field("clicks", description="Topic of click events (in).")
+    topic_purchases: str = Field("purchases", description="Topic of purchase events (in).")
+    topic_reviews: str = Field("reviews", description="Topic of review events (in).")
+    topic_outcomes: str = Field("action-outcomes", description="Topic of action outcomes from marketing systems (in).")
+    topic_heartbeats: str = Field("heartbeats", description="Topic of event-time heartbeats (in), one per partition.")
+    topic_actions: str = Field("retention-actions", description="Topic of retention actions (out).")
+    topic_dead_letters: str = Field("dead-letters", description="Topic of records that broke the contract (out).")
+
+    data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
+    web_host: str = Field("127.0.0.1", description="Interface of the worker's web server (/metrics); 0.0.0.0 in containers.")
+    web_port: int = Field(6066, description="Port of the worker's web server.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp before it is dead-lettered.")
+    churn_horizon_days: float = Field(30.0, gt=0, description="Churn at t means no purchase in (t, t + horizon].")
+    churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes) before the learned churn model replaces the recency prior.")
+    churn_threshold: float = Field(0.5, ge=0, le=1, description="Churn probability at which a lapsed customer gets a coupon.")
+    streak_min_purchases: int = Field(3, ge=1, description="Purchases that make a buying streak.")
+    lapse_min_days: float = Field(14.0, gt=0, description="Minimum days without a purchase before a streak customer counts as lapsed.")
+    lapse_gap_factor: float = Field(2.0, gt=0, description="Lapsed after this many times the customer's mean gap between purchases.")
+    lapse_recheck_days: float = Field(1.0, gt=0, description="Days between checks of a lapsed customer whose churn score is below the threshold.")
+    lapse_give_up_days: float = Field(120.0, gt=0, description="Days after the last purchase when a lapse episode stops being checked.")
+    coupon_percent: float = Field(10.0, gt=0, le=100, description="Discount of the lapse coupon, percent.")
+    coupon_ttl_days: float = Field(14.0, gt=0, description="Days a coupon action stays valid (expires_at).")
+    control_share: float = Field(0.1, ge=0, le=1, description="Share of customers in the control group (stable per customer, by hash).")
+
+    session_timeout_s: float = Field(45.0, gt=0, description="Consumer group session timeout (Kafka's default 45 s; the embedded broker uses 2 s).")
+    heartbeat_interval_s: float = Field(3.0, gt=0, description="Consumer group heartbeat interval (the embedded broker uses 0.5 s).")
+    fetch_max_wait_ms: int = Field(500, ge=0, description="How long a fetch waits for data (Kafka's default 500 ms; the embedded broker uses 100 ms).")
+
+    @model_validator(mode="after")
+    def _heartbeat_below_session(self) -> "Settings":
+        if self.heartbeat_interval_s >= self.session_timeout_s:
+            raise ValueError("RETENTION_HEARTBEAT_INTERVAL_S must be below RETENTION_SESSION_TIMEOUT_S")
+        return self
+
+    @property
+    def inbound_topics(self) -> dict[str, str]:
+        """Actual topic name -> logical (contract) name, for every topic the worker reads."""
+        return {
+            self.topic_clicks: "clicks",
+            self.topic_purchases: "purchases",
+            self.topic_reviews: "reviews",
+            self.topic_outcomes: "action-outcomes",
+            self.topic_heartbeats: "heartbeats",
+        }
+
+    @property
+    def all_topics(self) -> list[str]:
+        return [*self.inbound_topics, self.topic_actions, self.topic_dead_letters, self.rekey_topic]
+
+    @property
+    def rekey_topic(self) -> str:
+        """Internal: records that arrived on the wrong partition for their user_id, re-keyed."""
+        return f"{self.app_id}-rekeyed"
+
+    @property
+    def engine(self) -> EngineConfig:
+        return EngineConfig(
+            churn_horizon_days=self.churn_horizon_days,
+            policy=PolicyConfig(
+                streak_min_purchases=self.streak_min_purchases,
+                lapse_min_days=self.lapse_min_days,
+                lapse_gap_factor=self.lapse_gap_factor,
+                recheck_days=self.lapse_recheck_days,
+                give_up_days=self.lapse_give_up_days,
+                churn_threshold=self.churn_threshold,
+                coupon_percent=self.coupon_percent,
+                coupon_ttl_days=self.coupon_ttl_days,
+                control_share=self.control_share,
+            ),
+        )
+
+
+def embedded_overrides(bootstrap_servers: str) -> dict[str, str]:
+    """Environment for processes run against the embedded broker (demo, tests, bench).
+
+    Tansu holds a group join for half the session timeout and waits long on empty
+    fetches; short timeouts make a worker ready in ~2.5 s instead of ~30 s.
+    """
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
+        "RETENTION_SESSION_TIMEOUT_S": "2.0",
+        "RETENTION_HEARTBEAT_INTERVAL_S": "0.5",
+        "RETENTION_FETCH_MAX_WAIT_MS": "100",
+    }
+
+
+def settings_markdown() -> str:
+    """The settings table of the README: environment variable, default, meaning."""
+    rows = ["| Environment variable | Default | Meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        env = field.validation_alias if isinstance(field.validation_alias, str) else f"RETENTION_{name.upper()}"
+        rows.append(f"| `{env}` | `{field.default}` | {field.description} |")
+    return "\n".join(rows) + "\n"
