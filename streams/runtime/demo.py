@@ -22,30 +22,11 @@ from rich.table import Table
 
 from streams.domain.timestamps import parse_ts
 from streams.runtime.broker import EmbeddedBroker
-from streams.runtime.kafka import consumer, create_topics, messages
+from streams.runtime.kafka import create_topics, read_topic
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Publisher, simulation_records
 from streams.runtime.settings import Settings, embedded_overrides
 from streams.simulation import Shop, SimulationConfig
-
-
-def read_topic(settings: Settings, topic: str, idle_s: float = 3.0) -> list[tuple[bytes | None, bytes]]:
-    """Every record of a topic, from the beginning until it stays idle for ``idle_s``."""
-    reader = consumer(settings, None)
-    reader.subscribe([topic])
-    out: list[tuple[bytes | None, bytes]] = []
-    last = time.monotonic()
-    try:
-        for msg in messages(reader):
-            if msg is None:
-                if time.monotonic() - last > idle_s:
-                    return out
-                continue
-            last = time.monotonic()
-            out.append((msg.key(), msg.value() or b""))
-    finally:
-        reader.close()
-    return out
 
 
 def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None) -> int:
@@ -85,6 +66,7 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
                     bar.update(work, completed=worker.total("retention_records_total"), info=f"{worker.total('retention_actions_total'):.0f} actions")
 
             report = publisher.publish(simulation_records(shop), speed=speed, on_record=tick)
+            publisher.close()
             bar.update(sim, completed=report.total, total=report.total)
             bar.update(work, total=report.total)
             deadline = time.monotonic() + 600
@@ -96,8 +78,8 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
                 time.sleep(0.25)
             bar.update(work, completed=report.total)
 
-        actions = [json.loads(value) for _, value in read_topic(settings, settings.topic_actions)]
-        dead = [json.loads(value) for _, value in read_topic(settings, settings.topic_dead_letters)]
+        actions = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_actions, at_least=int(worker.total('retention_actions_total')))]
+        dead = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_dead_letters, at_least=int(worker.total('retention_dead_letters_total')))]
         print_summary(console, shop, report.sent, worker, actions, dead)
         return 0 if actions and dead else 1
 

@@ -9,6 +9,7 @@ the right partition by the worker (see ``streams.runtime.partitioning``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,3 +96,23 @@ def messages(consumer_: Consumer, poll_s: float = 0.2) -> Iterator[Message | Non
                 continue
             raise KafkaException(msg.error())
         yield msg
+
+
+def read_topic(settings: Settings, topic: str, idle_s: float = 2.0, at_least: int = 0, timeout: float = 60.0) -> list[Message]:
+    """Records of a topic from the beginning: at least ``at_least`` of them (or until
+    ``timeout``), then on until the topic stays idle for ``idle_s``."""
+    reader = consumer(settings, None)
+    reader.subscribe([topic])
+    out: list[Message] = []
+    start = last = time.monotonic()
+    try:
+        for msg in messages(reader):
+            now = time.monotonic()
+            if msg is not None:
+                last = now
+                out.append(msg)
+            elif now - start > timeout or (len(out) >= at_least and now - last > idle_s):
+                return out
+    finally:
+        reader.close()
+    return out

@@ -116,6 +116,11 @@ class Publisher:
             self.report.errors.append(f"{remaining} records still undelivered after 60 s")
         return self.report
 
+    def close(self) -> None:
+        """Flush and let go of the producer (librdkafka closes it when it is collected)."""
+        self.client.flush(10)
+        del self.client
+
 
 def read_jsonl(path: Path, topic: str, rejected: list[tuple[int, str, bytes]]) -> Iterator[Outgoing]:
     """Valid events of a JSON-lines file, lazily; each invalid line is appended to ``rejected``

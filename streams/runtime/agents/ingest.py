@@ -101,16 +101,20 @@ class Ingest:
         await self._advance(partition, result.ts)
 
     async def _advance(self, partition: int, ts: int) -> None:
-        """Move the partition's event-time clock forward and check the users now due."""
-        if ts <= self.clocks[partition]:
-            return
-        self.clocks[partition] = ts
-        metrics.EVENT_TIME.labels(str(partition)).set(ts / 1000)
+        """Move the partition's event-time clock forward and check the users now due.
+
+        Also runs when the clock does not move: a late event (e.g. a re-keyed record) can
+        make its user due at a time the clock has already passed.
+        """
+        now = self.clocks[partition]
+        if ts > now:
+            now = self.clocks[partition] = ts
+            metrics.EVENT_TIME.labels(str(partition)).set(ts / 1000)
         queue = self._queue(partition)
-        for user_id in queue.pop_due(ts):
+        for user_id in queue.pop_due(now):
             state = self._load(user_id)
             if state is not None:
-                await self._finish(state, on_due(state, ts, self.churn, self.cfg), queue)
+                await self._finish(state, on_due(state, now, self.churn, self.cfg), queue)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
 
     async def _finish(self, state: UserState, step: Step, queue: DueQueue) -> None:

