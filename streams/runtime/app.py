@@ -31,6 +31,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
+        producer_max_batch_size=settings.producer_max_batch_size,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_in_thread=False,

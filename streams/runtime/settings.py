@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(45.0, gt=0, description="Consumer group session timeout (Kafka's default 45 s; the embedded broker uses 2 s).")
     heartbeat_interval_s: float = Field(3.0, gt=0, description="Consumer group heartbeat interval (the embedded broker uses 0.5 s).")
     fetch_max_wait_ms: int = Field(500, ge=0, description="How long a fetch waits for data (Kafka's default 500 ms; the embedded broker uses 100 ms).")
+    producer_max_batch_size: int = Field(
+        16_384, ge=1,
+        description="Worker producer's batch size per partition, bytes (Kafka's default; the embedded broker uses 1: "
+        "it reports the end of a topic as the start of its last batch, which would cut table recovery short).",
+    )
 
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> "Settings":
@@ -107,13 +112,17 @@ def embedded_overrides(bootstrap_servers: str) -> dict[str, str]:
     """Environment for processes run against the embedded broker (demo, tests, bench).
 
     Tansu holds a group join for half the session timeout and waits long on empty
-    fetches; short timeouts make a worker ready in ~2.5 s instead of ~30 s.
+    fetches; short timeouts make a worker ready in ~2.5 s instead of ~30 s. It also
+    answers ListOffsets(latest) with the first offset of the last write batch plus one,
+    so Faust's changelog recovery would stop before the last batch: one record per batch
+    keeps that answer right.
     """
     return {
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
         "RETENTION_SESSION_TIMEOUT_S": "2.0",
         "RETENTION_HEARTBEAT_INTERVAL_S": "0.5",
         "RETENTION_FETCH_MAX_WAIT_MS": "100",
+        "RETENTION_PRODUCER_MAX_BATCH_SIZE": "1",
     }
 
 

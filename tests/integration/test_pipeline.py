@@ -163,3 +163,22 @@ def test_our_producers_partition_like_the_worker(pipeline: Pipeline) -> None:
     partition_for = make_partitioner(pipeline.settings.partitions)
     placed = {m.key().decode(): m.partition() for m in read_topic(pipeline.settings, pipeline.settings.topic_clicks, at_least=len(users))}
     assert placed == {u: partition_for(u) for u in users}
+
+
+def test_replayed_backlog_gives_the_answers_of_live_traffic(pipeline: Pipeline) -> None:
+    """History published before the worker starts: heartbeats must not run ahead of purchases.
+
+    Faust reads a backlog round-robin over topics. Here the purchases topic is dense (daily
+    buyers) and heartbeats sparse, so heartbeats would reach day 90 while purchases are
+    read up to about day 35, and the loyal weekly buyer would look lapsed. The watermark
+    clock holds the clock at the purchases' progress until they are read.
+    """
+    daily = [purchase(f"daily-{i}", n) for i in range(40) for n in range(91)]
+    records = [purchase("loyal", n) for n in range(0, 85, 7)] + [purchase("lapsed", n) for n in (0, 7, 14, 21)] + daily
+    beats = heartbeats(until_day=90, every_hours=6)
+    publish(pipeline, records + beats)
+    worker = pipeline.worker(**NO_CONTROL)
+    worker.wait_ready()
+    worker.wait_processed(len(records) + len(beats) * pipeline.settings.partitions, timeout=180)
+    actions = [json.loads(m.value()) for m in read_topic(pipeline.settings, pipeline.settings.topic_actions, at_least=1)]
+    assert [(a["user_id"], a["ts"]) for a in actions] == [("lapsed", "2026-02-05T00:00:00.000Z")]

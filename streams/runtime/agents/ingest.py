@@ -19,9 +19,11 @@ from collections import defaultdict
 from typing import Any
 
 import faust
+from faust.types import TP
 
 from models.churn import ChurnModel
 from streams.domain.actions import encode_action
+from streams.domain.clock import PartitionClock
 from streams.domain.dead_letters import dead_letter
 from streams.domain.engine import Step, due_at, on_due, on_event
 from streams.domain.events import Heartbeat, Invalid, decode
@@ -53,7 +55,10 @@ class Ingest:
         self.dead_letters = app.topic(settings.topic_dead_letters, **raw)
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         self.churn = ChurnModel(min_labels=settings.churn_min_labels)
-        self.clocks: dict[int, int] = defaultdict(int)
+        self.app = app
+        self.inputs = [*self.logical, settings.rekey_topic]
+        self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
+        self.offsets: dict[TP, int] = {}  # last processed offset per input partition
         self.queues: dict[int, DueQueue] | None = None
         app.on_rebalance_complete.connect(self._on_rebalance)
         app.agent(self.source, name="ingest")(self.run)
@@ -63,59 +68,75 @@ class Ingest:
             started = time.perf_counter()
             msg = event.message
             try:
-                await self.process(msg, event.key, event.value, dict(event.headers or {}))
+                ts = await self.process(msg, event.key, event.value, dict(event.headers or {}))
             except Exception as exc:  # a bug must not stop the stream: dead-letter the record
                 log.exception("processing %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
                 topic = self.logical.get(msg.topic, msg.topic)
                 kafka_ts = int(msg.timestamp * 1000) if msg.timestamp else None
                 await self._dead_letter(msg, topic, event.key, event.value, kafka_ts, f"processing failed: {exc!r}")
+                ts = None
+            self.offsets[msg.tp] = msg.offset
+            await self._advance(msg.partition, msg.topic, ts)
             metrics.PROCESSING.observe(time.perf_counter() - started)
 
-    async def process(self, msg: Any, key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> None:
+    async def process(self, msg: Any, key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> int | None:
+        """Handle one record; returns its event time (None if it had none we trust)."""
         topic = self.logical.get(msg.topic) or headers.get(SOURCE_HEADER, b"").decode() or msg.topic
         kafka_ts = int(msg.timestamp * 1000) if msg.timestamp else None
         result = decode(topic, value, not_after_ms=None if kafka_ts is None else kafka_ts + self.skew_ms)
         if isinstance(result, Invalid):
             await self._dead_letter(msg, topic, key, value, kafka_ts, result.error)
-            return
-        partition = msg.partition
+            return None
         if isinstance(result, Heartbeat):
             metrics.RECORDS.labels(topic, "heartbeat").inc()
-            await self._advance(partition, result.ts)
-            return
+            return result.ts
         user_id = result.user_id
         owner = self.partition_for(user_id)
-        if owner != partition:
+        if owner != msg.partition:
             metrics.RECORDS.labels(topic, "rekeyed").inc()
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
-            return
-        queue = self._queue(partition)
+            return result.ts
         state = self._load(user_id) or UserState(user_id)
         step = on_event(state, result, self.cfg)
         if not step.applied:
             metrics.RECORDS.labels(topic, "duplicate").inc()
-            return
+            return result.ts
         metrics.RECORDS.labels(topic, "ok").inc()
-        await self._finish(state, step, queue)
-        await self._advance(partition, result.ts)
+        await self._finish(state, step, self._queue(msg.partition))
+        return result.ts
 
-    async def _advance(self, partition: int, ts: int) -> None:
-        """Move the partition's event-time clock forward and check the users now due.
-
-        Also runs when the clock does not move: a late event (e.g. a re-keyed record) can
-        make its user due at a time the clock has already passed.
-        """
-        now = self.clocks[partition]
-        if ts > now:
-            now = self.clocks[partition] = ts
-            metrics.EVENT_TIME.labels(str(partition)).set(ts / 1000)
+    async def _advance(self, partition: int, topic: str, ts: int | None) -> None:
+        """Move the partition's event-time clock (a watermark over its inputs) and check
+        the users now due. Runs after every record: a late event (e.g. a re-keyed one)
+        can make its user due at a time the clock has already passed."""
+        clock = self.clocks[partition]
+        if ts is not None:
+            clock.observe(topic, ts)
+        before = clock.now
+        now = clock.advance(self._lagging(partition))
+        if now != before:
+            metrics.EVENT_TIME.labels(str(partition)).set(now / 1000)
         queue = self._queue(partition)
         for user_id in queue.pop_due(now):
             state = self._load(user_id)
             if state is not None:
                 await self._finish(state, on_due(state, now, self.churn, self.cfg), queue)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
+
+    def _lagging(self, partition: int) -> list[str]:
+        """Inputs of this partition with records not yet processed, judged by the high
+        watermark of the last fetch (right even where ListOffsets is not, as on Tansu).
+        An input not read since the worker started is not judged: its position is unknown."""
+        lagging = []
+        for topic in self.inputs:
+            tp = TP(topic, partition)
+            last = self.offsets.get(tp)
+            if last is not None:
+                highwater = self.app.consumer.highwater(tp)
+                if highwater is not None and highwater > last + 1:
+                    lagging.append(topic)
+        return lagging
 
     async def _finish(self, state: UserState, step: Step, queue: DueQueue) -> None:
         for features, label in step.examples:

@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from streams.runtime.publish import read_jsonl
+from streams.runtime.settings import Settings, embedded_overrides, settings_markdown
+
+
+def test_production_defaults_are_kafka_defaults_not_the_embedded_broker_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in embedded_overrides("127.0.0.1:1"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert (settings.session_timeout_s, settings.heartbeat_interval_s, settings.fetch_max_wait_ms) == (45.0, 3.0, 500)
+    assert settings.producer_max_batch_size == 16_384
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    for name, value in embedded_overrides("127.0.0.1:1").items():
+        if name != "KAFKA_BOOTSTRAP_SERVERS":
+            monkeypatch.setenv(name, value)
+    embedded = Settings()
+    assert embedded.bootstrap_servers == "k1:9092,k2:9092"
+    assert (embedded.session_timeout_s, embedded.heartbeat_interval_s, embedded.fetch_max_wait_ms) == (2.0, 0.5, 100)
+    assert embedded.producer_max_batch_size == 1
+
+
+def test_topic_names_are_configurable_and_mapped_to_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETENTION_TOPIC_CLICKS", "shop.clicks.v1")
+    monkeypatch.setenv("RETENTION_APP_ID", "rs-eu")
+    settings = Settings()
+    assert settings.inbound_topics["shop.clicks.v1"] == "clicks"
+    assert settings.rekey_topic == "rs-eu-rekeyed" and "shop.clicks.v1" in settings.all_topics
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("RETENTION_HEARTBEAT_INTERVAL_S", "60", "must be below RETENTION_SESSION_TIMEOUT_S"),
+        ("RETENTION_CONTROL_SHARE", "1.5", "less than or equal to 1"),
+        ("RETENTION_PARTITIONS", "zero", "valid integer"),
+    ],
+)
+def test_bad_configuration_is_refused_with_the_variable_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_settings_table_lists_every_setting_with_its_variable() -> None:
+    table = settings_markdown()
+    assert "`KAFKA_BOOTSTRAP_SERVERS`" in table and "`RETENTION_CHURN_HORIZON_DAYS` | `30.0`" in table
+    assert table.count("\n| `") == len(Settings.model_fields)
+
+
+def test_jsonl_files_are_validated_line_by_line(tmp_path: Path) -> None:
+    path = tmp_path / "clicks.jsonl"
+    path.write_bytes(
+        b'{"event_id":"e1","user_id":"u1","ts":"2026-01-05T13:04:05Z","kind":"search","query":"tent"}\n'
+        b"\n"
+        b'{"event_id":"e2","user_id":"u2","ts":1767618245120,"kind":"fly"}\n'
+        b"not json\r\n"
+        b'{"event_id":"e3","user_id":"u3","ts":1767618245120,"kind":"wishlist"}'
+    )
+    rejected: list[tuple[int, str, bytes]] = []
+    valid = list(read_jsonl(path, "clicks", rejected))
+    assert [(r.key, r.ts_ms) for r in valid] == [("u1", 1767618245000), ("u3", 1767618245120)]
+    assert [(line, raw) for line, _, raw in rejected] == [(3, b'{"event_id":"e2","user_id":"u2","ts":1767618245120,"kind":"fly"}'), (4, b"not json")]
+    assert "Invalid enum value 'fly'" in rejected[0][1]
