@@ -65,6 +65,7 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
                     bar.update(sim, completed=publisher.report.total, info=f"day {(record.ts_ms - seen['t0']) / 86_400_000:.0f}")
                     bar.update(work, completed=worker.total("retention_records_total"), info=f"{worker.total('retention_actions_total'):.0f} actions")
 
+            started = time.monotonic()
             report = publisher.publish(simulation_records(shop), speed=speed, on_record=tick)
             publisher.close()
             bar.update(sim, completed=report.total, total=report.total)
@@ -77,10 +78,15 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
                 bar.update(work, completed=done, info=f"{worker.total('retention_actions_total'):.0f} actions")
                 time.sleep(0.25)
             bar.update(work, completed=report.total)
+            elapsed = time.monotonic() - started
 
         actions = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_actions, at_least=int(worker.total('retention_actions_total')))]
         dead = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_dead_letters, at_least=int(worker.total('retention_dead_letters_total')))]
         print_summary(console, shop, report.sent, worker, actions, dead)
+        console.print(
+            f"{report.total} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "
+            f"of wall time: {report.total / elapsed:,.0f} records/s through one worker"
+        )
         return 0 if actions and dead else 1
 
 
@@ -95,7 +101,7 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
         results.add_row(topic, str(count), *(f"{v:.0f}" for v in row))
     console.print(results)
 
-    reasons = Counter(d["error"].split(" - at ")[0][:70] for d in dead)
+    reasons = Counter(d["error"].split(" - at ")[0][:90] for d in dead)
     table = Table(title=f"Dead letters: {len(dead)} on the dead-letter topic, top reasons")
     table.add_column("count", justify="right")
     table.add_column("error")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +74,7 @@ def consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Cons
     """A consumer; with ``group_id=None`` it uses a throw-away group and never commits."""
     config = {
         "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": group_id or f"retention-reader-{id(settings)}",
+        "group.id": group_id or f"retention-reader-{uuid.uuid4().hex}",
         "enable.auto.commit": group_id is not None,
         "auto.offset.reset": "earliest",
         "session.timeout.ms": int(settings.session_timeout_s * 1000),

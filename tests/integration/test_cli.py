@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import re
 import subprocess
@@ -58,3 +59,17 @@ def test_demo_runs_the_whole_path_on_its_own_embedded_broker(tmp_path: Path) -> 
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_simulate_publishes_the_shop_with_heartbeats_on_every_partition(pipeline: Pipeline) -> None:
+    from streams.simulation import Shop, SimulationConfig
+
+    env = {**os.environ, **pipeline.env}
+    result = retention("simulate", "--customers", "15", "--days", "4", "--seed", "3", env=env)
+    assert result.returncode == 0, result.stderr
+    expected = Counter(r.topic for r in Shop(SimulationConfig(customers=15, days=4, seed=3)).records())
+    s = pipeline.settings
+    for logical, actual in (("clicks", s.topic_clicks), ("purchases", s.topic_purchases), ("reviews", s.topic_reviews)):
+        assert len(read_topic(s, actual, at_least=expected[logical], idle_s=1)) == expected[logical]
+    beats = read_topic(s, s.topic_heartbeats, at_least=expected["heartbeats"] * s.partitions, idle_s=1)
+    assert Counter(m.partition() for m in beats) == {p: expected["heartbeats"] for p in range(s.partitions)}, result.stderr

@@ -53,6 +53,11 @@ def test_settings_table_lists_every_setting_with_its_variable() -> None:
     assert table.count("\n| `") == len(Settings.model_fields)
 
 
+def test_readme_documents_the_current_settings() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert settings_markdown().strip() in readme, "README's settings table is stale: paste `retention settings`"
+
+
 def test_jsonl_files_are_validated_line_by_line(tmp_path: Path) -> None:
     path = tmp_path / "clicks.jsonl"
     path.write_bytes(
