@@ -22,7 +22,7 @@ from streams.domain.events import Purchase, UserEvent
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.labels import Example, add_scoring_point, mature, next_maturity, resolve_on_purchase
 from streams.domain.policy import PolicyConfig, decide_lapse, lapse_check_due
-from streams.domain.state import UserState, apply_event
+from streams.domain.state import Applied, StateConfig, UserState, advance, apply_event
 from streams.domain.timestamps import MS_PER_DAY
 
 
@@ -34,6 +34,7 @@ class ChurnScorer(Protocol):
 class EngineConfig:
     churn_horizon_days: float = 30.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    state: StateConfig = field(default_factory=StateConfig)
 
     @property
     def horizon_ms(self) -> int:
@@ -42,7 +43,7 @@ class EngineConfig:
 
 @dataclass
 class Step:
-    applied: bool
+    applied: Applied
     examples: list[Example] = field(default_factory=list)
     actions: list[RetentionAction] = field(default_factory=list)
     due_ms: int | None = None
@@ -54,25 +55,27 @@ def due_at(state: UserState, cfg: EngineConfig) -> int | None:
     return min(times, default=None)
 
 
-def on_event(state: UserState, event: UserEvent, cfg: EngineConfig) -> Step:
-    if not apply_event(state, event):
-        return Step(applied=False, due_ms=due_at(state, cfg))
+def on_event(state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig, sentiment: float | None = None) -> Step:
+    """Fold ``event`` in at event-time clock ``now_ms`` (``sentiment``: a review text's score)."""
+    applied = apply_event(state, event, now_ms, cfg.state, sentiment)
     examples: list[Example] = []
-    if isinstance(event, Purchase):
-        examples = resolve_on_purchase(state, event.ts, cfg.horizon_ms)
-        add_scoring_point(state, event.ts, feature_vector(state, event.ts))
-    return Step(applied=True, examples=examples, due_ms=due_at(state, cfg))
+    if applied is not Applied.DUPLICATE and isinstance(event, Purchase):
+        examples = resolve_on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
+        if applied is Applied.OK:
+            add_scoring_point(state, event.ts, feature_vector(state, event.ts, cfg.state))
+    return Step(applied=applied, examples=examples, due_ms=due_at(state, cfg))
 
 
 def on_due(state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig) -> Step:
+    advance(state, now_ms, cfg.state)
     examples = mature(state, now_ms, cfg.horizon_ms)
     actions: list[RetentionAction] = []
     due = lapse_check_due(state, cfg.policy)
     if due is not None and now_ms >= due:
-        features = feature_vector(state, now_ms)
+        features = feature_vector(state, now_ms, cfg.state)
         if state.lapse_checked is None or state.last_purchase is None or state.lapse_checked <= state.last_purchase:
             add_scoring_point(state, now_ms, features)  # first check of this lapse episode
         action = decide_lapse(state, now_ms, features, churn.score(as_dict(features)), cfg.policy)
         if action is not None:
             actions.append(action)
-    return Step(applied=True, examples=examples, actions=actions, due_ms=due_at(state, cfg))
+    return Step(applied=Applied.OK, examples=examples, actions=actions, due_ms=due_at(state, cfg))

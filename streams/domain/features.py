@@ -1,57 +1,182 @@
-"""The model's feature vector, built from the state at a given event time.
+"""A user's features at a given event time, and the model's vector built from them.
 
-Scoring and training both call :func:`feature_vector`, so what a model learns from is
-exactly what it is later asked about (no training/serving skew).
+:func:`features` is the one place that turns state into numbers: the churn model's
+training snapshots, its scores, the action reasons, ``GET /users/{id}`` and the
+``user-scores`` topic all call it, so what a model learns from is exactly what it is
+later asked about (no training/serving skew). Every feature is listed, with its
+definition, window and unit, in :data:`FEATURES` (and so in the README's table).
+
+Recency and every window are measured at ``now`` (the event-time clock), not at the
+user's last event, so a silent customer keeps aging.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
-from streams.domain.state import UserState
+from streams.domain.sketches import kmv_count
+from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
+from streams.domain.windows import CLICK_KINDS, LEVELS, WINDOWS, window_span
 
-FEATURE_NAMES: tuple[str, ...] = (
+
+class Feature(NamedTuple):
+    name: str
+    definition: str
+    window: str
+    unit: str
+
+
+CLICK_WINDOWS = ("1h", "24h", "7d", "30d", "90d")
+PURCHASE_WINDOWS = ("7d", "30d", "90d", "365d")
+
+
+def _catalogue() -> tuple[Feature, ...]:
+    out = []
+    for window in CLICK_WINDOWS:
+        for kind in CLICK_KINDS:
+            out.append(Feature(f"{kind}_{window}", f"`{kind}` clicks", window, "count"))
+        out.append(Feature(f"sessions_{window}", "sessions started (session_id, else channel and 30-min bucket)", window, "count"))
+    for window in PURCHASE_WINDOWS:
+        out.append(Feature(f"purchases_{window}", "purchases", window, "count"))
+        out.append(Feature(f"spend_{window}", "sum of purchase totals", window, "currency units"))
+    out += [
+        Feature("days_active_30d", "days with at least one click", "30d", "days"),
+        Feature("distinct_items_viewed", "distinct item_id in clicks (exact below 16, then KMV estimate)", "lifetime", "count"),
+        Feature("distinct_categories_viewed", "distinct category in clicks (exact below 16, then KMV estimate)", "lifetime", "count"),
+        Feature("purchases", "purchases", "lifetime", "count"),
+        Feature("spend", "sum of purchase totals", "lifetime", "currency units"),
+        Feature("avg_order_value", "spend / purchases (0 without purchases)", "lifetime", "currency units"),
+        Feature("first_seen_days", "days since the user's first event", "lifetime", "days"),
+        Feature("last_seen_days", "days since the user's latest event", "lifetime", "days"),
+        Feature("recency_days", "days since the last purchase (since first seen without one)", "lifetime", "days"),
+        Feature("gap_mean_days", "mean gap between consecutive purchases", "lifetime", "days"),
+        Feature("gap_std_days", "sample standard deviation of those gaps", "lifetime", "days"),
+        Feature("recency_over_gap", "recency_days / gap_mean_days (0 without a gap)", "lifetime", "ratio"),
+        Feature("carts_abandoned_7d", "add_to_cart/checkout_start episodes with no purchase within the cart timeout", "7d", "count"),
+        Feature("carts_abandoned_30d", "as above", "30d", "count"),
+        Feature("carts_abandoned", "as above", "lifetime", "count"),
+        Feature("searches_since_purchase", "searches after the last purchase (at most 32 remembered)", "since last purchase", "count"),
+        Feature("reviews", "reviews", "lifetime", "count"),
+        Feature("rating_mean", "mean star rating (0 without reviews)", "lifetime", "stars"),
+        Feature("last_rating", "rating of the latest review (0 without reviews)", "latest", "stars"),
+        Feature("sentiment_mean", "mean review-text sentiment, -1 (negative) to 1", "lifetime", "score"),
+        Feature("last_sentiment", "sentiment of the latest review's text", "latest", "score"),
+        Feature("negative_reviews", "reviews whose text sentiment is below -0.25", "lifetime", "count"),
+    ]
+    return tuple(out)
+
+
+FEATURES: tuple[Feature, ...] = _catalogue()
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+
+#: What the churn model sees (a subset: raw per-kind counts add noise, not signal).
+MODEL_FEATURES: tuple[str, ...] = (
     "recency_days",
-    "tenure_days",
+    "first_seen_days",
     "purchases",
     "log_spend",
     "avg_order_value",
     "gap_mean_days",
     "gap_std_days",
     "recency_over_gap",
-    "clicks",
-    "carts",
+    "purchases_30d",
+    "purchases_90d",
+    "clicks_7d",
+    "clicks_30d",
+    "days_active_30d",
+    "carts_abandoned_30d",
+    "searches_since_purchase",
     "reviews",
     "rating_mean",
+    "sentiment_mean",
 )
 
 
-def feature_vector(state: UserState, now_ms: int) -> list[float]:
-    """Features at event time ``now_ms``, in :data:`FEATURE_NAMES` order.
+def _days(now: int, then: int) -> float:
+    return max(0.0, (now - then) / MS_PER_DAY)
 
-    Recency is measured at ``now_ms`` (the event-time clock), not at the user's last
-    event, so a silent customer's recency keeps growing.
-    """
-    anchor = state.last_purchase if state.last_purchase is not None else state.first_seen
-    recency = max(0.0, (now_ms - anchor) / MS_PER_DAY)
-    gap = state.gap_mean_days
-    return [
-        recency,
-        max(0.0, (now_ms - state.first_seen) / MS_PER_DAY),
-        float(state.purchases),
-        math.log1p(state.spend),
-        state.spend / state.purchases if state.purchases else 0.0,
-        gap,
-        state.gap_std_days,
-        recency / gap if gap > 0 else 0.0,
-        float(state.clicks),
-        float(state.carts),
-        float(state.reviews),
-        state.rating_sum / state.reviews if state.reviews else 0.0,
-    ]
+
+def features(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> dict[str, float]:
+    """Every feature of :data:`FEATURES` at event time ``now``."""
+    tiles = state.tiles
+    out: dict[str, float] = {}
+    for window in CLICK_WINDOWS:
+        for kind in CLICK_KINDS:
+            out[f"{kind}_{window}"] = tiles.window(window, kind, now)
+        out[f"sessions_{window}"] = tiles.window(window, "sessions", now)
+    for window in PURCHASE_WINDOWS:
+        out[f"purchases_{window}"] = tiles.window(window, "purchases", now)
+        out[f"spend_{window}"] = tiles.window(window, "spend_cents", now) / 100
+    out["days_active_30d"] = tiles.active_tiles("30d", CLICK_KINDS, now)
+    out["distinct_items_viewed"] = kmv_count(state.items_seen)
+    out["distinct_categories_viewed"] = kmv_count(state.categories_seen)
+    out["purchases"] = state.purchases
+    out["spend"] = state.spend_cents / 100
+    out["avg_order_value"] = state.spend_cents / 100 / state.purchases if state.purchases else 0.0
+    out["first_seen_days"] = _days(now, state.first_seen)
+    out["last_seen_days"] = _days(now, state.last_seen)
+    recency = _days(now, state.last_purchase if state.last_purchase is not None else state.first_seen)
+    _, gap_mean, gap_std = purchase_gaps(state)
+    out["recency_days"] = recency
+    out["gap_mean_days"] = gap_mean
+    out["gap_std_days"] = gap_std
+    out["recency_over_gap"] = recency / gap_mean if gap_mean > 0 else 0.0
+    open_abandoned = abandoned_carts_open(state, now, cfg)
+    for window in ("7d", "30d"):
+        level, n = WINDOWS[window]
+        current = now // LEVELS[level].tile_ms
+        recent = sum(1 for ts in open_abandoned if current - n < ts // LEVELS[level].tile_ms <= current)
+        out[f"carts_abandoned_{window}"] = tiles.window(window, "carts_abandoned", now) + recent
+    out["carts_abandoned"] = state.carts_abandoned + len(open_abandoned)
+    since = state.last_purchase if state.last_purchase is not None else -1
+    out["searches_since_purchase"] = sum(1 for ts in state.search_times if ts > since)
+    out["reviews"] = state.reviews
+    out["rating_mean"] = state.rating_sum / state.reviews if state.reviews else 0.0
+    out["last_rating"] = state.last_rating
+    out["sentiment_mean"] = state.sentiment_milli_sum / 1000 / state.reviews if state.reviews else 0.0
+    out["last_sentiment"] = state.last_sentiment_milli / 1000
+    out["negative_reviews"] = state.negative_reviews
+    return {name: float(out[name]) for name in FEATURE_NAMES}
+
+
+def model_inputs(all_features: dict[str, float]) -> dict[str, float]:
+    """The churn model's inputs, derived from :func:`features` only."""
+    x = dict(all_features)
+    x["log_spend"] = math.log1p(x["spend"])
+    for window in ("7d", "30d"):
+        x[f"clicks_{window}"] = sum(x[f"{kind}_{window}"] for kind in CLICK_KINDS)
+    return {name: x[name] for name in MODEL_FEATURES}
+
+
+def feature_vector(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> list[float]:
+    """The model's inputs at event time ``now``, in :data:`MODEL_FEATURES` order
+    (stored with scoring points until their labels mature)."""
+    x = model_inputs(features(state, now, cfg))
+    return [x[name] for name in MODEL_FEATURES]
 
 
 def as_dict(vector: list[float]) -> dict[str, float]:
-    """Name the values of a vector, as River learners and action reasons want them."""
-    return dict(zip(FEATURE_NAMES, vector))
+    """Name the values of a model vector, as River learners and action reasons want them."""
+    return dict(zip(MODEL_FEATURES, vector))
+
+
+def features_markdown() -> str:
+    """The feature table of the README (the per-kind click counts folded into one row)."""
+    kinds = ", ".join(f"`{k}`" for k in CLICK_KINDS)
+    spans = "; ".join(f"{w} = {window_span(w)}" for w in WINDOWS)
+    rows = [
+        "| Feature | Definition | Window | Unit |",
+        "| --- | --- | --- | --- |",
+        f"| `<kind>_<window>` | clicks of each kind ({kinds}) | {', '.join(CLICK_WINDOWS)} | count |",
+    ]
+    for f in FEATURES:
+        kind, _, window = f.name.rpartition("_")
+        if kind in CLICK_KINDS and window in CLICK_WINDOWS:
+            continue
+        rows.append(f"| `{f.name}` | {f.definition} | {f.window} | {f.unit} |")
+    return "\n".join(rows) + (
+        f"\n\nWindows are tiles of event time aligned to the Unix epoch (UTC days; weeks start on "
+        f"Thursdays): {spans}.\n"
+    )

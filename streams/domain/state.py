@@ -1,22 +1,60 @@
 """Per-user state and how one event changes it.
 
 The state is small and bounded (it does not grow with a user's history) and is stored
-as compact msgpack in a RocksDB table. Applying an event is idempotent: the digests of
-the most recent event ids are kept, so a redelivered or re-sent event counts once.
+as compact msgpack in a RocksDB table. Three rules make it replay exactly:
+
+- **Once per event.** The digests of the most recent event ids are kept, so a
+  redelivered or re-sent event counts once.
+- **Order does not matter within the allowed lateness.** Windowed counters live in
+  event-time tiles (:mod:`streams.domain.windows`); what depends on order (gaps between
+  purchases, abandoned carts, sessions) is kept as a short sorted record of recent
+  times and only *finalized* once the clock is past it by the allowed lateness, in
+  event-time order. Any arrival order within the lateness ends in the same state.
+- **Too late is still counted.** An event older than the clock minus the lateness
+  updates the lifetime counters only; its windows are closed and stay untouched.
+
+Money is kept in integer cents, so sums do not depend on the order of additions.
 """
 
 from __future__ import annotations
 
+import bisect
+import enum
 import math
+from dataclasses import dataclass
 from hashlib import blake2b
 
 import msgspec
 
 from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purchase, Review, UserEvent, plain_int
-from streams.domain.timestamps import MS_PER_DAY
+from streams.domain.sketches import hash32, kmv_add
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
+from streams.domain.windows import Tiles
 
 #: How many recent event-id digests a user keeps for de-duplication.
 RECENT_IDS = 64
+#: Bounds of the short records of recent times (each keeps the latest by event time).
+RECENT_SESSIONS = 16
+RECENT_SEARCHES = 32
+RECENT_PURCHASES = 16
+RECENT_CARTS = 8
+#: A review scoring below this sentiment (in [-1, 1]) is a negative review.
+NEGATIVE_SENTIMENT = -0.25
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """How events fold into state: lateness, cart timeout, sessions without an id."""
+
+    allowed_lateness_ms: int = MS_PER_HOUR
+    cart_timeout_ms: int = 24 * MS_PER_HOUR
+    session_gap_ms: int = 30 * 60_000
+
+
+class Applied(enum.Enum):
+    OK = "ok"
+    DUPLICATE = "duplicate"
+    LATE = "late"  # beyond the allowed lateness: lifetime counters only
 
 
 class PendingScore(msgspec.Struct, array_like=True):
@@ -28,19 +66,40 @@ class PendingScore(msgspec.Struct, array_like=True):
 
 class UserState(msgspec.Struct, array_like=True):
     user_id: str
+    #: The latest event-time clock this state has seen (ms).
+    clock: int = 0
     first_seen: int = 0
     last_seen: int = 0
+    tiles: Tiles = msgspec.field(default_factory=Tiles)
     clicks: int = 0
-    carts: int = 0
     purchases: int = 0
-    spend: float = 0.0
+    spend_cents: int = 0
+    first_purchase: int | None = None
     last_purchase: int | None = None
+    #: Gap statistics (Welford, days) of purchases up to ``gap_anchor``, in time order.
     gaps: int = 0
     gap_mean_days: float = 0.0
     gap_m2: float = 0.0
+    gap_anchor: int | None = None
+    #: Sorted times of recent purchases (for gaps not yet final and cart checks).
+    purchase_times: list[int] = msgspec.field(default_factory=list)
+    #: Sorted times of the latest searches.
+    search_times: list[int] = msgspec.field(default_factory=list)
+    #: Open cart episodes: [episode index (ts // cart timeout), earliest cart ts].
+    carts: list[list[int]] = msgspec.field(default_factory=list)
+    carts_abandoned: int = 0
+    #: Recent sessions: [32-bit digest of the session key, first event ts].
+    sessions: list[list[int]] = msgspec.field(default_factory=list)
+    items_seen: list[int] = msgspec.field(default_factory=list)  # KMV sketch
+    categories_seen: list[int] = msgspec.field(default_factory=list)  # KMV sketch
     reviews: int = 0
     rating_sum: int = 0
+    last_review: int = 0
     last_rating: int = 0
+    #: Sentiment in thousandths (integers, so the mean does not depend on order).
+    sentiment_milli_sum: int = 0
+    last_sentiment_milli: int = 0
+    negative_reviews: int = 0
     unsubscribed: bool = False
     recent_ids: list[int] = msgspec.field(default_factory=list)
     pending: list[PendingScore] = msgspec.field(default_factory=list)
@@ -48,10 +107,6 @@ class UserState(msgspec.Struct, array_like=True):
     lapse_checked: int | None = None
     #: last_purchase of the lapse episode a retention action was already emitted for.
     lapse_acted: int | None = None
-
-    @property
-    def gap_std_days(self) -> float:
-        return math.sqrt(self.gap_m2 / (self.gaps - 1)) if self.gaps > 1 else 0.0
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -72,42 +127,165 @@ def event_digest(event: UserEvent) -> int:
     return int.from_bytes(blake2b(identity.encode(), digest_size=8).digest(), "big")
 
 
-def apply_event(state: UserState, event: UserEvent) -> bool:
-    """Fold one event into the state. Returns False (and changes nothing) for a duplicate."""
+def apply_event(state: UserState, event: UserEvent, now: int, cfg: StateConfig, sentiment: float | None = None) -> Applied:
+    """Fold one event into the state at event-time clock ``now``.
+
+    ``sentiment`` is the review text's score in [-1, 1] (reviews only). A duplicate
+    changes nothing; an event older than ``now`` minus the allowed lateness counts in
+    the lifetime figures only.
+    """
     digest = event_digest(event)
     if digest in state.recent_ids:
-        return False
+        return Applied.DUPLICATE
     state.recent_ids.append(digest)
     if len(state.recent_ids) > RECENT_IDS:
         del state.recent_ids[0]
+    now = max(now, state.clock)
     ts = event.ts
+    on_time = ts >= now - cfg.allowed_lateness_ms
     state.first_seen = min(state.first_seen, ts) if state.first_seen else ts
     state.last_seen = max(state.last_seen, ts)
     if isinstance(event, Click):
-        state.clicks += 1
-        state.carts += event.kind is ClickKind.ADD_TO_CART
+        _apply_click(state, event, now, on_time, cfg)
     elif isinstance(event, Purchase):
-        _apply_purchase(state, event)
+        _apply_purchase(state, event, now, on_time)
     elif isinstance(event, Review):
-        state.reviews += 1
-        state.rating_sum += event.rating
-        state.last_rating = event.rating
+        _apply_review(state, event, sentiment)
     elif isinstance(event, Outcome):
         state.unsubscribed = state.unsubscribed or event.outcome is OutcomeKind.UNSUBSCRIBED
-    return True
+    advance(state, now, cfg)
+    return Applied.OK if on_time else Applied.LATE
 
 
-def _apply_purchase(state: UserState, purchase: Purchase) -> None:
-    state.purchases += 1
-    state.spend += purchase.total
-    if state.last_purchase is None:
-        state.last_purchase = purchase.ts
+def _apply_click(state: UserState, click: Click, now: int, on_time: bool, cfg: StateConfig) -> None:
+    state.clicks += 1
+    if click.item_id is not None:
+        kmv_add(state.items_seen, click.item_id)
+    if click.category is not None:
+        kmv_add(state.categories_seen, click.category)
+    if not on_time:
         return
-    if purchase.ts <= state.last_purchase:
-        return  # late purchase: counts and spend, but the gap statistics stay in order
-    gap = (purchase.ts - state.last_purchase) / MS_PER_DAY
+    ts = click.ts
+    state.tiles.add(ts, {click.kind.value: 1}, now)
+    _open_session(state, click, now, cfg)
+    if click.kind is ClickKind.SEARCH:
+        _keep_latest(state.search_times, ts, RECENT_SEARCHES)
+    elif click.kind in (ClickKind.ADD_TO_CART, ClickKind.CHECKOUT_START):
+        episode = ts // cfg.cart_timeout_ms
+        for cart in state.carts:
+            if cart[0] == episode:
+                cart[1] = min(cart[1], ts)
+                break
+        else:
+            state.carts.append([episode, ts])
+            if len(state.carts) > RECENT_CARTS:
+                state.carts.remove(min(state.carts, key=lambda c: c[1]))
+
+
+def _open_session(state: UserState, click: Click, now: int, cfg: StateConfig) -> None:
+    """Count a session in the tile of its first event, moving it if an earlier event
+    of the same session arrives late. Without a session id, a session is the channel's
+    clicks in one ``session_gap`` bucket of event time."""
+    key = click.session_id or f"{click.channel.value if click.channel else '-'}|{click.ts // cfg.session_gap_ms}"
+    digest = hash32(key)
+    for session in state.sessions:
+        if session[0] == digest:
+            if click.ts < session[1]:
+                state.tiles.add(session[1], {"sessions": -1}, now)
+                state.tiles.add(click.ts, {"sessions": 1}, now)
+                session[1] = click.ts
+            return
+    state.sessions.append([digest, click.ts])
+    state.tiles.add(click.ts, {"sessions": 1}, now)
+    if len(state.sessions) > RECENT_SESSIONS:
+        state.sessions.remove(min(state.sessions, key=lambda s: s[1]))
+
+
+def _apply_purchase(state: UserState, purchase: Purchase, now: int, on_time: bool) -> None:
+    cents = round(purchase.total * 100)
+    state.purchases += 1
+    state.spend_cents += cents
+    ts = purchase.ts
+    state.first_purchase = ts if state.first_purchase is None else min(state.first_purchase, ts)
+    state.last_purchase = ts if state.last_purchase is None else max(state.last_purchase, ts)
+    if on_time:
+        state.tiles.add(ts, {"purchases": 1, "spend_cents": cents}, now)
+        if state.gap_anchor is None or ts > state.gap_anchor:
+            _keep_latest(state.purchase_times, ts, RECENT_PURCHASES)
+
+
+def _apply_review(state: UserState, review: Review, sentiment: float | None) -> None:
+    state.reviews += 1
+    state.rating_sum += review.rating
+    milli = round(1000 * sentiment) if sentiment is not None else 0
+    state.sentiment_milli_sum += milli
+    state.negative_reviews += sentiment is not None and sentiment < NEGATIVE_SENTIMENT
+    if review.ts >= state.last_review:
+        state.last_review = review.ts
+        state.last_rating = review.rating
+        state.last_sentiment_milli = milli
+
+
+def _keep_latest(times: list[int], ts: int, bound: int) -> None:
+    bisect.insort(times, ts)
+    if len(times) > bound:
+        del times[0]
+
+
+def advance(state: UserState, now: int, cfg: StateConfig) -> None:
+    """Move the state's clock to ``now``: finalize what the lateness can no longer
+    change (purchase gaps, abandoned carts), in event-time order, and expire tiles."""
+    if now <= state.clock:
+        return
+    state.clock = now
+    final = now - cfg.allowed_lateness_ms
+    for ts in state.purchase_times:
+        if ts > final:
+            break
+        if state.gap_anchor is None or ts > state.gap_anchor:
+            if state.gap_anchor is not None:
+                _add_gap(state, (ts - state.gap_anchor) / MS_PER_DAY)
+            state.gap_anchor = ts
+    for cart in sorted(c for c in state.carts if c[1] + cfg.cart_timeout_ms < final):
+        state.carts.remove(cart)
+        if not _bought_within(state, cart[1], cfg.cart_timeout_ms):
+            state.carts_abandoned += 1
+            state.tiles.add(cart[1], {"carts_abandoned": 1}, now)
+    keep_from = final - cfg.cart_timeout_ms  # purchases still needed by open carts
+    state.purchase_times = [t for t in state.purchase_times if t >= keep_from or t == state.gap_anchor]
+    state.tiles.expire(now)
+
+
+def _add_gap(state: UserState, gap: float) -> None:
     state.gaps += 1
     delta = gap - state.gap_mean_days
     state.gap_mean_days += delta / state.gaps
     state.gap_m2 += delta * (gap - state.gap_mean_days)
-    state.last_purchase = purchase.ts
+
+
+def _bought_within(state: UserState, start: int, span: int) -> bool:
+    i = bisect.bisect_left(state.purchase_times, start)
+    return i < len(state.purchase_times) and state.purchase_times[i] <= start + span
+
+
+def purchase_gaps(state: UserState) -> tuple[int, float, float]:
+    """Count, mean and standard deviation (days) of the gaps between purchases, the
+    final ones and those still within the lateness, in event-time order."""
+    n, mean, m2, anchor = state.gaps, state.gap_mean_days, state.gap_m2, state.gap_anchor
+    for ts in state.purchase_times:
+        if anchor is not None and ts > anchor:
+            gap = (ts - anchor) / MS_PER_DAY
+            n += 1
+            delta = gap - mean
+            mean += delta / n
+            m2 += delta * (gap - mean)
+        if anchor is None or ts > anchor:
+            anchor = ts
+    return n, mean, math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
+
+
+def abandoned_carts_open(state: UserState, now: int, cfg: StateConfig) -> list[int]:
+    """Start times of carts not yet finalized whose timeout passed with no purchase."""
+    return sorted(
+        c[1] for c in state.carts if c[1] + cfg.cart_timeout_ms < now and not _bought_within(state, c[1], cfg.cart_timeout_ms)
+    )

@@ -92,10 +92,10 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
 
 def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: WorkerProcess, actions: list[dict], dead: list[dict]) -> None:
     results = Table(title="Records in", show_lines=False)
-    for column in ("topic", "published", "ok", "duplicate", "invalid", "rekeyed"):
+    for column in ("topic", "published", "ok", "late", "duplicate", "invalid", "rekeyed"):
         results.add_column(column, justify="right" if column != "topic" else "left")
     for topic, count in sorted(sent.items()):
-        row = [worker.total("retention_records_total", topic=topic, result=r) for r in ("ok", "duplicate", "invalid", "rekeyed")]
+        row = [worker.total("retention_records_total", topic=topic, result=r) for r in ("ok", "late", "duplicate", "invalid", "rekeyed")]
         if topic == "heartbeats":
             row[0] = worker.total("retention_records_total", topic=topic, result="heartbeat")
         results.add_row(topic, str(count), *(f"{v:.0f}" for v in row))

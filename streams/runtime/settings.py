@@ -14,6 +14,8 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.engine import EngineConfig
+from streams.domain.state import StateConfig
+from streams.domain.timestamps import MS_PER_HOUR
 from streams.domain.policy import PolicyConfig
 
 
@@ -43,6 +45,9 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp before it is dead-lettered.")
+    allowed_lateness_s: float = Field(3600.0, ge=0, description="How late (behind the partition's event-time clock) an event may arrive and still count in its windows; later ones update lifetime figures only and are counted as `late`.")
+    cart_timeout_hours: float = Field(24.0, gt=0, description="A cart (add_to_cart or checkout_start) with no purchase within this time is abandoned.")
+    session_gap_minutes: float = Field(30.0, gt=0, description="Clicks without a session_id form one session per channel and bucket of this many minutes.")
     churn_horizon_days: float = Field(30.0, gt=0, description="Churn at t means no purchase in (t, t + horizon].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes) before the learned churn model replaces the recency prior.")
     churn_threshold: float = Field(0.5, ge=0, le=1, description="Churn probability at which a lapsed customer gets a coupon.")
@@ -94,6 +99,11 @@ class Settings(BaseSettings):
     def engine(self) -> EngineConfig:
         return EngineConfig(
             churn_horizon_days=self.churn_horizon_days,
+            state=StateConfig(
+                allowed_lateness_ms=int(self.allowed_lateness_s * 1000),
+                cart_timeout_ms=int(self.cart_timeout_hours * MS_PER_HOUR),
+                session_gap_ms=int(self.session_gap_minutes * 60_000),
+            ),
             policy=PolicyConfig(
                 streak_min_purchases=self.streak_min_purchases,
                 lapse_min_days=self.lapse_min_days,

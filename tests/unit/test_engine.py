@@ -7,10 +7,10 @@ from models.score import Score
 from streams.domain.actions import decode_action, encode_action
 from streams.domain.engine import EngineConfig, on_due, on_event
 from streams.domain.events import Click, ClickKind, Item, Outcome, OutcomeKind, Purchase, Review
-from streams.domain.features import FEATURE_NAMES, as_dict, feature_vector
+from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector
 from streams.domain.policy import PolicyConfig
 from streams.domain.schedule import DueQueue
-from streams.domain.state import RECENT_IDS, UserState, apply_event, dump_state, load_state
+from streams.domain.state import RECENT_IDS, Applied, StateConfig, UserState, apply_event, dump_state, load_state, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
 from tests.contract import schema_errors
 
@@ -29,6 +29,15 @@ def purchase(n: float, eid: str | None = None, total: float = 50.0) -> Purchase:
     )
 
 
+def feed(state: UserState, event, cfg: EngineConfig = CFG, now: int | None = None):
+    """The engine at a clock that has just reached the event (a sorted stream)."""
+    return on_event(state, event, event.ts if now is None else now, cfg)
+
+
+def fold(state: UserState, event) -> Applied:
+    return apply_event(state, event, event.ts, StateConfig())
+
+
 class Fixed:
     """A scorer that always answers the same (the engine must obey the threshold)."""
 
@@ -41,20 +50,20 @@ class Fixed:
 
 def streak(state: UserState, days: list[float]) -> None:
     for n in days:
-        on_event(state, purchase(n), CFG)
+        feed(state, purchase(n), CFG)
 
 
 def test_duplicate_events_count_once() -> None:
     state = UserState("u1")
-    assert on_event(state, purchase(0, "same"), CFG).applied
-    assert not on_event(state, purchase(0, "same"), CFG).applied
-    assert state.purchases == 1 and state.spend == 50.0
+    assert feed(state, purchase(0, "same"), CFG).applied is Applied.OK
+    assert feed(state, purchase(0, "same"), CFG).applied is Applied.DUPLICATE
+    assert state.purchases == 1 and state.spend_cents == 5000
 
 
 def test_dedup_memory_is_bounded() -> None:
     state = UserState("u1")
     for i in range(RECENT_IDS * 3):
-        apply_event(state, Click(event_id=f"c{i}", user_id="u1", ts=day(i / 100), kind=ClickKind.PAGE_VIEW))
+        fold(state, Click(event_id=f"c{i}", user_id="u1", ts=day(i / 100), kind=ClickKind.PAGE_VIEW))
     assert len(state.recent_ids) == RECENT_IDS
     assert state.clicks == RECENT_IDS * 3
 
@@ -68,41 +77,41 @@ def test_state_round_trips_through_msgpack() -> None:
 def test_gap_statistics_and_features_at_event_time() -> None:
     state = UserState("u1")
     streak(state, [0, 10, 30])  # gaps 10 and 20
-    assert state.gaps == 2 and state.gap_mean_days == 15.0
-    assert abs(state.gap_std_days - 7.0710678) < 1e-6
+    n, mean, std = purchase_gaps(state)
+    assert n == 2 and mean == 15.0 and abs(std - 7.0710678) < 1e-6
     x = as_dict(feature_vector(state, day(45)))
-    assert list(x) == list(FEATURE_NAMES)
-    assert x["recency_days"] == 15.0 and x["recency_over_gap"] == 1.0 and x["tenure_days"] == 45.0
+    assert list(x) == list(MODEL_FEATURES)
+    assert x["recency_days"] == 15.0 and x["recency_over_gap"] == 1.0 and x["first_seen_days"] == 45.0
     assert x["purchases"] == 3 and x["avg_order_value"] == 50.0
 
 
 def test_late_purchase_counts_but_keeps_gaps_in_order() -> None:
     state = UserState("u1")
     streak(state, [0, 10])
-    on_event(state, purchase(5), CFG)
-    assert state.purchases == 3 and state.last_purchase == day(10) and state.gaps == 1
+    assert feed(state, purchase(5), CFG, now=day(10)).applied is Applied.LATE  # 5 days behind the clock
+    assert state.purchases == 3 and state.last_purchase == day(10) and purchase_gaps(state)[0] == 1
 
 
 def test_reviews_and_outcomes_update_state() -> None:
     state = UserState("u1")
-    apply_event(state, Review(event_id="r1", user_id="u1", ts=day(1), item_id="i", rating=2))
-    apply_event(state, Review(event_id="r2", user_id="u1", ts=day(2), item_id="i", rating=4))
+    fold(state, Review(event_id="r1", user_id="u1", ts=day(1), item_id="i", rating=2))
+    fold(state, Review(event_id="r2", user_id="u1", ts=day(2), item_id="i", rating=4))
     assert state.reviews == 2 and state.rating_sum == 6 and state.last_rating == 4
-    apply_event(state, Outcome(action_id="a", user_id="u1", ts=day(3), outcome=OutcomeKind.UNSUBSCRIBED))
+    fold(state, Outcome(action_id="a", user_id="u1", ts=day(3), outcome=OutcomeKind.UNSUBSCRIBED))
     assert state.unsubscribed
 
 
 def test_purchase_within_horizon_labels_previous_point_not_churned() -> None:
     state = UserState("u1")
-    on_event(state, purchase(0), CFG)
-    step = on_event(state, purchase(20), CFG)
+    feed(state, purchase(0), CFG)
+    step = feed(state, purchase(20), CFG)
     assert [label for _, label in step.examples] == [0]
     assert len(state.pending) == 1 and state.pending[0].ts == day(20)
 
 
 def test_silence_past_horizon_matures_churn_label() -> None:
     state = UserState("u1")
-    step = on_event(state, purchase(0), CFG)
+    step = feed(state, purchase(0), CFG)
     assert step.due_ms == day(30) + 1
     assert on_due(state, day(30), Fixed(0.0), CFG).examples == []
     matured = on_due(state, day(30) + 1, Fixed(0.0), CFG)
@@ -113,7 +122,7 @@ def test_silence_past_horizon_matures_churn_label() -> None:
 def test_lapsed_streak_customer_gets_one_coupon_per_episode() -> None:
     state = UserState("u1")
     streak(state, [0, 7, 14, 21])  # a weekly buyer: lapse after max(14, 2 * 7) days
-    due = on_event(state, Click(event_id="c", user_id="u1", ts=day(22), kind=ClickKind.SEARCH), CFG).due_ms
+    due = feed(state, Click(event_id="c", user_id="u1", ts=day(22), kind=ClickKind.SEARCH), CFG).due_ms
     assert due == day(35)
     assert on_due(state, day(34), Fixed(0.9), CFG).actions == []
     fired = on_due(state, day(35), Fixed(0.9), CFG)
@@ -166,7 +175,7 @@ def test_no_coupon_without_a_streak_or_after_unsubscribe() -> None:
     assert on_due(short, day(60), Fixed(1.0), CFG).actions == []
     gone = UserState("u1")
     streak(gone, [0, 7, 14])
-    apply_event(gone, Outcome(action_id="a", user_id="u1", ts=day(15), outcome=OutcomeKind.UNSUBSCRIBED))
+    fold(gone, Outcome(action_id="a", user_id="u1", ts=day(15), outcome=OutcomeKind.UNSUBSCRIBED))
     assert on_due(gone, day(60), Fixed(1.0), CFG).actions == []
 
 
@@ -174,7 +183,7 @@ def test_control_group_decisions_are_recorded_as_control() -> None:
     cfg = EngineConfig(policy=PolicyConfig(control_share=1.0))
     state = UserState("u1")
     for n in (0, 7, 14):
-        on_event(state, purchase(n), cfg)
+        feed(state, purchase(n), cfg)
     assert on_due(state, day(40), Fixed(0.9), cfg).actions[0].group == "control"
 
 
@@ -210,7 +219,7 @@ def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
     raw = {"event_id": "w1", "user_id": "u1", "ts": "2026-01-02T00:00:00Z", "order_id": "o",
            "items": [{"item_id": "i", "quantity": 2.0, "unit_price": 5}], "total": 10, "currency": "EUR", "channel": "app"}
     event = decode("purchases", json.dumps(raw).encode())
-    on_event(state, event, CFG)
-    on_event(state, decode("reviews", b'{"event_id":"w2","user_id":"u1","ts":1767312000000,"item_id":"i","rating":5.0}'), CFG)
+    feed(state, event, CFG)
+    feed(state, decode("reviews", b'{"event_id":"w2","user_id":"u1","ts":1767312000000,"item_id":"i","rating":5.0}'), CFG)
     restored = load_state(dump_state(state))
     assert restored == state and restored.last_purchase == day(1) and restored.rating_sum == 5

@@ -29,7 +29,7 @@ from streams.domain.engine import Step, due_at, on_due, on_event
 from streams.domain.events import Heartbeat, Invalid, decode
 from streams.domain.features import as_dict
 from streams.domain.schedule import DueQueue
-from streams.domain.state import UserState, dump_state, load_state
+from streams.domain.state import Applied, UserState, dump_state, load_state
 from streams.runtime import metrics
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
@@ -98,11 +98,10 @@ class Ingest:
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
             return result.ts
         state = self._load(user_id) or UserState(user_id)
-        step = on_event(state, result, self.cfg)
-        if not step.applied:
-            metrics.RECORDS.labels(topic, "duplicate").inc()
+        step = on_event(state, result, self.clocks[msg.partition].now, self.cfg)
+        metrics.RECORDS.labels(topic, step.applied.value).inc()
+        if step.applied is Applied.DUPLICATE:
             return result.ts
-        metrics.RECORDS.labels(topic, "ok").inc()
         await self._finish(state, step, self._queue(msg.partition))
         return result.ts
 

@@ -1,0 +1,207 @@
+"""Per-user features over event-time windows: each feature with explicit timestamps, and
+the property that arrival order within the allowed lateness and duplicates change nothing."""
+
+from __future__ import annotations
+
+import random
+import statistics
+
+import pytest
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streams.domain.events import Click, ClickKind, Item, Purchase, Review, UserEvent
+from streams.domain.features import CLICK_WINDOWS, FEATURE_NAMES, FEATURES, MODEL_FEATURES, features, features_markdown, feature_vector
+from streams.domain.state import Applied, StateConfig, UserState, advance, apply_event, dump_state, load_state
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
+from streams.domain.windows import CLICK_KINDS
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
+CFG = StateConfig(allowed_lateness_ms=6 * MS_PER_HOUR, cart_timeout_ms=24 * MS_PER_HOUR, session_gap_ms=30 * 60_000)
+MIN = 60_000
+
+
+def at(days: float = 0, hours: float = 0, minutes: float = 0) -> int:
+    return T0 + int(days * MS_PER_DAY + hours * MS_PER_HOUR + minutes * MIN)
+
+
+def click(eid: str, ts: int, kind: str = "page_view", session: str | None = "s1", item: str | None = None, category: str | None = None) -> Click:
+    return Click(event_id=eid, user_id="u", ts=ts, kind=ClickKind(kind), session_id=session, item_id=item, category=category)
+
+
+def buy(eid: str, ts: int, total: float = 10.0) -> Purchase:
+    return Purchase(event_id=eid, user_id="u", ts=ts, order_id=eid, items=[Item(item_id="i", quantity=1, unit_price=total)],
+                    total=total, currency="EUR", channel="web")
+
+
+def review(eid: str, ts: int, rating: int, text: str | None = None) -> Review:
+    return Review(event_id=eid, user_id="u", ts=ts, item_id="i", rating=rating, text=text)
+
+
+def toy_sentiment(event: UserEvent) -> float | None:
+    """A fixed scorer for tests: the rating, mapped to [-1, 1]."""
+    return (event.rating - 3) / 2 if isinstance(event, Review) else None
+
+
+def run(events: list[UserEvent], cfg: StateConfig = CFG) -> UserState:
+    """Apply events in the given order, the clock being the latest event time seen so far."""
+    state = UserState("u")
+    clock = 0
+    for event in events:
+        apply_event(state, event, clock, cfg, toy_sentiment(event))
+        clock = max(clock, event.ts)
+    return state
+
+
+def test_click_windows_count_by_tile_at_the_clock() -> None:
+    state = run([click("a", at(0, 0, 1), "search"), click("b", at(0, 0, 50), "search"), click("c", at(3), "product_view"),
+                 click("d", at(20), "add_to_cart"), click("e", at(60), "wishlist")])
+    x = features(state, at(60, 0, 30))
+    assert x["wishlist_1h"] == 1 and x["wishlist_24h"] == 1 and x["add_to_cart_90d"] == 1 and x["add_to_cart_30d"] == 0
+    early = features(run([click("a", at(0, 0, 1), "search"), click("b", at(0, 0, 50), "search"), click("c", at(3), "product_view")]), at(3, 0, 1))
+    assert early["search_7d"] == 2 and early["search_24h"] == 0 and early["product_view_1h"] == 1
+    # the 1 h window is the 12 five-minute tiles ending with the clock's tile
+    inside = features(run([click("a", at(0, 0, 1), "search")]), at(0, 0, 59))
+    outside = features(run([click("a", at(0, 0, 1), "search")]), at(0, 1, 0))
+    assert inside["search_1h"] == 1 and outside["search_1h"] == 0
+
+
+def test_sessions_days_active_and_distinct_items() -> None:
+    events = [click("a", at(0, 1), session="s1", item="i1", category="tents"), click("b", at(0, 2), session="s1", item="i2", category="tents"),
+              click("c", at(1, 1), session="s2", item="i1", category="shoes"),
+              click("d", at(2, 1), session=None), click("e", at(2, 1, 10), session=None), click("f", at(2, 2), session=None)]
+    x = features(run(events), at(2, 3))
+    assert x["sessions_7d"] == 4  # s1, s2, and two 30-min buckets without an id
+    assert x["days_active_30d"] == 3
+    assert x["distinct_items_viewed"] == 2 and x["distinct_categories_viewed"] == 2
+
+
+def test_session_moves_to_its_earliest_event_when_that_arrives_late() -> None:
+    late_first = run([click("b", at(0, 0, 10), session="s"), click("a", at(0, 0, 0) - 1, session="s")])  # 23:59:59.999 the day before
+    assert features(late_first, at(0, 1))["sessions_24h"] == 1
+    state = late_first
+    assert state.tiles.window("7d", "sessions", at(0, 1)) == 1
+    day_tiles = state.tiles.levels[2]
+    assert sorted(row[7] for row in day_tiles.values()) == [0, 1] and day_tiles[(at(0) - 1) // MS_PER_DAY][7] == 1
+
+
+def test_purchase_windows_lifetime_and_money_in_cents() -> None:
+    events = [buy("p1", at(0), 10.10), buy("p2", at(100), 20.20), buy("p3", at(360), 0.3), buy("p4", at(364), 0.1)]
+    x = features(run(events), at(365))
+    assert (x["purchases_7d"], x["purchases_30d"], x["purchases_90d"], x["purchases_365d"]) == (2, 2, 2, 3)
+    assert x["spend_7d"] == 0.4 and x["spend"] == 30.7 and x["purchases"] == 4
+    assert x["avg_order_value"] == 30.7 / 4
+    assert x["recency_days"] == 1.0 and x["first_seen_days"] == 365.0 and x["last_seen_days"] == 1.0
+
+
+def test_gaps_include_purchases_still_within_lateness_in_time_order() -> None:
+    state = run([buy("p1", at(0)), buy("p3", at(20)), buy("p2", at(20) - 5 * MS_PER_HOUR)])  # p2 5 h late: within 6 h
+    x = features(state, at(20, 1))
+    gaps = [20 - 5 / 24, 5 / 24]
+    assert x["gap_mean_days"] == pytest.approx(10.0) and x["gap_std_days"] == pytest.approx(statistics.stdev(gaps))
+    assert x["recency_days"] == 1 / 24
+    assert abs(x["recency_over_gap"] - (1 / 24) / x["gap_mean_days"]) < 1e-12
+
+
+def test_an_event_beyond_the_lateness_counts_in_lifetime_figures_only() -> None:
+    state = UserState("u")
+    apply_event(state, buy("p1", at(10)), at(10), CFG)
+    assert apply_event(state, buy("p0", at(9)), at(10), CFG) is Applied.LATE
+    assert apply_event(state, click("c", at(9), "search"), at(10), CFG) is Applied.LATE
+    x = features(state, at(10, 1))
+    assert x["purchases"] == 2 and x["spend"] == 20.0 and x["purchases_7d"] == 1
+    assert x["search_7d"] == 0 and x["gap_mean_days"] == 0.0
+    assert apply_event(state, buy("p0", at(9)), at(10), CFG) is Applied.DUPLICATE
+
+
+def test_cart_abandoned_without_a_purchase_within_the_timeout() -> None:
+    bought = run([click("a", at(0, 10), "add_to_cart"), click("b", at(0, 11), "checkout_start"), buy("p", at(0, 12))])
+    left = run([click("a", at(0, 10), "add_to_cart"), click("b", at(0, 11), "checkout_start"), buy("p", at(1, 11))])
+    for state in (bought, left):
+        assert features(state, at(1, 9))["carts_abandoned"] == 0  # the timeout has not passed yet
+    assert features(bought, at(2))["carts_abandoned"] == 0
+    x = features(left, at(2))
+    assert x["carts_abandoned"] == 1 and x["carts_abandoned_7d"] == 1
+    advance(left, at(3), CFG)  # finalized into the tiles and the lifetime count
+    assert left.carts == [] and left.carts_abandoned == 1
+    later = features(left, at(40))
+    assert later["carts_abandoned_30d"] == 0 and later["carts_abandoned"] == 1
+
+
+def test_searches_since_the_last_purchase() -> None:
+    state = run([click("a", at(0), "search"), buy("p", at(1)), click("b", at(2), "search"), click("c", at(3), "search")])
+    assert features(state, at(4))["searches_since_purchase"] == 2
+
+
+def test_reviews_ratings_and_sentiment() -> None:
+    state = run([review("r1", at(1), 5, "great"), review("r2", at(3), 1, "broken"), review("r3", at(2), 4)])
+    x = features(state, at(4))
+    assert x["reviews"] == 3 and x["rating_mean"] == 10 / 3 and x["last_rating"] == 1
+    assert x["sentiment_mean"] == (1.0 - 1.0 + 0.5) / 3 and x["last_sentiment"] == -1.0 and x["negative_reviews"] == 1
+
+
+def test_every_feature_is_documented_and_the_model_sees_a_documented_subset() -> None:
+    table = features_markdown()
+    click_counts = {f"{k}_{w}" for k in CLICK_KINDS for w in CLICK_WINDOWS}
+    assert "`<kind>_<window>`" in table and all(f"`{k}`" in table for k in CLICK_KINDS)
+    assert all(f"`{name}`" in table for name in FEATURE_NAMES if name not in click_counts)
+    assert click_counts <= set(FEATURE_NAMES) and len(FEATURES) == len(set(FEATURE_NAMES))
+    state = run([buy("p", at(1)), click("a", at(2), "search")])
+    assert len(feature_vector(state, at(3))) == len(MODEL_FEATURES)
+    assert set(features(state, at(3))) == set(FEATURE_NAMES)
+
+
+def test_state_stays_bounded_over_a_long_busy_history() -> None:
+    """A daily buyer who clicks all day: the state's size stops growing with history."""
+
+    def history(days: int) -> UserState:
+        events: list[UserEvent] = []
+        for d in range(days):
+            events.append(buy(f"p{d}", at(d, 12), 42.5))
+            events += [click(f"c{d}-{h}", at(d, h), ("page_view", "search", "add_to_cart")[h % 3], f"s{d}", f"i{h}") for h in range(0, 24, 2)]
+            events.append(review(f"r{d}", at(d, 13), 4, "good"))
+        return run(events)
+
+    one_year, two_years = len(dump_state(history(365))), len(dump_state(history(730)))
+    assert abs(two_years - one_year) < 64, (one_year, two_years)
+    assert load_state(dump_state(history(30))) == history(30)
+
+
+@st.composite
+def user_histories(draw: st.DrawFn) -> list[UserEvent]:
+    n = draw(st.integers(1, 60))
+    horizon = draw(st.sampled_from([30 * MIN, 2 * MS_PER_HOUR, 3 * MS_PER_DAY, 40 * MS_PER_DAY, 400 * MS_PER_DAY]))
+    times = sorted(draw(st.lists(st.integers(0, horizon), min_size=n, max_size=n)))
+    events: list[UserEvent] = []
+    for i, offset in enumerate(times):
+        ts = T0 + offset
+        kind = draw(st.sampled_from(["click", "click", "click", "purchase", "review"]))
+        if kind == "click":
+            events.append(click(f"e{i}", ts, draw(st.sampled_from([k.value for k in ClickKind])),
+                                draw(st.sampled_from(["s1", "s2", "s3", None])), draw(st.sampled_from(["i1", "i2", None])),
+                                draw(st.sampled_from(["c1", None]))))
+        elif kind == "purchase":
+            events.append(buy(f"e{i}", ts, draw(st.integers(0, 50_000)) / 100))
+        else:
+            events.append(review(f"e{i}", ts, draw(st.integers(1, 5))))
+    return events
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=user_histories(), seed=st.integers(0, 2**32 - 1))
+def test_any_order_within_the_lateness_and_duplicates_give_the_features_of_the_sorted_stream(
+    events: list[UserEvent], seed: int
+) -> None:
+    rng = random.Random(seed)
+    # Each event is delayed by at most the lateness: no event arrives later than allowed.
+    delayed = sorted(events, key=lambda e: e.ts + rng.randint(0, CFG.allowed_lateness_ms))
+    with_duplicates = [e for e in delayed for _ in range(2 if rng.random() < 0.2 else 1)]
+    end = max(e.ts for e in events)
+    sorted_state, shuffled_state = run(events), run(with_duplicates)
+    for now in (end, end + CFG.allowed_lateness_ms, end + 2 * MS_PER_DAY, end + 100 * MS_PER_DAY):
+        assert features(shuffled_state, now, CFG) == features(sorted_state, now, CFG)
+        advance(sorted_state, now, CFG)
+        advance(shuffled_state, now, CFG)
+        assert features(shuffled_state, now, CFG) == features(sorted_state, now, CFG)
+        assert shuffled_state.tiles == sorted_state.tiles  # every window, not only today's
