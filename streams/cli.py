@@ -22,6 +22,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="Topic administration.")
 actions_app = typer.Typer(no_args_is_help=True, help="The retention actions, as marketing systems see them.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(actions_app, name="actions")
+scores_app = typer.Typer(no_args_is_help=True, help="Every user's latest features and scores, for marketing and analysts.")
+app.add_typer(scores_app, name="scores")
 err = Console(stderr=True)
 
 
@@ -160,6 +162,23 @@ def actions_tail(
         pass
     finally:
         reader.close()
+
+
+@scores_app.command("export")
+def scores_export(
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.csv or .parquet).")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv or parquet (default: from the file's suffix).")] = None,
+) -> None:
+    """Write every user's latest features and scores (from user-scores) as CSV or Parquet."""
+    from streams.runtime.export import latest_scores, rows, write
+
+    fmt = fmt or ("parquet" if output.suffix == ".parquet" else "csv")
+    if fmt not in ("csv", "parquet"):
+        err.print(f"[red]unknown format {fmt!r}: csv or parquet[/red]")
+        raise typer.Exit(2)
+    columns, table = rows(latest_scores(_settings()).values())
+    write(output, columns, table, fmt)
+    err.print(f"wrote {len(table)} users, {len(columns)} columns to {output} ({fmt})")
 
 
 @app.command()

@@ -47,6 +47,8 @@ class Step:
     examples: list[Example] = field(default_factory=list)
     actions: list[RetentionAction] = field(default_factory=list)
     due_ms: int | None = None
+    #: The churn score the step computed, if it scored the user.
+    churn: Score | None = None
 
 
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
@@ -71,11 +73,13 @@ def on_due(state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig)
     examples = mature(state, now_ms, cfg.horizon_ms)
     actions: list[RetentionAction] = []
     due = lapse_check_due(state, cfg.policy)
+    churn_score: Score | None = None
     if due is not None and now_ms >= due:
         features = feature_vector(state, now_ms, cfg.state)
         if state.lapse_checked is None or state.last_purchase is None or state.lapse_checked <= state.last_purchase:
             add_scoring_point(state, now_ms, features)  # first check of this lapse episode
-        action = decide_lapse(state, now_ms, features, churn.score(as_dict(features)), cfg.policy)
+        churn_score = churn.score(as_dict(features))
+        action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)
         if action is not None:
             actions.append(action)
-    return Step(applied=Applied.OK, examples=examples, actions=actions, due_ms=due_at(state, cfg))
+    return Step(applied=Applied.OK, examples=examples, actions=actions, due_ms=due_at(state, cfg), churn=churn_score)

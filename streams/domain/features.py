@@ -51,8 +51,8 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("first_seen_days", "days since the user's first event", "lifetime", "days"),
         Feature("last_seen_days", "days since the user's latest event", "lifetime", "days"),
         Feature("recency_days", "days since the last purchase (since first seen without one)", "lifetime", "days"),
-        Feature("gap_mean_days", "mean gap between consecutive purchases", "lifetime", "days"),
-        Feature("gap_std_days", "sample standard deviation of those gaps", "lifetime", "days"),
+        Feature("gap_mean_days", "mean gap between purchases: (last - first purchase) / (purchases - 1)", "lifetime", "days"),
+        Feature("gap_std_days", "sample standard deviation of the gaps between the latest 16 purchases", "latest 16 purchases", "days"),
         Feature("recency_over_gap", "recency_days / gap_mean_days (0 without a gap)", "lifetime", "ratio"),
         Feature("carts_abandoned_7d", "add_to_cart/checkout_start episodes with no purchase within the cart timeout", "7d", "count"),
         Feature("carts_abandoned_30d", "as above", "30d", "count"),
@@ -118,7 +118,7 @@ def features(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> di
     out["first_seen_days"] = _days(now, state.first_seen)
     out["last_seen_days"] = _days(now, state.last_seen)
     recency = _days(now, state.last_purchase if state.last_purchase is not None else state.first_seen)
-    _, gap_mean, gap_std = purchase_gaps(state)
+    gap_mean, gap_std = purchase_gaps(state)
     out["recency_days"] = recency
     out["gap_mean_days"] = gap_mean
     out["gap_std_days"] = gap_std

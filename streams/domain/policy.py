@@ -40,7 +40,7 @@ def lapse_check_due(state: UserState, cfg: PolicyConfig) -> int | None:
         return None
     if state.lapse_acted == last:
         return None
-    wait_days = max(cfg.lapse_min_days, cfg.lapse_gap_factor * purchase_gaps(state)[1])
+    wait_days = max(cfg.lapse_min_days, cfg.lapse_gap_factor * purchase_gaps(state)[0])
     due = last + int(wait_days * MS_PER_DAY)
     if state.lapse_checked is not None and state.lapse_checked >= due:
         due = state.lapse_checked + int(cfg.recheck_days * MS_PER_DAY)

@@ -6,10 +6,11 @@ as compact msgpack in a RocksDB table. Three rules make it replay exactly:
 - **Once per event.** The digests of the most recent event ids are kept, so a
   redelivered or re-sent event counts once.
 - **Order does not matter within the allowed lateness.** Windowed counters live in
-  event-time tiles (:mod:`streams.domain.windows`); what depends on order (gaps between
-  purchases, abandoned carts, sessions) is kept as a short sorted record of recent
-  times and only *finalized* once the clock is past it by the allowed lateness, in
-  event-time order. Any arrival order within the lateness ends in the same state.
+  event-time tiles (:mod:`streams.domain.windows`); what depends on order (abandoned
+  carts, sessions) is kept as a short sorted record of recent times and only
+  *finalized* once the clock is past it by the allowed lateness. Gaps between purchases
+  come from the first and last purchase and the latest purchases by event time, which
+  no arrival order changes. Any arrival order within the lateness ends in the same state.
 - **Too late is still counted.** An event older than the clock minus the lateness
   updates the lifetime counters only; its windows are closed and stay untouched.
 
@@ -76,12 +77,7 @@ class UserState(msgspec.Struct, array_like=True):
     spend_cents: int = 0
     first_purchase: int | None = None
     last_purchase: int | None = None
-    #: Gap statistics (Welford, days) of purchases up to ``gap_anchor``, in time order.
-    gaps: int = 0
-    gap_mean_days: float = 0.0
-    gap_m2: float = 0.0
-    gap_anchor: int | None = None
-    #: Sorted times of recent purchases (for gaps not yet final and cart checks).
+    #: Sorted times of the latest purchases by event time (gap spread, cart checks).
     purchase_times: list[int] = msgspec.field(default_factory=list)
     #: Sorted times of the latest searches.
     search_times: list[int] = msgspec.field(default_factory=list)
@@ -107,6 +103,8 @@ class UserState(msgspec.Struct, array_like=True):
     lapse_checked: int | None = None
     #: last_purchase of the lapse episode a retention action was already emitted for.
     lapse_acted: int | None = None
+    #: Event time of the last snapshot published on user-scores (0: never).
+    scores_at: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -208,10 +206,9 @@ def _apply_purchase(state: UserState, purchase: Purchase, now: int, on_time: boo
     ts = purchase.ts
     state.first_purchase = ts if state.first_purchase is None else min(state.first_purchase, ts)
     state.last_purchase = ts if state.last_purchase is None else max(state.last_purchase, ts)
+    _keep_latest(state.purchase_times, ts, RECENT_PURCHASES)
     if on_time:
         state.tiles.add(ts, {"purchases": 1, "spend_cents": cents}, now)
-        if state.gap_anchor is None or ts > state.gap_anchor:
-            _keep_latest(state.purchase_times, ts, RECENT_PURCHASES)
 
 
 def _apply_review(state: UserState, review: Review, sentiment: float | None) -> None:
@@ -233,34 +230,18 @@ def _keep_latest(times: list[int], ts: int, bound: int) -> None:
 
 
 def advance(state: UserState, now: int, cfg: StateConfig) -> None:
-    """Move the state's clock to ``now``: finalize what the lateness can no longer
-    change (purchase gaps, abandoned carts), in event-time order, and expire tiles."""
+    """Move the state's clock to ``now``: finalize the abandoned carts the lateness can
+    no longer change, and expire tiles."""
     if now <= state.clock:
         return
     state.clock = now
     final = now - cfg.allowed_lateness_ms
-    for ts in state.purchase_times:
-        if ts > final:
-            break
-        if state.gap_anchor is None or ts > state.gap_anchor:
-            if state.gap_anchor is not None:
-                _add_gap(state, (ts - state.gap_anchor) / MS_PER_DAY)
-            state.gap_anchor = ts
     for cart in sorted(c for c in state.carts if c[1] + cfg.cart_timeout_ms < final):
         state.carts.remove(cart)
         if not _bought_within(state, cart[1], cfg.cart_timeout_ms):
             state.carts_abandoned += 1
             state.tiles.add(cart[1], {"carts_abandoned": 1}, now)
-    keep_from = final - cfg.cart_timeout_ms  # purchases still needed by open carts
-    state.purchase_times = [t for t in state.purchase_times if t >= keep_from or t == state.gap_anchor]
     state.tiles.expire(now)
-
-
-def _add_gap(state: UserState, gap: float) -> None:
-    state.gaps += 1
-    delta = gap - state.gap_mean_days
-    state.gap_mean_days += delta / state.gaps
-    state.gap_m2 += delta * (gap - state.gap_mean_days)
 
 
 def _bought_within(state: UserState, start: int, span: int) -> bool:
@@ -268,20 +249,25 @@ def _bought_within(state: UserState, start: int, span: int) -> bool:
     return i < len(state.purchase_times) and state.purchase_times[i] <= start + span
 
 
-def purchase_gaps(state: UserState) -> tuple[int, float, float]:
-    """Count, mean and standard deviation (days) of the gaps between purchases, the
-    final ones and those still within the lateness, in event-time order."""
-    n, mean, m2, anchor = state.gaps, state.gap_mean_days, state.gap_m2, state.gap_anchor
-    for ts in state.purchase_times:
-        if anchor is not None and ts > anchor:
-            gap = (ts - anchor) / MS_PER_DAY
-            n += 1
-            delta = gap - mean
-            mean += delta / n
-            m2 += delta * (gap - mean)
-        if anchor is None or ts > anchor:
-            anchor = ts
-    return n, mean, math.sqrt(m2 / (n - 1)) if n > 1 else 0.0
+def purchase_gaps(state: UserState) -> tuple[float, float]:
+    """Mean gap between purchases over the lifetime (``(last - first) / (n - 1)``, so
+    any arrival order gives it exactly) and the standard deviation of the gaps between
+    the latest purchases, in days.
+
+    >>> s = UserState("u", purchases=3, first_purchase=0, last_purchase=4 * MS_PER_DAY,
+    ...               purchase_times=[0, MS_PER_DAY, 4 * MS_PER_DAY])
+    >>> purchase_gaps(s)
+    (2.0, 1.4142135623730951)
+    """
+    if state.purchases < 2 or state.first_purchase is None or state.last_purchase is None:
+        return 0.0, 0.0
+    mean = (state.last_purchase - state.first_purchase) / MS_PER_DAY / (state.purchases - 1)
+    times = state.purchase_times
+    gaps = [(b - a) / MS_PER_DAY for a, b in zip(times, times[1:])]
+    if len(gaps) < 2:
+        return mean, 0.0
+    recent = sum(gaps) / len(gaps)
+    return mean, math.sqrt(sum((g - recent) ** 2 for g in gaps) / (len(gaps) - 1))
 
 
 def abandoned_carts_open(state: UserState, now: int, cfg: StateConfig) -> list[int]:

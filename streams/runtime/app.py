@@ -7,6 +7,7 @@ from typing import Any
 import faust
 from prometheus_client import generate_latest
 
+from streams.runtime import metrics
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.settings import Settings
 from streams.runtime.transport import Transport
@@ -34,6 +35,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         producer_max_batch_size=settings.producer_max_batch_size,
         web_host=settings.web_host,
         web_port=settings.web_port,
+        canonical_url=settings.canonical_url,
         web_in_thread=False,
         autodiscover=False,
         logging_config=None,
@@ -44,5 +46,17 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type="text/plain")
+
+    @app.page("/users/{user_id}")
+    @app.table_route(table=ingest.users, match_info="user_id")
+    async def user_page(web: Any, request: Any, user_id: str) -> Any:
+        """A user's features, scores and state, answered by the worker that owns the
+        user's partition (another worker forwards the request there)."""
+        profile = ingest.profile(user_id)
+        if profile is None:
+            metrics.USER_QUERIES.labels("404").inc()
+            return web.json({"error": f"unknown user {user_id!r}"}, status=404)
+        metrics.USER_QUERIES.labels("200").inc()
+        return web.json(profile)
 
     return app, ingest

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.runtime.settings import Settings
@@ -41,7 +41,12 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
                 f"RETENTION_PARTITIONS is {settings.partitions}: all topics must be co-partitioned"
             )
     wanted = [
-        NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor)
+        NewTopic(
+            name,
+            num_partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            config={"cleanup.policy": "compact"} if name == settings.topic_scores else {},
+        )
         for name in settings.all_topics
         if name not in existing
     ]
@@ -117,3 +122,31 @@ def read_topic(settings: Settings, topic: str, idle_s: float = 2.0, at_least: in
     finally:
         reader.close()
     return out
+
+
+def read_to_end(settings: Settings, topic: str, timeout: float = 120.0) -> Iterator[Message]:
+    """Every record of ``topic`` up to its end as of now (the high watermarks read at the
+    start), partition by partition in offset order."""
+    reader = consumer(settings, None, **{"enable.partition.eof": True})
+    try:
+        partitions = reader.list_topics(topic, timeout=30).topics[topic].partitions
+        ends = {p: reader.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)[1] for p in partitions}
+        todo = {p for p, end in ends.items() if end > 0}
+        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{topic}: partitions {sorted(todo)} not read to their end in {timeout:.0f} s")
+            msg = reader.poll(0.5)
+            if msg is None:
+                continue
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    todo.discard(msg.partition())
+                    continue
+                raise KafkaException(msg.error())
+            yield msg
+            if msg.offset() + 1 >= ends[msg.partition()]:
+                todo.discard(msg.partition())
+    finally:
+        reader.close()

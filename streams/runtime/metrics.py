@@ -24,3 +24,5 @@ PROCESSING = Histogram(
     "Wall time to process one inbound record, including due checks it triggers.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
+USER_QUERIES = Counter("retention_user_queries", "GET /users/{user_id} answered here, by status.", ["status"])

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -48,6 +51,14 @@ class WorkerProcess:
     def metrics_text(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as response:
             return response.read().decode()
+
+    def get_json(self, path: str) -> tuple[int, Any]:
+        """GET a JSON page of the worker's web server: (status, decoded body)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
 
     def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
         """Samples of one metric (e.g. ``retention_records_total``) as (labels, value)."""

@@ -8,6 +8,8 @@ by :func:`embedded_overrides`, in processes the demo and the tests start.
 
 from __future__ import annotations
 
+import socket
+
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -38,16 +40,19 @@ class Settings(BaseSettings):
     topic_heartbeats: str = Field("heartbeats", description="Topic of event-time heartbeats (in), one per partition.")
     topic_actions: str = Field("retention-actions", description="Topic of retention actions (out).")
     topic_dead_letters: str = Field("dead-letters", description="Topic of records that broke the contract (out).")
+    topic_scores: str = Field("user-scores", description="Topic of each user's latest features and scores (out, compacted).")
 
     data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
     web_host: str = Field("127.0.0.1", description="Interface of the worker's web server (/metrics); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
+    advertised_url: str = Field("", description="URL other workers use to reach this one (GET /users/{id} is forwarded to the owner of the user's partition); default http://<web host, or the hostname when listening on 0.0.0.0>:<web port>.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
 
     max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp before it is dead-lettered.")
     allowed_lateness_s: float = Field(3600.0, ge=0, description="How late (behind the partition's event-time clock) an event may arrive and still count in its windows; later ones update lifetime figures only and are counted as `late`.")
     cart_timeout_hours: float = Field(24.0, gt=0, description="A cart (add_to_cart or checkout_start) with no purchase within this time is abandoned.")
     session_gap_minutes: float = Field(30.0, gt=0, description="Clicks without a session_id form one session per channel and bucket of this many minutes.")
+    scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose state changed (a scoring always publishes one).")
     churn_horizon_days: float = Field(30.0, gt=0, description="Churn at t means no purchase in (t, t + horizon].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes) before the learned churn model replaces the recency prior.")
     churn_threshold: float = Field(0.5, ge=0, le=1, description="Churn probability at which a lapsed customer gets a coupon.")
@@ -88,7 +93,14 @@ class Settings(BaseSettings):
 
     @property
     def all_topics(self) -> list[str]:
-        return [*self.inbound_topics, self.topic_actions, self.topic_dead_letters, self.rekey_topic]
+        return [*self.inbound_topics, self.topic_actions, self.topic_dead_letters, self.topic_scores, self.rekey_topic]
+
+    @property
+    def canonical_url(self) -> str:
+        if self.advertised_url:
+            return self.advertised_url
+        host = socket.gethostname() if self.web_host in ("0.0.0.0", "::", "") else self.web_host
+        return f"http://{host}:{self.web_port}"
 
     @property
     def rekey_topic(self) -> str:

@@ -62,7 +62,7 @@ def pipeline(broker_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
         "RETENTION_APP_ID": f"rs-test-{suffix}",
         "RETENTION_PARTITIONS": "4",
         **{f"RETENTION_TOPIC_{name}": f"{name.lower()}-{suffix}"
-           for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS")},
+           for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES")},
     }
     settings = _settings(env)
     create_topics(settings)

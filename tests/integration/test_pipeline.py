@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import csv
 import json
+import time
+import math
 import subprocess
 import sys
 
@@ -91,7 +94,7 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
 
     actions = read_topic(pipeline.settings, pipeline.settings.topic_actions, at_least=2)
     by_user = {msg.key().decode(): json.loads(msg.value()) for msg in actions}
-    assert len(actions) == 2 and set(by_user) == {"lapsed", "miskeyed"}, (by_user, worker.metrics_text())
+    assert len(actions) == 2 and set(by_user) == {"lapsed", "miskeyed"}, (worker.get_json("/users/miskeyed"), [l for l in worker.metrics_text().splitlines() if "event_time" in l or "records_total" in l])
     lapsed = by_user["lapsed"]
     assert schema_errors("retention-actions", lapsed) == []
     assert lapsed["kind"] == "coupon" and lapsed["group"] == "treatment"
@@ -116,6 +119,37 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert worker.total("retention_records_total", topic="purchases", result="rekeyed") >= 3
     assert worker.total("retention_dead_letters_total", topic="clicks") == len(BAD_CLICKS)
     assert worker.total("retention_actions_total", kind="coupon", rule="lapsed_after_streak", group="treatment") == 2
+
+    # any user's features and scores, at the partition's event-time clock (day 50)
+    status, profile = worker.get_json("/users/lapsed")
+    assert status == 200, profile
+    assert profile["features"]["purchases"] == 4 and profile["features"]["recency_days"] == 29.0
+    assert profile["features"]["gap_mean_days"] == 7.0 and profile["features"]["spend_30d"] == 40.0 and profile["features"]["spend_7d"] == 0.0
+    assert profile["scores"]["churn"] == pytest.approx(1 - math.exp(-29 / 14), abs=1e-6)
+    assert profile["model_versions"] == {"churn": "recency-prior"} and profile["priors"] == ["churn"]
+    assert profile["ts"] == "2026-02-20T00:00:00.000Z" and profile["last_purchase"] == "2026-01-22T00:00:00.000Z"
+    assert worker.get_json("/users/nobody")[0] == 404
+
+    # the latest snapshot per user on user-scores, valid against its schema
+    rows = read_topic(pipeline.settings, pipeline.settings.topic_scores, at_least=3)
+    latest = {msg.key().decode(): json.loads(msg.value()) for msg in rows}
+    assert set(latest) == {"lapsed", "miskeyed", "loyal"}
+    assert all(schema_errors("user-scores", row) == [] for row in latest.values())
+    assert latest["lapsed"]["features"]["purchases"] == 4 and latest["lapsed"]["scores"]["churn"] > 0.5
+
+    # ... exported for analysts as CSV and Parquet, one row per user
+    for name in ("scores.csv", "scores.parquet"):
+        subprocess.run([sys.executable, "-m", "streams.cli", "scores", "export", "--output", str(pipeline.tmp / name)],
+                       env=worker.env, capture_output=True, timeout=60, check=True)
+    with (pipeline.tmp / "scores.csv").open() as handle:
+        table = {row["user_id"]: row for row in csv.DictReader(handle)}
+    assert set(table) == {"lapsed", "miskeyed", "loyal"}
+    assert float(table["lapsed"]["purchases"]) == 4 and float(table["lapsed"]["churn"]) == latest["lapsed"]["scores"]["churn"]
+    assert table["lapsed"]["churn_model"] == "recency-prior" and table["lapsed"]["churn_prior"] == "True"
+    import pyarrow.parquet as pq
+
+    parquet = pq.read_table(pipeline.tmp / "scores.parquet").to_pylist()
+    assert [r["user_id"] for r in parquet] == sorted(table) and parquet[0]["purchases"] == float(table[parquet[0]["user_id"]]["purchases"])
 
     # the marketing side: `retention actions tail` prints the same actions as JSON lines
     tail = subprocess.run(
@@ -182,3 +216,19 @@ def test_replayed_backlog_gives_the_answers_of_live_traffic(pipeline: Pipeline) 
     worker.wait_processed(len(records) + len(beats) * pipeline.settings.partitions, timeout=180)
     actions = [json.loads(m.value()) for m in read_topic(pipeline.settings, pipeline.settings.topic_actions, at_least=1)]
     assert [(a["user_id"], a["ts"]) for a in actions] == [("lapsed", "2026-02-05T00:00:00.000Z")]
+
+
+def test_any_worker_answers_for_any_user_by_forwarding_to_the_owner(pipeline: Pipeline) -> None:
+    one, two = pipeline.worker("w1", **NO_CONTROL), pipeline.worker("w2", **NO_CONTROL)
+    events = publish(pipeline, scenario(pipeline))
+    deadline = time.monotonic() + 120
+    while sum(w.total("retention_records_total") - w.total("retention_records_total", result="rekeyed") for w in (one, two)) < events:
+        assert time.monotonic() < deadline, "workers did not process the scenario"
+        time.sleep(0.25)
+    owners = {w: {p for labels, _ in w.samples("retention_event_time_seconds") for p in [labels["partition"]]} for w in (one, two)}
+    assert owners[one] and owners[two], f"both workers should own partitions: {owners}"
+    for user in ("lapsed", "miskeyed", "loyal"):
+        answers = [w.get_json(f"/users/{user}") for w in (one, two)]
+        assert answers[0] == answers[1] and answers[0][0] == 200, answers
+        assert answers[0][1]["features"]["purchases"] == (4 if user != "loyal" else 7)
+    assert one.get_json("/users/nobody")[0] == two.get_json("/users/nobody")[0] == 404

@@ -7,7 +7,7 @@ from models.score import Score
 from streams.domain.actions import decode_action, encode_action
 from streams.domain.engine import EngineConfig, on_due, on_event
 from streams.domain.events import Click, ClickKind, Item, Outcome, OutcomeKind, Purchase, Review
-from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector
+from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector, features
 from streams.domain.policy import PolicyConfig
 from streams.domain.schedule import DueQueue
 from streams.domain.state import RECENT_IDS, Applied, StateConfig, UserState, apply_event, dump_state, load_state, purchase_gaps
@@ -77,19 +77,21 @@ def test_state_round_trips_through_msgpack() -> None:
 def test_gap_statistics_and_features_at_event_time() -> None:
     state = UserState("u1")
     streak(state, [0, 10, 30])  # gaps 10 and 20
-    n, mean, std = purchase_gaps(state)
-    assert n == 2 and mean == 15.0 and abs(std - 7.0710678) < 1e-6
+    mean, std = purchase_gaps(state)
+    assert mean == 15.0 and abs(std - 7.0710678) < 1e-6
     x = as_dict(feature_vector(state, day(45)))
     assert list(x) == list(MODEL_FEATURES)
     assert x["recency_days"] == 15.0 and x["recency_over_gap"] == 1.0 and x["first_seen_days"] == 45.0
     assert x["purchases"] == 3 and x["avg_order_value"] == 50.0
 
 
-def test_late_purchase_counts_but_keeps_gaps_in_order() -> None:
+def test_purchase_beyond_the_lateness_counts_in_lifetime_figures_and_gaps() -> None:
     state = UserState("u1")
     streak(state, [0, 10])
     assert feed(state, purchase(5), CFG, now=day(10)).applied is Applied.LATE  # 5 days behind the clock
-    assert state.purchases == 3 and state.last_purchase == day(10) and purchase_gaps(state)[0] == 1
+    assert state.purchases == 3 and state.last_purchase == day(10)
+    assert purchase_gaps(state) == (5.0, 0.0)  # gaps 5 and 5, whatever the arrival order
+    assert features(state, day(10))["purchases_7d"] == 1  # its window had closed
 
 
 def test_reviews_and_outcomes_update_state() -> None:

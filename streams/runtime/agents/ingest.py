@@ -19,6 +19,7 @@ from collections import defaultdict
 from typing import Any
 
 import faust
+import msgspec
 from faust.types import TP
 
 from models.churn import ChurnModel
@@ -27,7 +28,10 @@ from streams.domain.clock import PartitionClock
 from streams.domain.dead_letters import dead_letter
 from streams.domain.engine import Step, due_at, on_due, on_event
 from streams.domain.events import Heartbeat, Invalid, decode
-from streams.domain.features import as_dict
+from streams.domain.features import as_dict, feature_vector
+from streams.domain.snapshots import encode_scores, snapshot, snapshot_due
+from streams.domain.timestamps import format_ts
+from models.score import Score
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState, dump_state, load_state
 from streams.runtime import metrics
@@ -53,6 +57,8 @@ class Ingest:
         self.rekeyed = app.topic(settings.rekey_topic, **raw)
         self.actions = app.topic(settings.topic_actions, **raw)
         self.dead_letters = app.topic(settings.topic_dead_letters, **raw)
+        self.scores = app.topic(settings.topic_scores, **raw)
+        self.scores_interval_ms = int(settings.scores_interval_s * 1000)
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         self.churn = ChurnModel(min_labels=settings.churn_min_labels)
         self.app = app
@@ -102,7 +108,7 @@ class Ingest:
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
-        await self._finish(state, step, self._queue(msg.partition))
+        await self._finish(state, step, self._queue(msg.partition), state.clock)
         return result.ts
 
     async def _advance(self, partition: int, topic: str, ts: int | None) -> None:
@@ -120,7 +126,7 @@ class Ingest:
         for user_id in queue.pop_due(now):
             state = self._load(user_id)
             if state is not None:
-                await self._finish(state, on_due(state, now, self.churn, self.cfg), queue)
+                await self._finish(state, on_due(state, now, self.churn, self.cfg), queue, now)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
 
     def _lagging(self, partition: int) -> list[str]:
@@ -137,7 +143,7 @@ class Ingest:
                     lagging.append(topic)
         return lagging
 
-    async def _finish(self, state: UserState, step: Step, queue: DueQueue) -> None:
+    async def _finish(self, state: UserState, step: Step, queue: DueQueue, now: int) -> None:
         for features, label in step.examples:
             self.churn.learn(as_dict(features), bool(label))
             metrics.LABELS.labels(ChurnModel.name, str(label)).inc()
@@ -147,6 +153,11 @@ class Ingest:
         for action in step.actions:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
+        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
+            row = snapshot(state, now, step.churn or self.score(state, now), self.cfg.state)
+            await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
+            state.scores_at = now
+            metrics.SNAPSHOTS.inc()
         self.users[state.user_id.encode()] = dump_state(state)
         queue.schedule(state.user_id, step.due_ms)
 
@@ -158,6 +169,28 @@ class Ingest:
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         record = dead_letter(msg.topic, msg.partition, msg.offset, key, value, kafka_ts, error, int(time.time() * 1000))
         await self.dead_letters.send(key=key, value=record)
+
+    def score(self, state: UserState, now: int) -> Score:
+        """The user's churn score at event time ``now`` from this worker's model."""
+        return self.churn.score(as_dict(feature_vector(state, now, self.cfg.state)))
+
+    def profile(self, user_id: str) -> dict[str, Any] | None:
+        """What ``GET /users/{user_id}`` shows, or None for an unknown user (on this
+        worker, which must own the user's partition)."""
+        state = self._load(user_id)
+        if state is None:
+            return None
+        clock = self.clocks.get(self.partition_for(user_id))
+        now = max(state.clock, clock.now if clock else 0)
+        row = snapshot(state, now, self.score(state, now), self.cfg.state)
+        return {
+            **msgspec.to_builtins(row),
+            "partition": self.partition_for(user_id),
+            "last_purchase": format_ts(state.last_purchase) if state.last_purchase is not None else None,
+            "pending_labels": len(state.pending),
+            "lapse_acted_for_purchase_at": format_ts(state.lapse_acted) if state.lapse_acted is not None else None,
+            "unsubscribed": state.unsubscribed,
+        }
 
     def _load(self, user_id: str) -> UserState | None:
         raw = self.users.get(user_id.encode())

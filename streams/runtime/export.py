@@ -1,0 +1,62 @@
+"""``retention scores export``: every user's latest snapshot from ``user-scores``, as a
+CSV or Parquet table for marketing and analysts.
+
+One row per user (the latest record of each key), columns: ``user_id``, ``ts``, one
+``<score>`` and ``<score>_model`` per score, ``<score>_prior`` (true while the score
+came from a prior), then every feature in the README's order.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from streams.domain.features import FEATURE_NAMES
+from streams.domain.snapshots import UserScores, decode_scores
+from streams.runtime.kafka import read_to_end
+from streams.runtime.settings import Settings
+
+SCORES = ("churn",)
+
+
+def latest_scores(settings: Settings) -> dict[str, UserScores]:
+    """The latest snapshot per user (records of a key are in one partition, in order)."""
+    latest: dict[str, UserScores] = {}
+    for msg in read_to_end(settings, settings.topic_scores):
+        row = decode_scores(msg.value())
+        latest[row.user_id] = row
+    return latest
+
+
+def rows(snapshots: Iterable[UserScores]) -> tuple[list[str], list[dict[str, Any]]]:
+    snapshots = sorted(snapshots, key=lambda r: r.user_id)
+    scores = list(SCORES) + sorted({s for r in snapshots for s in r.scores} - set(SCORES))
+    features = list(FEATURE_NAMES) + sorted({f for r in snapshots for f in r.features} - set(FEATURE_NAMES))
+    columns = ["user_id", "ts"] + [c for s in scores for c in (s, f"{s}_model", f"{s}_prior")] + features
+    out = []
+    for r in snapshots:
+        row: dict[str, Any] = {"user_id": r.user_id, "ts": r.ts}
+        for s in scores:
+            row[s] = r.scores.get(s)
+            row[f"{s}_model"] = r.model_versions.get(s)
+            row[f"{s}_prior"] = s in r.priors
+        row.update({f: r.features.get(f) for f in features})
+        out.append(row)
+    return columns, out
+
+
+def write(path: Path, columns: list[str], table: list[dict[str, Any]], fmt: str) -> None:
+    if fmt == "csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(table)
+    elif fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(table, schema=None).select(columns), path)
+    else:
+        raise ValueError(f"unknown format {fmt!r}: csv or parquet")
