@@ -181,7 +181,8 @@ def lexicon_score(text: str) -> float:
     >>> lexicon_score("不满意") < 0 < lexicon_score("不错")
     True
     """
-    latin = re.sub(rf"[{_HAN}]+", " ", text)
+    emojis = _vader().emojis  # VADER spells each out as words: keep them apart to chunk them
+    latin = "".join(f" {c} " if c in emojis else c for c in re.sub(rf"[{_HAN}]+", " ", text))
     han_runs = re.findall(rf"[{_HAN}][{_HAN}\s，。！？；、,.!?;…]*", text)
     parts: list[tuple[float, float]] = []
     for chunk in _chunks(latin):
