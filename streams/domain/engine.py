@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.score import Score
+from models.sentiment import is_negative
 from streams.domain.actions import RetentionAction
 from streams.domain.events import Purchase, UserEvent
 from streams.domain.features import as_dict, feature_vector
@@ -49,6 +50,8 @@ class Step:
     due_ms: int | None = None
     #: The churn score the step computed, if it scored the user.
     churn: Score | None = None
+    #: The event was a review whose text reads negative (an event the policy can react to).
+    negative_review: bool = False
 
 
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
@@ -65,7 +68,8 @@ def on_event(state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig,
         examples = resolve_on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
         if applied is Applied.OK:
             add_scoring_point(state, event.ts, feature_vector(state, event.ts, cfg.state))
-    return Step(applied=applied, examples=examples, due_ms=due_at(state, cfg))
+    negative = applied is not Applied.DUPLICATE and sentiment is not None and is_negative(sentiment)
+    return Step(applied=applied, examples=examples, due_ms=due_at(state, cfg), negative_review=negative)
 
 
 def on_due(state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig) -> Step:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+from models.sentiment import NEGATIVE_THRESHOLD
 from streams.domain.sketches import kmv_count
 from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
@@ -61,9 +62,9 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("reviews", "reviews", "lifetime", "count"),
         Feature("rating_mean", "mean star rating (0 without reviews)", "lifetime", "stars"),
         Feature("last_rating", "rating of the latest review (0 without reviews)", "latest", "stars"),
-        Feature("sentiment_mean", "mean review-text sentiment, -1 (negative) to 1", "lifetime", "score"),
-        Feature("last_sentiment", "sentiment of the latest review's text", "latest", "score"),
-        Feature("negative_reviews", "reviews whose text sentiment is below -0.25", "lifetime", "count"),
+        Feature("sentiment_mean", "mean sentiment of review texts, -1 (negative) to 1 (models/sentiment.py)", "lifetime", "score"),
+        Feature("last_sentiment", "sentiment of the latest review's text (0 without text)", "latest", "score"),
+        Feature("negative_reviews", f"reviews whose text scores at most {NEGATIVE_THRESHOLD} (a negative review)", "lifetime", "count"),
     ]
     return tuple(out)
 
@@ -135,7 +136,7 @@ def features(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> di
     out["reviews"] = state.reviews
     out["rating_mean"] = state.rating_sum / state.reviews if state.reviews else 0.0
     out["last_rating"] = state.last_rating
-    out["sentiment_mean"] = state.sentiment_milli_sum / 1000 / state.reviews if state.reviews else 0.0
+    out["sentiment_mean"] = state.sentiment_milli_sum / 1000 / state.texts if state.texts else 0.0
     out["last_sentiment"] = state.last_sentiment_milli / 1000
     out["negative_reviews"] = state.negative_reviews
     return {name: float(out[name]) for name in FEATURE_NAMES}

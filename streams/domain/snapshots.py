@@ -31,13 +31,15 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(UserScores)
 
 
-def snapshot(state: UserState, now: int, churn: Score, cfg: StateConfig) -> UserScores:
+def snapshot(state: UserState, now: int, churn: Score, cfg: StateConfig, sentiment_version: str) -> UserScores:
+    """The user's row at ``now``; ``sentiment_version`` names the model that scores review
+    texts (the ``*sentiment*`` features)."""
     return UserScores(
         user_id=state.user_id,
         ts=format_ts(now),
         features=features(state, now, cfg),
         scores={"churn": round(churn.value, 6)},
-        model_versions={"churn": churn.version},
+        model_versions={"churn": churn.version, "sentiment": sentiment_version},
         priors=["churn"] if churn.prior else [],
     )
 

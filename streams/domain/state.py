@@ -31,6 +31,7 @@ from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purcha
 from streams.domain.sketches import hash32, kmv_add
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
 from streams.domain.windows import Tiles
+from models.sentiment import is_negative
 
 #: How many recent event-id digests a user keeps for de-duplication.
 RECENT_IDS = 64
@@ -39,8 +40,6 @@ RECENT_SESSIONS = 16
 RECENT_SEARCHES = 32
 RECENT_PURCHASES = 16
 RECENT_CARTS = 8
-#: A review scoring below this sentiment (in [-1, 1]) is a negative review.
-NEGATIVE_SENTIMENT = -0.25
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,8 @@ class UserState(msgspec.Struct, array_like=True):
     rating_sum: int = 0
     last_review: int = 0
     last_rating: int = 0
-    #: Sentiment in thousandths (integers, so the mean does not depend on order).
+    #: Sentiment of review texts in thousandths (integers: the mean does not depend on order).
+    texts: int = 0
     sentiment_milli_sum: int = 0
     last_sentiment_milli: int = 0
     negative_reviews: int = 0
@@ -215,9 +215,12 @@ def _apply_review(state: UserState, review: Review, sentiment: float | None) -> 
     state.reviews += 1
     state.rating_sum += review.rating
     milli = round(1000 * sentiment) if sentiment is not None else 0
-    state.sentiment_milli_sum += milli
-    state.negative_reviews += sentiment is not None and sentiment < NEGATIVE_SENTIMENT
-    if review.ts >= state.last_review:
+    if sentiment is not None:
+        state.texts += 1
+        state.sentiment_milli_sum += milli
+        state.negative_reviews += is_negative(sentiment)
+    # the latest review wins; at equal times, the larger (rating, sentiment): no order matters
+    if (review.ts, review.rating, milli) > (state.last_review, state.last_rating, state.last_sentiment_milli):
         state.last_review = review.ts
         state.last_rating = review.rating
         state.last_sentiment_milli = milli

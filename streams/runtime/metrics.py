@@ -26,3 +26,4 @@ PROCESSING = Histogram(
 )
 SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
 USER_QUERIES = Counter("retention_user_queries", "GET /users/{user_id} answered here, by status.", ["status"])
+NEGATIVE_REVIEWS = Counter("retention_negative_reviews", "Reviews whose text the sentiment model reads as negative.")

@@ -23,11 +23,12 @@ import msgspec
 from faust.types import TP
 
 from models.churn import ChurnModel
+from models.sentiment import SentimentModel
 from streams.domain.actions import encode_action
 from streams.domain.clock import PartitionClock
 from streams.domain.dead_letters import dead_letter
 from streams.domain.engine import Step, due_at, on_due, on_event
-from streams.domain.events import Heartbeat, Invalid, decode
+from streams.domain.events import Heartbeat, Invalid, Review, decode
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.snapshots import encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
@@ -61,6 +62,7 @@ class Ingest:
         self.scores_interval_ms = int(settings.scores_interval_s * 1000)
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         self.churn = ChurnModel(min_labels=settings.churn_min_labels)
+        self.sentiment = SentimentModel()
         self.app = app
         self.inputs = [*self.logical, settings.rekey_topic]
         self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
@@ -104,10 +106,15 @@ class Ingest:
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
             return result.ts
         state = self._load(user_id) or UserState(user_id)
-        step = on_event(state, result, self.clocks[msg.partition].now, self.cfg)
+        text = result.text if isinstance(result, Review) else None
+        sentiment = self.sentiment.score(text) if text else None
+        step = on_event(state, result, self.clocks[msg.partition].now, self.cfg, sentiment)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
+        if text:
+            self.sentiment.learn(text, result.rating)  # the rating is the text's weak label
+            metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
         await self._finish(state, step, self._queue(msg.partition), state.clock)
         return result.ts
 
@@ -154,7 +161,7 @@ class Ingest:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
-            row = snapshot(state, now, step.churn or self.score(state, now), self.cfg.state)
+            row = snapshot(state, now, step.churn or self.score(state, now), self.cfg.state, self.sentiment.version)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
             state.scores_at = now
             metrics.SNAPSHOTS.inc()
@@ -182,7 +189,7 @@ class Ingest:
             return None
         clock = self.clocks.get(self.partition_for(user_id))
         now = max(state.clock, clock.now if clock else 0)
-        row = snapshot(state, now, self.score(state, now), self.cfg.state)
+        row = snapshot(state, now, self.score(state, now), self.cfg.state, self.sentiment.version)
         return {
             **msgspec.to_builtins(row),
             "partition": self.partition_for(user_id),
