@@ -24,7 +24,7 @@ the merge, because an empty input is caught up.
 The partition's clock is the event time of the records released so far (it never goes
 back: a late record, e.g. a re-keyed one, leaves it where it is).
 
->>> c = PartitionClock(); c.advance(500); c.advance(100)
+>>> c = PartitionClock(); _ = c.advance(500); c.advance(100)
 500
 """
 
