@@ -1,40 +1,125 @@
-"""The event-time clock of one partition, read from several input topics.
+"""Event time of one partition, read from several input topics: merge the inputs by time.
 
-Inputs are consumed at different paces: with a backlog, Faust may read a week of
-heartbeats before the purchases of that week. If the clock followed the newest event
-seen, loyal customers would look lapsed because their purchases were not read yet.
-So the clock is a watermark: it may not pass an input that still has unread records
-(a *lagging* input); inputs without a backlog do not hold it back, so an idle topic
-never stalls it. This is what Kafka Streams does with its task's partition heads.
+All inputs of a partition (clicks, purchases, reviews, outcomes, heartbeats, re-keyed
+records) are co-partitioned and read by one consumer, but each topic is fetched at its
+own pace: with a backlog, a week of purchases may be read before the clicks of that week.
+Folding a purchase from next week into a user's state before the clock has reached this
+week's lapse check (or moving the clock past purchases not read yet) makes the decisions
+depend on fetch timing. So, as Kafka Streams does for a task's partitions, records are
+buffered per input and released in event-time order: the record with the smallest event
+time goes first, and only when every other input either has a buffered record (so
+nothing earlier can come from it, records of one partition being in time order) or is
+known to be *caught up* (see :func:`caught_up`). An input without traffic never stalls
+the merge, because an empty input is caught up.
 
->>> c = PartitionClock()
->>> c.observe("heartbeats", 500); c.observe("purchases", 100)
->>> c.advance(lagging=["purchases"])   # purchases still has unread records
-100
->>> c.advance(lagging=[])              # caught up: the newest event time counts
-500
->>> c.advance(lagging=["purchases"])   # a clock never goes back
+>>> m = InputMerge(["clicks", "purchases"])
+>>> m.push("clicks", 5, "c5", arrived_ms=1)
+>>> m.pop(caught_up=lambda topic, since_ms: False)  # purchases may still hold an earlier record
+>>> m.push("purchases", 3, "p3", arrived_ms=2)
+>>> m.pop(caught_up=lambda topic, since_ms: False)
+'p3'
+>>> m.pop(caught_up=lambda topic, since_ms: topic == "purchases")  # nothing more to read there
+'c5'
+
+The partition's clock is the event time of the records released so far (it never goes
+back: a late record, e.g. a re-keyed one, leaves it where it is).
+
+>>> c = PartitionClock(); _ = c.advance(500); c.advance(100)
 500
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+#: ``caught_up(topic, since_ms)``: True if ``topic`` has no record that was not received,
+#: judged by a high watermark fetched *after* wall time ``since_ms``.
+CaughtUp = Callable[[str, int], bool]
 
 
 class PartitionClock:
     def __init__(self) -> None:
-        self.seen: dict[str, int] = {}
         self.now = 0
 
-    def observe(self, topic: str, ts: int) -> None:
-        """Record an event time read from ``topic`` (the newest one per input counts)."""
-        if ts > self.seen.get(topic, 0):
-            self.seen[topic] = ts
-
-    def advance(self, lagging: Iterable[str]) -> int:
-        """Move to the watermark given the inputs that still have unread records."""
-        newest = max(self.seen.values(), default=0)
-        watermark = min((self.seen.get(topic, 0) for topic in lagging), default=newest)
-        self.now = max(self.now, min(newest, watermark))
+    def advance(self, ts: int | None) -> int:
+        """Move to ``ts`` if it is later (records are released in event-time order)."""
+        if ts is not None and ts > self.now:
+            self.now = ts
         return self.now
+
+
+class InputMerge(Generic[T]):
+    """Per-input FIFO buffers of one partition, released smallest event time first.
+
+    A record without an event time (undecodable: it goes to the dead letters and touches
+    no state) is released as soon as it heads its buffer. Ties go to the input listed
+    first, so heartbeats listed last come after the data of the same millisecond.
+    """
+
+    def __init__(self, inputs: Iterable[str]) -> None:
+        self.inputs = list(inputs)
+        self.buffers: dict[str, deque[tuple[int | None, int, T]]] = {topic: deque() for topic in self.inputs}
+        self.size = 0
+
+    def push(self, topic: str, ts: int | None, item: T, arrived_ms: int) -> None:
+        """Buffer a record of ``topic`` with its event time and its wall-clock arrival."""
+        self.buffers[topic].append((ts, arrived_ms, item))
+        self.size += 1
+
+    def pop(self, caught_up: CaughtUp) -> T | None:
+        """The next record in event-time order, or None if an input might still hold an
+        earlier one (it is neither buffered nor caught up)."""
+        if not self.size:
+            return None
+        head_topic = None
+        head_ts = 0
+        for topic in self.inputs:
+            buffer = self.buffers[topic]
+            if buffer:
+                ts = buffer[0][0]
+                if ts is None:
+                    head_topic = topic
+                    break
+                if head_topic is None or ts < head_ts:
+                    head_topic, head_ts = topic, ts
+        assert head_topic is not None
+        head = self.buffers[head_topic]
+        ts, arrived_ms, item = head[0]
+        if ts is not None:
+            for topic in self.inputs:
+                if topic != head_topic and not self.buffers[topic] and not caught_up(topic, arrived_ms):
+                    return None
+        head.popleft()
+        self.size -= 1
+        return item
+
+    def clear(self) -> None:
+        for buffer in self.buffers.values():
+            buffer.clear()
+        self.size = 0
+
+
+def caught_up(next_offset: int | None, highwater: int | None, fetched_ms: int | None, since_ms: int) -> bool:
+    """True if nothing of an input is left to receive, judged safely.
+
+    ``next_offset`` is the offset of the next record the worker would receive (after the
+    last one received, or the committed offset); ``highwater`` and ``fetched_ms`` come
+    from the last fetch response that carried the partition. A high watermark fetched
+    before the record waiting to be released arrived (``since_ms``) may be stale: records
+    written after that fetch, with earlier event times, would be missed. So it must come
+    from a later fetch.
+
+    >>> caught_up(next_offset=10, highwater=10, fetched_ms=1_001, since_ms=1_000)
+    True
+    >>> caught_up(next_offset=10, highwater=10, fetched_ms=999, since_ms=1_000)  # stale
+    False
+    >>> caught_up(next_offset=9, highwater=10, fetched_ms=1_001, since_ms=1_000)  # one to read
+    False
+    """
+    if next_offset is None or highwater is None or fetched_ms is None:
+        return False
+    return fetched_ms > since_ms and next_offset >= highwater

@@ -38,6 +38,9 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         canonical_url=settings.canonical_url,
         web_in_thread=False,
         autodiscover=False,
+        # The ingest agent holds records in its event-time merge, unacknowledged, until
+        # their turn; a rebalance must not wait for them (they are read again instead).
+        stream_wait_empty=False,
         logging_config=None,
     )
     app.conf.retention_fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by our transport

@@ -82,6 +82,8 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
 
         actions = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_actions, at_least=int(worker.total('retention_actions_total')))]
         dead = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_dead_letters, at_least=int(worker.total('retention_dead_letters_total')))]
+        with open(workdir / "actions.jsonl", "w") as out:  # to compare runs (action_id: one per decision)
+            out.writelines(json.dumps(action, sort_keys=True) + "\n" for action in actions)
         print_summary(console, shop, report.sent, worker, actions, dead)
         console.print(
             f"{report.total} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "

@@ -4,7 +4,9 @@
 - The Kafka record timestamp is the event time (CreateTime), so replayed history keeps
   its time and the worker's clock-skew check holds.
 - A heartbeat goes to every partition of the heartbeat topic: each partition has its
-  own event-time clock.
+  own event-time clock. Every record sent before it is delivered first (a flush), so a
+  heartbeat is never in the log before data of earlier event time: a worker that has
+  read a heartbeat and then finds an input caught up has missed nothing earlier.
 - Pacing: ``speed`` simulated seconds per wall second; ``None`` as fast as possible.
 """
 
@@ -73,6 +75,8 @@ class Publisher:
         targets: Iterable[int | None] = (
             range(self.settings.partitions) if record.topic == "heartbeats" else (None,)
         )
+        if record.topic == "heartbeats":
+            self.client.flush(60)
         for partition in targets:
             kwargs = {} if partition is None else {"partition": partition}
             while True:

@@ -232,3 +232,20 @@ def test_any_worker_answers_for_any_user_by_forwarding_to_the_owner(pipeline: Pi
         assert answers[0] == answers[1] and answers[0][0] == 200, answers
         assert answers[0][1]["features"]["purchases"] == (4 if user != "loyal" else 7)
     assert one.get_json("/users/nobody")[0] == two.get_json("/users/nobody")[0] == 404
+
+
+def test_a_backlog_is_merged_in_event_time_so_a_returning_buyer_still_gets_the_lapse_coupon(pipeline: Pipeline) -> None:
+    """The sparse purchases topic is read far ahead of the dense clicks. If the buyer's
+    return on day 45 were folded in before the clock reached day 35, the lapse between
+    would never be seen (what the sorted stream decides: a coupon on day 35)."""
+    clicks = [Outgoing("clicks", f"browser-{i}", msgspec.json.encode(
+        {"event_id": f"c{i}-{n}", "user_id": f"browser-{i}", "ts": day(n / 4), "kind": "page_view"}), day(n / 4))
+        for i in range(30) for n in range(4 * 60)]
+    records = [purchase("returning", n) for n in (0, 7, 14, 21, 45)] + clicks
+    beats = heartbeats(until_day=60, every_hours=6)
+    publish(pipeline, records + beats)
+    worker = pipeline.worker(**NO_CONTROL)
+    worker.wait_ready()
+    worker.wait_processed(len(records) + len(beats) * pipeline.settings.partitions, timeout=180)
+    actions = [json.loads(m.value()) for m in read_topic(pipeline.settings, pipeline.settings.topic_actions, at_least=1)]
+    assert [(a["user_id"], a["ts"]) for a in actions] == [("returning", "2026-02-05T00:00:00.000Z")]

@@ -13,26 +13,30 @@ of a user are folded in one place and no repartition hop is needed. Per record:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import weakref
 from collections import defaultdict
 from typing import Any
 
 import faust
 import msgspec
+from aiokafka import TopicPartition
+from faust.streams import _current_event
 from faust.types import TP
 
 from models.churn import ChurnModel
 from models.sentiment import SentimentModel
 from streams.domain.actions import encode_action
-from streams.domain.clock import PartitionClock
+from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter
 from streams.domain.engine import Step, due_at, on_due, on_event
-from streams.domain.events import Heartbeat, Invalid, Review, decode
+from models.score import Score
+from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.snapshots import encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
-from models.score import Score
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState, dump_state, load_state
 from streams.runtime import metrics
@@ -42,6 +46,13 @@ from streams.runtime.settings import Settings
 log = logging.getLogger(__name__)
 
 SOURCE_HEADER = "retention-source-topic"
+USER_EVENTS = (Click, Purchase, Review, Outcome)
+MERGE_TICK_S = 0.05  # how often records waiting for a fresher fetch are looked at again
+
+
+def _wall_ms() -> int:
+    """Wall time in the unit and clock of aiokafka's fetch timestamps."""
+    return int(time.time() * 1000)
 
 
 class Ingest:
@@ -64,35 +75,74 @@ class Ingest:
         self.churn = ChurnModel(min_labels=settings.churn_min_labels)
         self.sentiment = SentimentModel()
         self.app = app
-        self.inputs = [*self.logical, settings.rekey_topic]
+        # Heartbeats last: at equal event times the data goes first, then the clock ticks.
+        self.inputs = [t for t in self.logical if t != settings.topic_heartbeats] + [settings.rekey_topic, settings.topic_heartbeats]
         self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
-        self.offsets: dict[TP, int] = {}  # last processed offset per input partition
+        self.merges: dict[int, InputMerge[Any]] = {}
+        self.received: dict[TP, int] = {}  # last offset received per input partition
+        self.start_offsets: dict[TP, int] = {}
+        self.lock = asyncio.Lock()
         self.queues: dict[int, DueQueue] | None = None
         app.on_rebalance_complete.connect(self._on_rebalance)
         app.agent(self.source, name="ingest")(self.run)
+        app.timer(MERGE_TICK_S, name="ingest-merge-tick")(self._tick)
 
     async def run(self, stream: faust.StreamT[Any]) -> None:
-        async for event in stream.events():
-            started = time.perf_counter()
+        """Receive every record into its partition's merge; process what the merge releases.
+
+        Records are acknowledged only once processed (``noack`` + :meth:`_release`), so a
+        record still buffered in the merge is not committed and is read again after a
+        crash or a rebalance."""
+        self.stream = stream.noack()
+        async for event in self.stream.events():
             msg = event.message
+            self.received[msg.tp] = msg.offset
+            decoded = self._decode(msg, event.value, dict(event.headers or {}))
+            ts = self._merge_ts(msg.partition, decoded[1])
+            self._merge(msg.partition).push(msg.topic, ts, (event, decoded), _wall_ms())
+            async with self.lock:
+                await self._release(msg.partition)
+
+    async def _release(self, partition: int) -> None:
+        """Process the partition's records that the merge releases, in event-time order."""
+        merge = self._merge(partition)
+
+        def caught_up_here(topic: str, since_ms: int) -> bool:
+            return self._caught_up(TP(topic, partition), since_ms)
+
+        while (item := merge.pop(caught_up_here)) is not None:
+            event, (topic, result, kafka_ts) = item
+            msg = event.message
+            started = time.perf_counter()
+            token = _current_event.set(weakref.ref(event))  # table writes go to this record's partition
             try:
-                ts = await self.process(msg, event.key, event.value, dict(event.headers or {}))
+                ts = await self.process(msg, topic, result, kafka_ts, event.key, event.value)
             except Exception as exc:  # a bug must not stop the stream: dead-letter the record
                 log.exception("processing %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
-                topic = self.logical.get(msg.topic, msg.topic)
-                kafka_ts = int(msg.timestamp * 1000) if msg.timestamp else None
                 await self._dead_letter(msg, topic, event.key, event.value, kafka_ts, f"processing failed: {exc!r}")
                 ts = None
-            self.offsets[msg.tp] = msg.offset
-            await self._advance(msg.partition, msg.topic, ts)
+            finally:
+                _current_event.reset(token)
+            await self._advance(partition, ts, event)
+            await self.stream.ack(event)
             metrics.PROCESSING.observe(time.perf_counter() - started)
 
-    async def process(self, msg: Any, key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> int | None:
-        """Handle one record; returns its event time (None if it had none we trust)."""
+    async def _tick(self) -> None:
+        """Release what waited for a fresher fetch: no record of the partition may follow."""
+        async with self.lock:
+            for partition, merge in list(self.merges.items()):
+                if merge.size:
+                    await self._release(partition)
+
+    def _decode(self, msg: Any, value: bytes | None, headers: dict[str, bytes]) -> tuple[str, Any, int | None]:
         topic = self.logical.get(msg.topic) or headers.get(SOURCE_HEADER, b"").decode() or msg.topic
         kafka_ts = int(msg.timestamp * 1000) if msg.timestamp else None
         result = decode(topic, value, not_after_ms=None if kafka_ts is None else kafka_ts + self.skew_ms)
+        return topic, result, kafka_ts
+
+    async def process(self, msg: Any, topic: str, result: Any, kafka_ts: int | None, key: bytes | None, value: bytes | None) -> int | None:
+        """Handle one decoded record; returns its event time (None if it had none we trust)."""
         if isinstance(result, Invalid):
             await self._dead_letter(msg, topic, key, value, kafka_ts, result.error)
             return None
@@ -104,7 +154,7 @@ class Ingest:
         if owner != msg.partition:
             metrics.RECORDS.labels(topic, "rekeyed").inc()
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
-            return result.ts
+            return None  # not this partition's event: its time counts where it is processed
         state = self._load(user_id) or UserState(user_id)
         text = result.text if isinstance(result, Review) else None
         sentiment = self.sentiment.score(text) if text else None
@@ -118,37 +168,65 @@ class Ingest:
         await self._finish(state, step, self._queue(msg.partition), state.clock)
         return result.ts
 
-    async def _advance(self, partition: int, topic: str, ts: int | None) -> None:
-        """Move the partition's event-time clock (a watermark over its inputs) and check
+    async def _advance(self, partition: int, ts: int | None, event: Any) -> None:
+        """Move the partition's event-time clock to the released record's time and check
         the users now due. Runs after every record: a late event (e.g. a re-keyed one)
         can make its user due at a time the clock has already passed."""
         clock = self.clocks[partition]
-        if ts is not None:
-            clock.observe(topic, ts)
         before = clock.now
-        now = clock.advance(self._lagging(partition))
+        now = clock.advance(ts)
         if now != before:
             metrics.EVENT_TIME.labels(str(partition)).set(now / 1000)
         queue = self._queue(partition)
-        for user_id in queue.pop_due(now):
-            state = self._load(user_id)
-            if state is not None:
-                await self._finish(state, on_due(state, now, self.churn, self.cfg), queue, now)
+        due = queue.pop_due(now)
+        if due:
+            token = _current_event.set(weakref.ref(event))
+            try:
+                for user_id in due:
+                    state = self._load(user_id)
+                    if state is not None:
+                        await self._finish(state, on_due(state, now, self.churn, self.cfg), queue, now)
+            finally:
+                _current_event.reset(token)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
 
-    def _lagging(self, partition: int) -> list[str]:
-        """Inputs of this partition with records not yet processed, judged by the high
-        watermark of the last fetch (right even where ListOffsets is not, as on Tansu).
-        An input not read since the worker started is not judged: its position is unknown."""
-        lagging = []
-        for topic in self.inputs:
-            tp = TP(topic, partition)
-            last = self.offsets.get(tp)
-            if last is not None:
-                highwater = self.app.consumer.highwater(tp)
-                if highwater is not None and highwater > last + 1:
-                    lagging.append(topic)
-        return lagging
+    def _merge_ts(self, partition: int, result: Any) -> int | None:
+        """The event time a record is merged by; None (release at once) for a record that
+        does not touch this partition's state: invalid, or to be re-keyed elsewhere."""
+        if isinstance(result, Heartbeat):
+            return result.ts
+        if isinstance(result, USER_EVENTS) and self.partition_for(result.user_id) == partition:
+            return result.ts
+        return None
+
+    def _merge(self, partition: int) -> InputMerge[Any]:
+        merge = self.merges.get(partition)
+        if merge is None:
+            merge = self.merges[partition] = InputMerge(self.inputs)
+        return merge
+
+    def _caught_up(self, tp: TP, since_ms: int) -> bool:
+        """Nothing left to receive on ``tp``, by a high watermark fetched after ``since_ms``
+        (aiokafka keeps the high watermark and the time of the last fetch response that
+        carried the partition; it is right even where ListOffsets is not, as on Tansu)."""
+        received = self.received.get(tp)
+        if received is not None:
+            next_offset: int | None = received + 1
+        else:  # nothing received since the last rebalance: where reading starts
+            next_offset = self.app.consumer._committed_offset.get(tp)
+            if next_offset is None:
+                next_offset = self.start_offsets.get(tp)
+        state = self._tp_state(tp)
+        if state is None:
+            return False
+        return caught_up(next_offset, state.highwater, state.timestamp, since_ms)
+
+    def _tp_state(self, tp: TP) -> Any:
+        try:
+            assignment = self.app.consumer._thread._ensure_consumer()._fetcher._subscriptions.subscription.assignment
+            return assignment.state_value(TopicPartition(tp.topic, tp.partition)) if assignment else None
+        except Exception:  # not started, or partition not assigned
+            return None
 
     async def _finish(self, state: UserState, step: Step, queue: DueQueue, now: int) -> None:
         for features, label in step.examples:
@@ -218,4 +296,16 @@ class Ingest:
         return self.queues[partition]
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
-        self.queues = None  # partitions moved: rebuild from the recovered table on next use
+        """Partitions moved: forget what was buffered (it was not acknowledged, so it is
+        read again from the committed offsets) and rebuild the due queues from the table."""
+        async with self.lock:
+            self.queues = None
+            for merge in self.merges.values():
+                merge.clear()
+            self.received.clear()
+            inputs = [tp for tp in self.app.consumer.assignment() if tp.topic in self.inputs]
+            try:
+                self.start_offsets = dict(await self.app.consumer.earliest_offsets(*inputs)) if inputs else {}
+            except Exception:
+                log.exception("could not read the earliest offsets of %s", inputs)
+                self.start_offsets = {}
