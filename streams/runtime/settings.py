@@ -9,6 +9,7 @@ by :func:`embedded_overrides`, in processes the demo and the tests start.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,14 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Interface of the worker's web server (/metrics); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines: text for terminals, or json (one object per line: ts, level, logger, message, "
+        "and extras such as topic, partition, offset); the container image sets json.",
+    )
+    metrics_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between refreshes of the consumer lag, assignment, recovery and table size metrics."
+    )
 
     max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp before it is dead-lettered.")
     churn_horizon_days: float = Field(30.0, gt=0, description="Churn at t means no purchase in (t, t + horizon].")
