@@ -24,9 +24,12 @@ from streams.runtime.partitioning import make_partitioner
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing
 from tests.integration.conftest import Pipeline
+from tests.promql import exported_names, families, metric_names
 from tests.integration.test_pipeline import NO_CONTROL, T0, heartbeats, publish, purchase
 
 pytestmark = pytest.mark.integration
+
+DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "dashboards" / "retention.json"
 
 FAST = {"RETENTION_METRICS_INTERVAL_S": "0.5"}
 LOGICAL = {"clicks", "purchases", "reviews", "action-outcomes", "heartbeats", "rekeyed"}
@@ -155,7 +158,7 @@ def test_sigterm_flushes_the_producer_and_commits_so_a_restart_redoes_nothing(pi
     assert again.total("retention_actions_total") == 0  # nothing re-emitted
 
 
-def test_a_real_prometheus_scrapes_a_worker_and_answers_promql(pipeline: Pipeline, tmp_path: Path) -> None:
+def test_a_real_prometheus_scrapes_a_worker_and_runs_every_dashboard_query(pipeline: Pipeline, tmp_path: Path) -> None:
     prometheus = shutil.which("prometheus")
     assert prometheus, "Debian's prometheus package is needed (scripts/install-tools installs it)"
     sent = publish(pipeline, clicks(range(120)))
@@ -191,6 +194,22 @@ def test_a_real_prometheus_scrapes_a_worker_and_answers_promql(pipeline: Pipelin
         assert query('sum(retention_records_total{topic="clicks", result="ok"})') == sent
         assert query('up{job="retention-workers"}') == 1
         assert query("sum(retention_consumer_lag_records)") is not None
+
+        # the dashboard asks only for metrics this worker exports, shows every one of them,
+        # and each of its queries is valid PromQL for this Prometheus
+        exposition = worker.metrics_text()
+        exported, ours = exported_names(exposition) | {"up"}, families(exposition)
+        dashboard = json.loads(DASHBOARD.read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+        used = set().union(*(metric_names(e) for e in exprs))
+        assert used <= exported, used - exported
+        assert not [f for f, names in ours.items() if not names & used], "metrics without a panel"
+        for expr in exprs:
+            promql = expr.replace("$instance", ".*").replace("$__rate_interval", "1m")
+            url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+            with urllib.request.urlopen(url, timeout=5) as response:
+                assert json.loads(response.read())["status"] == "success", expr
+        assert query('sum(retention_records_total{instance=~".*"})') == sent
     finally:
         server.terminate()
         try:
