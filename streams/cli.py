@@ -28,13 +28,16 @@ err = Console(stderr=True)
 
 
 def _settings():  # imported lazily: `retention --help` stays fast
+    from streams.runtime.logs import configure
     from streams.runtime.settings import Settings
 
     try:
-        return Settings()
+        settings = Settings()
     except Exception as exc:  # pydantic.ValidationError: say which variable is wrong
         err.print(f"[red]invalid configuration:[/red] {exc}")
         raise typer.Exit(2) from None
+    configure(settings.log_format, settings.log_level)
+    return settings
 
 
 @app.command()
@@ -65,10 +68,12 @@ def worker() -> None:
     import faust
 
     from streams.runtime.app import create_app
+    from streams.runtime.logs import worker_logging_config
 
     settings = _settings()
     faust_app, _ = create_app(settings)
-    faust.Worker(faust_app, loglevel=settings.log_level.upper(), quiet=True).execute_from_commandline()
+    logging_config = worker_logging_config(settings.log_format, settings.log_level)
+    faust.Worker(faust_app, loglevel=settings.log_level.upper(), logging_config=logging_config, quiet=True).execute_from_commandline()
 
 
 @app.command()

@@ -9,6 +9,7 @@ from prometheus_client import generate_latest
 
 from streams.runtime import metrics
 from streams.runtime.agents.ingest import Ingest
+from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
 from streams.runtime.transport import Transport
 
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
     )
     app.conf.retention_fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by our transport
     ingest = Ingest(app, settings)
+    app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 RECORDS = Counter(
     "retention_records",
@@ -27,3 +27,24 @@ PROCESSING = Histogram(
 SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
 USER_QUERIES = Counter("retention_user_queries", "GET /users/{user_id} answered here, by status.", ["status"])
 NEGATIVE_REVIEWS = Counter("retention_negative_reviews", "Reviews whose text the sentiment model reads as negative.")
+
+# Operations (streams/runtime/ops.py): refreshed every RETENTION_METRICS_INTERVAL_S. Series of
+# partitions this worker no longer owns are removed.
+CONSUMER_LAG = Gauge(
+    "retention_consumer_lag_records",
+    "Records of an assigned inbound partition not yet processed and committed: the high watermark of the "
+    "last fetch minus the committed offset (the log start before the first commit).",
+    ["topic", "partition"],
+)
+ASSIGNED_PARTITIONS = Gauge("retention_assigned_partitions", "Inbound partitions assigned to this worker, by logical topic.", ["topic"])
+REBALANCES = Counter("retention_rebalances", "Consumer group rebalances completed by this worker (the first assignment included).")
+RECOVERY_IN_PROGRESS = Gauge("retention_recovery_in_progress", "1 while tables are being restored from their changelogs.")
+RECOVERY_REMAINING = Gauge(
+    "retention_recovery_remaining_records", "Changelog records still to restore for this worker's active table partitions."
+)
+TABLE_KEYS = Gauge("retention_table_keys", "Estimated keys in the table's RocksDB partitions held by this worker.", ["table"])
+TABLE_BYTES = Gauge(
+    "retention_table_bytes", "Bytes of the table's RocksDB partitions held by this worker: SST files plus memtables.", ["table"]
+)
+WORKER_READY = Gauge("retention_worker_ready", "1 while /health/ready answers 200 (partitions assigned, recovery done).")
+BUILD = Info("retention_build", "Versions of this worker: the package, Faust and Python.")

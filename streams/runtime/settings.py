@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,6 +48,14 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Port of the worker's web server.")
     advertised_url: str = Field("", description="URL other workers use to reach this one (GET /users/{id} is forwarded to the owner of the user's partition); default http://<web host, or the hostname when listening on 0.0.0.0>:<web port>.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="Log lines: text for terminals, or json (one object per line: ts, level, logger, message, "
+        "and extras such as topic, partition, offset); the container image sets json.",
+    )
+    metrics_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between refreshes of the consumer lag, assignment, recovery and table size metrics."
+    )
 
     max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp before it is dead-lettered.")
     allowed_lateness_s: float = Field(3600.0, ge=0, description="How late (behind the partition's event-time clock) an event may arrive and still count in its windows; later ones update lifetime figures only and are counted as `late`.")

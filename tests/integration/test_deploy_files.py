@@ -1,10 +1,15 @@
 """Static checks of the deployment files: docker-compose.yml, deploy/Dockerfile,
-.dockerignore and deploy/prometheus/prometheus.yml.
+.dockerignore, deploy/prometheus (scrape configuration, alert rules and their unit tests),
+deploy/grafana (provisioning and the dashboard) and deploy/k8s.
 
 No Docker engine is needed. The compose file is rendered with the real Compose
 CLI (``docker-compose config`` or ``docker compose config``) so that anchors,
 merge keys and defaults are resolved exactly as Compose resolves them, and the
 Prometheus config is checked with ``promtool check config``.
+
+Prometheus config is checked with ``promtool check config``, the alert rules with
+``promtool check rules`` and ``promtool test rules``, the Kubernetes manifests offline with
+kubernetes-validate (strict, against a fixed Kubernetes version).
 
 Required tools (Debian packages): ``docker-compose`` and ``prometheus`` (which
 provides ``promtool``). These tests fail, never skip, when a tool is missing.
@@ -32,12 +37,18 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
+ALERTS_TEST = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
+GRAFANA = ROOT / "deploy" / "grafana"
+DASHBOARD = GRAFANA / "dashboards" / "retention.json"
+K8S = ROOT / "deploy" / "k8s"
+K8S_VERSION = "1.30.0"
 
 APP_IMAGE = "retention-streams:local"
 DATA_DIR = "/var/lib/retention"
 WORKERS = {"worker-1": 6066, "worker-2": 6067}  # service -> published host port
 WEB_PORT = 6066
-EXPECTED_SERVICES = {"kafka", "topics", "worker-1", "worker-2", "simulator", "prometheus"}
+EXPECTED_SERVICES = {"kafka", "topics", "worker-1", "worker-2", "simulator", "prometheus", "grafana"}
 
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y {pkg}"
 TIMEOUT = 120
@@ -296,22 +307,72 @@ def test_prometheus_service_mounts_the_config():
 # --------------------------------------------------------------------------- prometheus
 
 
-def test_promtool_check_config():
-    promtool = shutil.which("promtool")
-    if promtool is None:
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    tool = shutil.which("promtool")
+    if tool is None:
         pytest.fail(
-            "`promtool` not found, so deploy/prometheus/prometheus.yml cannot be validated; "
+            "`promtool` not found, so deploy/prometheus cannot be validated; "
             + INSTALL_HINT.format(pkg="prometheus"),
             pytrace=False,
         )
-    proc = subprocess.run(
-        [promtool, "check", "config", str(PROMETHEUS_CONFIG)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    return subprocess.run([tool, *args], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT)
+
+
+def test_promtool_check_config():
+    proc = promtool("check", "config", str(PROMETHEUS_CONFIG))
     assert proc.returncode == 0, f"promtool check config failed:\n{proc.stdout}{proc.stderr}"
+    assert "1 rule files found" in proc.stdout, proc.stdout  # alerts.yml is loaded
+
+
+def test_promtool_check_rules():
+    proc = promtool("check", "rules", str(ALERTS))
+    assert proc.returncode == 0, f"promtool check rules failed:\n{proc.stdout}{proc.stderr}"
+    assert f"SUCCESS: {len(alert_rules())} rules found" in proc.stdout, proc.stdout
+
+
+def test_every_alert_fires_in_promtool_unit_tests_and_stays_silent_otherwise():
+    proc = promtool("test", "rules", str(ALERTS_TEST))
+    assert proc.returncode == 0, f"promtool test rules failed:\n{proc.stdout}{proc.stderr}"
+    assert "SUCCESS" in proc.stdout, proc.stdout
+    tests = yaml.safe_load(ALERTS_TEST.read_text())["tests"]
+    firing, silent = set(), set()
+    for case in tests:
+        for check in case["alert_rule_test"]:
+            (firing if check["exp_alerts"] else silent).add(check["alertname"])
+    names = {rule["alert"] for rule in alert_rules()}
+    assert firing == names, f"alerts never shown firing: {names - firing}"
+    assert silent == names, f"alerts never shown silent: {names - silent}"
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in yaml.safe_load(ALERTS.read_text())["groups"] for rule in group["rules"]]
+
+
+def exported_metric_names() -> set[str]:
+    from prometheus_client import generate_latest
+
+    import streams.runtime.metrics  # noqa: F401  (registers every metric of a worker)
+    from tests.promql import exported_names
+
+    return exported_names(generate_latest().decode())
+
+
+def test_alerts_use_only_metrics_the_workers_export():
+    from tests.promql import metric_names
+
+    exported = exported_metric_names() | {"up"}
+    for rule in alert_rules():
+        used = metric_names(rule["expr"])
+        assert used and used <= exported, (rule["alert"], used - exported)
+        assert {"summary", "description"} <= set(rule["annotations"]), rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+
+
+def test_prometheus_service_loads_the_alert_rules():
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    binds = {target: source for source, target, _ in volumes_of(service("prometheus")) if source}
+    assert Path(binds["/etc/prometheus/alerts.yml"]).resolve() == ALERTS
 
 
 def test_prometheus_scrapes_every_worker():
@@ -384,3 +445,134 @@ def test_dockerfile_copies_exist_and_are_not_dockerignored():
         name = src.rstrip("/")
         assert name not in ignored, f"{src} is copied by the Dockerfile but excluded by .dockerignore"
         assert (ROOT / name).exists(), f"Dockerfile copies {src}, which does not exist in the repo"
+
+
+# --------------------------------------------------------------------------- grafana
+
+
+def test_grafana_service_provisions_the_datasource_and_the_dashboard():
+    grafana = service("grafana")
+    image = grafana["image"]
+    assert image.startswith("grafana/grafana-oss:") and image.split(":")[1][0].isdigit(), f"pin a tag, got {image}"
+    assert (3000, 3000) in ports_of(grafana)
+    binds = {target: Path(source).resolve() for source, target, kind in volumes_of(grafana) if kind == "bind"}
+    assert binds["/etc/grafana/provisioning"] == GRAFANA / "provisioning"
+    [provider] = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "retention.yml").read_text())["providers"]
+    assert binds[provider["options"]["path"]] == DASHBOARD.parent  # the provider reads the mounted dashboards
+    [datasource] = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
+    assert "prometheus" in compose_config()["services"] and (9090, 9090) in ports_of(service("prometheus"))
+    dashboard = json.loads(DASHBOARD.read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    assert uids == {datasource["uid"]}
+
+
+def test_dashboard_is_well_formed():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "retention-streams" and dashboard["schemaVersion"] >= 36
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    for panel in panels:
+        assert panel["targets"] and all(t["expr"].strip() for t in panel["targets"]), panel["title"]
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24 and grid["h"] > 0, panel["title"]
+    # every PromQL expression names only metrics a worker exports (the integration test checks
+    # the same against a live worker's /metrics and runs each one on a real Prometheus)
+    from tests.promql import metric_names
+
+    from prometheus_client import generate_latest
+
+    from tests.promql import families
+
+    exported = exported_metric_names() | {"up"}
+    used = set()
+    for panel in panels:
+        for target in panel["targets"]:
+            assert metric_names(target["expr"]) <= exported, (panel["title"], target["expr"])
+            used |= metric_names(target["expr"])
+    unshown = {family for family, names in families(generate_latest().decode()).items() if not names & used}
+    assert not unshown, f"metrics without a panel: {sorted(unshown)}"
+
+
+# --------------------------------------------------------------------------- kubernetes
+
+
+def k8s_documents() -> dict[str, dict[str, Any]]:
+    """kind/name -> manifest, for every file the kustomization lists."""
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    files = kustomization["resources"]
+    assert sorted(files) == sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml")
+    docs = {}
+    for name in files:
+        for doc in yaml.safe_load_all((K8S / name).read_text()):
+            docs[f"{doc['kind']}/{doc['metadata']['name']}"] = doc
+    return docs
+
+
+def test_k8s_manifests_validate_against_the_kubernetes_schemas():
+    import kubernetes_validate
+
+    docs = k8s_documents()
+    assert set(docs) == {
+        "ConfigMap/retention-streams", "Job/retention-topics", "StatefulSet/retention-worker",
+        "Service/retention-worker", "Service/retention-worker-metrics",
+        "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker",
+    }
+    for key, doc in docs.items():
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{key}: {exc.message} at {'/'.join(map(str, exc.path))}", pytrace=False)
+
+
+def test_k8s_configmap_holds_valid_settings(monkeypatch):
+    from streams.runtime.settings import Settings, settings_markdown
+
+    data = k8s_documents()["ConfigMap/retention-streams"]["data"]
+    known = {line.split("`")[1] for line in settings_markdown().splitlines()[2:]}
+    assert set(data) <= known, set(data) - known
+    for name, value in data.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings()  # validates every value
+    assert (settings.web_host, settings.log_format) == ("0.0.0.0", "json")
+
+
+def test_k8s_statefulset_probes_state_volume_and_graceful_stop():
+    docs = k8s_documents()
+    config = docs["ConfigMap/retention-streams"]["data"]
+    sts = docs["StatefulSet/retention-worker"]["spec"]
+    pod = sts["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"] == ["worker"]
+    assert container["envFrom"] == [{"configMapRef": {"name": "retention-streams"}}]
+    [port] = container["ports"]
+    assert port["containerPort"] == int(config["RETENTION_WEB_PORT"])
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health/ready", "port": port["name"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/health/live", "port": port["name"]}
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["requests"]["memory"]
+    assert pod["terminationGracePeriodSeconds"] >= 30
+    [claim] = sts["volumeClaimTemplates"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts[claim["metadata"]["name"]] == config["RETENTION_DATA_DIR"] == DATA_DIR
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert pod["securityContext"]["runAsUser"] == 10001  # the image's user, owner of the volume via fsGroup
+    headless = docs[f"Service/{sts['serviceName']}"]["spec"]
+    assert headless["clusterIP"] == "None"
+    labels = sts["template"]["metadata"]["labels"]
+    assert sts["selector"]["matchLabels"] == labels
+    for key in ("Service/retention-worker", "Service/retention-worker-metrics"):
+        assert docs[key]["spec"]["selector"].items() <= labels.items(), key
+        assert [p["targetPort"] for p in docs[key]["spec"]["ports"]] == [port["name"]], key
+    assert docs["PodDisruptionBudget/retention-worker"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_autoscaling_on_consumer_lag():
+    docs = k8s_documents()
+    hpa = docs["HorizontalPodAutoscaler/retention-worker"]["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "retention-worker"}
+    [metric] = hpa["metrics"]
+    assert metric["type"] == "External" and metric["external"]["metric"]["name"] in exported_metric_names()
+    assert metric["external"]["metric"]["name"] == "retention_consumer_lag_records"
+    partitions = int(docs["ConfigMap/retention-streams"]["data"]["RETENTION_PARTITIONS"])
+    assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= partitions  # a worker beyond the partitions owns nothing

@@ -1,0 +1,161 @@
+"""What an operator needs from a worker: health endpoints and operational metrics.
+
+- ``GET /health/live``: 200 while the event loop runs (the answer comes from it).
+- ``GET /health/ready``: 200 once the worker owns inbound partitions and its tables are
+  restored from their changelogs; else 503 with the reason, as JSON.
+- Every ``RETENTION_METRICS_INTERVAL_S``: consumer lag per
+  assigned inbound partition, assigned partitions, recovery progress, table keys and bytes,
+  readiness. Series of partitions the worker no longer owns are removed.
+
+Consumer lag is the high watermark of the last fetch minus the committed offset: brokers
+such as the embedded one under-report the end of a partition in ListOffsets, while fetch
+responses carry the true high watermark. Labels are bounded: the logical topic (as in
+``retention_records_total``; ``rekeyed`` for the internal re-key topic), the partition
+number, the table name.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import faust
+from faust.exceptions import ConsumerNotStarted
+from faust.types import TP
+
+from streams.runtime import metrics
+from streams.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REKEYED = "rekeyed"  # logical name of the internal re-key topic in labels
+
+
+class Operations:
+    """Health endpoints and operational metrics of one worker's Faust app."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.app = app
+        self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED}
+        self._lag_series: set[tuple[str, str]] = set()
+        self._assigned_series: set[str] = set()
+        self._log_start: dict[TP, int] = {}
+        metrics.BUILD.info({"version": _version("retention-streams"), "faust": _version("faust-streaming"),
+                            "python": platform.python_version()})
+        app.on_rebalance_complete.connect(self._on_rebalance_complete)
+        app.timer(settings.metrics_interval_s, name="retention-ops-metrics")(self.refresh)
+
+        @app.page("/health/live")
+        async def live(web: Any, request: Any) -> Any:  # answered by the event loop, so it runs
+            return web.json({"live": True})
+
+        @app.page("/health/ready")
+        async def ready(web: Any, request: Any) -> Any:
+            reason = self.not_ready_reason()
+            metrics.WORKER_READY.set(0 if reason else 1)
+            if reason:
+                return web.json({"ready": False, "reason": reason}, status=503)
+            return web.json({"ready": True, "partitions": len(self._inbound())})
+
+    # ------------------------------------------------------------------ health
+
+    def not_ready_reason(self) -> str | None:
+        """Why the worker is not ready, or None when it is."""
+        try:
+            inbound = self._inbound()
+        except ConsumerNotStarted:
+            return "consumer not started"
+        if self.app.rebalancing:
+            return "rebalancing"
+        if not inbound:
+            return "no partitions assigned"
+        recovery = self.app.tables.recovery
+        if recovery.in_recovery or not recovery.completed.is_set():
+            return "table recovery in progress"
+        return None
+
+    # ------------------------------------------------------------------ metrics
+
+    async def refresh(self) -> None:
+        """Update the operational gauges from the consumer, the recovery and the stores."""
+        try:
+            inbound = self._inbound()
+        except ConsumerNotStarted:
+            return
+        recovery = self.app.tables.recovery
+        metrics.RECOVERY_IN_PROGRESS.set(1 if recovery.in_recovery else 0)
+        metrics.RECOVERY_REMAINING.set(recovery.active_remaining_total() if recovery.in_recovery else 0)
+        metrics.WORKER_READY.set(0 if self.not_ready_reason() else 1)
+        self._refresh_tables()
+        if self.app.rebalancing:  # the assignment is in flux: keep the last series until it settles
+            return
+        await self._refresh_lag(inbound)
+        self._refresh_assignment(inbound)
+
+    async def _refresh_lag(self, inbound: set[TP]) -> None:
+        consumer = self.app.consumer
+        committed: dict[TP, int | None] = {tp: consumer._committed_offset.get(tp) for tp in inbound}
+        unknown = [tp for tp, offset in committed.items() if offset is None and tp not in self._log_start]
+        if unknown:  # nothing committed yet: lag counts from the start of the log
+            try:
+                self._log_start.update(await consumer.earliest_offsets(*unknown))
+            except Exception as exc:  # the next refresh asks again
+                log.warning("could not read the log start offsets of %d partitions: %r", len(unknown), exc)
+        series = set()
+        for tp in inbound:
+            highwater = consumer.highwater(tp)
+            position = committed[tp] if committed[tp] is not None else self._log_start.get(tp)
+            if highwater is None or position is None:  # not fetched yet
+                continue
+            labels = (self.logical[tp.topic], str(tp.partition))
+            metrics.CONSUMER_LAG.labels(*labels).set(max(highwater - position, 0))
+            series.add(labels)
+        for labels in self._lag_series - series:
+            metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_series = series
+        for tp in set(self._log_start) - inbound:
+            del self._log_start[tp]
+
+    def _refresh_assignment(self, inbound: set[TP]) -> None:
+        counts: dict[str, int] = {}
+        for tp in inbound:
+            counts[self.logical[tp.topic]] = counts.get(self.logical[tp.topic], 0) + 1
+        for topic, count in counts.items():
+            metrics.ASSIGNED_PARTITIONS.labels(topic).set(count)
+        for topic in self._assigned_series - set(counts):
+            metrics.ASSIGNED_PARTITIONS.remove(topic)
+        self._assigned_series = set(counts)
+        owned = {str(tp.partition) for tp in inbound}
+        for family in metrics.EVENT_TIME.collect():  # set by the ingest agent as clocks move
+            for sample in family.samples:
+                if sample.labels["partition"] not in owned:
+                    metrics.EVENT_TIME.remove(sample.labels["partition"])
+
+    def _refresh_tables(self) -> None:
+        for name, table in self.app.tables.items():
+            dbs = list(getattr(table.data, "_dbs", {}).values())  # faust's rocksdb store: one DB per partition
+            if not all(hasattr(db, "property_int_value") for db in dbs):
+                continue  # not rocksdict
+            keys = sum(db.property_int_value("rocksdb.estimate-num-keys") or 0 for db in dbs)
+            size = sum((db.property_int_value("rocksdb.total-sst-files-size") or 0)
+                       + (db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0) for db in dbs)
+            metrics.TABLE_KEYS.labels(name).set(keys)
+            metrics.TABLE_BYTES.labels(name).set(size)
+
+    async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
+        metrics.REBALANCES.inc()
+        log.info("rebalance complete: %d inbound partitions assigned", len(self._inbound()),
+                 extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in self._inbound())})
+
+    def _inbound(self) -> set[TP]:
+        """Assigned partitions of the topics the worker reads (not changelogs)."""
+        return {tp for tp in self.app.consumer.assignment() if tp.topic in self.logical}
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "unknown"
