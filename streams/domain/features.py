@@ -16,6 +16,7 @@ import math
 from typing import NamedTuple
 
 from models.sentiment import NEGATIVE_THRESHOLD
+from streams.domain.population import Population, rfm_of
 from streams.domain.sketches import kmv_count
 from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
@@ -64,6 +65,9 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("last_rating", "rating of the latest review (0 without reviews)", "latest", "stars"),
         Feature("sentiment_mean", "mean sentiment of review texts, -1 (negative) to 1 (models/sentiment.py)", "lifetime", "score"),
         Feature("last_sentiment", "sentiment of the latest review's text (0 without text)", "latest", "score"),
+        Feature("rfm_recency", "1-5: quintile of the last purchase's day among the worker's buyers (5 = most recent; 0 = never bought)", "current population", "score"),
+        Feature("rfm_frequency", "1-5: quintile of lifetime purchases among the buyers", "current population", "score"),
+        Feature("rfm_monetary", "1-5: quintile of lifetime spend among the buyers", "current population", "score"),
         Feature("negative_reviews", f"reviews whose text scores at most {NEGATIVE_THRESHOLD} (a negative review)", "lifetime", "count"),
     ]
     return tuple(out)
@@ -99,8 +103,11 @@ def _days(now: int, then: int) -> float:
     return max(0.0, (now - then) / MS_PER_DAY)
 
 
-def features(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> dict[str, float]:
-    """Every feature of :data:`FEATURES` at event time ``now``."""
+def features(
+    state: UserState, now: int, cfg: StateConfig = StateConfig(), population: Population | None = None
+) -> dict[str, float]:
+    """Every feature of :data:`FEATURES` at event time ``now``; the RFM scores are 0
+    without a ``population`` to rank against."""
     tiles = state.tiles
     out: dict[str, float] = {}
     for window in CLICK_WINDOWS:
@@ -139,6 +146,8 @@ def features(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> di
     out["sentiment_mean"] = state.sentiment_milli_sum / 1000 / state.texts if state.texts else 0.0
     out["last_sentiment"] = state.last_sentiment_milli / 1000
     out["negative_reviews"] = state.negative_reviews
+    r, f, m = population.scores(rfm_of(state)) if population is not None else (0, 0, 0)
+    out["rfm_recency"], out["rfm_frequency"], out["rfm_monetary"] = r, f, m
     return {name: float(out[name]) for name in FEATURE_NAMES}
 
 

@@ -13,6 +13,7 @@ import msgspec
 
 from models.score import Score
 from streams.domain.features import features
+from streams.domain.population import Population
 from streams.domain.state import StateConfig, UserState
 from streams.domain.timestamps import format_ts
 
@@ -31,13 +32,15 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(UserScores)
 
 
-def snapshot(state: UserState, now: int, churn: Score, cfg: StateConfig, sentiment_version: str) -> UserScores:
+def snapshot(
+    state: UserState, now: int, churn: Score, cfg: StateConfig, sentiment_version: str, population: Population | None = None
+) -> UserScores:
     """The user's row at ``now``; ``sentiment_version`` names the model that scores review
     texts (the ``*sentiment*`` features)."""
     return UserScores(
         user_id=state.user_id,
         ts=format_ts(now),
-        features=features(state, now, cfg),
+        features=features(state, now, cfg, population),
         scores={"churn": round(churn.value, 6)},
         model_versions={"churn": churn.version, "sentiment": sentiment_version},
         priors=["churn"] if churn.prior else [],

@@ -126,5 +126,13 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
         f"churn model: {worker.total('retention_model_labels_learned', model='churn-logreg'):.0f} matured labels learned; "
         + ("still on the recency prior" if prior else "learned model in use")
     )
-    for action in actions[:3]:
+    for action in actions[:2]:
         console.print_json(json.dumps(action))
+    if actions:
+        user = actions[0]["user_id"]
+        status, profile = worker.get_json(f"/users/{user}")
+        picked = {k: profile.get(k) for k in ("user_id", "ts", "scores", "model_versions", "priors", "last_purchase")} if status == 200 else profile
+        if status == 200:
+            picked["features"] = {k: profile["features"][k] for k in ("recency_days", "purchases_90d", "spend_365d", "gap_mean_days", "days_active_30d", "sessions_30d", "carts_abandoned_30d", "sentiment_mean")}
+        console.print(f"GET /users/{user} -> {status} (selected fields)")
+        console.print_json(json.dumps(picked))

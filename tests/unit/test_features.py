@@ -205,3 +205,25 @@ def test_any_order_within_the_lateness_and_duplicates_give_the_features_of_the_s
         advance(shuffled_state, now, CFG)
         assert features(shuffled_state, now, CFG) == features(sorted_state, now, CFG)
         assert shuffled_state.tiles == sorted_state.tiles  # every window, not only today's
+
+
+def test_rfm_scores_rank_a_buyer_against_the_population() -> None:
+    from streams.domain.population import Population, rfm_of
+
+    population = Population()
+    buyers = {}
+    for i in range(10):  # buyer i: i + 1 purchases, the last on day i, spending 10 * (i + 1)
+        buyers[i] = run([buy(f"b{i}-{n}", at(n), 10.0) for n in range(i + 1)])
+        population.update(None, rfm_of(buyers[i]))
+    x = features(buyers[9], at(10), CFG, population)
+    assert (x["rfm_recency"], x["rfm_frequency"], x["rfm_monetary"]) == (5, 5, 5)
+    y = features(buyers[0], at(10), CFG, population)
+    assert (y["rfm_recency"], y["rfm_frequency"], y["rfm_monetary"]) == (1, 1, 1)
+    assert features(buyers[4], at(10), CFG, population)["rfm_frequency"] == 3  # 4 of 10 below
+    # a new purchase moves the buyer, and the population with them
+    before = rfm_of(buyers[0])
+    apply_event(buyers[0], buy("b0-late", at(10), 500.0), at(10), CFG)
+    population.update(before, rfm_of(buyers[0]))
+    z = features(buyers[0], at(10), CFG, population)
+    assert (z["rfm_recency"], z["rfm_monetary"], population.size) == (5, 5, 10)
+    assert features(run([click("c", at(1))]), at(2), CFG, population)["rfm_recency"] == 0  # never bought

@@ -37,6 +37,7 @@ from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, 
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.snapshots import encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
+from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState, dump_state, load_state
 from streams.runtime import metrics
@@ -83,6 +84,7 @@ class Ingest:
         self.start_offsets: dict[TP, int] = {}
         self.lock = asyncio.Lock()
         self.queues: dict[int, DueQueue] | None = None
+        self.population = Population()  # buyers of the partitions this worker owns (RFM)
         app.on_rebalance_complete.connect(self._on_rebalance)
         app.agent(self.source, name="ingest")(self.run)
         app.timer(MERGE_TICK_S, name="ingest-merge-tick")(self._tick)
@@ -156,12 +158,15 @@ class Ingest:
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
             return None  # not this partition's event: its time counts where it is processed
         state = self._load(user_id) or UserState(user_id)
+        before = rfm_of(state)
         text = result.text if isinstance(result, Review) else None
         sentiment = self.sentiment.score(text) if text else None
         step = on_event(state, result, self.clocks[msg.partition].now, self.cfg, sentiment)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
+        self._queue(msg.partition)  # the population is rebuilt with the queues after a rebalance
+        self.population.update(before, rfm_of(state))
         if text:
             self.sentiment.learn(text, result.rating)  # the rating is the text's weak label
             metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
@@ -239,7 +244,7 @@ class Ingest:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
-            row = snapshot(state, now, step.churn or self.score(state, now), self.cfg.state, self.sentiment.version)
+            row = snapshot(state, now, step.churn or self.score(state, now), self.cfg.state, self.sentiment.version, self.population)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
             state.scores_at = now
             metrics.SNAPSHOTS.inc()
@@ -267,7 +272,7 @@ class Ingest:
             return None
         clock = self.clocks.get(self.partition_for(user_id))
         now = max(state.clock, clock.now if clock else 0)
-        row = snapshot(state, now, self.score(state, now), self.cfg.state, self.sentiment.version)
+        row = snapshot(state, now, self.score(state, now), self.cfg.state, self.sentiment.version, self.population)
         return {
             **msgspec.to_builtins(row),
             "partition": self.partition_for(user_id),
@@ -282,17 +287,20 @@ class Ingest:
         return None if raw is None else load_state(raw)
 
     def _queue(self, partition: int) -> DueQueue:
-        """The partition's due queue, rebuilt from the table after a rebalance (one pass)."""
+        """The partition's due queue, rebuilt from the table after a rebalance (one pass,
+        which also rebuilds the RFM population of the partitions now owned)."""
         if self.queues is None:
             self.queues = defaultdict(DueQueue)
+            self.population = Population()
             count = 0
             for raw_key, raw_state in self.users.items():
                 state = load_state(raw_state)
+                self.population.update(None, rfm_of(state))
                 due = due_at(state, self.cfg)
                 if due is not None:
                     self.queues[self.partition_for(raw_key.decode())].schedule(state.user_id, due)
                     count += 1
-            log.info("rebuilt event-time due queues: %d users due later", count)
+            log.info("rebuilt event-time due queues: %d users due later; %d buyers for RFM", count, self.population.size)
         return self.queues[partition]
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
