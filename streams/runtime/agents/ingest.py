@@ -29,7 +29,7 @@ from streams.domain.engine import Step, due_at, on_due, on_event
 from streams.domain.events import Heartbeat, Invalid, decode
 from streams.domain.features import as_dict
 from streams.domain.schedule import DueQueue
-from streams.domain.state import Applied, UserState, dump_state, load_state
+from streams.domain.state import Applied, UserState, dump_state, load_state, mark_applied, redelivered
 from streams.runtime import metrics
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
@@ -98,7 +98,14 @@ class Ingest:
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
             return result.ts
         state = self._load(user_id) or UserState(user_id)
+        if redelivered(state, msg.topic, msg.offset):  # read again after a crash or rebalance
+            metrics.RECORDS.labels(topic, "redelivered").inc()
+            # Write the state again: a killed worker's local RocksDB can hold writes whose
+            # changelog records were never sent, and the changelog must catch up with them.
+            self.users[user_id.encode()] = dump_state(state)
+            return result.ts
         step = on_event(state, result, self.clocks[msg.partition].now, self.cfg)
+        mark_applied(state, msg.topic, msg.offset)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
