@@ -105,6 +105,10 @@ class UserState(msgspec.Struct, array_like=True):
     lapse_acted: int | None = None
     #: Event time of the last snapshot published on user-scores (0: never).
     scores_at: int = 0
+    #: Offset of the last record applied from each source partition, by 32-bit digest of the
+    #: topic name (a user is read from one partition of each topic): a record read again
+    #: after a crash or a rebalance is recognised however far back the last commit was.
+    positions: dict[int, int] = msgspec.field(default_factory=dict)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -117,6 +121,23 @@ def dump_state(state: UserState) -> bytes:
 
 def load_state(raw: bytes) -> UserState:
     return _decoder.decode(raw)
+
+
+def redelivered(state: UserState, topic: str, offset: int) -> bool:
+    """True if the record at ``offset`` of ``topic`` (the user's partition) was applied already.
+
+    The event-id digests cover re-sent copies (new offsets) and a short history only; a
+    consumer resumes from its last commit, which can be any number of a user's records back.
+
+    >>> s = UserState("u1"); mark_applied(s, "clicks", 41)
+    >>> redelivered(s, "clicks", 41), redelivered(s, "clicks", 42), redelivered(s, "purchases", 0)
+    (True, False, False)
+    """
+    return state.positions.get(hash32(topic), -1) >= offset
+
+
+def mark_applied(state: UserState, topic: str, offset: int) -> None:
+    state.positions[hash32(topic)] = offset
 
 
 def event_digest(event: UserEvent) -> int:

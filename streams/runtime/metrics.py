@@ -6,7 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 RECORDS = Counter(
     "retention_records",
-    "Inbound records by logical topic and result (ok, late, invalid, duplicate, rekeyed, heartbeat).",
+    "Inbound records by logical topic and result (ok, late, invalid, duplicate, redelivered, rekeyed, heartbeat).",
     ["topic", "result"],
 )
 DEAD_LETTERS = Counter("retention_dead_letters", "Records sent to the dead-letter topic, by source topic.", ["topic"])

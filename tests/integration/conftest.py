@@ -7,6 +7,7 @@ wheel, and these fixtures start it on a free port and stop it by its PID. When
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -54,8 +55,9 @@ class Pipeline:
         return Publisher(self.settings)
 
 
-@pytest.fixture
-def pipeline(broker_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
+@contextlib.contextmanager
+def new_pipeline(broker_env: dict[str, str], tmp: Path, **extra_env: str) -> Iterator[Pipeline]:
+    """Fresh topics and app id (a unique suffix); stops the pipeline's workers on exit."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **broker_env,
@@ -63,15 +65,22 @@ def pipeline(broker_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
         "RETENTION_PARTITIONS": "4",
         **{f"RETENTION_TOPIC_{name}": f"{name.lower()}-{suffix}"
            for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES")},
+        **extra_env,
     }
     settings = _settings(env)
     create_topics(settings)
-    pipe = Pipeline(env, settings, tmp_path, [])
+    pipe = Pipeline(env, settings, tmp, [])
     try:
         yield pipe
     finally:
         for worker in pipe.workers:
             worker.stop()
+
+
+@pytest.fixture
+def pipeline(broker_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
+    with new_pipeline(broker_env, tmp_path) as pipe:
+        yield pipe
 
 
 def _settings(env: dict[str, str]) -> Settings:

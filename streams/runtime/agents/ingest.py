@@ -39,7 +39,7 @@ from streams.domain.snapshots import encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
-from streams.domain.state import Applied, UserState, dump_state, load_state
+from streams.domain.state import Applied, UserState, dump_state, load_state, mark_applied, redelivered
 from streams.runtime import metrics
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
@@ -158,10 +158,17 @@ class Ingest:
             await self.rekeyed.send(key=user_id.encode(), value=value, partition=owner, headers={SOURCE_HEADER: topic.encode()})
             return None  # not this partition's event: its time counts where it is processed
         state = self._load(user_id) or UserState(user_id)
+        if redelivered(state, msg.topic, msg.offset):  # read again after a crash or rebalance
+            metrics.RECORDS.labels(topic, "redelivered").inc()
+            # Write the state again: a killed worker's local RocksDB can hold writes whose
+            # changelog records were never sent, and the changelog must catch up with them.
+            self.users[user_id.encode()] = dump_state(state)
+            return result.ts
         before = rfm_of(state)
         text = result.text if isinstance(result, Review) else None
         sentiment = self.sentiment.score(text) if text else None
         step = on_event(state, result, self.clocks[msg.partition].now, self.cfg, sentiment)
+        mark_applied(state, msg.topic, msg.offset)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts

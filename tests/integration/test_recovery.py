@@ -1,0 +1,285 @@
+"""Durability and scaling of per-user state: kill -9 and restart, and two workers rebalancing.
+
+Each test replays the same synthetic shop (fixed seed, 1 % of records re-sent on purpose)
+and compares every user's state, read back from the table's changelog topic, with an
+uninterrupted run of one worker on its own topics and app id (the ``reference``).
+
+The churn learner lives in memory and is not checkpointed, so a crash would change what it
+has learned; ``RETENTION_CHURN_MIN_LABELS`` is set out of reach so every run scores with the
+deterministic recency prior, and actions depend on state and event time only (see STEADY).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
+
+from streams.domain.features import features
+from streams.domain.state import UserState, load_state
+from streams.runtime.kafka import consumer
+from streams.runtime.processes import WorkerProcess
+from streams.runtime.publish import Outgoing, simulation_records
+from streams.simulation import Shop, SimulationConfig
+from tests.integration.conftest import Pipeline, new_pipeline
+
+pytestmark = pytest.mark.integration
+
+SHOP = SimulationConfig(customers=50, new_customers_per_day=1.0, days=70, seed=11, duplicate_share=0.01)
+# The learner never replaces the prior (it is in memory, not checkpointed). And no event is
+# ever beyond the allowed lateness: which events count as late depends on how the partition's
+# event-time clock runs ahead of unread inputs, and today that differs between two
+# uninterrupted runs of the same records (late: 143, 356, 328 of ~8,000 events in three
+# runs), crash or no crash: the clock work of issue 3 (wt-clock) is fixing it. Within the
+# lateness, features do not depend on arrival order (property-tested), so this compares
+# durability and idempotence alone. Set it back to the default once the clock is fixed.
+STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_ALLOWED_LATENESS_S": str(400 * 86_400)}
+LIFETIME = ("clicks", "purchases", "spend_cents", "reviews", "rating_sum", "first_seen", "last_seen",
+            "first_purchase", "last_purchase", "carts_abandoned", "unsubscribed")
+
+
+def history() -> tuple[list[Outgoing], int]:
+    """The shop's records in event-time order, and how many of them are re-sent copies."""
+    shop = Shop(SHOP)
+    records = list(simulation_records(shop))
+    return records, shop.counts["duplicates"]
+
+
+RECORDS, RESENT = history()
+NOW = max(r.ts_ms for r in RECORDS)  # every run's features are compared at this event time
+
+
+@dataclass
+class Run:
+    states: dict[str, UserState]
+    actions: list[dict[str, Any]]
+    records: Counter[str]  # retention_records_total by result, summed over the run's workers
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def publish(pipe: Pipeline, records: Iterable[Outgoing]) -> Counter[str]:
+    """Records sent per logical topic (a heartbeat counts once per partition)."""
+    publisher = pipe.publisher()
+    report = publisher.publish(records)
+    publisher.close()
+    assert report.failed == 0, report.errors
+    return Counter(report.sent)
+
+
+def committed(pipe: Pipeline) -> Counter[str]:
+    """The app's committed offsets summed per logical inbound topic: records done for good.
+
+    Topics are fresh (offsets start at 0), so this is the number of records of a topic the
+    group will never read again. Read without joining the group."""
+    settings = pipe.settings
+    reader = consumer(settings, settings.app_id, **{"enable.auto.commit": False})
+    try:
+        tps = [TopicPartition(t, p) for t in settings.inbound_topics for p in range(settings.partitions)]
+        out: Counter[str] = Counter()
+        for tp in reader.committed(tps, timeout=10):
+            out[settings.inbound_topics[tp.topic]] += 0 if tp.offset == OFFSET_INVALID else tp.offset
+        return out
+    finally:
+        reader.close()
+
+
+def wait_committed(pipe: Pipeline, sent: Counter[str], workers: list[WorkerProcess], timeout: float = 180.0) -> None:
+    """Until the group has committed every record sent (Faust flushes its producer, and so
+    the changelog, before it commits)."""
+    deadline = time.monotonic() + timeout
+    while (done := committed(pipe)) != +sent:
+        assert any(w.alive for w in workers), f"no worker alive; see {[str(w.log_file) for w in workers]}"
+        assert time.monotonic() < deadline, f"committed {dict(done)} of {dict(sent)}"
+        time.sleep(0.5)
+
+
+def processed(worker: WorkerProcess) -> float:
+    return sum(v for lab, v in worker.samples("retention_records_total") if lab["result"] != "rekeyed")
+
+
+def results(worker: WorkerProcess) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for labels, value in worker.samples("retention_records_total"):
+        out[labels["result"]] += int(value)
+    return out
+
+
+def read_to_end(pipe: Pipeline, topic: str) -> list[Message]:
+    """Every record of a topic, read until each partition reports its end (by the fetch's
+    high watermark, which the embedded broker gets right)."""
+    reader = consumer(pipe.settings, None, **{"enable.partition.eof": True})
+    reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(pipe.settings.partitions)])
+    out: list[Message] = []
+    at_end: set[int] = set()
+    deadline = time.monotonic() + 60
+    try:
+        while len(at_end) < pipe.settings.partitions:
+            assert time.monotonic() < deadline, f"{topic}: only partitions {at_end} read to the end"
+            for msg in reader.consume(1000, timeout=0.5):
+                if msg.error() is None:
+                    out.append(msg)
+                elif msg.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(msg.partition())
+                else:
+                    raise KafkaException(msg.error())
+    finally:
+        reader.close()
+    return out
+
+
+def latest_states(pipe: Pipeline) -> dict[str, UserState]:
+    """Every user's state: the latest value per key on the table's changelog topic."""
+    latest = {msg.key(): msg.value() for msg in read_to_end(pipe, f"{pipe.settings.app_id}-users-changelog")}
+    return {key.decode(): load_state(value) for key, value in latest.items()}
+
+
+def collect(pipe: Pipeline, workers: list[WorkerProcess], counts: list[Counter[str]]) -> Run:
+    actions = [json.loads(m.value()) for m in read_to_end(pipe, pipe.settings.topic_actions)]
+    return Run(latest_states(pipe), actions, sum(counts, Counter()))
+
+
+def view(state: UserState) -> dict[str, Any]:
+    """What must not depend on crashes or rebalances: features at NOW and lifetime counters."""
+    return {**features(state, NOW), **{f"state.{name}": getattr(state, name) for name in LIFETIME}}
+
+
+def assert_same_users(run: Run, reference: Run) -> None:
+    assert sorted(run.states) == sorted(reference.states)
+    differ = {}
+    for user, state in reference.states.items():
+        want, got = view(state), view(run.states[user])
+        if want != got:
+            differ[user] = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
+    assert not differ, f"{len(differ)} of {len(reference.states)} users differ (reference, run): {differ}"
+
+
+def assert_same_actions(run: Run, reference: Run) -> list[tuple[str, str, str]]:
+    """The same decisions, each with the same identity. A decision may be re-sent after a
+    crash (at-least-once; consumers deduplicate on action_id). Returns (id, reference ts,
+    run ts) where the event time of a decision differs: the clock, not the state, sets it."""
+    want = {a["action_id"]: a["ts"] for a in reference.actions}
+    got = {a["action_id"]: a["ts"] for a in run.actions}
+    assert reference.actions and set(got) == set(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
+    assert len(reference.actions) == len(want)  # one send per decision without a crash
+    return [(aid, want[aid], got[aid]) for aid in sorted(want) if want[aid] != got[aid]]
+
+
+# --- the uninterrupted run ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Run:
+    with new_pipeline(broker_env, tmp_path_factory.mktemp("reference")) as pipe:
+        sent = publish(pipe, RECORDS)
+        worker = pipe.worker("reference", **STEADY)
+        worker.wait_ready()
+        worker.wait_processed(sum(sent.values()), timeout=300)
+        wait_committed(pipe, sent, [worker])
+        run = collect(pipe, [worker], [results(worker)])
+    assert run.records["duplicate"] == RESENT  # each re-sent copy counted once
+    assert run.records["ok"] + run.records["late"] + RESENT + run.records["heartbeat"] == sum(sent.values())
+    return run
+
+
+# --- kill -9 --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("restart", ["same-data-dir", "empty-data-dir"])
+def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_uninterrupted_run(
+    pipeline: Pipeline, reference: Run, restart: str
+) -> None:
+    """``empty-data-dir`` rebuilds every user's state from the changelog alone;
+    ``same-data-dir`` resumes from the local RocksDB files a killed process left behind."""
+    sent = publish(pipeline, RECORDS)
+    total = sum(sent.values())
+    first = pipeline.worker("a", **STEADY)
+    first.wait_ready()
+    deadline = time.monotonic() + 120
+    while (before_kill := results(first)).total() < total / 2:
+        assert first.alive and time.monotonic() < deadline, f"worker a stuck at {before_kill.total()}; see {first.log_file}"
+        time.sleep(0.05)
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+
+    resumed_from = committed(pipeline).total()
+    assert resumed_from < total  # it really was mid-stream
+    second = pipeline.worker("a" if restart == "same-data-dir" else "b", **STEADY)
+    second.wait_ready()
+    second.wait_processed(total - resumed_from, timeout=300)  # exactly the records after the last commit
+    wait_committed(pipeline, sent, [second])
+    after = results(second)
+    run = collect(pipeline, [first, second], [before_kill, after])
+
+    assert_same_users(run, reference)
+    moved = assert_same_actions(run, reference)
+    # Redelivered: the records worker a read after its last commit. With its RocksDB files
+    # kept, everything it applied is there, so each event is applied by a or by b, never
+    # both: b's applied plus a's (at least before_kill) is at most the uninterrupted run's.
+    # (From the changelog alone, b re-applies what a applied but never got to the changelog.)
+    redelivered = before_kill.total() - resumed_from
+    if restart == "same-data-dir":
+        applied = ("ok", "late")
+        assert sum(after[r] + before_kill[r] for r in applied) <= sum(reference.records[r] for r in applied)
+    print(f"{restart}: killed after >= {before_kill.total()} of {total} records, last commit at {resumed_from}, "
+          f">= {redelivered} redelivered; worker b: {dict(after)}; actions sent {len(run.actions)}, "
+          f"distinct {len({a['action_id'] for a in run.actions})}; decision times that differ: {moved}")
+    if before_kill.total() > resumed_from + 100:  # worker a applied records it never committed
+        assert after["redelivered"] > 0
+
+
+# --- two workers ----------------------------------------------------------------------------
+
+
+def wait_ready_after_rebalance(worker: WorkerProcess, times: int, timeout: float = 60.0) -> None:
+    """Until the worker has finished its ``times``-th assignment (Faust logs "Worker ready"
+    after each rebalance, once its tables are recovered)."""
+    deadline = time.monotonic() + timeout
+    while worker.log_file.read_text(errors="replace").count("Worker ready") < times:
+        assert worker.alive and time.monotonic() < deadline, f"not ready {times} times; see {worker.log_file}"
+        time.sleep(0.2)
+
+
+def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pipeline, reference: Run) -> None:
+    third = len(RECORDS) // 3
+    one = pipeline.worker("w1", **STEADY)
+    one.wait_ready()
+    sent = publish(pipeline, RECORDS[:third])
+    wait_committed(pipeline, sent, [one])
+
+    two = pipeline.worker("w2", **STEADY)  # its own data dir and web port
+    two.wait_ready()
+    wait_ready_after_rebalance(two, 1)  # the partitions are split between the two
+    wait_ready_after_rebalance(one, 2)
+    sent += publish(pipeline, RECORDS[third:2 * third])
+    wait_committed(pipeline, sent, [one, two])
+    assert processed(two) > 0  # worker 2 took over partitions and their state
+
+    one_counts = results(one)
+    assert one.stop() == 0  # SIGTERM: graceful, everything moves to worker 2
+    wait_ready_after_rebalance(two, 2)  # and all of them are worker 2's
+    sent += publish(pipeline, RECORDS[2 * third:])
+    wait_committed(pipeline, sent, [two])
+    run = collect(pipeline, [one, two], [one_counts, results(two)])
+
+    assert one_counts.total() > 0 and processed(two) > 0
+    assert_same_users(run, reference)
+    # Every decision of the uninterrupted run is taken, with the same identity. A worker that
+    # takes over partitions starts their event-time clock afresh, and the watermark does not
+    # judge an input it has not read yet, so the clock can jump past unread purchases and
+    # decide lapses the uninterrupted run never saw: extra actions are the clock's open
+    # issue (issue 3, wt-clock), reported here, not a state that moved wrongly.
+    want = {a["action_id"]: a["ts"] for a in reference.actions}
+    got = {a["action_id"]: a["ts"] for a in run.actions}
+    assert want and set(want) <= set(got), sorted(set(want) - set(got))
+    print(f"decision times that differ: {[(a, want[a], got[a]) for a in sorted(want) if want[a] != got[a]]}; "
+          f"extra decisions: {sorted((got[a], a) for a in set(got) - set(want))}")
+    print(f"rebalance: worker 1 {dict(one_counts)}, worker 2 {dict(results(two))}")
