@@ -31,17 +31,12 @@ from streams.runtime.publish import Outgoing, simulation_records
 from streams.simulation import Shop, SimulationConfig
 from tests.integration.conftest import Pipeline, new_pipeline
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a kill, a restart and two full runs
 
 SHOP = SimulationConfig(customers=50, new_customers_per_day=1.0, days=70, seed=11, duplicate_share=0.01)
-# The learner never replaces the prior (it is in memory, not checkpointed). And no event is
-# ever beyond the allowed lateness: which events count as late depends on how the partition's
-# event-time clock runs ahead of unread inputs, and today that differs between two
-# uninterrupted runs of the same records (late: 143, 356, 328 of ~8,000 events in three
-# runs), crash or no crash: the clock work of issue 3 (wt-clock) is fixing it. Within the
-# lateness, features do not depend on arrival order (property-tested), so this compares
-# durability and idempotence alone. Set it back to the default once the clock is fixed.
-STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_ALLOWED_LATENESS_S": str(400 * 86_400)}
+# The learner never replaces the prior (it is in memory, not checkpointed), so the
+# decisions are a function of the records alone.
+STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000"}
 LIFETIME = ("clicks", "purchases", "spend_cents", "reviews", "rating_sum", "first_seen", "last_seen",
             "first_purchase", "last_purchase", "carts_abandoned", "unsubscribed")
 
@@ -148,9 +143,16 @@ def collect(pipe: Pipeline, workers: list[WorkerProcess], counts: list[Counter[s
     return Run(latest_states(pipe), actions, sum(counts, Counter()))
 
 
+#: Scored by the worker's online sentiment learner, which lives in the worker's memory and
+#: starts again from its lexicon after a restart (model checkpoints are issue 4's): these
+#: depend on the model's history, not only on the records.
+MODEL_DEPENDENT = {"sentiment_mean", "last_sentiment", "negative_reviews"}
+
+
 def view(state: UserState) -> dict[str, Any]:
     """What must not depend on crashes or rebalances: features at NOW and lifetime counters."""
-    return {**features(state, NOW), **{f"state.{name}": getattr(state, name) for name in LIFETIME}}
+    stable = {k: v for k, v in features(state, NOW).items() if k not in MODEL_DEPENDENT}
+    return {**stable, **{f"state.{name}": getattr(state, name) for name in LIFETIME}, "state.texts": state.texts}
 
 
 def assert_same_users(run: Run, reference: Run) -> None:
@@ -221,14 +223,13 @@ def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_unint
 
     assert_same_users(run, reference)
     moved = assert_same_actions(run, reference)
-    # Redelivered: the records worker a read after its last commit. With its RocksDB files
-    # kept, everything it applied is there, so each event is applied by a or by b, never
-    # both: b's applied plus a's (at least before_kill) is at most the uninterrupted run's.
-    # (From the changelog alone, b re-applies what a applied but never got to the changelog.)
+    # Redelivered: the records worker a read after its last commit. How many events b applies
+    # again is not a property to bound: on a kept data dir Faust's recovery replays the
+    # changelog from the offset stored with the local files, which can put back an older
+    # version of a user whose latest write never reached the changelog; b then re-applies
+    # those events onto that older state. What must hold is above: every user's features
+    # and counters, and every decision, equal those of the uninterrupted run.
     redelivered = before_kill.total() - resumed_from
-    if restart == "same-data-dir":
-        applied = ("ok", "late")
-        assert sum(after[r] + before_kill[r] for r in applied) <= sum(reference.records[r] for r in applied)
     print(f"{restart}: killed after >= {before_kill.total()} of {total} records, last commit at {resumed_from}, "
           f">= {redelivered} redelivered; worker b: {dict(after)}; actions sent {len(run.actions)}, "
           f"distinct {len({a['action_id'] for a in run.actions})}; decision times that differ: {moved}")
@@ -279,7 +280,8 @@ def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pi
     # issue (issue 3, wt-clock), reported here, not a state that moved wrongly.
     want = {a["action_id"]: a["ts"] for a in reference.actions}
     got = {a["action_id"]: a["ts"] for a in run.actions}
-    assert want and set(want) <= set(got), sorted(set(want) - set(got))
+    assert want and set(want) == set(got), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
+    assert got == want, [(a, want[a], got[a]) for a in sorted(want) if want[a] != got[a]]
     print(f"decision times that differ: {[(a, want[a], got[a]) for a in sorted(want) if want[a] != got[a]]}; "
           f"extra decisions: {sorted((got[a], a) for a in set(got) - set(want))}")
     print(f"rebalance: worker 1 {dict(one_counts)}, worker 2 {dict(results(two))}")
