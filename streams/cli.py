@@ -204,7 +204,7 @@ def bench(
     customers: Annotated[int, typer.Option(help="Customers of the synthetic shop.")] = 1000,
     partitions: Annotated[int, typer.Option(help="Partitions of every topic.")] = 8,
     mode: Annotated[str, typer.Option(help="backlog: publish everything, then drain it (throughput); live: publish at --rate (latency).")] = "backlog",
-    rate: Annotated[float, typer.Option(help="Records/s published in live mode.")] = 1000.0,
+    rate: Annotated[float, typer.Option(help="Records/s published in live mode.")] = 500.0,
     workers: Annotated[int, typer.Option(help="Worker processes per pipeline.")] = 1,
     skip_naive: Annotated[bool, typer.Option("--skip-naive", help="Measure the full pipeline only.")] = False,
 ) -> None:
