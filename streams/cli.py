@@ -198,6 +198,25 @@ def demo(
     raise typer.Exit(run_demo(customers=customers, days=days, speed=speed or None))
 
 
+@app.command()
+def bench(
+    events: Annotated[Optional[int], typer.Option(help="Records to drive through each pipeline (default 200,000 in backlog mode, 30 s of --rate in live mode).")] = None,
+    customers: Annotated[int, typer.Option(help="Customers of the synthetic shop.")] = 1000,
+    partitions: Annotated[int, typer.Option(help="Partitions of every topic.")] = 8,
+    mode: Annotated[str, typer.Option(help="backlog: publish everything, then drain it (throughput); live: publish at --rate (latency).")] = "backlog",
+    rate: Annotated[float, typer.Option(help="Records/s published in live mode.")] = 500.0,
+    workers: Annotated[int, typer.Option(help="Worker processes per pipeline.")] = 1,
+    skip_naive: Annotated[bool, typer.Option("--skip-naive", help="Measure the full pipeline only.")] = False,
+) -> None:
+    """The full pipeline and a naive Faust pipeline on the same records, side by side: events/s per worker, CPU, peak RSS, latency."""
+    from streams.runtime.bench import run_bench
+
+    if mode not in ("backlog", "live"):
+        err.print(f"[red]unknown mode {mode!r}: backlog or live[/red]")
+        raise typer.Exit(2)
+    raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive))
+
+
 @app.command("settings")
 def settings_table() -> None:
     """Print every setting as a Markdown table (environment variable, default, meaning)."""

@@ -24,6 +24,13 @@ PROCESSING = Histogram(
     "Wall time to process one inbound record, including due checks it triggers.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
 )
+RECORD_LATENCY = Histogram(
+    "retention_record_latency_seconds",
+    "Wall time from an inbound record's Kafka timestamp to the end of its processing. End-to-end latency "
+    "when producers stamp records with their send time (CreateTime = now, as `retention bench --mode live`); "
+    "for history published with its event time (replays, the simulator) it is the event's age.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
 SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
 USER_QUERIES = Counter("retention_user_queries", "GET /users/{user_id} answered here, by status.", ["status"])
 NEGATIVE_REVIEWS = Counter("retention_negative_reviews", "Reviews whose text the sentiment model reads as negative.")

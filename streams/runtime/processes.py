@@ -19,9 +19,15 @@ from streams.runtime.broker import free_port
 
 
 class WorkerProcess:
-    """``retention worker`` in a child process, with its own data dir and web port."""
+    """``retention worker`` in a child process, with its own data dir and web port.
 
-    def __init__(self, env: dict[str, str], data_dir: Path, log_file: Path, web_port: int | None = None) -> None:
+    ``module`` runs another worker module the same way (the bench's naive reference:
+    ``streams.runtime.bench_naive``)."""
+
+    def __init__(
+        self, env: dict[str, str], data_dir: Path, log_file: Path, web_port: int | None = None, module: str | None = None
+    ) -> None:
+        self.command = [sys.executable, "-m", module] if module else [sys.executable, "-m", "streams.cli", "worker"]
         self.web_port = web_port or free_port()
         self.data_dir = data_dir
         self.log_file = log_file
@@ -39,7 +45,7 @@ class WorkerProcess:
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as out:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker"],
+                self.command,
                 env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         return self

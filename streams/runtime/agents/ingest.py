@@ -129,6 +129,8 @@ class Ingest:
             await self._advance(partition, ts, event)
             await self.stream.ack(event)
             metrics.PROCESSING.observe(time.perf_counter() - started)
+            if kafka_ts is not None:  # end to end when the producer stamped its send time (bench --mode live)
+                metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
 
     async def _tick(self) -> None:
         """Release what waited for a fresher fetch: no record of the partition may follow."""

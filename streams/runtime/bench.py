@@ -1,0 +1,301 @@
+"""``retention bench``: the full pipeline and a naive Faust pipeline, side by side, in one run.
+
+Both pipelines get the same synthetic records (the simulator's, no malformed or duplicate
+ones), on their own topics of the same broker, with the same settings, one after the
+other (never at once: they would share two cores). For each, real worker processes are
+started and read from outside only: processed records from their ``/metrics``
+(``retention_records_total``), CPU time from ``/proc/<pid>/stat``, peak RSS from
+``/proc/<pid>/status`` (VmHWM), latency from ``retention_record_latency_seconds``.
+
+Modes:
+
+- ``backlog``: every record is published first (with its event time as Kafka timestamp,
+  as a replay), then the workers start and drain it. Throughput is sustained records/s
+  between 5 % and 95 % of the records processed: the first 5 % include the first fetches
+  and cold RocksDB, the last 5 % the tail where some partitions have ended and the merge
+  waits on its tick. Latency is not measured (records wait in the backlog by design).
+- ``live``: the workers start first, then records are published at a fixed rate with the
+  Kafka timestamp set to the send time, so the latency histogram measures send ->
+  processed (producer linger, broker, fetch wait, merge wait and processing included).
+  The first 5 % (at least 1 s of records) are a warm-up, excluded by subtracting the
+  histogram and counters read when the warm-up was processed.
+
+The machine is noisy: compare the two pipelines' figures of one run (the ratio), not
+runs with each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from streams.runtime.broker import EmbeddedBroker
+from streams.runtime.kafka import create_topics
+from streams.runtime.processes import WorkerProcess
+from streams.runtime.publish import Outgoing, Publisher, simulation_records
+from streams.runtime.settings import Settings, embedded_overrides
+from streams.simulation import Shop, SimulationConfig
+
+PIPELINES = {"full": None, "naive": "streams.runtime.bench_naive"}  # name -> worker module (None: retention worker)
+TOPICS = ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES")
+LATENCY = "retention_record_latency_seconds"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Sample:
+    """What the bench reads of its workers at one moment."""
+
+    t: float  # time.monotonic()
+    records: float  # processed inbound records, summed over workers (re-keys not counted)
+    cpu_s: float  # CPU seconds (user + system) of the worker processes so far
+    buckets: dict[float, float]  # latency histogram: upper bound -> cumulative count, summed
+
+
+@dataclass
+class Result:
+    pipeline: str
+    mode: str
+    workers: int
+    records: int  # records in the measured window
+    wall_s: float
+    per_worker: float  # records/s per worker over the window
+    cpu_s: float  # CPU seconds of the workers over the window
+    cpu_pct: float  # of one core, per worker
+    cpu_us_per_record: float
+    peak_rss_mb: float  # the largest VmHWM among the workers
+    latency_ms: tuple[float, float, float] | None  # p50, p95, p99
+    published_per_s: float  # rate the records were published at
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident set size (VmHWM) of a process, MB."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float:
+    """The ``q`` quantile of a cumulative histogram, interpolated linearly within a bucket
+    as Prometheus' ``histogram_quantile`` does; the largest finite bound if it falls in +Inf.
+
+    >>> quantile(0.5, {0.1: 50, 0.2: 100, float("inf"): 100})
+    0.1
+    >>> round(quantile(0.99, {0.1: 50, 0.2: 100, float("inf"): 100}), 3)
+    0.198
+    >>> quantile(0.99, {0.1: 50, 0.2: 90, float("inf"): 100})
+    0.2
+    """
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        if buckets[bound] >= rank:
+            if bound == float("inf"):
+                return lower
+            inside = buckets[bound] - below
+            return lower + (bound - lower) * ((rank - below) / inside if inside else 1.0)
+        lower, below = bound, buckets[bound]
+    return lower
+
+
+def sample(workers: list[WorkerProcess]) -> Sample:
+    records, cpu, buckets = 0.0, 0.0, {}
+    for worker in workers:
+        families = worker.samples("retention_records_total") + worker.samples(f"{LATENCY}_bucket")
+        for labels, value in families:
+            if "le" in labels:
+                bound = float(labels["le"])
+                buckets[bound] = buckets.get(bound, 0.0) + value
+            elif labels.get("result") != "rekeyed":
+                records += value
+        cpu += cpu_seconds(worker.process.pid)
+    return Sample(time.monotonic(), records, cpu, buckets)
+
+
+def bench_records(events: int, customers: int, seed: int, partitions: int) -> list[Outgoing]:
+    """The first ``events`` wire records of a synthetic shop (a heartbeat counts once per
+    partition), ending before now so that live mode's send-time stamps are never behind
+    the events' own times."""
+    days = 3650.0
+    start = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days + 1)
+    shop = Shop(SimulationConfig(customers=customers, days=days, seed=seed, start=start))
+    out, count = [], 0
+    for record in simulation_records(shop):
+        out.append(record)
+        count += partitions if record.topic == "heartbeats" else 1
+        if count >= events:
+            return out
+    return out
+
+
+def publish_paced(publisher: Publisher, records: list[Outgoing], rate: float) -> None:
+    """Send at ``rate`` wire records/s, each stamped with its send time (CreateTime = now)."""
+    start, first = time.monotonic(), publisher.report.total
+    client = publisher.client
+    for record in records:
+        due = start + (publisher.report.total - first) / rate
+        while (wait := due - time.monotonic()) > 0:
+            client.poll(wait)
+        publisher.send(replace(record, ts_ms=int(time.time() * 1000)))
+    client.flush(60)
+
+
+def wait_processed(workers: list[WorkerProcess], count: int, trace: list[Sample], stall_s: float = 120.0) -> Sample:
+    """Sample the workers every 0.2 s until they have processed ``count`` records."""
+    last_progress = time.monotonic()
+    while True:
+        now = sample(workers)
+        if trace and now.records > trace[-1].records:
+            last_progress = now.t
+        trace.append(now)
+        if now.records >= count:
+            return now
+        if not all(w.alive for w in workers):
+            raise RuntimeError(f"a worker died; see {[str(w.log_file) for w in workers]}")
+        if now.t - last_progress > stall_s:
+            raise TimeoutError(f"no progress for {stall_s:.0f} s at {now.records:.0f} of {count} records")
+        time.sleep(0.2)
+
+
+def first_at(trace: list[Sample], count: float) -> Sample:
+    return next(s for s in trace if s.records >= count)
+
+
+def measure(
+    name: str, mode: str, base_env: dict[str, str], records: list[Outgoing], workdir: Path,
+    partitions: int, workers: int, rate: float, console: Console,
+) -> Result:
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        **base_env,
+        "RETENTION_APP_ID": f"bench-{name}-{suffix}",
+        "RETENTION_PARTITIONS": str(partitions),
+        **{f"RETENTION_TOPIC_{topic}": f"bench-{topic.lower().replace('_', '-')}-{suffix}" for topic in TOPICS},
+    }
+    os.environ.update(env)
+    settings = Settings()
+    create_topics(settings)
+    publisher = Publisher(settings)
+    total = sum(partitions if r.topic == "heartbeats" else 1 for r in records)
+    procs = [
+        WorkerProcess(env, workdir / name / f"w{i}" / "data", workdir / name / f"w{i}" / "worker.log", module=PIPELINES[name])
+        for i in range(workers)
+    ]
+    trace: list[Sample] = []
+    with contextlib.ExitStack() as stack:
+        if mode == "backlog":
+            started = time.monotonic()
+            publisher.publish(records)
+            published_per_s = total / (time.monotonic() - started)
+        for proc in procs:
+            stack.callback(proc.stop)
+            proc.start()
+            console.print(f"{name} worker pid {proc.process.pid}, log {proc.log_file}")
+        for proc in procs:
+            proc.wait_ready()
+        if mode == "backlog":
+            wait_processed(procs, total, trace)
+            begin, end = first_at(trace, 0.05 * total), first_at(trace, 0.95 * total)
+            latency = None
+        else:
+            warm = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
+            publish_paced(publisher, records[:warm], rate)
+            begin = wait_processed(procs, publisher.report.total, trace)
+            started, before = time.monotonic(), publisher.report.total
+            publish_paced(publisher, records[warm:], rate)
+            published_per_s = (publisher.report.total - before) / (time.monotonic() - started)
+            end = wait_processed(procs, total, trace)
+            window = {b: end.buckets[b] - begin.buckets.get(b, 0.0) for b in end.buckets}
+            latency = tuple(1000 * quantile(q, window) for q in (0.5, 0.95, 0.99))
+        rss = max(peak_rss_mb(p.process.pid) for p in procs)
+        if publisher.report.failed:
+            raise RuntimeError(f"{publisher.report.failed} records not delivered: {publisher.report.errors[:3]}")
+    wall = end.t - begin.t
+    done = end.records - begin.records
+    cpu = end.cpu_s - begin.cpu_s
+    return Result(
+        name, mode, workers, int(done), wall, done / wall / workers, cpu, 100 * cpu / wall / workers,
+        1e6 * cpu / done, rss, latency, published_per_s,  # type: ignore[arg-type]
+    )
+
+
+def result_table(results: list[Result]) -> Table:
+    table = Table(title="retention bench: both pipelines measured in this run")
+    columns = ("pipeline", "mode", "workers", "records", "wall s", "events/s per worker", "CPU s", "CPU % per worker",
+               "CPU µs/event", "peak RSS MB", "p50 ms", "p95 ms", "p99 ms")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("pipeline", "mode") else "right")
+    rows = list(results)
+    for r in rows:
+        lat = [f"{v:,.0f}" for v in r.latency_ms] if r.latency_ms else ["-"] * 3
+        table.add_row(r.pipeline, r.mode, str(r.workers), f"{r.records:,}", f"{r.wall_s:.1f}", f"{r.per_worker:,.0f}",
+                      f"{r.cpu_s:.1f}", f"{r.cpu_pct:.0f}", f"{r.cpu_us_per_record:,.0f}", f"{r.peak_rss_mb:.0f}", *lat)
+    by = {r.pipeline: r for r in results}
+    if {"full", "naive"} <= by.keys():
+        f, n = by["full"], by["naive"]
+        lat = [f"{a / b:.2f}" for a, b in zip(f.latency_ms, n.latency_ms)] if f.latency_ms and n.latency_ms else ["-"] * 3
+        table.add_row("full/naive", "", "", "", "", f"{f.per_worker / n.per_worker:.2f}", "", f"{f.cpu_pct / n.cpu_pct:.2f}",
+                      f"{f.cpu_us_per_record / n.cpu_us_per_record:.2f}", f"{f.peak_rss_mb / n.peak_rss_mb:.2f}", *lat)
+    return table
+
+
+def run_bench(
+    events: int | None, customers: int, partitions: int, mode: str, rate: float, workers: int,
+    skip_naive: bool, seed: int = 7, workdir: Path | None = None,
+) -> int:
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    events = events or (200_000 if mode == "backlog" else int(30 * rate))
+    workdir = workdir or Path("var/bench") / time.strftime("%Y%m%dT%H%M%S")
+    workdir.mkdir(parents=True, exist_ok=True)
+    saved = dict(os.environ)
+    try:
+        with contextlib.ExitStack() as stack:
+            if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+                env: dict[str, str] = {}
+                console.print(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+            else:
+                broker = stack.enter_context(EmbeddedBroker(log_file=workdir / "broker.log"))
+                env = embedded_overrides(broker.bootstrap_servers)
+                console.print(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+            records = bench_records(events, customers, seed, partitions)
+            total = sum(partitions if r.topic == "heartbeats" else 1 for r in records)
+            console.print(f"{total:,} records ({len(records):,} before heartbeats fan out to {partitions} partitions), "
+                          f"{customers} customers, mode {mode}" + (f" at {rate:,.0f} records/s" if mode == "live" else ""))
+            results = []
+            for name in [n for n in PIPELINES if not (skip_naive and n == "naive")]:
+                results.append(measure(name, mode, env, records, workdir, partitions, workers, rate, console))
+                os.environ.clear()
+                os.environ.update(saved)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    console.print(result_table(results))
+    for r in results:
+        if r.mode == "live" and r.published_per_s < 0.95 * rate:
+            console.print(f"[yellow]{r.pipeline}: published at {r.published_per_s:,.0f} records/s, below --rate[/yellow]")
+    (workdir / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+    console.print(f"results in {workdir / 'results.json'}")
+    return 0
+
