@@ -51,6 +51,13 @@ USER_EVENTS = (Click, Purchase, Review, Outcome)
 MERGE_TICK_S = 0.05  # how often records waiting for a fresher fetch are looked at again
 
 
+#: Warn when a partition's records have waited this long in the event-time merge.
+STALL_WARN_S = 30.0
+#: Give up on the earliest-offsets lookup after a rebalance after this long (it is only a
+#: fallback for inputs with neither a committed offset nor a received record).
+EARLIEST_TIMEOUT_S = 15.0
+
+
 def _wall_ms() -> int:
     """Wall time in the unit and clock of aiokafka's fetch timestamps."""
     return int(time.time() * 1000)
@@ -82,6 +89,8 @@ class Ingest:
         self.merges: dict[int, InputMerge[Any]] = {}
         self.received: dict[TP, int] = {}  # last offset received per input partition
         self.start_offsets: dict[TP, int] = {}
+        self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
+        self.stall_warned: dict[int, float] = {}
         self.lock = asyncio.Lock()
         self.queues: dict[int, DueQueue] | None = None
         self.population = Population()  # buyers of the partitions this worker owns (RFM)
@@ -113,6 +122,7 @@ class Ingest:
             return self._caught_up(TP(topic, partition), since_ms)
 
         while (item := merge.pop(caught_up_here)) is not None:
+            self.released_at[partition] = time.monotonic()
             event, (topic, result, kafka_ts) = item
             msg = event.message
             started = time.perf_counter()
@@ -138,6 +148,33 @@ class Ingest:
             for partition, merge in list(self.merges.items()):
                 if merge.size:
                     await self._release(partition)
+                    self._warn_if_stalled(partition, merge)
+
+    def _warn_if_stalled(self, partition: int, merge: InputMerge[Any]) -> None:
+        """Say, at most every STALL_WARN_S, which inputs hold a partition's records back."""
+        now = time.monotonic()
+        last = max(self.released_at.get(partition, 0.0), self.stall_warned.get(partition, 0.0))
+        if not merge.size or now - last < STALL_WARN_S:
+            self.released_at.setdefault(partition, now)
+            return
+        self.stall_warned[partition] = now
+        waiting = {}
+        for topic in self.inputs:
+            if merge.buffers[topic]:
+                continue
+            tp = TP(topic, partition)
+            state = self._tp_state(tp)
+            waiting[topic] = {
+                "received": self.received.get(tp),
+                "committed": self.app.consumer._committed_offset.get(tp),
+                "start": self.start_offsets.get(tp),
+                "highwater": getattr(state, "highwater", None),
+                "fetched_s_ago": round((_wall_ms() - state.timestamp) / 1000, 1) if getattr(state, "timestamp", None) else None,
+            }
+        log.warning(
+            "partition %d: %d records wait in the event-time merge for more than %.0f s; inputs neither buffered nor caught up: %s",
+            partition, merge.size, STALL_WARN_S, waiting,
+        )
 
     def _decode(self, msg: Any, value: bytes | None, headers: dict[str, bytes]) -> tuple[str, Any, int | None]:
         topic = self.logical.get(msg.topic) or headers.get(SOURCE_HEADER, b"").decode() or msg.topic
@@ -322,7 +359,9 @@ class Ingest:
             self.received.clear()
             inputs = [tp for tp in self.app.consumer.assignment() if tp.topic in self.inputs]
             try:
-                self.start_offsets = dict(await self.app.consumer.earliest_offsets(*inputs)) if inputs else {}
+                self.start_offsets = (
+                    dict(await asyncio.wait_for(self.app.consumer.earliest_offsets(*inputs), EARLIEST_TIMEOUT_S)) if inputs else {}
+                )
             except Exception:
                 log.exception("could not read the earliest offsets of %s", inputs)
                 self.start_offsets = {}
