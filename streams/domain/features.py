@@ -39,7 +39,11 @@ def _catalogue() -> tuple[Feature, ...]:
     for window in CLICK_WINDOWS:
         for kind in CLICK_KINDS:
             out.append(Feature(f"{kind}_{window}", f"`{kind}` clicks", window, "count"))
-        out.append(Feature(f"sessions_{window}", "sessions started (session_id, else channel and 30-min bucket)", window, "count"))
+        out.append(Feature(
+            f"sessions_{window}",
+            "sessions started, in the tile of their first click (a session is a session_id, else the channel's clicks in one "
+            "RETENTION_SESSION_GAP_MINUTES bucket; a session_id seen again while among the user's 16 latest counts once)",
+            window, "count"))
     for window in PURCHASE_WINDOWS:
         out.append(Feature(f"purchases_{window}", "purchases", window, "count"))
         out.append(Feature(f"spend_{window}", "sum of purchase totals", window, "currency units"))
@@ -180,10 +184,12 @@ def features_markdown() -> str:
         "| Feature | Definition | Window | Unit |",
         "| --- | --- | --- | --- |",
         f"| `<kind>_<window>` | clicks of each kind ({kinds}) | {', '.join(CLICK_WINDOWS)} | count |",
+        f"| `sessions_<window>` | {next(f.definition for f in FEATURES if f.name.startswith('sessions_'))} "
+        f"| {', '.join(CLICK_WINDOWS)} | count |",
     ]
     for f in FEATURES:
         kind, _, window = f.name.rpartition("_")
-        if kind in CLICK_KINDS and window in CLICK_WINDOWS:
+        if (kind in CLICK_KINDS or kind == "sessions") and window in CLICK_WINDOWS:
             continue
         rows.append(f"| `{f.name}` | {f.definition} | {f.window} | {f.unit} |")
     return "\n".join(rows) + (

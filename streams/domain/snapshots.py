@@ -12,9 +12,7 @@ from __future__ import annotations
 import msgspec
 
 from models.score import Score
-from streams.domain.features import features
-from streams.domain.population import Population
-from streams.domain.state import StateConfig, UserState
+from streams.domain.state import UserState
 from streams.domain.timestamps import format_ts
 
 
@@ -32,15 +30,13 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(UserScores)
 
 
-def snapshot(
-    state: UserState, now: int, churn: Score, cfg: StateConfig, sentiment_version: str, population: Population | None = None
-) -> UserScores:
-    """The user's row at ``now``; ``sentiment_version`` names the model that scores review
-    texts (the ``*sentiment*`` features)."""
+def snapshot(state: UserState, now: int, values: dict[str, float], churn: Score, sentiment_version: str) -> UserScores:
+    """The user's row at ``now`` from their :func:`~streams.domain.features.features`
+    ``values``; ``sentiment_version`` names the model that scored the review texts."""
     return UserScores(
         user_id=state.user_id,
         ts=format_ts(now),
-        features=features(state, now, cfg, population),
+        features=values,
         scores={"churn": round(churn.value, 6)},
         model_versions={"churn": churn.version, "sentiment": sentiment_version},
         priors=["churn"] if churn.prior else [],
@@ -49,7 +45,7 @@ def snapshot(
 
 def snapshot_due(state: UserState, now: int, interval_ms: int, scored: bool) -> bool:
     """Publish now? After a scoring, or once ``interval_ms`` of event time has passed."""
-    return scored or state.scores_at == 0 or now - state.scores_at >= interval_ms
+    return scored or state.scores_at is None or now - state.scores_at >= interval_ms
 
 
 def encode_scores(scores: UserScores) -> bytes:

@@ -103,8 +103,8 @@ class UserState(msgspec.Struct, array_like=True):
     lapse_checked: int | None = None
     #: last_purchase of the lapse episode a retention action was already emitted for.
     lapse_acted: int | None = None
-    #: Event time of the last snapshot published on user-scores (0: never).
-    scores_at: int = 0
+    #: Event time of the last snapshot published on user-scores (None: never).
+    scores_at: int | None = None
     #: Offset of the last record applied from each source partition, by 32-bit digest of the
     #: topic name (a user is read from one partition of each topic): a record read again
     #: after a crash or a rebalance is recognised however far back the last commit was.
@@ -162,8 +162,9 @@ def apply_event(state: UserState, event: UserEvent, now: int, cfg: StateConfig, 
     now = max(now, state.clock)
     ts = event.ts
     on_time = ts >= now - cfg.allowed_lateness_ms
-    state.first_seen = min(state.first_seen, ts) if state.first_seen else ts
-    state.last_seen = max(state.last_seen, ts)
+    if not isinstance(event, Outcome):  # our own actions' outcomes are not the customer's activity
+        state.first_seen = min(state.first_seen, ts) if state.first_seen else ts
+        state.last_seen = max(state.last_seen, ts)
     if isinstance(event, Click):
         _apply_click(state, event, now, on_time, cfg)
     elif isinstance(event, Purchase):

@@ -40,8 +40,9 @@ def review(eid: str, ts: int, rating: int, text: str | None = None) -> Review:
 
 
 def toy_sentiment(event: UserEvent) -> float | None:
-    """A fixed scorer for tests: the rating, mapped to [-1, 1]."""
-    return (event.rating - 3) / 2 if isinstance(event, Review) else None
+    """A fixed scorer for tests: a review text's rating, mapped to [-1, 1] (no text: None,
+    as the worker passes it)."""
+    return (event.rating - 3) / 2 if isinstance(event, Review) and event.text else None
 
 
 def run(events: list[UserEvent], cfg: StateConfig = CFG) -> UserState:
@@ -138,13 +139,14 @@ def test_reviews_ratings_and_sentiment() -> None:
     state = run([review("r1", at(1), 5, "great"), review("r2", at(3), 1, "broken"), review("r3", at(2), 4)])
     x = features(state, at(4))
     assert x["reviews"] == 3 and x["rating_mean"] == 10 / 3 and x["last_rating"] == 1
-    assert x["sentiment_mean"] == (1.0 - 1.0 + 0.5) / 3 and x["last_sentiment"] == -1.0 and x["negative_reviews"] == 1
+    assert x["sentiment_mean"] == (1.0 - 1.0) / 2  # over the two reviews with a text
+    assert x["last_sentiment"] == -1.0 and x["negative_reviews"] == 1
 
 
 def test_every_feature_is_documented_and_the_model_sees_a_documented_subset() -> None:
     table = features_markdown()
-    click_counts = {f"{k}_{w}" for k in CLICK_KINDS for w in CLICK_WINDOWS}
-    assert "`<kind>_<window>`" in table and all(f"`{k}`" in table for k in CLICK_KINDS)
+    click_counts = {f"{k}_{w}" for k in (*CLICK_KINDS, "sessions") for w in CLICK_WINDOWS}
+    assert "`<kind>_<window>`" in table and "`sessions_<window>`" in table and all(f"`{k}`" in table for k in CLICK_KINDS)
     assert all(f"`{name}`" in table for name in FEATURE_NAMES if name not in click_counts)
     assert click_counts <= set(FEATURE_NAMES) and len(FEATURES) == len(set(FEATURE_NAMES))
     state = run([buy("p", at(1)), click("a", at(2), "search")])
@@ -184,7 +186,7 @@ def user_histories(draw: st.DrawFn) -> list[UserEvent]:
         elif kind == "purchase":
             events.append(buy(f"e{i}", ts, draw(st.integers(0, 50_000)) / 100))
         else:
-            events.append(review(f"e{i}", ts, draw(st.integers(1, 5))))
+            events.append(review(f"e{i}", ts, draw(st.integers(1, 5)), draw(st.sampled_from(["ok", None]))))
     return events
 
 

@@ -34,12 +34,12 @@ from streams.domain.dead_letters import dead_letter
 from streams.domain.engine import Step, due_at, on_due, on_event
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
-from streams.domain.features import as_dict, feature_vector
-from streams.domain.snapshots import encode_scores, snapshot, snapshot_due
+from streams.domain.features import as_dict, features, model_inputs
+from streams.domain.snapshots import UserScores, encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
-from streams.domain.state import Applied, UserState, dump_state, load_state, mark_applied, redelivered
+from streams.domain.state import Applied, UserState, dump_state, event_digest, load_state, mark_applied, redelivered
 from streams.runtime import metrics
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
@@ -89,11 +89,13 @@ class Ingest:
         self.merges: dict[int, InputMerge[Any]] = {}
         self.received: dict[TP, int] = {}  # last offset received per input partition
         self.start_offsets: dict[TP, int] = {}
+        self.paused = False  # between a revocation and the end of the rebalance
         self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
         self.stall_warned: dict[int, float] = {}
         self.lock = asyncio.Lock()
         self.queues: dict[int, DueQueue] | None = None
         self.population = Population()  # buyers of the partitions this worker owns (RFM)
+        app.on_partitions_revoked.connect(self._on_revoked)
         app.on_rebalance_complete.connect(self._on_rebalance)
         app.agent(self.source, name="ingest")(self.run)
         app.timer(MERGE_TICK_S, name="ingest-merge-tick")(self._tick)
@@ -116,6 +118,8 @@ class Ingest:
 
     async def _release(self, partition: int) -> None:
         """Process the partition's records that the merge releases, in event-time order."""
+        if self.paused:
+            return  # a rebalance is under way: these partitions may no longer be ours
         merge = self._merge(partition)
 
         def caught_up_here(topic: str, since_ms: int) -> bool:
@@ -203,30 +207,30 @@ class Ingest:
             # changelog records were never sent, and the changelog must catch up with them.
             self.users[user_id.encode()] = dump_state(state)
             return result.ts
+        queue = self._queue(msg.partition)  # first: rebuilds the RFM population after a rebalance
         before = rfm_of(state)
-        text = result.text if isinstance(result, Review) else None
-        sentiment = self.sentiment.score(text) if text else None
-        step = on_event(state, result, self.clocks[msg.partition].now, self.cfg, sentiment)
-        mark_applied(state, msg.topic, msg.offset)
+        text = result.text if isinstance(result, Review) and result.text and not result.text.isspace() else None
+        duplicate = event_digest(result) in state.recent_ids
+        sentiment = self.sentiment.score(text) if text and not duplicate else None
+        now = self.clocks[msg.partition].advance(result.ts)  # the clock reaches the record first
+        step = on_event(state, result, now, self.cfg, sentiment)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
-        self._queue(msg.partition)  # the population is rebuilt with the queues after a rebalance
+        mark_applied(state, msg.topic, msg.offset)
         self.population.update(before, rfm_of(state))
         if text:
             self.sentiment.learn(text, result.rating)  # the rating is the text's weak label
             metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
-        await self._finish(state, step, self._queue(msg.partition), state.clock)
+        await self._finish(state, step, queue, now)
         return result.ts
 
     async def _advance(self, partition: int, ts: int | None, event: Any) -> None:
         """Move the partition's event-time clock to the released record's time and check
         the users now due. Runs after every record: a late event (e.g. a re-keyed one)
         can make its user due at a time the clock has already passed."""
-        clock = self.clocks[partition]
-        before = clock.now
-        now = clock.advance(ts)
-        if now != before:
+        now = self.clocks[partition].advance(ts)  # (a user event has moved it already)
+        if ts is not None:
             metrics.EVENT_TIME.labels(str(partition)).set(now / 1000)
         queue = self._queue(partition)
         due = queue.pop_due(now)
@@ -290,7 +294,7 @@ class Ingest:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
-            row = snapshot(state, now, step.churn or self.score(state, now), self.cfg.state, self.sentiment.version, self.population)
+            row = self._snapshot(state, now, step.churn)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
             state.scores_at = now
             metrics.SNAPSHOTS.inc()
@@ -306,9 +310,11 @@ class Ingest:
         record = dead_letter(msg.topic, msg.partition, msg.offset, key, value, kafka_ts, error, int(time.time() * 1000))
         await self.dead_letters.send(key=key, value=record)
 
-    def score(self, state: UserState, now: int) -> Score:
-        """The user's churn score at event time ``now`` from this worker's model."""
-        return self.churn.score(as_dict(feature_vector(state, now, self.cfg.state)))
+    def _snapshot(self, state: UserState, now: int, churn: Score | None = None) -> UserScores:
+        """The user's row at ``now`` (features computed once, the score from them)."""
+        values = features(state, now, self.cfg.state, self.population)
+        churn = churn or self.churn.score(model_inputs(values))
+        return snapshot(state, now, values, churn, self.sentiment.version)
 
     def profile(self, user_id: str) -> dict[str, Any] | None:
         """What ``GET /users/{user_id}`` shows, or None for an unknown user (on this
@@ -318,7 +324,7 @@ class Ingest:
             return None
         clock = self.clocks.get(self.partition_for(user_id))
         now = max(state.clock, clock.now if clock else 0)
-        row = snapshot(state, now, self.score(state, now), self.cfg.state, self.sentiment.version, self.population)
+        row = self._snapshot(state, now)
         return {
             **msgspec.to_builtins(row),
             "partition": self.partition_for(user_id),
@@ -349,6 +355,11 @@ class Ingest:
             log.info("rebuilt event-time due queues: %d users due later; %d buyers for RFM", count, self.population.size)
         return self.queues[partition]
 
+    async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
+        """Partitions are being taken away: release nothing until the rebalance is over
+        (buffered records were not acknowledged, so their next owner reads them again)."""
+        self.paused = True
+
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         """Partitions moved: forget what was buffered (it was not acknowledged, so it is
         read again from the committed offsets) and rebuild the due queues from the table."""
@@ -365,3 +376,4 @@ class Ingest:
             except Exception:
                 log.exception("could not read the earliest offsets of %s", inputs)
                 self.start_offsets = {}
+            self.paused = False
