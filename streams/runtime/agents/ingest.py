@@ -53,9 +53,6 @@ MERGE_TICK_S = 0.05  # how often records waiting for a fresher fetch are looked 
 
 #: Warn when a partition's records have waited this long in the event-time merge.
 STALL_WARN_S = 30.0
-#: Give up on the earliest-offsets lookup after a rebalance after this long (it is only a
-#: fallback for inputs with neither a committed offset nor a received record).
-EARLIEST_TIMEOUT_S = 15.0
 
 
 def _wall_ms() -> int:
@@ -90,6 +87,7 @@ class Ingest:
         self.received: dict[TP, int] = {}  # last offset received per input partition
         self.start_offsets: dict[TP, int] = {}
         self.paused = False  # between a revocation and the end of the rebalance
+        self.generation = 0  # rebalances seen (a late start-offsets answer of an older one is dropped)
         self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
         self.stall_warned: dict[int, float] = {}
         self.lock = asyncio.Lock()
@@ -112,7 +110,10 @@ class Ingest:
             self.received[msg.tp] = msg.offset
             decoded = self._decode(msg, event.value, dict(event.headers or {}))
             ts = self._merge_ts(msg.partition, decoded[1])
-            self._merge(msg.partition).push(msg.topic, ts, (event, decoded), _wall_ms())
+            merge = self._merge(msg.partition)
+            if not merge.size:
+                self.released_at[msg.partition] = time.monotonic()  # waiting starts now
+            merge.push(msg.topic, ts, (event, decoded), _wall_ms())
             async with self.lock:
                 await self._release(msg.partition)
 
@@ -157,9 +158,8 @@ class Ingest:
     def _warn_if_stalled(self, partition: int, merge: InputMerge[Any]) -> None:
         """Say, at most every STALL_WARN_S, which inputs hold a partition's records back."""
         now = time.monotonic()
-        last = max(self.released_at.get(partition, 0.0), self.stall_warned.get(partition, 0.0))
+        last = max(self.released_at.get(partition, now), self.stall_warned.get(partition, 0.0))
         if not merge.size or now - last < STALL_WARN_S:
-            self.released_at.setdefault(partition, now)
             return
         self.stall_warned[partition] = now
         waiting = {}
@@ -355,6 +355,19 @@ class Ingest:
             log.info("rebuilt event-time due queues: %d users due later; %d buyers for RFM", count, self.population.size)
         return self.queues[partition]
 
+    async def _load_start_offsets(self, inputs: list[TP], generation: int) -> None:
+        """Where reading starts for inputs with no committed offset (only needed until
+        their first record arrives; until then such an input is not judged caught up)."""
+        try:
+            offsets = dict(await self.app.consumer.earliest_offsets(*inputs)) if inputs else {}
+        except Exception:
+            log.exception("could not read the earliest offsets of %d input partitions; "
+                          "inputs without a committed offset wait for their first record", len(inputs))
+            return
+        if generation == self.generation:
+            self.start_offsets = offsets
+            log.info("earliest offsets of %d input partitions read", len(offsets))
+
     async def _on_revoked(self, *args: Any, **kwargs: Any) -> None:
         """Partitions are being taken away: release nothing until the rebalance is over
         (buffered records were not acknowledged, so their next owner reads them again)."""
@@ -369,11 +382,8 @@ class Ingest:
                 merge.clear()
             self.received.clear()
             inputs = [tp for tp in self.app.consumer.assignment() if tp.topic in self.inputs]
-            try:
-                self.start_offsets = (
-                    dict(await asyncio.wait_for(self.app.consumer.earliest_offsets(*inputs), EARLIEST_TIMEOUT_S)) if inputs else {}
-                )
-            except Exception:
-                log.exception("could not read the earliest offsets of %s", inputs)
-                self.start_offsets = {}
+            self.start_offsets = {}
+            self.generation += 1
+            # Not awaited under the lock: a lookup that hangs must not stop the stream.
+            asyncio.ensure_future(self._load_start_offsets(inputs, self.generation))
             self.paused = False
