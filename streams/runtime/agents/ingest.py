@@ -87,6 +87,7 @@ class Ingest:
         self.received: dict[TP, int] = {}  # last offset received per input partition
         self.start_offsets: dict[TP, int] = {}
         self.paused = False  # between a revocation and the end of the rebalance
+        self.rewritten: set[str] = set()  # users whose state was re-sent to the changelog since the last rebalance
         self.generation = 0  # rebalances seen (a late start-offsets answer of an older one is dropped)
         self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
         self.stall_warned: dict[int, float] = {}
@@ -203,9 +204,11 @@ class Ingest:
         state = self._load(user_id) or UserState(user_id)
         if redelivered(state, msg.topic, msg.offset):  # read again after a crash or rebalance
             metrics.RECORDS.labels(topic, "redelivered").inc()
-            # Write the state again: a killed worker's local RocksDB can hold writes whose
-            # changelog records were never sent, and the changelog must catch up with them.
-            self.users[user_id.encode()] = dump_state(state)
+            # Write the state again, once per user and assignment: a killed worker's local
+            # RocksDB can hold writes whose changelog records were never sent.
+            if user_id not in self.rewritten:
+                self.rewritten.add(user_id)
+                self.users[user_id.encode()] = dump_state(state)
             return result.ts
         queue = self._queue(msg.partition)  # first: rebuilds the RFM population after a rebalance
         before = rfm_of(state)
@@ -381,6 +384,7 @@ class Ingest:
             for merge in self.merges.values():
                 merge.clear()
             self.received.clear()
+            self.rewritten.clear()
             inputs = [tp for tp in self.app.consumer.assignment() if tp.topic in self.inputs]
             self.start_offsets = {}
             self.generation += 1
