@@ -1,32 +1,82 @@
-"""Online churn learner: River logistic regression on scaled features, with a prior.
+"""Online churn and loyalty learners: River pipelines, chosen by measurement, with priors.
 
-Labels arrive late (a churn label matures only when its horizon has passed), so the
-learner starts with a recency prior and switches to the learned model once it has seen
-``min_labels`` labels of both classes. Every score names the version that made it.
+Labels arrive late (a label matures only when its horizon has passed, or a purchase
+resolves churn), so each learner answers with a recency-based prior until it has seen
+``min_labels`` labels (of both classes, for churn), and says so: ``Score.prior`` is True
+and the version is ``recency-prior``. Every score names the version that made it.
+
+The pipelines to choose from are in :data:`CHURN_PIPELINES` and :data:`LOYALTY_PIPELINES`;
+the defaults were chosen by the prequential comparison in ``docs/evaluation.md``.
 
 >>> m = ChurnModel(min_labels=2)
 >>> m.score({"recency_days": 30.0, "gap_mean_days": 10.0}).prior
 True
+>>> LoyaltyModel(horizon_days=30).score({"recency_days": 0.0, "gap_mean_days": 10.0, "purchases": 3.0}).value
+3.0
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
-from river import compose, linear_model, optim, preprocessing
+from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from models.score import Score
 
+#: Probabilities are kept within [EPS, 1 - EPS]: a score of exactly 0 or 1 claims a
+#: certainty no online model has (and makes one wrong label cost an infinite log loss).
+EPS = 1e-3
+
+
+def log_features(x: dict[str, float]) -> dict[str, float]:
+    """Compress heavy tails: ``log1p`` of every non-negative feature (counts, days, money).
+
+    >>> log_features({"recency_days": math.e - 1, "sentiment_mean": -0.5})
+    {'recency_days': 1.0, 'sentiment_mean': -0.5}
+    """
+    return {k: math.log1p(v) if v >= 0 else v for k, v in x.items()}
+
+
+def _scaled(model: Any) -> Any:
+    return compose.Pipeline(compose.FuncTransformer(log_features), preprocessing.StandardScaler(), model)
+
+
+#: Churn classifiers compared in docs/evaluation.md (name -> factory).
+CHURN_PIPELINES: dict[str, Callable[[], Any]] = {
+    "logreg": lambda: _scaled(linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4)),
+    "logreg-raw": lambda: compose.Pipeline(
+        preprocessing.StandardScaler(), linear_model.LogisticRegression(optimizer=optim.SGD(0.05))
+    ),
+    "arf": lambda: forest.ARFClassifier(n_models=10, seed=1),
+    "amf": lambda: compose.Pipeline(compose.FuncTransformer(log_features), forest.AMFClassifier(n_estimators=10, seed=1)),
+    "hat": lambda: tree.HoeffdingAdaptiveTreeClassifier(seed=1),
+}
+
+#: Purchase-day count regressors compared in docs/evaluation.md.
+LOYALTY_PIPELINES: dict[str, Callable[[], Any]] = {
+    "poisson": lambda: _scaled(
+        linear_model.LinearRegression(optimizer=optim.SGD(0.005), loss=optim.losses.Poisson(), l2=1e-4, clip_gradient=10.0)
+    ),
+    "linear": lambda: _scaled(linear_model.LinearRegression(optimizer=optim.SGD(0.005), l2=1e-4, clip_gradient=10.0)),
+    "arf": lambda: forest.ARFRegressor(n_models=10, seed=1),
+    "amf": lambda: compose.Pipeline(compose.FuncTransformer(log_features), forest.AMFRegressor(n_estimators=10, seed=1)),
+    "hat": lambda: tree.HoeffdingAdaptiveTreeRegressor(seed=1),
+}
+
+DEFAULT_CHURN = "logreg"
+DEFAULT_LOYALTY = "poisson"
+
 
 class ChurnModel:
-    name = "churn-logreg"
+    """P(no purchase in the horizon) from the features of :data:`MODEL_FEATURES`."""
 
-    def __init__(self, min_labels: int = 50, learning_rate: float = 0.05) -> None:
+    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN) -> None:
         self.min_labels = min_labels
-        self.pipeline = compose.Pipeline(
-            preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(learning_rate)),
-        )
+        self.kind = kind
+        self.name = f"churn-{kind}"
+        self.pipeline = CHURN_PIPELINES[kind]()
         self.labels = 0
         self.positives = 0
 
@@ -42,7 +92,8 @@ class ChurnModel:
     def score(self, x: dict[str, float]) -> Score:
         if not self.warm:
             return Score(recency_prior(x), self.version, prior=True)
-        return Score(self.pipeline.predict_proba_one(x).get(True, 0.0), self.version)
+        p = self.pipeline.predict_proba_one(x).get(True, 0.0)
+        return Score(min(1.0 - EPS, max(EPS, p)), self.version)
 
     def learn(self, x: dict[str, float], churned: bool) -> None:
         self.pipeline.learn_one(x, churned)
@@ -50,7 +101,45 @@ class ChurnModel:
         self.positives += churned
 
 
+class LoyaltyModel:
+    """Expected purchase days in the horizon (a count >= 0)."""
+
+    def __init__(self, horizon_days: float = 30.0, min_labels: int = 50, kind: str = DEFAULT_LOYALTY) -> None:
+        self.horizon_days = horizon_days
+        self.min_labels = min_labels
+        self.kind = kind
+        self.name = f"loyalty-{kind}"
+        self.pipeline = LOYALTY_PIPELINES[kind]()
+        self.labels = 0
+
+    @property
+    def warm(self) -> bool:
+        return self.labels >= self.min_labels
+
+    @property
+    def version(self) -> str:
+        return f"{self.name}+{self.labels}" if self.warm else "recency-prior"
+
+    def score(self, x: dict[str, float]) -> Score:
+        if not self.warm:
+            return Score(loyalty_prior(x, self.horizon_days), self.version, prior=True)
+        y = self.pipeline.predict_one(x)
+        return Score(min(self.horizon_days, max(0.0, float(y))), self.version)
+
+    def learn(self, x: dict[str, float], days: int) -> None:
+        self.pipeline.learn_one(x, float(days))
+        self.labels += 1
+
+
 def recency_prior(x: dict[str, float]) -> float:
     """P(churn) from recency relative to the customer's usual gap (two gaps: ~0.63)."""
     gap = max(x.get("gap_mean_days", 0.0), 1.0)
     return 1.0 - math.exp(-x.get("recency_days", 0.0) / (2.0 * gap))
+
+
+def loyalty_prior(x: dict[str, float], horizon_days: float) -> float:
+    """Purchase days in the horizon if the customer keeps buying at their usual gap (one
+    horizon for a single purchase), times the recency prior's P(still buying)."""
+    gap = x.get("gap_mean_days", 0.0) if x.get("purchases", 0.0) >= 2 else 0.0
+    per_horizon = horizon_days / gap if gap > 0 else 1.0
+    return min(horizon_days, per_horizon) * (1.0 - recency_prior(x))

@@ -4,9 +4,14 @@ The Faust agent calls these two functions and does only I/O around them, so the 
 decision path is tested without a broker, with explicit event times.
 
 - :func:`on_event` folds an event into the state (once per event id) and, at a
-  purchase, resolves pending churn labels and records a new scoring point.
+  purchase, resolves pending labels and records a new scoring point.
 - :func:`on_due` runs when the event-time clock reaches the user's due time: labels
-  mature, and the lapse rule scores the user and may emit a coupon.
+  mature; a periodic sweep re-scores a known customer who went silent (a scoring point);
+  and the lapse rule scores the user and may emit a coupon.
+
+Scoring points are stored with the live learners' predictions (when the caller passes
+the learners), so each prediction is judged against its label when it matures
+(:mod:`models.prequential`).
 
 Both return a :class:`Step` whose ``due_ms`` tells when the user next needs a look.
 """
@@ -21,9 +26,9 @@ from models.sentiment import is_negative
 from streams.domain.actions import RetentionAction
 from streams.domain.events import Purchase, UserEvent
 from streams.domain.features import as_dict, feature_vector
-from streams.domain.labels import Example, add_scoring_point, mature, next_maturity, resolve_on_purchase
+from streams.domain.labels import Matured, add_scoring_point, mature, next_maturity, next_storable, on_purchase
 from streams.domain.policy import PolicyConfig, decide_lapse, lapse_check_due
-from streams.domain.state import Applied, StateConfig, UserState, advance, apply_event
+from streams.domain.state import Applied, PendingScore, StateConfig, UserState, advance, apply_event
 from streams.domain.timestamps import MS_PER_DAY
 
 
@@ -31,9 +36,18 @@ class ChurnScorer(Protocol):
     def score(self, x: dict[str, float]) -> Score: ...
 
 
+class LoyaltyScorer(Protocol):
+    def score(self, x: dict[str, float]) -> Score: ...
+
+
 @dataclass(frozen=True)
 class EngineConfig:
+    #: H: churn at t = no purchase in (t, t + H]; loyalty at t = purchase days in (t, t + H].
     churn_horizon_days: float = 30.0
+    #: Known customers (with a purchase) are re-scored on this event-time grid (0: never).
+    sweep_days: float = 1.0
+    #: Sweeps stop this long after a customer's last purchase.
+    sweep_silence_days: float = 365.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     state: StateConfig = field(default_factory=StateConfig)
 
@@ -41,11 +55,18 @@ class EngineConfig:
     def horizon_ms(self) -> int:
         return int(self.churn_horizon_days * MS_PER_DAY)
 
+    @property
+    def sweep_ms(self) -> int:
+        return int(self.sweep_days * MS_PER_DAY)
+
 
 @dataclass
 class Step:
     applied: Applied
-    examples: list[Example] = field(default_factory=list)
+    #: Labels that matured in this step.
+    examples: list[Matured] = field(default_factory=list)
+    #: Scoring points stored in this step (the evaluation replay scores its baselines on them).
+    points: list[PendingScore] = field(default_factory=list)
     actions: list[RetentionAction] = field(default_factory=list)
     due_ms: int | None = None
     #: The churn score the step computed, if it scored the user.
@@ -54,36 +75,91 @@ class Step:
     negative_review: bool = False
 
 
+def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
+    """Event time of the customer's next scoring sweep: the first point of the sweep grid
+    (multiples of ``sweep_days`` since the epoch) after the last sweep or purchase at which
+    a scoring point may be stored; None for a customer without a purchase, or silent for
+    longer than ``sweep_silence_days``.
+
+    >>> s = UserState("u", last_purchase=MS_PER_DAY // 2)
+    >>> sweep_due(s, EngineConfig(churn_horizon_days=4)) == MS_PER_DAY
+    True
+    """
+    step = cfg.sweep_ms
+    last = state.last_purchase
+    if step <= 0 or last is None:
+        return None
+    after = max(last, state.swept_at or 0)
+    due = (after // step + 1) * step
+    storable = next_storable(state, cfg.horizon_ms)
+    if storable is not None and storable > due:
+        due = -(-storable // step) * step  # the first grid point at or after it
+    if due > last + int(cfg.sweep_silence_days * MS_PER_DAY):
+        return None
+    return due
+
+
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
     """The next event time at which :func:`on_due` has something to do for this user."""
-    times = [t for t in (next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy)) if t is not None]
-    return min(times, default=None)
+    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg)]
+    return min((t for t in times if t is not None), default=None)
 
 
-def on_event(state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig, sentiment: float | None = None) -> Step:
-    """Fold ``event`` in at event-time clock ``now_ms`` (``sentiment``: a review text's score)."""
+def _score_point(
+    state: UserState, now_ms: int, features: list[float], cfg: EngineConfig,
+    churn: ChurnScorer | None, loyalty: LoyaltyScorer | None,
+) -> PendingScore | None:
+    """Store a scoring point at ``now_ms`` with the learners' predictions (when spaced enough)."""
+    earliest = next_storable(state, cfg.horizon_ms)
+    if earliest is not None and now_ms < earliest:
+        return None
+    x = as_dict(features)
+    churn_p = churn.score(x).value if churn is not None else None
+    loyalty_p = loyalty.score(x).value if loyalty is not None else None
+    return add_scoring_point(state, now_ms, features, cfg.horizon_ms, churn_p, loyalty_p)
+
+
+def on_event(
+    state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig, sentiment: float | None = None,
+    churn: ChurnScorer | None = None, loyalty: LoyaltyScorer | None = None,
+) -> Step:
+    """Fold ``event`` in at event-time clock ``now_ms`` (``sentiment``: a review text's score).
+
+    A purchase resolves pending labels and is a scoring point; ``churn`` and ``loyalty``,
+    when given, record their predictions with it."""
     applied = apply_event(state, event, now_ms, cfg.state, sentiment)
-    examples: list[Example] = []
+    examples: list[Matured] = []
+    points: list[PendingScore] = []
     if applied is not Applied.DUPLICATE and isinstance(event, Purchase):
-        examples = resolve_on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
+        examples = on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
         if applied is Applied.OK:
-            add_scoring_point(state, event.ts, feature_vector(state, event.ts, cfg.state))
+            point = _score_point(state, event.ts, feature_vector(state, event.ts, cfg.state), cfg, churn, loyalty)
+            points = [point] if point is not None else []
     negative = applied is not Applied.DUPLICATE and sentiment is not None and is_negative(sentiment)
-    return Step(applied=applied, examples=examples, due_ms=due_at(state, cfg), negative_review=negative)
+    return Step(applied=applied, examples=examples, points=points, due_ms=due_at(state, cfg), negative_review=negative)
 
 
-def on_due(state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig) -> Step:
+def on_due(
+    state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig, loyalty: LoyaltyScorer | None = None
+) -> Step:
+    """The clock reached the user's due time: labels mature, a sweep scores, the lapse rule runs."""
     advance(state, now_ms, cfg.state)
     examples = mature(state, now_ms, cfg.horizon_ms)
+    points: list[PendingScore] = []
+    features: list[float] | None = None
+    sweep = sweep_due(state, cfg)
+    if sweep is not None and now_ms >= sweep:
+        features = feature_vector(state, now_ms, cfg.state)
+        point = _score_point(state, now_ms, features, cfg, churn, loyalty)
+        points = [point] if point is not None else []
+        state.swept_at = now_ms
     actions: list[RetentionAction] = []
     due = lapse_check_due(state, cfg.policy)
     churn_score: Score | None = None
     if due is not None and now_ms >= due:
-        features = feature_vector(state, now_ms, cfg.state)
-        if state.lapse_checked is None or state.last_purchase is None or state.lapse_checked <= state.last_purchase:
-            add_scoring_point(state, now_ms, features)  # first check of this lapse episode
+        features = features or feature_vector(state, now_ms, cfg.state)
         churn_score = churn.score(as_dict(features))
         action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)
         if action is not None:
             actions.append(action)
-    return Step(applied=Applied.OK, examples=examples, actions=actions, due_ms=due_at(state, cfg), churn=churn_score)
+    return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg), churn=churn_score)

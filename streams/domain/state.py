@@ -58,10 +58,23 @@ class Applied(enum.Enum):
 
 
 class PendingScore(msgspec.Struct, array_like=True):
-    """A scoring point waiting for its churn label to mature."""
+    """A scoring point waiting for its labels to mature (:mod:`streams.domain.labels`).
+
+    Fields after ``features`` were added with issue 4; their defaults keep states encoded
+    before it loadable (an old point counts its purchase days from then on).
+    """
 
     ts: int
     features: list[float]
+    #: Distinct UTC purchase days seen so far in (ts, ts + horizon]: the loyalty label.
+    days: int = 0
+    #: UTC day index (ts // MS_PER_DAY) of the latest purchase day counted, -1 for none.
+    last_day: int = -1
+    #: The churn label (0) was already resolved by a purchase inside the horizon.
+    churn_done: bool = False
+    #: What the live learners predicted at ``ts`` (None: not recorded), for prequential scores.
+    churn_p: float | None = None
+    loyalty_p: float | None = None
 
 
 class UserState(msgspec.Struct, array_like=True):
@@ -109,6 +122,8 @@ class UserState(msgspec.Struct, array_like=True):
     #: topic name (a user is read from one partition of each topic): a record read again
     #: after a crash or a rebalance is recognised however far back the last commit was.
     positions: dict[int, int] = msgspec.field(default_factory=dict)
+    #: Event time of the last scoring sweep of this user (None: never swept).
+    swept_at: int | None = None
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
