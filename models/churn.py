@@ -131,9 +131,15 @@ class LoyaltyModel:
         self.labels += 1
 
 
+#: The gap assumed for a customer with a single purchase (no gap of their own yet).
+SINGLE_PURCHASE_GAP_DAYS = 30.0
+
+
 def recency_prior(x: dict[str, float]) -> float:
-    """P(churn) from recency relative to the customer's usual gap (two gaps: ~0.63)."""
-    gap = max(x.get("gap_mean_days", 0.0), 1.0)
+    """P(churn) from recency relative to the customer's usual gap (two gaps: ~0.63); a
+    customer with a single purchase is given :data:`SINGLE_PURCHASE_GAP_DAYS`."""
+    gap = x.get("gap_mean_days", 0.0)
+    gap = max(gap, 1.0) if gap > 0 else SINGLE_PURCHASE_GAP_DAYS
     return 1.0 - math.exp(-x.get("recency_days", 0.0) / (2.0 * gap))
 
 

@@ -80,3 +80,121 @@ def cdnow(sample: bool = False) -> Iterator[Transaction]:
             else:
                 customer, day, _cds, amount = fields
             yield Transaction(customer, _epoch_ms(day), float(amount))
+
+
+#: Column names detected in a transactions CSV (case-insensitive), in order of preference.
+CUSTOMER_COLUMNS = ("customer_id", "customerid", "user_id", "userid", "customer", "client_id", "member_id", "id")
+TIME_COLUMNS = ("ts", "timestamp", "date", "invoicedate", "invoice_date", "order_date", "purchase_date", "datetime", "time")
+AMOUNT_COLUMNS = ("amount", "total", "value", "revenue", "sales", "spend")
+PRICE_COLUMNS = ("price", "unitprice", "unit_price")
+QUANTITY_COLUMNS = ("quantity", "qty")
+_DATE_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d", "%Y%m%d", "%m/%d/%Y %H:%M", "%m/%d/%Y", "%d.%m.%Y %H:%M", "%d.%m.%Y")
+
+
+class Columns(NamedTuple):
+    customer: str
+    ts: str
+    amount: str | None  #: None: price * quantity
+    price: str | None = None
+    quantity: str | None = None
+
+
+def detect_columns(
+    header: list[str], customer: str | None = None, ts: str | None = None, amount: str | None = None,
+    price: str | None = None, quantity: str | None = None,
+) -> Columns:
+    """The CSV's customer, time and amount columns: the given names, else the usual ones.
+
+    >>> detect_columns(["InvoiceNo", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"])
+    Columns(customer='CustomerID', ts='InvoiceDate', amount=None, price='UnitPrice', quantity='Quantity')
+    """
+    lower = {h.strip().lower(): h for h in header}
+
+    def pick(given: str | None, names: tuple[str, ...], what: str, required: bool = True) -> str | None:
+        if given is not None:
+            if given not in header:
+                raise ValueError(f"no column {given!r} in {header}")
+            return given
+        for name in names:
+            if name in lower:
+                return lower[name]
+        if required:
+            raise ValueError(f"no {what} column found among {header}; name it with a flag")
+        return None
+
+    c = pick(customer, CUSTOMER_COLUMNS, "customer id")
+    t = pick(ts, TIME_COLUMNS, "timestamp")
+    a = pick(amount, AMOUNT_COLUMNS, "amount", required=False)
+    if a is not None:
+        return Columns(c, t, a)  # type: ignore[arg-type]
+    p = pick(price, PRICE_COLUMNS, "amount (or price)")
+    q = pick(quantity, QUANTITY_COLUMNS, "quantity")
+    return Columns(c, t, None, p, q)  # type: ignore[arg-type]
+
+
+def parse_ts(text: str, fmt: str | None = None) -> int:
+    """Epoch ms (UTC) of an ISO 8601 time, a date in a usual format, or epoch seconds/ms.
+
+    >>> parse_ts("19970101"), parse_ts("12/1/2010 8:26"), parse_ts("2026-01-01T00:00:00Z")
+    (852076800000, 1291191960000, 1767225600000)
+    """
+    from datetime import datetime, timezone
+
+    text = text.strip()
+    if fmt is not None:
+        moments = [datetime.strptime(text, fmt)]
+    elif text.isdigit() and len(text) != 8:
+        value = int(text)
+        return value if value > 10**11 else value * 1000
+    else:
+        moments = []
+        try:
+            moments.append(datetime.fromisoformat(text.replace("Z", "+00:00")))
+        except ValueError:
+            for candidate in _DATE_FORMATS:
+                try:
+                    moments.append(datetime.strptime(text, candidate))
+                    break
+                except ValueError:
+                    continue
+        if not moments:
+            raise ValueError(f"unrecognised time {text!r}; give its format with --date-format")
+    moment = moments[0]
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def read_transactions(
+    path: Path, columns: Columns | None = None, date_format: str | None = None, skipped: list[int] | None = None,
+) -> tuple[Columns, list[Transaction]]:
+    """Every usable row of a transactions CSV, sorted by time (rows that cannot be read, and
+    returns or cancellations with a negative amount, are skipped and counted in ``skipped``)."""
+    import csv
+
+    out: list[Transaction] = []
+    bad = 0
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        reader = csv.DictReader(handle)
+        cols = columns or detect_columns(list(reader.fieldnames or []))
+        for row in reader:
+            try:
+                customer = (row[cols.customer] or "").strip()
+                if customer.endswith(".0"):
+                    customer = customer[:-2]  # ids written as floats by spreadsheet tools
+                ts = parse_ts(row[cols.ts], date_format)
+                if cols.amount is not None:
+                    amount = float(row[cols.amount])
+                else:
+                    amount = float(row[cols.price or ""]) * float(row[cols.quantity or ""])
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            if not customer or amount < 0:
+                bad += 1
+                continue
+            out.append(Transaction(customer, ts, amount))
+    out.sort(key=lambda t: (t.ts, t.customer_id))
+    if skipped is not None:
+        skipped.append(bad)
+    return cols, out

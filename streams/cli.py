@@ -217,6 +217,88 @@ def bench(
     raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive))
 
 
+def _days(text: str) -> float:
+    """A duration such as ``90d``, ``12w`` or ``36h`` (a bare number is days), in days."""
+    units = {"d": 1.0, "w": 7.0, "h": 1 / 24}
+    text = text.strip().lower()
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)
+
+
+@app.command()
+def evaluate(
+    transactions: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Transactions CSV (customer id, timestamp, amount; usual column names detected).")] = None,
+    cdnow: Annotated[bool, typer.Option("--cdnow", help="Replay the CDNOW history (Lifetimes wheel data, the eval extra).")] = False,
+    cdnow_sample: Annotated[bool, typer.Option("--cdnow-sample", help="With --cdnow: the 2,357-customer sample instead of all 23,570.")] = False,
+    simulate: Annotated[bool, typer.Option("--simulate", help="Replay the simulator's shop (clicks, purchases, reviews).")] = False,
+    customers: Annotated[int, typer.Option(help="With --simulate: customers at the start.")] = 1000,
+    days: Annotated[float, typer.Option(help="With --simulate: simulated days.")] = 180.0,
+    seed: Annotated[int, typer.Option(help="With --simulate: random seed.")] = 7,
+    horizon: Annotated[Optional[str], typer.Option(help="H, e.g. 30d or 13w (default RETENTION_CHURN_HORIZON_DAYS).")] = None,
+    period: Annotated[Optional[str], typer.Option(help="Rows of the table: periods of scoring time (default: the horizon).")] = None,
+    churn_learners: Annotated[str, typer.Option(help="Online churn learners to compare, comma separated: logreg, logreg-raw, arf, amf, hat.")] = "logreg",
+    loyalty_learners: Annotated[str, typer.Option(help="Online loyalty learners: poisson, linear, arf, amf, hat.")] = "poisson",
+    bgnbd_refit: Annotated[str, typer.Option(help="Refit BG/NBD on the history to date this often (event time).")] = "7d",
+    learn_churn_early: Annotated[bool, typer.Option("--learn-churn-early", help="Online churn learners learn a 0 as soon as a purchase resolves it (default: at the end of the horizon, when both classes are known).")] = False,
+    customer_column: Annotated[Optional[str], typer.Option(help="CSV column of the customer id.")] = None,
+    time_column: Annotated[Optional[str], typer.Option(help="CSV column of the timestamp.")] = None,
+    amount_column: Annotated[Optional[str], typer.Option(help="CSV column of the amount (else price * quantity).")] = None,
+    price_column: Annotated[Optional[str], typer.Option(help="CSV column of the unit price.")] = None,
+    quantity_column: Annotated[Optional[str], typer.Option(help="CSV column of the quantity.")] = None,
+    date_format: Annotated[Optional[str], typer.Option(help="strptime format of the timestamps, if not detected.")] = None,
+) -> None:
+    """Replay a purchase history in event time through the engine and print, per period,
+    churn AUC and log loss and loyalty MAE and RMSE of the online learners, recency alone
+    and BG/NBD, side by side."""
+    from dataclasses import replace
+
+    from models.churn import CHURN_PIPELINES, LOYALTY_PIPELINES
+    from streams.runtime import evaluate as ev
+
+    settings = _settings()
+    if sum([transactions is not None, cdnow, simulate]) != 1:
+        err.print("[red]give exactly one of --transactions FILE, --cdnow, --simulate[/red]")
+        raise typer.Exit(2)
+    churn_kinds = [k.strip() for k in churn_learners.split(",") if k.strip()]
+    loyalty_kinds = [k.strip() for k in loyalty_learners.split(",") if k.strip()]
+    unknown = [k for k in churn_kinds if k not in CHURN_PIPELINES] + [k for k in loyalty_kinds if k not in LOYALTY_PIPELINES]
+    if unknown or not churn_kinds or not loyalty_kinds:
+        err.print(f"[red]unknown or missing learners {unknown}[/red]: churn {list(CHURN_PIPELINES)}, loyalty {list(LOYALTY_PIPELINES)}")
+        raise typer.Exit(2)
+    cfg = settings.engine
+    if horizon is not None:
+        cfg = replace(cfg, churn_horizon_days=_days(horizon))
+    if transactions is not None:
+        from models.datasets import Columns, detect_columns, read_transactions
+
+        import csv
+
+        with transactions.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+            header = next(csv.reader(handle), [])
+        try:
+            cols: Columns = detect_columns(header, customer_column, time_column, amount_column, price_column, quantity_column)
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+        skipped: list[int] = []
+        cols, rows = read_transactions(transactions, cols, date_format, skipped)
+        err.print(f"{transactions}: columns {cols._asdict()}; {len(rows)} transactions, {skipped[0]} rows skipped")
+        events, source = list(ev.purchases_of(rows)), str(transactions)
+    elif cdnow:
+        from models.datasets import cdnow as cdnow_rows
+
+        rows = sorted(cdnow_rows(sample=cdnow_sample), key=lambda t: (t.ts, t.customer_id))
+        events, source = list(ev.purchases_of(rows)), "CDNOW " + ("sample" if cdnow_sample else "master")
+    else:
+        events, source = ev.simulated_events(customers, days, seed), f"simulator ({customers} customers, {days:g} days, seed {seed})"
+    replay, seconds = ev.run_replay(
+        events, cfg, churn_kinds, loyalty_kinds, period_days=_days(period) if period else cfg.churn_horizon_days,
+        min_labels=settings.churn_min_labels, bgnbd_refit_days=_days(bgnbd_refit), learn_churn_early=learn_churn_early,
+    )
+    ev.print_report(replay, seconds, source)
+
+
 @app.command("settings")
 def settings_table() -> None:
     """Print every setting as a Markdown table (environment variable, default, meaning)."""

@@ -52,6 +52,12 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type="text/plain")
 
+    @app.page("/models")
+    async def models_page(web: Any, request: Any) -> Any:
+        """This worker's online learners: versions, labels learned, whether the prior still
+        answers, and rolling prequential scores (each worker learns the labels of its partitions)."""
+        return web.json(ingest.learners.report())
+
     @app.page("/users/{user_id}")
     @app.table_route(table=ingest.users, match_info="user_id")
     async def user_page(web: Any, request: Any, user_id: str) -> Any:

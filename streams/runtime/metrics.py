@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 RECORDS = Counter(
@@ -14,7 +16,11 @@ PROCESSING_ERRORS = Counter(
     "retention_processing_errors", "Records whose processing raised (dead-lettered), by exception type.", ["error"]
 )
 ACTIONS = Counter("retention_actions", "Retention actions emitted, by kind, rule and experiment group.", ["kind", "rule", "group"])
-LABELS = Counter("retention_labels", "Matured labels learned, by model and label.", ["model", "label"])
+LABELS = Counter(
+    "retention_labels",
+    "Matured labels learned, by model and label (churn: 0/1; loyalty: purchase days in the horizon, 5+ for five or more).",
+    ["model", "label"],
+)
 MODEL_LABELS = Gauge("retention_model_labels_learned", "Labels the model has learned from on this worker.", ["model"])
 MODEL_PRIOR = Gauge("retention_model_prior_active", "1 while the model still answers with its prior.", ["model"])
 EVENT_TIME = Gauge("retention_event_time_seconds", "Event-time clock of the partition (Unix seconds).", ["partition"])
@@ -55,3 +61,21 @@ TABLE_BYTES = Gauge(
 )
 WORKER_READY = Gauge("retention_worker_ready", "1 while /health/ready answers 200 (partitions assigned, recovery done).")
 BUILD = Info("retention_build", "Versions of this worker: the package, Faust and Python.")
+MODEL_QUALITY = Gauge(
+    "retention_model_quality",
+    "Prequential score of the model's predictions over its latest matured labels (GET /models gives the window): "
+    "churn auc, log_loss, brier, ece; loyalty mae, rmse.",
+    ["model", "metric"],
+)
+
+
+def export_learners(learners: Any) -> None:
+    """Set the learners' label counts, prior flags and prequential scores (models.online.OnlineLearners)."""
+    report = learners.report()
+    for part in ("churn", "loyalty"):
+        model = report[part]["model"]
+        MODEL_LABELS.labels(model).set(report[part]["labels"])
+        MODEL_PRIOR.labels(model).set(1 if report[part]["prior"] else 0)
+        for metric, value in report[part]["metrics"].items():
+            if metric in ("auc", "log_loss", "brier", "ece", "mae", "rmse") and value is not None:
+                MODEL_QUALITY.labels(model, metric).set(value)

@@ -62,8 +62,12 @@ class Settings(BaseSettings):
     cart_timeout_hours: float = Field(24.0, gt=0, description="A cart (add_to_cart or checkout_start) with no purchase within this time is abandoned.")
     session_gap_minutes: float = Field(30.0, gt=0, description="Clicks without a session_id form one session per channel and bucket of this many minutes.")
     scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose state changed (a scoring always publishes one).")
-    churn_horizon_days: float = Field(30.0, gt=0, description="Churn at t means no purchase in (t, t + horizon].")
-    churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes) before the learned churn model replaces the recency prior.")
+    churn_horizon_days: float = Field(30.0, gt=0, description="H: churn at t means no purchase in (t, t + H]; loyalty at t is the number of purchase days in (t, t + H].")
+    churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes for churn) before the learned churn and loyalty models replace their recency priors.")
+    churn_learner: Literal["logreg", "logreg-raw", "arf", "amf", "hat"] = Field("logreg", description="Online churn learner (models/churn.py; compared in docs/evaluation.md).")
+    loyalty_learner: Literal["poisson", "linear", "arf", "amf", "hat"] = Field("poisson", description="Online loyalty learner: purchase days in the horizon (models/churn.py).")
+    sweep_days: float = Field(1.0, ge=0, description="Known customers (with a purchase) are re-scored on this grid of event time, a scoring point stored when the last is horizon/4 old (0: scoring points at purchases only).")
+    sweep_silence_days: float = Field(365.0, gt=0, description="Sweeps of a customer stop this many days after their last purchase.")
     churn_threshold: float = Field(0.5, ge=0, le=1, description="Churn probability at which a lapsed customer gets a coupon.")
     streak_min_purchases: int = Field(3, ge=1, description="Purchases that make a buying streak.")
     lapse_min_days: float = Field(14.0, gt=0, description="Minimum days without a purchase before a streak customer counts as lapsed.")
@@ -120,6 +124,8 @@ class Settings(BaseSettings):
     def engine(self) -> EngineConfig:
         return EngineConfig(
             churn_horizon_days=self.churn_horizon_days,
+            sweep_days=self.sweep_days,
+            sweep_silence_days=self.sweep_silence_days,
             state=StateConfig(
                 allowed_lateness_ms=int(self.allowed_lateness_s * 1000),
                 cart_timeout_ms=int(self.cart_timeout_hours * MS_PER_HOUR),

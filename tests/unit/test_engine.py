@@ -15,7 +15,8 @@ from streams.domain.timestamps import MS_PER_DAY
 from tests.contract import schema_errors
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-CFG = EngineConfig(churn_horizon_days=30, policy=PolicyConfig(control_share=0.0))
+CFG = EngineConfig(churn_horizon_days=30, sweep_days=0, policy=PolicyConfig(control_share=0.0))  # the policy alone
+SWEEP = EngineConfig(churn_horizon_days=30, policy=PolicyConfig(control_share=0.0))  # daily sweeps
 
 
 def day(n: float) -> int:
@@ -103,29 +104,79 @@ def test_reviews_and_outcomes_update_state() -> None:
     assert state.unsubscribed
 
 
-def test_purchase_within_horizon_labels_previous_point_not_churned() -> None:
-    state = UserState("u1")
-    feed(state, purchase(0), CFG)
-    step = feed(state, purchase(20), CFG)
-    assert [label for _, label in step.examples] == [0]
-    assert len(state.pending) == 1 and state.pending[0].ts == day(20)
+NO_SWEEP = EngineConfig(churn_horizon_days=30, sweep_days=0, policy=PolicyConfig(control_share=0.0))
 
 
-def test_silence_past_horizon_matures_churn_label() -> None:
+def labels(step) -> list[tuple[int, int | None, int | None]]:
+    return [(m.ts, m.churned, m.days) for m in step.examples]
+
+
+def test_purchase_inside_the_horizon_resolves_churn_at_once_and_loyalty_at_its_end() -> None:
     state = UserState("u1")
-    step = feed(state, purchase(0), CFG)
+    feed(state, purchase(0), NO_SWEEP)
+    assert labels(feed(state, purchase(10), NO_SWEEP)) == [(day(0), 0, None)]
+    # day 0's point: the same UTC day again, still 1 purchase day; day 10's point: its first
+    assert labels(feed(state, purchase(10.2), NO_SWEEP)) == [(day(10), 0, None)] and state.pending[0].days == 1
+    feed(state, purchase(20), NO_SWEEP)
+    assert [p.ts for p in state.pending] == [day(0), day(10), day(20)]  # 10.2 is too close to 10 (H/4 = 7.5 d)
+    assert on_due(state, day(30), Fixed(0.0), NO_SWEEP).examples == []
+    assert labels(on_due(state, day(30) + 1, Fixed(0.0), NO_SWEEP)) == [(day(0), None, 2)]  # days 10 and 20
+
+
+def test_silence_past_horizon_matures_churn_with_zero_purchase_days() -> None:
+    state = UserState("u1")
+    step = feed(state, purchase(0), NO_SWEEP)
     assert step.due_ms == day(30) + 1
-    assert on_due(state, day(30), Fixed(0.0), CFG).examples == []
-    matured = on_due(state, day(30) + 1, Fixed(0.0), CFG)
-    assert [label for _, label in matured.examples] == [1]
-    assert matured.examples[0][0][0] == 0.0  # recency at the purchase itself
+    matured = on_due(state, day(30) + 1, Fixed(0.0), NO_SWEEP)
+    assert labels(matured) == [(day(0), 1, 0)]
+    assert matured.examples[0].features[0] == 0.0  # recency at the purchase itself
+
+
+def test_sweeps_rescore_a_silent_customer_on_the_daily_grid_with_the_predictions() -> None:
+    state = UserState("u1")
+    step = on_event(state, purchase(0.5), day(0.5), SWEEP, churn=Fixed(0.3), loyalty=Fixed(1.5))
+    assert [(p.ts, p.churn_p, p.loyalty_p) for p in step.points] == [(day(0.5), 0.3, 1.5)]
+    assert step.due_ms == day(8)  # the first midnight at least H/4 = 7.5 days after the last point
+    swept = on_due(state, day(8), Fixed(0.7), SWEEP, Fixed(0.2))
+    assert [(p.ts, p.churn_p, p.loyalty_p) for p in swept.points] == [(day(8), 0.7, 0.2)]
+    assert swept.points[0].features[0] == 7.5 and state.swept_at == day(8)
+    assert swept.due_ms == day(16)
+    assert on_due(state, day(16), Fixed(0.7), SWEEP).points[0].ts == day(16)
+    assert len(state.pending) == 3
+    matured = on_due(state, day(31), Fixed(0.7), SWEEP)  # day 0.5 + 30 passed
+    assert labels(matured) == [(day(0.5), 1, 0)] and (matured.examples[0].churn_p, matured.examples[0].loyalty_p) == (0.3, 1.5)
+
+
+def test_sweeps_stop_after_the_silence_limit_and_need_a_purchase() -> None:
+    cfg = EngineConfig(churn_horizon_days=30, sweep_silence_days=20, policy=PolicyConfig(control_share=0.0))
+    browser = UserState("u1")
+    assert feed(browser, Click(event_id="c", user_id="u1", ts=day(1), kind=ClickKind.SEARCH), cfg).due_ms is None
+    state = UserState("u1")
+    feed(state, purchase(0), cfg)
+    assert on_due(state, day(8), Fixed(0.5), cfg).due_ms == day(16)
+    assert on_due(state, day(16), Fixed(0.5), cfg).due_ms == day(30) + 1  # the next sweep (day 24) is past 20 days
+
+
+def test_states_encoded_before_loyalty_labels_and_sweeps_still_load() -> None:
+    import msgspec
+
+    state = UserState("u1")
+    feed(state, purchase(0), NO_SWEEP)
+    fields = msgspec.msgpack.decode(dump_state(state))
+    old = fields[:-1]  # no swept_at
+    pending_at = [f.name for f in msgspec.structs.fields(UserState)].index("pending")
+    old[pending_at] = [point[:2] for point in old[pending_at]]  # (ts, features) only
+    loaded = load_state(msgspec.msgpack.encode(old))
+    assert loaded.swept_at is None and loaded.pending[0].days == 0 and loaded.pending[0].churn_p is None
+    assert labels(on_due(loaded, day(30) + 1, Fixed(0.0), NO_SWEEP)) == [(day(0), 1, 0)]
 
 
 def test_lapsed_streak_customer_gets_one_coupon_per_episode() -> None:
     state = UserState("u1")
     streak(state, [0, 7, 14, 21])  # a weekly buyer: lapse after max(14, 2 * 7) days
     due = feed(state, Click(event_id="c", user_id="u1", ts=day(22), kind=ClickKind.SEARCH), CFG).due_ms
-    assert due == day(35)
+    assert due == day(30) + 1  # day 0's labels mature first (points stored at days 0 and 14)
+    assert on_due(state, due, Fixed(0.9), CFG).due_ms == day(35)
     assert on_due(state, day(34), Fixed(0.9), CFG).actions == []
     fired = on_due(state, day(35), Fixed(0.9), CFG)
     assert len(fired.actions) == 1
@@ -138,7 +189,7 @@ def test_lapsed_streak_customer_gets_one_coupon_per_episode() -> None:
     assert schema_errors("retention-actions", decode_action_json(action)) == []
     # the same episode never fires twice; the label point still matures later
     assert on_due(state, day(36), Fixed(0.99), CFG).actions == []
-    assert fired.due_ms == day(51) + 1
+    assert fired.due_ms == day(44) + 1  # the labels of the point stored at day 14
     # a purchase starts a new episode (gaps 7, 7, 7, 39: lapse after 2 * 15 days) with a new action id
     streak(state, [60])
     assert on_due(state, day(89), Fixed(0.9), CFG).actions == []
@@ -203,10 +254,10 @@ def test_due_queue_pops_each_user_once_at_its_latest_due_time() -> None:
 def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
     model = ChurnModel(min_labels=20)
     assert model.score({"recency_days": 40.0, "gap_mean_days": 10.0}) == Score(recency_prior({"recency_days": 40.0, "gap_mean_days": 10.0}), "recency-prior", True)
-    for i in range(400):
+    for i in range(2000):
         recency = float(i % 40)
         model.learn({"recency_days": recency, "gap_mean_days": 7.0}, recency > 20)
-    assert model.warm and model.version == "churn-logreg+400"
+    assert model.warm and model.version == "churn-logreg+2000"
     fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
     stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
     assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value

@@ -26,7 +26,7 @@ from aiokafka import TopicPartition
 from faust.streams import _current_event
 from faust.types import TP
 
-from models.churn import ChurnModel
+from models.online import OnlineLearners
 from models.sentiment import SentimentModel
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
@@ -77,7 +77,12 @@ class Ingest:
         self.scores = app.topic(settings.topic_scores, **raw)
         self.scores_interval_ms = int(settings.scores_interval_s * 1000)
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        self.churn = ChurnModel(min_labels=settings.churn_min_labels)
+        self.learners = OnlineLearners(
+            horizon_days=self.cfg.churn_horizon_days, min_labels=settings.churn_min_labels,
+            churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner,
+        )
+        self.churn = self.learners.churn
+        self.loyalty = self.learners.loyalty
         self.sentiment = SentimentModel()
         self.app = app
         # Heartbeats last: at equal event times the data goes first, then the clock ticks.
@@ -216,7 +221,7 @@ class Ingest:
         duplicate = event_digest(result) in state.recent_ids
         sentiment = self.sentiment.score(text) if text and not duplicate else None
         now = self.clocks[msg.partition].advance(result.ts)  # the clock reaches the record first
-        step = on_event(state, result, now, self.cfg, sentiment)
+        step = on_event(state, result, now, self.cfg, sentiment, self.churn, self.loyalty)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
@@ -243,7 +248,7 @@ class Ingest:
                 for user_id in due:
                     state = self._load(user_id)
                     if state is not None:
-                        await self._finish(state, on_due(state, now, self.churn, self.cfg), queue, now)
+                        await self._finish(state, on_due(state, now, self.churn, self.cfg, self.loyalty), queue, now)
             finally:
                 _current_event.reset(token)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
@@ -287,12 +292,13 @@ class Ingest:
             return None
 
     async def _finish(self, state: UserState, step: Step, queue: DueQueue, now: int) -> None:
-        for features, label in step.examples:
-            self.churn.learn(as_dict(features), bool(label))
-            metrics.LABELS.labels(ChurnModel.name, str(label)).inc()
+        for m in step.examples:
+            self.learners.observe(as_dict(m.features), m.churned, m.days, m.churn_p, m.loyalty_p)
+            if m.days is not None:
+                metrics.LABELS.labels(self.churn.name, str(int(m.days == 0))).inc()
+                metrics.LABELS.labels(self.loyalty.name, str(m.days) if m.days < 5 else "5+").inc()
         if step.examples:
-            metrics.MODEL_LABELS.labels(ChurnModel.name).set(self.churn.labels)
-            metrics.MODEL_PRIOR.labels(ChurnModel.name).set(0 if self.churn.warm else 1)
+            metrics.export_learners(self.learners)
         for action in step.actions:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()

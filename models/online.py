@@ -1,0 +1,73 @@
+"""The worker's online learners and their prequential scores, fed by matured labels.
+
+Each scoring point carries what the learners predicted at its time (``churn_p``,
+``loyalty_p``, stored with the point); when its horizon ends, those predictions are
+scored against the labels (rolling windows, :mod:`models.prequential`) and the learners
+learn. Churn is learned at the end of the horizon by default, when both classes are
+known: learning each 0 as soon as a purchase resolves it, and each 1 only a horizon later,
+skews what the learner sees toward 0 (measured in ``docs/evaluation.md``).
+
+>>> o = OnlineLearners(horizon_days=30, min_labels=1)
+>>> o.observe({"recency_days": 40.0, "gap_mean_days": 7.0}, churned=None, days=0, churn_p=0.9, loyalty_p=0.5)
+>>> o.report()["churn"]["labels"], o.report()["loyalty"]["metrics"]["mae"]
+(1, 0.5)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.churn import DEFAULT_CHURN, DEFAULT_LOYALTY, ChurnModel, LoyaltyModel
+from models.prequential import ChurnMetrics, LoyaltyMetrics
+
+
+class OnlineLearners:
+    def __init__(
+        self, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = DEFAULT_CHURN,
+        loyalty_kind: str = DEFAULT_LOYALTY, learn_churn_early: bool = False, window: int = 1000,
+    ) -> None:
+        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind)
+        self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind)
+        self.learn_churn_early = learn_churn_early
+        self.window = window
+        self.churn_metrics = ChurnMetrics(window=window)
+        self.loyalty_metrics = LoyaltyMetrics(window=window)
+
+    def observe(
+        self, x: dict[str, float], churned: int | None, days: int | None,
+        churn_p: float | None = None, loyalty_p: float | None = None,
+    ) -> None:
+        """A scoring point's labels became known: ``churned`` when a purchase or the end of
+        the horizon resolved it, ``days`` at the end of the horizon. Predictions not stored
+        with the point (states from before they were) are made now, before learning."""
+        if churned is not None and self.learn_churn_early:
+            self.churn.learn(x, bool(churned))
+        if days is None:
+            return
+        label = int(days == 0)
+        p = churn_p if churn_p is not None else self.churn.score(x).value
+        n = loyalty_p if loyalty_p is not None else self.loyalty.score(x).value
+        self.churn_metrics.update(p, label)
+        self.loyalty_metrics.update(n, days)
+        if not self.learn_churn_early:
+            self.churn.learn(x, bool(label))
+        self.loyalty.learn(x, days)
+
+    def report(self) -> dict[str, Any]:
+        """What ``GET /models`` shows: versions, labels, whether the prior answers, and the
+        rolling prequential metrics over the last ``window`` matured points."""
+        return {
+            "window": self.window,
+            "churn": {
+                "model": self.churn.name, "version": self.churn.version, "labels": self.churn.labels,
+                "prior": not self.churn.warm, "metrics": self.churn_metrics.report(),
+                "calibration": [
+                    {"from": lo, "to": hi, "count": n, "mean_predicted": p, "observed": y}
+                    for lo, hi, n, p, y in self.churn_metrics.calibration.table()
+                ],
+            },
+            "loyalty": {
+                "model": self.loyalty.name, "version": self.loyalty.version, "labels": self.loyalty.labels,
+                "prior": not self.loyalty.warm, "metrics": self.loyalty_metrics.report(),
+            },
+        }
