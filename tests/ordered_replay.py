@@ -22,7 +22,7 @@ from streams.domain.engine import EngineConfig, Step, on_due, on_event
 from streams.domain.events import Heartbeat, Invalid, decode
 from streams.domain.features import as_dict
 from streams.domain.schedule import DueQueue
-from streams.domain.state import UserState
+from streams.domain.state import Applied, UserState
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.publish import encode_value
 from streams.simulation import Shop, SimulationConfig
@@ -62,8 +62,9 @@ def ordered_replay(
             continue
         partition = partition_for(event.user_id)
         state = states.setdefault(event.user_id, UserState(event.user_id))
-        step = on_event(state, event, cfg)
-        if step.applied:
+        clocks[partition] = max(clocks[partition], event.ts)  # the clock reaches the record first
+        step = on_event(state, event, clocks[partition], cfg)
+        if step.applied is not Applied.DUPLICATE:
             finish(state, step, queues[partition])
         advance(partition, event.ts)
     return actions
