@@ -84,4 +84,10 @@ def encode_scores(scores: UserScores) -> bytes:
 
 
 def decode_scores(raw: bytes) -> UserScores:
-    return _decoder.decode(raw)
+    """A row of the ``user-scores`` topic; raises ``msgspec.ValidationError`` where the v1
+    schema would refuse it (the churn score is a probability, 0 to 1)."""
+    row = _decoder.decode(raw)
+    churn = row.scores.get("churn")
+    if churn is not None and not 0.0 <= churn <= 1.0:
+        raise msgspec.ValidationError(f"scores.churn is a probability, 0 to 1, not {churn}")
+    return row
