@@ -16,20 +16,20 @@ import json
 import sys
 from collections import defaultdict
 
-from models.churn import ChurnModel
+from models.online import OnlineLearners
 from streams.domain.actions import RetentionAction, encode_action
 from streams.domain.engine import EngineConfig, Step, on_due, on_event
 from streams.domain.events import Heartbeat, Invalid, decode
 from streams.domain.features import as_dict
 from streams.domain.schedule import DueQueue
-from streams.domain.state import UserState
+from streams.domain.state import Applied, UserState
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.publish import encode_value
 from streams.simulation import Shop, SimulationConfig
 
 
 def ordered_replay(
-    shop: Shop, partitions: int, cfg: EngineConfig, churn: ChurnModel, max_clock_skew_ms: int = 86_400_000
+    shop: Shop, partitions: int, cfg: EngineConfig, learners: OnlineLearners, max_clock_skew_ms: int = 86_400_000
 ) -> list[RetentionAction]:
     partition_for = make_partitioner(partitions)
     states: dict[str, UserState] = {}
@@ -38,8 +38,8 @@ def ordered_replay(
     actions: list[RetentionAction] = []
 
     def finish(state: UserState, step: Step, queue: DueQueue) -> None:
-        for features, label in step.examples:
-            churn.learn(as_dict(features), bool(label))
+        for m in step.examples:  # as the worker learns them
+            learners.observe(as_dict(m.features), m.churned, m.days, m.churn_p, m.loyalty_p)
         actions.extend(step.actions)
         queue.schedule(state.user_id, step.due_ms)
 
@@ -48,7 +48,7 @@ def ordered_replay(
         queue = queues[partition]
         for user_id in queue.pop_due(now):
             state = states[user_id]
-            finish(state, on_due(state, now, churn, cfg), queue)
+            finish(state, on_due(state, now, learners.churn, cfg, learners.loyalty), queue)
 
     rank = {"clicks": 0, "purchases": 1, "reviews": 2, "action-outcomes": 3, "heartbeats": 5}
     decoded = [decode(r.topic, encode_value(r.value), not_after_ms=r.ts_ms + max_clock_skew_ms) for r in shop.records()]
@@ -62,8 +62,9 @@ def ordered_replay(
             continue
         partition = partition_for(event.user_id)
         state = states.setdefault(event.user_id, UserState(event.user_id))
-        step = on_event(state, event, cfg)
-        if step.applied:
+        clocks[partition] = max(clocks[partition], event.ts)  # the clock reaches the record first
+        step = on_event(state, event, clocks[partition], cfg, None, learners.churn, learners.loyalty)
+        if step.applied is not Applied.DUPLICATE:
             finish(state, step, queues[partition])
         advance(partition, event.ts)
     return actions
@@ -79,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     shop = Shop(SimulationConfig(customers=args.customers, days=args.days, seed=args.seed, invalid_share=0.002, duplicate_share=0.01))
-    churn = ChurnModel(min_labels=settings.churn_min_labels)
-    for action in ordered_replay(shop, settings.partitions, settings.engine, churn, int(settings.max_clock_skew_s * 1000)):
+    learners = OnlineLearners(horizon_days=settings.engine.churn_horizon_days, min_labels=settings.churn_min_labels,
+                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner)
+    for action in ordered_replay(shop, settings.partitions, settings.engine, learners, int(settings.max_clock_skew_s * 1000)):
         sys.stdout.write(json.dumps(json.loads(encode_action(action)), sort_keys=True) + "\n")
     return 0
 

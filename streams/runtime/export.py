@@ -3,7 +3,8 @@ CSV or Parquet table for marketing and analysts.
 
 One row per user (the latest record of each key), columns: ``user_id``, ``ts``, one
 ``<score>`` and ``<score>_model`` per score, ``<score>_prior`` (true while the score
-came from a prior), then every feature in the README's order.
+came from a prior), ``lifecycle_stage``, ``segment`` and ``segment_model`` (empty for rows
+published before they existed), then every feature in the README's order.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from streams.domain.features import FEATURE_NAMES
 from streams.domain.snapshots import UserScores, decode_scores
 from streams.runtime.kafka import read_to_end
 from streams.runtime.settings import Settings
 
 SCORES = ("churn",)
+SEGMENT_COLUMNS = ("lifecycle_stage", "segment", "segment_model")
 
 
 def latest_scores(settings: Settings) -> dict[str, UserScores]:
@@ -34,7 +38,7 @@ def rows(snapshots: Iterable[UserScores]) -> tuple[list[str], list[dict[str, Any
     snapshots = sorted(snapshots, key=lambda r: r.user_id)
     scores = list(SCORES) + sorted({s for r in snapshots for s in r.scores} - set(SCORES))
     features = list(FEATURE_NAMES) + sorted({f for r in snapshots for f in r.features} - set(FEATURE_NAMES))
-    columns = ["user_id", "ts"] + [c for s in scores for c in (s, f"{s}_model", f"{s}_prior")] + features
+    columns = ["user_id", "ts"] + [c for s in scores for c in (s, f"{s}_model", f"{s}_prior")] + list(SEGMENT_COLUMNS) + features
     out = []
     for r in snapshots:
         row: dict[str, Any] = {"user_id": r.user_id, "ts": r.ts}
@@ -42,6 +46,9 @@ def rows(snapshots: Iterable[UserScores]) -> tuple[list[str], list[dict[str, Any
             row[s] = r.scores.get(s)
             row[f"{s}_model"] = r.model_versions.get(s)
             row[f"{s}_prior"] = s in r.priors
+        row["lifecycle_stage"] = None if r.lifecycle_stage is msgspec.UNSET else r.lifecycle_stage.value
+        row["segment"] = None if r.segment is msgspec.UNSET else r.segment
+        row["segment_model"] = r.model_versions.get("segment")
         row.update({f: r.features.get(f) for f in features})
         out.append(row)
     return columns, out

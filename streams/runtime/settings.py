@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.engine import EngineConfig
+from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.state import StateConfig
 from streams.domain.timestamps import MS_PER_HOUR
 from streams.domain.policy import PolicyConfig
@@ -78,6 +79,20 @@ class Settings(BaseSettings):
     coupon_ttl_days: float = Field(14.0, gt=0, description="Days a coupon action stays valid (expires_at).")
     control_share: float = Field(0.1, ge=0, le=1, description="Share of customers in the control group (stable per customer, by hash).")
 
+    # Lifecycle stages (docs/segments.md): defaults are LifecycleConfig's.
+    lifecycle_new_days: float = Field(LifecycleConfig.new_days, ge=0, description="Lifecycle: a customer first seen fewer days ago than this is `new`.")
+    lifecycle_default_gap_days: float = Field(LifecycleConfig.default_gap_days, gt=0, description="Lifecycle: the usual gap between purchases assumed for a customer with fewer than two purchases, days.")
+    lifecycle_at_risk_min_days: float = Field(LifecycleConfig.at_risk_min_days, ge=0, description="Lifecycle: `at_risk` once the days without a purchase reach the larger of this and RETENTION_LIFECYCLE_AT_RISK_GAP_FACTOR usual gaps.")
+    lifecycle_at_risk_gap_factor: float = Field(LifecycleConfig.at_risk_gap_factor, gt=0, description="Lifecycle: usual gaps without a purchase that make a customer `at_risk` (and at least RETENTION_LIFECYCLE_AT_RISK_MIN_DAYS).")
+    lifecycle_at_risk_churn: float = Field(LifecycleConfig.at_risk_churn, ge=0, le=1, description="Lifecycle: also `at_risk` when the churn score is at least this.")
+    lifecycle_churned_min_days: float = Field(LifecycleConfig.churned_min_days, ge=0, description="Lifecycle: `churned` once the days without a purchase reach the larger of this and RETENTION_LIFECYCLE_CHURNED_GAP_FACTOR usual gaps (and no event for RETENTION_LIFECYCLE_CHURNED_IDLE_DAYS).")
+    lifecycle_churned_gap_factor: float = Field(LifecycleConfig.churned_gap_factor, gt=0, description="Lifecycle: usual gaps without a purchase that make a customer `churned` (and at least RETENTION_LIFECYCLE_CHURNED_MIN_DAYS).")
+    lifecycle_churned_idle_days: float = Field(LifecycleConfig.churned_idle_days, ge=0, description="Lifecycle: days without any event that a `churned` customer also needs (one still browsing is `at_risk`).")
+    lifecycle_reactivated_days: float = Field(LifecycleConfig.reactivated_days, ge=0, description="Lifecycle: days a customer stays `reactivated` after a purchase that ended an at-risk gap.")
+    lifecycle_loyal_min_purchases_90d: int = Field(LifecycleConfig.loyal_min_purchases_90d, ge=1, description="Lifecycle: purchases in 90 days that make a customer (past the rules above) `loyal`.")
+    segment_clusters: int = Field(4, ge=1, description="Behavioural segments: k of the online k-means (models/segments.py); segment ids are 0 to k-1.")
+    segment_halflife: float = Field(0.05, gt=0, le=1, description="Behavioural segments: how far a centre moves towards each snapshot it is assigned.")
+
     session_timeout_s: float = Field(45.0, gt=0, description="Consumer group session timeout (Kafka's default 45 s; the embedded broker uses 2 s).")
     heartbeat_interval_s: float = Field(3.0, gt=0, description="Consumer group heartbeat interval (the embedded broker uses 0.5 s).")
     fetch_max_wait_ms: int = Field(500, ge=0, description="How long a fetch waits for data (Kafka's default 500 ms; the embedded broker uses 100 ms).")
@@ -119,6 +134,21 @@ class Settings(BaseSettings):
     def rekey_topic(self) -> str:
         """Internal: records that arrived on the wrong partition for their user_id, re-keyed."""
         return f"{self.app_id}-rekeyed"
+
+    @property
+    def lifecycle(self) -> LifecycleConfig:
+        return LifecycleConfig(
+            new_days=self.lifecycle_new_days,
+            default_gap_days=self.lifecycle_default_gap_days,
+            at_risk_min_days=self.lifecycle_at_risk_min_days,
+            at_risk_gap_factor=self.lifecycle_at_risk_gap_factor,
+            at_risk_churn=self.lifecycle_at_risk_churn,
+            churned_min_days=self.lifecycle_churned_min_days,
+            churned_gap_factor=self.lifecycle_churned_gap_factor,
+            churned_idle_days=self.lifecycle_churned_idle_days,
+            reactivated_days=self.lifecycle_reactivated_days,
+            loyal_min_purchases_90d=self.lifecycle_loyal_min_purchases_90d,
+        )
 
     @property
     def engine(self) -> EngineConfig:

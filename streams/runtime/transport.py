@@ -1,7 +1,21 @@
-"""Faust's aiokafka transport with a configurable fetch wait.
+"""Faust's aiokafka transport, with a configurable fetch wait and a commit that survives duplicated acks.
 
 Faust creates its consumer with ``fetch_max_wait_ms=1500`` hard-coded. On the embedded
 broker every hop then waits up to ~0.75 s; ``RETENTION_FETCH_MAX_WAIT_MS`` sets it.
+
+After a rebalance, Faust's recovery makes the input partitions active and *then* seeks
+them to their committed offsets, while its fetcher may be half-way through delivering a
+batch fetched before the seek (faust-streaming issue #596). The rest of that batch then
+arrives after the seek, Faust's gap detection takes the jump from the committed offset
+to the batch's next offset for a hole in the log, and records offsets that were in fact
+delivered and acknowledged as a "gap": every one of them ends up twice in its list of
+acknowledged offsets. Its commit advances over one run of consecutive offsets per commit,
+so the duplicates made the committed offset crawl forward by about one record per commit
+interval: after a crash, minutes to hours of re-reading. So the acknowledged offsets of a
+partition are de-duplicated before a commit is computed (a duplicate carries no
+information). Stopping the flow around the seek instead was tried and rejected: Faust's
+fetcher then seeks *every* partition, changelogs included, to the group's committed
+offsets, and a standby table taken over in the next rebalance missed records.
 """
 
 from __future__ import annotations
@@ -9,6 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
+from faust.types import TP
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -22,6 +37,19 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _new_offset(self, tp: TP) -> int | None:
+        acked = self._acked.get(tp)
+        if acked:
+            gap = self._gap.get(tp)
+            if gap:  # fold the gap ranges in first, as Faust does, so they are de-duplicated too
+                top = max(acked)
+                added = [o for interval in sorted(gap.overlap(0, top)) for o in range(interval.begin, interval.end)]
+                if added:
+                    acked.extend(added)
+                    gap.chop(0, max(added[-1], top + 1))
+            acked[:] = sorted(set(acked))
+        return super()._new_offset(tp)
 
 
 class Transport(driver.Transport):

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
+from models.score import Score
 from streams.domain.events import EVENT_TYPES, Invalid, decode
+from streams.domain.features import features
+from streams.domain.lifecycle import Stage
+from streams.domain.snapshots import Segment, decode_scores, encode_scores, snapshot
+from streams.domain.state import UserState
+from streams.domain.timestamps import MS_PER_DAY
 from tests.contract import SCHEMAS, schema_errors
 
 EXAMPLES = {topic: json.loads((SCHEMAS / "examples" / f"{topic}.json").read_text()) for topic in EVENT_TYPES}
@@ -73,3 +80,44 @@ def test_future_timestamps_beyond_the_skew_are_refused() -> None:
     assert not isinstance(decode("clicks", raw, not_after_ms=1767618245120), Invalid)
     late = decode("clicks", raw, not_after_ms=1767618245120 - 60_000)
     assert isinstance(late, Invalid) and "clock skew" in late.error
+
+
+# --- user-scores (outbound): the schema other teams read and our decoder agree ---------------
+
+SCORES_EXAMPLES = json.loads((SCHEMAS / "examples" / "user-scores.json").read_text())
+
+
+@pytest.mark.parametrize("value", SCORES_EXAMPLES["valid"], ids=lambda v: str(sorted(v)))
+def test_valid_user_scores_pass_schema_and_decoder(value: dict) -> None:
+    assert schema_errors("user-scores", value) == []
+    row = decode_scores(json.dumps(value).encode())
+    assert row.user_id == value["user_id"]
+    assert row.segment == value.get("segment", msgspec.UNSET)
+    assert row.lifecycle_stage == (Stage(value["lifecycle_stage"]) if "lifecycle_stage" in value else msgspec.UNSET)
+
+
+@pytest.mark.parametrize("case", SCORES_EXAMPLES["invalid"], ids=lambda c: c["why"])
+def test_invalid_user_scores_fail_schema_and_decoder(case: dict) -> None:
+    # (JSON Schema's integer also admits 2.0, which the decoder refuses; we always write 2.)
+    assert schema_errors("user-scores", case["value"]), f"schema accepted: {case['why']}"
+    with pytest.raises(msgspec.ValidationError):
+        decode_scores(json.dumps(case["value"]).encode())
+
+
+def test_lifecycle_and_segment_are_optional_and_their_values_are_the_enumerated_ones() -> None:
+    schema = json.loads((SCHEMAS / "user-scores.v1.schema.json").read_text())
+    assert set(schema["required"]) == {"user_id", "ts", "features", "scores", "model_versions"}
+    assert schema["properties"]["lifecycle_stage"]["enum"] == [s.value for s in Stage]
+
+
+def test_a_published_row_round_trips_and_matches_the_schema() -> None:
+    state = UserState("u1", first_seen=0, last_seen=0)
+    now = 40 * MS_PER_DAY
+    values = features(state, now)
+    row = snapshot(state, now, values, Score(0.2, "churn-logreg+9"), "sentiment-lex+nb+0", Segment(3, "segments-kmeans4+7"))
+    raw = encode_scores(row)
+    as_json = json.loads(raw)
+    assert schema_errors("user-scores", as_json) == []
+    assert as_json["segment"] == 3 and as_json["model_versions"]["segment"] == "segments-kmeans4+7"
+    assert as_json["lifecycle_stage"] == "active"  # seen 40 days ago, no purchase yet, churn 0.2
+    assert decode_scores(raw) == row

@@ -27,6 +27,7 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from models.online import OnlineLearners
+from models.segments import SegmentModel
 from models.sentiment import SentimentModel
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
@@ -35,7 +36,7 @@ from streams.domain.engine import Step, due_at, on_due, on_event
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
 from streams.domain.features import as_dict, features, model_inputs
-from streams.domain.snapshots import UserScores, encode_scores, snapshot, snapshot_due
+from streams.domain.snapshots import Segment, UserScores, encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
@@ -84,6 +85,7 @@ class Ingest:
         self.churn = self.learners.churn
         self.loyalty = self.learners.loyalty
         self.sentiment = SentimentModel()
+        self.segments = SegmentModel(n_clusters=settings.segment_clusters, halflife=settings.segment_halflife)
         self.app = app
         # Heartbeats last: at equal event times the data goes first, then the clock ticks.
         self.inputs = [t for t in self.logical if t != settings.topic_heartbeats] + [settings.rekey_topic, settings.topic_heartbeats]
@@ -319,11 +321,16 @@ class Ingest:
         record = dead_letter(msg.topic, msg.partition, msg.offset, key, value, kafka_ts, error, int(time.time() * 1000))
         await self.dead_letters.send(key=key, value=record)
 
-    def _snapshot(self, state: UserState, now: int, churn: Score | None = None) -> UserScores:
-        """The user's row at ``now`` (features computed once, the score from them)."""
+    def _snapshot(self, state: UserState, now: int, churn: Score | None = None, learn: bool = True) -> UserScores:
+        """The user's row at ``now`` (features computed once, the score and segment from
+        them); a published row is also learned by the segment model, a looked-up one is not."""
         values = features(state, now, self.cfg.state, self.population)
-        churn = churn or self.churn.score(model_inputs(values))
-        return snapshot(state, now, values, churn, self.sentiment.version)
+        x = model_inputs(values)
+        churn = churn or self.churn.score(x)
+        if learn:
+            self.segments.learn_one(x)
+        segment = Segment(self.segments.predict_one(x), self.segments.version)
+        return snapshot(state, now, values, churn, self.sentiment.version, segment, self.settings.lifecycle)
 
     def profile(self, user_id: str) -> dict[str, Any] | None:
         """What ``GET /users/{user_id}`` shows, or None for an unknown user (on this
@@ -333,7 +340,7 @@ class Ingest:
             return None
         clock = self.clocks.get(self.partition_for(user_id))
         now = max(state.clock, clock.now if clock else 0)
-        row = self._snapshot(state, now)
+        row = self._snapshot(state, now, learn=False)
         return {
             **msgspec.to_builtins(row),
             "partition": self.partition_for(user_id),
