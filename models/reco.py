@@ -133,7 +133,7 @@ class Popularity:
         return [item for _, item in heapq.nsmallest(k, candidates)]
 
     def _oldest_expired(self) -> int:
-        return (self.clock - self.window_ms) // self.tile_ms
+        return (self.clock - self.window_ms) // self.tile_ms - 1  # ended window_ms or more before the clock
 
     def _advance(self, now_ms: int) -> None:
         if now_ms <= self.clock:

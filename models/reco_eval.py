@@ -112,6 +112,8 @@ def evaluate(
             user.last_click_ms = int(event.ts)
             user.pending += interactions(event)
             continue
+        if user.last_click_ms is not None and event.ts - user.last_click_ms > session_gap_ms:
+            flush(user)  # that session ended before this purchase (in a store, or a session without clicks)
         items = {line.item_id for line in event.items}
         segment = "returning" if user.purchases else "new"
         history = tuple(user.history)
