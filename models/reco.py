@@ -15,7 +15,7 @@ and forgets the least recently active user beyond that.
   tiles); the baseline, and the fallback of the other models for unknown users and for
   filling short lists.
 - :class:`CoOccurrence`: items interacted with by the same user within ``pair_window_ms``
-  of each other (a session-sized window by default) are neighbours; scores decay with a
+  of each other (7 days by default) are neighbours; scores decay with a
   half-life in event time; at most ``max_neighbours`` per item are kept.
 - :class:`FactorModel`: River ``reco.BiasedMF`` on implicit feedback (y=1 for an
   interaction, y=0 for ``negatives`` sampled items).
@@ -168,7 +168,7 @@ class CoOccurrence:
 
     def __init__(
         self,
-        pair_window_ms: int = 30 * MINUTE_MS,
+        pair_window_ms: int = 7 * DAY_MS,
         half_life_ms: int = 60 * DAY_MS,
         max_neighbours: int = 50,
         history_half_life_ms: int = 14 * DAY_MS,
@@ -181,7 +181,7 @@ class CoOccurrence:
         self.pair_window_ms, self.half_life_ms = pair_window_ms, half_life_ms
         self.max_neighbours, self.history_half_life_ms = max_neighbours, history_half_life_ms
         self.self_weight, self.weights = self_weight, weights
-        self.popularity = popularity if popularity is not None else Popularity()
+        self.popularity = popularity if popularity is not None else Popularity(weights=weights)
         self.neighbours: dict[str, dict[str, tuple[float, int]]] = {}
 
     def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -46,6 +47,9 @@ from models.reco import (
 )
 from streams.domain.events import Click, Purchase, decode
 from streams.simulation import Shop, SimulationConfig
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 MINUTE_MS = 60_000
 DAY_MS = 86_400_000
@@ -144,9 +148,11 @@ def candidates(seed: int = 0) -> dict[str, Callable[[], Recommender]]:
     return {
         "popularity (purchases, 14 d)": lambda: Popularity(weights=PURCHASES_ONLY),
         "popularity (all kinds, 14 d)": lambda: Popularity(weights=WEIGHTS),
-        "cooccurrence (session)": lambda: CoOccurrence(),
-        "cooccurrence (7 d)": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS),
-        "cooccurrence (session) + seen": lambda: CoOccurrence(self_weight=1.0),
+        "cooccurrence (30 min)": lambda: CoOccurrence(pair_window_ms=30 * MINUTE_MS),
+        "cooccurrence (1 d)": lambda: CoOccurrence(pair_window_ms=DAY_MS),
+        "cooccurrence (7 d) [default]": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS),
+        "cooccurrence (30 d)": lambda: CoOccurrence(pair_window_ms=30 * DAY_MS),
+        "cooccurrence (7 d) + seen items": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS, self_weight=1.0),
         "biased-mf (River)": lambda: FactorModel(seed=seed),
     }
 
@@ -158,3 +164,23 @@ def run(
     chosen = {name: make() for name, make in candidates(seed).items() if only is None or name in set(only)}
     config = SimulationConfig(customers=customers, days=days, seed=seed)
     return evaluate(shop_events(config), chosen, k=k)
+
+
+def report(tallies: Mapping[str, Tally], k: int = 10) -> Table:
+    """The tallies as a rich table: hit rate@k per model and segment, purchases asked about."""
+    from rich.table import Table
+
+    asked = tallies["reachable"].asked
+    table = Table(title=f"Hit rate@{k} on the next purchase (prequential; bought items excluded)")
+    table.add_column("model")
+    for segment in SEGMENTS:
+        table.add_column(f"{segment} (n={asked[segment]})", justify="right")
+    table.add_column("all vs best popularity", justify="right")
+    baseline = max((t.rate("all") for name, t in tallies.items() if name.startswith("popularity")), default=float("nan"))
+    for name, tally in tallies.items():
+        if name == "reachable":
+            continue
+        table.add_row(name, *(f"{tally.rate(s):.3f}" for s in SEGMENTS), f"{tally.rate('all') / baseline:.2f}×")
+    reach = tallies["reachable"]
+    table.add_row("[dim]ceiling: a not-yet-bought item[/dim]", *(f"[dim]{reach.rate(s):.3f}[/dim]" for s in SEGMENTS), "")
+    return table
