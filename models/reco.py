@@ -161,9 +161,12 @@ class CoOccurrence:
     users or events.
 
     To recommend, every item in the user's history votes for its neighbours with its kind's
-    weight, halved every ``history_half_life_ms`` of age; the history items themselves get
+    weight, halved every ``history_half_life_ms`` of age; with ``normalise`` a vote is
+    spread over the item's neighbours in proportion to their scores (so a much-touched item
+    does not outvote the rest of the history); the history items themselves get
     ``self_weight`` times their vote (things looked at and not bought). The list is filled
-    from :class:`Popularity`, which is also the answer for a user without history.
+    from :class:`Popularity`, which is the whole answer for a user with fewer than
+    ``min_history`` distinct items in their history.
     """
 
     def __init__(
@@ -173,11 +176,14 @@ class CoOccurrence:
         max_neighbours: int = 50,
         history_half_life_ms: int = 14 * DAY_MS,
         self_weight: float = 0.0,
+        normalise: bool = False,
+        min_history: int = 1,
         weights: Mapping[str, float] = WEIGHTS,
         popularity: Popularity | None = None,
         name: str = "cooccurrence",
     ) -> None:
         self.name = name
+        self.normalise, self.min_history = normalise, min_history
         self.pair_window_ms, self.half_life_ms = pair_window_ms, half_life_ms
         self.max_neighbours, self.history_half_life_ms = max_neighbours, history_half_life_ms
         self.self_weight, self.weights = self_weight, weights
@@ -207,11 +213,17 @@ class CoOccurrence:
             w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
             votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
         scores: Counter[str] = Counter()
-        for source, vote in votes.items():
+        for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
                 scores[source] += self.self_weight * vote
-            for other, (value, since) in self.neighbours.get(source, {}).items():
-                scores[other] += vote * _decayed(value, since, now_ms, self.half_life_ms)
+            row = {
+                other: _decayed(value, since, now_ms, self.half_life_ms)
+                for other, (value, since) in self.neighbours.get(source, {}).items()
+            }
+            if self.normalise and row:
+                vote /= sum(row.values())
+            for other, value in row.items():
+                scores[other] += vote * value
         ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
         out = [item for _, item in ranked]
         if len(out) < k:

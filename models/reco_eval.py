@@ -150,7 +150,7 @@ def candidates(seed: int = 0) -> dict[str, Callable[[], Recommender]]:
         "popularity (all kinds, 14 d)": lambda: Popularity(weights=WEIGHTS),
         "cooccurrence (30 min)": lambda: CoOccurrence(pair_window_ms=30 * MINUTE_MS),
         "cooccurrence (1 d)": lambda: CoOccurrence(pair_window_ms=DAY_MS),
-        "cooccurrence (7 d) [default]": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS),
+        "cooccurrence (7 d)": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS),
         "cooccurrence (30 d)": lambda: CoOccurrence(pair_window_ms=30 * DAY_MS),
         "cooccurrence (7 d) + seen items": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS, self_weight=1.0),
         "biased-mf (River)": lambda: FactorModel(seed=seed),

@@ -186,3 +186,21 @@ def test_already_bought_items_count_neither_for_hits_nor_for_reachable() -> None
     tallies = evaluate(stream, {"pop": Popularity(weights=PURCHASES_ONLY)})
     assert tallies["pop"].hits["returning"] == 0  # x was popular, but bought before: never shown
     assert tallies["reachable"].hits == {"all": 1, "new": 1, "returning": 0}
+
+
+def test_normalised_votes_stop_a_much_touched_item_from_outvoting_the_history() -> None:
+    model = CoOccurrence(popularity=Popularity())
+    model.neighbours = {"hub": {"p": (100.0, T0), "s": (100.0, T0)}, "niche": {"q": (10.0, T0)}}
+    history = (Interaction("u", "hub", "product_view", T0), Interaction("u", "niche", "product_view", T0))
+    assert model.recommend("u", history, 3, (), T0) == ["p", "s", "q"]  # 100, 100, 10
+    model.normalise = True
+    assert model.recommend("u", history, 3, (), T0) == ["q", "p", "s"]  # 1, 0.5, 0.5
+
+
+def test_too_short_a_history_gets_popularity() -> None:
+    model = CoOccurrence(min_history=3, popularity=Popularity(weights=PURCHASES_ONLY))
+    co_bought(model)
+    history = (Interaction("u", "x", "product_view", T0 + DAY), Interaction("u", "x", "add_to_cart", T0 + DAY))
+    assert model.recommend("u", history, 2, (), T0 + DAY) == ["z", "x"]  # one distinct item: popularity
+    longer = (*history, Interaction("u", "w1", "product_view", T0), Interaction("u", "w2", "product_view", T0))
+    assert model.recommend("u", longer, 1, (), T0 + DAY) == ["y"]
