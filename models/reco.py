@@ -15,7 +15,7 @@ and forgets the least recently active user beyond that.
   tiles); the baseline, and the fallback of the other models for unknown users and for
   filling short lists.
 - :class:`CoOccurrence`: items interacted with by the same user within ``pair_window_ms``
-  of each other (7 days by default) are neighbours; scores decay with a
+  of each other (30 days by default) are neighbours; scores decay with a
   half-life in event time; at most ``max_neighbours`` per item are kept.
 - :class:`FactorModel`: River ``reco.BiasedMF`` on implicit feedback (y=1 for an
   interaction, y=0 for ``negatives`` sampled items).
@@ -35,7 +35,7 @@ import heapq
 import math
 import random
 from collections import Counter, OrderedDict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 from river import optim, reco
@@ -48,6 +48,8 @@ DAY_MS = 86_400_000
 #: Weight of each kind of interaction with an item (click kinds of the contract, and purchases).
 WEIGHTS: Mapping[str, float] = {"product_view": 1.0, "wishlist": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
 PURCHASES_ONLY: Mapping[str, float] = {"purchase": 1.0}
+#: Every kind of item interaction alike: what co-occurrence uses by default (measured best).
+EQUAL: Mapping[str, float] = dict.fromkeys(WEIGHTS, 1.0)
 
 
 class Interaction(NamedTuple):
@@ -171,14 +173,14 @@ class CoOccurrence:
 
     def __init__(
         self,
-        pair_window_ms: int = 7 * DAY_MS,
+        pair_window_ms: int = 30 * DAY_MS,
         half_life_ms: int = 60 * DAY_MS,
         max_neighbours: int = 50,
-        history_half_life_ms: int = 14 * DAY_MS,
-        self_weight: float = 0.0,
-        normalise: bool = False,
-        min_history: int = 1,
-        weights: Mapping[str, float] = WEIGHTS,
+        history_half_life_ms: int = 60 * DAY_MS,
+        self_weight: float = 1.0,
+        normalise: bool = True,
+        min_history: int = 3,
+        weights: Mapping[str, float] = EQUAL,
         popularity: Popularity | None = None,
         name: str = "cooccurrence",
     ) -> None:
@@ -187,7 +189,7 @@ class CoOccurrence:
         self.pair_window_ms, self.half_life_ms = pair_window_ms, half_life_ms
         self.max_neighbours, self.history_half_life_ms = max_neighbours, history_half_life_ms
         self.self_weight, self.weights = self_weight, weights
-        self.popularity = popularity if popularity is not None else Popularity(weights=weights)
+        self.popularity = popularity if popularity is not None else Popularity(weights=WEIGHTS)
         self.neighbours: dict[str, dict[str, tuple[float, int]]] = {}
 
     def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
@@ -239,6 +241,35 @@ class CoOccurrence:
                 self.max_neighbours, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], t, self.half_life_ms)
             )
             self.neighbours[item] = dict(strongest)
+
+
+class RecentlySeen:
+    """Not collaborative: the items in the user's history not bought yet, then popularity.
+
+    The ablation that says how much of :class:`CoOccurrence`'s answer comes from its
+    ``self_weight`` alone. Ranked by kind weight, halved every ``half_life_ms`` of age.
+    """
+
+    def __init__(
+        self, half_life_ms: int = 60 * DAY_MS, weights: Mapping[str, float] = EQUAL, popularity: Popularity | None = None
+    ) -> None:
+        self.name = "recently-seen"
+        self.half_life_ms, self.weights = half_life_ms, weights
+        self.popularity = popularity if popularity is not None else Popularity(weights=WEIGHTS)
+
+    def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
+        self.popularity.learn(interaction, history)
+
+    def recommend(
+        self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
+    ) -> list[str]:
+        scores: dict[str, float] = {}
+        for past in history:
+            if past.item_id not in exclude:
+                w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.half_life_ms)
+                scores[past.item_id] = max(w, scores.get(past.item_id, 0.0))
+        out = [item for _, item in heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0))]
+        return out + self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
 
 
 class FactorModel:
@@ -315,8 +346,3 @@ class FactorModel:
 def default_recommender() -> CoOccurrence:
     """The model chosen by measurement (docs/recommendations.md)."""
     return CoOccurrence()
-
-
-def bounded(history: Iterable[Interaction], limit: int = 50) -> tuple[Interaction, ...]:
-    """The last ``limit`` interactions (what a user's state would keep)."""
-    return tuple(history)[-limit:]

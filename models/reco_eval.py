@@ -42,7 +42,9 @@ from models.reco import (
     FactorModel,
     Interaction,
     Popularity,
+    RecentlySeen,
     Recommender,
+    default_recommender,
     interactions,
 )
 from streams.domain.events import Click, Purchase, decode
@@ -143,16 +145,20 @@ def shop_events(config: SimulationConfig) -> Iterator[Click | Purchase]:
                 yield event
 
 
+#: The first version measured: summed kind-weighted votes, no seen items, no minimum history.
+RAW = {"normalise": False, "self_weight": 0.0, "min_history": 1, "weights": WEIGHTS, "history_half_life_ms": 14 * DAY_MS}
+
+
 def candidates(seed: int = 0) -> dict[str, Callable[[], Recommender]]:
     """The models compared, by name; each call builds a fresh one."""
     return {
         "popularity (purchases, 14 d)": lambda: Popularity(weights=PURCHASES_ONLY),
         "popularity (all kinds, 14 d)": lambda: Popularity(weights=WEIGHTS),
-        "cooccurrence (30 min)": lambda: CoOccurrence(pair_window_ms=30 * MINUTE_MS),
-        "cooccurrence (1 d)": lambda: CoOccurrence(pair_window_ms=DAY_MS),
-        "cooccurrence (7 d)": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS),
-        "cooccurrence (30 d)": lambda: CoOccurrence(pair_window_ms=30 * DAY_MS),
-        "cooccurrence (7 d) + seen items": lambda: CoOccurrence(pair_window_ms=7 * DAY_MS, self_weight=1.0),
+        "recently seen, not bought": lambda: RecentlySeen(),
+        "co-occurrence 30 min, raw votes": lambda: CoOccurrence(**RAW, pair_window_ms=30 * MINUTE_MS),
+        "co-occurrence 7 d, raw votes": lambda: CoOccurrence(**RAW, pair_window_ms=7 * DAY_MS),
+        "co-occurrence 30 d, normalised": lambda: CoOccurrence(self_weight=0.0),
+        "co-occurrence 30 d, normalised, + seen (default)": lambda: default_recommender(),
         "biased-mf (River)": lambda: FactorModel(seed=seed),
     }
 

@@ -11,6 +11,8 @@ from models.reco import (
     FactorModel,
     Interaction,
     Popularity,
+    RecentlySeen,
+    default_recommender,
     interactions,
 )
 from models.reco_eval import evaluate
@@ -69,6 +71,12 @@ def test_popularity_excludes_what_the_caller_says_was_bought() -> None:
 # --- co-occurrence ----------------------------------------------------------------------------
 
 
+def raw(**kwargs) -> CoOccurrence:
+    """Summed kind-weighted votes, no seen items, no minimum history (the defaults are tested apart)."""
+    settings = {"normalise": False, "self_weight": 0.0, "min_history": 1, "weights": WEIGHTS}
+    return CoOccurrence(**{**settings, **kwargs})
+
+
 def co_bought(model: CoOccurrence) -> None:
     """Three customers buy x and y together; z is bought more often, but alone."""
     rows = []
@@ -80,7 +88,7 @@ def co_bought(model: CoOccurrence) -> None:
 
 
 def test_cooccurrence_ranks_the_co_bought_item_first_and_fills_with_popularity() -> None:
-    model = CoOccurrence(popularity=Popularity(weights=PURCHASES_ONLY))
+    model = raw(popularity=Popularity(weights=PURCHASES_ONLY))
     co_bought(model)
     history = (Interaction("new", "x", "product_view", T0 + DAY),)
     assert model.recommend("new", history, 3, (), T0 + DAY) == ["y", "z", "x"]
@@ -89,7 +97,7 @@ def test_cooccurrence_ranks_the_co_bought_item_first_and_fills_with_popularity()
 
 
 def test_cooccurrence_excludes_bought_items_and_falls_back_to_popularity_for_unknown_users() -> None:
-    model = CoOccurrence(popularity=Popularity(weights=PURCHASES_ONLY))
+    model = raw(popularity=Popularity(weights=PURCHASES_ONLY))
     co_bought(model)
     history = (Interaction("u", "x", "purchase", T0 + DAY),)
     assert "y" not in model.recommend("u", history, 3, {"x", "y"}, T0 + DAY)
@@ -98,7 +106,7 @@ def test_cooccurrence_excludes_bought_items_and_falls_back_to_popularity_for_unk
 
 
 def test_cooccurrence_pairs_only_within_the_pair_window_of_event_time() -> None:
-    model = CoOccurrence(pair_window_ms=30 * MIN)
+    model = raw(pair_window_ms=30 * MIN)
     learn_all(model, [("a", "x", "product_view", T0), ("a", "y", "product_view", T0 + 30 * MIN),
                       ("a", "z", "product_view", T0 + 31 * MIN)])  # fmt: skip
     assert set(model.neighbours["x"]) == {"y"}
@@ -106,7 +114,7 @@ def test_cooccurrence_pairs_only_within_the_pair_window_of_event_time() -> None:
 
 
 def test_cooccurrence_scores_halve_every_half_life() -> None:
-    model = CoOccurrence(half_life_ms=10 * DAY, history_half_life_ms=10**15)
+    model = raw(half_life_ms=10 * DAY, history_half_life_ms=10**15)
     learn_all(model, [("a", "x", "product_view", T0), ("a", "old", "product_view", T0)])
     learn_all(model, [("b", "x", "product_view", T0 + 20 * DAY), ("b", "new", "product_view", T0 + 20 * DAY)])
     model.popularity = Popularity()
@@ -119,7 +127,7 @@ def test_cooccurrence_scores_halve_every_half_life() -> None:
 
 
 def test_cooccurrence_keeps_at_most_twice_max_neighbours_per_item_and_the_strongest_survive() -> None:
-    model = CoOccurrence(max_neighbours=3)
+    model = raw(max_neighbours=3)
     rows = [("fan", "hub", "product_view", T0), ("fan", "best", "purchase", T0 + 1)]
     rows += [(f"u{n}", item, "product_view", T0 + 2 + n) for n in range(10) for item in ("hub", f"n{n}")]
     learn_all(model, rows)
@@ -159,7 +167,7 @@ def test_hit_rate_on_a_hand_made_stream() -> None:
         buy("c", T0 + 4 * DAY, "z"),                 # c: new, list [x, y]: miss
         buy("c", T0 + 5 * DAY, "x", "w"),            # c: returning, list has x: hit
     ]  # fmt: skip
-    tallies = evaluate(stream, {"co": CoOccurrence(pair_window_ms=2 * DAY, popularity=Popularity(weights=PURCHASES_ONLY))})
+    tallies = evaluate(stream, {"co": raw(pair_window_ms=2 * DAY, popularity=Popularity(weights=PURCHASES_ONLY))})
     co = tallies["co"]
     assert (co.asked, co.hits) == ({"all": 6, "new": 3, "returning": 3}, {"all": 3, "new": 1, "returning": 2})
     assert co.rate("all") == 0.5
@@ -168,7 +176,7 @@ def test_hit_rate_on_a_hand_made_stream() -> None:
 
 def test_the_current_session_is_not_known_when_the_question_is_asked() -> None:
     """A click in the purchase's own session must not reach the history; an earlier session does."""
-    seen = CoOccurrence(self_weight=1.0, popularity=Popularity(weights=PURCHASES_ONLY))
+    seen = raw(self_weight=1.0, popularity=Popularity(weights=PURCHASES_ONLY))
     stream = [
         click("u", T0, "earlier"),
         click("v", T0, "earlier"),
@@ -189,7 +197,7 @@ def test_already_bought_items_count_neither_for_hits_nor_for_reachable() -> None
 
 
 def test_normalised_votes_stop_a_much_touched_item_from_outvoting_the_history() -> None:
-    model = CoOccurrence(popularity=Popularity())
+    model = raw(popularity=Popularity())
     model.neighbours = {"hub": {"p": (100.0, T0), "s": (100.0, T0)}, "niche": {"q": (10.0, T0)}}
     history = (Interaction("u", "hub", "product_view", T0), Interaction("u", "niche", "product_view", T0))
     assert model.recommend("u", history, 3, (), T0) == ["p", "s", "q"]  # 100, 100, 10
@@ -198,9 +206,30 @@ def test_normalised_votes_stop_a_much_touched_item_from_outvoting_the_history() 
 
 
 def test_too_short_a_history_gets_popularity() -> None:
-    model = CoOccurrence(min_history=3, popularity=Popularity(weights=PURCHASES_ONLY))
+    model = raw(min_history=3, popularity=Popularity(weights=PURCHASES_ONLY))
     co_bought(model)
     history = (Interaction("u", "x", "product_view", T0 + DAY), Interaction("u", "x", "add_to_cart", T0 + DAY))
     assert model.recommend("u", history, 2, (), T0 + DAY) == ["z", "x"]  # one distinct item: popularity
     longer = (*history, Interaction("u", "w1", "product_view", T0), Interaction("u", "w2", "product_view", T0))
     assert model.recommend("u", longer, 1, (), T0 + DAY) == ["y"]
+
+
+def test_recently_seen_ranks_unbought_history_by_recency_then_popularity() -> None:
+    model = RecentlySeen(half_life_ms=DAY, popularity=Popularity(weights=PURCHASES_ONLY))
+    learn_all(model, [("z", "top", "purchase", T0)])
+    history = (Interaction("u", "old", "product_view", T0), Interaction("u", "new", "product_view", T0 + DAY),
+               Interaction("u", "got", "product_view", T0 + DAY))  # fmt: skip
+    assert model.recommend("u", history, 3, {"got"}, T0 + DAY) == ["new", "old", "top"]
+
+
+def test_the_default_shows_seen_items_then_their_neighbours_and_popularity_below_three_items() -> None:
+    model = default_recommender()
+    rows = [(f"c{n}", item, "product_view", T0 + n * HOUR) for n in range(3) for item in ("x", "y")]
+    rows += [("d", "x", "product_view", T0), ("d", "w", "product_view", T0)]
+    rows += [(f"p{n}", "pop", "purchase", T0 + n) for n in range(5)]
+    learn_all(model, rows)
+    now = T0 + 10 * DAY
+    history = tuple(Interaction("u", item, "product_view", T0 + 5 * DAY) for item in ("x", "a", "b"))
+    # x's vote: 1 to itself (seen), 3/4 to y and 1/4 to w (its neighbours, normalised); then popularity
+    assert model.recommend("u", history, 4, {"a", "b"}, now) == ["x", "y", "w", "pop"]
+    assert model.recommend("u", history[:2], 2, (), now) == ["pop", "x"]  # two distinct items: popularity
