@@ -104,7 +104,7 @@ class Popularity:
     """
 
     def __init__(
-        self, window_ms: int = 14 * DAY_MS, tile_ms: int = DAY_MS, weights: Mapping[str, float] = PURCHASES_ONLY
+        self, window_ms: int = 14 * DAY_MS, tile_ms: int = DAY_MS, weights: Mapping[str, float] = WEIGHTS
     ) -> None:
         if window_ms < tile_ms or tile_ms <= 0:
             raise ValueError("need 0 < tile_ms <= window_ms")
@@ -158,8 +158,8 @@ class CoOccurrence:
     Learning ``(u, i, t)`` adds ``w(i) * w(j)`` to the pair ``(i, j)`` for every other item
     ``j`` in u's history at or after ``t - pair_window_ms`` (each item once, at its heaviest
     kind). Pair scores decay with ``half_life_ms`` of event time, so old tastes fade. Each
-    item keeps at most ``max_neighbours`` neighbours (pruned to the strongest when twice
-    that many): memory is at most items × ``max_neighbours`` pairs, whatever the number of
+    item keeps its ``max_neighbours`` strongest neighbours whenever it has more than twice
+    that many: memory is at most items × 2 ``max_neighbours`` pairs, whatever the number of
     users or events.
 
     To recommend, every item in the user's history votes for its neighbours with its kind's
@@ -189,7 +189,7 @@ class CoOccurrence:
         self.pair_window_ms, self.half_life_ms = pair_window_ms, half_life_ms
         self.max_neighbours, self.history_half_life_ms = max_neighbours, history_half_life_ms
         self.self_weight, self.weights = self_weight, weights
-        self.popularity = popularity if popularity is not None else Popularity(weights=WEIGHTS)
+        self.popularity = popularity if popularity is not None else Popularity()
         self.neighbours: dict[str, dict[str, tuple[float, int]]] = {}
 
     def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
@@ -235,7 +235,10 @@ class CoOccurrence:
     def _add(self, item: str, other: str, weight: float, t: int) -> None:
         row = self.neighbours.setdefault(item, {})
         value, since = row.get(other, (0.0, t))
-        row[other] = (_decayed(value, since, t, self.half_life_ms) + weight, max(since, t))
+        if t >= since:
+            row[other] = (_decayed(value, since, t, self.half_life_ms) + weight, t)
+        else:  # a late interaction: its weight as decayed by the time the score is stored at
+            row[other] = (value + _decayed(weight, t, since, self.half_life_ms), since)
         if len(row) > 2 * self.max_neighbours:
             strongest = heapq.nlargest(
                 self.max_neighbours, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], t, self.half_life_ms)
@@ -255,7 +258,7 @@ class RecentlySeen:
     ) -> None:
         self.name = "recently-seen"
         self.half_life_ms, self.weights = half_life_ms, weights
-        self.popularity = popularity if popularity is not None else Popularity(weights=WEIGHTS)
+        self.popularity = popularity if popularity is not None else Popularity()
 
     def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
         self.popularity.learn(interaction, history)
@@ -307,7 +310,7 @@ class FactorModel:
         )
         self.negatives, self.candidates, self.max_users = negatives, candidates, max_users
         self.weights = weights
-        self.popularity = popularity if popularity is not None else Popularity(weights=WEIGHTS)
+        self.popularity = popularity if popularity is not None else Popularity()
         self.rng = random.Random(seed)
         self.users: OrderedDict[str, None] = OrderedDict()
 
@@ -329,8 +332,7 @@ class FactorModel:
     ) -> list[str]:
         if user_id not in self.users:
             return self.popularity.recommend(user_id, history, k, exclude, now_ms)
-        self.popularity._advance(now_ms)
-        pool = [i for i in self.popularity.top(self.candidates) if i not in exclude]
+        pool = self.popularity.recommend(user_id, history, self.candidates, exclude, now_ms)
         predict = self.mf.predict_one
         return heapq.nsmallest(k, pool, key=lambda i: (-predict(user_id, i), i))
 

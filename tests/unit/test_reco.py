@@ -233,3 +233,10 @@ def test_the_default_shows_seen_items_then_their_neighbours_and_popularity_below
     # x's vote: 1 to itself (seen), 3/4 to y and 1/4 to w (its neighbours, normalised); then popularity
     assert model.recommend("u", history, 4, {"a", "b"}, now) == ["x", "y", "w", "pop"]
     assert model.recommend("u", history[:2], 2, (), now) == ["pop", "x"]  # two distinct items: popularity
+
+
+def test_a_late_interaction_adds_its_weight_decayed_to_the_time_the_score_is_stored_at() -> None:
+    model = raw(half_life_ms=10 * DAY)
+    model.learn(Interaction("a", "x", "product_view", T0 + 20 * DAY), (Interaction("a", "y", "product_view", T0 + 20 * DAY),))
+    model.learn(Interaction("b", "x", "product_view", T0 + 10 * DAY), (Interaction("b", "y", "product_view", T0 + 10 * DAY),))
+    assert model.neighbours["x"]["y"] == (pytest.approx(1.0 + 0.5), T0 + 20 * DAY)
