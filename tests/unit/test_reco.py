@@ -240,3 +240,17 @@ def test_a_late_interaction_adds_its_weight_decayed_to_the_time_the_score_is_sto
     model.learn(Interaction("a", "x", "product_view", T0 + 20 * DAY), (Interaction("a", "y", "product_view", T0 + 20 * DAY),))
     model.learn(Interaction("b", "x", "product_view", T0 + 10 * DAY), (Interaction("b", "y", "product_view", T0 + 10 * DAY),))
     assert model.neighbours["x"]["y"] == (pytest.approx(1.0 + 0.5), T0 + 20 * DAY)
+
+
+def test_evaluate_reco_command_prints_every_model_and_the_ceiling() -> None:
+    from typer.testing import CliRunner
+
+    from models.reco_eval import candidates
+    from streams.cli import app
+
+    result = CliRunner().invoke(app, ["evaluate-reco", "--customers", "30", "--days", "20", "--seed", "3"],
+                                env={"COLUMNS": "200"})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in (*candidates(), "ceiling: a not-yet-bought item"):
+        assert name in result.output
+    assert "Hit rate@10 on the next purchase" in result.output
