@@ -299,6 +299,21 @@ def evaluate(
     ev.print_report(replay, seconds, source)
 
 
+@app.command("evaluate-reco")
+def evaluate_reco(
+    customers: Annotated[int, typer.Option(help="Customers at the start.")] = 600,
+    days: Annotated[float, typer.Option(help="Simulated days.")] = 150.0,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same shop).")] = 7,
+    k: Annotated[int, typer.Option(help="Length of each recommendation list.")] = 10,
+) -> None:
+    """Hit rate@k of each recommender on every customer's next purchase (prequential, simulated shop)."""
+    from models.reco_eval import report, run
+
+    started = time.monotonic()
+    Console().print(report(run(customers, days, seed, k), k))
+    err.print(f"{customers} customers (plus arrivals), {days:g} days, seed {seed}: {time.monotonic() - started:.0f} s")
+
+
 @app.command("settings")
 def settings_table() -> None:
     """Print every setting as a Markdown table (environment variable, default, meaning)."""

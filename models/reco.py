@@ -1,0 +1,350 @@
+"""Recommendations learned from the stream: popularity, item-to-item co-occurrence, River MF.
+
+Every model follows one small protocol (:class:`Recommender`): ``learn(interaction,
+history)`` and ``recommend(user_id, history, k, exclude, now_ms)``. Time is always the
+event time passed in (``Interaction.ts_ms``, ``now_ms``), never the wall clock.
+
+Per-user memory belongs to the user's state in the live system, not to the model: the
+caller passes the user's recent interactions (``history``, oldest first, bounded by the
+caller, e.g. the last 50) and the items the user already bought (``exclude``). The
+co-occurrence and popularity models keep nothing per user. :class:`FactorModel` (River's
+``reco.BiasedMF``) needs a latent vector per user; it keeps at most ``max_users`` of them
+and forgets the least recently active user beyond that.
+
+- :class:`Popularity`: interaction mass per item over a sliding event-time window (daily
+  tiles); the baseline, and the fallback of the other models for unknown users and for
+  filling short lists.
+- :class:`CoOccurrence`: items interacted with by the same user within ``pair_window_ms``
+  of each other (30 days by default) are neighbours; scores decay with a
+  half-life in event time; at most ``max_neighbours`` per item are kept.
+- :class:`FactorModel`: River ``reco.BiasedMF`` on implicit feedback (y=1 for an
+  interaction, y=0 for ``negatives`` sampled items).
+
+>>> pop = Popularity()
+>>> for user, item in [("a", "x"), ("b", "x"), ("b", "y")]:
+...     pop.learn(Interaction(user, item, "purchase", 0), ())
+>>> pop.recommend("new-user", (), k=2, exclude=(), now_ms=0)
+['x', 'y']
+>>> pop.recommend("b", (), k=2, exclude={"x"}, now_ms=0)
+['y']
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections import Counter, OrderedDict
+from collections.abc import Collection, Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from river import optim, reco
+
+from streams.domain.events import Click, Purchase
+
+MINUTE_MS = 60_000
+DAY_MS = 86_400_000
+
+#: Weight of each kind of interaction with an item (click kinds of the contract, and purchases).
+WEIGHTS: Mapping[str, float] = {"product_view": 1.0, "wishlist": 2.0, "add_to_cart": 3.0, "purchase": 5.0}
+PURCHASES_ONLY: Mapping[str, float] = {"purchase": 1.0}
+#: Every kind of item interaction alike: what co-occurrence uses by default (measured best).
+EQUAL: Mapping[str, float] = dict.fromkeys(WEIGHTS, 1.0)
+
+
+class Interaction(NamedTuple):
+    """One user touching one item at an event time (``kind``: a click kind or ``purchase``)."""
+
+    user_id: str
+    item_id: str
+    kind: str
+    ts_ms: int
+
+
+def interactions(event: object) -> list[Interaction]:
+    """The item interactions an event carries: a click on an item, or each line of a purchase.
+
+    Reviews carry no new interest (the item was bought) and other events no item.
+
+    >>> from streams.domain.events import decode
+    >>> interactions(decode("clicks", b'{"event_id":"e","user_id":"u","ts":1767225600000,"kind":"add_to_cart","item_id":"i1"}'))
+    [Interaction(user_id='u', item_id='i1', kind='add_to_cart', ts_ms=1767225600000)]
+    """
+    if isinstance(event, Click):
+        if event.item_id is None or event.kind.value not in WEIGHTS:
+            return []
+        return [Interaction(event.user_id, event.item_id, event.kind.value, int(event.ts))]
+    if isinstance(event, Purchase):
+        items = dict.fromkeys(line.item_id for line in event.items)  # once per order, in order
+        return [Interaction(event.user_id, item, "purchase", int(event.ts)) for item in items]
+    return []
+
+
+class Recommender(Protocol):
+    """What every recommendation model answers to."""
+
+    name: str
+
+    def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
+        """Learn one interaction; ``history`` is the same user's earlier ones, oldest first."""
+
+    def recommend(
+        self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
+    ) -> list[str]:
+        """Up to ``k`` item ids, best first, none of them in ``exclude``."""
+
+
+class Popularity:
+    """Weighted interactions per item over the last ``window_ms`` of event time.
+
+    Counts live in tiles of ``tile_ms``; a tile leaves the window as a whole once the clock
+    (the latest ``ts_ms`` learned, or ``now_ms`` asked) is ``window_ms`` past its end.
+    Memory: one counter per item per tile in the window. Events older than the window are
+    ignored.
+    """
+
+    def __init__(
+        self, window_ms: int = 14 * DAY_MS, tile_ms: int = DAY_MS, weights: Mapping[str, float] = WEIGHTS
+    ) -> None:
+        if window_ms < tile_ms or tile_ms <= 0:
+            raise ValueError("need 0 < tile_ms <= window_ms")
+        self.name = "popularity"
+        self.window_ms, self.tile_ms, self.weights = window_ms, tile_ms, weights
+        self.tiles: dict[int, Counter[str]] = {}
+        self.totals: Counter[str] = Counter()
+        self.clock = -(1 << 62)
+
+    def learn(self, interaction: Interaction, history: Sequence[Interaction] = ()) -> None:
+        weight = self.weights.get(interaction.kind, 0.0)
+        self._advance(interaction.ts_ms)
+        tile = interaction.ts_ms // self.tile_ms
+        if not weight or tile <= self._oldest_expired():
+            return
+        self.tiles.setdefault(tile, Counter())[interaction.item_id] += weight
+        self.totals[interaction.item_id] += weight
+
+    def recommend(
+        self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
+    ) -> list[str]:
+        self._advance(now_ms)
+        return self.top(k, exclude)
+
+    def top(self, k: int, exclude: Collection[str] = ()) -> list[str]:
+        """The ``k`` items of most mass in the window, ties by item id."""
+        candidates = ((-mass, item) for item, mass in self.totals.items() if mass > 1e-9 and item not in exclude)
+        return [item for _, item in heapq.nsmallest(k, candidates)]
+
+    def _oldest_expired(self) -> int:
+        return (self.clock - self.window_ms) // self.tile_ms - 1  # ended window_ms or more before the clock
+
+    def _advance(self, now_ms: int) -> None:
+        if now_ms <= self.clock:
+            return
+        self.clock = now_ms
+        expired = self._oldest_expired()
+        for tile in [t for t in self.tiles if t <= expired]:
+            self.totals.subtract(self.tiles.pop(tile))
+            for item in [i for i, mass in self.totals.items() if mass <= 1e-9]:
+                del self.totals[item]
+
+
+def _decayed(value: float, since_ms: int, now_ms: int, half_life_ms: float) -> float:
+    return value * 0.5 ** (max(0, now_ms - since_ms) / half_life_ms)
+
+
+class CoOccurrence:
+    """Item-to-item: items one user touched within ``pair_window_ms`` of each other are neighbours.
+
+    Learning ``(u, i, t)`` adds ``w(i) * w(j)`` to the pair ``(i, j)`` for every other item
+    ``j`` in u's history at or after ``t - pair_window_ms`` (each item once, at its heaviest
+    kind). Pair scores decay with ``half_life_ms`` of event time, so old tastes fade. Each
+    item keeps its ``max_neighbours`` strongest neighbours whenever it has more than twice
+    that many: memory is at most items × 2 ``max_neighbours`` pairs, whatever the number of
+    users or events.
+
+    To recommend, every item in the user's history votes for its neighbours with its kind's
+    weight, halved every ``history_half_life_ms`` of age; with ``normalise`` a vote is
+    spread over the item's neighbours in proportion to their scores (so a much-touched item
+    does not outvote the rest of the history); the history items themselves get
+    ``self_weight`` times their vote (things looked at and not bought). The list is filled
+    from :class:`Popularity`, which is the whole answer for a user with fewer than
+    ``min_history`` distinct items in their history.
+    """
+
+    def __init__(
+        self,
+        pair_window_ms: int = 30 * DAY_MS,
+        half_life_ms: int = 60 * DAY_MS,
+        max_neighbours: int = 50,
+        history_half_life_ms: int = 60 * DAY_MS,
+        self_weight: float = 1.0,
+        normalise: bool = True,
+        min_history: int = 3,
+        weights: Mapping[str, float] = EQUAL,
+        popularity: Popularity | None = None,
+        name: str = "cooccurrence",
+    ) -> None:
+        self.name = name
+        self.normalise, self.min_history = normalise, min_history
+        self.pair_window_ms, self.half_life_ms = pair_window_ms, half_life_ms
+        self.max_neighbours, self.history_half_life_ms = max_neighbours, history_half_life_ms
+        self.self_weight, self.weights = self_weight, weights
+        self.popularity = popularity if popularity is not None else Popularity()
+        self.neighbours: dict[str, dict[str, tuple[float, int]]] = {}
+
+    def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
+        self.popularity.learn(interaction, history)
+        weight = self.weights.get(interaction.kind, 0.0)
+        if not weight:
+            return
+        t, item = interaction.ts_ms, interaction.item_id
+        partners: dict[str, float] = {}
+        for past in history:
+            w = self.weights.get(past.kind, 0.0)
+            if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
+                partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
+        for other, w in partners.items():
+            self._add(item, other, weight * w, t)
+            self._add(other, item, weight * w, t)
+
+    def recommend(
+        self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
+    ) -> list[str]:
+        votes: dict[str, float] = {}
+        for past in history:
+            w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
+            votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
+        scores: Counter[str] = Counter()
+        for source, vote in votes.items() if len(votes) >= self.min_history else ():
+            if self.self_weight:
+                scores[source] += self.self_weight * vote
+            row = {
+                other: _decayed(value, since, now_ms, self.half_life_ms)
+                for other, (value, since) in self.neighbours.get(source, {}).items()
+            }
+            if self.normalise and row:
+                vote /= sum(row.values())
+            for other, value in row.items():
+                scores[other] += vote * value
+        ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
+        out = [item for _, item in ranked]
+        if len(out) < k:
+            out += self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
+        return out
+
+    def _add(self, item: str, other: str, weight: float, t: int) -> None:
+        row = self.neighbours.setdefault(item, {})
+        value, since = row.get(other, (0.0, t))
+        if t >= since:
+            row[other] = (_decayed(value, since, t, self.half_life_ms) + weight, t)
+        else:  # a late interaction: its weight as decayed by the time the score is stored at
+            row[other] = (value + _decayed(weight, t, since, self.half_life_ms), since)
+        if len(row) > 2 * self.max_neighbours:
+            strongest = heapq.nlargest(
+                self.max_neighbours, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], t, self.half_life_ms)
+            )
+            self.neighbours[item] = dict(strongest)
+
+
+class RecentlySeen:
+    """Not collaborative: the items in the user's history not bought yet, then popularity.
+
+    The ablation that says how much of :class:`CoOccurrence`'s answer comes from its
+    ``self_weight`` alone. Ranked by kind weight, halved every ``half_life_ms`` of age.
+    """
+
+    def __init__(
+        self, half_life_ms: int = 60 * DAY_MS, weights: Mapping[str, float] = EQUAL, popularity: Popularity | None = None
+    ) -> None:
+        self.name = "recently-seen"
+        self.half_life_ms, self.weights = half_life_ms, weights
+        self.popularity = popularity if popularity is not None else Popularity()
+
+    def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
+        self.popularity.learn(interaction, history)
+
+    def recommend(
+        self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
+    ) -> list[str]:
+        scores: dict[str, float] = {}
+        for past in history:
+            if past.item_id not in exclude:
+                w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.half_life_ms)
+                scores[past.item_id] = max(w, scores.get(past.item_id, 0.0))
+        out = [item for _, item in heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0))]
+        return out + self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
+
+
+class FactorModel:
+    """River's ``reco.BiasedMF`` on implicit feedback, ranking the popular items for a user.
+
+    Each interaction is learnt as ``y = 1`` and ``negatives`` items drawn from the window's
+    popular items (not the one interacted with) as ``y = 0``. To recommend, the
+    ``candidates`` most popular items of the window are ranked by the predicted preference.
+    Memory grows with users × ``n_factors`` floats: the model keeps the factors of at most
+    ``max_users`` users and drops the least recently active one beyond that (a returning
+    dropped user starts again from random factors). A user without factors gets popularity.
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 16,
+        negatives: int = 2,
+        learning_rate: float = 0.05,
+        l2: float = 0.01,
+        candidates: int = 150,
+        max_users: int = 100_000,
+        weights: Mapping[str, float] = WEIGHTS,
+        popularity: Popularity | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.name = "biased-mf"
+        self.mf = reco.BiasedMF(
+            n_factors=n_factors,
+            bias_optimizer=optim.SGD(learning_rate),
+            latent_optimizer=optim.SGD(learning_rate),
+            l2_bias=l2,
+            l2_latent=l2,
+            latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=seed),
+            seed=seed,
+        )
+        self.negatives, self.candidates, self.max_users = negatives, candidates, max_users
+        self.weights = weights
+        self.popularity = popularity if popularity is not None else Popularity()
+        self.rng = random.Random(seed)
+        self.users: OrderedDict[str, None] = OrderedDict()
+
+    def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
+        self.popularity.learn(interaction, history)
+        if not self.weights.get(interaction.kind, 0.0):
+            return
+        user, item = interaction.user_id, interaction.item_id
+        self._touch(user)
+        self.mf.learn_one(user, item, 1.0)
+        pool = self.popularity.top(self.candidates)
+        for _ in range(self.negatives if len(pool) > 1 else 0):
+            other = self.rng.choice(pool)
+            if other != item:
+                self.mf.learn_one(user, other, 0.0)
+
+    def recommend(
+        self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
+    ) -> list[str]:
+        if user_id not in self.users:
+            return self.popularity.recommend(user_id, history, k, exclude, now_ms)
+        pool = self.popularity.recommend(user_id, history, self.candidates, exclude, now_ms)
+        predict = self.mf.predict_one
+        return heapq.nsmallest(k, pool, key=lambda i: (-predict(user_id, i), i))
+
+    def _touch(self, user: str) -> None:
+        self.users[user] = None
+        self.users.move_to_end(user)
+        while len(self.users) > self.max_users:
+            gone, _ = self.users.popitem(last=False)
+            for table in (self.mf.u_latents, self.mf.u_biases):
+                table.pop(gone, None)
+
+
+def default_recommender() -> CoOccurrence:
+    """The model chosen by measurement (docs/recommendations.md)."""
+    return CoOccurrence()
