@@ -2,15 +2,23 @@
 
 Labels arrive late (a label matures only when its horizon has passed, or a purchase
 resolves churn), so each learner answers with a recency-based prior until it has seen
-``min_labels`` labels (of both classes, for churn), and says so: ``Score.prior`` is True
-and the version is ``recency-prior``. Every score names the version that made it.
+``min_labels`` labels (of both classes, for churn), and says so: ``Score.prior`` is True.
+The prior is calibrated by construction once any label has matured: the churn rate (mean
+purchase days, for loyalty) of the labels learned so far in the same recency bin
+(:class:`models.baselines.RecencyBaseline`, version ``recency-prior+<labels>``); with no
+label at all it is the formula :func:`recency_prior` / :func:`loyalty_prior` (version
+``recency-prior``). Every score names the version that made it.
 
 The pipelines to choose from are in :data:`CHURN_PIPELINES` and :data:`LOYALTY_PIPELINES`;
 the defaults were chosen by the prequential comparison in ``docs/evaluation.md``.
 
->>> m = ChurnModel(min_labels=2)
+>>> m = ChurnModel(min_labels=100)
 >>> m.score({"recency_days": 30.0, "gap_mean_days": 10.0}).prior
 True
+>>> for _ in range(10):
+...     m.learn({"recency_days": 30.0, "gap_mean_days": 10.0}, True)
+>>> m.score({"recency_days": 30.0, "gap_mean_days": 10.0})
+Score(value=0.9..., version='recency-prior+10', prior=True)
 >>> LoyaltyModel(horizon_days=30).score({"recency_days": 0.0, "gap_mean_days": 10.0, "purchases": 3.0}).value
 3.0
 """
@@ -23,6 +31,7 @@ from typing import Any
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
+from models.baselines import RecencyBaseline
 from models.score import Score
 
 #: Probabilities are kept within [EPS, 1 - EPS]: a score of exactly 0 or 1 claims a
@@ -79,6 +88,8 @@ class ChurnModel:
         self.pipeline = CHURN_PIPELINES[kind]()
         self.labels = 0
         self.positives = 0
+        #: The calibrated prior: churn rate per recency bin of the labels learned so far.
+        self.bins = RecencyBaseline()
 
     @property
     def warm(self) -> bool:
@@ -87,16 +98,27 @@ class ChurnModel:
 
     @property
     def version(self) -> str:
-        return f"{self.name}+{self.labels}" if self.warm else "recency-prior"
+        if self.warm:
+            return f"{self.name}+{self.labels}"
+        return f"recency-prior+{self.labels}" if self.labels else "recency-prior"
+
+    def prior(self, x: dict[str, float]) -> float:
+        """The bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
+        if self.labels:
+            p = self.bins.predict(x.get("recency_days", 0.0))[0]
+        else:
+            p = recency_prior(x)
+        return min(1.0 - EPS, max(EPS, p))
 
     def score(self, x: dict[str, float]) -> Score:
         if not self.warm:
-            return Score(recency_prior(x), self.version, prior=True)
+            return Score(self.prior(x), self.version, prior=True)
         p = self.pipeline.predict_proba_one(x).get(True, 0.0)
         return Score(min(1.0 - EPS, max(EPS, p)), self.version)
 
     def learn(self, x: dict[str, float], churned: bool) -> None:
         self.pipeline.learn_one(x, churned)
+        self.bins.learn_churn(x.get("recency_days", 0.0), int(churned))
         self.labels += 1
         self.positives += churned
 
@@ -111,6 +133,8 @@ class LoyaltyModel:
         self.name = f"loyalty-{kind}"
         self.pipeline = LOYALTY_PIPELINES[kind]()
         self.labels = 0
+        #: The calibrated prior: mean purchase days per recency bin of the labels learned so far.
+        self.bins = RecencyBaseline()
 
     @property
     def warm(self) -> bool:
@@ -118,16 +142,25 @@ class LoyaltyModel:
 
     @property
     def version(self) -> str:
-        return f"{self.name}+{self.labels}" if self.warm else "recency-prior"
+        if self.warm:
+            return f"{self.name}+{self.labels}"
+        return f"recency-prior+{self.labels}" if self.labels else "recency-prior"
+
+    def prior(self, x: dict[str, float]) -> float:
+        """The bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
+        if self.labels:
+            return self.bins.predict(x.get("recency_days", 0.0))[1]
+        return loyalty_prior(x, self.horizon_days)
 
     def score(self, x: dict[str, float]) -> Score:
         if not self.warm:
-            return Score(loyalty_prior(x, self.horizon_days), self.version, prior=True)
+            return Score(self.prior(x), self.version, prior=True)
         y = self.pipeline.predict_one(x)
         return Score(min(self.horizon_days, max(0.0, float(y))), self.version)
 
     def learn(self, x: dict[str, float], days: int) -> None:
         self.pipeline.learn_one(x, float(days))
+        self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
 
 
