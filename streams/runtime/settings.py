@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     churn_horizon_days: float = Field(30.0, gt=0, description="H: churn at t means no purchase in (t, t + H]; loyalty at t is the number of purchase days in (t, t + H].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes for churn) before the learned churn and loyalty models replace their recency priors.")
     churn_learner: Literal["logreg", "logreg-raw", "arf", "amf", "hat"] = Field("logreg", description="Online churn learner (models/churn.py; compared in docs/evaluation.md).")
-    loyalty_learner: Literal["poisson", "linear", "arf", "amf", "hat"] = Field("poisson", description="Online loyalty learner: purchase days in the horizon (models/churn.py).")
+    loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat"] = Field("poisson", description="Online loyalty learner: purchase days in the horizon (models/churn.py).")
     sweep_days: float = Field(1.0, ge=0, description="Known customers (with a purchase) are re-scored on this grid of event time, a scoring point stored when the last is horizon/4 old (0: scoring points at purchases only).")
     sweep_silence_days: float = Field(365.0, gt=0, description="Sweeps of a customer stop this many days after their last purchase.")
     churn_threshold: float = Field(0.5, ge=0, le=1, description="Churn probability at which a lapsed customer gets a coupon.")

@@ -253,16 +253,19 @@ def test_due_queue_pops_each_user_once_at_its_latest_due_time() -> None:
     assert q.pop_due(30) == ["a"] and q.pop_due(10**15) == []
 
 
-def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
+def test_churn_model_learns_recency_and_the_gate_keeps_the_better_prior() -> None:
     model = ChurnModel(min_labels=20)
     assert model.score({"recency_days": 40.0, "gap_mean_days": 10.0}) == Score(recency_prior({"recency_days": 40.0, "gap_mean_days": 10.0}), "recency-prior", True)
     for i in range(2000):
         recency = float(i % 40)
         model.learn({"recency_days": recency, "gap_mean_days": 7.0}, recency > 20)
-    assert model.warm and model.version == "churn-logreg+2000"
-    fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
-    stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
-    assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value
+    fresh = model.learned({"recency_days": 2.0, "gap_mean_days": 7.0})
+    stale = model.learned({"recency_days": 38.0, "gap_mean_days": 7.0})
+    assert model.labels == 2000 and fresh < 0.2 < 0.8 < stale
+    # churn is a step in recency here: the recency bins fit it better than the logistic
+    # curve, so the gate keeps the (flagged) prior
+    assert not model.warm and model.gate.prior < model.gate.model
+    assert model.score({"recency_days": 38.0, "gap_mean_days": 7.0}) == Score(pytest.approx(model.bins.predict(38.0)[0]), "recency-prior+2000", True)
 
 
 def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
@@ -306,3 +309,37 @@ def test_loyalty_prior_is_the_bin_mean_of_learned_days_until_warm() -> None:
     model.learn({"recency_days": 90.0}, 0)
     # bin of 2 days: mean 3 over 2 labels, shrunk toward the overall mean 2
     assert model.score({"recency_days": 2.0}) == Score(pytest.approx((6 + 5 * 2) / 7), "recency-prior+3", True)
+
+
+def test_loyalty_learner_predictions_are_clipped_to_the_most_days_seen() -> None:
+    model = LoyaltyModel(horizon_days=30, min_labels=1, kind="linear")
+    for i in range(300):
+        recency = float(i % 10)
+        model.learn({"recency_days": recency}, int(recency // 5))  # 0 or 1 purchase day
+    assert model.max_days == 1
+    raw = model.pipeline.predict_one({"recency_days": 1e9})
+    assert raw > 1.0  # the linear learner extrapolates past anything seen ...
+    assert model.learned({"recency_days": 1e9}) == 1.0  # ... its prediction does not
+    assert model.learned({"recency_days": -1e9}) >= 0.0
+
+
+def test_gate_keeps_the_prior_while_the_learner_loses_to_it() -> None:
+    # days peak in the middle recency bin: the recency bins fit exactly, a linear model cannot
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
+    for i in range(600):
+        recency = (1.0, 10.0, 100.0)[i % 3]
+        model.learn({"recency_days": recency}, 5 if recency == 10.0 else 0)
+    assert model.labels >= model.min_labels and model.gate.prior < model.gate.model
+    score = model.score({"recency_days": 10.0})
+    assert score.prior and score.version == "recency-prior+600"
+    assert score.value == pytest.approx(model.bins.predict(10.0)[1]) and score.value > 4.9
+
+
+def test_gate_hands_over_once_the_learner_beats_the_prior() -> None:
+    # churn depends on the usual gap, which the recency bins do not see
+    model = ChurnModel(min_labels=10)
+    for i in range(3000):
+        gap = (2.0, 50.0)[i % 2]
+        model.learn({"recency_days": 10.0, "gap_mean_days": gap}, gap < 10)
+    assert model.warm and model.version == "churn-logreg+3000" and model.gate.model < model.gate.prior
+    assert model.score({"recency_days": 10.0, "gap_mean_days": 2.0}).value > 0.8
