@@ -253,19 +253,17 @@ def test_due_queue_pops_each_user_once_at_its_latest_due_time() -> None:
     assert q.pop_due(30) == ["a"] and q.pop_due(10**15) == []
 
 
-def test_churn_model_learns_recency_and_the_gate_keeps_the_better_prior() -> None:
+def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
     model = ChurnModel(min_labels=20)
     assert model.score({"recency_days": 40.0, "gap_mean_days": 10.0}) == Score(recency_prior({"recency_days": 40.0, "gap_mean_days": 10.0}), "recency-prior", True)
     for i in range(2000):
         recency = float(i % 40)
         model.learn({"recency_days": recency, "gap_mean_days": 7.0}, recency > 20)
-    fresh = model.learned({"recency_days": 2.0, "gap_mean_days": 7.0})
-    stale = model.learned({"recency_days": 38.0, "gap_mean_days": 7.0})
-    assert model.labels == 2000 and fresh < 0.2 < 0.8 < stale
-    # churn is a step in recency here: the recency bins fit it better than the logistic
-    # curve, so the gate keeps the (flagged) prior
-    assert not model.warm and model.gate.prior < model.gate.model
-    assert model.score({"recency_days": 38.0, "gap_mean_days": 7.0}) == Score(pytest.approx(model.bins.predict(38.0)[0]), "recency-prior+2000", True)
+    assert model.warm and model.version == "churn-logreg+2000"
+    fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
+    stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
+    assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value
+    assert fresh.value == model.learned({"recency_days": 2.0, "gap_mean_days": 7.0})
 
 
 def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
@@ -336,10 +334,11 @@ def test_gate_keeps_the_prior_while_the_learner_loses_to_it() -> None:
 
 
 def test_gate_hands_over_once_the_learner_beats_the_prior() -> None:
-    # churn depends on the usual gap, which the recency bins do not see
-    model = ChurnModel(min_labels=10)
+    # purchase days depend on the usual gap, which the recency bins do not see
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
     for i in range(3000):
         gap = (2.0, 50.0)[i % 2]
-        model.learn({"recency_days": 10.0, "gap_mean_days": gap}, gap < 10)
-    assert model.warm and model.version == "churn-logreg+3000" and model.gate.model < model.gate.prior
-    assert model.score({"recency_days": 10.0, "gap_mean_days": 2.0}).value > 0.8
+        model.learn({"recency_days": 10.0, "gap_mean_days": gap}, 4 if gap < 10 else 0)
+    assert model.warm and model.version == "loyalty-linear+3000" and model.gate.model < model.gate.prior
+    score = model.score({"recency_days": 10.0, "gap_mean_days": 2.0})
+    assert not score.prior and score.value > 3.5
