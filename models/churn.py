@@ -89,7 +89,7 @@ LOYALTY_PIPELINES: dict[str, Callable[[], Any]] = {
 }
 
 DEFAULT_CHURN = "logreg"
-DEFAULT_LOYALTY = "poisson"
+DEFAULT_LOYALTY = "log-linear"
 
 #: Matured labels over which the learner's loss is compared with the prior's.
 GATE_WINDOW = 200
