@@ -69,7 +69,8 @@ def _day(ms: int | None) -> str:
 
 
 def tables(replay: Replay) -> list[Table]:
-    """Churn (AUC, log loss) and loyalty (MAE, RMSE) per period, every model side by side."""
+    """Churn (AUC, log loss) and loyalty (MAE, RMSE) per period, every model side by side,
+    and one row per model over all periods (with the Brier score and calibration error)."""
     rows = replay.table()
     churn_models = [m.name for m in replay.churn_models] + ["recency", "bgnbd"]
     loyalty_models = [m.name for m in replay.loyalty_models] + ["recency", "bgnbd"]
@@ -98,7 +99,23 @@ def tables(replay: Replay) -> list[Table]:
             _day(row["period_start_ms"]), str(lf.get("count", 0)), _f(lf.get("mean_label")),
             *(f"{_f(l[m]['mae'])} | {_f(l[m]['rmse'])}" if m in l else "-" for m in loyalty_models),
         )
-    return [churn, loyalty]
+    overall = Table(title="All periods: churn AUC, log loss, Brier, ECE; loyalty MAE, RMSE (points scored by each model)")
+    for col in ("model", "points", "AUC", "log loss", "Brier", "ECE", "MAE", "RMSE"):
+        overall.add_column(col, justify="left" if col == "model" else "right")
+    total = rows[-1]
+    for m in [n.name for n in replay.churn_models]:
+        r = total["churn"].get(m, {})
+        overall.add_row(m, str(r.get("count", 0)), _f(r.get("auc")), _f(r.get("log_loss")), _f(r.get("brier")), _f(r.get("ece")), "", "")
+    for m in [n.name for n in replay.loyalty_models]:
+        r = total["loyalty"].get(m, {})
+        overall.add_row(m, str(r.get("count", 0)), "", "", "", "", _f(r.get("mae")), _f(r.get("rmse")))
+    for m in ("recency", "bgnbd"):
+        c, v = total["churn"].get(m, {}), total["loyalty"].get(m, {})
+        overall.add_row(
+            m, str(c.get("count", 0)), _f(c.get("auc")), _f(c.get("log_loss")), _f(c.get("brier")), _f(c.get("ece")),
+            _f(v.get("mae")), _f(v.get("rmse")),
+        )
+    return [churn, loyalty, overall]
 
 
 def print_report(replay: Replay, seconds: float, source: str, console: Console | None = None) -> None:

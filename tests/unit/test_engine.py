@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from models.churn import ChurnModel, recency_prior
+import pytest
+
+from models.churn import ChurnModel, LoyaltyModel, recency_prior
 from models.score import Score
 from streams.domain.actions import decode_action, encode_action
 from streams.domain.engine import EngineConfig, on_due, on_event
@@ -261,6 +263,7 @@ def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
     fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
     stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
     assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value
+    assert fresh.value == model.learned({"recency_days": 2.0, "gap_mean_days": 7.0})
 
 
 def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
@@ -276,3 +279,66 @@ def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
     feed(state, decode("reviews", b'{"event_id":"w2","user_id":"u1","ts":1767312000000,"item_id":"i","rating":5.0}'), CFG)
     restored = load_state(dump_state(state))
     assert restored == state and restored.last_purchase == day(1) and restored.rating_sum == 5
+
+
+def test_churn_prior_is_the_bin_rate_of_learned_labels_until_warm() -> None:
+    from models.baselines import RecencyBaseline
+
+    model = ChurnModel(min_labels=1000)
+    x = {"recency_days": 40.0, "gap_mean_days": 10.0}
+    assert model.score({"recency_days": 0.0}).value == 1e-3  # the formula, clipped: never exactly 0
+    for churned in (1, 1, 1, 0):
+        model.learn(x, bool(churned))
+    model.learn({"recency_days": 1.0}, False)
+    # bin of 40 days: 3 of 4 churned, shrunk (5 pseudo-labels) toward the overall rate (3 + 1) / (5 + 2)
+    expected = (3 + 5 * 4 / 7) / (4 + 5)
+    assert model.score(x) == Score(pytest.approx(expected), "recency-prior+5", True)
+    base = RecencyBaseline()
+    for r, c in [(40.0, 1), (40.0, 1), (40.0, 1), (40.0, 0), (1.0, 0)]:
+        base.learn_churn(r, c)
+    assert model.score(x).value == pytest.approx(base.predict(40.0)[0])
+
+
+def test_loyalty_prior_is_the_bin_mean_of_learned_days_until_warm() -> None:
+    model = LoyaltyModel(horizon_days=30, min_labels=1000)
+    assert model.score({"recency_days": 0.0, "gap_mean_days": 10.0, "purchases": 3.0}) == Score(3.0, "recency-prior", True)
+    for days in (4, 2):
+        model.learn({"recency_days": 2.0}, days)
+    model.learn({"recency_days": 90.0}, 0)
+    # bin of 2 days: mean 3 over 2 labels, shrunk toward the overall mean 2
+    assert model.score({"recency_days": 2.0}) == Score(pytest.approx((6 + 5 * 2) / 7), "recency-prior+3", True)
+
+
+def test_loyalty_learner_predictions_are_clipped_to_the_most_days_seen() -> None:
+    model = LoyaltyModel(horizon_days=30, min_labels=1, kind="linear")
+    for i in range(300):
+        recency = float(i % 10)
+        model.learn({"recency_days": recency}, int(recency // 5))  # 0 or 1 purchase day
+    assert model.max_days == 1
+    raw = model.pipeline.predict_one({"recency_days": 1e9})
+    assert raw > 1.0  # the linear learner extrapolates past anything seen ...
+    assert model.learned({"recency_days": 1e9}) == 1.0  # ... its prediction does not
+    assert model.learned({"recency_days": -1e9}) >= 0.0
+
+
+def test_gate_keeps_the_prior_while_the_learner_loses_to_it() -> None:
+    # days peak in the middle recency bin: the recency bins fit exactly, a linear model cannot
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
+    for i in range(600):
+        recency = (1.0, 10.0, 100.0)[i % 3]
+        model.learn({"recency_days": recency}, 5 if recency == 10.0 else 0)
+    assert model.labels >= model.min_labels and model.gate.prior < model.gate.model
+    score = model.score({"recency_days": 10.0})
+    assert score.prior and score.version == "recency-prior+600"
+    assert score.value == pytest.approx(model.bins.predict(10.0)[1]) and score.value > 4.9
+
+
+def test_gate_hands_over_once_the_learner_beats_the_prior() -> None:
+    # purchase days depend on the usual gap, which the recency bins do not see
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
+    for i in range(3000):
+        gap = (2.0, 50.0)[i % 2]
+        model.learn({"recency_days": 10.0, "gap_mean_days": gap}, 4 if gap < 10 else 0)
+    assert model.warm and model.version == "loyalty-linear+3000" and model.gate.model < model.gate.prior
+    score = model.score({"recency_days": 10.0, "gap_mean_days": 2.0})
+    assert not score.prior and score.value > 3.5
