@@ -3,11 +3,14 @@
 Labels arrive late (a label matures only when its horizon has passed, or a purchase
 resolves churn), so each learner answers with a recency-based prior until it has seen
 ``min_labels`` labels (of both classes, for churn), and says so: ``Score.prior`` is True.
-The prior is calibrated by construction once any label has matured: the churn rate (mean
+The prior is the formula :func:`recency_prior` / :func:`loyalty_prior` (version
+``recency-prior``), a function of the features alone. With ``learned_prior`` (setting
+``RETENTION_PRIOR_LEARNS``) it is instead, once any label has matured, the churn rate (mean
 purchase days, for loyalty) of the labels learned so far in the same recency bin
-(:class:`models.baselines.RecencyBaseline`, version ``recency-prior+<labels>``); with no
-label at all it is the formula :func:`recency_prior` / :func:`loyalty_prior` (version
-``recency-prior``). Every score names the version that made it.
+(:class:`models.baselines.RecencyBaseline`, version ``recency-prior+<labels>``): calibrated
+as labels accumulate, but from a handful of labels at first (all early labels of a young
+shop may say "bought again"), and learned by each worker. Every score names the version
+that made it.
 
 For loyalty, "enough labels" is measured, not only counted: each matured label is first
 predicted by both the learner and the prior (before either learns it), and the learner
@@ -21,7 +24,7 @@ first of them at once, while at scoring time both models knew only older labels.
 The pipelines to choose from are in :data:`CHURN_PIPELINES` and :data:`LOYALTY_PIPELINES`;
 the defaults were chosen by the prequential comparison in ``docs/evaluation.md``.
 
->>> m = ChurnModel(min_labels=100)
+>>> m = ChurnModel(min_labels=100, learned_prior=True)
 >>> m.score({"recency_days": 30.0, "gap_mean_days": 10.0}).prior
 True
 >>> for _ in range(10):
@@ -128,8 +131,10 @@ class Gate:
 class ChurnModel:
     """P(no purchase in the horizon) from the features of :data:`MODEL_FEATURES`."""
 
-    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN) -> None:
+    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False) -> None:
         self.min_labels = min_labels
+        #: False: the prior is the fixed recency formula, so scores depend on the features alone.
+        self.learned_prior = learned_prior
         self.kind = kind
         self.name = f"churn-{kind}"
         self.pipeline = CHURN_PIPELINES[kind]()
@@ -147,11 +152,11 @@ class ChurnModel:
     def version(self) -> str:
         if self.warm:
             return f"{self.name}+{self.labels}"
-        return f"recency-prior+{self.labels}" if self.labels else "recency-prior"
+        return f"recency-prior+{self.labels}" if self.labels and self.learned_prior else "recency-prior"
 
     def prior(self, x: dict[str, float]) -> float:
         """The bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
-        if self.labels:
+        if self.labels and self.learned_prior:
             p = self.bins.predict(x.get("recency_days", 0.0))[0]
         else:
             p = recency_prior(x)
@@ -177,9 +182,10 @@ class ChurnModel:
 class LoyaltyModel:
     """Expected purchase days in the horizon (a count >= 0)."""
 
-    def __init__(self, horizon_days: float = 30.0, min_labels: int = 50, kind: str = DEFAULT_LOYALTY) -> None:
+    def __init__(self, horizon_days: float = 30.0, min_labels: int = 50, kind: str = DEFAULT_LOYALTY, learned_prior: bool = False) -> None:
         self.horizon_days = horizon_days
         self.min_labels = min_labels
+        self.learned_prior = learned_prior
         self.kind = kind
         self.name = f"loyalty-{kind}"
         self.pipeline = LOYALTY_PIPELINES[kind]()
@@ -198,11 +204,11 @@ class LoyaltyModel:
     def version(self) -> str:
         if self.warm:
             return f"{self.name}+{self.labels}"
-        return f"recency-prior+{self.labels}" if self.labels else "recency-prior"
+        return f"recency-prior+{self.labels}" if self.labels and self.learned_prior else "recency-prior"
 
     def prior(self, x: dict[str, float]) -> float:
         """The bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
-        if self.labels:
+        if self.labels and self.learned_prior:
             return self.bins.predict(x.get("recency_days", 0.0))[1]
         return loyalty_prior(x, self.horizon_days)
 

@@ -25,9 +25,10 @@ class OnlineLearners:
     def __init__(
         self, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = DEFAULT_CHURN,
         loyalty_kind: str = DEFAULT_LOYALTY, learn_churn_early: bool = False, window: int = 1000,
+        learned_prior: bool = False,
     ) -> None:
-        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind)
-        self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind)
+        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=learned_prior)
+        self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind, learned_prior=learned_prior)
         self.learn_churn_early = learn_churn_early
         self.window = window
         self.churn_metrics = ChurnMetrics(window=window)

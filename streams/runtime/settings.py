@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose state changed (a scoring always publishes one).")
     churn_horizon_days: float = Field(30.0, gt=0, description="H: churn at t means no purchase in (t, t + H]; loyalty at t is the number of purchase days in (t, t + H].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes for churn) before the learned churn and loyalty models replace their recency priors.")
+    prior_learns: bool = Field(False, description="Until the learners take over, the priors answer with the churn rate and mean purchase days of the matured labels in the same recency bin (calibrated as labels accumulate, but learned by each worker from few labels at first); false: the fixed recency formulas, so early scores depend on the records alone.")
     churn_learner: Literal["logreg", "logreg-raw", "arf", "amf", "hat"] = Field("logreg", description="Online churn learner (models/churn.py; chosen by measurement in docs/evaluation.md).")
     loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat"] = Field("log-linear", description="Online loyalty learner: purchase days in the horizon (models/churn.py; chosen by measurement in docs/evaluation.md).")
     sweep_days: float = Field(1.0, ge=0, description="Known customers (with a purchase) are re-scored on this grid of event time, a scoring point stored when the last is horizon/4 old (0: scoring points at purchases only).")

@@ -284,7 +284,7 @@ def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
 def test_churn_prior_is_the_bin_rate_of_learned_labels_until_warm() -> None:
     from models.baselines import RecencyBaseline
 
-    model = ChurnModel(min_labels=1000)
+    model = ChurnModel(min_labels=1000, learned_prior=True)
     x = {"recency_days": 40.0, "gap_mean_days": 10.0}
     assert model.score({"recency_days": 0.0}).value == 1e-3  # the formula, clipped: never exactly 0
     for churned in (1, 1, 1, 0):
@@ -300,7 +300,7 @@ def test_churn_prior_is_the_bin_rate_of_learned_labels_until_warm() -> None:
 
 
 def test_loyalty_prior_is_the_bin_mean_of_learned_days_until_warm() -> None:
-    model = LoyaltyModel(horizon_days=30, min_labels=1000)
+    model = LoyaltyModel(horizon_days=30, min_labels=1000, learned_prior=True)
     assert model.score({"recency_days": 0.0, "gap_mean_days": 10.0, "purchases": 3.0}) == Score(3.0, "recency-prior", True)
     for days in (4, 2):
         model.learn({"recency_days": 2.0}, days)
@@ -323,7 +323,7 @@ def test_loyalty_learner_predictions_are_clipped_to_the_most_days_seen() -> None
 
 def test_gate_keeps_the_prior_while_the_learner_loses_to_it() -> None:
     # days peak in the middle recency bin: the recency bins fit exactly, a linear model cannot
-    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear", learned_prior=True)
     for i in range(600):
         recency = (1.0, 10.0, 100.0)[i % 3]
         model.learn({"recency_days": recency}, 5 if recency == 10.0 else 0)
