@@ -1,4 +1,4 @@
-"""Keep the README's generated tables (settings, features) in step with the code.
+"""Keep the README's generated tables (settings, features, metrics) in step with the code.
 
 ``python -m streams.readme`` rewrites every block between ``<!-- generated:NAME -->`` and
 ``<!-- /generated:NAME -->``; a unit test fails when the README is stale.
@@ -16,9 +16,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def _generators() -> dict[str, Callable[[], str]]:
     from streams.domain.features import features_markdown
+    from streams.runtime.metrics import metrics_markdown
     from streams.runtime.settings import settings_markdown
 
-    return {"settings": settings_markdown, "features": features_markdown}
+    return {"settings": settings_markdown, "features": features_markdown, "metrics": metrics_markdown}
 
 
 def sync(text: str) -> str:

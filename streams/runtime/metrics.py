@@ -8,7 +8,9 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 
 RECORDS = Counter(
     "retention_records",
-    "Inbound records by logical topic and result (ok, late, invalid, duplicate, redelivered, rekeyed, heartbeat).",
+    "Inbound records by logical topic and result: ok; late (beyond the allowed lateness: lifetime figures only); "
+    "invalid (dead-lettered); duplicate (an event id already applied); redelivered (read again after a crash or "
+    "rebalance, already applied); rekeyed (sent on to its user's partition); heartbeat.",
     ["topic", "result"],
 )
 DEAD_LETTERS = Counter("retention_dead_letters", "Records sent to the dead-letter topic, by source topic.", ["topic"])
@@ -35,6 +37,14 @@ RECORD_LATENCY = Histogram(
     "Wall time from an inbound record's Kafka timestamp to the end of its processing. End-to-end latency "
     "when producers stamp records with their send time (CreateTime = now, as `retention bench --mode live`); "
     "for history published with its event time (replays, the simulator) it is the event's age.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
+)
+ACTION_LATENCY = Histogram(
+    "retention_action_latency_seconds",
+    "Wall time from the Kafka timestamp of the record that triggered a decision (an event, or the heartbeat "
+    "that moved the event-time clock past a due time) to the send of the retention action. End-to-end, "
+    "event in to action out, when producers stamp records with their send time; the event's age for history.",
+    ["kind"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0),
 )
 SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
@@ -79,3 +89,16 @@ def export_learners(learners: Any) -> None:
         for metric, value in report[part]["metrics"].items():
             if metric in ("auc", "log_loss", "brier", "ece", "mae", "rmse") and value is not None:
                 MODEL_QUALITY.labels(model, metric).set(value)
+
+
+def metrics_markdown() -> str:
+    """The README's table of every metric a worker exports (``python -m streams.readme``)."""
+    rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
+    for collector in globals().values():
+        if not isinstance(collector, (Counter, Gauge, Histogram, Info)):
+            continue
+        kind = type(collector).__name__.lower()
+        name = collector._name + {"counter": "_total", "info": "_info"}.get(kind, "")
+        labels = ", ".join(f"`{label}`" for label in collector._labelnames)
+        rows.append(f"| `{name}` | {kind} | {labels} | {collector._documentation} |")
+    return "\n".join(rows) + "\n"

@@ -119,6 +119,7 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert worker.total("retention_records_total", topic="purchases", result="rekeyed") >= 3
     assert worker.total("retention_dead_letters_total", topic="clicks") == len(BAD_CLICKS)
     assert worker.total("retention_actions_total", kind="coupon", rule="lapsed_after_streak", group="treatment") == 2
+    assert worker.total("retention_action_latency_seconds_count", kind="coupon") == 2  # one latency per action sent
 
     # any user's features and scores, at the partition's event-time clock (day 50)
     status, profile = worker.get_json("/users/lapsed")

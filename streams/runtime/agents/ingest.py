@@ -94,6 +94,7 @@ class Ingest:
         self.received: dict[TP, int] = {}  # last offset received per input partition
         self.start_offsets: dict[TP, int] = {}
         self.paused = False  # between a revocation and the end of the rebalance
+        self.trigger_kafka_ts: int | None = None  # Kafka timestamp of the record being processed
         self.rewritten: set[str] = set()  # users whose state was re-sent to the changelog since the last rebalance
         self.generation = 0  # rebalances seen (a late start-offsets answer of an older one is dropped)
         self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
@@ -140,6 +141,7 @@ class Ingest:
             msg = event.message
             started = time.perf_counter()
             token = _current_event.set(weakref.ref(event))  # table writes go to this record's partition
+            self.trigger_kafka_ts = kafka_ts  # what the actions decided while processing it were triggered by
             try:
                 ts = await self.process(msg, topic, result, kafka_ts, event.key, event.value)
             except Exception as exc:  # a bug must not stop the stream: dead-letter the record
@@ -304,6 +306,8 @@ class Ingest:
         for action in step.actions:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
+            if self.trigger_kafka_ts is not None:
+                metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
             row = self._snapshot(state, now, step.churn)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
