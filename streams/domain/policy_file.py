@@ -227,18 +227,20 @@ class _Validator:
             self.fail(node, path, f"must be a mapping of keys to values, got {_kind(node)}")
             return None
         out: dict[str, Node] = {}
+        first: dict[str, int] = {}
         for knode, vnode in node.value:
             key = knode.value if isinstance(knode, ScalarNode) else None
             if not isinstance(key, str):
                 self.fail(knode, path, "keys must be plain names")
                 continue
             where = f"{path}.{key}" if path else key
-            if key in out:
-                self.fail(knode, where, f"duplicate key (first given on line {_line(out[key])})")
+            if key in first:
+                self.fail(knode, where, f"duplicate key (first given on line {first[key]})")
             elif key not in keys:
                 self.fail(knode, where, f"unknown key; allowed here: {', '.join(sorted(keys))}")
             else:
                 out[key] = vnode
+            first.setdefault(key, _line(knode))
         for key, required in keys.items():
             if required and key not in out:
                 self.fail(node, path or "file", f"missing required key '{key}'")
