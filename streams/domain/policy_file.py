@@ -217,7 +217,7 @@ class _Validator:
         self.problems: list[tuple[int, str]] = []
 
     def fail(self, node: Node, path: str, message: str) -> None:
-        self.problems.append((_line(node), f"{path}: {message}"))
+        self.problems.append((_line(node), f"{path or 'file'}: {message}"))
 
     # generic shapes
 
@@ -243,7 +243,7 @@ class _Validator:
             first.setdefault(key, _line(knode))
         for key, required in keys.items():
             if required and key not in out:
-                self.fail(node, path or "file", f"missing required key '{key}'")
+                self.fail(node, path, f"missing required key '{key}'")
         return out
 
     def scalar(self, node: Node, path: str) -> Any:
