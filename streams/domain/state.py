@@ -77,6 +77,13 @@ class PendingScore(msgspec.Struct, array_like=True):
     loyalty_p: float | None = None
 
 
+class Acted(msgspec.Struct, array_like=True):
+    """The latest retention action of one kind admitted for a user (the cooldown's start)."""
+
+    ts: int
+    action_id: str
+
+
 class UserState(msgspec.Struct, array_like=True):
     user_id: str
     #: The latest event-time clock this state has seen (ms).
@@ -124,6 +131,12 @@ class UserState(msgspec.Struct, array_like=True):
     positions: dict[int, int] = msgspec.field(default_factory=dict)
     #: Event time of the last scoring sweep of this user (None: never swept).
     swept_at: int | None = None
+    #: Fields below were added with issue 5's guard rails; their defaults keep states
+    #: encoded before it loadable.
+    #: Latest event time of an add_to_cart or checkout_start (the "checking out" guard).
+    cart_touched: int | None = None
+    #: Latest admitted action per kind (at most one per action kind: bounded).
+    acted: dict[str, Acted] = msgspec.field(default_factory=dict)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -206,6 +219,7 @@ def _apply_click(state: UserState, click: Click, now: int, on_time: bool, cfg: S
     if click.kind is ClickKind.SEARCH:
         _keep_latest(state.search_times, ts, RECENT_SEARCHES)
     elif click.kind in (ClickKind.ADD_TO_CART, ClickKind.CHECKOUT_START):
+        state.cart_touched = ts if state.cart_touched is None else max(state.cart_touched, ts)
         episode = ts // cfg.cart_timeout_ms
         for cart in state.carts:
             if cart[0] == episode:

@@ -1,0 +1,532 @@
+"""The retention policy as a YAML file, validated before the worker starts.
+
+The file says which rule fires which action for which customers, and the guard rails
+every action must pass (:mod:`streams.domain.guards`). The format, every key with its
+type and default, is in ``docs/policy.md``; ``deploy/policy.yaml`` is the default and
+gives exactly today's built-in rule (:class:`streams.domain.policy.PolicyConfig`).
+
+An invalid file is refused whole, with every problem found, each naming the file, the
+line and what is wrong, so an operator can fix it without reading this code:
+
+>>> load_policy_text("version: 1\\nrules: []\\nguards: {daily_budget: {count: -5}}\\n", "p.yaml")
+Traceback (most recent call last):
+...
+streams.domain.policy_file.PolicyFileError: p.yaml: 1 problem
+  p.yaml:3: guards.daily_budget.count: must be >= 0, got -5
+
+Line numbers come from the YAML node marks (``yaml.compose``), so a problem is reported
+where it is written, also for duplicate keys (which plain YAML loading silently drops).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from streams.domain.actions import ActionKind
+from streams.domain.lifecycle import Stage
+from streams.domain.policy import LAPSED_AFTER_STREAK, PolicyConfig
+
+Trigger = Literal["lapse", "negative_review", "sweep"]
+Priority = Literal["low", "normal", "high"]
+
+ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
+TRIGGERS: tuple[str, ...] = get_args(Trigger)
+PRIORITIES: tuple[str, ...] = get_args(Priority)
+STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
+#: The section each action kind takes its parameters from.
+ACTION_SECTION = {"coupon": "coupon", "recommendation": "recommendation", "care_outreach": "care"}
+
+
+@dataclass(frozen=True)
+class Lapse:
+    """When a streak customer counts as lapsed, and how long the episode is checked."""
+
+    min_purchases: int = 3
+    min_days: float = 14.0
+    gap_factor: float = 2.0
+    recheck_days: float = 1.0
+    give_up_days: float = 120.0
+
+
+@dataclass(frozen=True)
+class When:
+    """Who a rule applies to; every condition given must hold (absent: no condition)."""
+
+    stages: tuple[str, ...] | None = None
+    churn_at_least: float | None = None
+    churn_below: float | None = None
+    min_purchases: int | None = None
+
+
+@dataclass(frozen=True)
+class Coupon:
+    """Exactly one of ``percent`` and ``amount`` (with ``currency``)."""
+
+    percent: float | None = None
+    amount: float | None = None
+    currency: str | None = None
+    #: Largest value a percent coupon is budgeted at (currency units; None: no cap).
+    max_value: float | None = None
+    valid_days: float = 14.0
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    items: int = 10
+    valid_days: float = 7.0
+
+
+@dataclass(frozen=True)
+class Care:
+    priority: Priority = "normal"
+    topic: str | None = None
+    valid_days: float = 3.0
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    trigger: Trigger
+    action: ActionKind
+    when: When = field(default_factory=When)
+    coupon: Coupon | None = None
+    recommendation: Recommendation | None = None
+    care: Care | None = None
+    #: Line of the rule in the file (for messages at run time).
+    line: int = 0
+
+
+@dataclass(frozen=True)
+class KindBudget:
+    count: int | None = None
+    #: Coupon value in currency units (coupons only).
+    value: float | None = None
+
+
+@dataclass(frozen=True)
+class DailyBudget:
+    """Whole-shop budgets per UTC day of event time (split across partitions, see guards)."""
+
+    count: int = 10_000
+    per_kind: dict[str, KindBudget] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Guards:
+    cooldown_days: dict[str, float] = field(
+        default_factory=lambda: {"coupon": 30.0, "recommendation": 7.0, "care_outreach": 14.0}
+    )
+    checkout_window_minutes: float = 30.0
+    daily_budget: DailyBudget = field(default_factory=DailyBudget)
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: int
+    rules: tuple[Rule, ...]
+    lapse: Lapse = field(default_factory=Lapse)
+    guards: Guards = field(default_factory=Guards)
+    control_share: float = 0.1
+    source: str = "<string>"
+
+    def lapse_config(self) -> PolicyConfig:
+        """Today's built-in rule as the file configures it: the first ``lapse`` coupon rule.
+
+        >>> load_policy(DEFAULT_POLICY).lapse_config() == PolicyConfig()
+        True
+        """
+        rule = next((r for r in self.rules if r.trigger == "lapse" and r.action == "coupon"), None)
+        base = PolicyConfig()
+        coupon = rule.coupon if rule is not None else None
+        churn = rule.when.churn_at_least if rule is not None else None
+        return PolicyConfig(
+            streak_min_purchases=self.lapse.min_purchases,
+            lapse_min_days=self.lapse.min_days,
+            lapse_gap_factor=self.lapse.gap_factor,
+            recheck_days=self.lapse.recheck_days,
+            give_up_days=self.lapse.give_up_days,
+            churn_threshold=churn if churn is not None else base.churn_threshold,
+            coupon_percent=coupon.percent if coupon is not None and coupon.percent is not None else base.coupon_percent,
+            coupon_ttl_days=coupon.valid_days if coupon is not None else base.coupon_ttl_days,
+            control_share=self.control_share,
+        )
+
+
+#: The shipped default policy (today's rule plus care and recommendation rules).
+DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "deploy" / "policy.yaml"
+
+
+class PolicyFileError(ValueError):
+    """The file is refused; ``problems`` lists ``(line, message)`` pairs, line 1-based."""
+
+    def __init__(self, source: str, problems: list[tuple[int, str]]) -> None:
+        self.source = source
+        self.problems = sorted(problems)
+        lines = "\n".join(f"  {source}:{line}: {msg}" for line, msg in self.problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun}\n{lines}")
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate the policy file at ``path``; raise :class:`PolicyFileError`."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyFileError(str(p), [(0, f"cannot read the file: {exc}")]) from None
+    return load_policy_text(text, str(p))
+
+
+def load_policy_text(text: str, source: str = "<string>") -> Policy:
+    """Validate a policy given as YAML text; ``source`` names it in messages."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        raise PolicyFileError(source, [(line, f"not valid YAML: {exc.problem or exc.context}")]) from None
+    except yaml.YAMLError as exc:
+        raise PolicyFileError(source, [(0, f"not valid YAML: {exc}")]) from None
+    v = _Validator()
+    policy = v.policy(root, source)
+    if v.problems or policy is None:
+        raise PolicyFileError(source, v.problems or [(1, "the file is empty")])
+    return policy
+
+
+# -- validation over the YAML node tree (every node knows its line) -------------------------
+
+_constructor = yaml.constructor.SafeConstructor()
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_MISSING = object()
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.problems: list[tuple[int, str]] = []
+
+    def fail(self, node: Node, path: str, message: str) -> None:
+        self.problems.append((_line(node), f"{path or 'file'}: {message}"))
+
+    # generic shapes
+
+    def mapping(self, node: Node, path: str, keys: dict[str, bool]) -> dict[str, Node] | None:
+        """The mapping's entries by key; ``keys``: allowed key -> required."""
+        if not isinstance(node, MappingNode):
+            self.fail(node, path, f"must be a mapping of keys to values, got {_kind(node)}")
+            return None
+        out: dict[str, Node] = {}
+        first: dict[str, int] = {}
+        for knode, vnode in node.value:
+            key = knode.value if isinstance(knode, ScalarNode) else None
+            if not isinstance(key, str):
+                self.fail(knode, path, "keys must be plain names")
+                continue
+            where = f"{path}.{key}" if path else key
+            if key in first:
+                self.fail(knode, where, f"duplicate key (first given on line {first[key]})")
+            elif key not in keys:
+                self.fail(knode, where, f"unknown key; allowed here: {', '.join(sorted(keys))}")
+            else:
+                out[key] = vnode
+            first.setdefault(key, _line(knode))
+        for key, required in keys.items():
+            if required and key not in out:
+                self.fail(node, path, f"missing required key '{key}'")
+        return out
+
+    def scalar(self, node: Node, path: str) -> Any:
+        if not isinstance(node, ScalarNode):
+            self.fail(node, path, f"must be a single value, got {_kind(node)}")
+            return _MISSING
+        return _constructor.construct_object(node)
+
+    def number(
+        self, node: Node, path: str, *, integer: bool = False, lo: float | None = None,
+        hi: float | None = None, lo_open: bool = False,
+    ) -> Any:
+        value = self.scalar(node, path)
+        if value is _MISSING:
+            return _MISSING
+        what = "a whole number" if integer else "a number"
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or (isinstance(value, float) and not math.isfinite(value)):
+            self.fail(node, path, f"must be {what}, got {_show(node, value)}")
+            return _MISSING
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            self.fail(node, path, f"must be {'>' if lo_open else '>='} {_num(lo)}, got {_num(value)}")
+            return _MISSING
+        if hi is not None and value > hi:
+            self.fail(node, path, f"must be at most {_num(hi)}, got {_num(value)}")
+            return _MISSING
+        return value
+
+    def choice(self, node: Node, path: str, allowed: tuple[str, ...], what: str) -> Any:
+        value = self.scalar(node, path)
+        if value is _MISSING:
+            return _MISSING
+        if not isinstance(value, str) or value not in allowed:
+            self.fail(node, path, f"unknown {what} {_show(node, value)}; expected one of: {', '.join(allowed)}")
+            return _MISSING
+        return value
+
+    def text(self, node: Node, path: str, pattern: re.Pattern[str] | None = None, hint: str = "") -> Any:
+        value = self.scalar(node, path)
+        if value is _MISSING:
+            return _MISSING
+        if not isinstance(value, str) or not value.strip() or (pattern is not None and not pattern.match(value)):
+            self.fail(node, path, f"must be {hint or 'a non-empty text'}, got {_show(node, value)}")
+            return _MISSING
+        return value
+
+    # the sections
+
+    def policy(self, root: Node | None, source: str) -> Policy | None:
+        if root is None:
+            return None
+        m = self.mapping(root, "", {"version": True, "control_share": False, "lapse": False, "rules": True, "guards": False})
+        if m is None:
+            return None
+        kw: dict[str, Any] = {}
+        if "version" in m:
+            version = self.number(m["version"], "version", integer=True)
+            if version is not _MISSING and version != 1:
+                self.fail(m["version"], "version", f"unsupported version {version}; this worker reads version 1")
+            kw["version"] = version
+        if "control_share" in m:
+            kw["control_share"] = self.number(m["control_share"], "control_share", lo=0, hi=1)
+        if "lapse" in m:
+            kw["lapse"] = self.lapse(m["lapse"])
+        if "rules" in m:
+            kw["rules"] = self.rules(m["rules"])
+        if "guards" in m:
+            kw["guards"] = self.guards(m["guards"])
+        if self.problems or any(v is _MISSING for v in kw.values()):
+            return None
+        return Policy(source=source, **kw)
+
+    def lapse(self, node: Node) -> Any:
+        m = self.mapping(node, "lapse", {k: False for k in ("min_purchases", "min_days", "gap_factor", "recheck_days", "give_up_days")})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        for key, vnode in m.items():
+            if key == "min_purchases":
+                kw[key] = self.number(vnode, f"lapse.{key}", integer=True, lo=1)
+            else:
+                kw[key] = self.number(vnode, f"lapse.{key}", lo=0, lo_open=True)
+        return _build(Lapse, kw)
+
+    def rules(self, node: Node) -> Any:
+        if not isinstance(node, SequenceNode):
+            self.fail(node, "rules", f"must be a list of rules, got {_kind(node)}")
+            return _MISSING
+        rules = []
+        names: dict[str, int] = {}
+        for i, rnode in enumerate(node.value):
+            rule = self.rule(rnode, f"rules[{i}]")
+            if rule is _MISSING:
+                continue
+            if rule.name in names:
+                self.fail(rnode, f"rules[{i}].name", f"duplicate rule name '{rule.name}' (first on line {names[rule.name]})")
+            names.setdefault(rule.name, rule.line)
+            rules.append(rule)
+        return tuple(rules)
+
+    def rule(self, node: Node, path: str) -> Any:
+        keys = {"name": True, "trigger": True, "action": True, "when": False, "coupon": False, "recommendation": False, "care": False}
+        m = self.mapping(node, path, keys)
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {"line": _line(node)}
+        if "name" in m:
+            kw["name"] = self.text(m["name"], f"{path}.name", re.compile(r"^[a-z][a-z0-9_]*$"), "a name of lower-case letters, digits and _")
+        if "trigger" in m:
+            kw["trigger"] = self.choice(m["trigger"], f"{path}.trigger", TRIGGERS, "trigger")
+        if "action" in m:
+            kw["action"] = action = self.choice(m["action"], f"{path}.action", ACTION_KINDS, "action kind")
+            if action is not _MISSING:
+                wanted = ACTION_SECTION[action]
+                for section in ACTION_SECTION.values():
+                    if section != wanted and section in m:
+                        self.fail(m[section], f"{path}.{section}", f"does not apply to a {action} action (use '{wanted}')")
+                if wanted not in m:
+                    self.fail(node, path, f"missing required key '{wanted}' for a {action} action")
+        if "when" in m:
+            kw["when"] = self.when(m["when"], f"{path}.when")
+        if "coupon" in m:
+            kw["coupon"] = self.coupon(m["coupon"], f"{path}.coupon")
+        if "recommendation" in m:
+            kw["recommendation"] = self.recommendation(m["recommendation"], f"{path}.recommendation")
+        if "care" in m:
+            kw["care"] = self.care(m["care"], f"{path}.care")
+        if kw.get("trigger") == "lapse" and kw.get("action") not in ("coupon", _MISSING, None):
+            self.fail(m["trigger"], f"{path}.trigger", "the lapse trigger fires coupons only (today's rule)")
+        return _build(Rule, kw)
+
+    def when(self, node: Node, path: str) -> Any:
+        m = self.mapping(node, path, {"stages": False, "churn_at_least": False, "churn_below": False, "min_purchases": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "stages" in m:
+            snode = m["stages"]
+            if not isinstance(snode, SequenceNode) or not snode.value:
+                self.fail(snode, f"{path}.stages", f"must be a non-empty list of lifecycle stages, got {_kind(snode)}")
+                kw["stages"] = _MISSING
+            else:
+                kw["stages"] = tuple(self.choice(s, f"{path}.stages[{i}]", STAGES, "lifecycle stage") for i, s in enumerate(snode.value))
+                if _MISSING in kw["stages"]:
+                    kw["stages"] = _MISSING
+        for key in ("churn_at_least", "churn_below"):
+            if key in m:
+                kw[key] = self.number(m[key], f"{path}.{key}", lo=0, hi=1)
+        if "min_purchases" in m:
+            kw["min_purchases"] = self.number(m["min_purchases"], f"{path}.min_purchases", integer=True, lo=0)
+        lo, hi = kw.get("churn_at_least"), kw.get("churn_below")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo >= hi:
+            self.fail(m["churn_below"], f"{path}.churn_below", f"must be above churn_at_least ({_num(lo)}): no customer could match")
+            return _MISSING
+        return _build(When, kw)
+
+    def coupon(self, node: Node, path: str) -> Any:
+        m = self.mapping(node, path, {k: False for k in ("percent", "amount", "currency", "max_value", "valid_days")})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "percent" in m:
+            kw["percent"] = self.number(m["percent"], f"{path}.percent", lo=0, lo_open=True, hi=100)
+        if "amount" in m:
+            kw["amount"] = self.number(m["amount"], f"{path}.amount", lo=0, lo_open=True)
+        if "currency" in m:
+            kw["currency"] = self.text(m["currency"], f"{path}.currency", _CURRENCY, "a three-letter ISO currency code such as EUR")
+        if "max_value" in m:
+            kw["max_value"] = self.number(m["max_value"], f"{path}.max_value", lo=0, lo_open=True)
+        if "valid_days" in m:
+            kw["valid_days"] = self.number(m["valid_days"], f"{path}.valid_days", lo=0, lo_open=True)
+        if ("percent" in m) == ("amount" in m):
+            self.fail(node, path, "give exactly one of 'percent' and 'amount'")
+            return _MISSING
+        if "amount" in m and "currency" not in m:
+            self.fail(node, path, "an 'amount' coupon needs a 'currency'")
+            return _MISSING
+        if "percent" in m:
+            for key in ("currency",):
+                if key in m:
+                    self.fail(m[key], f"{path}.{key}", "applies to 'amount' coupons only")
+                    return _MISSING
+        if "amount" in m and "max_value" in m:
+            self.fail(m["max_value"], f"{path}.max_value", "applies to 'percent' coupons only")
+            return _MISSING
+        return _build(Coupon, kw)
+
+    def recommendation(self, node: Node, path: str) -> Any:
+        m = self.mapping(node, path, {"items": False, "valid_days": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "items" in m:
+            kw["items"] = self.number(m["items"], f"{path}.items", integer=True, lo=1, hi=100)
+        if "valid_days" in m:
+            kw["valid_days"] = self.number(m["valid_days"], f"{path}.valid_days", lo=0, lo_open=True)
+        return _build(Recommendation, kw)
+
+    def care(self, node: Node, path: str) -> Any:
+        m = self.mapping(node, path, {"priority": False, "topic": False, "valid_days": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "priority" in m:
+            kw["priority"] = self.choice(m["priority"], f"{path}.priority", PRIORITIES, "priority")
+        if "topic" in m:
+            kw["topic"] = self.text(m["topic"], f"{path}.topic")
+        if "valid_days" in m:
+            kw["valid_days"] = self.number(m["valid_days"], f"{path}.valid_days", lo=0, lo_open=True)
+        return _build(Care, kw)
+
+    def guards(self, node: Node) -> Any:
+        m = self.mapping(node, "guards", {"cooldown_days": False, "checkout_window_minutes": False, "daily_budget": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "cooldown_days" in m:
+            cm = self.mapping(m["cooldown_days"], "guards.cooldown_days", {k: False for k in ACTION_KINDS})
+            if cm is None:
+                kw["cooldown_days"] = _MISSING
+            else:
+                days = {k: self.number(v, f"guards.cooldown_days.{k}", lo=0) for k, v in cm.items()}
+                kw["cooldown_days"] = _MISSING if _MISSING in days.values() else {**Guards().cooldown_days, **days}
+        if "checkout_window_minutes" in m:
+            kw["checkout_window_minutes"] = self.number(m["checkout_window_minutes"], "guards.checkout_window_minutes", lo=0)
+        if "daily_budget" in m:
+            kw["daily_budget"] = self.daily_budget(m["daily_budget"], "guards.daily_budget")
+        return _build(Guards, kw)
+
+    def daily_budget(self, node: Node, path: str) -> Any:
+        m = self.mapping(node, path, {"count": False, "per_kind": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "count" in m:
+            kw["count"] = self.number(m["count"], f"{path}.count", integer=True, lo=0)
+        if "per_kind" in m:
+            pm = self.mapping(m["per_kind"], f"{path}.per_kind", {k: False for k in ACTION_KINDS})
+            if pm is None:
+                kw["per_kind"] = _MISSING
+            else:
+                per: dict[str, Any] = {}
+                for kind, knode in pm.items():
+                    where = f"{path}.per_kind.{kind}"
+                    km = self.mapping(knode, where, {"count": False, "value": False})
+                    if km is None:
+                        per[kind] = _MISSING
+                        continue
+                    kk: dict[str, Any] = {}
+                    if "count" in km:
+                        kk["count"] = self.number(km["count"], f"{where}.count", integer=True, lo=0)
+                    if "value" in km:
+                        if kind != "coupon":
+                            self.fail(km["value"], f"{where}.value", "a value budget applies to coupons only")
+                            kk["value"] = _MISSING
+                        else:
+                            kk["value"] = self.number(km["value"], f"{where}.value", lo=0)
+                    per[kind] = _build(KindBudget, kk)
+                kw["per_kind"] = _MISSING if _MISSING in per.values() else per
+        return _build(DailyBudget, kw)
+
+
+def _build(cls: Any, kw: dict[str, Any]) -> Any:
+    if any(v is _MISSING for v in kw.values()):
+        return _MISSING
+    return cls(**kw)
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    return f"'{node.value}'"
+
+
+def _show(node: Node, value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"'{node.value}' (a yes/no value)"
+    return f"'{node.value}'"
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
