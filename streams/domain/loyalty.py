@@ -146,14 +146,15 @@ class LoyaltyRanks:
         """The customer's prediction at ``now``: kept if they are a current customer,
         dropped (with any older value of theirs) if not."""
         self.expire(now)
-        self._remove(user_id)
+        old = self._remove(user_id)
         if not self.is_current(last_purchase, now):
             return
         assert last_purchase is not None
         value = round(value, 6)
         self._entries[user_id] = _Entry(value, last_purchase, now)
         bisect.insort(self._sorted, value)
-        heapq.heappush(self._by_purchase, (last_purchase, user_id))
+        if old is None or old.last_purchase != last_purchase:  # else the heap has it already
+            heapq.heappush(self._by_purchase, (last_purchase, user_id))
         while len(self._entries) > self.capacity:
             self._remove(next(iter(self._entries)))
         if len(self._by_purchase) > 4 * self.capacity + 64:  # stale heap items of replaced entries
@@ -170,10 +171,11 @@ class LoyaltyRanks:
             if entry is not None and entry.last_purchase == last_purchase:
                 self._remove(user_id)
 
-    def _remove(self, user_id: str) -> None:
+    def _remove(self, user_id: str) -> _Entry | None:
         entry = self._entries.pop(user_id, None)
         if entry is not None:
             del self._sorted[bisect.bisect_left(self._sorted, entry.value)]
+        return entry
 
     def percentile(self, user_id: str, value: float) -> float:
         """The share of current customers predicted below ``value``, ties half, with the

@@ -68,6 +68,14 @@ def test_a_new_purchase_keeps_a_customer_current() -> None:
     assert len(ranks) == 0
 
 
+def test_memory_stays_bounded_by_the_capacity() -> None:
+    ranks = LoyaltyRanks(capacity=10, current_days=365)
+    for i in range(5000):
+        ranks.update(f"u{i % 50}", i % 7, last_purchase=i * 1000, now=i * 1000)
+    assert len(ranks) == 10 and len(ranks._sorted) == 10
+    assert len(ranks._by_purchase) <= 4 * 10 + 64
+
+
 def test_capacity_drops_the_least_recently_published() -> None:
     ranks = filled({"a": 1.0, "b": 2.0, "c": 3.0}, capacity=3)
     ranks.update("a", 1.0, last_purchase=0, now=0)  # a is now the most recent
