@@ -10,6 +10,13 @@ A row also carries the customer's lifecycle stage (:mod:`streams.domain.lifecycl
 behavioural segment (:mod:`models.segments`; its version under ``model_versions["segment"]``).
 Both are optional in the v1 contract (present in every row published now, never null):
 rows published before they existed decode with ``msgspec.UNSET`` there.
+
+Loyalty (:mod:`streams.domain.loyalty`) is published as ``scores["loyalty"]`` (predicted
+purchase days in the horizon, >= 0, its model under ``model_versions["loyalty"]`` and
+``"loyalty"`` in ``priors`` while the learner answers with its prior),
+``scores["loyalty_score"]`` (its percentile among the worker's current customers, 0 to 1)
+and the optional field ``loyalty_tier`` (a configured tier name); older rows have none of
+them.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import msgspec
 
 from models.score import Score
 from streams.domain.lifecycle import LifecycleConfig, Stage, lifecycle_stage
+from streams.domain.loyalty import TIER_PATTERN, Loyalty
 from streams.domain.state import UserState
 from streams.domain.timestamps import format_ts
 
@@ -43,6 +51,8 @@ class UserScores(msgspec.Struct, frozen=True):
     lifecycle_stage: Stage | msgspec.UnsetType = msgspec.UNSET
     #: Behavioural segment id, 0 to k - 1 (models/segments.py); absent (UNSET) only in older rows.
     segment: Annotated[int, msgspec.Meta(ge=0)] | msgspec.UnsetType = msgspec.UNSET
+    #: Loyalty tier (a name of RETENTION_LOYALTY_TIERS) of scores["loyalty_score"]; absent only in older rows.
+    loyalty_tier: Annotated[str, msgspec.Meta(pattern=TIER_PATTERN)] | msgspec.UnsetType = msgspec.UNSET
 
 
 _encoder = msgspec.json.Encoder()
@@ -56,21 +66,27 @@ def snapshot(
     churn: Score,
     sentiment_version: str,
     segment: Segment,
+    loyalty: Loyalty,
     lifecycle: LifecycleConfig = LifecycleConfig(),
 ) -> UserScores:
     """The user's row at ``now`` from their :func:`~streams.domain.features.features`
     ``values``; ``sentiment_version`` names the model that scored the review texts,
-    ``segment`` is the segment model's answer for these values."""
+    ``segment`` is the segment model's answer for these values, ``loyalty`` the loyalty
+    learner's answer with its percentile and tier (:func:`streams.domain.loyalty.rank_loyalty`)."""
     churn_value = round(churn.value, 6)  # the stage follows from the published score
     return UserScores(
         user_id=state.user_id,
         ts=format_ts(now),
         features=values,
-        scores={"churn": churn_value},
-        model_versions={"churn": churn.version, "sentiment": sentiment_version, "segment": segment.version},
-        priors=["churn"] if churn.prior else [],
+        scores={"churn": churn_value, "loyalty": round(loyalty.score.value, 6), "loyalty_score": loyalty.percentile},
+        model_versions={
+            "churn": churn.version, "loyalty": loyalty.score.version,
+            "sentiment": sentiment_version, "segment": segment.version,
+        },
+        priors=[name for name, score in (("churn", churn), ("loyalty", loyalty.score)) if score.prior],
         lifecycle_stage=lifecycle_stage(state, now, values, churn_value, lifecycle),
         segment=segment.id,
+        loyalty_tier=loyalty.tier,
     )
 
 
@@ -85,9 +101,18 @@ def encode_scores(scores: UserScores) -> bytes:
 
 def decode_scores(raw: bytes) -> UserScores:
     """A row of the ``user-scores`` topic; raises ``msgspec.ValidationError`` where the v1
-    schema would refuse it (the churn score is a probability, 0 to 1)."""
+    schema would refuse it (the churn score is a probability, 0 to 1; loyalty a count of
+    days, at least 0; loyalty_score a percentile, 0 to 1)."""
     row = _decoder.decode(raw)
-    churn = row.scores.get("churn")
-    if churn is not None and not 0.0 <= churn <= 1.0:
-        raise msgspec.ValidationError(f"scores.churn is a probability, 0 to 1, not {churn}")
+    for name, low, high, what in _SCORE_RANGES:
+        value = row.scores.get(name)
+        if value is not None and not low <= value <= high:
+            raise msgspec.ValidationError(f"scores.{name} is {what}, not {value}")
     return row
+
+
+_SCORE_RANGES = (
+    ("churn", 0.0, 1.0, "a probability, 0 to 1"),
+    ("loyalty", 0.0, float("inf"), "a number of purchase days, at least 0"),
+    ("loyalty_score", 0.0, 1.0, "a percentile, 0 to 1"),
+)

@@ -3,8 +3,10 @@ CSV or Parquet table for marketing and analysts.
 
 One row per user (the latest record of each key), columns: ``user_id``, ``ts``, one
 ``<score>`` and ``<score>_model`` per score, ``<score>_prior`` (true while the score
-came from a prior), ``lifecycle_stage``, ``segment`` and ``segment_model`` (empty for rows
-published before they existed), then every feature in the README's order.
+came from a prior; empty when the row has no such score; churn, then loyalty, then any other), ``loyalty_score`` and
+``loyalty_tier`` (derived from the loyalty score), ``lifecycle_stage``, ``segment`` and
+``segment_model``, then every feature in the README's order. Values a row does not carry
+(rows published before loyalty, stages or segments existed) are empty.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from streams.domain.snapshots import UserScores, decode_scores
 from streams.runtime.kafka import read_to_end
 from streams.runtime.settings import Settings
 
-SCORES = ("churn",)
+SCORES = ("churn", "loyalty")
+#: Derived from the loyalty score (no model or prior of their own): one column each.
+LOYALTY_COLUMNS = ("loyalty_score", "loyalty_tier")
 SEGMENT_COLUMNS = ("lifecycle_stage", "segment", "segment_model")
 
 
@@ -36,16 +40,21 @@ def latest_scores(settings: Settings) -> dict[str, UserScores]:
 
 def rows(snapshots: Iterable[UserScores]) -> tuple[list[str], list[dict[str, Any]]]:
     snapshots = sorted(snapshots, key=lambda r: r.user_id)
-    scores = list(SCORES) + sorted({s for r in snapshots for s in r.scores} - set(SCORES))
+    scores = list(SCORES) + sorted({s for r in snapshots for s in r.scores} - set(SCORES) - set(LOYALTY_COLUMNS))
     features = list(FEATURE_NAMES) + sorted({f for r in snapshots for f in r.features} - set(FEATURE_NAMES))
-    columns = ["user_id", "ts"] + [c for s in scores for c in (s, f"{s}_model", f"{s}_prior")] + list(SEGMENT_COLUMNS) + features
+    columns = (
+        ["user_id", "ts"] + [c for s in scores for c in (s, f"{s}_model", f"{s}_prior")]
+        + list(LOYALTY_COLUMNS) + list(SEGMENT_COLUMNS) + features
+    )
     out = []
     for r in snapshots:
         row: dict[str, Any] = {"user_id": r.user_id, "ts": r.ts}
         for s in scores:
             row[s] = r.scores.get(s)
             row[f"{s}_model"] = r.model_versions.get(s)
-            row[f"{s}_prior"] = s in r.priors
+            row[f"{s}_prior"] = s in r.priors if s in r.scores else None
+        row["loyalty_score"] = r.scores.get("loyalty_score")
+        row["loyalty_tier"] = None if r.loyalty_tier is msgspec.UNSET else r.loyalty_tier
         row["lifecycle_stage"] = None if r.lifecycle_stage is msgspec.UNSET else r.lifecycle_stage.value
         row["segment"] = None if r.segment is msgspec.UNSET else r.segment
         row["segment_model"] = r.model_versions.get("segment")

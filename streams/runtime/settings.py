@@ -13,11 +13,12 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
+from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
 from streams.domain.state import StateConfig
 from streams.domain.timestamps import MS_PER_HOUR
 from streams.domain.policy import PolicyConfig
@@ -92,6 +93,13 @@ class Settings(BaseSettings):
     lifecycle_reactivated_days: float = Field(LifecycleConfig.reactivated_days, ge=0, description="Lifecycle: days a customer stays `reactivated` after a purchase that ended an at-risk gap.")
     lifecycle_loyal_min_purchases_90d: int = Field(LifecycleConfig.loyal_min_purchases_90d, ge=1, description="Lifecycle: purchases in 90 days that make a customer (past the rules above) `loyal`.")
     segment_clusters: int = Field(4, ge=1, description="Behavioural segments: k of the online k-means (models/segments.py); segment ids are 0 to k-1.")
+    loyalty_tiers: str = Field(
+        DEFAULT_TIERS,
+        description="Loyalty tiers: `name:cut-point,...`, a customer's tier being the last whose cut-point is at most their "
+        "loyalty_score (0 to 1); cut-points increase from 0; names are lower-case letters, digits, `_` and `-`, starting with a letter.",
+    )
+    loyalty_current_days: float = Field(LoyaltyConfig.current_days, gt=0, description="Loyalty score: customers whose last purchase is at most this many days before the event-time clock are the current customers a prediction is ranked among.")
+    loyalty_population_size: int = Field(LoyaltyConfig.capacity, ge=1, description="Loyalty score: current customers' latest predictions a worker keeps at most (the least recently published are dropped first).")
     segment_halflife: float = Field(0.05, gt=0, le=1, description="Behavioural segments: how far a centre moves towards each snapshot it is assigned.")
 
     session_timeout_s: float = Field(45.0, gt=0, description="Consumer group session timeout (Kafka's default 45 s; the embedded broker uses 2 s).")
@@ -108,6 +116,20 @@ class Settings(BaseSettings):
         if self.heartbeat_interval_s >= self.session_timeout_s:
             raise ValueError("RETENTION_HEARTBEAT_INTERVAL_S must be below RETENTION_SESSION_TIMEOUT_S")
         return self
+
+    @field_validator("loyalty_tiers")
+    @classmethod
+    def _valid_tiers(cls, value: str) -> str:
+        parse_tiers(value)  # raises ValueError with the reason
+        return value
+
+    @property
+    def loyalty(self) -> LoyaltyConfig:
+        return LoyaltyConfig(
+            tiers=parse_tiers(self.loyalty_tiers),
+            current_days=self.loyalty_current_days,
+            capacity=self.loyalty_population_size,
+        )
 
     @property
     def inbound_topics(self) -> dict[str, str]:

@@ -13,6 +13,7 @@ import sys
 import msgspec
 import pytest
 
+from streams.domain.loyalty import DEFAULT_TIERS, parse_tiers, tier_of
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, format_ts
 from streams.runtime.kafka import producer, read_topic
 from streams.runtime.partitioning import make_partitioner
@@ -47,6 +48,13 @@ def heartbeats(until_day: float, every_hours: float = 12) -> list[Outgoing]:
 def wrong_key_for(user: str, partitions: int) -> str:
     partition_for = make_partitioner(partitions)
     return next(k for k in (f"wrong-{i}" for i in range(100)) if partition_for(k) != partition_for(user))
+
+
+def has_loyalty(row: dict) -> bool:
+    """A user-scores row (or profile) carries the loyalty figures, in range, the tier the score's."""
+    tiers = parse_tiers(DEFAULT_TIERS)
+    loyalty, score = row["scores"]["loyalty"], row["scores"]["loyalty_score"]
+    return 0 <= loyalty <= 30 and 0 < score < 1 and row["loyalty_tier"] == tier_of(score, tiers) and "loyalty" in row["model_versions"]
 
 
 def publish(pipe: Pipeline, records: list[Outgoing]) -> int:
@@ -128,7 +136,9 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert profile["features"]["gap_mean_days"] == 7.0 and profile["features"]["spend_30d"] == 40.0 and profile["features"]["spend_7d"] == 0.0
     assert profile["scores"]["churn"] == pytest.approx(1 - math.exp(-29 / 14), abs=1e-6)
     segment_model = profile["model_versions"].pop("segment")
-    assert profile["model_versions"] == {"churn": "recency-prior", "sentiment": "sentiment-lex+nb+0"} and profile["priors"] == ["churn"]
+    loyalty_model = profile["model_versions"].pop("loyalty")  # recency-prior(+labels): too few labels to learn
+    assert profile["model_versions"] == {"churn": "recency-prior", "sentiment": "sentiment-lex+nb+0"} and profile["priors"] == ["churn", "loyalty"]
+    assert loyalty_model.startswith("recency-prior") and has_loyalty(profile)
     assert segment_model.startswith("segments-kmeans4+") and profile["segment"] in range(4)
     assert profile["lifecycle_stage"] == "at_risk"  # 29 days since the last purchase >= max(14, 2 * 7)
     assert profile["ts"] == "2026-02-20T00:00:00.000Z" and profile["last_purchase"] == "2026-01-22T00:00:00.000Z"
@@ -139,6 +149,7 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     latest = {msg.key().decode(): json.loads(msg.value()) for msg in rows}
     assert set(latest) == {"lapsed", "miskeyed", "loyal"}
     assert all(schema_errors("user-scores", row) == [] for row in latest.values())
+    assert all(has_loyalty(row) for row in latest.values())
     assert latest["lapsed"]["features"]["purchases"] == 4 and latest["lapsed"]["scores"]["churn"] > 0.5
 
     # ... exported for analysts as CSV and Parquet, one row per user
@@ -150,6 +161,8 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert set(table) == {"lapsed", "miskeyed", "loyal"}
     assert float(table["lapsed"]["purchases"]) == 4 and float(table["lapsed"]["churn"]) == latest["lapsed"]["scores"]["churn"]
     assert table["lapsed"]["churn_model"] == "recency-prior" and table["lapsed"]["churn_prior"] == "True"
+    assert float(table["lapsed"]["loyalty_score"]) == latest["lapsed"]["scores"]["loyalty_score"]
+    assert table["lapsed"]["loyalty_tier"] == latest["lapsed"]["loyalty_tier"] and table["lapsed"]["loyalty_prior"] == "True"
     import pyarrow.parquet as pq
 
     parquet = pq.read_table(pipeline.tmp / "scores.parquet").to_pylist()

@@ -11,6 +11,7 @@ from models.score import Score
 from streams.domain.events import EVENT_TYPES, Invalid, decode
 from streams.domain.features import features
 from streams.domain.lifecycle import Stage
+from streams.domain.loyalty import TIER_PATTERN, Loyalty
 from streams.domain.snapshots import Segment, decode_scores, encode_scores, snapshot
 from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_DAY
@@ -94,6 +95,8 @@ def test_valid_user_scores_pass_schema_and_decoder(value: dict) -> None:
     assert row.user_id == value["user_id"]
     assert row.segment == value.get("segment", msgspec.UNSET)
     assert row.lifecycle_stage == (Stage(value["lifecycle_stage"]) if "lifecycle_stage" in value else msgspec.UNSET)
+    assert row.loyalty_tier == value.get("loyalty_tier", msgspec.UNSET)
+    assert row.scores.get("loyalty_score") == value["scores"].get("loyalty_score")
 
 
 @pytest.mark.parametrize("case", SCORES_EXAMPLES["invalid"], ids=lambda c: c["why"])
@@ -108,16 +111,27 @@ def test_lifecycle_and_segment_are_optional_and_their_values_are_the_enumerated_
     schema = json.loads((SCHEMAS / "user-scores.v1.schema.json").read_text())
     assert set(schema["required"]) == {"user_id", "ts", "features", "scores", "model_versions"}
     assert schema["properties"]["lifecycle_stage"]["enum"] == [s.value for s in Stage]
+    assert schema["properties"]["loyalty_tier"]["pattern"] == TIER_PATTERN
+
+
+def test_examples_cover_rows_with_and_without_loyalty() -> None:
+    with_loyalty = [v for v in SCORES_EXAMPLES["valid"] if "loyalty_tier" in v]
+    assert with_loyalty and len(with_loyalty) < len(SCORES_EXAMPLES["valid"])  # older rows stay valid
+    assert any("loyalty" in v["priors"] for v in with_loyalty)
 
 
 def test_a_published_row_round_trips_and_matches_the_schema() -> None:
     state = UserState("u1", first_seen=0, last_seen=0)
     now = 40 * MS_PER_DAY
     values = features(state, now)
-    row = snapshot(state, now, values, Score(0.2, "churn-logreg+9"), "sentiment-lex+nb+0", Segment(3, "segments-kmeans4+7"))
+    loyalty = Loyalty(Score(0.1234567, "recency-prior", prior=True), 0.875, "gold")
+    row = snapshot(state, now, values, Score(0.2, "churn-logreg+9"), "sentiment-lex+nb+0", Segment(3, "segments-kmeans4+7"), loyalty)
     raw = encode_scores(row)
     as_json = json.loads(raw)
     assert schema_errors("user-scores", as_json) == []
     assert as_json["segment"] == 3 and as_json["model_versions"]["segment"] == "segments-kmeans4+7"
+    assert as_json["scores"] == {"churn": 0.2, "loyalty": 0.123457, "loyalty_score": 0.875}
+    assert as_json["model_versions"]["loyalty"] == "recency-prior" and as_json["priors"] == ["loyalty"]
+    assert as_json["loyalty_tier"] == "gold"
     assert as_json["lifecycle_stage"] == "active"  # seen 40 days ago, no purchase yet, churn 0.2
     assert decode_scores(raw) == row

@@ -39,12 +39,24 @@ def test_topic_names_are_configurable_and_mapped_to_the_contract(monkeypatch: py
         ("RETENTION_HEARTBEAT_INTERVAL_S", "60", "must be below RETENTION_SESSION_TIMEOUT_S"),
         ("RETENTION_CONTROL_SHARE", "1.5", "less than or equal to 1"),
         ("RETENTION_PARTITIONS", "zero", "valid integer"),
+        ("RETENTION_LOYALTY_TIERS", "bronze:0,gold:0.8,silver:0.5", "must increase"),
+        ("RETENTION_LOYALTY_TIERS", "silver:0.5,gold:0.8", "must start at 0"),
+        ("RETENTION_LOYALTY_CURRENT_DAYS", "0", "greater than 0"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_variable_named(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def test_loyalty_settings_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().loyalty.tiers == (("bronze", 0.0), ("silver", 0.5), ("gold", 0.8), ("platinum", 0.95))
+    monkeypatch.setenv("RETENTION_LOYALTY_TIERS", "standard:0, vip:0.9")
+    monkeypatch.setenv("RETENTION_LOYALTY_CURRENT_DAYS", "180")
+    monkeypatch.setenv("RETENTION_LOYALTY_POPULATION_SIZE", "500")
+    cfg = Settings().loyalty
+    assert (cfg.tiers, cfg.current_days, cfg.capacity) == ((("standard", 0.0), ("vip", 0.9)), 180.0, 500)
 
 
 def test_settings_table_lists_every_setting_with_its_variable() -> None:

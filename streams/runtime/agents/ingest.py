@@ -36,6 +36,7 @@ from streams.domain.engine import Step, due_at, on_due, on_event
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
 from streams.domain.features import as_dict, features, model_inputs
+from streams.domain.loyalty import LoyaltyRanks, rank_loyalty
 from streams.domain.snapshots import Segment, UserScores, encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
@@ -84,6 +85,9 @@ class Ingest:
         )
         self.churn = self.learners.churn
         self.loyalty = self.learners.loyalty
+        # current customers' latest loyalty predictions on this worker (loyalty_score)
+        self.loyalty_cfg = settings.loyalty
+        self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
         self.sentiment = SentimentModel()
         self.segments = SegmentModel(n_clusters=settings.segment_clusters, halflife=settings.segment_halflife)
         self.app = app
@@ -326,15 +330,20 @@ class Ingest:
         await self.dead_letters.send(key=key, value=record)
 
     def _snapshot(self, state: UserState, now: int, churn: Score | None = None, learn: bool = True) -> UserScores:
-        """The user's row at ``now`` (features computed once, the score and segment from
-        them); a published row is also learned by the segment model, a looked-up one is not."""
+        """The user's row at ``now`` (features computed once, the scores and segment from
+        them); a published row is also learned by the segment model and enters the loyalty
+        distribution, a looked-up one does not (its loyalty_score is read the same way)."""
         values = features(state, now, self.cfg.state, self.population)
         x = model_inputs(values)
         churn = churn or self.churn.score(x)
         if learn:
             self.segments.learn_one(x)
         segment = Segment(self.segments.predict_one(x), self.segments.version)
-        return snapshot(state, now, values, churn, self.sentiment.version, segment, self.settings.lifecycle)
+        loyalty = rank_loyalty(
+            self.loyalty_ranks, state.user_id, state.last_purchase, now, self.loyalty.score(x),
+            self.loyalty_cfg.tiers, learn=learn,
+        )
+        return snapshot(state, now, values, churn, self.sentiment.version, segment, loyalty, self.settings.lifecycle)
 
     def profile(self, user_id: str) -> dict[str, Any] | None:
         """What ``GET /users/{user_id}`` shows, or None for an unknown user (on this
