@@ -4,8 +4,9 @@ Labels arrive late (a label matures only when its horizon has passed, or a purch
 resolves churn), so each learner answers with a recency-based prior until it has seen
 ``min_labels`` labels (of both classes, for churn), and says so: ``Score.prior`` is True.
 The prior is the formula :func:`recency_prior` / :func:`loyalty_prior` (version
-``recency-prior``), a function of the features alone. With ``learned_prior`` (setting
-``RETENTION_PRIOR_LEARNS``) it is instead, once any label has matured, the churn rate (mean
+``recency-prior``), a function of the features alone. With ``learned_prior`` (settings
+``RETENTION_CHURN_PRIOR_LEARNS``, default off, and ``RETENTION_LOYALTY_PRIOR_LEARNS``,
+default on) it is instead, once any label has matured, the churn rate (mean
 purchase days, for loyalty) of the labels learned so far in the same recency bin
 (:class:`models.baselines.RecencyBaseline`, version ``recency-prior+<labels>``): calibrated
 as labels accumulate, but from a handful of labels at first (all early labels of a young

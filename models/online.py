@@ -25,10 +25,10 @@ class OnlineLearners:
     def __init__(
         self, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = DEFAULT_CHURN,
         loyalty_kind: str = DEFAULT_LOYALTY, learn_churn_early: bool = False, window: int = 1000,
-        learned_prior: bool = False,
+        churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
     ) -> None:
-        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=learned_prior)
-        self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind, learned_prior=learned_prior)
+        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=churn_prior_learns)
+        self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind, learned_prior=loyalty_prior_learns)
         self.learn_churn_early = learn_churn_early
         self.window = window
         self.churn_metrics = ChurnMetrics(window=window)

@@ -295,7 +295,7 @@ def evaluate(
     replay, seconds = ev.run_replay(
         events, cfg, churn_kinds, loyalty_kinds, period_days=_days(period) if period else cfg.churn_horizon_days,
         min_labels=settings.churn_min_labels, bgnbd_refit_days=_days(bgnbd_refit), learn_churn_early=learn_churn_early,
-        learned_prior=settings.prior_learns,
+        churn_prior_learns=settings.churn_prior_learns, loyalty_prior_learns=settings.loyalty_prior_learns,
     )
     ev.print_report(replay, seconds, source)
 

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     shop = Shop(SimulationConfig(customers=args.customers, days=args.days, seed=args.seed, invalid_share=0.002, duplicate_share=0.01))
     learners = OnlineLearners(horizon_days=settings.engine.churn_horizon_days, min_labels=settings.churn_min_labels,
                               churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner,
-                              learned_prior=settings.prior_learns)
+                              churn_prior_learns=settings.churn_prior_learns,
+                              loyalty_prior_learns=settings.loyalty_prior_learns)
     for action in ordered_replay(shop, settings.partitions, settings.engine, learners, int(settings.max_clock_skew_s * 1000)):
         sys.stdout.write(json.dumps(json.loads(encode_action(action)), sort_keys=True) + "\n")
     return 0

@@ -51,10 +51,10 @@ def simulated_events(customers: int, days: float, seed: int) -> list[UserEvent]:
 def run_replay(
     events: Iterable[UserEvent], cfg: EngineConfig, churn_kinds: list[str], loyalty_kinds: list[str],
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,
-    learned_prior: bool = False,
+    churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
 ) -> tuple[Replay, float]:
-    churn = [ChurnModel(min_labels=min_labels, kind=k, learned_prior=learned_prior) for k in churn_kinds]
-    loyalty = [LoyaltyModel(horizon_days=cfg.churn_horizon_days, min_labels=min_labels, kind=k, learned_prior=learned_prior)
+    churn = [ChurnModel(min_labels=min_labels, kind=k, learned_prior=churn_prior_learns) for k in churn_kinds]
+    loyalty = [LoyaltyModel(horizon_days=cfg.churn_horizon_days, min_labels=min_labels, kind=k, learned_prior=loyalty_prior_learns)
                for k in loyalty_kinds]
     replay = Replay(cfg, churn, loyalty, period_days=period_days, bgnbd_refit_days=bgnbd_refit_days, learn_churn_early=learn_churn_early)
     started = time.perf_counter()

@@ -5,8 +5,8 @@ and compares every user's state, read back from the table's changelog topic, wit
 uninterrupted run of one worker on its own topics and app id (the ``reference``).
 
 The churn learner lives in memory and is not checkpointed, so a crash would change what it
-has learned; ``RETENTION_CHURN_MIN_LABELS`` is set out of reach and ``RETENTION_PRIOR_LEARNS``
-off, so every run scores with the fixed recency formula, and actions depend on state and
+has learned; ``RETENTION_CHURN_MIN_LABELS`` is set out of reach and the priors'
+learning (``RETENTION_*_PRIOR_LEARNS``) off, so every run scores with the fixed recency formula, and actions depend on state and
 event time only (see STEADY).
 """
 
@@ -39,7 +39,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a kill, a re
 SHOP = SimulationConfig(customers=50, new_customers_per_day=1.0, days=70, seed=11, duplicate_share=0.01)
 # The learners never replace the prior and the prior learns nothing (models are in memory,
 # not checkpointed), so the decisions are a function of the records alone.
-STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_PRIOR_LEARNS": "false"}
+STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_CHURN_PRIOR_LEARNS": "false",
+          "RETENTION_LOYALTY_PRIOR_LEARNS": "false"}
 LIFETIME = ("clicks", "purchases", "spend_cents", "reviews", "rating_sum", "first_seen", "last_seen",
             "first_purchase", "last_purchase", "carts_abandoned", "unsubscribed")
 
@@ -195,7 +196,7 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     # The worker decides what the sorted stream decides, at the same event times.
     settings = pipe.settings
     learners = OnlineLearners(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
-                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner, learned_prior=False)
+                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner)
     replayed = ordered_replay(Shop(SHOP), settings.partitions, settings.engine, learners)
     assert {a["action_id"]: a["ts"] for a in run.actions} == {a.action_id: a.ts for a in replayed}
     assert run.records["ok"] + run.records["late"] + RESENT + run.records["heartbeat"] == sum(sent.values())

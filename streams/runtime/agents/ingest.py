@@ -81,7 +81,8 @@ class Ingest:
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         self.learners = OnlineLearners(
             horizon_days=self.cfg.churn_horizon_days, min_labels=settings.churn_min_labels,
-            churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner, learned_prior=settings.prior_learns,
+            churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner, churn_prior_learns=settings.churn_prior_learns,
+            loyalty_prior_learns=settings.loyalty_prior_learns,
         )
         self.churn = self.learners.churn
         self.loyalty = self.learners.loyalty
