@@ -135,10 +135,11 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert profile["features"]["purchases"] == 4 and profile["features"]["recency_days"] == 29.0
     assert profile["features"]["gap_mean_days"] == 7.0 and profile["features"]["spend_30d"] == 40.0 and profile["features"]["spend_7d"] == 0.0
     assert profile["scores"]["churn"] == pytest.approx(1 - math.exp(-29 / 14), abs=1e-6)
+    assert has_loyalty(profile)
     segment_model = profile["model_versions"].pop("segment")
     loyalty_model = profile["model_versions"].pop("loyalty")  # recency-prior(+labels): too few labels to learn
     assert profile["model_versions"] == {"churn": "recency-prior", "sentiment": "sentiment-lex+nb+0"} and profile["priors"] == ["churn", "loyalty"]
-    assert loyalty_model.startswith("recency-prior") and has_loyalty(profile)
+    assert loyalty_model.startswith("recency-prior")
     assert segment_model.startswith("segments-kmeans4+") and profile["segment"] in range(4)
     assert profile["lifecycle_stage"] == "at_risk"  # 29 days since the last purchase >= max(14, 2 * 7)
     assert profile["ts"] == "2026-02-20T00:00:00.000Z" and profile["last_purchase"] == "2026-01-22T00:00:00.000Z"
