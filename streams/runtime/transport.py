@@ -1,4 +1,5 @@
-"""Faust's aiokafka transport, with a configurable fetch wait and a commit that survives duplicated acks.
+"""Faust's aiokafka transport: a configurable fetch wait, a commit that survives duplicated
+acks, and a producer flush that really sends everything before a commit.
 
 Faust creates its consumer with ``fetch_max_wait_ms=1500`` hard-coded. On the embedded
 broker every hop then waits up to ~0.75 s; ``RETENTION_FETCH_MAX_WAIT_MS`` sets it.
@@ -52,5 +53,26 @@ class _Consumer(driver.Consumer):
         return super()._new_offset(tp)
 
 
+class _Producer(driver.Producer):
+    async def flush(self) -> None:
+        """Send everything buffered before returning, as a commit requires.
+
+        Faust commits input offsets right after ``producer.flush()``, but its buffer's flush
+        returns as soon as 0.1 s pass without a send, with records still buffered. On a slow
+        producer (the embedded broker, a busy cluster) a commit could then cover records whose
+        changelog writes were not sent yet, and a kill -9 lost those updates: a user's state
+        rebuilt from the changelog missed events whose offsets were committed."""
+        await drain(self.buffer)
+        await super().flush()
+
+
+async def drain(buffer: Any) -> None:
+    """Flush a Faust ``ProducerBuffer`` until it is empty (each flush gives up after 0.1 s
+    without progress; a stopped producer raises)."""
+    while buffer.size:
+        await buffer.flush()
+
+
 class Transport(driver.Transport):
     Consumer = _Consumer
+    Producer = _Producer

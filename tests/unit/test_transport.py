@@ -40,3 +40,25 @@ def test_a_gap_range_overlapping_acks_does_not_slow_the_commit() -> None:
 def test_an_unacknowledged_record_still_holds_the_commit() -> None:
     c = consumer(committed=100, acked=[100, 101, 103, 104])
     assert c._new_offset(TOPIC) == 102  # 102 is not done: nothing after it is committed
+
+
+class SlowBuffer:
+    """A Faust ProducerBuffer whose flush gives up after sending at most one record."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.flushes = 0
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        self.size = max(0, self.size - 1)
+
+
+def test_the_flush_before_a_commit_waits_until_the_buffer_is_empty() -> None:
+    import asyncio
+
+    from streams.runtime.transport import drain
+
+    buffer = SlowBuffer(size=5)
+    asyncio.run(drain(buffer))
+    assert buffer.size == 0 and buffer.flushes == 5
