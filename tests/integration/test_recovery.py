@@ -220,8 +220,9 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 
 
 #: Quarantined, not hidden: it runs in every suite and reports XPASS when it holds. Two
-#: intermittent defects remain open (issue 3), seen in about one run in five on this
-#: machine after the two fixed this session (duplicated acks, the producer flush): the
+#: intermittent defects remain open (issue 3), seen after the two fixed this session
+#: (duplicated acks, the producer flush) in 4 of the last 8 runs of the empty-data-dir
+#: variant on this machine, and once in a same-data-dir run: the
 #: restarted worker's committed offsets of one input stop short of its end although
 #: everything was processed (nothing waits in the event-time merge), and, with an empty
 #: data dir, a user's state rebuilt from the changelog misses one click whose offset was
