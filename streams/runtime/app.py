@@ -21,7 +21,10 @@ class RetentionApp(faust.App):
         return Transport(self.conf.broker_consumer, self)
 
 
-def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
+def new_app(settings: Settings, **conf: Any) -> RetentionApp:
+    """A Faust app with the settings every pipeline of ours shares (broker, store, topics,
+    group timeouts, producer batch, web server, fetch wait) and a ``/metrics`` page;
+    ``conf``: more Faust settings of one pipeline."""
     app = RetentionApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
@@ -36,21 +39,30 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         producer_max_batch_size=settings.producer_max_batch_size,
         web_host=settings.web_host,
         web_port=settings.web_port,
-        canonical_url=settings.canonical_url,
         web_in_thread=False,
         autodiscover=False,
-        # The ingest agent holds records in its event-time merge, unacknowledged, until
-        # their turn; a rebalance must not wait for them (they are read again instead).
-        stream_wait_empty=False,
         logging_config=None,
+        **conf,
     )
     app.conf.retention_fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by our transport
-    ingest = Ingest(app, settings)
-    app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(generate_latest(), content_type="text/plain")
+
+    return app
+
+
+def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
+    app = new_app(
+        settings,
+        canonical_url=settings.canonical_url,
+        # The ingest agent holds records in its event-time merge, unacknowledged, until
+        # their turn; a rebalance must not wait for them (they are read again instead).
+        stream_wait_empty=False,
+    )
+    ingest = Ingest(app, settings)
+    app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:

@@ -19,33 +19,14 @@ import time
 from typing import Any
 
 import faust
-from prometheus_client import generate_latest
 
 from streams.runtime import metrics
-from streams.runtime.app import RetentionApp
+from streams.runtime.app import new_app
 from streams.runtime.settings import Settings
 
 
 def create_naive_app(settings: Settings) -> faust.App:
-    app = RetentionApp(
-        settings.app_id,
-        broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
-        store="rocksdb://",
-        datadir=str(settings.data_dir),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.replication_factor,
-        topic_allow_declare=True,
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=settings.heartbeat_interval_s,
-        producer_max_batch_size=settings.producer_max_batch_size,
-        web_host=settings.web_host,
-        web_port=settings.web_port,
-        web_in_thread=False,
-        autodiscover=False,
-        logging_config=None,
-    )
-    app.conf.retention_fetch_max_wait_ms = settings.fetch_max_wait_ms
+    app = new_app(settings)
     logical = settings.inbound_topics
     source = app.topic(*logical, key_serializer="raw", value_serializer="raw")
     counts = app.Table("counts", default=int, partitions=settings.partitions, key_type=bytes, value_type=int)
@@ -63,10 +44,6 @@ def create_naive_app(settings: Settings) -> faust.App:
             metrics.RECORDS.labels(logical[msg.topic], "ok" if user_id else "heartbeat").inc()
             if msg.timestamp:
                 metrics.RECORD_LATENCY.observe(time.time() - msg.timestamp)
-
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(generate_latest(), content_type="text/plain")
 
     return app
 
