@@ -38,11 +38,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from streams.runtime.broker import EmbeddedBroker
+from streams.runtime.broker import cluster_or_embedded
 from streams.runtime.kafka import create_topics
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher, simulation_records
-from streams.runtime.settings import Settings, embedded_overrides
+from streams.runtime.settings import Settings
 from streams.simulation import Shop, SimulationConfig
 
 PIPELINES = {"full": None, "naive": "streams.runtime.bench_naive"}  # name -> worker module (None: retention worker)
@@ -272,13 +272,7 @@ def run_bench(
     saved = dict(os.environ)
     try:
         with contextlib.ExitStack() as stack:
-            if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-                env: dict[str, str] = {}
-                console.print(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
-            else:
-                broker = stack.enter_context(EmbeddedBroker(log_file=workdir / "broker.log"))
-                env = embedded_overrides(broker.bootstrap_servers)
-                console.print(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+            env = cluster_or_embedded(stack, workdir, console.print)
             records = bench_records(events, customers, seed, partitions)
             total = sum(partitions if r.topic == "heartbeats" else 1 for r in records)
             console.print(f"{total:,} records ({len(records):,} before heartbeats fan out to {partitions} partitions), "

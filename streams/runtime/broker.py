@@ -7,6 +7,7 @@ never when ``KAFKA_BOOTSTRAP_SERVERS`` points at a real cluster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from collections.abc import Callable
 from types import TracebackType
 
 log = logging.getLogger(__name__)
@@ -95,3 +97,17 @@ def wait_until_ready(bootstrap_servers: str, timeout: float, process: subprocess
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no Kafka broker answered at {bootstrap_servers} within {timeout:.0f} s") from exc
             time.sleep(0.1)
+
+
+def cluster_or_embedded(stack: contextlib.ExitStack, log_dir: Path, say: Callable[[str], object]) -> dict[str, str]:
+    """The environment a command's workers need: nothing when ``KAFKA_BOOTSTRAP_SERVERS``
+    names a cluster, else an embedded broker started on a free port and stopped with
+    ``stack`` (its settings overrides). ``say`` tells the user which."""
+    from streams.runtime.settings import embedded_overrides
+
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        say(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
+        return {}
+    broker = stack.enter_context(EmbeddedBroker(log_file=log_dir / "broker.log"))
+    say(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+    return embedded_overrides(broker.bootstrap_servers)

@@ -21,11 +21,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streams.domain.timestamps import parse_ts
-from streams.runtime.broker import EmbeddedBroker
+from streams.runtime.broker import cluster_or_embedded
 from streams.runtime.kafka import create_topics, read_topic
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Publisher, simulation_records
-from streams.runtime.settings import Settings, embedded_overrides
+from streams.runtime.settings import Settings
 from streams.simulation import Shop, SimulationConfig
 
 
@@ -34,13 +34,7 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
     workdir = workdir or Path("var/demo") / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-            env: dict[str, str] = {}
-            console.print(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
-        else:
-            broker = stack.enter_context(EmbeddedBroker(log_file=workdir / "broker.log"))
-            env = embedded_overrides(broker.bootstrap_servers)
-            console.print(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+        env = cluster_or_embedded(stack, workdir, console.print)
         os.environ.update(env)
         settings = Settings()
         create_topics(settings)
