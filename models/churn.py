@@ -129,7 +129,43 @@ class Gate:
         return bool(self.losses) and self.model <= self.prior + 1e-12
 
 
-class ChurnModel:
+class _PriorThenLearner:
+    """A recency prior until the River pipeline has earned the answer (``warm``); every
+    score says which answered (``Score.prior``) and names the version."""
+
+    name: str
+    labels: int
+    learned_prior: bool
+    bins: RecencyBaseline
+
+    @property
+    def warm(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def bins_answer(self) -> bool:
+        """The prior is the learned recency bins (enabled, and a label has matured)."""
+        return self.learned_prior and self.labels > 0
+
+    @property
+    def version(self) -> str:
+        if self.warm:
+            return f"{self.name}+{self.labels}"
+        return f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
+
+    def prior(self, x: dict[str, float]) -> float:
+        raise NotImplementedError
+
+    def learned(self, x: dict[str, float]) -> float:
+        raise NotImplementedError
+
+    def score(self, x: dict[str, float]) -> Score:
+        if not self.warm:
+            return Score(self.prior(x), self.version, prior=True)
+        return Score(self.learned(x), self.version)
+
+
+class ChurnModel(_PriorThenLearner):
     """P(no purchase in the horizon) from the features of :data:`MODEL_FEATURES`."""
 
     def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False) -> None:
@@ -149,29 +185,15 @@ class ChurnModel:
         """True once the learned model, not the prior, gives the scores."""
         return self.labels >= self.min_labels and 0 < self.positives < self.labels
 
-    @property
-    def version(self) -> str:
-        if self.warm:
-            return f"{self.name}+{self.labels}"
-        return f"recency-prior+{self.labels}" if self.labels and self.learned_prior else "recency-prior"
-
     def prior(self, x: dict[str, float]) -> float:
         """The bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
-        if self.labels and self.learned_prior:
-            p = self.bins.predict(x.get("recency_days", 0.0))[0]
-        else:
-            p = recency_prior(x)
+        p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
         return min(1.0 - EPS, max(EPS, p))
 
     def learned(self, x: dict[str, float]) -> float:
         """The learner's probability (whether or not it answers yet), within [EPS, 1 - EPS]."""
         p = self.pipeline.predict_proba_one(x).get(True, 0.0)
         return min(1.0 - EPS, max(EPS, p))
-
-    def score(self, x: dict[str, float]) -> Score:
-        if not self.warm:
-            return Score(self.prior(x), self.version, prior=True)
-        return Score(self.learned(x), self.version)
 
     def learn(self, x: dict[str, float], churned: bool) -> None:
         self.pipeline.learn_one(x, churned)
@@ -180,7 +202,7 @@ class ChurnModel:
         self.positives += churned
 
 
-class LoyaltyModel:
+class LoyaltyModel(_PriorThenLearner):
     """Expected purchase days in the horizon (a count >= 0)."""
 
     def __init__(self, horizon_days: float = 30.0, min_labels: int = 50, kind: str = DEFAULT_LOYALTY, learned_prior: bool = False) -> None:
@@ -201,15 +223,9 @@ class LoyaltyModel:
     def warm(self) -> bool:
         return self.labels >= self.min_labels and self.gate.model_ahead
 
-    @property
-    def version(self) -> str:
-        if self.warm:
-            return f"{self.name}+{self.labels}"
-        return f"recency-prior+{self.labels}" if self.labels and self.learned_prior else "recency-prior"
-
     def prior(self, x: dict[str, float]) -> float:
         """The bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
-        if self.labels and self.learned_prior:
+        if self.bins_answer:
             return self.bins.predict(x.get("recency_days", 0.0))[1]
         return loyalty_prior(x, self.horizon_days)
 
@@ -221,11 +237,6 @@ class LoyaltyModel:
         if math.isnan(y):
             y = 0.0
         return min(float(self.max_days), self.horizon_days, max(0.0, y))
-
-    def score(self, x: dict[str, float]) -> Score:
-        if not self.warm:
-            return Score(self.prior(x), self.version, prior=True)
-        return Score(self.learned(x), self.version)
 
     def learn(self, x: dict[str, float], days: int) -> None:
         if self.labels:
