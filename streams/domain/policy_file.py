@@ -46,13 +46,14 @@ ACTION_SECTION = {"coupon": "coupon", "recommendation": "recommendation", "care_
 
 @dataclass(frozen=True)
 class Lapse:
-    """When a streak customer counts as lapsed, and how long the episode is checked."""
+    """When a streak customer counts as lapsed, and how long the episode is checked
+    (defaults: the built-in rule's, :class:`PolicyConfig`)."""
 
-    min_purchases: int = 3
-    min_days: float = 14.0
-    gap_factor: float = 2.0
-    recheck_days: float = 1.0
-    give_up_days: float = 120.0
+    min_purchases: int = PolicyConfig.streak_min_purchases
+    min_days: float = PolicyConfig.lapse_min_days
+    gap_factor: float = PolicyConfig.lapse_gap_factor
+    recheck_days: float = PolicyConfig.recheck_days
+    give_up_days: float = PolicyConfig.give_up_days
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class Coupon:
     currency: str | None = None
     #: Largest value a percent coupon is budgeted at (currency units; None: no cap).
     max_value: float | None = None
-    valid_days: float = 14.0
+    valid_days: float = PolicyConfig.coupon_ttl_days
 
 
 @dataclass(frozen=True)
