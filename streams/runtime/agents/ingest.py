@@ -111,6 +111,9 @@ class Ingest:
         app.on_rebalance_complete.connect(self._on_rebalance)
         app.agent(self.source, name="ingest")(self.run)
         app.timer(MERGE_TICK_S, name="ingest-merge-tick")(self._tick)
+        # The learners' gauges (labels, prior, rolling AUC...) on the operations cadence, not
+        # per matured label: a rolling AUC over the window is not free.
+        app.timer(settings.metrics_interval_s, name="ingest-model-metrics")(self._export_models)
 
     async def run(self, stream: faust.StreamT[Any]) -> None:
         """Receive every record into its partition's merge; process what the merge releases.
@@ -170,6 +173,9 @@ class Ingest:
                     await self._release(partition)
                     self._warn_if_stalled(partition, merge)
 
+    async def _export_models(self) -> None:
+        metrics.export_learners(self.learners)
+
     def _warn_if_stalled(self, partition: int, merge: InputMerge[Any]) -> None:
         """Say, at most every STALL_WARN_S, which inputs hold a partition's records back."""
         now = time.monotonic()
@@ -227,8 +233,8 @@ class Ingest:
         queue = self._queue(msg.partition)  # first: rebuilds the RFM population after a rebalance
         before = rfm_of(state)
         text = result.text if isinstance(result, Review) and result.text and not result.text.isspace() else None
-        duplicate = event_digest(result) in state.recent_ids
-        sentiment = self.sentiment.score(text) if text and not duplicate else None
+        # a re-sent review is not scored again (only a text needs the look-up before on_event)
+        sentiment = self.sentiment.score(text) if text and event_digest(result) not in state.recent_ids else None
         now = self.clocks[msg.partition].advance(result.ts)  # the clock reaches the record first
         step = on_event(state, result, now, self.cfg, sentiment, self.churn, self.loyalty)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
@@ -306,8 +312,6 @@ class Ingest:
             if m.days is not None:
                 metrics.LABELS.labels(self.churn.name, str(int(m.days == 0))).inc()
                 metrics.LABELS.labels(self.loyalty.name, str(m.days) if m.days < 5 else "5+").inc()
-        if step.examples:
-            metrics.export_learners(self.learners)
         for action in step.actions:
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
