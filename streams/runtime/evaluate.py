@@ -70,37 +70,43 @@ def _day(ms: int | None) -> str:
     return "all" if ms is None else format_ts(ms)[:10]
 
 
+def _period_table(
+    rows: list[dict[str, Any]], part: str, title: str, label: tuple[str, str], learners: list[str],
+    pair: tuple[str, str, str],
+) -> Table:
+    """One row per period of scoring time: its points and label summary (``label``: column,
+    key, from the recency baseline, which scores every point) and, per model, two metrics."""
+    heading, first, second = pair
+    models = learners + ["recency", "bgnbd"]
+    table = Table(title=f"{title}, by period of the scoring time")
+    table.add_column("period from")
+    table.add_column("points", justify="right")
+    table.add_column(label[0], justify="right")
+    for m in models:
+        table.add_column(f"{m}\n{heading}", justify="right")
+    for row in rows:
+        scores = row[part]
+        base = scores.get("recency") or {}
+        table.add_row(
+            _day(row["period_start_ms"]), str(base.get("count", 0)), _f(base.get(label[1])),
+            *(f"{_f(scores[m][first])} | {_f(scores[m][second])}" if m in scores else "-" for m in models),
+        )
+    return table
+
+
 def tables(replay: Replay) -> list[Table]:
     """Churn (AUC, log loss) and loyalty (MAE, RMSE) per period, every model side by side,
     and one row per model over all periods (with the Brier score and calibration error)."""
     rows = replay.table()
-    churn_models = [m.name for m in replay.churn_models] + ["recency", "bgnbd"]
-    loyalty_models = [m.name for m in replay.loyalty_models] + ["recency", "bgnbd"]
     h = replay.cfg.churn_horizon_days
-    churn = Table(title=f"Churn (no purchase in {h:g} days): ROC AUC | log loss, by period of the scoring time")
-    churn.add_column("period from")
-    churn.add_column("points", justify="right")
-    churn.add_column("churned", justify="right")
-    for m in churn_models:
-        churn.add_column(f"{m}\nAUC | logloss", justify="right")
-    loyalty = Table(title=f"Loyalty (purchase days in {h:g} days): MAE | RMSE, by period of the scoring time")
-    loyalty.add_column("period from")
-    loyalty.add_column("points", justify="right")
-    loyalty.add_column("mean days", justify="right")
-    for m in loyalty_models:
-        loyalty.add_column(f"{m}\nMAE | RMSE", justify="right")
-    for row in rows:
-        c, l = row["churn"], row["loyalty"]
-        first = c.get("recency") or {}
-        churn.add_row(
-            _day(row["period_start_ms"]), str(first.get("count", 0)), _f(first.get("churn_rate")),
-            *(f"{_f(c[m]['auc'])} | {_f(c[m]['log_loss'])}" if m in c else "-" for m in churn_models),
-        )
-        lf = l.get("recency") or {}
-        loyalty.add_row(
-            _day(row["period_start_ms"]), str(lf.get("count", 0)), _f(lf.get("mean_label")),
-            *(f"{_f(l[m]['mae'])} | {_f(l[m]['rmse'])}" if m in l else "-" for m in loyalty_models),
-        )
+    churn = _period_table(
+        rows, "churn", f"Churn (no purchase in {h:g} days): ROC AUC | log loss", ("churned", "churn_rate"),
+        [m.name for m in replay.churn_models], ("AUC | logloss", "auc", "log_loss"),
+    )
+    loyalty = _period_table(
+        rows, "loyalty", f"Loyalty (purchase days in {h:g} days): MAE | RMSE", ("mean days", "mean_label"),
+        [m.name for m in replay.loyalty_models], ("MAE | RMSE", "mae", "rmse"),
+    )
     overall = Table(title="All periods: churn AUC, log loss, Brier, ECE; loyalty MAE, RMSE (points scored by each model)")
     for col in ("model", "points", "AUC", "log loss", "Brier", "ECE", "MAE", "RMSE"):
         overall.add_column(col, justify="left" if col == "model" else "right")
