@@ -14,15 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections import defaultdict
 
 from models.online import OnlineLearners
 from streams.domain.actions import RetentionAction, encode_action
-from streams.domain.engine import EngineConfig, Step, on_due, on_event
+from streams.domain.engine import EngineConfig
 from streams.domain.events import Heartbeat, Invalid, decode
-from streams.domain.features import as_dict
-from streams.domain.schedule import DueQueue
-from streams.domain.state import Applied, UserState
+from streams.domain.fold import Fold
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.publish import encode_value
 from streams.simulation import Shop, SimulationConfig
@@ -32,23 +29,8 @@ def ordered_replay(
     shop: Shop, partitions: int, cfg: EngineConfig, learners: OnlineLearners, max_clock_skew_ms: int = 86_400_000
 ) -> list[RetentionAction]:
     partition_for = make_partitioner(partitions)
-    states: dict[str, UserState] = {}
-    queues: dict[int, DueQueue] = defaultdict(DueQueue)
-    clocks: dict[int, int] = defaultdict(int)
     actions: list[RetentionAction] = []
-
-    def finish(state: UserState, step: Step, queue: DueQueue) -> None:
-        for m in step.examples:  # as the worker learns them
-            learners.observe(as_dict(m.features), m.churned, m.days, m.churn_p, m.loyalty_p)
-        actions.extend(step.actions)
-        queue.schedule(state.user_id, step.due_ms)
-
-    def advance(partition: int, ts: int) -> None:
-        clocks[partition] = now = max(clocks[partition], ts)
-        queue = queues[partition]
-        for user_id in queue.pop_due(now):
-            state = states[user_id]
-            finish(state, on_due(state, now, learners.churn, cfg, learners.loyalty), queue)
+    folds = [Fold(cfg, learners, on_step=lambda state, step, now: actions.extend(step.actions)) for _ in range(partitions)]
 
     rank = {"clicks": 0, "purchases": 1, "reviews": 2, "action-outcomes": 3, "heartbeats": 5}
     decoded = [decode(r.topic, encode_value(r.value), not_after_ms=r.ts_ms + max_clock_skew_ms) for r in shop.records()]
@@ -56,17 +38,11 @@ def ordered_replay(
               if not isinstance(e, Invalid)]
     events.sort(key=lambda t: t[:3])  # event time; at equal times data before heartbeats, as the worker merges
     for _, _, _, event in events:
-        if isinstance(event, Heartbeat):
-            for partition in range(partitions):
-                advance(partition, event.ts)
-            continue
-        partition = partition_for(event.user_id)
-        state = states.setdefault(event.user_id, UserState(event.user_id))
-        clocks[partition] = max(clocks[partition], event.ts)  # the clock reaches the record first
-        step = on_event(state, event, clocks[partition], cfg, None, learners.churn, learners.loyalty)
-        if step.applied is not Applied.DUPLICATE:
-            finish(state, step, queues[partition])
-        advance(partition, event.ts)
+        if isinstance(event, Heartbeat):  # every partition's clock ticks
+            for fold in folds:
+                fold.feed(event)
+        else:
+            folds[partition_for(event.user_id)].feed(event)
     return actions
 
 
