@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import faust
@@ -12,6 +13,8 @@ from streams.runtime.agents.ingest import Ingest
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
 from streams.runtime.transport import Transport
+
+log = logging.getLogger(__name__)
 
 
 class RetentionApp(faust.App):
@@ -45,6 +48,7 @@ def new_app(settings: Settings, **conf: Any) -> RetentionApp:
         **conf,
     )
     app.conf.retention_fetch_max_wait_ms = settings.fetch_max_wait_ms  # read by our transport
+    app.conf.retention_trace_offsets = settings.trace_offsets_interval_s > 0  # read by our transport
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
@@ -62,6 +66,11 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         stream_wait_empty=False,
     )
     ingest = Ingest(app, settings)
+    if settings.trace_offsets_interval_s > 0:
+
+        @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
+        async def trace_offsets() -> None:
+            await _trace(app, ingest)
     app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
 
     @app.page("/models")
@@ -83,3 +92,13 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         return web.json(profile)
 
     return app, ingest
+
+
+async def _trace(app: RetentionApp, ingest: Ingest) -> None:
+    """The offset trace (``RETENTION_TRACE_OFFSETS_INTERVAL_S``) and what waits in the merge."""
+    for line in app.consumer.trace_report():
+        log.warning("offset trace: %s", line)
+    waiting = {p: {t: len(b) for t, b in m.buffers.items() if b} for p, m in ingest.merges.items() if m.size}
+    if waiting:
+        log.warning("offset trace: records waiting in the event-time merge %s; last received %s",
+                    waiting, {f"{tp.topic}[{tp.partition}]": o for tp, o in ingest.received.items()})

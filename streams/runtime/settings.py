@@ -106,6 +106,12 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(45.0, gt=0, description="Consumer group session timeout (Kafka's default 45 s; the embedded broker uses 2 s).")
     heartbeat_interval_s: float = Field(3.0, gt=0, description="Consumer group heartbeat interval (the embedded broker uses 0.5 s).")
     fetch_max_wait_ms: int = Field(500, ge=0, description="How long a fetch waits for data (Kafka's default 500 ms; the embedded broker uses 100 ms).")
+    trace_offsets_interval_s: float = Field(
+        0.0, ge=0,
+        description="Diagnostic, off at 0: every this many seconds the worker logs, per input partition, the offsets "
+        "Faust fetched, handed to the stream, acknowledged and committed, its gap ranges, and seeks and commits "
+        "as they happen (README, Operations: \"Tracing input offsets\").",
+    )
     producer_max_batch_size: int = Field(
         16_384, ge=1,
         description="Worker producer's batch size per partition, bytes (Kafka's default; the embedded broker uses 1: "

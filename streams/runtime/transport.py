@@ -21,10 +21,16 @@ offsets, and a standby table taken over in the next rebalance missed records.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
+
+from streams.runtime.offset_trace import OffsetTrace
+
+log = logging.getLogger(__name__)
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -36,8 +42,76 @@ class _ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(driver.Consumer):
+    trace: OffsetTrace | None = None  # RETENTION_TRACE_OFFSETS (offset_trace.py)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if getattr(self.app.conf, "retention_trace_offsets", False):
+            self.trace = trace = OffsetTrace()
+            callback = self.callback
+
+            async def traced(message: Any) -> None:
+                if self.app.topics.acks_enabled_for(message.topic):
+                    trace.entered[message.tp].add(message.offset)
+                    await callback(message)
+                    trace.delivered[message.tp].add(message.offset)
+                else:
+                    await callback(message)
+
+            self.callback = traced
+
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    # --- the opt-in offset trace (no effect unless RETENTION_TRACE_OFFSETS) -------------
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        if self.trace is not None and self.app.topics.acks_enabled_for(tp.topic):
+            self.trace.fetched[tp].add(record.offset)
+        return super()._to_message(tp, record)
+
+    def ack(self, message: Any) -> bool:
+        done = super().ack(message)
+        if self.trace is not None and self.app.topics.acks_enabled_for(message.topic):
+            self.trace.acked[message.tp].add(message.offset)
+        return done
+
+    async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+        if self.trace is not None:
+            self.trace.event(f"gap {tp.topic}[{tp.partition}] {offset_from}..{offset_to} "
+                             f"(read_offset {self._read_offset.get(tp)}, committed {self._committed_offset.get(tp)})")
+        await super()._add_gap(tp, offset_from, offset_to)
+
+    async def perform_seek(self) -> None:
+        if self.trace is not None:
+            self.trace.event(f"perform_seek starts; read offsets {dict(self._read_offset)}")
+        await super().perform_seek()
+        if self.trace is not None:
+            self.trace.event(f"perform_seek done; committed {dict(self._committed_offset)}")
+
+    async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
+        did = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if self.trace is not None:
+            self.trace.event(f"commit {did}: {{{', '.join(f'{tp.topic}[{tp.partition}]: {o}' for tp, o in offsets.items())}}}")
+        return did
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        if self.trace is not None:
+            self.trace.event(f"revoked {sorted(revoked)}")
+            for line in self.trace.report(self, self._position):
+                log.warning("offset trace at revocation: %s", line)
+            self.trace.forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    def _position(self, tp: TP) -> int | None:
+        try:
+            state = self._thread._ensure_consumer()._fetcher._subscriptions.subscription.assignment.state_value(tp)
+            return state._position if state is not None else None
+        except Exception:
+            return None
+
+    def trace_report(self) -> list[str]:
+        return self.trace.report(self, self._position) if self.trace is not None else []
 
     def _new_offset(self, tp: TP) -> int | None:
         acked = self._acked.get(tp)
