@@ -21,11 +21,14 @@ offsets, and a standby table taken over in the next rebalance missed records.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
+from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 
 from streams.runtime.offset_trace import OffsetTrace
@@ -127,24 +130,62 @@ class _Consumer(driver.Consumer):
         return super()._new_offset(tp)
 
 
+class _Buffer(ProducerBuffer):
+    """Faust's producer buffer, counting the message its sender task has taken off the
+    queue but not yet handed to aiokafka (``size`` counts only the queue)."""
+
+    sending = 0
+
+    async def _send_pending(self, fut: Any) -> None:
+        self.sending += 1
+        try:
+            await super()._send_pending(fut)
+        finally:
+            self.sending -= 1
+
+
 class _Producer(driver.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        old = self.buffer
+        self.buffer = _Buffer(loop=self.loop, beacon=self.beacon)
+        self.buffer.app = old.app
+        if self.threaded_producer is not None:
+            self.buffer.threaded_producer = self.threaded_producer
+
     async def flush(self) -> None:
         """Send everything buffered before returning, as a commit requires.
 
-        Faust commits input offsets right after ``producer.flush()``, but its buffer's flush
-        returns as soon as 0.1 s pass without a send, with records still buffered. On a slow
-        producer (the embedded broker, a busy cluster) a commit could then cover records whose
-        changelog writes were not sent yet, and a kill -9 lost those updates: a user's state
-        rebuilt from the changelog missed events whose offsets were committed."""
+        Faust commits input offsets right after ``producer.flush()``. Two ways its flush let
+        a commit cover table writes (changelog records) not yet handed to aiokafka, so that
+        a kill -9 lost those updates (a user's state rebuilt from the changelog missed events
+        whose offsets were committed):
+
+        - the buffer's flush returns as soon as 0.1 s pass without a send, with records
+          still queued (slow producer: the embedded broker, a busy cluster);
+        - the buffer's sender task takes a record off the queue *before* aiokafka accepts it:
+          aiokafka's ``send`` waits while the partition's previous batch is not drained
+          (always so with one record per batch, ``RETENTION_PRODUCER_MAX_BATCH_SIZE=1``).
+          In that window the queue is empty and aiokafka's own flush does not know the
+          record, so both flushes returned at once.
+
+        So wait until the queue is empty and no record is being handed over; aiokafka's
+        flush (``super().flush()``) then waits for the delivery of everything it holds."""
         await drain(self.buffer)
         await super().flush()
 
 
 async def drain(buffer: Any) -> None:
-    """Flush a Faust ``ProducerBuffer`` until it is empty (each flush gives up after 0.1 s
-    without progress; a stopped producer raises)."""
-    while buffer.size:
-        await buffer.flush()
+    """Until a Faust ``ProducerBuffer`` is empty and its sender holds no record (each
+    flush of the buffer gives up after 0.1 s without progress; a stopped producer raises)."""
+    while buffer.size or buffer.sending:
+        if buffer.size:
+            await buffer.flush()
+            continue
+        buffer.message_sent.clear()  # set by the sender task once a record is handed over
+        if buffer.sending:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(buffer.message_sent.wait(), timeout=0.1)
 
 
 class Transport(driver.Transport):

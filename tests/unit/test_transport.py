@@ -45,6 +45,8 @@ def test_an_unacknowledged_record_still_holds_the_commit() -> None:
 class SlowBuffer:
     """A Faust ProducerBuffer whose flush gives up after sending at most one record."""
 
+    sending = 0
+
     def __init__(self, size: int) -> None:
         self.size = size
         self.flushes = 0
@@ -62,3 +64,44 @@ def test_the_flush_before_a_commit_waits_until_the_buffer_is_empty() -> None:
     buffer = SlowBuffer(size=5)
     asyncio.run(drain(buffer))
     assert buffer.size == 0 and buffer.flushes == 5
+
+
+def test_the_flush_before_a_commit_waits_for_the_record_being_handed_to_aiokafka() -> None:
+    """The buffer's sender takes a record off its queue, then waits in aiokafka's ``send``
+    (the partition's previous batch is not drained yet): the queue is empty, the record
+    is not sent, and a commit must not pass it."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from streams.runtime.transport import _Buffer, drain
+
+    async def scenario() -> tuple[bool, list[str]]:
+        buffer = _Buffer()
+        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        taken, accepted = asyncio.Event(), asyncio.Event()
+        handed: list[str] = []
+
+        async def publish_message(fut: SimpleNamespace, wait: bool = False) -> None:
+            taken.set()
+            await accepted.wait()  # aiokafka's add_message waiting for the batch to drain
+            handed.append(fut.name)
+
+        record = SimpleNamespace(name="users-changelog write", message=SimpleNamespace(
+            channel=SimpleNamespace(publish_message=publish_message)))
+        await buffer.start()
+        try:
+            buffer.put(record)
+            await taken.wait()
+            assert buffer.size == 0  # what the flush looked at
+            flushing = asyncio.ensure_future(drain(buffer))
+            await asyncio.sleep(0.3)
+            returned_early = flushing.done()
+            accepted.set()
+            await asyncio.wait_for(flushing, timeout=5)
+            return returned_early, handed
+        finally:
+            await buffer.stop()
+
+    returned_early, handed = asyncio.run(scenario())
+    assert not returned_early
+    assert handed == ["users-changelog write"]
