@@ -55,7 +55,9 @@ class WorkerProcess:
         return self.process is not None and self.process.poll() is None
 
     def metrics_text(self) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=2) as response:
+        # A worker busy on a loaded machine can take seconds to answer (seen: > 2 s under a
+        # load average of 8 on 2 cores, which failed the recovery tests' polling).
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}/metrics", timeout=10) as response:
             return response.read().decode()
 
     def get_json(self, path: str) -> tuple[int, Any]:
