@@ -50,18 +50,32 @@ class _Consumer(driver.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if getattr(self.app.conf, "retention_trace_offsets", False):
-            self.trace = trace = OffsetTrace()
-            callback = self.callback
+            self.trace = OffsetTrace()
+        self.callback = self._tracking(self.callback)
 
-            async def traced(message: Any) -> None:
-                if self.app.topics.acks_enabled_for(message.topic):
-                    trace.entered[message.tp].add(message.offset)
-                    await callback(message)
-                    trace.delivered[message.tp].add(message.offset)
-                else:
-                    await callback(message)
+    def _tracking(self, callback: Any) -> Any:
+        """The consumer callback, tracking a record as unacknowledged when it is handed on.
 
-            self.callback = traced
+        Faust tracks a record only once a stream takes it from its queue; a record still in
+        the queue would not hold a commit back (``_not_past_in_flight``)."""
+        trace = self.trace
+        acks_enabled_for = self.app.topics.acks_enabled_for
+
+        async def handed_on(message: Any) -> None:
+            if not acks_enabled_for(message.topic):
+                await callback(message)
+                return
+            if not message.tracked:
+                message.tracked = True
+                self.track_message(message)
+            if trace is None:
+                await callback(message)
+                return
+            trace.entered[message.tp].add(message.offset)
+            await callback(message)
+            trace.delivered[message.tp].add(message.offset)
+
+        return handed_on
 
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -127,7 +141,40 @@ class _Consumer(driver.Consumer):
                     acked.extend(added)
                     gap.chop(0, max(added[-1], top + 1))
             acked[:] = sorted(set(acked))
-        return super()._new_offset(tp)
+        done = set(acked or ())
+        return self._not_past_in_flight(tp, super()._new_offset(tp), done)
+
+    def _not_past_in_flight(self, tp: TP, offset: int | None, done: set[int]) -> int | None:
+        """Never commit past a record handed to a stream and not acknowledged yet.
+
+        Faust counts as done what its gap detection took for holes in the log, and the
+        race above (#596) records as a "gap" offsets that *were* delivered: under load the
+        restarted worker's records still waiting in the event-time merge were committed
+        (seen with the offset trace: gap 6..10 while 8..10 waited). Faust's head-gap check
+        also lets a commit pass one unacknowledged record at the committed offset
+        (faust-streaming #606). Either way a second crash would lose those records. So
+        the offset to commit stops at the smallest offset of this partition handed to the
+        stream in the current generation and not acknowledged; what Faust took off its
+        acknowledged list beyond that goes back on it (in-flight offsets excepted: their
+        own acknowledgement adds them)."""
+        if offset is None:
+            return None
+        committed = self._committed_offset.get(tp)
+        generation = self.app.consumer_generation_id
+        in_flight = {
+            m.offset for m in list(self._unacked_messages)
+            if m.tp == tp and not m.acked and m.generation_id == generation and (committed is None or m.offset >= committed)
+        }
+        first = min(in_flight, default=None)
+        if first is None or first >= offset:
+            return offset
+        back = [o for o in done if first <= o < offset and o not in in_flight]
+        if back:
+            acked = self._acked[tp]
+            acked.extend(back)
+            acked.sort()
+            self._acked_index[tp].update(back)
+        return first if committed is None or first > committed else None
 
 
 class _Buffer(ProducerBuffer):

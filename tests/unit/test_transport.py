@@ -1,8 +1,11 @@
-"""The consumer's commit computation (faust-streaming #596: duplicated acknowledged offsets)."""
+"""The consumer's commit computation (faust-streaming #596: duplicated acknowledged offsets;
+#606 and gap ranges over records in flight) and the producer flush before a commit."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from types import SimpleNamespace
+from weakref import WeakSet
 
 from faust.types import TP
 from intervaltree import IntervalTree
@@ -12,16 +15,38 @@ from streams.runtime.transport import _Consumer
 TOPIC = TP("clicks", 0)
 
 
-def consumer(committed: int, acked: list[int], gap: tuple[int, int] | None = None) -> _Consumer:
-    """A consumer with only the bookkeeping the commit computation reads."""
+GENERATION = 7
+
+
+class Message:
+    """What the commit computation reads of a Faust ConsumerMessage."""
+
+    def __init__(self, offset: int, acked: bool = False, generation_id: int = GENERATION, tp: TP = TOPIC) -> None:
+        self.offset, self.acked, self.generation_id, self.tp = offset, acked, generation_id, tp
+
+
+def consumer(committed: int, acked: list[int], gap: tuple[int, int] | None = None, in_flight: list[Message] = ()) -> _Consumer:
+    """A consumer with only the bookkeeping the commit computation reads; ``in_flight``:
+    messages handed to the stream and not acknowledged (keep a reference to them)."""
     c = object.__new__(_Consumer)
+    c.app = SimpleNamespace(consumer_generation_id=GENERATION)
     c._acked = defaultdict(list, {TOPIC: list(acked)})
     c._acked_index = defaultdict(set, {TOPIC: set(acked)})
     c._committed_offset = defaultdict(lambda: None, {TOPIC: committed})
     c._gap = defaultdict(IntervalTree)
+    c._unacked_messages = WeakSet(in_flight)
     if gap:
         c._gap[TOPIC].addi(*gap)
     return c
+
+
+def ack(c: _Consumer, message: Message) -> None:
+    """Faust's ``Consumer.ack`` bookkeeping for one message."""
+    message.acked = True
+    if message.offset >= c._committed_offset[TOPIC] and message.offset not in c._acked_index[TOPIC]:
+        c._unacked_messages.discard(message)
+        c._acked_index[TOPIC].add(message.offset)
+        c._acked[TOPIC].append(message.offset)
 
 
 def test_duplicated_acks_commit_in_one_step() -> None:
@@ -40,6 +65,58 @@ def test_a_gap_range_overlapping_acks_does_not_slow_the_commit() -> None:
 def test_an_unacknowledged_record_still_holds_the_commit() -> None:
     c = consumer(committed=100, acked=[100, 101, 103, 104])
     assert c._new_offset(TOPIC) == 102  # 102 is not done: nothing after it is committed
+
+
+def test_a_gap_range_over_records_still_in_flight_does_not_commit_them() -> None:
+    # The recovery race: 6..10 were delivered before the seek reset Faust's read offset, so
+    # it recorded them as a gap; 8, 9 and 10 still wait in the event-time merge.
+    waiting = [Message(8), Message(9), Message(10)]
+    c = consumer(committed=5, acked=[5, 6, 7], gap=(6, 11), in_flight=waiting)
+    assert c._new_offset(TOPIC) == 8  # Faust alone: 11, past three unprocessed records
+    c._committed_offset[TOPIC] = 8  # the commit lands
+    for message in waiting:
+        ack(c, message)
+    assert c._new_offset(TOPIC) == 11
+
+
+def test_an_unacknowledged_record_at_the_committed_offset_holds_the_commit() -> None:
+    # faust-streaming #606: 2585 is still being processed, 2586..2589 are done
+    slow = Message(2585)
+    c = consumer(committed=2585, acked=[2586, 2587, 2588, 2589], in_flight=[slow])
+    assert c._new_offset(TOPIC) is None  # Faust alone: 2590, and a crash loses 2585
+    ack(c, slow)
+    assert c._new_offset(TOPIC) == 2590  # the acknowledged offsets were kept
+
+
+def test_acknowledged_copies_and_older_generations_do_not_hold_the_commit() -> None:
+    # a record delivered twice (before and after the recovery seek): the second copy is
+    # acknowledged but Faust leaves it among the unacknowledged; and a message of the
+    # generation before the last rebalance, dropped by the stream
+    copy, stale = Message(103, acked=True), Message(104, generation_id=GENERATION - 1)
+    c = consumer(committed=100, acked=[100, 101, 102, 103, 104, 105], in_flight=[copy, stale])
+    assert c._new_offset(TOPIC) == 106
+
+
+def test_a_record_handed_to_the_stream_queue_holds_the_commit_until_acknowledged() -> None:
+    """Faust tracks a record only when a stream takes it off its queue; ours tracks it
+    when the consumer hands it on, so a record still queued is not committed past."""
+    import asyncio
+
+    queued: list[Message] = []
+
+    async def to_stream_queue(message: Message) -> None:
+        queued.append(message)
+
+    c = consumer(committed=50, acked=[51, 52])
+    c.app.topics = SimpleNamespace(acks_enabled_for=lambda topic: True)
+    c._on_message_in = lambda tp, offset, message: None
+    record = Message(50)
+    record.topic, record.tracked = TOPIC.topic, False
+    asyncio.run(c._tracking(to_stream_queue)(record))
+    assert queued == [record] and record.tracked
+    assert c._new_offset(TOPIC) is None  # Faust alone: 53 (#606), past the queued record
+    ack(c, record)
+    assert c._new_offset(TOPIC) == 53
 
 
 class SlowBuffer:
