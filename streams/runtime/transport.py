@@ -1,5 +1,6 @@
 """Faust's aiokafka transport: a configurable fetch wait, a commit that survives duplicated
-acks, and a producer flush that really sends everything before a commit.
+acks and never passes a record still being processed, a producer flush that really sends
+everything before a commit, and an opt-in trace of the consumer's offsets (offset_trace.py).
 
 Faust creates its consumer with ``fetch_max_wait_ms=1500`` hard-coded. On the embedded
 broker every hop then waits up to ~0.75 s; ``RETENTION_FETCH_MAX_WAIT_MS`` sets it.
