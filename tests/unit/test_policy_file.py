@@ -143,3 +143,20 @@ def test_yaml_syntax_errors_name_the_line() -> None:
 def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicyFileError, match="cannot read the file"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def test_the_cli_check_and_the_worker_refuse_an_invalid_file_naming_line_and_problem(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(DEFAULT_POLICY.read_text().replace("percent: 20", "percent: 200"))
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "percent: 200" in text)
+    want = f"{bad}:{line}: rules[0].coupon.percent: must be at most 100, got 200"
+    env = {**os.environ, "RETENTION_POLICY_FILE": str(bad), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    for args in (["policy", "check"], ["worker"]):  # the worker stops before it connects to anything
+        run = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and want in run.stderr, (args, run.stderr[-2000:])
+    ok = subprocess.run([sys.executable, "-m", "streams.cli", "policy", "check", str(DEFAULT_POLICY)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "valid" in ok.stdout and "lapsed_after_streak: lapse -> coupon" in ok.stdout
