@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,7 +19,7 @@ from streams.domain.actions import action_id
 from streams.domain.guards import decode_budget
 from streams.domain.guards import BudgetState
 from streams.domain.timestamps import MS_PER_DAY, format_ts
-from streams.runtime.kafka import consumer
+from streams.runtime.kafka import producer
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.publish import Outgoing
 from tests.contract import schema_errors
@@ -70,10 +72,13 @@ def test_all_three_kinds_go_out_with_reasons_and_cooldown_budget_and_unsubscribe
     lapsers = same_partition("lapser", 2, pipeline.settings.partitions)
     records = [buy("critic", 0), review("critic", 1), review("critic", 3)]  # the second within the 14-day cooldown
     records += [review("quitter", 1), outcome("quitter", care_id("quitter", 1), 2), review("quitter", 20)]  # after unsubscribing
-    records += [buy("newbie", 2, item="i-2")]  # a first purchase: what others bought
     records += [buy(user, n) for user in lapsers for n in (0, 7, 14, 21)]  # both lapse on day 35, one partition
     events = publish(pipeline, records)
     worker.wait_ready()
+    worker.wait_processed(events, timeout=120)
+    # a first purchase once the others are learned (the recommender is per worker, and the
+    # partitions' records are processed in no order across partitions): what others bought
+    events += publish(pipeline, [buy("newbie", 22, item="i-2")])
     worker.wait_processed(events, timeout=120)
     worker.wait_processed(events + publish(pipeline, heartbeats(until_day=40)), timeout=120)
 
@@ -109,6 +114,24 @@ def test_all_three_kinds_go_out_with_reasons_and_cooldown_budget_and_unsubscribe
     partition = str(make_partitioner(pipeline.settings.partitions)(lapsers[0]))
     assert worker.total("retention_budget_left", partition=partition, kind="coupon", measure="count") == 0
     assert worker.total("retention_actions_total", kind="care_outreach", rule="care_after_negative_review", group="treatment") == 2
+
+    # the example marketing consumer: delivers each action once (a redelivered copy is skipped),
+    # skips the expired ones, and commits its progress (a second run has nothing left)
+    coupon = next(m for m in read_to_end(pipeline, pipeline.settings.topic_actions) if json.loads(m.value())["kind"] == "coupon")
+    copier = producer(pipeline.settings)
+    copier.produce(pipeline.settings.topic_actions, key=coupon.key(), value=coupon.value())  # as a re-send would
+    assert copier.flush(30) == 0
+    example = [sys.executable, str(Path(__file__).resolve().parents[2] / "examples" / "actions_consumer.py"), "--group", "mailer",
+               "--idle-timeout", "4", "--now", "2026-02-06T00:00:00Z", "--topic", pipeline.settings.topic_actions]
+    run = subprocess.run(example, env=worker.env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    delivered = run.stdout.splitlines()
+    assert delivered == [f"deliver coupon to {coupons[0]['user_id']}: coupon {coupons[0]['payload']['code']} (10% off) until "
+                         f"{coupons[0]['expires_at']} [lapsed_after_streak; {coupons[0]['action_id']}]"], run.stdout
+    skipped = Counter(line.split(": ")[-1] for line in run.stderr.splitlines() if line.startswith("skip "))
+    assert skipped["duplicate"] == 1 and skipped["expired"] == len(actions) - 1, run.stderr
+    again = subprocess.run(example, env=worker.env, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout == "" and "skip" not in again.stderr
 
 
 def budgets(pipe: Pipeline) -> dict[int, BudgetState]:
