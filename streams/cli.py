@@ -22,6 +22,8 @@ topics_app = typer.Typer(no_args_is_help=True, help="Topic administration.")
 actions_app = typer.Typer(no_args_is_help=True, help="The retention actions, as marketing systems see them.")
 app.add_typer(topics_app, name="topics")
 app.add_typer(actions_app, name="actions")
+policy_app = typer.Typer(no_args_is_help=True, help="The retention policy file (docs/policy.md).")
+app.add_typer(policy_app, name="policy")
 scores_app = typer.Typer(no_args_is_help=True, help="Every user's latest features and scores, for marketing and analysts.")
 app.add_typer(scores_app, name="scores")
 err = Console(stderr=True)
@@ -62,15 +64,47 @@ def topics_create() -> None:
     err.print(f"created {len(created)} topics: {', '.join(created) or '(all existed)'}")
 
 
+def _policy(settings):  # the file at RETENTION_POLICY_FILE, or exit 2 with every problem
+    from streams.domain.policy_file import PolicyFileError
+
+    try:
+        return settings.policy
+    except PolicyFileError as exc:
+        sys.stderr.write(f"invalid policy file (RETENTION_POLICY_FILE):\n{exc}\n")
+        raise typer.Exit(2) from None
+
+
+@policy_app.command("check")
+def policy_check(
+    file: Annotated[Optional[Path], typer.Argument(help="The policy file; default: RETENTION_POLICY_FILE (or the shipped deploy/policy.yaml).")] = None,
+) -> None:
+    """Validate a policy file as the worker would; print its rules, or every problem as file:line: key: problem (exit 2)."""
+    import os
+
+    if file is not None:
+        os.environ["RETENTION_POLICY_FILE"] = str(file)
+    policy = _policy(_settings())
+    guards = policy.guards
+    print(f"{policy.source}: valid; control share {policy.control_share:g}; {len(policy.rules)} rules (first match per kind and trigger):")
+    for rule in policy.rules:
+        print(f"  line {rule.line}: {rule.name}: {rule.trigger} -> {rule.action}")
+    budget = guards.daily_budget
+    per_kind = ", ".join(f"{k} {b.count if b.count is not None else '-'}" + (f" / value {b.value:g}" if b.value is not None else "")
+                         for k, b in budget.per_kind.items())
+    print(f"  guards: cooldown days {guards.cooldown_days}; checkout window {guards.checkout_window_minutes:g} min; "
+          f"daily budget {budget.count} ({per_kind or 'no per-kind budgets'})")
+
+
 @app.command()
 def worker() -> None:
-    """Run one stream worker (Faust). SIGTERM stops it gracefully."""
+    """Run one stream worker (Faust). SIGTERM stops it gracefully; an invalid policy file stops it at once (exit 2)."""
     import faust
 
     from streams.runtime.app import create_app
     from streams.runtime.logs import worker_logging_config
 
     settings = _settings()
+    _policy(settings)
     faust_app, _ = create_app(settings)
     logging_config = worker_logging_config(settings.log_format, settings.log_level)
     faust.Worker(faust_app, loglevel=settings.log_level.upper(), logging_config=logging_config, quiet=True).execute_from_commandline()

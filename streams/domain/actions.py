@@ -23,10 +23,18 @@ Group = Literal["treatment", "control"]
 
 
 class Reason(msgspec.Struct, frozen=True):
+    """Why an action was decided. The fields after ``features`` are optional in the v1
+    contract (issue 5): the trigger that looked at the rule, and the customer's lifecycle
+    stage, loyalty tier and segment at that moment; absent (UNSET) in older actions."""
+
     rule: str
     scores: dict[str, float]
     model_versions: dict[str, str]
     features: dict[str, float] = msgspec.field(default_factory=dict)
+    trigger: str | msgspec.UnsetType = msgspec.UNSET
+    lifecycle_stage: str | msgspec.UnsetType = msgspec.UNSET
+    loyalty_tier: str | msgspec.UnsetType = msgspec.UNSET
+    segment: int | msgspec.UnsetType = msgspec.UNSET
 
 
 class RetentionAction(msgspec.Struct, frozen=True):

@@ -14,6 +14,14 @@ the learners), so each prediction is judged against its label when it matures
 (:mod:`models.prequential`).
 
 Both return a :class:`Step` whose ``due_ms`` tells when the user next needs a look.
+
+**Rules.** Given an ``act`` (the policy file's rules, :class:`streams.domain.rules.Decider`),
+the engine calls it at each trigger with the trigger's *episode* (what makes the action id
+of the decision deterministic): ``lapse`` (the lapse check; episode: the last purchase),
+``negative_review`` (the review's event time), ``first_purchase`` (its event time),
+``abandoned_cart`` (the customer's count of abandoned carts once it grew) and ``sweep``
+(the sweep's grid point). Without one, the built-in lapse rule (:mod:`streams.domain.policy`)
+decides, as the evaluation replays do.
 """
 
 from __future__ import annotations
@@ -38,6 +46,14 @@ class ChurnScorer(Protocol):
 
 class LoyaltyScorer(Protocol):
     def score(self, x: dict[str, float]) -> Score: ...
+
+
+class Actor(Protocol):
+    """The policy's rules at a trigger (:class:`streams.domain.rules.Decider`)."""
+
+    def __call__(
+        self, trigger: str, state: UserState, now_ms: int, episode: int, churn: Score | None = None
+    ) -> list[RetentionAction]: ...
 
 
 @dataclass(frozen=True)
@@ -121,12 +137,14 @@ def _score_point(
 
 def on_event(
     state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig, sentiment: float | None = None,
-    churn: ChurnScorer | None = None, loyalty: LoyaltyScorer | None = None,
+    churn: ChurnScorer | None = None, loyalty: LoyaltyScorer | None = None, act: Actor | None = None,
 ) -> Step:
     """Fold ``event`` in at event-time clock ``now_ms`` (``sentiment``: a review text's score).
 
     A purchase resolves pending labels and is a scoring point; ``churn`` and ``loyalty``,
-    when given, record their predictions with it."""
+    when given, record their predictions with it. ``act``: the rules of the triggers an
+    event can fire (negative review, first purchase, a cart found abandoned)."""
+    carts = state.carts_abandoned
     applied = apply_event(state, event, now_ms, cfg.state, sentiment)
     examples: list[Matured] = []
     points: list[PendingScore] = []
@@ -136,30 +154,61 @@ def on_event(
             point = _score_point(state, event.ts, feature_vector(state, event.ts, cfg.state), cfg, churn, loyalty)
             points = [point] if point is not None else []
     negative = applied is not Applied.DUPLICATE and sentiment is not None and is_negative(sentiment)
-    return Step(applied=applied, examples=examples, points=points, due_ms=due_at(state, cfg), negative_review=negative)
+    actions: list[RetentionAction] = []
+    if act is not None and applied is not Applied.DUPLICATE:
+        if negative:
+            actions += act("negative_review", state, now_ms, event.ts)
+        if isinstance(event, Purchase) and state.purchases == 1:
+            actions += act("first_purchase", state, now_ms, event.ts)
+        actions += _abandoned(act, state, now_ms, carts)
+    return Step(applied=applied, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg), negative_review=negative)
+
+
+def _abandoned(act: Actor, state: UserState, now_ms: int, before: int) -> list[RetentionAction]:
+    """The abandoned-cart rules, once per cart the clock finalized as abandoned (episode: the count)."""
+    return [a for n in range(before + 1, state.carts_abandoned + 1) for a in act("abandoned_cart", state, now_ms, n)]
 
 
 def on_due(
-    state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig, loyalty: LoyaltyScorer | None = None
+    state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig, loyalty: LoyaltyScorer | None = None,
+    act: Actor | None = None,
 ) -> Step:
-    """The clock reached the user's due time: labels mature, a sweep scores, the lapse rule runs."""
+    """The clock reached the user's due time: labels mature, a sweep scores, the lapse rule runs
+    (``act``: the policy file's rules at the lapse check, the sweep and abandoned carts)."""
+    carts = state.carts_abandoned
     advance(state, now_ms, cfg.state)
     examples = mature(state, now_ms, cfg.horizon_ms)
     points: list[PendingScore] = []
     features: list[float] | None = None
+    actions = [] if act is None else _abandoned(act, state, now_ms, carts)
     sweep = sweep_due(state, cfg)
     if sweep is not None and now_ms >= sweep:
         features = feature_vector(state, now_ms, cfg.state)
         point = _score_point(state, now_ms, features, cfg, churn, loyalty)
         points = [point] if point is not None else []
         state.swept_at = now_ms
-    actions: list[RetentionAction] = []
+        if act is not None:
+            actions += act("sweep", state, now_ms, sweep)
     due = lapse_check_due(state, cfg.policy)
     churn_score: Score | None = None
     if due is not None and now_ms >= due:
         features = features or feature_vector(state, now_ms, cfg.state)
         churn_score = churn.score(as_dict(features))
-        action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)
-        if action is not None:
-            actions.append(action)
+        if act is None:
+            action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)
+            actions += [action] if action is not None else []
+        else:
+            actions += _lapse(act, state, now_ms, churn_score)
     return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg), churn=churn_score)
+
+
+def _lapse(act: Actor, state: UserState, now_ms: int, churn: Score) -> list[RetentionAction]:
+    """The lapse check by the policy file's rules: checked now; one action per episode (the
+    last purchase) once a rule fires, else checked again after ``recheck_days``."""
+    episode = state.last_purchase
+    assert episode is not None  # lapse_check_due guarantees it
+    state.lapse_checked = now_ms
+    actions = act("lapse", state, now_ms, episode, churn)
+    if actions:
+        state.lapse_acted = episode
+    return actions

@@ -173,6 +173,29 @@ def _today(budget: BudgetState, now_ms: int) -> tuple[int, int, dict[str, KindSp
     return day, 0, {}, [], previous
 
 
+def remaining(budget: BudgetState, now_ms: int, limits: GuardLimits) -> dict[tuple[str, str], float]:
+    """What the partition may still spend on ``now_ms``'s UTC day: ``(kind, measure)`` ->
+    left, kind ``all`` for the count of every kind, measure ``count`` or ``value`` (coupon
+    value in currency units); kinds without a limit of their own are absent.
+
+    >>> limits = GuardLimits(count=5, count_per_kind={"coupon": 2}, coupon_value_cents=1000)
+    >>> budget = BudgetState(day=0, count=1, per_kind={"coupon": KindSpend(1, 250)})
+    >>> remaining(budget, 0, limits)
+    {('all', 'count'): 4, ('coupon', 'count'): 1, ('coupon', 'value'): 7.5}
+    >>> remaining(budget, MS_PER_DAY, limits)[("all", "count")]  # a new day
+    5
+    """
+    _, count, per_kind, _, _ = _today(budget, now_ms)
+    left: dict[tuple[str, str], float] = {("all", "count"): max(0, limits.count - count)}
+    for kind, limit in limits.count_per_kind.items():
+        spent = per_kind.get(kind, KindSpend())
+        left[(kind, "count")] = max(0, limit - spent.count)
+    if limits.coupon_value_cents is not None:
+        spent = per_kind.get("coupon", KindSpend())
+        left[("coupon", "value")] = max(0, limits.coupon_value_cents - spent.value_cents) / 100
+    return left
+
+
 def check(
     kind: str, action_id: str, value_cents: int, user: UserState, budget: BudgetState,
     now_ms: int, limits: GuardLimits,

@@ -31,9 +31,10 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from streams.domain.actions import ActionKind
 from streams.domain.lifecycle import Stage
+from streams.domain.loyalty import TIER_PATTERN
 from streams.domain.policy import LAPSED_AFTER_STREAK, PolicyConfig
 
-Trigger = Literal["lapse", "negative_review", "sweep"]
+Trigger = Literal["lapse", "negative_review", "sweep", "abandoned_cart", "first_purchase"]
 Priority = Literal["low", "normal", "high"]
 
 ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
@@ -64,6 +65,15 @@ class When:
     churn_at_least: float | None = None
     churn_below: float | None = None
     min_purchases: int | None = None
+    #: Loyalty tiers (names of RETENTION_LOYALTY_TIERS) the customer must be in.
+    loyalty_tiers: tuple[str, ...] | None = None
+    #: The customer's mean order value (spend / purchases, currency units) at least this.
+    min_order_value: float | None = None
+
+    @property
+    def tiered(self) -> bool:
+        """The rule picks customers by loyalty or value (a tier of an offer, not the base rule)."""
+        return self.loyalty_tiers is not None or self.min_order_value is not None
 
 
 @dataclass(frozen=True)
@@ -138,12 +148,14 @@ class Policy:
     source: str = "<string>"
 
     def lapse_config(self) -> PolicyConfig:
-        """Today's built-in rule as the file configures it: the first ``lapse`` coupon rule.
+        """Today's built-in rule as the file configures it: the first ``lapse`` coupon rule
+        that picks customers by neither loyalty tier nor order value (the base offer; tiered
+        offers come before it in the file, as the first matching rule fires).
 
         >>> load_policy(DEFAULT_POLICY).lapse_config() == PolicyConfig()
         True
         """
-        rule = next((r for r in self.rules if r.trigger == "lapse" and r.action == "coupon"), None)
+        rule = next((r for r in self.rules if r.trigger == "lapse" and r.action == "coupon" and not r.when.tiered), None)
         base = PolicyConfig()
         coupon = rule.coupon if rule is not None else None
         churn = rule.when.churn_at_least if rule is not None else None
@@ -158,6 +170,25 @@ class Policy:
             coupon_ttl_days=coupon.valid_days if coupon is not None else base.coupon_ttl_days,
             control_share=self.control_share,
         )
+
+
+    def check_tiers(self, tiers: tuple[str, ...]) -> None:
+        """Refuse rules naming a loyalty tier the worker does not have (the tiers are the
+        RETENTION_LOYALTY_TIERS setting, so this check runs where both are known).
+
+        >>> p = load_policy_text("version: 1\\nrules:\\n- {name: r, trigger: sweep, action: care_outreach, care: {}, when: {loyalty_tiers: [gold, gould]}}\\n", "p.yaml")
+        >>> p.check_tiers(("bronze", "gold"))
+        Traceback (most recent call last):
+        ...
+        streams.domain.policy_file.PolicyFileError: p.yaml: 1 problem
+          p.yaml:3: rules[0].when.loyalty_tiers: unknown loyalty tier 'gould'; the tiers (RETENTION_LOYALTY_TIERS) are: bronze, gold
+        """
+        problems = [
+            (rule.line, f"rules[{i}].when.loyalty_tiers: unknown loyalty tier '{name}'; the tiers (RETENTION_LOYALTY_TIERS) are: {', '.join(tiers)}")
+            for i, rule in enumerate(self.rules) for name in rule.when.loyalty_tiers or () if name not in tiers
+        ]
+        if problems:
+            raise PolicyFileError(self.source, problems)
 
 
 #: The shipped default policy (today's rule plus care and recommendation rules).
@@ -206,6 +237,7 @@ def load_policy_text(text: str, source: str = "<string>") -> Policy:
 
 _constructor = yaml.constructor.SafeConstructor()
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
+_TIER = re.compile(TIER_PATTERN)
 _MISSING = object()
 
 
@@ -377,7 +409,8 @@ class _Validator:
         return _build(Rule, kw)
 
     def when(self, node: Node, path: str) -> Any:
-        m = self.mapping(node, path, {"stages": False, "churn_at_least": False, "churn_below": False, "min_purchases": False})
+        keys = ("stages", "churn_at_least", "churn_below", "min_purchases", "loyalty_tiers", "min_order_value")
+        m = self.mapping(node, path, dict.fromkeys(keys, False))
         if m is None:
             return _MISSING
         kw: dict[str, Any] = {}
@@ -395,6 +428,17 @@ class _Validator:
                 kw[key] = self.number(m[key], f"{path}.{key}", lo=0, hi=1)
         if "min_purchases" in m:
             kw["min_purchases"] = self.number(m["min_purchases"], f"{path}.min_purchases", integer=True, lo=0)
+        if "loyalty_tiers" in m:
+            tnode = m["loyalty_tiers"]
+            if not isinstance(tnode, SequenceNode) or not tnode.value:
+                self.fail(tnode, f"{path}.loyalty_tiers", f"must be a non-empty list of loyalty tier names, got {_kind(tnode)}")
+                kw["loyalty_tiers"] = _MISSING
+            else:
+                hint = "a loyalty tier name (lower-case letters, digits, _ and -)"
+                tiers = tuple(self.text(t, f"{path}.loyalty_tiers[{i}]", _TIER, hint) for i, t in enumerate(tnode.value))
+                kw["loyalty_tiers"] = _MISSING if _MISSING in tiers else tiers
+        if "min_order_value" in m:
+            kw["min_order_value"] = self.number(m["min_order_value"], f"{path}.min_order_value", lo=0)
         lo, hi = kw.get("churn_at_least"), kw.get("churn_below")
         if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo >= hi:
             self.fail(m["churn_below"], f"{path}.churn_below", f"must be above churn_at_least ({_num(lo)}): no customer could match")

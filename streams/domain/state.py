@@ -40,6 +40,12 @@ RECENT_SESSIONS = 16
 RECENT_SEARCHES = 32
 RECENT_PURCHASES = 16
 RECENT_CARTS = 8
+#: Item interactions the recommender reads (one entry per item, the latest RECENT_ITEMS by
+#: time) and the items bought (the latest BOUGHT_ITEMS), which it never recommends.
+RECENT_ITEMS = 20
+BOUGHT_ITEMS = 20
+#: Kinds of item interaction, lightest first (an entry keeps the heaviest seen).
+ITEM_KINDS = ("product_view", "wishlist", "add_to_cart", "purchase")
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,14 @@ class Acted(msgspec.Struct, array_like=True):
 
     ts: int
     action_id: str
+
+
+class ItemTouch(msgspec.Struct, array_like=True):
+    """The customer's latest interaction with one item (``kind``: index in ITEM_KINDS)."""
+
+    item: str
+    kind: int
+    ts: int
 
 
 class UserState(msgspec.Struct, array_like=True):
@@ -137,6 +151,10 @@ class UserState(msgspec.Struct, array_like=True):
     cart_touched: int | None = None
     #: Latest admitted action per kind (at most one per action kind: bounded).
     acted: dict[str, Acted] = msgspec.field(default_factory=dict)
+    #: Added for the recommendations (issue 5): recent item interactions, sorted by time,
+    #: and the latest items bought, oldest first. Defaults keep older states loadable.
+    items: list[ItemTouch] = msgspec.field(default_factory=list)
+    bought: list[str] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -209,6 +227,8 @@ def _apply_click(state: UserState, click: Click, now: int, on_time: bool, cfg: S
     state.clicks += 1
     if click.item_id is not None:
         kmv_add(state.items_seen, click.item_id)
+        if click.kind.value in ITEM_KINDS:
+            touch_item(state, click.item_id, ITEM_KINDS.index(click.kind.value), click.ts)
     if click.category is not None:
         kmv_add(state.categories_seen, click.category)
     if not on_time:
@@ -258,6 +278,13 @@ def _apply_purchase(state: UserState, purchase: Purchase, now: int, on_time: boo
     state.first_purchase = ts if state.first_purchase is None else min(state.first_purchase, ts)
     state.last_purchase = ts if state.last_purchase is None else max(state.last_purchase, ts)
     _keep_latest(state.purchase_times, ts, RECENT_PURCHASES)
+    for item in dict.fromkeys(line.item_id for line in purchase.items):
+        touch_item(state, item, ITEM_KINDS.index("purchase"), ts)
+        if item in state.bought:
+            state.bought.remove(item)
+        state.bought.append(item)
+        if len(state.bought) > BOUGHT_ITEMS:
+            del state.bought[0]
     if on_time:
         state.tiles.add(ts, {"purchases": 1, "spend_cents": cents}, now)
 
@@ -275,6 +302,28 @@ def _apply_review(state: UserState, review: Review, sentiment: float | None) -> 
         state.last_review = review.ts
         state.last_rating = review.rating
         state.last_sentiment_milli = milli
+
+
+def touch_item(state: UserState, item: str, kind: int, ts: int) -> None:
+    """Record an interaction: one entry per item (its latest time, its heaviest kind), the
+    latest RECENT_ITEMS items kept.
+
+    >>> s = UserState("u")
+    >>> touch_item(s, "a", 2, 10); touch_item(s, "b", 0, 5); touch_item(s, "a", 0, 20)
+    >>> [(t.item, t.kind, t.ts) for t in s.items]
+    [('b', 0, 5), ('a', 2, 20)]
+    """
+    for i, touch in enumerate(state.items):
+        if touch.item == item:
+            if ts <= touch.ts and kind <= touch.kind:
+                return
+            kind, ts = max(kind, touch.kind), max(ts, touch.ts)
+            del state.items[i]
+            break
+    state.items.append(ItemTouch(item, kind, ts))
+    state.items.sort(key=lambda t: (t.ts, t.item))
+    if len(state.items) > RECENT_ITEMS:
+        del state.items[0]
 
 
 def _keep_latest(times: list[int], ts: int, bound: int) -> None:

@@ -105,16 +105,31 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
         table.add_row(str(count), reason)
     console.print(table)
 
-    by = Counter((a["kind"], a["group"]) for a in actions)
-    states = Counter(shop.state_at(a["user_id"], parse_ts(a["ts"])).value for a in actions)
-    table = Table(title=f"Retention actions: {len(actions)} on the actions topic")
-    for column in ("kind", "group", "count"):
-        table.add_column(column)
-    for (kind, group), count in sorted(by.items()):
-        table.add_row(kind, group, str(count))
+    by = Counter((a["kind"], a["reason"]["rule"], a["group"]) for a in actions)
+    table = Table(title=f"Retention actions: {len(actions)} on the actions topic, by kind and rule (policy: {worker.env.get('RETENTION_POLICY_FILE', 'deploy/policy.yaml')})")
+    for column in ("kind", "rule", "group", "count"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for (kind, rule, group), count in sorted(by.items()):
+        table.add_row(kind, rule, group, str(count))
     console.print(table)
-    truth = ", ".join(f"{state} {count / len(actions):.0%}" for state, count in states.most_common()) if actions else "-"
-    console.print(f"ground truth of the customers at the moment of their coupon: {truth}")
+    suppressed = Table(title="Decided but suppressed by the guard rails (not sent)")
+    for column in ("kind", "reason", "count"):
+        suppressed.add_column(column, justify="right" if column == "count" else "left")
+    for labels, value in sorted(worker.samples("retention_actions_suppressed_total"), key=lambda s: (s[0]["kind"], s[0]["reason"])):
+        suppressed.add_row(labels["kind"], labels["reason"], f"{value:.0f}")
+    console.print(suppressed)
+    console.print("why, one example per rule:")
+    for rule in sorted({a["reason"]["rule"] for a in actions}):
+        a = next(x for x in actions if x["reason"]["rule"] == rule)
+        r = a["reason"]
+        scores = ", ".join(f"{k} {v:.2f}" for k, v in r["scores"].items())
+        context = f"{r.get('trigger')}, stage {r.get('lifecycle_stage')}, tier {r.get('loyalty_tier')}, segment {r.get('segment')}"
+        console.print(f"  {rule}: {a['kind']} {json.dumps(a['payload'])[:90]} for {a['user_id']} at {a['ts']}; "
+                      f"{context}; scores {scores}; models {r['model_versions']}", highlight=False)
+    coupons = [a for a in actions if a["kind"] == "coupon"]
+    states = Counter(shop.state_at(a["user_id"], parse_ts(a["ts"])).value for a in coupons)
+    truth = ", ".join(f"{state} {count / len(coupons):.0%}" for state, count in states.most_common()) if coupons else "-"
+    console.print(f"ground truth of the customers at the moment of their coupon ({len(coupons)} coupons): {truth}")
     prior = worker.total("retention_model_prior_active", model="churn-logreg")
     console.print(
         f"churn model: {worker.total('retention_model_labels_learned', model='churn-logreg'):.0f} matured labels learned; "

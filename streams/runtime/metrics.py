@@ -18,6 +18,20 @@ PROCESSING_ERRORS = Counter(
     "retention_processing_errors", "Records whose processing raised (dead-lettered), by exception type.", ["error"]
 )
 ACTIONS = Counter("retention_actions", "Retention actions emitted, by kind, rule and experiment group.", ["kind", "rule", "group"])
+ACTIONS_SUPPRESSED = Counter(
+    "retention_actions_suppressed",
+    "Retention actions a rule decided that the guard rails stopped (not sent), by kind and reason: unsubscribed, "
+    "checking_out, cooldown, budget_count, budget_value.",
+    ["kind", "reason"],
+)
+BUDGET_LEFT = Gauge(
+    "retention_budget_left",
+    "What a partition may still spend on its current UTC day of event time (its share of the policy file's daily "
+    "budgets): kind all/coupon/recommendation/care_outreach; measure count (actions) or value (coupon value, "
+    "currency units). Kinds without a budget of their own have no series.",
+    ["partition", "kind", "measure"],
+)
+POLICY_INFO = Info("retention_policy", "The policy file this worker runs: its path, rules and version.")
 LABELS = Counter(
     "retention_labels",
     "Matured labels learned, by model and label (churn: 0/1; loyalty: purchase days in the horizon, 5+ for five or more).",

@@ -8,7 +8,9 @@ by :func:`embedded_overrides`, in processes the demo and the tests start.
 
 from __future__ import annotations
 
+import os
 import socket
+from functools import lru_cache
 
 from pathlib import Path
 from typing import Literal
@@ -21,7 +23,21 @@ from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
 from streams.domain.state import StateConfig
 from streams.domain.timestamps import MS_PER_HOUR
-from streams.domain.policy import PolicyConfig
+from streams.domain.policy_file import DEFAULT_POLICY, Policy, load_policy
+
+#: Settings the policy file replaced (issue 5): a worker refuses to start while one is set,
+#: naming where the value lives now, rather than silently ignoring it.
+MOVED_TO_POLICY_FILE = {
+    "RETENTION_CHURN_THRESHOLD": "rules[lapsed_after_streak].when.churn_at_least",
+    "RETENTION_STREAK_MIN_PURCHASES": "lapse.min_purchases",
+    "RETENTION_LAPSE_MIN_DAYS": "lapse.min_days",
+    "RETENTION_LAPSE_GAP_FACTOR": "lapse.gap_factor",
+    "RETENTION_LAPSE_RECHECK_DAYS": "lapse.recheck_days",
+    "RETENTION_LAPSE_GIVE_UP_DAYS": "lapse.give_up_days",
+    "RETENTION_COUPON_PERCENT": "rules[lapsed_after_streak].coupon.percent",
+    "RETENTION_COUPON_TTL_DAYS": "rules[lapsed_after_streak].coupon.valid_days",
+    "RETENTION_CONTROL_SHARE": "control_share",
+}
 
 
 class Settings(BaseSettings):
@@ -72,15 +88,12 @@ class Settings(BaseSettings):
     loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat"] = Field("log-linear", description="Online loyalty learner: purchase days in the horizon (models/churn.py; chosen by measurement in docs/evaluation.md).")
     sweep_days: float = Field(1.0, ge=0, description="Known customers (with a purchase) are re-scored on this grid of event time, a scoring point stored when the last is horizon/4 old (0: scoring points at purchases only).")
     sweep_silence_days: float = Field(365.0, gt=0, description="Sweeps of a customer stop this many days after their last purchase.")
-    churn_threshold: float = Field(0.5, ge=0, le=1, description="Churn probability at which a lapsed customer gets a coupon.")
-    streak_min_purchases: int = Field(3, ge=1, description="Purchases that make a buying streak.")
-    lapse_min_days: float = Field(14.0, gt=0, description="Minimum days without a purchase before a streak customer counts as lapsed.")
-    lapse_gap_factor: float = Field(2.0, gt=0, description="Lapsed after this many times the customer's mean gap between purchases.")
-    lapse_recheck_days: float = Field(1.0, gt=0, description="Days between checks of a lapsed customer whose churn score is below the threshold.")
-    lapse_give_up_days: float = Field(120.0, gt=0, description="Days after the last purchase when a lapse episode stops being checked.")
-    coupon_percent: float = Field(10.0, gt=0, le=100, description="Discount of the lapse coupon, percent.")
-    coupon_ttl_days: float = Field(14.0, gt=0, description="Days a coupon action stays valid (expires_at).")
-    control_share: float = Field(0.1, ge=0, le=1, description="Share of customers in the control group (stable per customer, by hash).")
+    policy_file: Path | None = Field(
+        None,
+        description="The retention policy (YAML, docs/policy.md): rules, coupons, control share, lapse timing and guard rails. "
+        "Read when the worker starts (a changed file takes effect on restart); an invalid file stops the worker with "
+        "`file:line: key: problem`. Default: the shipped deploy/policy.yaml (in the container image /etc/retention/policy.yaml).",
+    )
 
     # Lifecycle stages (docs/segments.md): defaults are LifecycleConfig's.
     lifecycle_new_days: float = Field(LifecycleConfig.new_days, ge=0, description="Lifecycle: a customer first seen fewer days ago than this is `new`.")
@@ -122,6 +135,13 @@ class Settings(BaseSettings):
     def _heartbeat_below_session(self) -> "Settings":
         if self.heartbeat_interval_s >= self.session_timeout_s:
             raise ValueError("RETENTION_HEARTBEAT_INTERVAL_S must be below RETENTION_SESSION_TIMEOUT_S")
+        return self
+
+    @model_validator(mode="after")
+    def _no_moved_settings(self) -> "Settings":
+        moved = [f"{env} (now `{key}` in the policy file {self.policy_path})" for env, key in MOVED_TO_POLICY_FILE.items() if env in os.environ]
+        if moved:
+            raise ValueError("these settings moved to the policy file (RETENTION_POLICY_FILE); unset them: " + "; ".join(moved))
         return self
 
     @field_validator("loyalty_tiers")
@@ -181,6 +201,16 @@ class Settings(BaseSettings):
         )
 
     @property
+    def policy(self) -> Policy:
+        """The policy file, validated (raises PolicyFileError), its tiers checked against
+        RETENTION_LOYALTY_TIERS; read once per path and modification time."""
+        return _policy(str(self.policy_path), _mtime(self.policy_path), self.loyalty_tiers)
+
+    @property
+    def policy_path(self) -> Path:
+        return self.policy_file if self.policy_file is not None else DEFAULT_POLICY
+
+    @property
     def engine(self) -> EngineConfig:
         return EngineConfig(
             churn_horizon_days=self.churn_horizon_days,
@@ -191,18 +221,22 @@ class Settings(BaseSettings):
                 cart_timeout_ms=int(self.cart_timeout_hours * MS_PER_HOUR),
                 session_gap_ms=int(self.session_gap_minutes * 60_000),
             ),
-            policy=PolicyConfig(
-                streak_min_purchases=self.streak_min_purchases,
-                lapse_min_days=self.lapse_min_days,
-                lapse_gap_factor=self.lapse_gap_factor,
-                recheck_days=self.lapse_recheck_days,
-                give_up_days=self.lapse_give_up_days,
-                churn_threshold=self.churn_threshold,
-                coupon_percent=self.coupon_percent,
-                coupon_ttl_days=self.coupon_ttl_days,
-                control_share=self.control_share,
-            ),
+            policy=self.policy.lapse_config(),
         )
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0  # load_policy says the file cannot be read
+
+
+@lru_cache(maxsize=8)
+def _policy(path: str, mtime: float, tiers: str) -> Policy:
+    policy = load_policy(path)
+    policy.check_tiers(tuple(name for name, _ in parse_tiers(tiers)))
+    return policy
 
 
 def embedded_overrides(bootstrap_servers: str) -> dict[str, str]:

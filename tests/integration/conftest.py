@@ -83,6 +83,24 @@ def pipeline(broker_env: dict[str, str], tmp_path: Path) -> Iterator[Pipeline]:
         yield pipe
 
 
+def policy_env(path: Path, *edits: tuple[str, str]) -> dict[str, str]:
+    """The shipped policy file with ``edits`` (old, new text) applied, written to ``path``:
+    the worker environment that runs it. Each edit must apply (the default file changed?)."""
+    from streams.domain.policy_file import DEFAULT_POLICY, load_policy
+
+    text = DEFAULT_POLICY.read_text()
+    for old, new in edits:
+        assert old in text, f"{old!r} is not in {DEFAULT_POLICY}"
+        text = text.replace(old, new)
+    path.write_text(text)
+    load_policy(path)  # valid
+    return {"RETENTION_POLICY_FILE": str(path)}
+
+
+#: No control group: every decision is a treatment one.
+NO_CONTROL_EDIT = ("control_share: 0.1", "control_share: 0")
+
+
 def _settings(env: dict[str, str]) -> Settings:
     old = dict(os.environ)
     os.environ.update(env)

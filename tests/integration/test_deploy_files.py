@@ -515,7 +515,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas():
 
     docs = k8s_documents()
     assert set(docs) == {
-        "ConfigMap/retention-streams", "Job/retention-topics", "StatefulSet/retention-worker",
+        "ConfigMap/retention-streams", "ConfigMap/retention-policy", "Job/retention-topics", "StatefulSet/retention-worker",
         "Service/retention-worker", "Service/retention-worker-metrics",
         "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker",
     }
@@ -536,6 +536,30 @@ def test_k8s_configmap_holds_valid_settings(monkeypatch):
         monkeypatch.setenv(name, value)
     settings = Settings()  # validates every value
     assert (settings.web_host, settings.log_format) == ("0.0.0.0", "json")
+
+
+def test_the_policy_file_reaches_every_deployment_unchanged():
+    """The image, compose and k8s all run the shipped deploy/policy.yaml at RETENTION_POLICY_FILE."""
+    from streams.domain.policy_file import load_policy_text
+
+    shipped = (ROOT / "deploy" / "policy.yaml").read_text()
+    docs = k8s_documents()
+    in_k8s = docs["ConfigMap/retention-policy"]["data"]["policy.yaml"]
+    assert in_k8s == shipped, "deploy/k8s/policy-configmap.yaml differs from deploy/policy.yaml"
+    load_policy_text(in_k8s, "policy-configmap.yaml")  # valid
+    path = docs["ConfigMap/retention-streams"]["data"]["RETENTION_POLICY_FILE"]
+    pod = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["policy"]["configMap"]["name"] == "retention-policy"
+    assert path == mounts["policy"]["mountPath"] + "/policy.yaml"
+    env = dict(a.split("=", 1) for kw, args in final_stage() if kw == "ENV" for a in shlex.split(args) if "=" in a)
+    assert env["RETENTION_POLICY_FILE"] == path
+    copies = [shlex.split(args) for kw, args in dockerfile_instructions() if kw == "COPY" and "policy.yaml" in args]
+    assert copies == [["deploy/policy.yaml", path]]
+    for name in ("worker-1", "worker-2"):
+        binds = {target: source for source, target, kind in volumes_of(service(name)) if kind == "bind"}
+        assert Path(binds[path]).resolve() == ROOT / "deploy" / "policy.yaml"
 
 
 def test_k8s_statefulset_probes_state_volume_and_graceful_stop():

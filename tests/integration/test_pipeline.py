@@ -9,6 +9,8 @@ import time
 import math
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -20,12 +22,12 @@ from streams.runtime.partitioning import make_partitioner
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher
 from tests.contract import schema_errors
-from tests.integration.conftest import Pipeline
+from tests.integration.conftest import NO_CONTROL_EDIT, Pipeline, policy_env
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-NO_CONTROL = {"RETENTION_CONTROL_SHARE": "0"}
+NO_CONTROL = policy_env(Path(tempfile.mkdtemp(prefix="policy-")) / "no-control.yaml", NO_CONTROL_EDIT)
 
 
 def day(n: float) -> int:
@@ -109,7 +111,9 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert lapsed["ts"] == "2026-02-05T00:00:00.000Z"  # last purchase day 21 + max(14, 2 * 7) days
     assert lapsed["expires_at"] == "2026-02-19T00:00:00.000Z"
     assert lapsed["reason"]["rule"] == "lapsed_after_streak"
-    assert lapsed["reason"]["model_versions"] == {"churn": "recency-prior"}
+    assert lapsed["reason"]["model_versions"]["churn"] == "recency-prior"  # and every model of the customer's row
+    assert set(lapsed["reason"]["model_versions"]) == {"churn", "loyalty", "sentiment", "segment"}
+    assert lapsed["reason"]["trigger"] == "lapse" and lapsed["reason"]["lifecycle_stage"] == "at_risk"
     assert lapsed["reason"]["scores"]["churn"] == pytest.approx(0.6321, abs=1e-4)
     assert lapsed["reason"]["features"]["purchases"] == 4.0  # the duplicate counted once
     assert by_user["miskeyed"]["reason"]["features"]["purchases"] == 4.0  # re-keyed to its owner

@@ -39,8 +39,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a kill, a re
 SHOP = SimulationConfig(customers=50, new_customers_per_day=1.0, days=70, seed=11, duplicate_share=0.01)
 # The learners never replace the prior and the prior learns nothing (models are in memory,
 # not checkpointed), so the decisions are a function of the records alone.
+# The policy is the built-in lapse rule alone, never suppressed by a guard rail, so the
+# worker decides what the ordered replay decides (the care and recommendation rules depend
+# on the in-memory sentiment and recommender models; the guards are tested in test_actions.py).
+LAPSE_ONLY = Path(__file__).resolve().parents[1] / "data" / "policy-lapse-only.yaml"
 STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_CHURN_PRIOR_LEARNS": "false",
-          "RETENTION_LOYALTY_PRIOR_LEARNS": "false"}
+          "RETENTION_LOYALTY_PRIOR_LEARNS": "false", "RETENTION_POLICY_FILE": str(LAPSE_ONLY)}
 LIFETIME = ("clicks", "purchases", "spend_cents", "reviews", "rating_sum", "first_seen", "last_seen",
             "first_purchase", "last_purchase", "carts_abandoned", "unsubscribed")
 

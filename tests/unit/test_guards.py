@@ -108,11 +108,14 @@ def test_restart_with_budget_stored_but_user_state_lost() -> None:
 
 def test_state_encoded_before_the_guard_fields_still_loads() -> None:
     old = dump_state(UserState("u1", purchases=4))
-    # without the two trailing fields, the array is what a worker before issue 5 wrote
+    # without the four trailing fields, the array is what a worker before issue 5 wrote
     fields = msgspec.msgpack.decode(old)
     assert len(fields) == len(UserState.__struct_fields__)
-    state = load_state(msgspec.msgpack.encode(fields[:-2]))
+    state = load_state(msgspec.msgpack.encode(fields[:-4]))
     assert state.purchases == 4 and state.cart_touched is None and state.acted == {}
+    # and without the recommender's item history (added after the guard fields)
+    state = load_state(msgspec.msgpack.encode(fields[:-2]))
+    assert state.purchases == 4 and state.items == [] and state.bought == []
 
 
 def test_unsubscribed_suppresses_every_kind_and_repeats() -> None:

@@ -27,13 +27,19 @@ def test_default_file_loads_and_gives_todays_rule() -> None:
     policy = load_policy(DEFAULT_POLICY)
     assert policy.lapse_config() == PolicyConfig()
     assert [(r.name, r.trigger, r.action) for r in policy.rules] == [
+        ("vip_lapsed_after_streak", "lapse", "coupon"),
         ("lapsed_after_streak", "lapse", "coupon"),
         ("care_after_negative_review", "negative_review", "care_outreach"),
         ("recommend_when_at_risk", "sweep", "recommendation"),
+        ("recommend_after_abandoned_cart", "abandoned_cart", "recommendation"),
+        ("recommend_after_first_purchase", "first_purchase", "recommendation"),
     ]
-    assert policy.rules[0].coupon == Coupon(percent=10, valid_days=14)
-    assert policy.rules[1].care is not None and policy.rules[1].care.priority == "high"
-    assert policy.rules[2].when.stages == ("at_risk", "reactivated")
+    vip, base = policy.rules[0], policy.rules[1]
+    assert vip.when.loyalty_tiers == ("gold", "platinum") and vip.when.min_order_value == 80 and vip.when.tiered
+    assert vip.coupon == Coupon(percent=20, max_value=40, valid_days=14)
+    assert base.coupon == Coupon(percent=10, valid_days=14) and not base.when.tiered
+    assert policy.rules[2].care is not None and policy.rules[2].care.priority == "high"
+    assert policy.rules[3].when.stages == ("at_risk", "reactivated")
     assert policy.guards.daily_budget.per_kind["coupon"].value == 20_000
 
 
@@ -48,6 +54,17 @@ def test_changed_values_reach_the_rule() -> None:
     text = GOOD.replace("percent: 10", "percent: 15\n      valid_days: 7").replace("0.5", "0.6")
     cfg = load_policy_text("lapse: {min_purchases: 4}\n" + text).lapse_config()
     assert (cfg.coupon_percent, cfg.coupon_ttl_days, cfg.churn_threshold, cfg.streak_min_purchases) == (15, 7, 0.6, 4)
+
+
+def test_tiered_offers_come_first_and_the_base_rule_configures_the_lapse_check() -> None:
+    tier = GOOD.split("rules:\n")[1].replace("lapsed_after_streak", "vip").replace("percent: 10", "percent: 25").replace(
+        "churn_at_least: 0.5", "churn_at_least: 0.4\n      loyalty_tiers: [gold]")
+    policy = load_policy_text(GOOD.replace("rules:\n", "rules:\n" + tier))
+    assert [r.name for r in policy.rules] == ["vip", "lapsed_after_streak"]
+    assert policy.lapse_config() == PolicyConfig()  # the base rule's threshold and coupon
+    for trigger in ("abandoned_cart", "first_purchase"):
+        text = f"version: 1\nrules:\n- {{name: r, trigger: {trigger}, action: recommendation, recommendation: {{items: 3}}}}\n"
+        assert load_policy_text(text).rules[0].trigger == trigger
 
 
 def refused(text: str) -> PolicyFileError:
@@ -73,6 +90,10 @@ def refused(text: str) -> PolicyFileError:
         (("version: 1", "version: 2"), 1, "version: unsupported version 2"),
         (("    coupon:\n      percent: 10\n", "    care:\n      priority: high\n"), 3, "rules[0]: missing required key 'coupon' for a coupon action"),
         (("name: lapsed_after_streak", "name: Lapsed Rule"), 3, "rules[0].name: must be a name of lower-case letters"),
+        (("churn_at_least: 0.5", "loyalty_tiers: gold"), 7, "rules[0].when.loyalty_tiers: must be a non-empty list of loyalty tier names, got 'gold'"),
+        (("churn_at_least: 0.5", "loyalty_tiers: [gold, Gold]"), 7, "rules[0].when.loyalty_tiers[1]: must be a loyalty tier name"),
+        (("churn_at_least: 0.5", "min_order_value: -3"), 7, "rules[0].when.min_order_value: must be >= 0, got -3"),
+        (("trigger: lapse", "trigger: abandoned_carts"), 4, "unknown trigger 'abandoned_carts'; expected one of: lapse, negative_review, sweep, abandoned_cart, first_purchase"),
     ],
 )
 def test_invalid_files_are_refused_naming_line_and_problem(edit: tuple[str, str], line: int, words: str) -> None:
@@ -122,3 +143,20 @@ def test_yaml_syntax_errors_name_the_line() -> None:
 def test_unreadable_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PolicyFileError, match="cannot read the file"):
         load_policy(tmp_path / "missing.yaml")
+
+
+def test_the_cli_check_and_the_worker_refuse_an_invalid_file_naming_line_and_problem(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    bad = tmp_path / "policy.yaml"
+    bad.write_text(DEFAULT_POLICY.read_text().replace("percent: 20", "percent: 200"))
+    line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "percent: 200" in text)
+    want = f"{bad}:{line}: rules[0].coupon.percent: must be at most 100, got 200"
+    env = {**os.environ, "RETENTION_POLICY_FILE": str(bad), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    for args in (["policy", "check"], ["worker"]):  # the worker stops before it connects to anything
+        run = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 2 and want in run.stderr, (args, run.stderr[-2000:])
+    ok = subprocess.run([sys.executable, "-m", "streams.cli", "policy", "check", str(DEFAULT_POLICY)], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and "valid" in ok.stdout and "lapsed_after_streak: lapse -> coupon" in ok.stdout

@@ -37,7 +37,8 @@ def test_topic_names_are_configurable_and_mapped_to_the_contract(monkeypatch: py
     ("name", "value", "message"),
     [
         ("RETENTION_HEARTBEAT_INTERVAL_S", "60", "must be below RETENTION_SESSION_TIMEOUT_S"),
-        ("RETENTION_CONTROL_SHARE", "1.5", "less than or equal to 1"),
+        ("RETENTION_CONTROL_SHARE", "0.2", r"RETENTION_CONTROL_SHARE \(now `control_share` in the policy file"),
+        ("RETENTION_CHURN_THRESHOLD", "0.6", r"moved to the policy file .*churn_at_least"),
         ("RETENTION_PARTITIONS", "zero", "valid integer"),
         ("RETENTION_LOYALTY_TIERS", "bronze:0,gold:0.8,silver:0.5", "must increase"),
         ("RETENTION_LOYALTY_TIERS", "silver:0.5,gold:0.8", "must start at 0"),
@@ -48,6 +49,28 @@ def test_bad_configuration_is_refused_with_the_variable_named(monkeypatch: pytes
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message):
         Settings()
+
+
+def test_the_policy_file_is_read_from_its_setting_and_an_invalid_one_is_refused_with_its_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from streams.domain.policy_file import DEFAULT_POLICY, PolicyFileError
+
+    assert Settings().policy_path == DEFAULT_POLICY and Settings().engine.policy.control_share == 0.1
+    path = tmp_path / "policy.yaml"
+    path.write_text(DEFAULT_POLICY.read_text().replace("control_share: 0.1", "control_share: 0.25"))
+    monkeypatch.setenv("RETENTION_POLICY_FILE", str(path))
+    assert Settings().policy.control_share == 0.25 and Settings().engine.policy.control_share == 0.25
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEFAULT_POLICY.read_text().replace("churn_at_least: 0.5", "churn_at_least: 5"))
+    monkeypatch.setenv("RETENTION_POLICY_FILE", str(bad))
+    with pytest.raises(PolicyFileError, match=rf"{bad}:\d+: rules\[\d\]\.when\.churn_at_least: must be at most 1, got 5"):
+        Settings().policy
+    tiers = tmp_path / "tiers.yaml"
+    tiers.write_text(DEFAULT_POLICY.read_text().replace("loyalty_tiers: [gold, platinum]", "loyalty_tiers: [gold, diamond]"))
+    monkeypatch.setenv("RETENTION_POLICY_FILE", str(tiers))
+    with pytest.raises(PolicyFileError, match="unknown loyalty tier 'diamond'"):
+        Settings().policy
 
 
 def test_loyalty_settings_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:

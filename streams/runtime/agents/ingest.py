@@ -33,6 +33,9 @@ from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter
 from streams.domain.engine import Step, due_at, on_due, on_event
+from streams.domain.items import ItemRecommender, history
+from streams.domain.rules import Decider
+from models.reco import interactions
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
 from streams.domain.features import as_dict, features, model_inputs
@@ -43,6 +46,7 @@ from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState, dump_state, event_digest, load_state, mark_applied, redelivered
 from streams.runtime import metrics
+from streams.runtime.agents.gate import ActionGate
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
 
@@ -92,6 +96,14 @@ class Ingest:
         self.sentiment = SentimentModel()
         self.segments = SegmentModel(n_clusters=settings.segment_clusters, halflife=settings.segment_halflife)
         self.app = app
+        # The policy file's rules (a customer's row as published decides), the recommender
+        # they draw items from (per worker, in memory), and the guard rails before each send.
+        self.policy = settings.policy
+        self.reco = ItemRecommender()
+        self.decide = Decider(self.policy, lambda state, now, churn: self._snapshot(state, now, churn, learn=False), self.reco)
+        self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical))
+        metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
+                                  "version": str(self.policy.version)})
         # Heartbeats last: at equal event times the data goes first, then the clock ticks.
         self.inputs = [t for t in self.logical if t != settings.topic_heartbeats] + [settings.rekey_topic, settings.topic_heartbeats]
         self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
@@ -236,10 +248,14 @@ class Ingest:
         # a re-sent review is not scored again (only a text needs the look-up before on_event)
         sentiment = self.sentiment.score(text) if text and event_digest(result) not in state.recent_ids else None
         now = self.clocks[msg.partition].advance(result.ts)  # the clock reaches the record first
-        step = on_event(state, result, now, self.cfg, sentiment, self.churn, self.loyalty)
+        touches = interactions(result)
+        past = history(state) if touches else []  # the recommender learns each touch with what came before
+        step = on_event(state, result, now, self.cfg, sentiment, self.churn, self.loyalty, self.decide)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
+        for touch in touches:
+            self.reco.learn(touch, past)
         mark_applied(state, msg.topic, msg.offset)
         self.population.update(before, rfm_of(state))
         if text:
@@ -263,7 +279,7 @@ class Ingest:
                 for user_id in due:
                     state = self._load(user_id)
                     if state is not None:
-                        await self._finish(state, on_due(state, now, self.churn, self.cfg, self.loyalty), queue, now)
+                        await self._finish(state, on_due(state, now, self.churn, self.cfg, self.loyalty, self.decide), queue, now)
             finally:
                 _current_event.reset(token)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
@@ -313,6 +329,8 @@ class Ingest:
                 metrics.LABELS.labels(self.churn.name, str(int(m.days == 0))).inc()
                 metrics.LABELS.labels(self.loyalty.name, str(m.days) if m.days < 5 else "5+").inc()
         for action in step.actions:
+            if not self.gate.admit(state, action, self.partition_for(state.user_id), now).allowed:
+                continue  # counted by reason; not sent
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
             if self.trigger_kafka_ts is not None:

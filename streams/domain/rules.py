@@ -1,0 +1,162 @@
+"""The policy file's rules at their triggers: which actions a customer gets, and why.
+
+The engine (:mod:`streams.domain.engine`) calls a :class:`Decider` at each trigger of a
+user: ``lapse`` (the lapse check of a streak customer), ``negative_review``,
+``abandoned_cart``, ``first_purchase`` (at the event) and ``sweep`` (the periodic scoring).
+For the trigger, the rules are read in file order and the **first rule of each action kind
+whose ``when`` holds fires**: tiered offers (by loyalty tier or order value) are written
+before the base offer of the same trigger.
+
+What a rule looks at is the customer's row as published on ``user-scores``
+(:class:`~streams.domain.snapshots.UserScores`: scores, model versions, lifecycle stage,
+loyalty tier, features), which the caller computes (``describe``): the worker's loyalty
+ranking and segment model live in the worker. The action's ``reason`` carries that row's
+scores, model versions and features, the trigger, stage, tier and segment.
+
+Action ids are deterministic: (user, rule, episode), the episode being the trigger's own
+event time or count (see the engine), so a decision re-made after a redelivery or a
+restart has the same id. The guard rails (:mod:`streams.domain.guards`) run afterwards,
+in the worker, on each action.
+
+>>> from streams.domain.policy_file import DEFAULT_POLICY, load_policy
+>>> from streams.domain.snapshots import UserScores
+>>> row = UserScores("u1", "2026-01-01T00:00:00.000Z", {"purchases": 3.0}, {"churn": 0.7},
+...                  {"churn": "recency-prior"}, lifecycle_stage="at_risk")
+>>> decide = Decider(load_policy(DEFAULT_POLICY), lambda state, now, churn: row)
+>>> [a.kind for a in decide("negative_review", UserState("u1"), 0, episode=0)]
+['care_outreach']
+>>> decide("negative_review", UserState("u1"), 0, episode=0)[0].payload
+{'priority': 'high', 'topic': 'negative review'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from models.score import Score
+from streams.domain.actions import Reason, RetentionAction, action_id, coupon_code, experiment_group
+from streams.domain.policy_file import Policy, Rule, When
+from streams.domain.snapshots import UserScores
+from streams.domain.state import UserState
+from streams.domain.timestamps import MS_PER_DAY, format_ts
+
+#: The customer's row at ``now`` (``churn``: a score already computed at this point, or None).
+Describe = Callable[[UserState, int, Score | None], UserScores]
+
+
+@dataclass(frozen=True)
+class Picks:
+    """A recommender's answer: item ids, best first, and the model version that chose them."""
+
+    items: list[str]
+    version: str
+
+
+#: Up to ``k`` items for this customer at ``now`` (none already bought).
+Recommend = Callable[[UserState, int, int], Picks]
+
+
+def matches(when: When, row: UserScores, state: UserState) -> bool:
+    """Every condition given holds for this customer (absent conditions hold).
+
+    >>> row = UserScores("u", "t", {}, {"churn": 0.4}, {}, lifecycle_stage="at_risk", loyalty_tier="gold")
+    >>> matches(When(stages=("at_risk",), churn_below=0.5, loyalty_tiers=("gold",)), row, UserState("u"))
+    True
+    >>> matches(When(min_order_value=20), row, UserState("u", purchases=2, spend_cents=3000))
+    False
+    """
+    churn = row.scores.get("churn", 0.0)
+    if when.stages is not None and row.lifecycle_stage not in when.stages:
+        return False
+    if when.churn_at_least is not None and churn < when.churn_at_least:
+        return False
+    if when.churn_below is not None and churn >= when.churn_below:
+        return False
+    if when.min_purchases is not None and state.purchases < when.min_purchases:
+        return False
+    if when.loyalty_tiers is not None and row.loyalty_tier not in when.loyalty_tiers:
+        return False
+    if when.min_order_value is not None:
+        if state.purchases <= 0 or state.spend_cents / state.purchases < when.min_order_value * 100:
+            return False
+    return True
+
+
+class Decider:
+    """The policy's rules, callable by the engine at a trigger (see the module docstring)."""
+
+    def __init__(self, policy: Policy, describe: Describe, recommend: Recommend | None = None) -> None:
+        self.policy = policy
+        self.describe = describe
+        self.recommend = recommend
+        self.triggers = frozenset(rule.trigger for rule in policy.rules)
+
+    def __call__(
+        self, trigger: str, state: UserState, now_ms: int, episode: int, churn: Score | None = None
+    ) -> list[RetentionAction]:
+        """The actions the trigger's rules fire for this customer at ``now_ms``."""
+        if trigger not in self.triggers:
+            return []  # nothing to look at: the row is not even computed
+        row = self.describe(state, now_ms, churn)
+        fired: dict[str, RetentionAction] = {}
+        for rule in self.policy.rules:
+            if rule.trigger != trigger or rule.action in fired or not matches(rule.when, row, state):
+                continue
+            action = self.action(rule, state, now_ms, episode, row)
+            if action is not None:
+                fired[rule.action] = action
+        return list(fired.values())
+
+    def action(self, rule: Rule, state: UserState, now_ms: int, episode: int, row: UserScores) -> RetentionAction | None:
+        """The rule's action for this customer (None: a recommendation with no item to offer)."""
+        aid = action_id(state.user_id, rule.name, episode)
+        versions = dict(row.model_versions)
+        if rule.coupon is not None:
+            c = rule.coupon
+            payload: dict[str, object] = {"code": coupon_code(aid)}
+            if c.percent is not None:
+                payload["percent_off"] = c.percent
+            else:
+                payload.update(amount_off=c.amount, currency=c.currency)
+            valid_days = c.valid_days
+        elif rule.recommendation is not None:
+            if self.recommend is None:
+                return None
+            picks = self.recommend(state, now_ms, rule.recommendation.items)
+            if not picks.items:
+                return None
+            payload = {"items": [{"item_id": item} for item in picks.items]}
+            versions["reco"] = picks.version
+            valid_days = rule.recommendation.valid_days
+        else:
+            assert rule.care is not None  # the validator requires the kind's section
+            payload = {"priority": rule.care.priority}
+            if rule.care.topic is not None:
+                payload["topic"] = rule.care.topic
+            valid_days = rule.care.valid_days
+        return RetentionAction(
+            action_id=aid,
+            user_id=state.user_id,
+            ts=format_ts(now_ms),
+            kind=rule.action,
+            payload=payload,
+            reason=Reason(
+                rule=rule.name,
+                scores={k: round(v, 4) for k, v in row.scores.items()},
+                model_versions=versions,
+                features=row.features,
+                trigger=rule.trigger,
+                lifecycle_stage=row.lifecycle_stage,
+                loyalty_tier=row.loyalty_tier,
+                segment=row.segment,
+            ),
+            group=experiment_group(state.user_id, self.policy.control_share),
+            expires_at=format_ts(now_ms + int(valid_days * MS_PER_DAY)),
+        )
+
+
+def rule_named(policy: Policy, name: str) -> Rule | None:
+    """The policy's rule of this name (an action's ``reason.rule``)."""
+    return next((r for r in policy.rules if r.name == name), None)
+
