@@ -23,13 +23,16 @@ from typing import Protocol
 
 from models.score import Score
 from models.sentiment import is_negative
+from streams.domain import attribution
 from streams.domain.actions import RetentionAction
-from streams.domain.events import Purchase, UserEvent
+from streams.domain.attribution import AttributionConfig
+from streams.domain.events import Outcome, Purchase, UserEvent
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.labels import Matured, add_scoring_point, mature, next_maturity, next_storable, on_purchase
 from streams.domain.policy import PolicyConfig, decide_lapse, lapse_check_due
 from streams.domain.state import Applied, PendingScore, StateConfig, UserState, advance, apply_event
 from streams.domain.timestamps import MS_PER_DAY
+from streams.domain.uplift import Tally
 
 
 class ChurnScorer(Protocol):
@@ -50,6 +53,7 @@ class EngineConfig:
     sweep_silence_days: float = 365.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
     @property
     def horizon_ms(self) -> int:
@@ -73,6 +77,8 @@ class Step:
     churn: Score | None = None
     #: The event was a review whose text reads negative (an event the policy can react to).
     negative_review: bool = False
+    #: What this step adds to the attribution counts (decisions, matured windows, outcomes).
+    tally: Tally = field(default_factory=Tally)
 
 
 def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
@@ -101,7 +107,8 @@ def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
 
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
     """The next event time at which :func:`on_due` has something to do for this user."""
-    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg)]
+    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg),
+             attribution.next_maturity(state, cfg.attribution)]
     return min((t for t in times if t is not None), default=None)
 
 
@@ -136,7 +143,29 @@ def on_event(
             point = _score_point(state, event.ts, feature_vector(state, event.ts, cfg.state), cfg, churn, loyalty)
             points = [point] if point is not None else []
     negative = applied is not Applied.DUPLICATE and sentiment is not None and is_negative(sentiment)
-    return Step(applied=applied, examples=examples, points=points, due_ms=due_at(state, cfg), negative_review=negative)
+    tally = _attribute_event(state, event, applied, cfg)
+    return Step(applied=applied, examples=examples, points=points, due_ms=due_at(state, cfg), negative_review=negative, tally=tally)
+
+
+def _attribute_event(state: UserState, event: UserEvent, applied: Applied, cfg: EngineConfig) -> Tally:
+    """A purchase converts (or redeems) the user's waiting decisions; an outcome is counted."""
+    tally = Tally()
+    if applied is Applied.DUPLICATE:
+        return tally
+    if isinstance(event, Purchase):
+        attribution.on_purchase(state, event.ts, event.action_id, event.coupon_code, cfg.attribution)
+    elif isinstance(event, Outcome):
+        attribution.on_outcome(state, event.action_id, event.outcome.value, tally)
+    return tally
+
+
+def attribute_actions(state: UserState, now_ms: int, actions: list[RetentionAction], cfg: EngineConfig) -> Tally:
+    """Mature the decisions whose window is over at ``now_ms``; start the windows of ``actions``."""
+    tally = Tally()
+    attribution.mature(state, now_ms, cfg.attribution, tally)
+    for action in actions:
+        attribution.track(state, attribution.awaiting_of(action), cfg.attribution, tally)
+    return tally
 
 
 def on_due(
@@ -162,4 +191,6 @@ def on_due(
         action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)
         if action is not None:
             actions.append(action)
-    return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg), churn=churn_score)
+    tally = attribute_actions(state, now_ms, actions, cfg)
+    return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
+                churn=churn_score, tally=tally)

@@ -16,11 +16,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.domain.attribution import AttributionConfig
 from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
 from streams.domain.state import StateConfig
-from streams.domain.timestamps import MS_PER_HOUR
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
 from streams.domain.policy import PolicyConfig
 
 
@@ -81,6 +82,8 @@ class Settings(BaseSettings):
     coupon_percent: float = Field(10.0, gt=0, le=100, description="Discount of the lapse coupon, percent.")
     coupon_ttl_days: float = Field(14.0, gt=0, description="Days a coupon action stays valid (expires_at).")
     control_share: float = Field(0.1, ge=0, le=1, description="Share of customers in the control group (stable per customer, by hash).")
+    attribution_window_days: float = Field(14.0, gt=0, description="A purchase within this many days (event time) after a retention decision is a conversion of it, in the treatment and the control group alike; the decision counts in the rates of GET /actions/stats once the window (and the allowed lateness) is over. Default: the coupon's validity.")
+    uplift_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the uplift intervals (Newcombe's hybrid score interval) in GET /actions/stats and the uplift gauges.")
 
     # Lifecycle stages (docs/segments.md): defaults are LifecycleConfig's.
     lifecycle_new_days: float = Field(LifecycleConfig.new_days, ge=0, description="Lifecycle: a customer first seen fewer days ago than this is `new`.")
@@ -195,6 +198,10 @@ class Settings(BaseSettings):
                 coupon_percent=self.coupon_percent,
                 coupon_ttl_days=self.coupon_ttl_days,
                 control_share=self.control_share,
+            ),
+            attribution=AttributionConfig(
+                window_ms=int(self.attribution_window_days * MS_PER_DAY),
+                lateness_ms=int(self.allowed_lateness_s * 1000),
             ),
         )
 
