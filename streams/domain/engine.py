@@ -9,6 +9,11 @@ decision path is tested without a broker, with explicit event times.
   mature; a periodic sweep re-scores a known customer who went silent (a scoring point);
   and the lapse rule scores the user and may emit a coupon.
 
+Both attribute (:mod:`streams.domain.attribution`): a purchase converts or redeems the
+user's waiting decisions, an outcome is counted, and :func:`attribute_actions` matures the
+decisions whose window is over and starts the windows of the actions just emitted; the
+step's :class:`~streams.domain.uplift.Tally` says what to add to the partition's counts.
+
 Scoring points are stored with the live learners' predictions (when the caller passes
 the learners), so each prediction is judged against its label when it matures
 (:mod:`models.prequential`).

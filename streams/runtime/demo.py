@@ -35,12 +35,14 @@ from streams.runtime.settings import Settings
 from streams.simulation import OfferEffects, Shop, SimulationConfig
 
 
-def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None) -> int:
+def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None, control_share: float | None = None) -> int:
     console = Console()
     workdir = workdir or Path("var/demo") / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         env = cluster_or_embedded(stack, workdir, console.print)
+        if control_share is not None:  # a larger control group: narrower uplift intervals
+            env["RETENTION_CONTROL_SHARE"] = str(control_share)
         os.environ.update(env)
         settings = Settings()
         create_topics(settings)

@@ -76,7 +76,7 @@ class MarketingLoop:
                 break
             if not self.worker.alive or time.monotonic() - started > 120:
                 break  # never hang the demo; the summary shows what is missing
-            time.sleep(0.1)
+            time.sleep(0.25)  # the worker's metrics page is not free
         self.waited_s += time.monotonic() - started
 
     def close(self) -> None:
