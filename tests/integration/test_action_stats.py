@@ -105,3 +105,28 @@ def test_conversions_redemptions_and_uplift_of_treatment_and_control(pipeline: P
     second = pipeline.worker("w2", **HALF)
     second.wait_ready()
     assert wait_for(lambda: second.get_json("/actions/stats")[1].get("by_kind") == stats["by_kind"], timeout=60)
+
+
+def test_any_of_two_workers_answers_for_the_whole_shop(pipeline: Pipeline) -> None:
+    one, two = pipeline.worker("w1", **HALF), pipeline.worker("w2", **HALF)
+    for w in (one, two):
+        w.wait_ready()
+    assigned = lambda w: w.total("retention_assigned_partitions", topic="heartbeats")  # noqa: E731
+    assert wait_for(lambda: assigned(one) + assigned(two) == 4 and assigned(one) and assigned(two), timeout=60)
+    users = users_in("treatment", 4) + users_in("control", 4)
+    events = publish(pipeline, [purchase(u, n) for u in users for n in (0, 7, 14, 21)])
+    events += publish(pipeline, heartbeats(until_day=50))
+
+    def processed() -> float:
+        return sum(w.total("retention_records_total") - w.total("retention_records_total", result="rekeyed") for w in (one, two))
+
+    assert wait_for(lambda: processed() >= events, timeout=120), processed()
+    local = [w.get_json("/actions/stats?scope=local")[1] for w in (one, two)]
+    assert sorted(local[0]["partitions"] + local[1]["partitions"]) == [0, 1, 2, 3]
+    answers = [w.get_json("/actions/stats") for w in (one, two)]
+    assert answers[0] == answers[1] and answers[0][0] == 200
+    stats = answers[0][1]
+    assert stats["complete"] and stats["partitions_counted"] == [0, 1, 2, 3]
+    coupon = stats["by_kind"]["coupon"]
+    assert [(coupon[g]["decisions"], coupon[g]["matured"], coupon[g]["conversions"]) for g in ("treatment", "control")] == [(4, 4, 0), (4, 4, 0)]
+    assert coupon["uplift"]["estimate"] == 0.0
