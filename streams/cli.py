@@ -225,11 +225,12 @@ def demo(
     customers: Annotated[int, typer.Option(help="Customers at the start.")] = 600,
     days: Annotated[float, typer.Option(help="Simulated days.")] = 150.0,
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second; 0 = as fast as possible.")] = 0.0,
+    control_share: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Share of customers in the control group (default: control_share of the policy file).")] = None,
 ) -> None:
-    """Embedded broker + a worker + the simulator; live progress, then a summary."""
+    """Embedded broker + a worker + the simulator, the loop closed; live progress, then a summary."""
     from streams.runtime.demo import run_demo
 
-    raise typer.Exit(run_demo(customers=customers, days=days, speed=speed or None))
+    raise typer.Exit(run_demo(customers=customers, days=days, speed=speed or None, control_share=control_share))
 
 
 @app.command()

@@ -9,6 +9,12 @@ decision path is tested without a broker, with explicit event times.
   mature; a periodic sweep re-scores a known customer who went silent (a scoring point);
   and the lapse rule scores the user and may emit a coupon.
 
+Both attribute (:mod:`streams.domain.attribution`): a purchase converts or redeems the
+user's waiting decisions, an outcome is counted, and :func:`on_due` matures the decisions
+whose window is over; :func:`track_actions` starts the windows of the actions that went
+out (the caller's call: after the guard rails). The step's
+:class:`~streams.domain.uplift.Tally` says what to add to the partition's counts.
+
 Scoring points are stored with the live learners' predictions (when the caller passes
 the learners), so each prediction is judged against its label when it matures
 (:mod:`models.prequential`).
@@ -31,13 +37,16 @@ from typing import Protocol
 
 from models.score import Score
 from models.sentiment import is_negative
+from streams.domain import attribution
 from streams.domain.actions import RetentionAction
-from streams.domain.events import Purchase, UserEvent
+from streams.domain.attribution import AttributionConfig
+from streams.domain.events import Outcome, Purchase, UserEvent
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.labels import Matured, add_scoring_point, mature, next_maturity, next_storable, on_purchase
 from streams.domain.policy import PolicyConfig, decide_lapse, lapse_check_due
 from streams.domain.state import Applied, PendingScore, StateConfig, UserState, advance, apply_event
 from streams.domain.timestamps import MS_PER_DAY
+from streams.domain.uplift import Tally
 
 
 class ChurnScorer(Protocol):
@@ -66,6 +75,7 @@ class EngineConfig:
     sweep_silence_days: float = 365.0
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    attribution: AttributionConfig = field(default_factory=AttributionConfig)
 
     @property
     def horizon_ms(self) -> int:
@@ -89,6 +99,8 @@ class Step:
     churn: Score | None = None
     #: The event was a review whose text reads negative (an event the policy can react to).
     negative_review: bool = False
+    #: What this step adds to the attribution counts (decisions, matured windows, outcomes).
+    tally: Tally = field(default_factory=Tally)
 
 
 def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
@@ -117,7 +129,8 @@ def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
 
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
     """The next event time at which :func:`on_due` has something to do for this user."""
-    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg)]
+    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg),
+             attribution.next_maturity(state, cfg.attribution)]
     return min((t for t in times if t is not None), default=None)
 
 
@@ -161,12 +174,35 @@ def on_event(
         if isinstance(event, Purchase) and state.purchases == 1:
             actions += act("first_purchase", state, now_ms, event.ts)
         actions += _abandoned(act, state, now_ms, carts)
-    return Step(applied=applied, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg), negative_review=negative)
+    tally = _attribute_event(state, event, applied, cfg)
+    return Step(applied=applied, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
+                negative_review=negative, tally=tally)
 
 
 def _abandoned(act: Actor, state: UserState, now_ms: int, before: int) -> list[RetentionAction]:
     """The abandoned-cart rules, once per cart the clock finalized as abandoned (episode: the count)."""
     return [a for n in range(before + 1, state.carts_abandoned + 1) for a in act("abandoned_cart", state, now_ms, n)]
+
+
+def _attribute_event(state: UserState, event: UserEvent, applied: Applied, cfg: EngineConfig) -> Tally:
+    """A purchase converts (or redeems) the user's waiting decisions; an outcome is counted."""
+    tally = Tally()
+    if applied is Applied.DUPLICATE:
+        return tally
+    if isinstance(event, Purchase):
+        attribution.on_purchase(state, event.ts, event.action_id, event.coupon_code, cfg.attribution)
+    elif isinstance(event, Outcome):
+        attribution.on_outcome(state, event.action_id, event.outcome.value, tally)
+    return tally
+
+
+def track_actions(state: UserState, actions: list[RetentionAction], cfg: EngineConfig) -> Tally:
+    """Start the attribution windows of the actions that went out (after the guard rails:
+    a suppressed decision is in neither group). The caller adds the tally to the step's."""
+    tally = Tally()
+    for action in actions:
+        attribution.track(state, attribution.awaiting_of(action), cfg.attribution, tally)
+    return tally
 
 
 def on_due(
@@ -199,7 +235,10 @@ def on_due(
             actions += [action] if action is not None else []
         else:
             actions += _lapse(act, state, now_ms, churn_score)
-    return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg), churn=churn_score)
+    tally = Tally()
+    attribution.mature(state, now_ms, cfg.attribution, tally)  # the windows over by now
+    return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
+                churn=churn_score, tally=tally)
 
 
 def _lapse(act: Actor, state: UserState, now_ms: int, churn: Score) -> list[RetentionAction]:

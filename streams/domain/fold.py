@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from models.online import OnlineLearners
-from streams.domain.engine import EngineConfig, Step, on_due, on_event
+from streams.domain.engine import EngineConfig, Step, on_due, on_event, track_actions
 from streams.domain.events import Heartbeat, UserEvent
 from streams.domain.features import as_dict
 from streams.domain.schedule import DueQueue
@@ -57,6 +57,7 @@ class Fold:
     def _finish(self, state: UserState, step: Step) -> None:
         for m in step.examples:  # as the worker learns them
             self.learners.observe(as_dict(m.features), m.churned, m.days, m.churn_p, m.loyalty_p)
+        step.tally.add(track_actions(state, step.actions, self.cfg))  # no guard rails here: every action goes out
         if self.on_step is not None:
             self.on_step(state, step, self.now)
         self.queue.schedule(state.user_id, step.due_ms)

@@ -98,6 +98,21 @@ class ItemTouch(msgspec.Struct, array_like=True):
     ts: int
 
 
+class Awaiting(msgspec.Struct, array_like=True):
+    """A retention decision whose attribution window is still open (:mod:`streams.domain.attribution`)."""
+
+    action_id: str
+    #: Event time of the decision: the window is (ts, ts + window].
+    ts: int
+    kind: str
+    rule: str
+    group: str
+    #: The coupon code of a coupon action (a purchase carrying it is a redemption).
+    code: str | None = None
+    converted: bool = False
+    redeemed: bool = False
+
+
 class UserState(msgspec.Struct, array_like=True):
     user_id: str
     #: The latest event-time clock this state has seen (ms).
@@ -155,6 +170,9 @@ class UserState(msgspec.Struct, array_like=True):
     #: and the latest items bought, oldest first. Defaults keep older states loadable.
     items: list[ItemTouch] = msgspec.field(default_factory=list)
     bought: list[str] = msgspec.field(default_factory=list)
+    #: Added with issue 5's measurement (default: states encoded before it load):
+    #: decisions whose attribution window is open, oldest first (window-limited, capped).
+    awaiting: list[Awaiting] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)

@@ -9,6 +9,7 @@ import faust
 from prometheus_client import generate_latest
 
 from streams.runtime import metrics
+from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         async def trace_offsets() -> None:
             await _trace(app, ingest)
     app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
+    app.action_stats = ActionStats(app, settings, ingest.tallies)  # GET /actions/stats, uplift gauges
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:

@@ -5,6 +5,11 @@ topics, starts a worker process, publishes a synthetic shop (with a few malforme
 duplicate records on purpose), waits until the worker has processed everything, reads
 back ``retention-actions`` and ``dead-letters`` and checks the actions against the
 simulator's ground truth.
+
+The loop is closed (:mod:`streams.runtime.feedback`): the actions the worker decides are
+delivered back to the simulated customers while the shop is published, they respond
+with known effects (:mod:`streams.simulation.offers`), and the summary sets the measured
+uplift of ``GET /actions/stats`` beside the true one.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,21 +26,35 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from streams.domain.policy_file import DEFAULT_POLICY, load_policy
 from streams.domain.timestamps import parse_ts
 from streams.runtime.broker import cluster_or_embedded
+from streams.runtime.feedback import MarketingLoop
 from streams.runtime.kafka import create_topics, read_topic
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Publisher, simulation_records
 from streams.runtime.settings import Settings
-from streams.simulation import Shop, SimulationConfig
+from streams.simulation import OfferEffects, Shop, SimulationConfig
 
 
-def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None) -> int:
+def policy_with_control_share(path: Path, share: float) -> Path:
+    """The shipped policy file with another ``control_share``, written to ``path``."""
+    text, n = re.subn(r"(?m)^control_share: .*$", f"control_share: {share}", DEFAULT_POLICY.read_text())
+    if n != 1:
+        raise ValueError(f"{DEFAULT_POLICY} has no top-level control_share line")
+    path.write_text(text)
+    load_policy(path)  # refuses a share outside [0, 1] with the file's own message
+    return path
+
+
+def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None, control_share: float | None = None) -> int:
     console = Console()
     workdir = workdir or Path("var/demo") / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         env = cluster_or_embedded(stack, workdir, console.print)
+        if control_share is not None:  # a larger control group: narrower uplift intervals
+            env["RETENTION_POLICY_FILE"] = str(policy_with_control_share(workdir / "policy.yaml", control_share))
         os.environ.update(env)
         settings = Settings()
         create_topics(settings)
@@ -43,7 +63,10 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
         worker.start().wait_ready()
         console.print(f"worker pid {worker.process.pid}, metrics at http://127.0.0.1:{worker.web_port}/metrics, log {worker.log_file}")
 
-        shop = Shop(SimulationConfig(customers=customers, days=days, seed=7, invalid_share=0.002, duplicate_share=0.01))
+        config = SimulationConfig(customers=customers, days=days, seed=7, invalid_share=0.002, duplicate_share=0.01)
+        shop = Shop(config, OfferEffects(window_days=settings.attribution_window_days))
+        marketing = MarketingLoop(settings, shop, worker)
+        stack.callback(marketing.close)
         publisher = Publisher(settings)
         columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
         with Progress(*columns, console=console) as bar:
@@ -52,6 +75,7 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
             seen = {"t0": 0, "last": 0.0}
 
             def tick(record) -> None:  # type: ignore[no-untyped-def]
+                marketing.pace(record)  # the actions decided so far reach the customers
                 seen["t0"] = seen["t0"] or record.ts_ms
                 now = time.monotonic()
                 if now - seen["last"] > 0.25:
@@ -79,6 +103,12 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
         with open(workdir / "actions.jsonl", "w") as out:  # to compare runs (action_id: one per decision)
             out.writelines(json.dumps(action, sort_keys=True) + "\n" for action in actions)
         print_summary(console, shop, report.sent, worker, actions, dead)
+        status, stats = worker.get_json("/actions/stats")
+        clock_ms = int(min(v for _, v in worker.samples("retention_event_time_seconds")) * 1000)
+        truth = shop.uplift_truth(clock_ms - settings.engine.attribution.lateness_ms)
+        print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence)
+        with open(workdir / "uplift.json", "w") as out:
+            json.dump({"measured": stats, "truth": truth}, out, indent=1)
         console.print(
             f"{report.total} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "
             f"of wall time: {report.total / elapsed:,.0f} records/s through one worker"
@@ -145,3 +175,27 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
             picked["features"] = {k: profile["features"][k] for k in ("recency_days", "purchases_90d", "spend_365d", "gap_mean_days", "days_active_30d", "sessions_30d", "carts_abandoned_30d", "sentiment_mean")}
         console.print(f"GET /users/{user} -> {status} (selected fields)")
         console.print_json(json.dumps(picked))
+
+
+def print_uplift(console: Console, stats: dict, truth: dict, offered: int, confidence: float) -> None:
+    """Measured (GET /actions/stats) beside true uplift (the simulator's), per kind."""
+    table = Table(title=f"What the actions achieved: measured vs true uplift ({offered} actions delivered back to the shop)")
+    for column in ("kind", "decisions T/C", "matured T/C", "converted T/C", "redeemed T", "measured uplift [CI]", "true uplift", "expected"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for kind, arms in sorted(stats.get("by_kind", {}).items()):
+        t, c, u = arms["treatment"], arms["control"], arms["uplift"]
+        real = truth.get(kind, {})
+        measured = f"{u['estimate']:+.3f} [{u['low']:+.3f}, {u['high']:+.3f}]" if u else "-"
+        table.add_row(
+            kind, f"{t['decisions']}/{c['decisions']}", f"{t['matured']}/{c['matured']}", f"{t['conversions']}/{c['conversions']}",
+            str(t["redemptions"]), measured,
+            f"{real['true_uplift']:+.3f}" if real else "-", f"{real['expected_uplift']:+.3f}" if real else "-",
+        )
+    console.print(table)
+    outcomes = "; ".join(f"{kind}: " + ", ".join(f"{k} {n}" for k, n in sorted(by.items())) for kind, by in sorted(stats.get("outcomes", {}).items()))
+    console.print(f"outcomes on action-outcomes: {outcomes or '-'}")
+    console.print(
+        "measured: conversion within the attribution window, treatment minus control, over matured decisions, with "
+        f"Newcombe's {100 * confidence:g} % interval; "
+        "true: mean of Y1 - Y0 over the same decisions (the simulator knows both potential outcomes); expected: from the effect parameters"
+    )

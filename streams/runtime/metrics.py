@@ -63,6 +63,28 @@ ACTION_LATENCY = Histogram(
 )
 SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
 USER_QUERIES = Counter("retention_user_queries", "GET /users/{user_id} answered here, by status.", ["status"])
+ATTRIBUTED = Counter(
+    "retention_attributed_decisions",
+    "Retention decisions in attribution, by kind, rule, experiment group and result: decided (its window opened); "
+    "matured (its window and the allowed lateness are over: the denominator of the rates); converted (matured, with a "
+    "purchase in the window); redeemed (matured, a purchase carried its coupon code or action id); evicted (dropped "
+    "early: too many open for one user).",
+    ["kind", "rule", "group", "result"],
+)
+ACTION_OUTCOMES = Counter(
+    "retention_action_outcomes", "Outcomes on action-outcomes, by the kind of the decision they name (unknown: not waiting).",
+    ["kind", "outcome"],
+)
+UPLIFT = Gauge(
+    "retention_uplift",
+    "Conversion rate of treatment minus control over the matured decisions of this worker's partitions (the whole "
+    "shop with one worker; GET /actions/stats sums every worker), and its confidence interval: bound = estimate, low, "
+    "high. rule = all for the kind as a whole.",
+    ["kind", "rule", "bound"],
+)
+CONTROL_SHARE = Gauge(
+    "retention_control_share", "Share of the decisions (of this worker's partitions) made for the control group, by kind.", ["kind"]
+)
 NEGATIVE_REVIEWS = Counter("retention_negative_reviews", "Reviews whose text the sentiment model reads as negative.")
 
 # Operations (streams/runtime/ops.py): refreshed every RETENTION_METRICS_INTERVAL_S. Series of
@@ -103,6 +125,31 @@ def export_learners(learners: Any) -> None:
         for metric, value in report[part]["metrics"].items():
             if metric in ("auc", "log_loss", "brier", "ece", "mae", "rmse") and value is not None:
                 MODEL_QUALITY.labels(model, metric).set(value)
+
+
+def count_attribution(tally: Any) -> None:
+    """Add one step's attribution counts (streams.domain.uplift.Tally) to the counters."""
+    for key, c in tally.decisions.items():
+        kind, rule, group = key.split("|")
+        for result in ("decided", "matured", "converted", "redeemed", "evicted"):
+            n = getattr(c, result)
+            if n:
+                ATTRIBUTED.labels(kind, rule, group, result).inc(n)
+    for key, n in tally.outcomes.items():
+        ACTION_OUTCOMES.labels(*key.split("|")).inc(n)
+
+
+def export_uplift(stats: dict[str, Any]) -> None:
+    """Set the uplift and control-share gauges from a report (streams.domain.uplift.report)."""
+    for kind, arms in stats["by_kind"].items():
+        decided = arms["treatment"]["decisions"] + arms["control"]["decisions"]
+        if decided:
+            CONTROL_SHARE.labels(kind).set(arms["control"]["decisions"] / decided)
+        for rule, compared in [("all", arms), *stats["by_rule"].get(kind, {}).items()]:
+            uplift = compared["uplift"]
+            if uplift is not None:
+                for bound in ("estimate", "low", "high"):
+                    UPLIFT.labels(kind, rule, bound).set(uplift[bound])
 
 
 def metrics_markdown() -> str:

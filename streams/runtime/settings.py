@@ -18,11 +18,12 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streams.domain.attribution import AttributionConfig
 from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
 from streams.domain.state import StateConfig
-from streams.domain.timestamps import MS_PER_HOUR
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
 from streams.domain.policy_file import DEFAULT_POLICY, Policy, load_policy
 
 #: Settings the policy file replaced (issue 5): a worker refuses to start while one is set,
@@ -94,6 +95,8 @@ class Settings(BaseSettings):
         "Read when the worker starts (a changed file takes effect on restart); an invalid file stops the worker with "
         "`file:line: key: problem`. Default: the shipped deploy/policy.yaml (in the container image /etc/retention/policy.yaml).",
     )
+    attribution_window_days: float = Field(14.0, gt=0, description="A purchase within this many days (event time) after a retention decision is a conversion of it, in the treatment and the control group alike; the decision counts in the rates of GET /actions/stats once the window (and the allowed lateness) is over. Default: the coupon's validity.")
+    uplift_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the uplift intervals (Newcombe's hybrid score interval) in GET /actions/stats and the uplift gauges.")
 
     # Lifecycle stages (docs/segments.md): defaults are LifecycleConfig's.
     lifecycle_new_days: float = Field(LifecycleConfig.new_days, ge=0, description="Lifecycle: a customer first seen fewer days ago than this is `new`.")
@@ -222,6 +225,10 @@ class Settings(BaseSettings):
                 session_gap_ms=int(self.session_gap_minutes * 60_000),
             ),
             policy=self.policy.lapse_config(),
+            attribution=AttributionConfig(
+                window_ms=int(self.attribution_window_days * MS_PER_DAY),
+                lateness_ms=int(self.allowed_lateness_s * 1000),
+            ),
         )
 
 

@@ -37,6 +37,7 @@ from enum import Enum
 from streams.domain.timestamps import format_ts
 
 from .catalogue import CATEGORIES, SEARCH_TERMS, Catalogue, Item, build_catalogue
+from .offers import OfferEffects, Offered, OfferTruth, p_in_window, truth_report
 from .texts import review_text
 from .wire import malformed
 
@@ -46,7 +47,7 @@ _NEVER = 1 << 62  # "no such event planned"; an int so comparisons stay int-only
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 #: Logical topics the simulator writes, in the order counts are reported.
-TOPICS: tuple[str, ...] = ("clicks", "purchases", "reviews", "heartbeats")
+TOPICS: tuple[str, ...] = ("clicks", "purchases", "reviews", "heartbeats", "action-outcomes")
 
 
 class LatentState(str, Enum):
@@ -106,6 +107,7 @@ class CustomerTruth:
     transitions: list[tuple[int, LatentState]]  # (ts_ms, new state), first one is (joined_ms, NEW)
     purchases: int = 0  # well-formed purchase records emitted (malformed ones are not counted)
     spend: float = 0.0  # sum of their totals, EUR
+    natural: list[int] = field(default_factory=list)  # times of those not caused by an offer (Y0 of offers)
 
 
 # --- tuning -----------------------------------------------------------------------------------
@@ -148,7 +150,7 @@ class _Customer:
     __slots__ = (
         "user_id", "truth", "state", "since", "next_transition", "target", "forced_drift",
         "next_purchase", "next_browse", "busy_until", "gap_ms", "gap_shape", "browse_rate",
-        "cat_cum", "favourites", "app_share", "store_share", "p_loyal", "loyal_mean_days",
+        "cat_cum", "favourites", "app_share", "store_share", "p_loyal", "loyal_mean_days", "coupons",
     )  # fmt: skip
 
     def __init__(self, user_id: str, joined_ms: int) -> None:
@@ -163,6 +165,8 @@ class _Customer:
         self.next_browse = _NEVER
         self.busy_until = joined_ms
         self.favourites: list[Item] = []
+        #: Treated coupons whose window is open: (decided, window end, code, offer's generator).
+        self.coupons: list[tuple[int, int, str, random.Random]] = []
 
 
 def _to_ms(moment: datetime) -> int:
@@ -197,6 +201,11 @@ class _Run:
         rate = config.new_customers_per_day
         self.next_arrival = self._after(self.start_ms, rate) if rate > 0 else _NEVER
         self._invalid, self._dup = config.invalid_share, config.duplicate_share
+        self.effects = OfferEffects()
+        self.pending: list[tuple[Offered, int]] = []  # offers learnt, not yet applied
+        self.offers: list[OfferTruth] = []
+        self.comebacks: list[tuple[int, _Customer]] = []  # (window end, customer): reactivation due
+        self.by_id: dict[str, _Customer] = {}
 
     # --- driver -----------------------------------------------------------------------------
 
@@ -214,6 +223,7 @@ class _Run:
             while self.next_arrival < day_end:
                 self._arrival(self.next_arrival, day_start, day_end)
                 self.next_arrival = self._after(self.next_arrival, self.cfg.new_customers_per_day)
+            self._apply_offers(day_start, day_end)
             for customer in self.customers:
                 self._advance(customer, day_start, day_end)
             # Everything generated later is at or after day_end, so this prefix is final.
@@ -248,6 +258,7 @@ class _Run:
         c.loyal_mean_days = rng.lognormvariate(math.log(150.0), 0.6)
         self.customers.append(c)
         self.truth[c.user_id] = c.truth
+        self.by_id[c.user_id] = c
         self._enter(c, NEW, joined_ms)
         return c
 
@@ -487,9 +498,12 @@ class _Run:
                           "unit_price": cents / 100})  # fmt: skip
         value = {"event_id": self._eid(), "user_id": c.user_id, "ts": self._ts(t), "order_id": order_id,
                  "items": lines, "total": total_cents / 100, "currency": "EUR", "channel": channel}  # fmt: skip
+        if c.coupons:
+            self._carry_coupon(c, t, value)
         if self._emit("purchases", c.user_id, value, t):
             c.truth.purchases += 1
             c.truth.spend = round(c.truth.spend + total_cents / 100, 2)
+            c.truth.natural.append(t)
         # The experience of this order; unhappy customers review more and may start drifting.
         rating = bisect_right(_RATING_CUM[c.state], rng.random()) + 1
         if rng.random() >= _REVIEW_P[rating]:
@@ -506,6 +520,91 @@ class _Run:
         self._emit("reviews", c.user_id, review, review_ts)
         if rating <= 2 and (c.state is LOYAL or c.state is NEW) and rng.random() < _BAD_REVIEW_DRIFT:
             c.forced_drift = min(c.forced_drift, review_ts)
+
+    # --- responses to retention actions (streams/simulation/offers.py) ----------------------------
+
+    def _apply_offers(self, day_start: int, day_end: int) -> None:
+        """Apply the offers delivered before ``day_end``; everything they cause is at or after
+        ``day_start`` (the records before it are out already). Comebacks due in the day too."""
+        due = [(o, d) for o, d in self.pending if d < day_end]
+        if due:
+            self.pending = [(o, d) for o, d in self.pending if d >= day_end]
+            for offer, delivered in due:
+                self._apply_offer(offer, max(delivered, day_start))
+        if self.comebacks:
+            for end, c in [x for x in self.comebacks if x[0] < day_end]:
+                if c.state is DRIFTING or c.state is CHURNED:
+                    self._enter(c, LOYAL, max(end, day_start, c.busy_until, c.since))
+            self.comebacks = [x for x in self.comebacks if x[0] >= day_end]
+
+    def _apply_offer(self, offer: Offered, start: int) -> None:
+        c = self.by_id.get(offer.user_id)
+        if c is None:
+            return
+        fx = self.effects
+        orng = random.Random(f"offer-{self.seed}-{offer.action_id}")  # common random numbers: the same for both groups
+        end = offer.decided_ms + fx.window_ms
+        p_works = fx.works.get(offer.kind, {}).get(c.state.value, 0.0)
+        u_works, delay = orng.random(), orng.expovariate(1 / fx.delay_days)
+        t_extra = start + int(delay * DAY_MS)
+        works = u_works < p_works and t_extra <= end and t_extra < self.end_ms
+        u_react = orng.random()
+        self.offers.append(OfferTruth(offer, end, c.state.value, p_works * p_in_window(fx, start, end), works))
+        if offer.group != "treatment":
+            return  # the control group was sent nothing
+        self._outcomes(offer, start, orng, works)
+        if offer.code is not None:
+            c.coupons.append((offer.decided_ms, end, offer.code, orng))
+        if works:
+            self._extra_purchase(c, offer, t_extra, orng)
+            if u_react < fx.reactivate:
+                self.comebacks.append((end, c))
+
+    def _outcomes(self, offer: Offered, t: int, orng: random.Random, works: bool) -> None:
+        fx = self.effects
+        if orng.random() >= fx.delivered:
+            return
+        self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
+                         "ts": format_ts(t), "outcome": "delivered"}, t)  # fmt: skip
+        if not (works or orng.random() < fx.opened):
+            return
+        t += int(orng.expovariate(2.0) * DAY_MS)
+        self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
+                         "ts": format_ts(t), "outcome": "opened"}, t)  # fmt: skip
+        outcome = "clicked" if works or orng.random() < fx.clicked else "unsubscribed" if orng.random() < fx.unsubscribed * 10 else None
+        if outcome is not None:
+            t += 30_000 + int(orng.random() * 600_000)
+            self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
+                             "ts": format_ts(t), "outcome": outcome}, t)  # fmt: skip
+
+    def _extra_purchase(self, c: _Customer, offer: Offered, t: int, orng: random.Random) -> None:
+        """The purchase an offer brought: it names the action (and the code of a coupon)."""
+        item = orng.choice(c.favourites) if c.favourites else self.cat.pick(CATEGORIES[0], orng)
+        cents = round(item.price * 100)
+        value = {"event_id": f"e-offer-{offer.action_id}", "user_id": c.user_id, "ts": format_ts(t),
+                 "order_id": f"o-offer-{offer.action_id}", "currency": "EUR", "channel": "web", "total": cents / 100,
+                 "items": [{"item_id": item.item_id, "category": item.category, "quantity": 1, "unit_price": cents / 100}],
+                 "action_id": offer.action_id}  # fmt: skip
+        if offer.code is not None:
+            value["coupon_code"] = offer.code
+        if self._push_valid("purchases", c.user_id, value, t):
+            c.truth.purchases += 1
+            c.truth.spend = round(c.truth.spend + cents / 100, 2)
+
+    def _carry_coupon(self, c: _Customer, t: int, value: dict) -> None:
+        """A natural purchase in an open coupon window may use the coupon (no uplift: it was coming)."""
+        c.coupons = [x for x in c.coupons if x[1] >= t]
+        for decided, _, code, orng in c.coupons:
+            if decided < t and orng.random() < self.effects.carry:
+                value["coupon_code"] = code
+                return
+
+    def _push_valid(self, topic: str, key: str, value: dict, t: int) -> bool:
+        """Queue a well-formed record (responses are never corrupted: the truth must be seen)."""
+        if t >= self.end_ms:
+            return False
+        self._push(SimRecord(topic, key, value, t, True))
+        return True
 
     def _click(self, c: _Customer, t: int, kind: str, sid: str, channel: str,
                item: Item | None = None, category: str | None = None, query: str | None = None) -> None:  # fmt: skip
@@ -564,8 +663,10 @@ class Shop:
     simulation is deterministic, so it is the same truth ``records()`` yields).
     """
 
-    def __init__(self, config: SimulationConfig) -> None:
+    def __init__(self, config: SimulationConfig, effects: OfferEffects | None = None) -> None:
         self.config = config
+        self.effects = effects or OfferEffects()
+        self._run: _Run | None = None
         self._catalogue = build_catalogue()
         self._counts: dict[str, int] = dict.fromkeys((*TOPICS, "invalid", "duplicates"), 0)
         self._truth: dict[str, CustomerTruth] | None = None
@@ -586,9 +687,44 @@ class Shop:
     def records(self) -> Iterator[SimRecord]:
         """All records in non-decreasing ``ts_ms`` order, generated day by day (memory ~ one day)."""
         run = _Run(self.config, self._catalogue)
+        run.effects = self.effects
+        self._run = run
         self._counts = run.counts
         yield from run.iter()
         self._set_truth(run.truth)
+
+    def offer(self, action: object, delivered_at_ms: int) -> None:
+        """The marketing system delivers ``action`` (a RetentionAction, or its JSON as a dict)
+        at ``delivered_at_ms``, during the current ``records()`` pass: the customer responds
+        from the first day not yet generated (control decisions are only recorded).
+
+        Responses follow :attr:`effects` (:mod:`streams.simulation.offers`)."""
+        if self._run is None:
+            raise RuntimeError("offers are made during a records() pass")
+        offer = Offered.of(action)
+        self._run.pending.append((offer, max(delivered_at_ms, offer.decided_ms)))
+
+    def offers(self, matured_by_ms: int | None = None) -> list[OfferTruth]:
+        """The decisions the customers learnt of in the current or last pass, with both
+        potential outcomes; only those whose window ended by ``matured_by_ms`` (default:
+        all whose window ended before the simulation's end)."""
+        if self._run is None:
+            return []
+        run = self._run
+        until = run.end_ms if matured_by_ms is None else matured_by_ms
+        out = []
+        for o in run.offers:
+            if o.window_end_ms > until:
+                continue
+            natural = run.truth[o.offer.user_id].natural
+            i = bisect_right(natural, o.offer.decided_ms)  # natural purchases are in time order
+            o.y0 = i < len(natural) and natural[i] <= o.window_end_ms
+            out.append(o)
+        return out
+
+    def uplift_truth(self, matured_by_ms: int | None = None) -> dict[str, dict[str, object]]:
+        """True uplift per kind and per ``kind/rule`` (:func:`~streams.simulation.offers.truth_report`)."""
+        return truth_report(self.offers(matured_by_ms))
 
     def truth(self) -> dict[str, CustomerTruth]:
         """Ground truth per user_id: join time, state transitions, purchases and spend."""

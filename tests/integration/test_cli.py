@@ -49,11 +49,18 @@ def test_produce_sends_valid_lines_keyed_by_user_and_reports_the_rejected(pipeli
 
 def test_demo_runs_the_whole_path_on_its_own_embedded_broker(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    result = retention("demo", "--customers", "80", "--days", "75", env=env, cwd=tmp_path, timeout=300)
+    result = retention("demo", "--customers", "80", "--days", "75", env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "Dead letters:" in out and "Retention actions:" in out and "lapsed_after_streak" in out
     assert "ground truth of the customers at the moment of their coupon" in out
+    # the closed loop: actions went back to the shop, measured uplift beside the true one
+    assert "What the actions achieved" in out
+    uplift = json.loads((next(tmp_path.glob("var/demo/*")) / "uplift.json").read_text())
+    coupon = uplift["measured"]["by_kind"]["coupon"]
+    assert uplift["measured"]["complete"] and coupon["treatment"]["decisions"] + coupon["control"]["decisions"] > 0
+    if coupon["treatment"]["decisions"]:  # treated customers heard of their coupon
+        assert uplift["measured"]["outcomes"]["coupon"]["delivered"] > 0
     # everything it started is gone: the broker and the worker were stopped by PID
     pids = [int(re.search(pattern, out).group(1)) for pattern in (r"embedded broker at \S+ \(pid (\d+)\)", r"worker pid (\d+)")]
     for pid in pids:

@@ -23,7 +23,7 @@ from typing import Any
 import faust
 import msgspec
 from aiokafka import TopicPartition
-from faust.streams import _current_event
+from faust.streams import _current_event, current_event
 from faust.types import TP
 
 from models.online import OnlineLearners
@@ -32,7 +32,7 @@ from models.sentiment import SentimentModel
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter
-from streams.domain.engine import Step, due_at, on_due, on_event
+from streams.domain.engine import Step, due_at, on_due, on_event, track_actions
 from streams.domain.items import ItemRecommender, history
 from streams.domain.rules import Decider
 from models.reco import interactions
@@ -45,6 +45,7 @@ from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState, dump_state, event_digest, load_state, mark_applied, redelivered
+from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
 from streams.runtime.partitioning import make_partitioner
@@ -83,6 +84,8 @@ class Ingest:
         self.scores = app.topic(settings.topic_scores, **raw)
         self.scores_interval_ms = int(settings.scores_interval_s * 1000)
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        # one attribution tally per partition, key b"p<partition>" (streams/runtime/action_stats.py)
+        self.tallies = app.Table("attribution", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         self.learners = OnlineLearners(
             horizon_days=self.cfg.churn_horizon_days, min_labels=settings.churn_min_labels,
             churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner, churn_prior_learns=settings.churn_prior_learns,
@@ -328,13 +331,18 @@ class Ingest:
             if m.days is not None:
                 metrics.LABELS.labels(self.churn.name, str(int(m.days == 0))).inc()
                 metrics.LABELS.labels(self.loyalty.name, str(m.days) if m.days < 5 else "5+").inc()
+        sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, self.partition_for(state.user_id), now).allowed:
                 continue  # counted by reason; not sent
+            sent.append(action)
             await self.actions.send(key=state.user_id.encode(), value=encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
             if self.trigger_kafka_ts is not None:
                 metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
+        step.tally.add(track_actions(state, sent, self.cfg))  # their attribution windows start
+        if step.tally:
+            self._count(step.tally)
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
             row = self._snapshot(state, now, step.churn)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
@@ -342,6 +350,16 @@ class Ingest:
             metrics.SNAPSHOTS.inc()
         self.users[state.user_id.encode()] = dump_state(state)
         queue.schedule(state.user_id, step.due_ms)
+
+    def _count(self, tally: Tally) -> None:
+        """Add a step's attribution counts to its partition's tally (the record being processed
+        is of that partition, so the table writes there)."""
+        key = f"p{current_event().message.partition}".encode()
+        raw = self.tallies.get(key)
+        counts = load_tally(raw) if raw is not None else Tally()
+        counts.add(tally)
+        self.tallies[key] = dump_tally(counts)
+        metrics.count_attribution(tally)
 
     async def _dead_letter(
         self, msg: Any, topic: str, key: bytes | None, value: bytes | None, kafka_ts: int | None, error: str

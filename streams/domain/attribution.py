@@ -1,0 +1,110 @@
+"""Attribution: what became of each retention decision, in event time.
+
+Every decision that goes out (treatment and control alike: the control group's decisions
+are recorded, only not acted on; one suppressed by the guard rails is in neither group) waits in the user's state for its
+**attribution window** ``(ts, ts + window]``:
+
+- a purchase with its event time in the window is a **conversion** of every decision of
+  the user waiting then (a decision converts once, however many purchases follow);
+- a purchase carrying the decision's ``action_id`` or coupon code is a **redemption**;
+- an outcome from a marketing system (delivered, opened, clicked, redeemed,
+  unsubscribed) is counted for the kind of the decision it names.
+
+The decision **matures** once the event-time clock is past the end of its window by the
+allowed lateness (so a purchase arriving late, within the lateness, still counts, in any
+arrival order); only then does it count in the rates (:mod:`streams.domain.uplift`).
+State stays bounded: a decision leaves at maturity, and a user keeps at most
+``max_awaiting`` (the oldest is evicted and counted as such, outside the rates).
+
+A decision is tracked once per ``action_id`` and an event once per event id (the engine
+drops duplicates before this module sees them), so redelivery counts nothing twice.
+
+>>> from streams.domain.state import UserState
+>>> cfg = AttributionConfig(window_ms=10, lateness_ms=0)
+>>> s = UserState("u")
+>>> step = Tally()
+>>> track(s, Awaiting("a1", 100, "coupon", "r", "treatment", "RS-1"), cfg, step)
+True
+>>> track(s, Awaiting("a1", 100, "coupon", "r", "treatment", "RS-1"), cfg, step)
+False
+>>> on_purchase(s, 105, None, "RS-1", cfg); [(a.converted, a.redeemed) for a in s.awaiting]
+[(True, True)]
+>>> mature(s, 110, cfg, step); step.decisions["coupon|r|treatment"]
+Counts(decided=1, matured=1, converted=1, redeemed=1, evicted=0)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streams.domain.actions import RetentionAction
+from streams.domain.state import Awaiting, UserState
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
+from streams.domain.uplift import Tally
+
+#: Decisions a user may have waiting at once (bounded state).
+MAX_AWAITING = 16
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    #: A purchase this long after a decision is its conversion.
+    window_ms: int = 14 * MS_PER_DAY
+    #: The allowed lateness: a decision matures this long after its window ended.
+    lateness_ms: int = MS_PER_HOUR
+    max_awaiting: int = MAX_AWAITING
+
+
+def awaiting_of(action: RetentionAction) -> Awaiting:
+    """The attribution record of an emitted action."""
+    code = action.payload.get("code") if action.kind == "coupon" else None
+    return Awaiting(action.action_id, parse_ts(action.ts), action.kind, action.reason.rule, action.group,
+                    code if isinstance(code, str) else None)
+
+
+def track(state: UserState, decision: Awaiting, cfg: AttributionConfig, tally: Tally) -> bool:
+    """Start the window of ``decision`` (False: this action id is tracked already)."""
+    if any(a.action_id == decision.action_id for a in state.awaiting):
+        return False
+    state.awaiting.append(decision)
+    state.awaiting.sort(key=lambda a: a.ts)
+    tally.counts(decision.kind, decision.rule, decision.group).decided += 1
+    while len(state.awaiting) > cfg.max_awaiting:
+        oldest = state.awaiting.pop(0)
+        tally.counts(oldest.kind, oldest.rule, oldest.group).evicted += 1
+    return True
+
+
+def on_purchase(state: UserState, ts: int, action_id: str | None, coupon_code: str | None, cfg: AttributionConfig) -> None:
+    """A purchase at ``ts``: a conversion of the decisions it follows within their window, a
+    redemption of the one it names (both are counted when the decision matures)."""
+    for a in state.awaiting:
+        if a.ts < ts <= a.ts + cfg.window_ms:
+            a.converted = True
+        if (action_id is not None and action_id == a.action_id) or (coupon_code is not None and coupon_code == a.code):
+            a.redeemed = True
+
+
+def on_outcome(state: UserState, action_id: str, outcome: str, tally: Tally) -> bool:
+    """Count an outcome for the kind of the decision it names (False: no such decision waits)."""
+    for a in state.awaiting:
+        if a.action_id == action_id:
+            tally.outcome(a.kind, outcome)
+            return True
+    tally.outcome("unknown", outcome)
+    return False
+
+
+def next_maturity(state: UserState, cfg: AttributionConfig) -> int | None:
+    """Event time at which the oldest waiting decision matures (None: none waits)."""
+    return state.awaiting[0].ts + cfg.window_ms + cfg.lateness_ms if state.awaiting else None
+
+
+def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) -> None:
+    """Count the decisions whose window (and lateness) is over at ``now_ms``, and drop them."""
+    while state.awaiting and state.awaiting[0].ts + cfg.window_ms + cfg.lateness_ms <= now_ms:
+        a = state.awaiting.pop(0)
+        counts = tally.counts(a.kind, a.rule, a.group)
+        counts.matured += 1
+        counts.converted += a.converted
+        counts.redeemed += a.redeemed

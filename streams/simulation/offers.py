@@ -1,0 +1,155 @@
+"""How the simulated customers respond to retention actions, with known effects.
+
+Why: to check that the measured uplift (treatment minus control conversion, with its
+interval) finds the true one, the simulator must know both potential outcomes of every
+decision, treatment and control alike:
+
+- ``Y0``: the customer buys within the attribution window without the offer: a
+  *natural* purchase of the simulation in ``(decided, decided + window]``;
+- ``Y1 = Y0 or W``: with the offer, ``W`` being "the offer works": with probability
+  ``works[kind][latent state]`` the customer makes an extra purchase (carrying the coupon
+  code and the action id) a few days after delivery, inside the window.
+
+Common random numbers: ``W`` and its timing are drawn from a generator seeded by the
+action id alone, for control decisions too (they are simply not applied), and an offer
+never draws from the simulation's own generator before its window ends, so the natural
+purchases (``Y0``) are the same with or without it. The true uplift of a set of
+decisions is then ``mean(W and not Y0)`` over them; its expectation given ``Y0`` follows
+from the effect parameters (:attr:`OfferTruth.expected`).
+
+Other responses, for realism: a treated coupon customer's natural purchase in the
+window carries the code with probability ``carry`` (a redemption that is no uplift);
+delivered/opened/clicked/unsubscribed outcomes on ``action-outcomes``; and a drifting or
+churned customer whose offer worked comes back (``loyal``) with probability
+``reactivate`` when the window ends (after it, so ``Y0`` is untouched).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+DAY_MS = 86_400_000
+
+
+def _per_state(new: float, loyal: float, drifting: float, churned: float) -> dict[str, float]:
+    """Probabilities by latent state (the values of :class:`~streams.simulation.LatentState`)."""
+    return {"new": new, "loyal": loyal, "drifting": drifting, "churned": churned}
+
+
+def _default_works() -> dict[str, dict[str, float]]:
+    return {
+        "coupon": _per_state(0.10, 0.08, 0.30, 0.15),
+        "recommendation": _per_state(0.06, 0.05, 0.08, 0.03),
+        "care_outreach": _per_state(0.05, 0.05, 0.20, 0.08),
+    }
+
+
+@dataclass(frozen=True)
+class OfferEffects:
+    """The known response of customers to actions (probabilities; times in days)."""
+
+    #: The attribution window the truth is computed for (the worker's setting).
+    window_days: float = 14.0
+    #: P(the offer brings an extra purchase within the window), by action kind and latent state.
+    works: dict[str, dict[str, float]] = field(default_factory=_default_works)
+    #: Mean days from delivery to the extra purchase (exponential; none if past the window).
+    delay_days: float = 3.0
+    #: P(a treated coupon customer's natural purchase in the window carries the code).
+    carry: float = 0.5
+    #: P(a drifting or churned customer whose offer worked becomes loyal at the window's end).
+    reactivate: float = 0.5
+    delivered: float = 0.97
+    opened: float = 0.45
+    clicked: float = 0.35
+    unsubscribed: float = 0.01
+
+    def scaled(self, factor: float) -> OfferEffects:
+        """The same effects, every ``works`` probability times ``factor`` (capped at 1)."""
+        works = {k: {s: min(1.0, p * factor) for s, p in by.items()} for k, by in self.works.items()}
+        return replace(self, works=works)
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.window_days * DAY_MS)
+
+
+@dataclass(frozen=True)
+class Offered:
+    """What the simulator needs of a retention action (from a RetentionAction or its JSON)."""
+
+    action_id: str
+    user_id: str
+    kind: str
+    rule: str
+    group: str
+    decided_ms: int
+    code: str | None
+
+    @classmethod
+    def of(cls, action: Any) -> Offered:
+        from streams.domain.timestamps import parse_ts
+
+        get = action.get if isinstance(action, dict) else lambda name: getattr(action, name)
+        reason, payload = get("reason"), get("payload") or {}
+        rule = reason["rule"] if isinstance(reason, dict) else reason.rule
+        code = payload.get("code") if get("kind") == "coupon" else None
+        return cls(get("action_id"), get("user_id"), get("kind"), rule, get("group"), parse_ts(get("ts")),
+                   code if isinstance(code, str) else None)
+
+
+@dataclass
+class OfferTruth:
+    """One decision as the simulator saw it, with both potential outcomes."""
+
+    offer: Offered
+    window_end_ms: int
+    #: Latent state of the customer when the offer was delivered (a LatentState value).
+    state: str
+    #: P(W) for this decision: works[kind][state] times P(the extra purchase fits in the window).
+    p_effect: float
+    #: W: the offer works (drawn for control decisions too, applied to treatment only).
+    works: bool
+    #: Y0: a natural purchase within the window (None until the window is over).
+    y0: bool | None = None
+
+    @property
+    def y1(self) -> bool | None:
+        return None if self.y0 is None else self.y0 or self.works
+
+    @property
+    def effect(self) -> int:
+        """Y1 - Y0 of this decision (0 or 1)."""
+        return int(self.works and not self.y0)
+
+    @property
+    def expected(self) -> float:
+        """E[Y1 - Y0 | Y0] from the effect parameters."""
+        return 0.0 if self.y0 else self.p_effect
+
+
+def p_in_window(effects: OfferEffects, start_ms: int, window_end_ms: int) -> float:
+    """P(an exponential delay from ``start_ms`` ends by ``window_end_ms``)."""
+    room = (window_end_ms - start_ms) / DAY_MS
+    return 0.0 if room <= 0 else 1.0 - math.exp(-room / effects.delay_days)
+
+
+def truth_report(offers: list[OfferTruth]) -> dict[str, dict[str, Any]]:
+    """True uplift per kind and per ``kind/rule`` over the decisions given (mature ones)."""
+    groups: dict[str, list[OfferTruth]] = {}
+    for o in offers:
+        groups.setdefault(o.offer.kind, []).append(o)
+        groups.setdefault(f"{o.offer.kind}/{o.offer.rule}", []).append(o)
+    out: dict[str, dict[str, Any]] = {}
+    for key, members in sorted(groups.items()):
+        n = len(members)
+        out[key] = {
+            "decisions": n,
+            "treatment": sum(o.offer.group == "treatment" for o in members),
+            "control": sum(o.offer.group == "control" for o in members),
+            "true_uplift": sum(o.effect for o in members) / n,
+            "expected_uplift": sum(o.expected for o in members) / n,
+            "y0_rate": sum(bool(o.y0) for o in members) / n,
+        }
+    return out

@@ -1,0 +1,133 @@
+"""The simulated customers' responses to offers: known effects, both potential outcomes, and the
+measured uplift of the engine's own decisions against the true one (closed loop, no broker)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from streams.domain.engine import EngineConfig
+from streams.domain.policy import PolicyConfig
+from streams.domain.timestamps import format_ts
+from streams.domain.uplift import report
+from streams.simulation import OfferEffects, Shop, SimulationConfig
+from streams.simulation.loop import closed_loop
+
+DAY = 86_400_000
+CFG = SimulationConfig(customers=60, new_customers_per_day=0, days=40, seed=5)
+STATES = ("new", "loyal", "drifting", "churned")
+
+
+def action(user: str, n: float, group: str, kind: str = "coupon") -> dict:
+    aid = f"act-{user}-{kind}"  # as the engine: the group is not part of the id
+    return {"action_id": aid, "user_id": user, "ts": format_ts(START + int(n * DAY)), "kind": kind, "group": group,
+            "payload": {"code": f"RS-{user}"} if kind == "coupon" else {}, "reason": {"rule": "test"}}
+
+
+START = 1_767_225_600_000
+
+
+def run(effects: OfferEffects, offers: dict[str, str]) -> tuple[Shop, list]:
+    """A pass in which each user of ``offers`` (user -> group) gets a coupon decided on day 10."""
+    shop = Shop(CFG, effects)
+    records, sent = [], False
+    for record in shop.records():
+        if not sent and record.ts_ms >= START + 10 * DAY:
+            for user, group in offers.items():
+                shop.offer(action(user, 10, group), START + int(10.25 * DAY))
+            sent = True
+        records.append(record)
+    return shop, records
+
+
+def certain(p: float) -> OfferEffects:
+    return OfferEffects(works={"coupon": dict.fromkeys(STATES, p)}, reactivate=0.0, carry=0.0)
+
+
+USERS = {f"u{i:06d}": ("treatment" if i % 2 else "control") for i in range(40)}
+
+
+def test_treated_customers_respond_within_the_window_and_control_customers_get_nothing() -> None:
+    shop, records = run(certain(1.0), USERS)
+    extra = [r for r in records if r.topic == "purchases" and "action_id" in r.value]
+    outcomes = [r for r in records if r.topic == "action-outcomes"]
+    treated = {u for u, g in USERS.items() if g == "treatment"}
+    assert {r.key for r in extra} <= treated and {r.key for r in outcomes} <= treated
+    for r in extra:
+        assert START + int(10.25 * DAY) <= r.ts_ms <= START + 24 * DAY
+        assert r.value["coupon_code"] == f"RS-{r.key}" and r.value["action_id"] == f"act-{r.key}-coupon"
+    truth = shop.offers()
+    assert len(truth) == len(USERS) and all(o.p_effect > 0.9 for o in truth)
+    # W is drawn for every decision; applied to the treated only
+    assert {o.offer.user_id for o in truth if o.works and o.offer.group == "treatment"} == {r.key for r in extra}
+    assert {r.value["outcome"] for r in outcomes} >= {"delivered", "opened", "clicked"}
+    assert all(r.value["user_id"] == r.key and r.value["action_id"].startswith("act-") for r in outcomes)
+
+
+def test_offers_never_change_the_natural_records_so_y0_is_known_for_both_groups() -> None:
+    _, plain = run(certain(1.0), {})
+    shop, treated = run(certain(1.0), USERS)
+    natural = [r for r in treated if r.topic != "action-outcomes" and not (r.topic == "purchases" and "action_id" in r.value)]
+    assert [(r.topic, r.key, r.ts_ms) for r in natural] == [(r.topic, r.key, r.ts_ms) for r in plain]
+    truth = {o.offer.user_id: o for o in shop.offers()}
+    for user, o in truth.items():
+        bought = any(r.topic == "purchases" and r.key == user and START + 10 * DAY < r.ts_ms <= START + 24 * DAY for r in plain)
+        assert o.y0 == bought and o.y1 == (bought or o.works) and o.effect == int(o.works and not bought)
+
+
+def test_common_random_numbers_the_same_decision_draws_the_same_response() -> None:
+    a, _ = run(certain(0.5), USERS)
+    b, _ = run(certain(0.5), {u: "control" for u in USERS})
+    assert [o.works for o in a.offers()] == [o.works for o in b.offers()]
+    works = sum(o.works for o in a.offers())
+    assert 8 <= works <= 32  # p = 0.5 of 40
+    zero, _ = run(certain(0.0), USERS)
+    assert not any(o.works for o in zero.offers()) and zero.uplift_truth()["coupon"]["true_uplift"] == 0.0
+
+
+def test_truth_report_per_kind_and_rule() -> None:
+    shop, _ = run(certain(1.0), USERS)
+    truth = shop.uplift_truth()
+    coupon = truth["coupon"]
+    assert coupon["decisions"] == 40 and coupon["treatment"] == 20 and coupon["control"] == 20
+    assert coupon["true_uplift"] == pytest.approx(sum(o.effect for o in shop.offers()) / 40)
+    assert coupon["true_uplift"] == pytest.approx(1 - coupon["y0_rate"], abs=0.1)
+    assert truth["coupon/test"] == coupon
+
+
+def test_scaled_effects_and_offers_only_during_a_pass() -> None:
+    fx = OfferEffects().scaled(2.0)
+    assert fx.works["coupon"]["drifting"] == 0.6 and fx.works["care_outreach"]["new"] == 0.1
+    assert OfferEffects().scaled(10).works["coupon"]["drifting"] == 1.0
+    with pytest.raises(RuntimeError):
+        Shop(CFG).offer(action("u000001", 1, "treatment"), START)
+
+
+# --- the closed loop: the engine's own decisions, measured against the truth ------------------
+
+LOOP = SimulationConfig(customers=500, new_customers_per_day=0, days=120, seed=1)
+ENGINE = EngineConfig(policy=PolicyConfig(control_share=0.5))
+
+
+def measured_and_true(p: float) -> tuple[dict, dict]:
+    shop = Shop(LOOP, OfferEffects(works={"coupon": dict.fromkeys(STATES, p)}))
+    result = closed_loop(shop, ENGINE)
+    measured = report(result.tally)["by_kind"]["coupon"]
+    truth = shop.uplift_truth(result.now_ms - ENGINE.attribution.lateness_ms)["coupon"]
+    # the same decisions: every matured decision of the engine, and no other, is in the truth
+    assert (truth["treatment"], truth["control"]) == (measured["treatment"]["matured"], measured["control"]["matured"])
+    return measured, truth
+
+
+def test_measured_uplift_interval_contains_the_true_uplift_and_excludes_a_different_one() -> None:
+    strong, strong_truth = measured_and_true(0.6)
+    none, none_truth = measured_and_true(0.0)
+    assert strong["treatment"]["matured"] >= 15 and strong["control"]["matured"] >= 15
+    assert strong["treatment"]["redemptions"] > 0 and strong["control"]["redemptions"] == 0
+    assert strong_truth["true_uplift"] > 0.3 and none_truth["true_uplift"] == 0.0
+    for measured, truth, other in ((strong, strong_truth, none_truth), (none, none_truth, strong_truth)):
+        interval = measured["uplift"]
+        assert interval["low"] <= truth["true_uplift"] <= interval["high"]
+        assert interval["low"] <= truth["expected_uplift"] <= interval["high"]
+        assert not interval["low"] <= other["true_uplift"] <= interval["high"]  # it tells the two worlds apart
