@@ -60,10 +60,12 @@ class OfferEffects:
     carry: float = 0.5
     #: P(a drifting or churned customer whose offer worked becomes loyal at the window's end).
     reactivate: float = 0.5
+    #: P(delivered); P(opened | delivered); P(clicked | opened); P(unsubscribed | opened, not
+    #: clicked). An offer that works is always opened and clicked.
     delivered: float = 0.97
     opened: float = 0.45
     clicked: float = 0.35
-    unsubscribed: float = 0.01
+    unsubscribed: float = 0.1
 
     def scaled(self, factor: float) -> OfferEffects:
         """The same effects, every ``works`` probability times ``factor`` (capped at 1)."""

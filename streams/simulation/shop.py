@@ -571,7 +571,7 @@ class _Run:
         t += int(orng.expovariate(2.0) * DAY_MS)
         self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
                          "ts": format_ts(t), "outcome": "opened"}, t)  # fmt: skip
-        outcome = "clicked" if works or orng.random() < fx.clicked else "unsubscribed" if orng.random() < fx.unsubscribed * 10 else None
+        outcome = "clicked" if works or orng.random() < fx.clicked else "unsubscribed" if orng.random() < fx.unsubscribed else None
         if outcome is not None:
             t += 30_000 + int(orng.random() * 600_000)
             self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
