@@ -5,7 +5,8 @@ interval) finds the true one, the simulator must know both potential outcomes of
 decision, treatment and control alike:
 
 - ``Y0``: the customer buys within the attribution window without the offer: a
-  *natural* purchase of the simulation in ``(decided, decided + window]``;
+  *natural* purchase of the simulation in ``(decided, decided + window]`` (or one that
+  another offer to the same customer brought);
 - ``Y1 = Y0 or W``: with the offer, ``W`` being "the offer works": with probability
   ``works[kind][latent state]`` the customer makes an extra purchase (carrying the coupon
   code and the action id) a few days after delivery, inside the window.
