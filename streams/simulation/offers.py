@@ -5,7 +5,8 @@ interval) finds the true one, the simulator must know both potential outcomes of
 decision, treatment and control alike:
 
 - ``Y0``: the customer buys within the attribution window without the offer: a
-  *natural* purchase of the simulation in ``(decided, decided + window]``;
+  *natural* purchase of the simulation in ``(decided, decided + window]`` (or one that
+  another offer to the same customer brought);
 - ``Y1 = Y0 or W``: with the offer, ``W`` being "the offer works": with probability
   ``works[kind][latent state]`` the customer makes an extra purchase (carrying the coupon
   code and the action id) a few days after delivery, inside the window.
@@ -60,10 +61,12 @@ class OfferEffects:
     carry: float = 0.5
     #: P(a drifting or churned customer whose offer worked becomes loyal at the window's end).
     reactivate: float = 0.5
+    #: P(delivered); P(opened | delivered); P(clicked | opened); P(unsubscribed | opened, not
+    #: clicked). An offer that works is always opened and clicked.
     delivered: float = 0.97
     opened: float = 0.45
     clicked: float = 0.35
-    unsubscribed: float = 0.01
+    unsubscribed: float = 0.1
 
     def scaled(self, factor: float) -> OfferEffects:
         """The same effects, every ``works`` probability times ``factor`` (capped at 1)."""

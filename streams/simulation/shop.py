@@ -108,6 +108,7 @@ class CustomerTruth:
     purchases: int = 0  # well-formed purchase records emitted (malformed ones are not counted)
     spend: float = 0.0  # sum of their totals, EUR
     natural: list[int] = field(default_factory=list)  # times of those not caused by an offer (Y0 of offers)
+    extra: list[tuple[int, str]] = field(default_factory=list)  # (time, action_id) of those an offer caused
 
 
 # --- tuning -----------------------------------------------------------------------------------
@@ -571,7 +572,7 @@ class _Run:
         t += int(orng.expovariate(2.0) * DAY_MS)
         self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
                          "ts": format_ts(t), "outcome": "opened"}, t)  # fmt: skip
-        outcome = "clicked" if works or orng.random() < fx.clicked else "unsubscribed" if orng.random() < fx.unsubscribed * 10 else None
+        outcome = "clicked" if works or orng.random() < fx.clicked else "unsubscribed" if orng.random() < fx.unsubscribed else None
         if outcome is not None:
             t += 30_000 + int(orng.random() * 600_000)
             self._push_valid("action-outcomes", offer.user_id, {"action_id": offer.action_id, "user_id": offer.user_id,
@@ -590,6 +591,7 @@ class _Run:
         if self._push_valid("purchases", c.user_id, value, t):
             c.truth.purchases += 1
             c.truth.spend = round(c.truth.spend + cents / 100, 2)
+            c.truth.extra.append((t, offer.action_id))
 
     def _carry_coupon(self, c: _Customer, t: int, value: dict) -> None:
         """A natural purchase in an open coupon window may use the coupon (no uplift: it was coming)."""
@@ -716,9 +718,12 @@ class Shop:
         for o in run.offers:
             if o.window_end_ms > until:
                 continue
-            natural = run.truth[o.offer.user_id].natural
-            i = bisect_right(natural, o.offer.decided_ms)  # natural purchases are in time order
-            o.y0 = i < len(natural) and natural[i] <= o.window_end_ms
+            truth = run.truth[o.offer.user_id]
+            i = bisect_right(truth.natural, o.offer.decided_ms)  # natural purchases are in time order
+            # Y0: without this offer, a purchase in the window: a natural one, or one another offer caused
+            o.y0 = (i < len(truth.natural) and truth.natural[i] <= o.window_end_ms) or any(
+                o.offer.decided_ms < t <= o.window_end_ms and aid != o.offer.action_id for t, aid in truth.extra
+            )
             out.append(o)
         return out
 

@@ -86,6 +86,28 @@ def test_common_random_numbers_the_same_decision_draws_the_same_response() -> No
     assert not any(o.works for o in zero.offers()) and zero.uplift_truth()["coupon"]["true_uplift"] == 0.0
 
 
+def test_a_purchase_another_offer_brought_counts_in_y0() -> None:
+    effects = OfferEffects(works={"coupon": dict.fromkeys(STATES, 1.0), "recommendation": dict.fromkeys(STATES, 0.0)},
+                           reactivate=0.0, carry=0.0)
+    shop = Shop(CFG, effects)
+    users = [f"u{i:06d}" for i in range(10)]
+    sent = False
+    for record in shop.records():
+        if not sent and record.ts_ms >= START + 10 * DAY:
+            for user in users:
+                shop.offer(action(user, 10, "treatment"), START + int(10.25 * DAY))
+                shop.offer(action(user, 10, "treatment", kind="recommendation"), START + int(10.25 * DAY))
+            sent = True
+    truth = shop.offers()
+    coupons = {o.offer.user_id: o for o in truth if o.offer.kind == "coupon"}
+    recos = {o.offer.user_id: o for o in truth if o.offer.kind == "recommendation"}
+    assert len(truth) == 20 and len(coupons) == len(recos) == 10 and any(o.works for o in coupons.values())
+    for user, reco in recos.items():
+        assert not reco.works and reco.effect == 0
+        if coupons[user].works:  # the coupon's purchase is in the recommendation's window too
+            assert reco.y0 and reco.y1
+
+
 def test_truth_report_per_kind_and_rule() -> None:
     shop, _ = run(certain(1.0), USERS)
     truth = shop.uplift_truth()
