@@ -103,7 +103,7 @@ class ActionStats:
             "partitions_counted": partitions,
             "errors": errors,
             "attribution_window_days": self.settings.attribution_window_days,
-            "control_share": self.settings.control_share,
+            "control_share": self.settings.policy.control_share,
             **report(tally, self.settings.uplift_confidence),
         })
 
