@@ -11,7 +11,8 @@ What a rule looks at is the customer's row as published on ``user-scores``
 (:class:`~streams.domain.snapshots.UserScores`: scores, model versions, lifecycle stage,
 loyalty tier, features), which the caller computes (``describe``): the worker's loyalty
 ranking and segment model live in the worker. The action's ``reason`` carries that row's
-scores, model versions and features, the trigger, stage, tier and segment.
+scores, model versions and model inputs (the churn model's features), the trigger, stage,
+tier and segment.
 
 Action ids are deterministic: (user, rule, episode), the episode being the trigger's own
 event time or count (see the engine), so a decision re-made after a redelivery or a
@@ -20,7 +21,8 @@ in the worker, on each action.
 
 >>> from streams.domain.policy_file import DEFAULT_POLICY, load_policy
 >>> from streams.domain.snapshots import UserScores
->>> row = UserScores("u1", "2026-01-01T00:00:00.000Z", {"purchases": 3.0}, {"churn": 0.7},
+>>> from streams.domain.features import features
+>>> row = UserScores("u1", "2026-01-01T00:00:00.000Z", features(UserState("u1"), 0), {"churn": 0.7},
 ...                  {"churn": "recency-prior"}, lifecycle_stage="at_risk")
 >>> decide = Decider(load_policy(DEFAULT_POLICY), lambda state, now, churn: row)
 >>> [a.kind for a in decide("negative_review", UserState("u1"), 0, episode=0)]
@@ -36,6 +38,7 @@ from dataclasses import dataclass
 
 from models.score import Score
 from streams.domain.actions import Reason, RetentionAction, action_id, coupon_code, experiment_group
+from streams.domain.features import model_inputs
 from streams.domain.policy_file import Policy, Rule, When
 from streams.domain.snapshots import UserScores
 from streams.domain.state import UserState
@@ -145,7 +148,7 @@ class Decider:
                 rule=rule.name,
                 scores={k: round(v, 4) for k, v in row.scores.items()},
                 model_versions=versions,
-                features=row.features,
+                features=model_inputs(row.features),  # what the churn model looked at, as the lapse rule reports
                 trigger=rule.trigger,
                 lifecycle_stage=row.lifecycle_stage,
                 loyalty_tier=row.loyalty_tier,
