@@ -179,17 +179,19 @@ class _Consumer(driver.Consumer):
 
 
 class _Buffer(ProducerBuffer):
-    """Faust's producer buffer, counting the message its sender task has taken off the
-    queue but not yet handed to aiokafka (``size`` counts only the queue)."""
+    """Faust's producer buffer, counting the records put on its queue and those its sender
+    task has handed to aiokafka (one sender, a FIFO queue: handed over in the order put)."""
 
-    sending = 0
+    queued = 0
+    handed = 0
+
+    def put(self, fut: Any) -> None:
+        super().put(fut)
+        self.queued += 1
 
     async def _send_pending(self, fut: Any) -> None:
-        self.sending += 1
-        try:
-            await super()._send_pending(fut)
-        finally:
-            self.sending -= 1
+        await super()._send_pending(fut)
+        self.handed += 1
 
 
 class _Producer(driver.Producer):
@@ -217,21 +219,26 @@ class _Producer(driver.Producer):
           In that window the queue is empty and aiokafka's own flush does not know the
           record, so both flushes returned at once.
 
-        So wait until the queue is empty and no record is being handed over; aiokafka's
-        flush (``super().flush()``) then waits for the delivery of everything it holds."""
+        So wait until every record put before the flush started is handed to aiokafka (not
+        until the queue is empty: the agent keeps writing while the flush waits, and waiting
+        for an empty queue kept a worker from committing for 40 s); aiokafka's flush
+        (``super().flush()``) then waits for the delivery of everything it holds."""
+        if self.app.conf.producer_threaded:  # the thread's queue, not our counters
+            await super().flush()
+            return
         await drain(self.buffer)
         await super().flush()
 
 
 async def drain(buffer: Any) -> None:
-    """Until a Faust ``ProducerBuffer`` is empty and its sender holds no record (each
-    flush of the buffer gives up after 0.1 s without progress; a stopped producer raises)."""
-    while buffer.size or buffer.sending:
-        if buffer.size:
-            await buffer.flush()
-            continue
-        buffer.message_sent.clear()  # set by the sender task once a record is handed over
-        if buffer.sending:
+    """Until the sender of a Faust ``ProducerBuffer`` has handed aiokafka every record put
+    before this call (a stopped buffer raises, as Faust's own flush does)."""
+    target = buffer.queued
+    while buffer.handed < target:
+        if buffer.should_stop:
+            raise RuntimeError("Cannot flush: producer buffer stopped with records not sent")
+        buffer.message_sent.clear()  # set by the sender task after each record handed over
+        if buffer.handed < target:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(buffer.message_sent.wait(), timeout=0.1)
 

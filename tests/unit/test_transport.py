@@ -119,28 +119,44 @@ def test_a_record_handed_to_the_stream_queue_holds_the_commit_until_acknowledged
     assert c._new_offset(TOPIC) == 53
 
 
-class SlowBuffer:
-    """A Faust ProducerBuffer whose flush gives up after sending at most one record."""
-
-    sending = 0
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.flushes = 0
-
-    async def flush(self) -> None:
-        self.flushes += 1
-        self.size = max(0, self.size - 1)
+def record(name: str, publish: object) -> SimpleNamespace:
+    """A Faust FutureMessage as the buffer's sender uses it."""
+    return SimpleNamespace(name=name, message=SimpleNamespace(channel=SimpleNamespace(publish_message=publish)))
 
 
-def test_the_flush_before_a_commit_waits_until_the_buffer_is_empty() -> None:
+def buffer() -> object:
+    from streams.runtime.transport import _Buffer
+
+    new = _Buffer()
+    new.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+    return new
+
+
+def test_the_flush_before_a_commit_waits_until_every_queued_record_is_handed_over() -> None:
+    """Faust's buffer flush gives up after 0.1 s without a send; a slow producer then
+    left table writes queued behind a commit."""
     import asyncio
 
     from streams.runtime.transport import drain
 
-    buffer = SlowBuffer(size=5)
-    asyncio.run(drain(buffer))
-    assert buffer.size == 0 and buffer.flushes == 5
+    async def scenario() -> list[str]:
+        handed: list[str] = []
+
+        async def slow_publish(fut: SimpleNamespace, wait: bool = False) -> None:
+            await asyncio.sleep(0.15)  # longer than Faust's 0.1 s
+            handed.append(fut.name)
+
+        queue = buffer()
+        await queue.start()
+        try:
+            for n in range(3):
+                queue.put(record(f"write {n}", slow_publish))
+            await asyncio.wait_for(drain(queue), timeout=5)
+            return list(handed)
+        finally:
+            await queue.stop()
+
+    assert asyncio.run(scenario()) == ["write 0", "write 1", "write 2"]
 
 
 def test_the_flush_before_a_commit_waits_for_the_record_being_handed_to_aiokafka() -> None:
@@ -148,13 +164,11 @@ def test_the_flush_before_a_commit_waits_for_the_record_being_handed_to_aiokafka
     (the partition's previous batch is not drained yet): the queue is empty, the record
     is not sent, and a commit must not pass it."""
     import asyncio
-    from types import SimpleNamespace
 
-    from streams.runtime.transport import _Buffer, drain
+    from streams.runtime.transport import drain
 
     async def scenario() -> tuple[bool, list[str]]:
-        buffer = _Buffer()
-        buffer.app = SimpleNamespace(conf=SimpleNamespace(producer_threaded=False))
+        queue = buffer()
         taken, accepted = asyncio.Event(), asyncio.Event()
         handed: list[str] = []
 
@@ -163,22 +177,61 @@ def test_the_flush_before_a_commit_waits_for_the_record_being_handed_to_aiokafka
             await accepted.wait()  # aiokafka's add_message waiting for the batch to drain
             handed.append(fut.name)
 
-        record = SimpleNamespace(name="users-changelog write", message=SimpleNamespace(
-            channel=SimpleNamespace(publish_message=publish_message)))
-        await buffer.start()
+        await queue.start()
         try:
-            buffer.put(record)
+            queue.put(record("users-changelog write", publish_message))
             await taken.wait()
-            assert buffer.size == 0  # what the flush looked at
-            flushing = asyncio.ensure_future(drain(buffer))
+            assert queue.size == 0  # what Faust's flush looks at
+            flushing = asyncio.ensure_future(drain(queue))
             await asyncio.sleep(0.3)
             returned_early = flushing.done()
             accepted.set()
             await asyncio.wait_for(flushing, timeout=5)
             return returned_early, handed
         finally:
-            await buffer.stop()
+            await queue.stop()
 
     returned_early, handed = asyncio.run(scenario())
     assert not returned_early
     assert handed == ["users-changelog write"]
+
+
+def test_writes_queued_after_the_flush_started_do_not_hold_the_commit() -> None:
+    """The agent keeps writing while a commit flushes: waiting for an empty queue kept a
+    worker from committing at all for 40 s (the queue was never empty)."""
+    import asyncio
+
+    from streams.runtime.transport import drain
+
+    async def scenario() -> list[str]:
+        handed: list[str] = []
+
+        async def publish(fut: SimpleNamespace, wait: bool = False) -> None:
+            await asyncio.sleep(0.02)
+            handed.append(fut.name)
+
+        queue = buffer()
+        await queue.start()
+
+        async def agent() -> None:
+            n = 0
+            while True:  # two writes per send: the queue never empties
+                queue.put(record(f"later {n}", publish))
+                queue.put(record(f"later {n + 1}", publish))
+                n += 2
+                await asyncio.sleep(0.02)
+
+        queue.put(record("before the commit", publish))
+        writing = asyncio.ensure_future(agent())
+        try:
+            await asyncio.sleep(0.05)
+            await asyncio.wait_for(drain(queue), timeout=2)
+            return list(handed)
+        finally:
+            writing.cancel()
+            while queue.size:  # what the agent wrote later is not this test's
+                queue.pending.get_nowait()
+            await queue.stop()
+
+    handed = asyncio.run(scenario())
+    assert handed[0] == "before the commit"
