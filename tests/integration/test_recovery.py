@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
 
-from models.online import OnlineLearners
+from models.bundle import Models
 from streams.domain.features import features
 from streams.domain.state import UserState, load_state
 from streams.runtime.kafka import consumer
@@ -32,6 +32,7 @@ from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, simulation_records
 from streams.simulation import Shop, SimulationConfig
 from tests.integration.conftest import Pipeline, new_pipeline
+from streams.domain.fold import offline_training
 from tests.ordered_replay import ordered_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a kill, a restart and two full runs
@@ -208,9 +209,12 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     assert run.records["duplicate"] == RESENT  # each re-sent copy counted once
     # The worker decides what the sorted stream decides, at the same event times.
     settings = pipe.settings
-    learners = OnlineLearners(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
-                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner)
-    replayed = ordered_replay(Shop(SHOP), settings.partitions, settings.engine, learners)
+    training = offline_training(
+        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
+                             churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner),
+        settings.model_period_ms, settings.model_lag_periods,
+    )
+    replayed = ordered_replay(Shop(SHOP), settings.partitions, settings.engine, training)
     assert {a["action_id"]: a["ts"] for a in run.actions} == {a.action_id: a.ts for a in replayed}
     assert run.records["ok"] + run.records["late"] + RESENT + run.records["heartbeat"] == sum(sent.values())
     return run
