@@ -34,6 +34,7 @@ scores every record with the same models as live traffic, on any number of worke
 from __future__ import annotations
 
 import pickle
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, Protocol, TypeVar
@@ -87,6 +88,16 @@ def decode_snapshot(raw: bytes) -> Snapshot:
     return snapshot
 
 
+def dump_models(models: Any) -> bytes:
+    """A snapshot's model bytes: the pickled bundle, compressed (pickle: load only bytes
+    your own trainer wrote; the topic is internal)."""
+    return zlib.compress(pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def load_models(data: bytes) -> Any:
+    return pickle.loads(zlib.decompress(data))
+
+
 def version_of(boundary: int) -> str:
     """A snapshot's version: its boundary as a date (a timestamp if not at midnight UTC).
 
@@ -118,6 +129,7 @@ class Trainer(Generic[M]):
         self.covered: int | None = None  #: every example before this was learned (or dropped)
         self.model_boundary: int | None = None
         self.pending: dict[int, dict[str, Example]] = {}
+        self.waiting: set[str] = set()  #: ids of the pending examples
         self.learned: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
 
@@ -125,12 +137,20 @@ class Trainer(Generic[M]):
     def resume(cls, snapshots: Iterable[Snapshot], loads: Callable[[bytes], M], fresh: M, period_ms: int, partitions: int) -> Trainer[M]:
         """The trainer where the latest of ``snapshots`` (in publishing order) left it."""
         latest: Snapshot | None = None
-        models: M = fresh
+        models: bytes | None = None
         for s in snapshots:
             latest = s
-            if s.models is not None:
-                models = loads(s.models)
-        trainer = cls(models, period_ms, partitions)
+            models = s.models if s.models is not None else models
+        return cls.resume_from(latest, models, loads, fresh, period_ms, partitions)
+
+    @classmethod
+    def resume_from(
+        cls, latest: Snapshot | None, models: bytes | None, loads: Callable[[bytes], M], fresh: M, period_ms: int, partitions: int,
+        dumps: Callable[[M], bytes] | None = None,
+    ) -> Trainer[M]:
+        """The trainer where the ``latest`` snapshot record left it (``models``: the bytes of
+        the latest snapshot with models, that of ``latest.model_boundary``)."""
+        trainer = cls(loads(models) if models is not None else fresh, period_ms, partitions, dumps)
         if latest is not None:
             trainer.covered = latest.boundary
             trainer.model_boundary = latest.model_boundary
@@ -144,11 +164,11 @@ class Trainer(Generic[M]):
         if self.covered is not None and example.at < self.covered:
             self.dropped["learned_period"] += 1
             return
-        bucket = self.pending.setdefault(example.at // self.period_ms, {})
-        if example.id in bucket:
+        if example.id in self.waiting:  # (a copy made at another time, too)
             self.dropped["duplicate"] += 1
             return
-        bucket[example.id] = example
+        self.pending.setdefault(example.at // self.period_ms, {})[example.id] = example
+        self.waiting.add(example.id)
 
     def low(self) -> int | None:
         """The lowest watermark over all partitions (None while one has sent none)."""
@@ -179,6 +199,7 @@ class Trainer(Generic[M]):
         out = []
         for period in sorted(k for k in self.pending if (k + 1) * self.period_ms <= boundary):
             for example in sorted(self.pending.pop(period).values(), key=lambda e: (e.at, e.id)):
+                self.waiting.discard(example.id)
                 self.models.learn(example)
                 self.learned[type(example).__name__.removesuffix("Example").lower()] += 1
             self.covered = self.model_boundary = (period + 1) * self.period_ms
@@ -187,6 +208,11 @@ class Trainer(Generic[M]):
             self.covered = boundary
             out.append(self._snapshot(with_models=False))
         return out
+
+    def marker(self) -> Snapshot | None:
+        """A marker of the current state (boundary covered, watermarks, counts), so the
+        watermarks read since the last snapshot survive a restart; None before any boundary."""
+        return self._snapshot(with_models=False) if self.covered is not None else None
 
     def _snapshot(self, with_models: bool) -> Snapshot:
         assert self.covered is not None
