@@ -95,10 +95,12 @@ def churn_example_id(user_id: str, scored_at: int, days: int | None) -> str:
 
 def churn_examples(user_id: str, matured: list, at: int) -> list[ChurnExample]:
     """The ``Matured`` labels of a step (:mod:`streams.domain.labels`) as examples made at ``at``."""
-    return [
+    return [  # plain ints and floats: msgspec encodes no subclasses (EventTime, Rating)
         ChurnExample(
-            id=churn_example_id(user_id, m.ts, m.days), at=at, features=list(m.features), churned=m.churned,
-            days=m.days, churn_p=m.churn_p, loyalty_p=m.loyalty_p,
+            id=churn_example_id(user_id, m.ts, m.days), at=int(at), features=[float(f) for f in m.features],
+            churned=None if m.churned is None else int(m.churned), days=None if m.days is None else int(m.days),
+            churn_p=None if m.churn_p is None else float(m.churn_p),
+            loyalty_p=None if m.loyalty_p is None else float(m.loyalty_p),
         )
         for m in matured
     ]

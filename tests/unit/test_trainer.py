@@ -174,3 +174,16 @@ def test_label_records_round_trip_and_refuse_a_newer_format() -> None:
     assert decode_example(encode_example(e)) == e
     with pytest.raises(ValueError, match="v9"):
         decode_example(encode_example(Watermark(partition=0, clock_ms=1, v=9)))
+
+
+def test_examples_of_decoded_events_encode() -> None:
+    """The engine's times and a review's rating are int subclasses, which msgspec refuses."""
+    from streams.domain.events import EventTime, Rating
+    from streams.domain.labels import Matured
+    from models.examples import churn_examples
+
+    matured = [Matured(ts=EventTime(5), features=[1.0], churned=0, days=None, churn_p=0.5)]
+    (example,) = churn_examples("u", matured, EventTime(9))
+    assert decode_example(encode_example(example)) == example and example.id == "u@5/c"
+    review = ReviewExample(id="r", at=int(EventTime(9)), text="ok", rating=int(Rating(4)))
+    assert decode_example(encode_example(review)).rating == 4

@@ -317,7 +317,7 @@ class Ingest:
         self.population.update(before, rfm_of(state))
         if text:  # the rating is the text's weak label, learned by the trainer
             at = self.models.at(msg.partition, now)
-            await self.models.send(ReviewExample(id=event_digest(result), at=at, text=text, rating=result.rating))
+            await self.models.send(ReviewExample(id=str(event_digest(result)), at=at, text=text, rating=int(result.rating)))
             metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
         await self._finish(state, step, queue, now, models)
         return result.ts

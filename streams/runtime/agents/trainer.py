@@ -5,7 +5,7 @@ makes is published to ``model-snapshots`` and flushed before the label records i
 are acknowledged (``noack``), so after a kill -9 the records not yet covered are read
 again, and the trainer resumed from the latest snapshot drops those it had learned: no
 label is lost or learned twice. A watermark record is acknowledged once a snapshot (or a
-marker) carrying it is published. After a rebalance the trainer is rebuilt the same way
+marker) carrying it is published (and every record before it is). After a rebalance the trainer is rebuilt the same way
 (the follower first reads every snapshot published so far).
 """
 
@@ -98,15 +98,19 @@ class TrainerAgent:
         await self.app.producer.flush()
 
     async def _ack_covered(self, trainer: Trainer[Models]) -> None:
-        """Acknowledge the records a published snapshot now covers."""
+        """Acknowledge, in offset order, the records a published snapshot now covers, up to
+        the first it does not: Faust commits the run of consecutive acknowledged offsets
+        that starts at the lowest one, so acknowledging a later record first would commit
+        past a label still waiting (lost after a crash). Covered records after it are read
+        again after a crash, and dropped (their period was learned)."""
         covered = trainer.covered
-        keep = []
+        done = 0
         for at, event in self.unacked:
-            if at is None or (covered is not None and at < covered):
-                await self.stream.ack(event)
-            else:
-                keep.append((at, event))
-        self.unacked = keep
+            if at is not None and (covered is None or at >= covered):
+                break
+            await self.stream.ack(event)
+            done += 1
+        del self.unacked[:done]
 
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         """Whoever owns model-labels now reads the unacknowledged records again: rebuild."""
