@@ -137,6 +137,10 @@ class UserState(msgspec.Struct, array_like=True):
     cart_touched: int | None = None
     #: Latest admitted action per kind (at most one per action kind: bounded).
     acted: dict[str, Acted] = msgspec.field(default_factory=dict)
+    #: Encoded model-labels records made for this user whose delivery was not yet confirmed
+    #: when the state was written (a transactional outbox, docs/models.md): sent again after
+    #: a restart, so a state that survived a crash never hides labels that did not.
+    outbox: list[bytes] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)

@@ -143,6 +143,9 @@ class ModelLink:
         self.period_ms = settings.model_period_ms
         self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
         self.marked: dict[int, int] = {}  #: the last watermark sent per partition
+        #: per user, the label records sent by this process and their delivery futures
+        self.unconfirmed: dict[str, list[tuple[bytes, Any]]] = {}
+        self.resend: list[tuple[str, list[bytes]]] = []  #: outboxes found in the table, to send again
 
     def models_at(self, t: int) -> Models:
         models, boundary = self.store.models_at(t)
@@ -152,8 +155,34 @@ class ModelLink:
     def ready(self, t: int) -> bool:
         return self.store.ready(t)
 
-    async def send(self, example: Example) -> None:
-        await self.labels.send(value=encode_example(example), partition=0)
+    async def send(self, user_id: str, example: Example) -> None:
+        """Send a user's example; it stays in the user's outbox until its delivery is confirmed."""
+        await self._send(user_id, encode_example(example))
+
+    async def _send(self, user_id: str, raw: bytes) -> None:
+        future = await self.labels.send(value=raw, partition=0)
+        self.unconfirmed.setdefault(user_id, []).append((raw, future))
+
+    def outbox(self, user_id: str) -> list[bytes]:
+        """The user's label records not confirmed delivered yet: written with the user's
+        state, so that a state which survives a kill -9 carries the labels it made."""
+        entries = [(raw, f) for raw, f in self.unconfirmed.get(user_id, ()) if not (f.done() and not f.cancelled() and f.exception() is None)]
+        if entries:
+            self.unconfirmed[user_id] = entries
+        else:
+            self.unconfirmed.pop(user_id, None)
+        return [raw for raw, _ in entries]
+
+    async def send_outboxes(self) -> None:
+        """Send again the outboxes of users found in the table after a start or rebalance
+        (a copy the trainer already has is dropped by its id or its learned period)."""
+        resend, self.resend = self.resend, []
+        for user_id, records in resend:
+            if user_id not in self.unconfirmed:
+                for raw in records:
+                    await self._send(user_id, raw)
+        if resend:
+            log.info("sent again the unconfirmed model labels of %d users", len(resend))
 
     async def watermark(self, partition: int, clock_ms: int) -> None:
         """Send the partition's watermark when its clock enters a new model period (and
@@ -173,6 +202,7 @@ class ModelLink:
     def forget(self) -> None:
         """Partitions moved: each sends its watermark again with its next record."""
         self.marked.clear()
+        self.unconfirmed.clear()  # (the table's outboxes are read again with the due queues)
 
     def holding_back(self) -> list[int]:
         """Partitions the trainer waits for (no watermark, or the lowest), by the newest marker."""

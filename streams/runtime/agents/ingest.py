@@ -180,6 +180,9 @@ class Ingest:
         ts = self._merge_ts(partition, result)
         if ts is None:
             return True
+        self._queue(partition)  # after a rebalance: the table's unconfirmed labels, sent before any watermark
+        if self.models.resend:
+            await self.models.send_outboxes()
         t = max(self.clocks[partition].now, ts)
         await self.models.watermark(partition, t)
         if self.models.ready(t):
@@ -299,7 +302,7 @@ class Ingest:
             # RocksDB can hold writes whose changelog records were never sent.
             if user_id not in self.rewritten:
                 self.rewritten.add(user_id)
-                self.users[user_id.encode()] = dump_state(state)
+                self._store(state)
             return result.ts
         queue = self._queue(msg.partition)  # first: rebuilds the RFM population after a rebalance
         before = rfm_of(state)
@@ -317,7 +320,7 @@ class Ingest:
         self.population.update(before, rfm_of(state))
         if text:  # the rating is the text's weak label, learned by the trainer
             at = self.models.at(msg.partition, now)
-            await self.models.send(ReviewExample(id=str(event_digest(result)), at=at, text=text, rating=int(result.rating)))
+            await self.models.send(state.user_id, ReviewExample(id=str(event_digest(result)), at=at, text=text, rating=int(result.rating)))
             metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
         await self._finish(state, step, queue, now, models)
         return result.ts
@@ -385,7 +388,7 @@ class Ingest:
     async def _finish(self, state: UserState, step: Step, queue: DueQueue, now: int, models: Models) -> None:
         at = self.models.at(self.partition_for(state.user_id), now)
         for example in churn_examples(state.user_id, step.examples, at):  # learned by the trainer
-            await self.models.send(example)
+            await self.models.send(state.user_id, example)
             if example.days is not None:
                 metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
                 metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
@@ -397,10 +400,10 @@ class Ingest:
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
             row, x = self._snapshot(state, now, models, step.churn)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
-            await self.models.send(SegmentExample(id=f"{state.user_id}@{now}", at=at, x=x))  # the segment model learns it
+            await self.models.send(state.user_id, SegmentExample(id=f"{state.user_id}@{now}", at=at, x=x))  # the segment model learns it
             state.scores_at = now
             metrics.SNAPSHOTS.inc()
-        self.users[state.user_id.encode()] = dump_state(state)
+        self._store(state)
         queue.schedule(state.user_id, step.due_ms)
 
     async def _dead_letter(
@@ -446,6 +449,10 @@ class Ingest:
             "unsubscribed": state.unsubscribed,
         }
 
+    def _store(self, state: UserState) -> None:
+        state.outbox = self.models.outbox(state.user_id)
+        self.users[state.user_id.encode()] = dump_state(state)
+
     def _load(self, user_id: str) -> UserState | None:
         raw = self.users.get(user_id.encode())
         return None if raw is None else load_state(raw)
@@ -460,6 +467,8 @@ class Ingest:
             for raw_key, raw_state in self.users.items():
                 state = load_state(raw_state)
                 self.population.update(None, rfm_of(state))
+                if state.outbox:
+                    self.models.resend.append((state.user_id, state.outbox))
                 due = due_at(state, self.cfg)
                 if due is not None:
                     self.queues[self.partition_for(raw_key.decode())].schedule(state.user_id, due)
