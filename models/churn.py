@@ -149,9 +149,12 @@ class _PriorThenLearner:
 
     @property
     def version(self) -> str:
+        """The answering model and its labels, and ``@snapshot`` when it came in one (:mod:`models.trainer`)."""
         if self.warm:
-            return f"{self.name}+{self.labels}"
-        return f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
+            base = f"{self.name}+{self.labels}"
+        else:
+            base = f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
+        return f"{base}@{self.snapshot}" if getattr(self, "snapshot", "") else base
 
     def prior(self, x: dict[str, float]) -> float:
         raise NotImplementedError

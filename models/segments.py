@@ -72,8 +72,10 @@ class SegmentModel:
 
     @property
     def version(self) -> str:
-        """Names the algorithm, k and how many snapshots it has learned (centres move with each)."""
-        return f"{self.name}{self.n_clusters}+{self.learned}"
+        """Names the algorithm, k and how many snapshots it has learned (centres move with
+        each), and the model snapshot it came in (:mod:`models.trainer`)."""
+        base = f"{self.name}{self.n_clusters}+{self.learned}"
+        return f"{base}@{self.snapshot}" if getattr(self, "snapshot", "") else base
 
     def learn_one(self, x: dict[str, float]) -> None:
         z = behaviour(x)

@@ -93,8 +93,10 @@ class SentimentModel:
 
     @property
     def version(self) -> str:
-        """Names the model that made a score: changes with every label learned."""
-        return f"{self.name}+{self.labels}"
+        """Names the model that made a score: changes with every label learned (and names
+        the snapshot it came in, :mod:`models.trainer`)."""
+        base = f"{self.name}+{self.labels}"
+        return f"{base}@{self.snapshot}" if getattr(self, "snapshot", "") else base
 
     def score(self, text: str) -> float:
         """Sentiment in [-1, 1]: negative .. positive; 0.0 for empty or neutral text."""

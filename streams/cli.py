@@ -331,6 +331,7 @@ def evaluate(
         events, cfg, churn_kinds, loyalty_kinds, period_days=_days(period) if period else cfg.churn_horizon_days,
         min_labels=settings.churn_min_labels, bgnbd_refit_days=_days(bgnbd_refit), learn_churn_early=learn_churn_early,
         churn_prior_learns=settings.churn_prior_learns, loyalty_prior_learns=settings.loyalty_prior_learns,
+        model_period_days=settings.model_period_days, model_lag_periods=settings.model_lag_periods,
     )
     ev.print_report(replay, seconds, source)
 

@@ -15,22 +15,27 @@ import argparse
 import json
 import sys
 
-from models.online import OnlineLearners
+from models.bundle import Models
+from models.trainer import OfflineTraining
 from streams.domain.actions import RetentionAction, encode_action
 from streams.domain.engine import EngineConfig
 from streams.domain.events import Heartbeat, Invalid, decode
-from streams.domain.fold import Fold
+from streams.domain.fold import Fold, offline_training
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.publish import encode_value
 from streams.simulation import Shop, SimulationConfig
 
 
 def ordered_replay(
-    shop: Shop, partitions: int, cfg: EngineConfig, learners: OnlineLearners, max_clock_skew_ms: int = 86_400_000
+    shop: Shop, partitions: int, cfg: EngineConfig, training: OfflineTraining[Models] | None = None,
+    max_clock_skew_ms: int = 86_400_000,
 ) -> list[RetentionAction]:
+    """The actions of every partition; ``training`` (one trainer for all partitions, as on
+    the workers) is left as the replay left it (its label counts and snapshots)."""
     partition_for = make_partitioner(partitions)
     actions: list[RetentionAction] = []
-    folds = [Fold(cfg, learners, on_step=lambda state, step, now: actions.extend(step.actions)) for _ in range(partitions)]
+    training = training if training is not None else offline_training()
+    folds = [Fold(cfg, training, on_step=lambda state, step, now: actions.extend(step.actions)) for _ in range(partitions)]
 
     rank = {"clicks": 0, "purchases": 1, "reviews": 2, "action-outcomes": 3, "heartbeats": 5}
     decoded = [decode(r.topic, encode_value(r.value), not_after_ms=r.ts_ms + max_clock_skew_ms) for r in shop.records()]
@@ -56,11 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings()
     shop = Shop(SimulationConfig(customers=args.customers, days=args.days, seed=args.seed, invalid_share=0.002, duplicate_share=0.01))
-    learners = OnlineLearners(horizon_days=settings.engine.churn_horizon_days, min_labels=settings.churn_min_labels,
-                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner,
-                              churn_prior_learns=settings.churn_prior_learns,
-                              loyalty_prior_learns=settings.loyalty_prior_learns)
-    for action in ordered_replay(shop, settings.partitions, settings.engine, learners, int(settings.max_clock_skew_s * 1000)):
+    training = offline_training(settings.fresh_models, settings.model_period_ms, settings.model_lag_periods)
+    for action in ordered_replay(shop, settings.partitions, settings.engine, training, int(settings.max_clock_skew_s * 1000)):
         sys.stdout.write(json.dumps(json.loads(encode_action(action)), sort_keys=True) + "\n")
     return 0
 

@@ -5,22 +5,26 @@ Events go, in event-time order, through :func:`~streams.domain.engine.on_event` 
 :func:`~streams.domain.engine.on_due` exactly as the worker calls them (one partition, one
 event-time clock; at equal times an event is folded in before users due then are
 checked). At each scoring point the engine stores, every model predicts: the online
-learners (River, as they stand after the labels matured so far), recency alone, and
-BG/NBD refitted on the history to date. When a point's label matures each prediction is
-scored (:mod:`models.prequential`) in the period of its scoring time, then the learners
-learn it. Labels whose horizon runs past the end of the history never mature and are not
-scored.
+learners (River, as the trainer's snapshot selected by the point's event time has them,
+:mod:`models.trainer`, exactly as the workers score), recency alone, and BG/NBD refitted
+on the history to date. When a point's label matures each prediction is scored
+(:mod:`models.prequential`) in the period of its scoring time, and the label goes to the
+trainer, which learns it with its period's labels once the clock has passed the period.
+Labels whose horizon runs past the end of the history never mature and are not scored.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.baselines import BgNbdBaseline, RecencyBaseline
 from models.churn import ChurnModel, LoyaltyModel
+from models.examples import ChurnExample, churn_examples
 from models.prequential import ChurnMetrics, LoyaltyMetrics
+from models.trainer import OfflineTraining
 from streams.domain.engine import EngineConfig, Step, on_due, on_event
 from streams.domain.events import Purchase, UserEvent
 from streams.domain.features import MODEL_FEATURES, as_dict
@@ -45,18 +49,55 @@ class PeriodScores:
         self.loyalty.setdefault(model, LoyaltyMetrics(window=None)).update(predicted, days)
 
 
+class ReplayModels:
+    """What the replay's trainer learns: every compared learner and the recency baseline.
+
+    Churn is learned when the label is resolved (``learn_churn_early``, as the issue
+    defines resolution) or at the end of the horizon; recency alone at the end."""
+
+    def __init__(self, churn: list[ChurnModel], loyalty: list[LoyaltyModel], learn_churn_early: bool = False) -> None:
+        self.churn_models = churn
+        self.loyalty_models = loyalty
+        self.recency = RecencyBaseline()
+        self.learn_churn_early = learn_churn_early
+
+    def learn(self, example: ChurnExample) -> None:
+        x = as_dict(example.features)
+        if example.churned is not None and self.learn_churn_early:
+            for churn in self.churn_models:
+                churn.learn(x, bool(example.churned))
+        if example.days is None:
+            return
+        label = int(example.days == 0)
+        if not self.learn_churn_early:
+            for churn in self.churn_models:
+                churn.learn(x, bool(label))
+        for loyalty in self.loyalty_models:
+            loyalty.learn(x, example.days)
+        self.recency.learn_churn(example.features[RECENCY], label)
+        self.recency.learn_loyalty(example.features[RECENCY], example.days)
+
+    def stamp(self, version: str) -> None:
+        for model in (*self.churn_models, *self.loyalty_models):
+            model.snapshot = version
+
+
 class Replay:
     """Drive the engine over sorted events and score every model on every matured label."""
 
     def __init__(
         self, cfg: EngineConfig, churn_models: list[ChurnModel], loyalty_models: list[LoyaltyModel],
         period_days: float, bgnbd_refit_days: float = 7.0, learn_churn_early: bool = False,
+        model_period_days: float = 1.0, model_lag_periods: int = 1,
     ) -> None:
         self.cfg = cfg
         self.learn_churn_early = learn_churn_early
-        self.churn_models = churn_models
+        self.churn_models = churn_models  # (unlearned: the trainer learns copies; here for their names)
         self.loyalty_models = loyalty_models
-        self.recency = RecencyBaseline()
+        self.training = OfflineTraining(
+            lambda: ReplayModels(copy.deepcopy(churn_models), copy.deepcopy(loyalty_models), learn_churn_early),
+            int(model_period_days * MS_PER_DAY), model_lag_periods,
+        )
         self.bgnbd = BgNbdBaseline(refit_days=bgnbd_refit_days)
         self.period_ms = int(period_days * MS_PER_DAY)
         self.states: dict[str, UserState] = {}
@@ -83,53 +124,54 @@ class Replay:
             self.events += 1
             if isinstance(event, Purchase):
                 self.bgnbd.purchase(event.user_id, event.ts)
+            self.training.advance(self.clock)  # every label before the clock has been sent
             state = self.states.setdefault(event.user_id, UserState(event.user_id))
             self._finish(state, on_event(state, event, self.clock, self.cfg))
             self._advance(self.clock)
         self.end = self.clock
 
+    @property
+    def models(self) -> ReplayModels:
+        """The snapshot that scores at the current clock."""
+        return self.training.models_at(self.clock)
+
     def _advance(self, now: int) -> None:
+        models = self.models
         for user_id in self.queue.pop_due(now):
             state = self.states[user_id]
-            self._finish(state, on_due(state, now, self.churn_models[0], self.cfg, self.loyalty_models[0]))
+            self._finish(state, on_due(state, now, models.churn_models[0], self.cfg, models.loyalty_models[0]))
 
     def _finish(self, state: UserState, step: Step) -> None:
         for matured in step.examples:
-            self._score(state.user_id, matured.ts, matured.features, matured.churned, matured.days)
+            self._score(state.user_id, matured.ts, matured.churned, matured.days)
+        for example in churn_examples(state.user_id, step.examples, self.clock):
+            self.training.add(example)
         for point in step.points:
             self._predict(state.user_id, point.ts, point.features)
         self.queue.schedule(state.user_id, step.due_ms)
 
     def _predict(self, user_id: str, ts: int, features: list[float]) -> None:
         x = as_dict(features)
+        models = self.models
         out: dict[str, tuple[float, float]] = {}
-        for churn in self.churn_models:
+        for churn in models.churn_models:
             out[churn.name] = (churn.score(x).value, 0.0)
-        for loyalty in self.loyalty_models:
+        for loyalty in models.loyalty_models:
             out[loyalty.name] = (0.0, loyalty.score(x).value)
-        out["recency"] = self.recency.predict(features[RECENCY])
+        out["recency"] = models.recency.predict(features[RECENCY])
         bg = self.bgnbd.predict(user_id, ts, self.cfg.churn_horizon_days)
         if bg is not None:
             out["bgnbd"] = bg
         self.predictions[(user_id, ts)] = out
         self.points += 1
 
-    def _score(self, user_id: str, ts: int, features: list[float], churned: int | None, days: int | None) -> None:
+    def _score(self, user_id: str, ts: int, churned: int | None, days: int | None) -> None:
         """Score the predictions once the horizon is over, when both labels are final
         (churned = no purchase day), so a period's figures never hold the early zeros of
-        points whose ones never mature. The online churn learners learn a label when it is
-        resolved (``learn_churn_early``, as the issue defines resolution) or when the horizon
-        ends; recency alone learns at the end of the horizon."""
-        x = as_dict(features)
-        if churned is not None and self.learn_churn_early:
-            for churn in self.churn_models:
-                churn.learn(x, bool(churned))
+        points whose ones never mature."""
         if days is None:
             return
         label = int(days == 0)
-        if not self.learn_churn_early:
-            for churn in self.churn_models:
-                churn.learn(x, bool(label))
         predicted = self.predictions.pop((user_id, ts), None)
         if predicted is not None:
             period = self.periods.setdefault((ts - (self.start or 0)) // self.period_ms, PeriodScores())
@@ -139,10 +181,6 @@ class Replay:
                         scores.add_churn(name, p, label)
                     if not name.startswith("churn-"):
                         scores.add_loyalty(name, n, days)
-        for loyalty in self.loyalty_models:
-            loyalty.learn(x, days)
-        self.recency.learn_churn(features[RECENCY], label)
-        self.recency.learn_loyalty(features[RECENCY], days)
 
     def table(self) -> list[dict[str, Any]]:
         """One row per period (and ``all``): each model's churn and loyalty figures."""

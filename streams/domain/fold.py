@@ -3,12 +3,15 @@
 The worker's order, without a broker: the partition's clock reaches a user event first,
 :func:`~streams.domain.engine.on_event` folds it in, and then the users due by the clock
 get :func:`~streams.domain.engine.on_due`; a heartbeat only moves the clock. Matured labels
-are learned by the learners the way the worker learns them. Scripts that measure the
-state or the models (``scripts/measure-state``, ``scripts/measure-segments``) and the
-ordered replay of the tests drive the engine through it.
+go to the trainer as the worker sends them (:mod:`models.trainer`, here in process, its
+watermark the replay clock) and every record is scored by the snapshot its event time
+selects, as on the workers. Scripts that measure the state or the models
+(``scripts/measure-state``, ``scripts/measure-segments``) and the ordered replay of the
+tests drive the engine through it; folds of several partitions share one training when
+the records are fed in one event-time order.
 
 >>> from streams.domain.events import Heartbeat
->>> fold = Fold(EngineConfig(), OnlineLearners())
+>>> fold = Fold(EngineConfig(), offline_training())
 >>> fold.feed(Heartbeat(ts=5)) is None, fold.now
 (True, 5)
 """
@@ -17,46 +20,62 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from models.online import OnlineLearners
+from models.bundle import Models
+from models.examples import churn_examples
+from models.trainer import OfflineTraining
 from streams.domain.engine import EngineConfig, Step, on_due, on_event, track_actions
 from streams.domain.events import Heartbeat, UserEvent
-from streams.domain.features import as_dict
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState
+from streams.domain.timestamps import MS_PER_DAY
 
 #: Called after every step of a user (an event folded in or a due check), with the clock.
 OnStep = Callable[[UserState, Step, int], None]
 
 
+def offline_training(
+    fresh: Callable[[], Models] = Models.fresh, period_ms: int = MS_PER_DAY, lag: int = 1
+) -> OfflineTraining[Models]:
+    """A trainer and snapshot selection in process (settings: ``model_period_s``, ``model_lag_periods``)."""
+    return OfflineTraining(fresh, period_ms, lag)
+
+
 class Fold:
     """One event-time clock, the users' states and their due queue."""
 
-    def __init__(self, cfg: EngineConfig, learners: OnlineLearners, on_step: OnStep | None = None) -> None:
+    def __init__(self, cfg: EngineConfig, training: OfflineTraining[Models], on_step: OnStep | None = None) -> None:
         self.cfg = cfg
-        self.learners = learners
+        self.training = training
         self.on_step = on_step
         self.states: dict[str, UserState] = {}
         self.queue = DueQueue()
         self.now = 0
 
+    @property
+    def models(self) -> Models:
+        """The models that score at the current clock."""
+        return self.training.models_at(self.now)
+
     def feed(self, event: UserEvent | Heartbeat) -> Step | None:
         """Fold one event in (its step) or, for a heartbeat, only move the clock (None).
         ``event`` carries no review sentiment (the scripts measure without the text model)."""
         self.now = max(self.now, event.ts)
+        self.training.advance(self.now)  # the partitions' watermarks: every example before now was sent
+        models = self.models
         step = None
         if not isinstance(event, Heartbeat):
             state = self.states.setdefault(event.user_id, UserState(event.user_id))
-            step = on_event(state, event, self.now, self.cfg, None, self.learners.churn, self.learners.loyalty)
+            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty)
             if step.applied is not Applied.DUPLICATE:  # a re-sent copy changes nothing
                 self._finish(state, step)
         for user_id in self.queue.pop_due(self.now):
             state = self.states[user_id]
-            self._finish(state, on_due(state, self.now, self.learners.churn, self.cfg, self.learners.loyalty))
+            self._finish(state, on_due(state, self.now, models.churn, self.cfg, models.loyalty))
         return step
 
     def _finish(self, state: UserState, step: Step) -> None:
-        for m in step.examples:  # as the worker learns them
-            self.learners.observe(as_dict(m.features), m.churned, m.days, m.churn_p, m.loyalty_p)
+        for example in churn_examples(state.user_id, step.examples, self.now):  # as the worker sends them
+            self.training.add(example)
         step.tally.add(track_actions(state, step.actions, self.cfg))  # no guard rails here: every action goes out
         if self.on_step is not None:
             self.on_step(state, step, self.now)

@@ -173,6 +173,10 @@ class UserState(msgspec.Struct, array_like=True):
     #: Added with issue 5's measurement (default: states encoded before it load):
     #: decisions whose attribution window is open, oldest first (window-limited, capped).
     awaiting: list[Awaiting] = msgspec.field(default_factory=list)
+    #: Encoded model-labels records made for this user whose delivery was not yet confirmed
+    #: when the state was written (a transactional outbox, docs/models.md): sent again after
+    #: a restart, so a state that survived a crash never hides labels that did not.
+    outbox: list[bytes] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)

@@ -11,6 +11,8 @@ from prometheus_client import generate_latest
 from streams.runtime import metrics
 from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.ingest import Ingest
+from streams.runtime.agents.trainer import TrainerAgent
+from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
 from streams.runtime.transport import Transport
@@ -66,7 +68,9 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         # their turn; a rebalance must not wait for them (they are read again instead).
         stream_wait_empty=False,
     )
-    ingest = Ingest(app, settings)
+    follower = ModelFollower(app, settings)  # every worker reads every model snapshot
+    ingest = Ingest(app, settings, follower)
+    app.trainer = TrainerAgent(app, settings, follower)  # runs on the worker that owns model-labels
     if settings.trace_offsets_interval_s > 0:
 
         @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
@@ -77,9 +81,10 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
-        """This worker's online learners: versions, labels learned, whether the prior still
-        answers, and rolling prequential scores (each worker learns the labels of its partitions)."""
-        return web.json(ingest.learners.report())
+        """The newest model snapshot this worker has read (the same on every worker): its
+        version and boundary, the trainer's label counts, whether each prior still answers,
+        and the prequential scores the trainer computed."""
+        return web.json(follower.report())
 
     @app.page("/users/{user_id}")
     @app.table_route(table=ingest.users, match_info="user_id")

@@ -46,7 +46,7 @@ from streams.runtime.settings import Settings
 from streams.simulation import Shop, SimulationConfig
 
 PIPELINES = {"full": None, "naive": "streams.runtime.bench_naive"}  # name -> worker module (None: retention worker)
-TOPICS = ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES")
+TOPICS = ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES", "MODEL_LABELS", "MODEL_SNAPSHOTS")
 LATENCY = "retention_record_latency_seconds"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

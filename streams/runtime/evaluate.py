@@ -52,11 +52,13 @@ def run_replay(
     events: Iterable[UserEvent], cfg: EngineConfig, churn_kinds: list[str], loyalty_kinds: list[str],
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,
     churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
+    model_period_days: float = 1.0, model_lag_periods: int = 1,
 ) -> tuple[Replay, float]:
     churn = [ChurnModel(min_labels=min_labels, kind=k, learned_prior=churn_prior_learns) for k in churn_kinds]
     loyalty = [LoyaltyModel(horizon_days=cfg.churn_horizon_days, min_labels=min_labels, kind=k, learned_prior=loyalty_prior_learns)
                for k in loyalty_kinds]
-    replay = Replay(cfg, churn, loyalty, period_days=period_days, bgnbd_refit_days=bgnbd_refit_days, learn_churn_early=learn_churn_early)
+    replay = Replay(cfg, churn, loyalty, period_days=period_days, bgnbd_refit_days=bgnbd_refit_days, learn_churn_early=learn_churn_early,
+                    model_period_days=model_period_days, model_lag_periods=model_lag_periods)
     started = time.perf_counter()
     replay.run(events)
     return replay, time.perf_counter() - started

@@ -27,7 +27,8 @@ def admin(settings: Settings) -> AdminClient:
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create every topic the system uses, with its final partition count. Idempotent.
+    """Create every topic the system uses, with its final partition count (the two model
+    topics have one partition). Idempotent.
 
     Returns the topics that were created (existing ones are left as they are, after
     checking that their partition count matches: inputs must be co-partitioned).
@@ -48,6 +49,11 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             config={"cleanup.policy": "compact"} if name == settings.topic_scores else {},
         )
         for name in settings.all_topics
+        if name not in existing
+    ]
+    wanted += [  # internal, one partition each (docs/models.md)
+        NewTopic(name, num_partitions=1, replication_factor=settings.replication_factor, config=config)
+        for name, config in ((settings.topic_model_labels, {}), (settings.topic_model_snapshots, {"cleanup.policy": "compact"}))
         if name not in existing
     ]
     if not wanted:

@@ -37,7 +37,7 @@ LABELS = Counter(
     "Matured labels learned, by model and label (churn: 0/1; loyalty: purchase days in the horizon, 5+ for five or more).",
     ["model", "label"],
 )
-MODEL_LABELS = Gauge("retention_model_labels_learned", "Labels the model has learned from on this worker.", ["model"])
+MODEL_LABELS = Gauge("retention_model_labels_learned", "Labels the model in the newest snapshot this worker read has learned from (the same on every worker).", ["model"])
 MODEL_PRIOR = Gauge("retention_model_prior_active", "1 while the model still answers with its prior.", ["model"])
 EVENT_TIME = Gauge("retention_event_time_seconds", "Event-time clock of the partition (Unix seconds).", ["partition"])
 DUE_USERS = Gauge("retention_due_users", "Users waiting for an event-time check, on this worker.")
@@ -113,6 +113,25 @@ MODEL_QUALITY = Gauge(
     "churn auc, log_loss, brier, ece; loyalty mae, rmse.",
     ["model", "metric"],
 )
+
+
+MODEL_SNAPSHOT_BOUNDARY = Gauge(
+    "retention_model_snapshot_boundary_seconds",
+    "Event time (epoch seconds) of model snapshot boundaries on this worker: kind=newest (newest snapshot with models read), "
+    "covered (the trainer covered up to it), in_use (the snapshot scoring this worker's latest record).",
+    ["kind"],
+)
+MODEL_WAITING = Gauge(
+    "retention_model_waiting_partitions", "Input partitions of this worker whose next record waits for the model snapshot its event time needs."
+)
+MODEL_SNAPSHOT_MISSES = Counter(
+    "retention_model_snapshot_misses",
+    "Records scored by the oldest kept snapshot because theirs was no longer kept (raise RETENTION_MODEL_SNAPSHOTS_KEPT).",
+)
+MODEL_TRAINER_RECORDS = Counter(
+    "retention_model_trainer_records", "model-labels records the trainer read, by result: buffered, watermark, invalid.", ["result"]
+)
+MODEL_SNAPSHOTS = Counter("retention_model_snapshots", "Snapshots the trainer published, by kind: models, marker.", ["kind"])
 
 
 def export_learners(learners: Any) -> None:

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.attribution import AttributionConfig
+from models.bundle import Models
 from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
@@ -61,6 +62,8 @@ class Settings(BaseSettings):
     topic_actions: str = Field("retention-actions", description="Topic of retention actions (out).")
     topic_dead_letters: str = Field("dead-letters", description="Topic of records that broke the contract (out).")
     topic_scores: str = Field("user-scores", description="Topic of each user's latest features and scores (out, compacted).")
+    topic_model_labels: str = Field("model-labels", description="Internal, one partition: the examples the workers send the model trainer, and each partition's event-time watermarks (docs/models.md).")
+    topic_model_snapshots: str = Field("model-snapshots", description="Internal, one partition, compacted: the trainer's versioned model snapshots, read by every worker (docs/models.md).")
 
     data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
     web_host: str = Field("127.0.0.1", description="Interface of the worker's web server (/metrics); 0.0.0.0 in containers.")
@@ -83,6 +86,9 @@ class Settings(BaseSettings):
     scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose state changed (a scoring always publishes one).")
     churn_horizon_days: float = Field(30.0, gt=0, description="H: churn at t means no purchase in (t, t + H]; loyalty at t is the number of purchase days in (t, t + H].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes for churn) before the learned churn and loyalty models replace their recency priors.")
+    model_period_days: float = Field(1.0, gt=0, description="Models learn by periods of event time this long: a period's examples are learned once every partition's event-time clock has passed its end, and give the snapshot versioned by that boundary.")
+    model_lag_periods: int = Field(1, ge=0, description="A record at event time t is scored by the snapshot of boundary (floor(t / period) - lag) * period, and waits until the trainer has covered it: a larger lag lets partitions drift further apart without waiting.")
+    model_snapshots_kept: int = Field(32, ge=1, description="Snapshots with models each worker keeps (bytes) to score re-processed records after a restart with the models they had.")
     churn_prior_learns: bool = Field(False, description="Until the churn learner takes over, its prior answers with the churn rate of the matured labels in the same recency bin (calibrated as labels accumulate, but from a few labels at first, and learned by each worker); false: the fixed recency formula, so the lapse rule's early decisions depend on the records alone.")
     loyalty_prior_learns: bool = Field(True, description="Until the loyalty learner takes over, its prior answers with the mean purchase days of the matured labels in the same recency bin (measured better than the formula: docs/evaluation.md); false: the fixed formula.")
     churn_learner: Literal["logreg", "logreg-raw", "arf", "amf", "hat"] = Field("logreg", description="Online churn learner (models/churn.py; chosen by measurement in docs/evaluation.md).")
@@ -212,6 +218,19 @@ class Settings(BaseSettings):
     @property
     def policy_path(self) -> Path:
         return self.policy_file if self.policy_file is not None else DEFAULT_POLICY
+
+    @property
+    def model_period_ms(self) -> int:
+        return int(self.model_period_days * MS_PER_DAY)
+
+    def fresh_models(self) -> Models:
+        """Models that learned nothing, configured by these settings (their priors answer)."""
+        return Models.fresh(
+            horizon_days=self.churn_horizon_days, min_labels=self.churn_min_labels, churn_kind=self.churn_learner,
+            loyalty_kind=self.loyalty_learner, churn_prior_learns=self.churn_prior_learns,
+            loyalty_prior_learns=self.loyalty_prior_learns, segment_clusters=self.segment_clusters,
+            segment_halflife=self.segment_halflife,
+        )
 
     @property
     def engine(self) -> EngineConfig:

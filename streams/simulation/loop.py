@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models.online import OnlineLearners
+from models.bundle import Models
 from streams.domain.engine import EngineConfig, Step
 from streams.domain.events import Invalid, decode
-from streams.domain.fold import Fold
+from streams.domain.fold import Fold, offline_training
 from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_HOUR
 from streams.domain.uplift import Tally
@@ -41,7 +41,7 @@ def closed_loop(shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_P
         for action in step.actions:
             shop.offer(action, now + delivery_delay_ms)
 
-    fold = Fold(cfg, OnlineLearners(horizon_days=cfg.churn_horizon_days), on_step)
+    fold = Fold(cfg, offline_training(lambda: Models.fresh(horizon_days=cfg.churn_horizon_days)), on_step)
     records = 0
     for record in shop.records():
         event = decode(record.topic, encode(record.value) if isinstance(record.value, dict) else record.value)

@@ -64,7 +64,8 @@ def new_pipeline(broker_env: dict[str, str], tmp: Path, **extra_env: str) -> Ite
         "RETENTION_APP_ID": f"rs-test-{suffix}",
         "RETENTION_PARTITIONS": "4",
         **{f"RETENTION_TOPIC_{name}": f"{name.lower()}-{suffix}"
-           for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES")},
+           for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES",
+                        "MODEL_LABELS", "MODEL_SNAPSHOTS")},
         **extra_env,
     }
     settings = _settings(env)

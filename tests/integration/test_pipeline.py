@@ -111,7 +111,9 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert lapsed["ts"] == "2026-02-05T00:00:00.000Z"  # last purchase day 21 + max(14, 2 * 7) days
     assert lapsed["expires_at"] == "2026-02-19T00:00:00.000Z"
     assert lapsed["reason"]["rule"] == "lapsed_after_streak"
-    assert lapsed["reason"]["model_versions"]["churn"] == "recency-prior"  # and every model of the customer's row
+    # scored by the snapshot of 2026-02-04 (a period before the decision's day): the newest
+    # with models by then is that of 2026-01-30 (nothing was learned in between)
+    assert lapsed["reason"]["model_versions"]["churn"] == "recency-prior@2026-01-30"  # and every model of the row
     assert set(lapsed["reason"]["model_versions"]) == {"churn", "loyalty", "sentiment", "segment"}
     assert lapsed["reason"]["trigger"] == "lapse" and lapsed["reason"]["lifecycle_stage"] == "at_risk"
     assert lapsed["reason"]["scores"]["churn"] == pytest.approx(0.6321, abs=1e-4)
@@ -142,9 +144,16 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert has_loyalty(profile)
     segment_model = profile["model_versions"].pop("segment")
     loyalty_model = profile["model_versions"].pop("loyalty")  # recency-prior(+labels): too few labels to learn
-    assert profile["model_versions"] == {"churn": "recency-prior", "sentiment": "sentiment-lex+nb+0"} and profile["priors"] == ["churn", "loyalty"]
-    assert loyalty_model.startswith("recency-prior")
-    assert segment_model.startswith("segments-kmeans4+") and profile["segment"] in range(4)
+    status, models = worker.get_json("/models")  # the newest snapshot: the one that scores day 50
+    assert status == 200 and models["snapshot"]["covered"] >= models["snapshot"]["boundary"] >= T0 + 40 * MS_PER_DAY, models["snapshot"]
+    version, learned = models["snapshot"]["version"], models["snapshot"]["learned"]
+    assert learned["churn"] >= 9 and learned["segment"] >= 10 and models["snapshot"]["dropped"] == {}
+    assert models["churn"]["version"] == f"recency-prior@{version}" and models["churn"]["prior"]
+    assert models["segments"]["version"] == f"segments-kmeans4+{learned['segment']}@{version}"
+    assert profile["model_versions"] == {"churn": f"recency-prior@{version}", "sentiment": f"sentiment-lex+nb+0@{version}"}
+    assert profile["priors"] == ["churn", "loyalty"]
+    assert loyalty_model.startswith("recency-prior") and loyalty_model.endswith(f"@{version}")
+    assert segment_model == models["segments"]["version"] and profile["segment"] in range(4)
     assert profile["lifecycle_stage"] == "at_risk"  # 29 days since the last purchase >= max(14, 2 * 7)
     assert profile["ts"] == "2026-02-20T00:00:00.000Z" and profile["last_purchase"] == "2026-01-22T00:00:00.000Z"
     assert worker.get_json("/users/nobody")[0] == 404
@@ -165,7 +174,7 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
         table = {row["user_id"]: row for row in csv.DictReader(handle)}
     assert set(table) == {"lapsed", "miskeyed", "loyal"}
     assert float(table["lapsed"]["purchases"]) == 4 and float(table["lapsed"]["churn"]) == latest["lapsed"]["scores"]["churn"]
-    assert table["lapsed"]["churn_model"] == "recency-prior" and table["lapsed"]["churn_prior"] == "True"
+    assert table["lapsed"]["churn_model"].startswith("recency-prior@") and table["lapsed"]["churn_prior"] == "True"
     assert float(table["lapsed"]["loyalty_score"]) == latest["lapsed"]["scores"]["loyalty_score"]
     assert table["lapsed"]["loyalty_tier"] == latest["lapsed"]["loyalty_tier"] and table["lapsed"]["loyalty_prior"] == "True"
     import pyarrow.parquet as pq
@@ -254,6 +263,12 @@ def test_any_worker_answers_for_any_user_by_forwarding_to_the_owner(pipeline: Pi
         assert answers[0] == answers[1] and answers[0][0] == 200, answers
         assert answers[0][1]["features"]["purchases"] == (4 if user != "loyal" else 7)
     assert one.get_json("/users/nobody")[0] == two.get_json("/users/nobody")[0] == 404
+    # one model: both workers serve the same snapshot (the one trainer's), once both have read it
+    deadline = time.monotonic() + 30
+    while (reports := [w.get_json("/models")[1]["snapshot"] for w in (one, two)])[0] != reports[1]:
+        assert time.monotonic() < deadline, reports
+        time.sleep(0.25)
+    assert reports[0]["version"] is not None and reports[0]["learned"]["churn"] > 0
 
 
 def test_a_backlog_is_merged_in_event_time_so_a_returning_buyer_still_gets_the_lapse_coupon(pipeline: Pipeline) -> None:

@@ -4,10 +4,12 @@ Each test replays the same synthetic shop (fixed seed, 1 % of records re-sent on
 and compares every user's state, read back from the table's changelog topic, with an
 uninterrupted run of one worker on its own topics and app id (the ``reference``).
 
-The churn learner lives in memory and is not checkpointed, so a crash would change what it
-has learned; ``RETENTION_CHURN_MIN_LABELS`` is set out of reach and the priors'
-learning (``RETENTION_*_PRIOR_LEARNS``) off, so every run scores with the fixed recency formula, and actions depend on state and
-event time only (see STEADY).
+Models are learned by the one trainer (``model-labels`` -> ``model-snapshots``) and chosen
+by event time, so the review sentiment features must come out equal too, and the
+trainer's label counts and snapshot version after a crash or a rebalance must equal the
+uninterrupted run's: no label lost, none learned twice. ``RETENTION_CHURN_MIN_LABELS`` is
+set out of reach and the priors' learning (``RETENTION_*_PRIOR_LEARNS``) off, so the lapse
+rule decides with the fixed recency formula, as the ordered replay does (see STEADY).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaException, Message, TopicPartition
 
-from models.online import OnlineLearners
+from models.bundle import Models
 from streams.domain.features import features
 from streams.domain.state import UserState, load_state
 from streams.runtime.kafka import consumer
@@ -32,16 +34,18 @@ from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, simulation_records
 from streams.simulation import Shop, SimulationConfig
 from tests.integration.conftest import Pipeline, new_pipeline
+from streams.domain.fold import offline_training
 from tests.ordered_replay import ordered_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # a kill, a restart and two full runs
 
 SHOP = SimulationConfig(customers=50, new_customers_per_day=1.0, days=70, seed=11, duplicate_share=0.01)
-# The learners never replace the prior and the prior learns nothing (models are in memory,
-# not checkpointed), so the decisions are a function of the records alone.
+# The churn learner never replaces the prior and the prior learns nothing, so the decisions
+# are a function of the records alone (as in the ordered replay, which has no review texts).
 # The policy is the built-in lapse rule alone, never suppressed by a guard rail, so the
-# worker decides what the ordered replay decides (the care and recommendation rules depend
-# on the in-memory sentiment and recommender models; the guards are tested in test_actions.py).
+# worker decides what the ordered replay decides (the recommendation rules depend on the
+# per-worker recommender, and the ordered replay has no review texts for the care rule;
+# the guards are tested in test_actions.py).
 LAPSE_ONLY = Path(__file__).resolve().parents[1] / "data" / "policy-lapse-only.yaml"
 STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_CHURN_PRIOR_LEARNS": "false",
           "RETENTION_LOYALTY_PRIOR_LEARNS": "false", "RETENTION_POLICY_FILE": str(LAPSE_ONLY)}
@@ -65,6 +69,7 @@ class Run:
     states: dict[str, UserState]
     actions: list[dict[str, Any]]
     records: Counter[str]  # retention_records_total by result, summed over the run's workers
+    models: dict[str, Any]  # GET /models "snapshot" of the run's last worker once the trainer is done
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -159,21 +164,38 @@ def latest_states(pipe: Pipeline) -> dict[str, UserState]:
     return {key.decode(): load_state(value) for key, value in latest.items()}
 
 
-def collect(pipe: Pipeline, workers: list[WorkerProcess], counts: list[Counter[str]]) -> Run:
+def trained(worker: WorkerProcess, covered: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
+    """The worker's GET /models snapshot once the trainer has covered ``covered`` (or, with
+    None, once it stops moving): the labels learned, the version and boundary."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        status, report = worker.get_json("/models")
+        snap = report.get("snapshot") if status == 200 else None
+        if snap and (snap["covered"] == covered if covered is not None else snap == last):
+            return snap
+        assert time.monotonic() < deadline, f"trainer not at {covered}: {snap}; see {worker.log_file}"
+        last = snap
+        time.sleep(2.0 if covered is None else 0.5)
+
+
+def collect(pipe: Pipeline, workers: list[WorkerProcess], counts: list[Counter[str]], covered: int | None = None) -> Run:
     actions = [json.loads(m.value()) for m in read_to_end(pipe, pipe.settings.topic_actions)]
-    return Run(latest_states(pipe), actions, sum(counts, Counter()))
-
-
-#: Scored by the worker's online sentiment learner, which lives in the worker's memory and
-#: starts again from its lexicon after a restart (model checkpoints are issue 4's): these
-#: depend on the model's history, not only on the records.
-MODEL_DEPENDENT = {"sentiment_mean", "last_sentiment", "negative_reviews"}
+    models = trained(workers[-1], covered)
+    return Run(latest_states(pipe), actions, sum(counts, Counter()), models)
 
 
 def view(state: UserState) -> dict[str, Any]:
-    """What must not depend on crashes or rebalances: features at NOW and lifetime counters."""
-    stable = {k: v for k, v in features(state, NOW).items() if k not in MODEL_DEPENDENT}
-    return {**stable, **{f"state.{name}": getattr(state, name) for name in LIFETIME}, "state.texts": state.texts}
+    """What must not depend on crashes or rebalances: features at NOW (the review sentiment
+    ones included: scored by the snapshot of the review's event time) and lifetime counters."""
+    return {**features(state, NOW), **{f"state.{name}": getattr(state, name) for name in LIFETIME}, "state.texts": state.texts}
+
+
+def assert_same_learning(run: Run, reference: Run) -> None:
+    """No lost and no doubled learning: the trainer learned the same labels, reviews and
+    score rows, up to the same boundary, with the same newest snapshot."""
+    keys = ("covered", "boundary", "version", "learned")
+    assert {k: run.models[k] for k in keys} == {k: reference.models[k] for k in keys}, (run.models, reference.models)
 
 
 def assert_same_users(run: Run, reference: Run) -> None:
@@ -210,12 +232,23 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
         wait_committed(pipe, sent, [worker])
         run = collect(pipe, [worker], [results(worker)])
     assert run.records["duplicate"] == RESENT  # each re-sent copy counted once
+    assert run.models["learned"]["churn"] > 0 and run.models["learned"]["review"] > 0 and run.models["learned"]["segment"] > 0
     # The worker decides what the sorted stream decides, at the same event times.
     settings = pipe.settings
-    learners = OnlineLearners(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
-                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner)
-    replayed = ordered_replay(Shop(SHOP), settings.partitions, settings.engine, learners)
+    training = offline_training(
+        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
+                             churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner),
+        settings.model_period_ms, settings.model_lag_periods,
+    )
+    replayed = ordered_replay(Shop(SHOP), settings.partitions, settings.engine, training)
     assert {a["action_id"]: a["ts"] for a in run.actions} == {a.action_id: a.ts for a in replayed}
+    # ... and its trainer learned the churn labels the ordered replay's trainer learned (it
+    # has no review texts and publishes no score rows: only churn compares)
+    trainer = training.trainer
+    if trainer.covered == run.models["covered"]:
+        assert trainer.learned["churn"] == run.models["learned"]["churn"]
+    else:  # the replay's clock ends at the last record; the live trainer at the lowest partition's watermark
+        assert trainer.covered is not None and trainer.covered > run.models["covered"]
     assert run.records["ok"] + run.records["late"] + RESENT + run.records["heartbeat"] == sum(sent.values())
     return run
 
@@ -267,9 +300,10 @@ def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_unint
     second.wait_processed(total - resumed_from, timeout=300)  # exactly the records after the last commit
     wait_committed(pipeline, sent, [second])
     after = results(second)
-    run = collect(pipeline, [first, second], [before_kill, after])
+    run = collect(pipeline, [first, second], [before_kill, after], covered=reference.models["covered"])
 
     assert_same_users(run, reference)
+    assert_same_learning(run, reference)
     moved = assert_same_actions(run, reference)
     # Redelivered: the records worker a read after its last commit. How many events b applies
     # again is not a property to bound: on a kept data dir Faust's recovery replays the
@@ -311,16 +345,22 @@ def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pi
     sent += publish(pipeline, RECORDS[third:2 * third])
     wait_committed(pipeline, sent, [one, two])
     assert processed(two) > 0  # worker 2 took over partitions and their state
+    # one model: both workers score with the one trainer's snapshots (once both read the newest)
+    deadline = time.monotonic() + 60
+    while (views := [trained(w) for w in (one, two)])[0] != views[1]:
+        assert time.monotonic() < deadline, views
+    assert views[0]["version"] is not None
 
     one_counts = results(one)
     assert one.stop() == 0  # SIGTERM: graceful, everything moves to worker 2
     wait_ready_after_rebalance(two, 2)  # and all of them are worker 2's
     sent += publish(pipeline, RECORDS[2 * third:])
     wait_committed(pipeline, sent, [two])
-    run = collect(pipeline, [one, two], [one_counts, results(two)])
+    run = collect(pipeline, [one, two], [one_counts, results(two)], covered=reference.models["covered"])
 
     assert one_counts.total() > 0 and processed(two) > 0
     assert_same_users(run, reference)
+    assert_same_learning(run, reference)
     # The table worker 2 serves from, not only the changelog, holds every user (a standby
     # promoted to active must not miss records of the partitions it takes over).
     unknown = [user for user in run.states if two.get_json(f"/users/{user}")[0] != 200]

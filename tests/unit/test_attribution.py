@@ -135,7 +135,8 @@ def test_states_encoded_before_attribution_still_load() -> None:
     state = UserState("u1")
     track(state, decision("a", 0), CFG, Tally())
     fields = msgspec.msgpack.decode(dump_state(state))
-    assert load_state(msgspec.msgpack.encode(fields[:-1])).awaiting == []
+    before = [f.name for f in msgspec.structs.fields(UserState)].index("awaiting")  # the format before it
+    assert load_state(msgspec.msgpack.encode(fields[:before])).awaiting == []
     assert load_state(dump_state(state)).awaiting == state.awaiting
 
 

@@ -165,8 +165,9 @@ def test_states_encoded_before_loyalty_labels_and_sweeps_still_load() -> None:
     state = UserState("u1")
     feed(state, purchase(0), NO_SWEEP)
     fields = msgspec.msgpack.decode(dump_state(state))
-    old = fields[:-1]  # no swept_at
-    pending_at = [f.name for f in msgspec.structs.fields(UserState)].index("pending")
+    names = [f.name for f in msgspec.structs.fields(UserState)]
+    old = fields[:names.index("swept_at")]  # the format before swept_at (and every field added after it)
+    pending_at = names.index("pending")
     old[pending_at] = [point[:2] for point in old[pending_at]]  # (ts, features) only
     loaded = load_state(msgspec.msgpack.encode(old))
     assert loaded.swept_at is None and loaded.pending[0].days == 0 and loaded.pending[0].churn_p is None

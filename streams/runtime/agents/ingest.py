@@ -9,6 +9,11 @@ of a user are folded in one place and no repartition hop is needed. Per record:
 4. otherwise the pure engine folds it into the user's state (once per event id);
 5. the clock advances, and users now due (silent customers aging) are checked, which
    can mature churn labels and emit retention actions.
+
+The worker does not learn: matured labels, review ratings and published score rows go to
+the one trainer (``model-labels``), and each record is scored by the model snapshot its
+event time selects; a partition's next record waits (without holding the others) until
+that snapshot is there (:mod:`streams.runtime.model_sync`, ``docs/models.md``).
 """
 
 from __future__ import annotations
@@ -26,9 +31,8 @@ from aiokafka import TopicPartition
 from faust.streams import _current_event, current_event
 from faust.types import TP
 
-from models.online import OnlineLearners
-from models.segments import SegmentModel
-from models.sentiment import SentimentModel
+from models.bundle import Models
+from models.examples import ReviewExample, SegmentExample, churn_examples
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter
@@ -38,7 +42,7 @@ from streams.domain.rules import Decider
 from models.reco import interactions
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
-from streams.domain.features import as_dict, features, model_inputs
+from streams.domain.features import features, model_inputs
 from streams.domain.loyalty import LoyaltyRanks, rank_loyalty
 from streams.domain.snapshots import Segment, UserScores, encode_scores, snapshot, snapshot_due
 from streams.domain.timestamps import format_ts
@@ -48,6 +52,7 @@ from streams.domain.state import Applied, UserState, dump_state, event_digest, l
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
+from streams.runtime.model_sync import ModelFollower, ModelLink
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
 
@@ -60,6 +65,8 @@ MERGE_TICK_S = 0.05  # how often records waiting for a fresher fetch are looked 
 
 #: Warn when a partition's records have waited this long in the event-time merge.
 STALL_WARN_S = 30.0
+#: How often idle partitions send a watermark for the others (see Ingest._vouch_for_idle_partitions).
+VOUCH_EVERY_S = 1.0
 
 
 def _wall_ms() -> int:
@@ -70,7 +77,7 @@ def _wall_ms() -> int:
 class Ingest:
     """State and I/O around the pure engine, for the partitions this worker owns."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
         self.settings = settings
         self.cfg = settings.engine
         self.logical = settings.inbound_topics
@@ -86,24 +93,19 @@ class Ingest:
         self.users = app.Table("users", partitions=settings.partitions, key_type=bytes, value_type=bytes)
         # one attribution tally per partition, key b"p<partition>" (streams/runtime/action_stats.py)
         self.tallies = app.Table("attribution", partitions=settings.partitions, key_type=bytes, value_type=bytes)
-        self.learners = OnlineLearners(
-            horizon_days=self.cfg.churn_horizon_days, min_labels=settings.churn_min_labels,
-            churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner, churn_prior_learns=settings.churn_prior_learns,
-            loyalty_prior_learns=settings.loyalty_prior_learns,
-        )
-        self.churn = self.learners.churn
-        self.loyalty = self.learners.loyalty
+        self.models = ModelLink(app, settings, follower)
+        self.follower = follower
         # current customers' latest loyalty predictions on this worker (loyalty_score)
         self.loyalty_cfg = settings.loyalty
         self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
-        self.sentiment = SentimentModel()
-        self.segments = SegmentModel(n_clusters=settings.segment_clusters, halflife=settings.segment_halflife)
         self.app = app
         # The policy file's rules (a customer's row as published decides), the recommender
         # they draw items from (per worker, in memory), and the guard rails before each send.
         self.policy = settings.policy
         self.reco = ItemRecommender()
-        self.decide = Decider(self.policy, lambda state, now, churn: self._snapshot(state, now, churn, learn=False), self.reco)
+        self.decide = Decider(
+            self.policy, lambda state, now, churn: self._snapshot(state, now, self.models.models_at(now), churn, learn=False)[0], self.reco
+        )
         self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical))
         metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
                                   "version": str(self.policy.version)})
@@ -119,6 +121,9 @@ class Ingest:
         self.generation = 0  # rebalances seen (a late start-offsets answer of an older one is dropped)
         self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
         self.stall_warned: dict[int, float] = {}
+        self.held: dict[int, Any] = {}  # per partition: the next record, waiting for its model snapshot
+        self.held_since: dict[int, float] = {}
+        self.vouched_at = 0.0
         self.lock = asyncio.Lock()
         self.queues: dict[int, DueQueue] | None = None
         self.population = Population()  # buyers of the partitions this worker owns (RFM)
@@ -158,9 +163,13 @@ class Ingest:
         def caught_up_here(topic: str, since_ms: int) -> bool:
             return self._caught_up(TP(topic, partition), since_ms)
 
-        while (item := merge.pop(caught_up_here)) is not None:
-            self.released_at[partition] = time.monotonic()
+        while (item := self.held.pop(partition, None) or merge.pop(caught_up_here)) is not None:
             event, (topic, result, kafka_ts) = item
+            if not await self._model_ready(partition, result):
+                self.held[partition] = item  # other partitions go on; the tick looks again
+                break
+            self.held_since.pop(partition, None)
+            self.released_at[partition] = time.monotonic()
             msg = event.message
             started = time.perf_counter()
             token = _current_event.set(weakref.ref(event))  # table writes go to this record's partition
@@ -180,16 +189,83 @@ class Ingest:
             if kafka_ts is not None:  # end to end when the producer stamped its send time (bench --mode live)
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
 
+    async def _model_ready(self, partition: int, result: Any) -> bool:
+        """The record is next in the partition's event-time order: its watermark goes to
+        the trainer (every example before it was sent), and it may be processed once the
+        snapshot its event time selects has been read (a record without a trusted time or
+        for another partition scores nothing and never waits)."""
+        ts = self._merge_ts(partition, result)
+        if ts is None:
+            return True
+        self._queue(partition)  # after a rebalance: the table's unconfirmed labels, sent before any watermark
+        if self.models.resend:
+            await self.models.send_outboxes()
+        t = max(self.clocks[partition].now, ts)
+        await self.models.watermark(partition, t)
+        if self.models.ready(t):
+            return True
+        self.held_since.setdefault(partition, time.monotonic())
+        return False
+
     async def _tick(self) -> None:
-        """Release what waited for a fresher fetch: no record of the partition may follow."""
+        """Release what waited for a fresher fetch (no record of the partition may follow)
+        or for a model snapshot."""
         async with self.lock:
             for partition, merge in list(self.merges.items()):
-                if merge.size:
+                if merge.size or partition in self.held:
                     await self._release(partition)
                     self._warn_if_stalled(partition, merge)
+                    self._warn_if_model_late(partition)
+            if time.monotonic() - self.vouched_at >= VOUCH_EVERY_S:
+                self.vouched_at = time.monotonic()
+                await self._vouch_for_idle_partitions()
+            metrics.MODEL_WAITING.set(len(self.held))
+
+    async def _vouch_for_idle_partitions(self) -> None:
+        """Partitions of this worker with nothing to read (no records buffered, every input
+        caught up by a recent fetch) send as their watermark the latest time any partition
+        needs (the highest watermark the trainer has, or a record waiting here): a shop whose
+        partitions are not all busy, without heartbeats, would otherwise stall the trainer.
+        Their examples made later are dated no earlier (:meth:`ModelLink.at`), so none falls
+        in a period already learned (a replay through busy partitions never takes this path)."""
+        latest = self.follower.store.latest
+        need = max((max(self.clocks[p].now, self._merge_ts(p, item[1][1]) or 0) for p, item in self.held.items()), default=0)
+        need = max(need, max(latest.marks.values(), default=0) if latest else 0)
+        if not need:
+            return
+        since = _wall_ms() - int(VOUCH_EVERY_S * 2000)
+        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.inputs}
+        for partition in sorted(assigned - set(self.held)):
+            merge = self.merges.get(partition)
+            if merge is not None and merge.size:
+                continue
+            if all(self._caught_up(TP(topic, partition), since) for topic in self.inputs):
+                await self.models.watermark(partition, max(need, self.clocks[partition].now))
+
+    def _warn_if_model_late(self, partition: int) -> None:
+        """Say, at most every STALL_WARN_S, that a partition waits for its model snapshot,
+        and which partitions' watermarks the trainer lacks (no records and no heartbeats)."""
+        since = self.held_since.get(partition)
+        now = time.monotonic()
+        if since is None or now - max(since, self.stall_warned.get(-1 - partition, 0.0)) < STALL_WARN_S:
+            return
+        self.stall_warned[-1 - partition] = now
+        event, (topic, result, kafka_ts) = self.held[partition]
+        store = self.follower.store
+        log.warning(
+            "partition %d: the record at %s waits %.0f s for the model snapshot of %s; the trainer has covered %s; "
+            "partitions holding it back (no watermark yet, or the lowest: send them heartbeats): %s",
+            partition, format_ts(self._merge_ts(partition, result) or 0), now - since,
+            format_ts(store.target(max(self.clocks[partition].now, self._merge_ts(partition, result) or 0))),
+            format_ts(store.covered) if store.covered is not None else "nothing", self.models.holding_back(),
+        )
 
     async def _export_models(self) -> None:
-        metrics.export_learners(self.learners)
+        metrics.export_learners(self.follower.newest_models().learners)
+        metrics.MODEL_SNAPSHOT_MISSES.inc(self.follower.store.misses - self._misses)
+        self._misses = self.follower.store.misses
+
+    _misses = 0
 
     def _warn_if_stalled(self, partition: int, merge: InputMerge[Any]) -> None:
         """Say, at most every STALL_WARN_S, which inputs hold a partition's records back."""
@@ -243,17 +319,19 @@ class Ingest:
             # RocksDB can hold writes whose changelog records were never sent.
             if user_id not in self.rewritten:
                 self.rewritten.add(user_id)
-                self.users[user_id.encode()] = dump_state(state)
+                self._store(state)
             return result.ts
         queue = self._queue(msg.partition)  # first: rebuilds the RFM population after a rebalance
         before = rfm_of(state)
         text = result.text if isinstance(result, Review) and result.text and not result.text.isspace() else None
+        models = self.models.models_at(max(self.clocks[msg.partition].now, result.ts))
         # a re-sent review is not scored again (only a text needs the look-up before on_event)
-        sentiment = self.sentiment.score(text) if text and event_digest(result) not in state.recent_ids else None
+        fresh_text = bool(text) and event_digest(result) not in state.recent_ids
+        sentiment = models.sentiment.score(text) if text and fresh_text else None
         now = self.clocks[msg.partition].advance(result.ts)  # the clock reaches the record first
         touches = interactions(result)
         past = history(state) if touches else []  # the recommender learns each touch with what came before
-        step = on_event(state, result, now, self.cfg, sentiment, self.churn, self.loyalty, self.decide)
+        step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.DUPLICATE:
             return result.ts
@@ -261,10 +339,11 @@ class Ingest:
             self.reco.learn(touch, past)
         mark_applied(state, msg.topic, msg.offset)
         self.population.update(before, rfm_of(state))
-        if text:
-            self.sentiment.learn(text, result.rating)  # the rating is the text's weak label
+        if text:  # the rating is the text's weak label, learned by the trainer
+            at = self.models.at(msg.partition, now)
+            await self.models.send(state.user_id, ReviewExample(id=str(event_digest(result)), at=at, text=text, rating=int(result.rating)))
             metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
-        await self._finish(state, step, queue, now)
+        await self._finish(state, step, queue, now, models)
         return result.ts
 
     async def _advance(self, partition: int, ts: int | None, event: Any) -> None:
@@ -277,12 +356,14 @@ class Ingest:
         queue = self._queue(partition)
         due = queue.pop_due(now)
         if due:
+            models = self.models.models_at(now)
             token = _current_event.set(weakref.ref(event))
             try:
                 for user_id in due:
                     state = self._load(user_id)
                     if state is not None:
-                        await self._finish(state, on_due(state, now, self.churn, self.cfg, self.loyalty, self.decide), queue, now)
+                        step = on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide)
+                        await self._finish(state, step, queue, now, models)
             finally:
                 _current_event.reset(token)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
@@ -325,12 +406,13 @@ class Ingest:
         except Exception:  # not started, or partition not assigned
             return None
 
-    async def _finish(self, state: UserState, step: Step, queue: DueQueue, now: int) -> None:
-        for m in step.examples:
-            self.learners.observe(as_dict(m.features), m.churned, m.days, m.churn_p, m.loyalty_p)
-            if m.days is not None:
-                metrics.LABELS.labels(self.churn.name, str(int(m.days == 0))).inc()
-                metrics.LABELS.labels(self.loyalty.name, str(m.days) if m.days < 5 else "5+").inc()
+    async def _finish(self, state: UserState, step: Step, queue: DueQueue, now: int, models: Models) -> None:
+        at = self.models.at(self.partition_for(state.user_id), now)
+        for example in churn_examples(state.user_id, step.examples, at):  # learned by the trainer
+            await self.models.send(state.user_id, example)
+            if example.days is not None:
+                metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
+                metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
         sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, self.partition_for(state.user_id), now).allowed:
@@ -344,11 +426,12 @@ class Ingest:
         if step.tally:
             self._count(step.tally)
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
-            row = self._snapshot(state, now, step.churn)
+            row, x = self._snapshot(state, now, models, step.churn)
             await self.scores.send(key=state.user_id.encode(), value=encode_scores(row))
+            await self.models.send(state.user_id, SegmentExample(id=f"{state.user_id}@{now}", at=at, x=x))  # the segment model learns it
             state.scores_at = now
             metrics.SNAPSHOTS.inc()
-        self.users[state.user_id.encode()] = dump_state(state)
+        self._store(state)
         queue.schedule(state.user_id, step.due_ms)
 
     def _count(self, tally: Tally) -> None:
@@ -370,21 +453,21 @@ class Ingest:
         record = dead_letter(msg.topic, msg.partition, msg.offset, key, value, kafka_ts, error, int(time.time() * 1000))
         await self.dead_letters.send(key=key, value=record)
 
-    def _snapshot(self, state: UserState, now: int, churn: Score | None = None, learn: bool = True) -> UserScores:
+    def _snapshot(
+        self, state: UserState, now: int, models: Models, churn: Score | None = None, learn: bool = True
+    ) -> tuple[UserScores, dict[str, float]]:
         """The user's row at ``now`` (features computed once, the scores and segment from
-        them); a published row is also learned by the segment model and enters the loyalty
+        them) and its model inputs; a published row (``learn``) enters the loyalty
         distribution, a looked-up one does not (its loyalty_score is read the same way)."""
         values = features(state, now, self.cfg.state, self.population)
         x = model_inputs(values)
-        churn = churn or self.churn.score(x)
-        if learn:
-            self.segments.learn_one(x)
-        segment = Segment(self.segments.predict_one(x), self.segments.version)
+        churn = churn or models.churn.score(x)
+        segment = Segment(models.segments.predict_one(x), models.segments.version)
         loyalty = rank_loyalty(
-            self.loyalty_ranks, state.user_id, state.last_purchase, now, self.loyalty.score(x),
+            self.loyalty_ranks, state.user_id, state.last_purchase, now, models.loyalty.score(x),
             self.loyalty_cfg.tiers, learn=learn,
         )
-        return snapshot(state, now, values, churn, self.sentiment.version, segment, loyalty, self.settings.lifecycle)
+        return snapshot(state, now, values, churn, models.sentiment.version, segment, loyalty, self.settings.lifecycle), x
 
     def profile(self, user_id: str) -> dict[str, Any] | None:
         """What ``GET /users/{user_id}`` shows, or None for an unknown user (on this
@@ -394,7 +477,7 @@ class Ingest:
             return None
         clock = self.clocks.get(self.partition_for(user_id))
         now = max(state.clock, clock.now if clock else 0)
-        row = self._snapshot(state, now, learn=False)
+        row, _ = self._snapshot(state, now, self.models.models_at(now), learn=False)
         return {
             **msgspec.to_builtins(row),
             "partition": self.partition_for(user_id),
@@ -403,6 +486,10 @@ class Ingest:
             "lapse_acted_for_purchase_at": format_ts(state.lapse_acted) if state.lapse_acted is not None else None,
             "unsubscribed": state.unsubscribed,
         }
+
+    def _store(self, state: UserState) -> None:
+        state.outbox = self.models.outbox(state.user_id)
+        self.users[state.user_id.encode()] = dump_state(state)
 
     def _load(self, user_id: str) -> UserState | None:
         raw = self.users.get(user_id.encode())
@@ -418,6 +505,8 @@ class Ingest:
             for raw_key, raw_state in self.users.items():
                 state = load_state(raw_state)
                 self.population.update(None, rfm_of(state))
+                if state.outbox:
+                    self.models.resend.append((state.user_id, state.outbox))
                 due = due_at(state, self.cfg)
                 if due is not None:
                     self.queues[self.partition_for(raw_key.decode())].schedule(state.user_id, due)
@@ -450,6 +539,9 @@ class Ingest:
             self.queues = None
             for merge in self.merges.values():
                 merge.clear()
+            self.held.clear()  # not acknowledged either
+            self.held_since.clear()
+            self.models.forget()
             self.received.clear()
             self.rewritten.clear()
             inputs = [tp for tp in self.app.consumer.assignment() if tp.topic in self.inputs]

@@ -1,0 +1,80 @@
+"""Every model the worker scores with, as one unit the trainer learns and snapshots.
+
+The churn and loyalty learners with their prequential metrics (:mod:`models.online`), the
+review sentiment model and the behavioural segment model learn from the examples of the
+``model-labels`` topic (:mod:`models.examples`); a snapshot of the bundle is what every
+scorer uses (:mod:`models.trainer`).
+
+>>> from models.examples import ReviewExample
+>>> m = Models.fresh(min_labels=1)
+>>> m.learn(ReviewExample(id="r", at=0, text="broke at once", rating=1))
+>>> m.counts["review"], m.sentiment.labels
+(1, 1)
+>>> m.stamp("2026-03-02"); m.sentiment.version
+'sentiment-lex+nb+1@2026-03-02'
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from models.examples import ChurnExample, Example, ReviewExample, SegmentExample
+from models.online import OnlineLearners
+from models.segments import SegmentModel
+from models.sentiment import SentimentModel
+from streams.domain.features import as_dict
+
+
+class Models:
+    """The learners of one snapshot; ``counts``: examples learned per kind."""
+
+    def __init__(self, learners: OnlineLearners, sentiment: SentimentModel, segments: SegmentModel) -> None:
+        self.learners = learners
+        self.sentiment = sentiment
+        self.segments = segments
+        self.counts: Counter[str] = Counter()
+
+    @classmethod
+    def fresh(
+        cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = "log-linear",
+        churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
+        segment_halflife: float = 0.05,
+    ) -> Models:
+        """Models that have learned nothing: every score is a prior (flagged so)."""
+        learners = OnlineLearners(
+            horizon_days=horizon_days, min_labels=min_labels, churn_kind=churn_kind, loyalty_kind=loyalty_kind,
+            churn_prior_learns=churn_prior_learns, loyalty_prior_learns=loyalty_prior_learns,
+        )
+        return cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife))
+
+    @property
+    def churn(self) -> Any:
+        return self.learners.churn
+
+    @property
+    def loyalty(self) -> Any:
+        return self.learners.loyalty
+
+    def learn(self, example: Example) -> None:
+        if isinstance(example, ChurnExample):
+            self.learners.observe(as_dict(example.features), example.churned, example.days, example.churn_p, example.loyalty_p)
+        elif isinstance(example, ReviewExample):
+            self.sentiment.learn(example.text, example.rating)
+        elif isinstance(example, SegmentExample):
+            self.segments.learn_one(example.x)
+        self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
+
+    def stamp(self, version: str) -> None:
+        """Every model's version names the snapshot it came in (``...@version``)."""
+        for model in (self.churn, self.loyalty, self.sentiment, self.segments):
+            model.snapshot = version
+
+    def report(self) -> dict[str, Any]:
+        """The learners' report (versions, labels, prior flags, prequential metrics) and the others' versions."""
+        return {
+            **self.learners.report(),
+            "sentiment": {"version": self.sentiment.version, "labels": self.sentiment.labels},
+            "segments": {"version": self.segments.version, "learned": self.segments.learned},
+            "examples": dict(sorted(self.counts.items())),
+        }

@@ -1,0 +1,106 @@
+"""The records of the internal ``model-labels`` topic: learning examples and watermarks.
+
+The scorers (ingest partitions) do not learn; they send what the models should learn to
+one trainer (:mod:`models.trainer`). Every example carries an ``id`` (a re-sent copy has the
+same one, so the trainer learns it once) and ``at``, the event time at which the sending
+partition's clock made it known (never earlier than a watermark the partition already
+sent, so a partition's watermark closes the periods of its examples). A
+:class:`Watermark` says "partition ``partition`` has sent every example with ``at`` below
+``clock_ms``".
+
+An internal format (msgspec JSON, tagged by ``kind``, versioned by ``v``), not a topic
+contract; ``docs/models.md`` describes it.
+
+>>> raw = encode_example(ReviewExample(id="d1", at=5, text="great", rating=5))
+>>> decode_example(raw)
+ReviewExample(id='d1', at=5, text='great', rating=5, v=1)
+>>> decode_example(encode_example(Watermark(partition=3, clock_ms=86_400_000))).clock_ms
+86400000
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+#: The format version written in every record's ``v``.
+VERSION = 1
+
+
+class ChurnExample(msgspec.Struct, tag_field="kind", tag="churn", frozen=True):
+    """A scoring point's matured churn and/or loyalty label (``streams.domain.labels.Matured``)."""
+
+    id: str  #: user id, scoring time and which label: ``user@scored_at/c`` or ``/d``
+    at: int  #: the event time the label matured
+    features: list[float]
+    churned: int | None
+    days: int | None
+    churn_p: float | None = None
+    loyalty_p: float | None = None
+    v: int = VERSION
+
+
+class ReviewExample(msgspec.Struct, tag_field="kind", tag="review", frozen=True):
+    """A review text and its star rating, the sentiment model's weak label."""
+
+    id: str  #: the review event's digest
+    at: int
+    text: str
+    rating: int
+    v: int = VERSION
+
+
+class SegmentExample(msgspec.Struct, tag_field="kind", tag="segment", frozen=True):
+    """The model inputs of a published user-score row, learned by the segment model."""
+
+    id: str  #: user id and the row's event time
+    at: int
+    x: dict[str, float]
+    v: int = VERSION
+
+
+class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
+    """Partition ``partition`` has sent every example with ``at`` < ``clock_ms``."""
+
+    partition: int
+    clock_ms: int
+    v: int = VERSION
+
+
+Example = Union[ChurnExample, ReviewExample, SegmentExample]
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, Watermark]
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(LabelRecord)
+
+
+def encode_example(record: LabelRecord) -> bytes:
+    return _encoder.encode(record)
+
+
+def decode_example(raw: bytes) -> LabelRecord:
+    """Raises ``msgspec.DecodeError``/``ValidationError`` for bytes not in this format, and
+    ValueError for a newer format version than this code reads."""
+    record = _decoder.decode(raw)
+    if record.v > VERSION:
+        raise ValueError(f"model-labels record of format v{record.v}; this worker reads up to v{VERSION}")
+    return record
+
+
+def churn_example_id(user_id: str, scored_at: int, days: int | None) -> str:
+    """``user@scored_at/c`` for a churn label resolved early, ``/d`` at the horizon's end."""
+    return f"{user_id}@{scored_at}/{'c' if days is None else 'd'}"
+
+
+def churn_examples(user_id: str, matured: list, at: int) -> list[ChurnExample]:
+    """The ``Matured`` labels of a step (:mod:`streams.domain.labels`) as examples made at ``at``."""
+    return [  # plain ints and floats: msgspec encodes no subclasses (EventTime, Rating)
+        ChurnExample(
+            id=churn_example_id(user_id, m.ts, m.days), at=int(at), features=[float(f) for f in m.features],
+            churned=None if m.churned is None else int(m.churned), days=None if m.days is None else int(m.days),
+            churn_p=None if m.churn_p is None else float(m.churn_p),
+            loyalty_p=None if m.loyalty_p is None else float(m.loyalty_p),
+        )
+        for m in matured
+    ]

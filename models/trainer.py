@@ -1,0 +1,318 @@
+"""One consistent model for all workers: a trainer that learns by period of event time,
+versioned snapshots, and the choice of snapshot by a record's event time.
+
+Event time is cut into periods of ``period_ms`` (P). Examples (:mod:`models.examples`) are
+buffered by the period of their ``at``. Each scoring partition sends a watermark (its
+event-time clock) at every period boundary it crosses; once the lowest watermark over
+*all* partitions has passed the end of period k, no example of period k can still come,
+so :class:`Trainer` learns period k's examples in a fixed order (by ``at``, then ``id``;
+an id seen before is dropped) and publishes snapshot S(k+1): the models as of boundary
+(k+1)·P, versioned by that boundary. A period without examples changes nothing and gives
+only a "covered" marker (no model bytes). The snapshot of a boundary therefore holds
+exactly the examples made before it, whatever order they arrived in and however many
+workers sent them.
+
+A record at event time t is scored by the newest snapshot with boundary at most
+``(floor(t / P) - lag) * P`` (:func:`model_boundary`); it waits until the trainer has
+covered that boundary (:meth:`SnapshotStore.ready`). Before any snapshot with model bytes,
+the fresh models answer (their priors, flagged). A replay of history in event time thus
+scores every record with the same models as live traffic, on any number of workers.
+
+>>> from models.examples import ChurnExample
+>>> from models.bundle import Models
+>>> DAY = 86_400_000
+>>> t = Trainer(Models.fresh(), period_ms=DAY, partitions=2)
+>>> t.add(ChurnExample(id="u@0/d", at=DAY + 5, features=[1.0], churned=None, days=0))
+>>> t.watermark(0, 3 * DAY)  # partition 1 has not said where it is: nothing is learned
+[]
+>>> [(s.version, s.models is not None) for s in t.watermark(1, 2 * DAY + 1)]
+[('1970-01-03', True)]
+>>> dict(t.learned), t.covered == 2 * DAY
+({'churn': 1}, True)
+"""
+
+from __future__ import annotations
+
+import pickle
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, Protocol, TypeVar
+
+import msgspec
+
+from models.examples import Example
+from streams.domain.timestamps import MS_PER_DAY, format_ts
+
+#: Format of a snapshot record (``Snapshot.v``).
+SNAPSHOT_VERSION = 1
+
+
+class Learner(Protocol):
+    def learn(self, example: Any) -> None: ...
+
+    def stamp(self, version: str) -> None: ...
+
+
+M = TypeVar("M", bound=Learner)
+
+
+class Snapshot(msgspec.Struct, frozen=True):
+    """A record of ``model-snapshots``: the models as of ``boundary`` (``models``: pickled
+    bundle), or, without ``models``, a marker that the trainer has covered ``boundary``
+    (the models are those of ``model_boundary``). ``marks`` are the partitions' watermarks
+    and ``learned``/``dropped`` the trainer's counts, so a restarted trainer resumes here."""
+
+    boundary: int
+    version: str
+    model_boundary: int | None  #: boundary of the latest snapshot with model bytes (None: priors)
+    learned: dict[str, int]
+    dropped: dict[str, int]
+    marks: dict[int, int]
+    models: bytes | None = None
+    v: int = SNAPSHOT_VERSION
+
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Snapshot)
+
+
+def encode_snapshot(snapshot: Snapshot) -> bytes:
+    return _encoder.encode(snapshot)
+
+
+def decode_snapshot(raw: bytes) -> Snapshot:
+    snapshot = _decoder.decode(raw)
+    if snapshot.v > SNAPSHOT_VERSION:
+        raise ValueError(f"model snapshot of format v{snapshot.v}; this worker reads up to v{SNAPSHOT_VERSION}")
+    return snapshot
+
+
+def dump_models(models: Any) -> bytes:
+    """A snapshot's model bytes: the pickled bundle, compressed (pickle: load only bytes
+    your own trainer wrote; the topic is internal)."""
+    return zlib.compress(pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+
+def load_models(data: bytes) -> Any:
+    return pickle.loads(zlib.decompress(data))
+
+
+def version_of(boundary: int) -> str:
+    """A snapshot's version: its boundary as a date (a timestamp if not at midnight UTC).
+
+    >>> version_of(0), version_of(3_600_000)
+    ('1970-01-01', '1970-01-01T01:00:00.000Z')
+    """
+    text = format_ts(boundary)
+    return text[:10] if boundary % MS_PER_DAY == 0 else text
+
+
+def model_boundary(t: int, period_ms: int, lag: int) -> int:
+    """The boundary whose snapshot scores a record at event time ``t``.
+
+    >>> model_boundary(t=10 * 86_400_000 + 7, period_ms=86_400_000, lag=1) // 86_400_000
+    9
+    """
+    return (t // period_ms - lag) * period_ms
+
+
+class Trainer(Generic[M]):
+    """Buffers examples by period; learns a period once every partition's watermark passed it."""
+
+    def __init__(self, models: M, period_ms: int, partitions: int, dumps: Callable[[M], bytes] | None = None) -> None:
+        self.models = models
+        self.period_ms = period_ms
+        self.partitions = partitions
+        self.dumps = dumps or (lambda m: pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
+        self.marks: dict[int, int] = {}
+        self.covered: int | None = None  #: every example before this was learned (or dropped)
+        self.model_boundary: int | None = None
+        self.pending: dict[int, dict[str, Example]] = {}
+        self.waiting: set[str] = set()  #: ids of the pending examples
+        self.learned: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()
+
+    @classmethod
+    def resume(cls, snapshots: Iterable[Snapshot], loads: Callable[[bytes], M], fresh: M, period_ms: int, partitions: int) -> Trainer[M]:
+        """The trainer where the latest of ``snapshots`` (in publishing order) left it."""
+        latest: Snapshot | None = None
+        models: bytes | None = None
+        for s in snapshots:
+            latest = s
+            models = s.models if s.models is not None else models
+        return cls.resume_from(latest, models, loads, fresh, period_ms, partitions)
+
+    @classmethod
+    def resume_from(
+        cls, latest: Snapshot | None, models: bytes | None, loads: Callable[[bytes], M], fresh: M, period_ms: int, partitions: int,
+        dumps: Callable[[M], bytes] | None = None,
+    ) -> Trainer[M]:
+        """The trainer where the ``latest`` snapshot record left it (``models``: the bytes of
+        the latest snapshot with models, that of ``latest.model_boundary``)."""
+        trainer = cls(loads(models) if models is not None else fresh, period_ms, partitions, dumps)
+        if latest is not None:
+            trainer.covered = latest.boundary
+            trainer.model_boundary = latest.model_boundary
+            trainer.marks = dict(latest.marks)
+            trainer.learned.update(latest.learned)
+            trainer.dropped.update(latest.dropped)
+        return trainer
+
+    def add(self, example: Example) -> None:
+        """Buffer an example; one of a period already learned, or a copy, is dropped (counted)."""
+        if self.covered is not None and example.at < self.covered:
+            self.dropped["learned_period"] += 1
+            return
+        if example.id in self.waiting:  # (a copy made at another time, too)
+            self.dropped["duplicate"] += 1
+            return
+        self.pending.setdefault(example.at // self.period_ms, {})[example.id] = example
+        self.waiting.add(example.id)
+
+    def low(self) -> int | None:
+        """The lowest watermark over all partitions (None while one has sent none)."""
+        if len(self.marks) < self.partitions:
+            return None
+        return min(self.marks.get(p, 0) for p in range(self.partitions))
+
+    def missing(self) -> list[int]:
+        """Partitions holding the trainer back: without a watermark, or at the lowest one."""
+        absent = [p for p in range(self.partitions) if p not in self.marks]
+        if absent:
+            return absent
+        low = self.low()
+        return [p for p in range(self.partitions) if self.marks[p] == low]
+
+    def watermark(self, partition: int, clock_ms: int) -> list[Snapshot]:
+        """Partition ``partition`` is at ``clock_ms``: learn the periods now closed; the
+        snapshots to publish (with model bytes after a period that had examples, then a
+        marker of the boundary covered when it moved)."""
+        if 0 <= partition < self.partitions:
+            self.marks[partition] = max(clock_ms, self.marks.get(partition, clock_ms))
+        low = self.low()
+        if low is None:
+            return []
+        boundary = low // self.period_ms * self.period_ms
+        if self.covered is not None and boundary <= self.covered:
+            return []
+        out = []
+        for period in sorted(k for k in self.pending if (k + 1) * self.period_ms <= boundary):
+            for example in sorted(self.pending.pop(period).values(), key=lambda e: (e.at, e.id)):
+                self.waiting.discard(example.id)
+                self.models.learn(example)
+                self.learned[type(example).__name__.removesuffix("Example").lower()] += 1
+            self.covered = self.model_boundary = (period + 1) * self.period_ms
+            out.append(self._snapshot(with_models=True))
+        if self.covered is None or self.covered < boundary:
+            self.covered = boundary
+            out.append(self._snapshot(with_models=False))
+        return out
+
+    def marker(self) -> Snapshot | None:
+        """A marker of the current state (boundary covered, watermarks, counts), so the
+        watermarks read since the last snapshot survive a restart; None before any boundary."""
+        return self._snapshot(with_models=False) if self.covered is not None else None
+
+    def _snapshot(self, with_models: bool) -> Snapshot:
+        assert self.covered is not None
+        models = None
+        if with_models:
+            self.models.stamp(version_of(self.covered))
+            models = self.dumps(self.models)
+        return Snapshot(
+            boundary=self.covered, version=version_of(self.covered), model_boundary=self.model_boundary,
+            learned=dict(self.learned), dropped=dict(self.dropped), marks=dict(self.marks), models=models,
+        )
+
+
+class SnapshotStore(Generic[M]):
+    """A scorer's view of the published snapshots, and which models score event time t.
+
+    Keeps the bytes of the last ``keep`` snapshots with models (a restarted worker
+    re-processes records from its committed offsets, possibly several periods behind the
+    trainer, and must score them with the models they had) and the ``loaded`` models of
+    the few in use. A record older than every kept snapshot is scored by the oldest kept
+    one and counted in ``misses`` (keep more to avoid it)."""
+
+    def __init__(
+        self, fresh: Callable[[], M], loads: Callable[[bytes], M], period_ms: int, lag: int, keep: int = 32
+    ) -> None:
+        self.loads = loads
+        self.period_ms = period_ms
+        self.lag = lag
+        self.keep = max(1, keep)
+        self.priors: M = fresh()
+        self.kept: dict[int, bytes] = {}  #: boundary -> model bytes, the newest ``keep``
+        self.loaded: dict[int, M] = {}  #: boundary -> models, the newest few used
+        self.covered: int | None = None
+        self.latest: Snapshot | None = None  #: the newest record read (its counts and marks)
+        self.misses = 0
+        self.first_models: int | None = None  #: boundary of the first snapshot with models read
+
+    def add(self, snapshot: Snapshot) -> None:
+        if self.covered is not None and snapshot.boundary < self.covered:
+            return  # older than what is covered: nothing new
+        self.latest = snapshot
+        self.covered = snapshot.boundary
+        if snapshot.models is not None:
+            if self.first_models is None:
+                self.first_models = snapshot.boundary
+            self.kept[snapshot.boundary] = snapshot.models
+            while len(self.kept) > self.keep:
+                oldest = min(self.kept)
+                del self.kept[oldest]
+                self.loaded.pop(oldest, None)
+
+    def target(self, t: int) -> int:
+        return model_boundary(t, self.period_ms, self.lag)
+
+    def ready(self, t: int) -> bool:
+        """The trainer has covered the boundary whose models score event time ``t``."""
+        return self.covered is not None and self.covered >= self.target(t)
+
+    def boundary_at(self, t: int) -> int | None:
+        """Boundary of the models that score event time ``t`` (None: the priors)."""
+        target = self.target(t)
+        boundaries = [b for b in self.kept if b <= target]
+        if boundaries:
+            return max(boundaries)
+        if self.first_models is not None and self.first_models <= target:
+            self.misses += 1  # its models were published but are no longer kept
+            return min(self.kept)
+        return None
+
+    def models_at(self, t: int) -> tuple[M, int | None]:
+        """The models that score event time ``t`` and their boundary (None: the priors).
+        Before :meth:`ready`, the newest models known (a look-up, not a decision)."""
+        boundary = self.boundary_at(t)
+        if boundary is None:
+            return self.priors, None
+        models = self.loaded.get(boundary)
+        if models is None:
+            models = self.loaded[boundary] = self.loads(self.kept[boundary])
+            while len(self.loaded) > self.lag + 2:
+                del self.loaded[min(b for b in self.loaded if b != boundary)]
+        return models, boundary
+
+
+class OfflineTraining(Generic[M]):
+    """Trainer and selection in one process, for replays: every partition's watermark is
+    the replay clock, so the same snapshots score the same records as on live workers."""
+
+    def __init__(self, fresh: Callable[[], M], period_ms: int, lag: int, loads: Callable[[bytes], M] = pickle.loads) -> None:
+        self.trainer: Trainer[M] = Trainer(fresh(), period_ms, partitions=1)
+        self.store: SnapshotStore[M] = SnapshotStore(fresh, loads, period_ms, lag, keep=lag + 2)
+        self.snapshots = 0
+
+    def add(self, example: Example) -> None:
+        self.trainer.add(example)
+
+    def advance(self, clock_ms: int) -> None:
+        """The replay clock reached ``clock_ms`` (before the record at that time is processed)."""
+        for snapshot in self.trainer.watermark(0, clock_ms):
+            self.store.add(snapshot)
+            self.snapshots += snapshot.models is not None
+
+    def models_at(self, t: int) -> M:
+        return self.store.models_at(t)[0]

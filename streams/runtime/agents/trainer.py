@@ -1,0 +1,118 @@
+"""The trainer agent: the one worker that owns ``model-labels`` (one partition) learns for all.
+
+Examples and watermarks go to the pure :class:`~models.trainer.Trainer`; every snapshot it
+makes is published to ``model-snapshots`` and flushed before the label records it covers
+are acknowledged (``noack``), so after a kill -9 the records not yet covered are read
+again, and the trainer resumed from the latest snapshot drops those it had learned: no
+label is lost or learned twice. A watermark record is acknowledged once a snapshot (or a
+marker) carrying it is published (and every record before it is). After a rebalance the trainer is rebuilt the same way
+(the follower first reads every snapshot published so far).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+
+from models.bundle import Models
+from models.examples import Watermark, decode_example
+from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models
+from streams.runtime import metrics
+from streams.runtime.model_sync import ModelFollower
+from streams.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MARKER_KEY = b"covered"
+
+
+def snapshot_key(snapshot: Snapshot, period_ms: int, kept: int) -> bytes:
+    """Keys of a compacted topic that keep the newest ``kept`` snapshots with models (a ring
+    of keys ``models/0`` ..) and the newest marker (``covered``).
+
+    >>> snapshot_key(Snapshot(5, "x", 5, {}, {}, {}, models=b"m"), period_ms=1, kept=4)
+    b'models/1'
+    """
+    if snapshot.models is None:
+        return MARKER_KEY
+    return f"models/{snapshot.boundary // period_ms % kept}".encode()
+
+
+class TrainerAgent:
+    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
+        self.app = app
+        self.settings = settings
+        self.follower = follower
+        self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
+        self.trainer: Trainer[Models] | None = None
+        self.unacked: list[tuple[int | None, Any]] = []  # (example time, or None for a watermark; event)
+        app.on_rebalance_complete.connect(self._on_rebalance)
+        app.agent(self.labels, name="model-trainer")(self.run)
+
+    async def run(self, stream: faust.StreamT[Any]) -> None:
+        self.stream = stream.noack()
+        async for event in self.stream.events():
+            trainer = await self._trainer()
+            try:
+                record = decode_example(event.value)
+            except Exception as exc:  # internal topic: skipped loudly (no contract, no dead letter)
+                log.error("model-labels@%d unreadable, skipped: %r", event.message.offset, exc)
+                metrics.MODEL_TRAINER_RECORDS.labels("invalid").inc()
+                await self.stream.ack(event)
+                continue
+            if isinstance(record, Watermark):
+                metrics.MODEL_TRAINER_RECORDS.labels("watermark").inc()
+                self.unacked.append((None, event))
+                published = trainer.watermark(record.partition, record.clock_ms)
+                if not published and (marker := trainer.marker()) is not None:
+                    published = [marker]  # the watermark survives a restart
+                if published:
+                    await self._publish(published)
+                    await self._ack_covered(trainer)
+            else:
+                metrics.MODEL_TRAINER_RECORDS.labels("buffered").inc()
+                trainer.add(record)
+                self.unacked.append((record.at, event))
+
+    async def _trainer(self) -> Trainer[Models]:
+        if self.trainer is None:
+            await self.follower.sync()  # every snapshot published before, by us or a previous owner
+            latest, models = self.follower.latest()
+            self.trainer = Trainer.resume_from(
+                latest, models, load_models, self.settings.fresh_models(), self.settings.model_period_ms,
+                self.settings.partitions, dumps=dump_models,
+            )
+            log.info("model trainer resumed at %s (covered %s; learned %s)",
+                     latest.version if latest else "the priors", self.trainer.covered, dict(self.trainer.learned))
+        return self.trainer
+
+    async def _publish(self, snapshots: list[Snapshot]) -> None:
+        for s in snapshots:
+            key = snapshot_key(s, self.settings.model_period_ms, self.settings.model_snapshots_kept)
+            await self.follower.topic.send(key=key, value=encode_snapshot(s), partition=0)
+            metrics.MODEL_SNAPSHOTS.labels("models" if s.models is not None else "marker").inc()
+            if s.models is not None:
+                log.info("model snapshot %s published (%d bytes; learned %s)", s.version, len(s.models), s.learned)
+        await self.app.producer.flush()
+
+    async def _ack_covered(self, trainer: Trainer[Models]) -> None:
+        """Acknowledge, in offset order, the records a published snapshot now covers, up to
+        the first it does not: Faust commits the run of consecutive acknowledged offsets
+        that starts at the lowest one, so acknowledging a later record first would commit
+        past a label still waiting (lost after a crash). Covered records after it are read
+        again after a crash, and dropped (their period was learned)."""
+        covered = trainer.covered
+        done = 0
+        for at, event in self.unacked:
+            if at is not None and (covered is None or at >= covered):
+                break
+            await self.stream.ack(event)
+            done += 1
+        del self.unacked[:done]
+
+    async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
+        """Whoever owns model-labels now reads the unacknowledged records again: rebuild."""
+        self.trainer = None
+        self.unacked = []

@@ -1,0 +1,218 @@
+"""Every worker's view of the one model: it follows ``model-snapshots`` and sends what the
+models should learn to ``model-labels`` (the trainer's topic; :mod:`models.trainer`).
+
+:class:`ModelFollower` is a group-less consumer of the snapshot topic (every worker reads
+all of it from the beginning, in the app's event loop), keeping the last snapshots in a
+:class:`~models.trainer.SnapshotStore`. :class:`ModelLink` is the ingest side: the
+examples and, at every model-period boundary a partition's clock crosses, its watermark,
+through the app's producer (in order, after the examples of the records before it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from models.bundle import Models
+from models.examples import Example, Watermark, encode_example
+from models.trainer import Snapshot, SnapshotStore, decode_snapshot, load_models, version_of
+from streams.runtime import metrics
+from streams.runtime.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A snapshot carries pickled models (the sentiment vocabulary grows): fetch big records.
+MAX_FETCH_BYTES = 64 * 1024 * 1024
+
+
+def snapshot_topic(app: faust.App, settings: Settings) -> Any:
+    return app.topic(
+        settings.topic_model_snapshots, partitions=1, key_serializer="raw", value_serializer="raw",
+        config={"cleanup.policy": "compact"},
+    )
+
+
+class ModelFollower:
+    """Reads every snapshot the trainer publishes; ``store`` answers which models score an event time."""
+
+    def __init__(self, app: faust.App, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = snapshot_topic(app, settings)
+        self.store: SnapshotStore[Models] = SnapshotStore(
+            settings.fresh_models, load_models, settings.model_period_ms, settings.model_lag_periods,
+            keep=settings.model_snapshots_kept,
+        )
+        self.tp = TopicPartition(settings.topic_model_snapshots, 0)
+        self.position = 0  #: the next offset to read
+        self.consumer: AIOKafkaConsumer | None = None
+        self.started = asyncio.Event()
+        self.progress = asyncio.Condition()
+        app.task(self.run)
+
+    async def run(self, app: Any = None) -> None:
+        await self.topic.maybe_declare()
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers.split(","), group_id=None, enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms, max_partition_fetch_bytes=MAX_FETCH_BYTES,
+            fetch_max_bytes=MAX_FETCH_BYTES,
+        )
+        await consumer.start()
+        try:
+            consumer.assign([self.tp])
+            await consumer.seek_to_beginning(self.tp)
+            self.consumer = consumer
+            self.started.set()
+            while True:
+                batch = await consumer.getmany(self.tp, timeout_ms=500)
+                for msg in batch.get(self.tp, []):
+                    self._read(msg.offset, msg.value)
+                async with self.progress:
+                    self.position = await consumer.position(self.tp)
+                    self.progress.notify_all()
+        finally:
+            await consumer.stop()
+
+    def _read(self, offset: int, value: bytes | None) -> None:
+        try:
+            snapshot = decode_snapshot(value or b"")
+        except Exception as exc:  # internal topic: a record we cannot read is skipped, loudly
+            log.error("model-snapshots@%d unreadable, skipped: %r", offset, exc)
+            return
+        self.store.add(snapshot)
+        if snapshot.models is not None:
+            metrics.MODEL_SNAPSHOT_BOUNDARY.labels("newest").set(snapshot.boundary / 1000)
+        metrics.MODEL_SNAPSHOT_BOUNDARY.labels("covered").set(snapshot.boundary / 1000)
+
+    async def sync(self) -> None:
+        """Until every snapshot published before this call has been read (a trainer that
+        takes over must resume from the latest one)."""
+        await self.started.wait()
+        assert self.consumer is not None
+        end = (await self.consumer.end_offsets([self.tp]))[self.tp]
+        async with self.progress:
+            await self.progress.wait_for(lambda: self.position >= end)
+
+    def latest(self) -> tuple[Snapshot | None, bytes | None]:
+        """The newest snapshot record and the model bytes it refers to (None: priors)."""
+        latest = self.store.latest
+        if latest is None or latest.model_boundary is None:
+            return latest, None
+        return latest, self.store.kept.get(latest.model_boundary)
+
+    def report(self) -> dict[str, Any]:
+        """What ``GET /models`` shows: the newest snapshot with models (the same on every
+        worker that has read the topic as far), the trainer's counts, and how scoring
+        picks a snapshot."""
+        store = self.store
+        latest = store.latest
+        newest = max(store.kept, default=None)
+        models = self.newest_models()
+        return {
+            "snapshot": {
+                "version": None if newest is None else version_of(newest),
+                "boundary": newest,
+                "covered": store.covered,
+                "learned": latest.learned if latest else {},
+                "dropped": latest.dropped if latest else {},
+                "watermarks": {str(p): ms for p, ms in sorted(latest.marks.items())} if latest else {},
+                "period_days": self.settings.model_period_days,
+                "lag_periods": store.lag,
+                "kept": sorted(store.kept),
+                "misses": store.misses,
+            },
+            **models.report(),
+        }
+
+    def newest_models(self) -> Models:
+        newest = max(self.store.kept, default=None)
+        if newest is None:
+            return self.store.priors
+        return self.store.models_at(newest + self.store.lag * self.store.period_ms)[0]
+
+
+class ModelLink:
+    """The ingest's side: models by event time from the follower; examples and watermarks out."""
+
+    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
+        self.follower = follower
+        self.store = follower.store
+        self.period_ms = settings.model_period_ms
+        self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
+        self.marked: dict[int, int] = {}  #: the last watermark sent per partition
+        #: per user, the label records sent by this process and their delivery futures
+        self.unconfirmed: dict[str, list[tuple[bytes, Any]]] = {}
+        self.resend: list[tuple[str, list[bytes]]] = []  #: outboxes found in the table, to send again
+
+    def models_at(self, t: int) -> Models:
+        models, boundary = self.store.models_at(t)
+        metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
+        return models
+
+    def ready(self, t: int) -> bool:
+        return self.store.ready(t)
+
+    async def send(self, user_id: str, example: Example) -> None:
+        """Send a user's example; it stays in the user's outbox until its delivery is confirmed."""
+        await self._send(user_id, encode_example(example))
+
+    async def _send(self, user_id: str, raw: bytes) -> None:
+        future = await self.labels.send(value=raw, partition=0)
+        self.unconfirmed.setdefault(user_id, []).append((raw, future))
+
+    def outbox(self, user_id: str) -> list[bytes]:
+        """The user's label records not confirmed delivered yet: written with the user's
+        state, so that a state which survives a kill -9 carries the labels it made."""
+        entries = [(raw, f) for raw, f in self.unconfirmed.get(user_id, ()) if not (f.done() and not f.cancelled() and f.exception() is None)]
+        if entries:
+            self.unconfirmed[user_id] = entries
+        else:
+            self.unconfirmed.pop(user_id, None)
+        return [raw for raw, _ in entries]
+
+    async def send_outboxes(self) -> None:
+        """Send again the outboxes of users found in the table after a start or rebalance
+        (a copy the trainer already has is dropped by its id or its learned period)."""
+        resend, self.resend = self.resend, []
+        for user_id, records in resend:
+            if user_id not in self.unconfirmed:
+                for raw in records:
+                    await self._send(user_id, raw)
+        if resend:
+            log.info("sent again the unconfirmed model labels of %d users", len(resend))
+
+    async def watermark(self, partition: int, clock_ms: int) -> None:
+        """Send the partition's watermark when its clock enters a new model period (and
+        first after an assignment): every example of its records before was sent."""
+        clock_ms = int(clock_ms)  # (an EventTime is an int the encoder does not know)
+        last = self.marked.get(partition)
+        if last is None or clock_ms // self.period_ms > last // self.period_ms:
+            await self.labels.send(value=encode_example(Watermark(partition=partition, clock_ms=clock_ms)), partition=0)
+            self.marked[partition] = clock_ms
+
+    def at(self, partition: int, now: int) -> int:
+        """The time an example of the partition made at clock ``now`` is dated: never
+        before the partition's last watermark (which may run ahead of its clock when
+        the worker vouched for it while it was idle)."""
+        return int(max(now, self.marked.get(partition, now)))
+
+    def forget(self) -> None:
+        """Partitions moved: each sends its watermark again with its next record."""
+        self.marked.clear()
+        self.unconfirmed.clear()  # (the table's outboxes are read again with the due queues)
+
+    def holding_back(self) -> list[int]:
+        """Partitions the trainer waits for (no watermark, or the lowest), by the newest marker."""
+        latest = self.store.latest
+        if latest is None:
+            return []
+        marks = latest.marks
+        partitions = range(self.follower.settings.partitions)
+        absent = [p for p in partitions if p not in marks]
+        if absent:
+            return absent
+        low = min(marks.values())
+        return [p for p in partitions if marks[p] == low]
