@@ -144,16 +144,23 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert has_loyalty(profile)
     segment_model = profile["model_versions"].pop("segment")
     loyalty_model = profile["model_versions"].pop("loyalty")  # recency-prior(+labels): too few labels to learn
-    status, models = worker.get_json("/models")  # the newest snapshot: the one that scores day 50
+    status, models = worker.get_json("/models")  # the newest snapshot this worker has read
     assert status == 200 and models["snapshot"]["covered"] >= models["snapshot"]["boundary"] >= T0 + 40 * MS_PER_DAY, models["snapshot"]
     version, learned = models["snapshot"]["version"], models["snapshot"]["learned"]
     assert learned["churn"] >= 9 and learned["segment"] >= 10 and models["snapshot"]["dropped"] == {}
     assert models["churn"]["version"] == f"recency-prior@{version}" and models["churn"]["prior"]
     assert models["segments"]["version"] == f"segments-kmeans4+{learned['segment']}@{version}"
-    assert profile["model_versions"] == {"churn": f"recency-prior@{version}", "sentiment": f"sentiment-lex+nb+0@{version}"}
+    # Day 50 (2026-02-20) is scored by the newest snapshot with a boundary at or before
+    # 2026-02-19 (one period of lag); the trainer may already have covered later periods
+    # (it vouches for idle partitions), so that is the newest one or an older one.
+    used = profile["model_versions"]["churn"].rsplit("@", 1)[1]
+    assert used <= "2026-02-19" and used <= version
+    assert profile["model_versions"] == {"churn": f"recency-prior@{used}", "sentiment": f"sentiment-lex+nb+0@{used}"}
     assert profile["priors"] == ["churn", "loyalty"]
-    assert loyalty_model.startswith("recency-prior") and loyalty_model.endswith(f"@{version}")
-    assert segment_model == models["segments"]["version"] and profile["segment"] in range(4)
+    assert loyalty_model.startswith("recency-prior") and loyalty_model.endswith(f"@{used}")
+    assert segment_model.startswith("segments-kmeans4+") and segment_model.endswith(f"@{used}") and profile["segment"] in range(4)
+    if used == version:
+        assert segment_model == models["segments"]["version"]
     assert profile["lifecycle_stage"] == "at_risk"  # 29 days since the last purchase >= max(14, 2 * 7)
     assert profile["ts"] == "2026-02-20T00:00:00.000Z" and profile["last_purchase"] == "2026-01-22T00:00:00.000Z"
     assert worker.get_json("/users/nobody")[0] == 404
