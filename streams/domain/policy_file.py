@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -408,6 +409,15 @@ class _Validator:
             self.fail(m["trigger"], f"{path}.trigger", "the lapse trigger fires coupons only (today's rule)")
         return _build(Rule, kw)
 
+    def items(self, node: Node, path: str, what: str, item: Callable[[Node, str], Any]) -> Any:
+        """A non-empty list, each element read by ``item(node, path)``: a tuple, or _MISSING
+        (every problem reported) when the list or any element is wrong."""
+        if not isinstance(node, SequenceNode) or not node.value:
+            self.fail(node, path, f"must be a non-empty list of {what}, got {_kind(node)}")
+            return _MISSING
+        values = tuple(item(n, f"{path}[{i}]") for i, n in enumerate(node.value))
+        return _MISSING if _MISSING in values else values
+
     def when(self, node: Node, path: str) -> Any:
         keys = ("stages", "churn_at_least", "churn_below", "min_purchases", "loyalty_tiers", "min_order_value")
         m = self.mapping(node, path, dict.fromkeys(keys, False))
@@ -415,28 +425,19 @@ class _Validator:
             return _MISSING
         kw: dict[str, Any] = {}
         if "stages" in m:
-            snode = m["stages"]
-            if not isinstance(snode, SequenceNode) or not snode.value:
-                self.fail(snode, f"{path}.stages", f"must be a non-empty list of lifecycle stages, got {_kind(snode)}")
-                kw["stages"] = _MISSING
-            else:
-                kw["stages"] = tuple(self.choice(s, f"{path}.stages[{i}]", STAGES, "lifecycle stage") for i, s in enumerate(snode.value))
-                if _MISSING in kw["stages"]:
-                    kw["stages"] = _MISSING
+            kw["stages"] = self.items(
+                m["stages"], f"{path}.stages", "lifecycle stages", lambda n, p: self.choice(n, p, STAGES, "lifecycle stage")
+            )
         for key in ("churn_at_least", "churn_below"):
             if key in m:
                 kw[key] = self.number(m[key], f"{path}.{key}", lo=0, hi=1)
         if "min_purchases" in m:
             kw["min_purchases"] = self.number(m["min_purchases"], f"{path}.min_purchases", integer=True, lo=0)
         if "loyalty_tiers" in m:
-            tnode = m["loyalty_tiers"]
-            if not isinstance(tnode, SequenceNode) or not tnode.value:
-                self.fail(tnode, f"{path}.loyalty_tiers", f"must be a non-empty list of loyalty tier names, got {_kind(tnode)}")
-                kw["loyalty_tiers"] = _MISSING
-            else:
-                hint = "a loyalty tier name (lower-case letters, digits, _ and -)"
-                tiers = tuple(self.text(t, f"{path}.loyalty_tiers[{i}]", _TIER, hint) for i, t in enumerate(tnode.value))
-                kw["loyalty_tiers"] = _MISSING if _MISSING in tiers else tiers
+            hint = "a loyalty tier name (lower-case letters, digits, _ and -)"
+            kw["loyalty_tiers"] = self.items(
+                m["loyalty_tiers"], f"{path}.loyalty_tiers", "loyalty tier names", lambda n, p: self.text(n, p, _TIER, hint)
+            )
         if "min_order_value" in m:
             kw["min_order_value"] = self.number(m["min_order_value"], f"{path}.min_order_value", lo=0)
         lo, hi = kw.get("churn_at_least"), kw.get("churn_below")
