@@ -39,7 +39,8 @@ def purchases_of(transactions: Iterable[Transaction]) -> Iterator[Purchase]:
 def transaction_records(transactions: Iterable[Transaction]) -> list[Outgoing]:
     """Transactions as records of the ``purchases`` topic, as a producer would publish them
     (the contract's fields; optional ones left out)."""
-    return [Outgoing("purchases", p.user_id, encode_value(_without_none(msgspec.to_builtins(p))), p.ts) for p in purchases_of(transactions)]
+    return [Outgoing("purchases", p.user_id, encode_value({**_without_none(msgspec.to_builtins(p)), "ts": format_ts(p.ts)}), p.ts)
+            for p in purchases_of(transactions)]  # RFC 3339: the contract reads integers before 2000 as a mistake
 
 
 def _without_none(value: Any) -> Any:

@@ -118,3 +118,13 @@ def test_the_comparison_names_every_point_that_differs_missing_or_extra() -> Non
     assert agreement.missing == ["u4@4/d"] and agreement.extra == ["u5@5/d"]
     assert agreement.different == ["u2@2/d: churn_p 0.5 vs 0.500001", "u3@3/d: purchase days 1 vs 2"]
     assert "DIFFER" in agreement.summary()
+
+
+def test_a_history_before_2000_goes_on_the_wire_as_rfc3339_and_decodes_to_its_time() -> None:
+    from streams.runtime.evaluate import decoded, transaction_records
+
+    ts = 852_076_800_000  # 1997-01-01, CDNOW's first day: an integer this small reads as epoch seconds
+    [record] = transaction_records([Transaction("00004", ts, 29.33)])
+    assert b'"ts":"1997-01-01T00:00:00.000Z"' in record.value or b'"ts":"1997-01-01T00:00:00Z"' in record.value
+    [event] = decoded([record], heartbeats=False)
+    assert event.ts == ts and event.total == 29.33
