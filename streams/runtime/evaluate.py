@@ -82,11 +82,6 @@ def decoded(records: Iterable[Outgoing], heartbeats: bool) -> list[UserEvent | H
     return [k[3] for k in keyed]
 
 
-def simulated_events(customers: int, days: float, seed: int) -> list[UserEvent]:
-    """The simulator's valid records, decoded as the worker decodes them, in event-time order."""
-    return decoded(simulated_records(customers, days, seed), heartbeats=False)  # type: ignore[return-value]
-
-
 def run_replay(
     events: Iterable[UserEvent], cfg: EngineConfig, churn_kinds: list[str], loyalty_kinds: list[str],
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,

@@ -27,7 +27,7 @@ from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher
 from streams.runtime.settings import Settings
 
-#: Settings the workers need to replay as the in-process replay does (the rest come from the environment).
+#: The topic settings a run names after itself (``RETENTION_TOPIC_*``), so it never shares a topic with a live app.
 TOPICS = ("clicks", "purchases", "reviews", "outcomes", "heartbeats", "actions", "dead_letters", "scores", "model_labels", "model_snapshots")
 
 #: Prediction equality: both sides compute the same floats; the JSON round trip keeps them exactly.
