@@ -129,10 +129,6 @@ class Replay:
         self.points = 0
         self.events = 0
 
-    @property
-    def models(self) -> list[str]:
-        return [m.name for m in self.churn_models] + [m.name for m in self.loyalty_models] + ["recency", "bgnbd"]
-
     def run(self, events: Iterable[UserEvent | Heartbeat]) -> None:
         """Replay ``events`` (sorted by event time; heartbeats move every partition's clock)
         to the last one's time."""
