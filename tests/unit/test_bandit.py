@@ -242,3 +242,31 @@ def test_a_snapshot_from_before_the_bandits_loads_with_fresh_ones() -> None:
     old = Models.__new__(Models)
     old.__setstate__(state)
     assert old.bandits.learned == 0
+
+
+# --- the closed loop: the bandit against the fixed policy, judged by the simulator's truth -----
+
+
+def test_on_the_simulator_the_bandit_earns_more_true_reward_than_the_fixed_policy() -> None:
+    """The 20 % coupon works better for drifting and churned customers (the 10 % coupon has the
+    default effects); the fixed policy always sends the group's first rule, the bandit learns
+    from the attributed rewards which to send. Judged by the true expected reward of the
+    same shop's potential outcomes (scripts/measure-bandit: the same runs, larger)."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from streams.simulation import OfferEffects, SimulationConfig
+    from streams.simulation.compare import compare
+
+    bandit = load_policy(Path(__file__).resolve().parents[2] / "deploy" / "policies" / "lapse-bandit.yaml")
+    fixed = replace(bandit, choose=())
+    works_20 = dict(zip(("new", "loyal", "drifting", "churned"), (0.12, 0.10, 0.55, 0.30)))
+    sim = SimulationConfig(customers=150, days=120, seed=2)
+    runs = compare(sim, OfferEffects(works_by_rule={"lapse_coupon_20": works_20}), {"fixed": fixed, "bandit": bandit})
+    first, learned = runs["fixed"], runs["bandit"]
+    assert first.treated > 50 and abs(learned.treated - first.treated) <= 0.1 * first.treated  # the same decisions, by and large
+    assert set(first.arms) == {"lapse_coupon_10"} and first.arms["lapse_coupon_10"].by_bandit == 0
+    chose = {rule: arm.by_bandit for rule, arm in learned.arms.items()}
+    assert chose["lapse_coupon_20"] >= 2 * chose["lapse_coupon_10"]  # it found the better arm (57 against 26 here)
+    assert learned.true_reward > 1.2 * first.true_reward  # 35.7 against 25.9 here (three seeds: 1.14-1.38 times)
+    assert learned.true_uplift / learned.treated > first.true_uplift / first.treated
