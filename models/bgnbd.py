@@ -208,8 +208,37 @@ class BgNbd:
         r, alpha, b = self.r, self.alpha, self.b
         z = t / (alpha + T + t)
         decay = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
-        alive_mean = (a + b + x - 1) / (a - 1) * (1.0 - decay * hyp2f1(r + x, b + x, a + b + x - 1, z))
+        alive_mean = (a + b + x - 1) / (a - 1) * (1.0 - decay * gauss_2f1(r + x, b + x, a + b + x - 1, z))
         return self.p_alive(x, t_x, T) * alive_mean
+
+
+def gauss_2f1(a: ArrayLike, b: ArrayLike, c: ArrayLike, z: ArrayLike, max_terms: int = 100_000) -> Array:
+    """The Gauss hypergeometric function 2F1(a, b; c; z) for 0 <= z < 1: scipy's, and where
+    scipy gives no finite value the series summed term by term.
+
+    scipy 1.17's ``hyp2f1`` returns nan for a large first parameter (BG/NBD fits with a large
+    ``r``, such as ``r`` = 18,068, ``z`` = 2e-4), where the series converges fast.
+
+    >>> round(float(gauss_2f1(18_068.2, 40.6, 39.7, 1.85e-4)), 6)  # 50-digit Decimal series: 30.4382917585096819...
+    30.438292
+    >>> bool(np.isclose(gauss_2f1(1.5, 2.0, 3.0, 0.4), hyp2f1(1.5, 2.0, 3.0, 0.4)))
+    True
+    """
+    out = np.array(hyp2f1(a, b, c, z), dtype=float)
+    bad = ~np.isfinite(out)
+    if not bad.any():
+        return out
+    a_, b_, c_, z_ = (np.broadcast_to(np.asarray(v, dtype=float), out.shape)[bad] for v in (a, b, c, z))
+    term = np.ones_like(z_)
+    total = np.ones_like(z_)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(max_terms):
+            term = term * (a_ + k) * (b_ + k) / ((c_ + k) * (k + 1)) * z_
+            total = total + term
+            if np.all(np.abs(term) <= 1e-16 * np.abs(total)) or not np.all(np.isfinite(total)):
+                break
+    out[bad] = total
+    return out
 
 
 class Simulated(NamedTuple):

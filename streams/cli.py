@@ -282,10 +282,11 @@ def evaluate(
     price_column: Annotated[Optional[str], typer.Option(help="CSV column of the unit price.")] = None,
     quantity_column: Annotated[Optional[str], typer.Option(help="CSV column of the quantity.")] = None,
     date_format: Annotated[Optional[str], typer.Option(help="strptime format of the timestamps, if not detected.")] = None,
+    workers: Annotated[int, typer.Option(help="Also run the replay through this many real worker processes on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS, on topics of the run's own) and check that they give the same figures.")] = 0,
 ) -> None:
     """Replay a purchase history in event time through the engine and print, per period,
     churn AUC and log loss and loyalty MAE and RMSE of the online learners, recency alone
-    and BG/NBD, side by side."""
+    and BG/NBD, side by side (with --workers N: the same through real workers, compared)."""
     from dataclasses import replace
 
     from models.churn import CHURN_PIPELINES, LOYALTY_PIPELINES
@@ -319,21 +320,52 @@ def evaluate(
         skipped: list[int] = []
         cols, rows = read_transactions(transactions, cols, date_format, skipped)
         err.print(f"{transactions}: columns {cols._asdict()}; {len(rows)} transactions, {skipped[0]} rows skipped")
-        events, source = list(ev.purchases_of(rows)), str(transactions)
+        records, source = ev.transaction_records(rows), str(transactions)
     elif cdnow:
         from models.datasets import cdnow as cdnow_rows
 
         rows = sorted(cdnow_rows(sample=cdnow_sample), key=lambda t: (t.ts, t.customer_id))
-        events, source = list(ev.purchases_of(rows)), "CDNOW " + ("sample" if cdnow_sample else "master")
+        records, source = ev.transaction_records(rows), "CDNOW " + ("sample" if cdnow_sample else "master")
     else:
-        events, source = ev.simulated_events(customers, days, seed), f"simulator ({customers} customers, {days:g} days, seed {seed})"
+        records, source = ev.simulated_records(customers, days, seed), f"simulator ({customers} customers, {days:g} days, seed {seed})"
+    if workers < 0 or (workers and learn_churn_early):
+        err.print("[red]--workers needs a count >= 1, and the workers learn churn at the end of the horizon only (no --learn-churn-early)[/red]")
+        raise typer.Exit(2)
+    if workers and not simulate:  # the workers' partitions need heartbeats to age silent customers
+        records = records + ev.daily_heartbeats(records)
+    partitions = settings.partitions if workers else 1
     replay, seconds = ev.run_replay(
-        events, cfg, churn_kinds, loyalty_kinds, period_days=_days(period) if period else cfg.churn_horizon_days,
+        ev.decoded(records, heartbeats=bool(workers)), cfg, churn_kinds, loyalty_kinds,
+        period_days=_days(period) if period else cfg.churn_horizon_days,
         min_labels=settings.churn_min_labels, bgnbd_refit_days=_days(bgnbd_refit), learn_churn_early=learn_churn_early,
         churn_prior_learns=settings.churn_prior_learns, loyalty_prior_learns=settings.loyalty_prior_learns,
-        model_period_days=settings.model_period_days, model_lag_periods=settings.model_lag_periods,
+        model_period_days=settings.model_period_days, model_lag_periods=settings.model_lag_periods, partitions=partitions,
     )
+    if workers:
+        source += f", in process as {partitions} partitions"
     ev.print_report(replay, seconds, source)
+    if workers:
+        from streams.runtime import evaluate_workers as ew
+
+        run_id = time.strftime("%Y%m%dT%H%M%S")
+        overrides = {**ew.run_environment(run_id, partitions, cfg.churn_horizon_days),
+                     "RETENTION_CHURN_LEARNER": churn_kinds[0], "RETENTION_LOYALTY_LEARNER": loyalty_kinds[0]}
+        workdir = Path("var/evaluate") / run_id
+        workdir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            labels = ew.through_workers(records, overrides, workers, workdir, len(replay.labels), err.print)
+        except RuntimeError as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+        agreement = ew.compare(replay.labels, labels)
+        through = ew.workers_replay(replay, labels, replay.churn_models[0].name, replay.loyalty_models[0].name)
+        console = Console(width=200)
+        console.print(f"\n[bold]The same history through {workers} worker process(es) and the broker[/bold] "
+                      f"({replay.churn_models[0].name} and {replay.loyalty_models[0].name} as the workers scored; the baselines on the same points)")
+        ev.print_report(through, time.monotonic() - started, source.replace("in process", "through the workers"), console)
+        console.print(agreement.summary())
+        raise typer.Exit(0 if agreement.equal else 1)
 
 
 @app.command("evaluate-reco")

@@ -2,9 +2,10 @@
 judged prequentially on the same scoring points.
 
 Events go, in event-time order, through :func:`~streams.domain.engine.on_event` and
-:func:`~streams.domain.engine.on_due` exactly as the worker calls them (one partition, one
-event-time clock; at equal times an event is folded in before users due then are
-checked). At each scoring point the engine stores, every model predicts: the online
+:func:`~streams.domain.engine.on_due` exactly as the worker calls them: by default as one
+partition with one event-time clock; with ``partition_for`` as the worker's partitions do,
+each with its own clock that its users' events and every heartbeat move (at equal times an
+event is folded in before users due then are checked). At each scoring point the engine stores, every model predicts: the online
 learners (River, as the trainer's snapshot selected by the point's event time has them,
 :mod:`models.trainer`, exactly as the workers score), recency alone, and BG/NBD refitted
 on the history to date. When a point's label matures each prediction is scored
@@ -16,20 +17,21 @@ Labels whose horizon runs past the end of the history never mature and are not s
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from models.baselines import BgNbdBaseline, RecencyBaseline
 from models.churn import ChurnModel, LoyaltyModel
-from models.examples import ChurnExample, churn_examples
+from models.examples import ChurnExample, Example, ReviewExample, churn_examples
 from models.prequential import ChurnMetrics, LoyaltyMetrics
+from models.sentiment import SentimentModel
 from models.trainer import OfflineTraining
 from streams.domain.engine import EngineConfig, Step, on_due, on_event
-from streams.domain.events import Purchase, UserEvent
+from streams.domain.events import Heartbeat, Purchase, Review, UserEvent
 from streams.domain.features import MODEL_FEATURES, as_dict
 from streams.domain.schedule import DueQueue
-from streams.domain.state import UserState
+from streams.domain.state import Applied, UserState, event_digest
 from streams.domain.timestamps import MS_PER_DAY
 
 RECENCY = MODEL_FEATURES.index("recency_days")
@@ -50,7 +52,8 @@ class PeriodScores:
 
 
 class ReplayModels:
-    """What the replay's trainer learns: every compared learner and the recency baseline.
+    """What the replay's trainer learns: every compared learner, the recency baseline and,
+    as the workers' trainer does, the review sentiment model (a feature of the learners).
 
     Churn is learned when the label is resolved (``learn_churn_early``, as the issue
     defines resolution) or at the end of the horizon; recency alone at the end."""
@@ -59,9 +62,14 @@ class ReplayModels:
         self.churn_models = churn
         self.loyalty_models = loyalty
         self.recency = RecencyBaseline()
+        self.sentiment = SentimentModel()
         self.learn_churn_early = learn_churn_early
 
-    def learn(self, example: ChurnExample) -> None:
+    def learn(self, example: Example) -> None:
+        if isinstance(example, ReviewExample):
+            self.sentiment.learn(example.text, example.rating)
+            return
+        assert isinstance(example, ChurnExample)
         x = as_dict(example.features)
         if example.churned is not None and self.learn_churn_early:
             for churn in self.churn_models:
@@ -89,8 +97,10 @@ class Replay:
         self, cfg: EngineConfig, churn_models: list[ChurnModel], loyalty_models: list[LoyaltyModel],
         period_days: float, bgnbd_refit_days: float = 7.0, learn_churn_early: bool = False,
         model_period_days: float = 1.0, model_lag_periods: int = 1,
+        partition_for: Callable[[str], int] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.partition_for = partition_for or (lambda user_id: 0)
         self.learn_churn_early = learn_churn_early
         self.churn_models = churn_models  # (unlearned: the trainer learns copies; here for their names)
         self.loyalty_models = loyalty_models
@@ -101,58 +111,78 @@ class Replay:
         self.bgnbd = BgNbdBaseline(refit_days=bgnbd_refit_days)
         self.period_ms = int(period_days * MS_PER_DAY)
         self.states: dict[str, UserState] = {}
-        self.queue = DueQueue()
-        self.clock = 0
+        #: Per partition: its event-time clock and its due queue.
+        self.clocks: dict[int, int] = {}
+        self.queues: dict[int, DueQueue] = {}
+        self.clock = 0  # the newest event time seen on any partition (the trainer's watermark)
         self.start: int | None = None
         self.end: int | None = None
         #: (user, scoring ts) -> {model: (P(churn), predicted days)}, until the loyalty label matures.
         self.predictions: dict[tuple[str, int], dict[str, tuple[float, float]]] = {}
+        #: The horizon-end labels as the engine sent them to the trainer (with the first
+        #: learners' predictions stored at scoring time), by id: what a worker sends too.
+        self.labels: dict[str, ChurnExample] = {}
+        #: (user, scoring ts) -> ({model: (P(churn), predicted days)}, purchase days): the scored points.
+        self.scored: dict[tuple[str, int], tuple[dict[str, tuple[float, float]], int]] = {}
         self.periods: dict[int, PeriodScores] = {}
         self.total = PeriodScores()
         self.points = 0
         self.events = 0
 
-    @property
-    def models(self) -> list[str]:
-        return [m.name for m in self.churn_models] + [m.name for m in self.loyalty_models] + ["recency", "bgnbd"]
-
-    def run(self, events: Iterable[UserEvent]) -> None:
-        """Replay ``events`` (sorted by event time) to the last one's time."""
+    def run(self, events: Iterable[UserEvent | Heartbeat]) -> None:
+        """Replay ``events`` (sorted by event time; heartbeats move every partition's clock)
+        to the last one's time."""
         for event in events:
             self.start = event.ts if self.start is None else self.start
             self.clock = max(self.clock, event.ts)
+            self.training.advance(self.clock)  # every label before the clock has been sent
+            if isinstance(event, Heartbeat):
+                for partition in self.clocks:
+                    self._tick(partition, event.ts)
+                continue
             self.events += 1
             if isinstance(event, Purchase):
                 self.bgnbd.purchase(event.user_id, event.ts)
-            self.training.advance(self.clock)  # every label before the clock has been sent
+            partition = self.partition_for(event.user_id)
+            now = self.clocks[partition] = max(self.clocks.get(partition, 0), event.ts)
             state = self.states.setdefault(event.user_id, UserState(event.user_id))
-            self._finish(state, on_event(state, event, self.clock, self.cfg))
-            self._advance(self.clock)
+            models = self.models_at(partition)
+            # the review text scored as the worker scores it (once: a re-sent copy is not), then learned by the trainer
+            text = event.text if isinstance(event, Review) and event.text and not event.text.isspace() else None
+            sentiment = models.sentiment.score(text) if text and event_digest(event) not in state.recent_ids else None
+            step = on_event(state, event, now, self.cfg, sentiment, models.churn_models[0], models.loyalty_models[0])
+            if text and step.applied is not Applied.DUPLICATE:
+                self.training.add(ReviewExample(id=str(event_digest(event)), at=now, text=text, rating=int(event.rating)))
+            self._finish(partition, state, step)
+            self._tick(partition, now)
         self.end = self.clock
 
-    @property
-    def models(self) -> ReplayModels:
-        """The snapshot that scores at the current clock."""
-        return self.training.models_at(self.clock)
+    def models_at(self, partition: int) -> ReplayModels:
+        """The snapshot that scores on ``partition`` now (selected by its clock)."""
+        return self.training.models_at(self.clocks[partition])
 
-    def _advance(self, now: int) -> None:
-        models = self.models
-        for user_id in self.queue.pop_due(now):
+    def _tick(self, partition: int, ts: int) -> None:
+        """The partition's clock reaches ``ts``: its users due by then are checked."""
+        now = self.clocks[partition] = max(self.clocks[partition], ts)
+        models = self.models_at(partition)
+        for user_id in self.queues.setdefault(partition, DueQueue()).pop_due(now):
             state = self.states[user_id]
-            self._finish(state, on_due(state, now, models.churn_models[0], self.cfg, models.loyalty_models[0]))
+            self._finish(partition, state, on_due(state, now, models.churn_models[0], self.cfg, models.loyalty_models[0]))
 
-    def _finish(self, state: UserState, step: Step) -> None:
+    def _finish(self, partition: int, state: UserState, step: Step) -> None:
         for matured in step.examples:
             self._score(state.user_id, matured.ts, matured.churned, matured.days)
-        for example in churn_examples(state.user_id, step.examples, self.clock):
+        for example in churn_examples(state.user_id, step.examples, self.clocks[partition]):
             self.training.add(example)
+            if example.days is not None:
+                self.labels[example.id] = example
         for point in step.points:
-            self._predict(state.user_id, point.ts, point.features)
-        self.queue.schedule(state.user_id, step.due_ms)
+            self._predict(partition, state.user_id, point.ts, point.features)
+        self.queues.setdefault(partition, DueQueue()).schedule(state.user_id, step.due_ms)
 
-    def _predict(self, user_id: str, ts: int, features: list[float]) -> None:
+    def _predict(self, partition: int, user_id: str, ts: int, features: list[float]) -> None:
         x = as_dict(features)
-        models = self.models
+        models = self.models_at(partition)
         out: dict[str, tuple[float, float]] = {}
         for churn in models.churn_models:
             out[churn.name] = (churn.score(x).value, 0.0)
@@ -174,6 +204,7 @@ class Replay:
         label = int(days == 0)
         predicted = self.predictions.pop((user_id, ts), None)
         if predicted is not None:
+            self.scored[(user_id, ts)] = (predicted, days)
             period = self.periods.setdefault((ts - (self.start or 0)) // self.period_ms, PeriodScores())
             for name, (p, n) in predicted.items():
                 for scores in (period, self.total):

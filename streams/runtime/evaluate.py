@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
@@ -19,7 +20,9 @@ from models.datasets import Transaction
 from streams.domain.engine import EngineConfig
 from streams.domain.evaluation import Replay
 from streams.domain.events import Channel, Heartbeat, Invalid, Item, Purchase, UserEvent, decode
-from streams.domain.timestamps import format_ts
+from streams.domain.timestamps import MS_PER_DAY, format_ts
+from streams.runtime.partitioning import make_partitioner
+from streams.runtime.publish import Outgoing, encode_value
 
 RANK = {"clicks": 0, "purchases": 1, "reviews": 2, "action-outcomes": 3, "heartbeats": 5}
 
@@ -33,16 +36,47 @@ def purchases_of(transactions: Iterable[Transaction]) -> Iterator[Purchase]:
         )
 
 
-def simulated_events(customers: int, days: float, seed: int) -> list[UserEvent]:
-    """The simulator's valid records, decoded as the worker decodes them, in event-time order."""
-    from streams.runtime.publish import encode_value
+def transaction_records(transactions: Iterable[Transaction]) -> list[Outgoing]:
+    """Transactions as records of the ``purchases`` topic, as a producer would publish them
+    (the contract's fields; optional ones left out)."""
+    return [Outgoing("purchases", p.user_id, encode_value({**_without_none(msgspec.to_builtins(p)), "ts": format_ts(p.ts)}), p.ts)
+            for p in purchases_of(transactions)]  # RFC 3339: the contract reads integers before 2000 as a mistake
+
+
+def _without_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+def daily_heartbeats(records: list[Outgoing]) -> list[Outgoing]:
+    """A heartbeat at every UTC midnight after the first record up to the one after the
+    last: every partition's clock reaches each day, as a shop's heartbeat producer would
+    move it (a purchase history has no heartbeats of its own)."""
+    if not records:
+        return []
+    first, last = min(r.ts_ms for r in records), max(r.ts_ms for r in records)
+    days = range(first // MS_PER_DAY + 1, last // MS_PER_DAY + 2)
+    return [Outgoing("heartbeats", None, encode_value({"ts": d * MS_PER_DAY, "source": "evaluate"}), d * MS_PER_DAY) for d in days]
+
+
+def simulated_records(customers: int, days: float, seed: int) -> list[Outgoing]:
+    """The simulator's records (clicks, purchases, reviews, heartbeats) as they go on the wire."""
+    from streams.runtime.publish import simulation_records
     from streams.simulation import Shop, SimulationConfig
 
-    shop = Shop(SimulationConfig(customers=customers, days=days, seed=seed))
+    return list(simulation_records(Shop(SimulationConfig(customers=customers, days=days, seed=seed))))
+
+
+def decoded(records: Iterable[Outgoing], heartbeats: bool) -> list[UserEvent | Heartbeat]:
+    """The valid records decoded as the worker decodes them, in the worker's merge order
+    (event time; at equal times data before heartbeats); heartbeats only if asked for."""
     keyed = []
-    for i, record in enumerate(shop.records()):
-        event = decode(record.topic, encode_value(record.value), not_after_ms=None)
-        if not isinstance(event, (Invalid, Heartbeat)):
+    for i, record in enumerate(records):
+        event = decode(record.topic, record.value, not_after_ms=None)
+        if not isinstance(event, Invalid) and (heartbeats or not isinstance(event, Heartbeat)):
             keyed.append((event.ts, RANK[record.topic], i, event))
     keyed.sort(key=lambda k: k[:3])
     return [k[3] for k in keyed]
@@ -52,13 +86,16 @@ def run_replay(
     events: Iterable[UserEvent], cfg: EngineConfig, churn_kinds: list[str], loyalty_kinds: list[str],
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,
     churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
-    model_period_days: float = 1.0, model_lag_periods: int = 1,
+    model_period_days: float = 1.0, model_lag_periods: int = 1, partitions: int = 1,
 ) -> tuple[Replay, float]:
+    """The in-process replay; with ``partitions`` > 1 users are split as the workers split
+    them (murmur2 of the user id), each partition with its own event-time clock."""
     churn = [ChurnModel(min_labels=min_labels, kind=k, learned_prior=churn_prior_learns) for k in churn_kinds]
     loyalty = [LoyaltyModel(horizon_days=cfg.churn_horizon_days, min_labels=min_labels, kind=k, learned_prior=loyalty_prior_learns)
                for k in loyalty_kinds]
     replay = Replay(cfg, churn, loyalty, period_days=period_days, bgnbd_refit_days=bgnbd_refit_days, learn_churn_early=learn_churn_early,
-                    model_period_days=model_period_days, model_lag_periods=model_lag_periods)
+                    model_period_days=model_period_days, model_lag_periods=model_lag_periods,
+                    partition_for=make_partitioner(partitions) if partitions > 1 else None)
     started = time.perf_counter()
     replay.run(events)
     return replay, time.perf_counter() - started

@@ -183,3 +183,12 @@ def test_summary_merges_identical_histories() -> None:
     assert s.customers == 3 and len(s.x) == 2
     with pytest.raises(ValueError):
         BgNbd.fit(Summary.of([]))
+
+
+def test_expected_purchases_stay_finite_for_a_fit_with_a_large_r() -> None:
+    # a fit seen on a small history (r = 18,068): scipy 1.17's hyp2f1 gives nan there
+    m = BgNbd(r=18068.191986094243, alpha=162351.79768638685, a=0.09919753417199038, b=37.6366103126297)
+    n = m.expected_purchases([2.0, 0.0], [9.0, 0.0], [10.0, 1.0], 30.0)
+    assert np.all(np.isfinite(n)) and np.all(n > 0)
+    # the mean purchase rate is r / alpha per day: a customer alive for 30 days buys about 30 r / alpha
+    assert n[0] <= 30 * 18068.19 / 162351.8 * 1.5

@@ -49,3 +49,82 @@ def test_csv_columns_are_detected_and_returns_skipped(tmp_path: Path) -> None:
     assert cols == detect_columns(["InvoiceNo", "Quantity", "InvoiceDate", "UnitPrice", "CustomerID"])
     assert rows == [Transaction("17850", 1291191960000, 5.0), Transaction("13047", 1291284000000, 3.0)]
     assert skipped == [2]
+
+
+def _weekly_rows(customers: int = 8, days: int = 50) -> list[Transaction]:
+    rows = [Transaction(f"u{i}", (d + i) * DAY + 3_600_000 * i, 10.0 + i) for i in range(customers) for d in range(0, days, 3 + i)]
+    return sorted(rows, key=lambda t: (t.ts, t.customer_id))
+
+
+def test_each_partition_keeps_its_own_clock_moved_by_its_events_and_by_heartbeats() -> None:
+    from streams.domain.events import Heartbeat
+
+    cfg = EngineConfig(churn_horizon_days=10, sweep_days=1)
+    # "a" and "b" on different partitions: b's purchase on day 5 must not age a's partition
+    rows = [Transaction("a", 0, 10.0), Transaction("b", 5 * DAY + 1, 10.0)]
+    replay = Replay(cfg, [ChurnModel(min_labels=10**6)], [LoyaltyModel(10, min_labels=10**6)], period_days=100,
+                    partition_for=lambda user: 0 if user == "a" else 1)
+    replay.run(purchases_of(rows))
+    assert replay.clocks == {0: 0, 1: 5 * DAY + 1}
+    assert replay.states["a"].swept_at in (None, 0)  # no sweep of a: its partition's clock stayed at day 0
+    replay.run([Heartbeat(ts=6 * DAY)])  # a heartbeat moves every partition's clock
+    assert replay.clocks == {0: 6 * DAY, 1: 6 * DAY}
+    assert replay.states["a"].swept_at == 6 * DAY  # a's sweep ran when its own clock reached day 6
+    # in one partition b's purchase moves a's clock: a is swept at b's purchase instead
+    one = Replay(cfg, [ChurnModel(min_labels=10**6)], [LoyaltyModel(10, min_labels=10**6)], period_days=100)
+    one.run(purchases_of(rows))
+    assert one.states["a"].swept_at == 5 * DAY + 1
+
+
+def test_the_replay_keeps_each_horizon_label_with_the_predictions_stored_at_its_scoring_time() -> None:
+    cfg = EngineConfig(churn_horizon_days=10, sweep_days=1)
+    replay = Replay(cfg, [ChurnModel(min_labels=5)], [LoyaltyModel(10, min_labels=5)], period_days=100)
+    replay.run(purchases_of(_weekly_rows()))
+    assert len(replay.labels) == replay.total.churn["churn-logreg"].count > 50
+    for label in replay.labels.values():
+        user, scored_at = label.id.rsplit("/", 1)[0].rsplit("@", 1)
+        predictions, days = replay.scored[(user, int(scored_at))]
+        assert days == label.days
+        # what the engine stored with the point is what the replay scored for the first learners
+        assert predictions["churn-logreg"][0] == pytest.approx(label.churn_p, abs=1e-12)
+        assert predictions["loyalty-log-linear"][1] == pytest.approx(label.loyalty_p, abs=1e-12)
+
+
+def test_daily_heartbeats_cover_every_day_after_the_first_record_to_the_day_after_the_last() -> None:
+    from streams.runtime.evaluate import daily_heartbeats, decoded, transaction_records
+
+    t0 = 20_454 * DAY  # 2026-01-01 (the decoder refuses times before 2000)
+    records = transaction_records([Transaction("a", t0 + DAY + 5, 1.0), Transaction("b", t0 + 3 * DAY + 7, 2.0)])
+    beats = daily_heartbeats(records)
+    assert [b.ts_ms - t0 for b in beats] == [2 * DAY, 3 * DAY, 4 * DAY]
+    events = decoded(records + beats, heartbeats=True)
+    assert [type(e).__name__ for e in events] == ["Purchase", "Heartbeat", "Heartbeat", "Purchase", "Heartbeat"]
+    assert [e.ts - t0 for e in decoded(records + beats, heartbeats=False)] == [DAY + 5, 3 * DAY + 7]
+    assert events[0].user_id == "a" and events[0].total == 1.0
+
+
+def test_the_comparison_names_every_point_that_differs_missing_or_extra() -> None:
+    from models.examples import ChurnExample
+    from streams.runtime.evaluate_workers import compare
+
+    def label(i: int, churn_p: float = 0.5, days: int = 1) -> ChurnExample:
+        return ChurnExample(id=f"u{i}@{i}/d", at=i, features=[1.0, 2.0], churned=None, days=days, churn_p=churn_p, loyalty_p=1.0)
+
+    replay = {x.id: x for x in (label(1), label(2), label(3), label(4))}
+    assert compare(replay, dict(replay)).equal
+    workers = {x.id: x for x in (label(1), label(2, churn_p=0.5 + 1e-6), label(3, days=2), label(5))}
+    agreement = compare(replay, workers)
+    assert not agreement.equal
+    assert agreement.missing == ["u4@4/d"] and agreement.extra == ["u5@5/d"]
+    assert agreement.different == ["u2@2/d: churn_p 0.5 vs 0.500001", "u3@3/d: purchase days 1 vs 2"]
+    assert "DIFFER" in agreement.summary()
+
+
+def test_a_history_before_2000_goes_on_the_wire_as_rfc3339_and_decodes_to_its_time() -> None:
+    from streams.runtime.evaluate import decoded, transaction_records
+
+    ts = 852_076_800_000  # 1997-01-01, CDNOW's first day: an integer this small reads as epoch seconds
+    [record] = transaction_records([Transaction("00004", ts, 29.33)])
+    assert b'"ts":"1997-01-01T00:00:00.000Z"' in record.value or b'"ts":"1997-01-01T00:00:00Z"' in record.value
+    [event] = decoded([record], heartbeats=False)
+    assert event.ts == ts and event.total == 29.33
