@@ -12,7 +12,8 @@ are recorded, only not acted on; one suppressed by the guard rails is in neither
 
 The decision **matures** once the event-time clock is past the end of its window by the
 allowed lateness (so a purchase arriving late, within the lateness, still counts, in any
-arrival order); only then does it count in the rates (:mod:`streams.domain.uplift`).
+arrival order); only then does it count in the rates (:mod:`streams.domain.uplift`), and
+in the customer's own counts (``UserState.attributed``) for the per-customer interval.
 State stays bounded: a decision leaves at maturity, and a user keeps at most
 ``max_awaiting`` (the oldest is evicted and counted as such, outside the rates).
 
@@ -40,7 +41,7 @@ from dataclasses import dataclass
 from streams.domain.actions import RetentionAction
 from streams.domain.state import Awaiting, UserState
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
-from streams.domain.uplift import Tally
+from streams.domain.uplift import Tally, count_matured
 
 #: Decisions a user may have waiting at once (bounded state).
 MAX_AWAITING = 16
@@ -108,3 +109,4 @@ def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) 
         counts.matured += 1
         counts.converted += a.converted
         counts.redeemed += a.redeemed
+        count_matured(tally, state.attributed, a.kind, a.rule, a.group, a.converted)  # per customer

@@ -19,11 +19,14 @@ the records are fed in one event-time order.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from models.bundle import Models
 from models.examples import churn_examples
+from models.score import Score
 from models.trainer import OfflineTraining
-from streams.domain.engine import EngineConfig, Step, on_due, on_event, track_actions
+from streams.domain.actions import RetentionAction
+from streams.domain.engine import EngineConfig, Step, due_at, on_due, on_event, track_actions
 from streams.domain.events import Heartbeat, UserEvent
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState
@@ -40,13 +43,36 @@ def offline_training(
     return OfflineTraining(fresh, period_ms, lag)
 
 
-class Fold:
-    """One event-time clock, the users' states and their due queue."""
+class Rules(Protocol):
+    """The policy file's rules as a worker runs them (``streams.simulation.loop.PolicyRules``)."""
 
-    def __init__(self, cfg: EngineConfig, training: OfflineTraining[Models], on_step: OnStep | None = None) -> None:
+    def __call__(
+        self, trigger: str, state: UserState, now_ms: int, episode: int, churn: Score | None = None
+    ) -> list[RetentionAction]: ...
+
+    def before(self, state: UserState, event: UserEvent) -> Callable[[], None]:
+        """Called before ``event`` is folded in; what it returns, after (unless a duplicate)."""
+        ...
+
+    def admit(self, state: UserState, action: RetentionAction, now_ms: int) -> bool:
+        """The guard rails: False, the action is not sent."""
+        ...
+
+
+class Fold:
+    """One event-time clock, the users' states and their due queue.
+
+    Without ``rules`` the engine's own lapse rule decides (every action goes out); with
+    them, the policy file's rules decide at every trigger and only the actions their guard
+    rails admit go out (``Step.actions`` keeps those)."""
+
+    def __init__(
+        self, cfg: EngineConfig, training: OfflineTraining[Models], on_step: OnStep | None = None, rules: Rules | None = None
+    ) -> None:
         self.cfg = cfg
         self.training = training
         self.on_step = on_step
+        self.rules = rules
         self.states: dict[str, UserState] = {}
         self.queue = DueQueue()
         self.now = 0
@@ -65,18 +91,24 @@ class Fold:
         step = None
         if not isinstance(event, Heartbeat):
             state = self.states.setdefault(event.user_id, UserState(event.user_id))
-            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty)
+            after = self.rules.before(state, event) if self.rules is not None else None
+            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty, self.rules)
             if step.applied is not Applied.DUPLICATE:  # a re-sent copy changes nothing
+                if after is not None:
+                    after()
                 self._finish(state, step)
         for user_id in self.queue.pop_due(self.now):
             state = self.states[user_id]
-            self._finish(state, on_due(state, self.now, models.churn, self.cfg, models.loyalty))
+            self._finish(state, on_due(state, self.now, models.churn, self.cfg, models.loyalty, self.rules))
         return step
 
     def _finish(self, state: UserState, step: Step) -> None:
         for example in churn_examples(state.user_id, step.examples, self.now):  # as the worker sends them
             self.training.add(example)
-        step.tally.add(track_actions(state, step.actions, self.cfg))  # no guard rails here: every action goes out
+        if self.rules is not None:
+            step.actions = [a for a in step.actions if self.rules.admit(state, a, self.now)]
+        step.tally.add(track_actions(state, step.actions, self.cfg))  # the actions that went out
+        step.due_ms = due_at(state, self.cfg)  # their windows' maturity too
         if self.on_step is not None:
             self.on_step(state, step, self.now)
         self.queue.schedule(state.user_id, step.due_ms)

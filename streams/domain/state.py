@@ -30,6 +30,7 @@ import msgspec
 from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purchase, Review, UserEvent, plain_int
 from streams.domain.sketches import hash32, kmv_add
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
+from streams.domain.uplift import Mine
 from streams.domain.windows import Tiles
 from models.sentiment import is_negative
 
@@ -177,6 +178,10 @@ class UserState(msgspec.Struct, array_like=True):
     #: when the state was written (a transactional outbox, docs/models.md): sent again after
     #: a restart, so a state that survived a crash never hides labels that did not.
     outbox: list[bytes] = msgspec.field(default_factory=list)
+    #: Added with the per-customer uplift interval (issue 5; default: older states load):
+    #: this customer's matured decisions and conversions by ``kind|rule|group`` (one entry
+    #: per rule that fired for it), whose squares the uplift's cluster variance sums.
+    attributed: dict[str, Mine] = msgspec.field(default_factory=dict)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)

@@ -10,11 +10,34 @@ Only **matured** decisions (their attribution window is over) count in the rates
 decision whose window is still open may yet convert, so counting it would bias the rates
 down, the more so the more recent the decisions.
 
-The interval is Newcombe's hybrid score interval (method 10 of Newcombe 1998, "Interval
-estimation for the difference between independent proportions"), built from the two
-Wilson score intervals. It keeps close to its nominal coverage for small groups and rates
-near 0 or 1, where the Wald interval is too narrow (and can leave [-1, 1]); it needs no
-continuity correction and no scipy.
+**The interval counts customers, not decisions.** A customer can have several decisions
+of a kind (a recommendation every week), and they are correlated: one purchase converts
+every decision waiting then, and a heavy buyer converts after each. The rate of an arm is
+the ratio ``p = Y / N = sum_i y_i / sum_i n_i`` over its customers ``i`` (``n_i`` matured
+decisions, ``y_i`` of them converted); its cluster-robust (delta-method, sandwich) variance is
+
+    v_cluster = C / (C - 1) * sum_i (y_i - p n_i)^2 / N^2          (C customers)
+
+where ``sum_i (y_i - p n_i)^2 = sum y_i^2 - 2 p sum n_i y_i + p^2 sum n_i^2``: every term is
+a sum over customers, so :class:`Clusters` keeps them additively (per step, partition and
+shop, like the counts), from each customer's running counts in its state
+(:func:`count_matured`). Its ratio to the binomial variance ``p (1 - p) / (N - 1)`` is the
+arm's **design effect** ``d`` (:func:`design_effect`, at least 1; exactly 1 with one decision
+per customer). Following Rao and Scott (1992, "A simple method for the analysis of
+clustered binary data", Biometrics 48:577-585), the arm's counts are divided by ``d``
+(effective counts ``Y / d`` of ``N / d``: the same rate, the precision of ``N / d``
+independent trials) and the interval is computed from them by the binomial method:
+Newcombe's hybrid score interval (method 10 of Newcombe 1998, "Interval estimation for the
+difference between independent proportions", Statistics in Medicine 17:873-890), built
+from the two arms' Wilson score intervals. Combining separately adjusted single-arm limits
+is Zou and Donner's MOVER (2008, "Construction of confidence limits about effect measures:
+a general approach", Statistics in Medicine 27:1693-1702), of which Newcombe's interval is
+the case of two binomial arms; the arms are independent because a customer belongs to one
+arm by a hash of the user id. This keeps Newcombe's behaviour for small groups and rates
+near 0 or 1, where a Wald interval on the cluster variance is too narrow (and can leave
+[-1, 1]), and with one decision per customer it *is* Newcombe's interval. When an arm's
+variance cannot be estimated (one customer, or no or only conversions) ``d`` is ``sum n_i^2 / N``,
+as if each customer's decisions all went the same way (its customers count, not its decisions).
 
 >>> lo, hi = wilson(81, 263)
 >>> round(lo, 4), round(hi, 4)
@@ -22,6 +45,12 @@ continuity correction and no scipy.
 >>> d, lo, hi = newcombe(56, 70, 48, 80)
 >>> round(d, 4), round(lo, 4), round(hi, 4)
 (0.2, 0.0524, 0.3339)
+>>> one_each = Clusters(customers=10, decisions=10, conversions=4, nn=10, ny=4, yy=4)
+>>> design_effect(one_each)
+1.0
+>>> two_each_alike = Clusters(customers=5, decisions=10, conversions=4, nn=20, ny=8, yy=8)
+>>> design_effect(two_each_alike)  # 5 customers of 2 decisions each, both alike: 2, and C/(C-1) over N/(N-1)
+2.25
 """
 
 from __future__ import annotations
@@ -56,17 +85,74 @@ class Counts(msgspec.Struct, array_like=True):
         self.evicted += other.evicted
 
 
+class Clusters(msgspec.Struct, array_like=True):
+    """Per-customer sums over the matured decisions of one arm (kind, group) or (kind, rule,
+    group): the terms of the cluster-robust variance, additive over customers and partitions.
+
+    ``decisions`` and ``conversions`` are ``N`` and ``Y`` of the decisions counted here (those
+    that matured since per-customer counting began: the design effect is computed from
+    them alone and applied to the arm's :class:`Counts`).
+    """
+
+    #: Customers with at least one matured decision (C).
+    customers: int = 0
+    decisions: int = 0
+    conversions: int = 0
+    #: sum n_i^2, sum n_i y_i, sum y_i^2 over the customers.
+    nn: int = 0
+    ny: int = 0
+    yy: int = 0
+
+    def add(self, other: Clusters) -> None:
+        self.customers += other.customers
+        self.decisions += other.decisions
+        self.conversions += other.conversions
+        self.nn += other.nn
+        self.ny += other.ny
+        self.yy += other.yy
+
+    def count(self, n: int, y: int, converted: bool) -> None:
+        """One more matured decision of a customer who had ``n`` (``y`` converted): the sums
+        change by ``(n + 1)^2 - n^2`` and so on."""
+        c = int(converted)
+        self.customers += n == 0
+        self.decisions += 1
+        self.conversions += c
+        self.nn += 2 * n + 1
+        self.ny += (n + 1) * (y + c) - n * y
+        self.yy += (y + c) ** 2 - y * y
+
+
+class Mine(msgspec.Struct, array_like=True):
+    """One customer's matured decisions of one (kind, rule, group) and how many converted
+    (kept in the user state, ``UserState.attributed``: a few entries, one per rule fired)."""
+
+    matured: int = 0
+    converted: int = 0
+
+
 class Tally(msgspec.Struct):
-    """Counts by ``kind|rule|group``, and action outcomes by ``kind|outcome``."""
+    """Counts by ``kind|rule|group``, action outcomes by ``kind|outcome``, and the per-customer
+    sums by ``kind|rule|group`` and ``kind|group`` (the kind as a whole)."""
 
     decisions: dict[str, Counts] = msgspec.field(default_factory=dict)
     outcomes: dict[str, int] = msgspec.field(default_factory=dict)
+    #: Added with the per-customer interval (issue 5); tallies written before it load without.
+    clusters: dict[str, Clusters] = msgspec.field(default_factory=dict)
 
     def counts(self, kind: str, rule: str, group: str) -> Counts:
         key = SEP.join((kind, rule, group))
         found = self.decisions.get(key)
         if found is None:
             found = self.decisions[key] = Counts()
+        return found
+
+    def cluster(self, kind: str, rule: str | None, group: str) -> Clusters:
+        """The sums of (kind, rule, group), or of (kind, group) with ``rule`` None."""
+        key = SEP.join((kind, group) if rule is None else (kind, rule, group))
+        found = self.clusters.get(key)
+        if found is None:
+            found = self.clusters[key] = Clusters()
         return found
 
     def outcome(self, kind: str, outcome: str, n: int = 1) -> None:
@@ -78,9 +164,34 @@ class Tally(msgspec.Struct):
             self.counts(*key.split(SEP)).add(counts)
         for key, n in other.outcomes.items():
             self.outcome(*key.split(SEP), n=n)
+        for key, sums in other.clusters.items():
+            self.clusters.setdefault(key, Clusters()).add(sums)
 
     def __bool__(self) -> bool:
-        return bool(self.decisions or self.outcomes)
+        return bool(self.decisions or self.outcomes or self.clusters)
+
+
+def count_matured(tally: Tally, mine: dict[str, Mine], kind: str, rule: str, group: str, converted: bool) -> None:
+    """A customer's decision of (kind, rule, group) matured: add the change of the
+    per-customer sums to ``tally`` and count it in the customer's own counts ``mine``.
+
+    >>> t, mine = Tally(), {}
+    >>> for converted in (True, True, False):
+    ...     count_matured(t, mine, "coupon", "r", "treatment", converted)
+    >>> t.clusters["coupon|treatment"], mine
+    (Clusters(customers=1, decisions=3, conversions=2, nn=9, ny=6, yy=4), {'coupon|r|treatment': Mine(matured=3, converted=2)})
+    """
+    key = SEP.join((kind, rule, group))
+    n = y = 0  # the customer's counts of the kind as a whole: the sum over its rules
+    for other, counts in mine.items():
+        k, _, g = other.split(SEP)
+        if k == kind and g == group:
+            n, y = n + counts.matured, y + counts.converted
+    own = mine.setdefault(key, Mine())
+    tally.cluster(kind, rule, group).count(own.matured, own.converted, converted)
+    tally.cluster(kind, None, group).count(n, y, converted)
+    own.matured += 1
+    own.converted += converted
 
 
 _encoder = msgspec.msgpack.Encoder()
@@ -108,8 +219,9 @@ def z_for(confidence: float) -> float:
     return NormalDist().inv_cdf(0.5 + confidence / 2)
 
 
-def wilson(x: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of the proportion ``x / n`` ((0, 1) when ``n`` is 0)."""
+def wilson(x: float, n: float, z: float = 1.959963984540054) -> tuple[float, float]:
+    """Wilson score interval of the proportion ``x / n`` ((0, 1) when ``n`` is 0); the counts
+    may be fractional (effective counts)."""
     if n == 0:
         return 0.0, 1.0
     p = x / n
@@ -119,7 +231,7 @@ def wilson(x: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
     return max(0.0, (centre - spread) / denominator), min(1.0, (centre + spread) / denominator)
 
 
-def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = 1.959963984540054) -> tuple[float, float, float]:
+def newcombe(x1: float, n1: float, x2: float, n2: float, z: float = 1.959963984540054) -> tuple[float, float, float]:
     """``p1 - p2`` and Newcombe's hybrid score interval for it (both groups need n > 0)."""
     p1, p2 = x1 / n1, x2 / n2
     l1, u1 = wilson(x1, n1, z)
@@ -128,26 +240,62 @@ def newcombe(x1: int, n1: int, x2: int, n2: int, z: float = 1.959963984540054) -
     return d, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2), d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
 
 
-def _arm(c: Counts) -> dict[str, float | int | None]:
+def design_effect(sums: Clusters) -> float:
+    """The arm's cluster-robust variance of its rate over the binomial one (at least 1).
+
+    ``C (N - 1) sum_i (y_i - p n_i)^2 / ((C - 1) N Y (1 - p))`` with ``p = Y / N``, computed in
+    integers (no cancellation): exactly 1 with one decision per customer. Without an
+    estimate (fewer than two customers, or ``Y`` 0 or ``N``) it is ``sum n_i^2 / N``, the
+    design effect of decisions that go the same way within a customer (1: no decisions).
+    """
+    c, n, y = sums.customers, sums.decisions, sums.conversions
+    if n == 0:
+        return 1.0
+    if c < 2 or y == 0 or y == n:
+        return max(1.0, sums.nn / n)
+    residual = n * n * sums.yy - 2 * n * y * sums.ny + y * y * sums.nn  # N^2 sum_i (y_i - p n_i)^2
+    return max(1.0, c * (n - 1) * residual / ((c - 1) * n * n * y * (n - y)))
+
+
+def cluster_newcombe(
+    treatment: Counts, control: Counts, d1: float = 1.0, d2: float = 1.0, z: float = 1.959963984540054
+) -> tuple[float, float, float]:
+    """``p1 - p2`` and Newcombe's interval of the arms' counts divided by their design effects
+    ``d1``, ``d2`` (Rao and Scott's effective counts; ``d = 1``: Newcombe's interval)."""
+    return newcombe(treatment.converted / d1, treatment.matured / d1, control.converted / d2, control.matured / d2, z)
+
+
+def _arm(c: Counts, sums: Clusters) -> dict[str, float | int | None]:
     return {
         "decisions": c.decided, "matured": c.matured, "conversions": c.converted, "redemptions": c.redeemed,
         "evicted": c.evicted,
         "conversion_rate": c.converted / c.matured if c.matured else None,
         "redemption_rate": c.redeemed / c.matured if c.matured else None,
+        "customers": sums.customers,
     }
 
 
-def compare(treatment: Counts, control: Counts, confidence: float = 0.95) -> dict[str, object]:
+def compare(
+    treatment: Counts, control: Counts, confidence: float = 0.95, clusters: tuple[Clusters, Clusters] | None = None
+) -> dict[str, object]:
     """Both arms and the uplift (None until both arms have a matured decision).
+
+    ``clusters``: the per-customer sums of treatment and control. With them (``method``
+    ``cluster-newcombe``) the interval counts customers; without any (a tally from before
+    per-customer counting) it is Newcombe's over independent decisions (``newcombe``).
 
     >>> compare(Counts(10, 10, 5, 2), Counts(10, 10, 2))["uplift"]["estimate"]
     0.3
     """
+    t_sums, c_sums = clusters or (Clusters(), Clusters())
     uplift = None
     if treatment.matured and control.matured:
-        d, lo, hi = newcombe(treatment.converted, treatment.matured, control.converted, control.matured, z_for(confidence))
-        uplift = {"estimate": round(d, 6), "low": round(lo, 6), "high": round(hi, 6), "confidence": confidence}
-    return {"treatment": _arm(treatment), "control": _arm(control), "uplift": uplift}
+        d1, d2 = design_effect(t_sums), design_effect(c_sums)
+        d, lo, hi = cluster_newcombe(treatment, control, d1, d2, z_for(confidence))
+        method = "cluster-newcombe" if t_sums.decisions and c_sums.decisions else "newcombe"
+        uplift = {"estimate": round(d, 6), "low": round(lo, 6), "high": round(hi, 6), "confidence": confidence,
+                  "method": method, "design_effect": {"treatment": round(d1, 4), "control": round(d2, 4)}}
+    return {"treatment": _arm(treatment, t_sums), "control": _arm(control, c_sums), "uplift": uplift}
 
 
 def report(tally: Tally, confidence: float = 0.95) -> dict[str, object]:
@@ -168,10 +316,14 @@ def report(tally: Tally, confidence: float = 0.95) -> dict[str, object]:
     for key, n in sorted(tally.outcomes.items()):
         kind, outcome = key.split(SEP)
         outcomes.setdefault(kind, {})[outcome] = n
+    def sums(*key: str) -> tuple[Clusters, Clusters]:
+        empty = Clusters()
+        return tally.clusters.get(SEP.join((*key, "treatment")), empty), tally.clusters.get(SEP.join((*key, "control")), empty)
+
     return {
-        "by_kind": {kind: compare(arms["treatment"], arms["control"], confidence) for kind, arms in by_kind.items()},
+        "by_kind": {kind: compare(arms["treatment"], arms["control"], confidence, sums(kind)) for kind, arms in by_kind.items()},
         "by_rule": {
-            kind: {rule: compare(arms["treatment"], arms["control"], confidence) for rule, arms in rules.items()}
+            kind: {rule: compare(arms["treatment"], arms["control"], confidence, sums(kind, rule)) for rule, arms in rules.items()}
             for kind, rules in by_rule.items()
         },
         "outcomes": outcomes,

@@ -10,12 +10,23 @@ decisions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from models.bundle import Models
+from models.reco import interactions
+from models.score import Score
+from streams.domain.actions import RetentionAction
 from streams.domain.engine import EngineConfig, Step
-from streams.domain.events import Invalid, decode
+from streams.domain.events import Invalid, UserEvent, decode
+from streams.domain.features import features, model_inputs
 from streams.domain.fold import Fold, offline_training
+from streams.domain.guards import BudgetState, admit, coupon_value_cents, partition_limits
+from streams.domain.items import ItemRecommender, history
+from streams.domain.loyalty import LoyaltyConfig, LoyaltyRanks, rank_loyalty
+from streams.domain.policy_file import Policy
+from streams.domain.rules import Decider
+from streams.domain.snapshots import Segment, UserScores, snapshot
 from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_HOUR
 from streams.domain.uplift import Tally
@@ -32,8 +43,60 @@ class LoopResult:
     records: int
 
 
-def closed_loop(shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_PER_HOUR) -> LoopResult:
-    """Run the whole shop through the engine, delivering each action back to the shop."""
+class PolicyRules:
+    """The policy file's rules in the loop, as one worker with one partition runs them: the
+    customer's row from the fold's models (features without the RFM population; the
+    loyalty ranks of the rows described so far), the item recommender learning every
+    touch, and the guard rails (cooldowns, budgets) before an action goes out."""
+
+    def __init__(self, policy: Policy, loyalty: LoyaltyConfig = LoyaltyConfig()) -> None:
+        self.policy = policy
+        self.loyalty = loyalty
+        self.ranks = LoyaltyRanks(capacity=loyalty.capacity, current_days=loyalty.current_days)
+        self.reco = ItemRecommender()
+        self.budget = BudgetState()
+        self.limits = partition_limits(policy.guards, 0, 1)
+        self.coupons = {rule.name: rule.coupon for rule in policy.rules if rule.coupon is not None}
+        self.decide = Decider(policy, self.describe, self.reco)
+        self.models: Callable[[int], Models] = lambda now: Models.fresh()
+        self.suppressed = 0
+
+    def describe(self, state: UserState, now: int, churn: Score | None) -> UserScores:
+        models = self.models(now)
+        values = features(state, now)
+        x = model_inputs(values)
+        churn = churn or models.churn.score(x)
+        segment = Segment(models.segments.predict_one(x), models.segments.version)
+        loyalty = rank_loyalty(self.ranks, state.user_id, state.last_purchase, now, models.loyalty.score(x), self.loyalty.tiers)
+        return snapshot(state, now, values, churn, models.sentiment.version, segment, loyalty)
+
+    def __call__(self, trigger: str, state: UserState, now_ms: int, episode: int, churn: Score | None = None) -> list[RetentionAction]:
+        return self.decide(trigger, state, now_ms, episode, churn)
+
+    def before(self, state: UserState, event: UserEvent) -> Callable[[], None]:
+        touches = interactions(event)
+        past = history(state) if touches else []  # each touch is learned with what came before
+
+        def learn() -> None:
+            for touch in touches:
+                self.reco.learn(touch, past)
+
+        return learn
+
+    def admit(self, state: UserState, action: RetentionAction, now_ms: int) -> bool:
+        coupon = self.coupons.get(action.reason.rule) if action.kind == "coupon" else None
+        value = coupon_value_cents(coupon, state) if coupon is not None else 0
+        allowed = admit(action.kind, action.action_id, value, state, self.budget, now_ms, self.limits).allowed
+        self.suppressed += not allowed
+        return allowed
+
+
+def closed_loop(
+    shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_PER_HOUR, policy: Policy | None = None
+) -> LoopResult:
+    """Run the whole shop through the engine, delivering each action back to the shop
+    (``policy``: its rules and guard rails decide, as on a worker; without it, the
+    engine's own lapse coupon)."""
     tally = Tally()
 
     def on_step(state: UserState, step: Step, now: int) -> None:
@@ -41,7 +104,10 @@ def closed_loop(shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_P
         for action in step.actions:
             shop.offer(action, now + delivery_delay_ms)
 
-    fold = Fold(cfg, offline_training(lambda: Models.fresh(horizon_days=cfg.churn_horizon_days)), on_step)
+    rules = PolicyRules(policy) if policy is not None else None
+    fold = Fold(cfg, offline_training(lambda: Models.fresh(horizon_days=cfg.churn_horizon_days)), on_step, rules)
+    if rules is not None:
+        rules.models = fold.training.models_at
     records = 0
     for record in shop.records():
         event = decode(record.topic, encode(record.value) if isinstance(record.value, dict) else record.value)

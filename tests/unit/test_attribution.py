@@ -200,7 +200,8 @@ def test_report_per_kind_and_rule_with_rates_only_of_matured_decisions() -> None
     assert coupon["treatment"]["matured"] == 20 and coupon["treatment"]["conversion_rate"] == 0.5
     assert coupon["control"]["conversion_rate"] == 0.25 and coupon["treatment"]["decisions"] == 22
     d, lo, hi = newcombe(10, 20, 1, 4, z_for(0.9))
-    assert coupon["uplift"] == {"estimate": round(d, 6), "low": round(lo, 6), "high": round(hi, 6), "confidence": 0.9}
+    assert coupon["uplift"] == {"estimate": round(d, 6), "low": round(lo, 6), "high": round(hi, 6), "confidence": 0.9,
+                                "method": "newcombe", "design_effect": {"treatment": 1.0, "control": 1.0}}  # no per-customer sums
     assert r["by_rule"]["coupon"]["vip"]["uplift"] is None  # no control decision of that rule yet
     assert r["by_rule"]["coupon"]["lapse"]["treatment"]["redemption_rate"] == 0.3
     assert r["by_kind"]["care_outreach"]["uplift"] is None and r["outcomes"] == {"coupon": {"delivered": 20}}

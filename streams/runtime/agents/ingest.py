@@ -423,6 +423,7 @@ class Ingest:
             if self.trigger_kafka_ts is not None:
                 metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
         step.tally.add(track_actions(state, sent, self.cfg))  # their attribution windows start
+        step.due_ms = due_at(state, self.cfg)  # and mature at a due check even if nothing else is due
         if step.tally:
             self._count(step.tally)
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
