@@ -208,7 +208,10 @@ def assert_same_learning(run: Run, reference: Run, known_segment_loss: bool = Fa
     if known_segment_loss and got != want:
         lost = want["learned"].get("segment", 0) - got["learned"].get("segment", 0)
         if lost > 0 and {**got, "learned": {**got["learned"], "segment": want["learned"].get("segment")}} == want:
-            pytest.xfail(f"{SEGMENT_ROW_LOST_AT_REBALANCE}: {lost} of {want['learned']['segment']} ({run.models})")
+            # dropped tells the suspects apart: more "learned_period" than the reference: dated
+            # behind a covered boundary; the same drops: never sent, or still waiting
+            pytest.xfail(f"{SEGMENT_ROW_LOST_AT_REBALANCE}: {lost} of {want['learned']['segment']}; dropped "
+                         f"{run.models.get('dropped')} vs reference {reference.models.get('dropped')} ({run.models})")
     assert got == want, (run.models, reference.models)
 
 
