@@ -196,6 +196,6 @@ def print_uplift(console: Console, stats: dict, truth: dict, offered: int, confi
     console.print(f"outcomes on action-outcomes: {outcomes or '-'}")
     console.print(
         "measured: conversion within the attribution window, treatment minus control, over matured decisions, with "
-        f"Newcombe's {100 * confidence:g} % interval; "
+        f"a {100 * confidence:g} % interval that counts customers (Newcombe's on Rao-Scott effective counts); "
         "true: mean of Y1 - Y0 over the same decisions (the simulator knows both potential outcomes); expected: from the effect parameters"
     )

@@ -102,7 +102,7 @@ class Settings(BaseSettings):
         "`file:line: key: problem`. Default: the shipped deploy/policy.yaml (in the container image /etc/retention/policy.yaml).",
     )
     attribution_window_days: float = Field(14.0, gt=0, description="A purchase within this many days (event time) after a retention decision is a conversion of it, in the treatment and the control group alike; the decision counts in the rates of GET /actions/stats once the window (and the allowed lateness) is over. Default: the coupon's validity.")
-    uplift_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the uplift intervals (Newcombe's hybrid score interval) in GET /actions/stats and the uplift gauges.")
+    uplift_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the uplift intervals (per customer: Newcombe's hybrid score interval on Rao-Scott effective counts) in GET /actions/stats and the uplift gauges.")
 
     # Lifecycle stages (docs/segments.md): defaults are LifecycleConfig's.
     lifecycle_new_days: float = Field(LifecycleConfig.new_days, ge=0, description="Lifecycle: a customer first seen fewer days ago than this is `new`.")

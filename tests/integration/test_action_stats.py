@@ -86,11 +86,12 @@ def test_conversions_redemptions_and_uplift_of_treatment_and_control(pipeline: P
     assert stats["attribution_window_days"] == 14.0 and stats["control_share"] == 0.5
     coupon = stats["by_kind"]["coupon"]
     assert coupon["treatment"] == {"decisions": 2, "matured": 2, "conversions": 1, "redemptions": 1, "evicted": 0,
-                                   "conversion_rate": 0.5, "redemption_rate": 0.5}
+                                   "conversion_rate": 0.5, "redemption_rate": 0.5, "customers": 2}
     assert coupon["control"] == {"decisions": 2, "matured": 2, "conversions": 1, "redemptions": 0, "evicted": 0,
-                                 "conversion_rate": 0.5, "redemption_rate": 0.0}
-    d, lo, hi = newcombe(1, 2, 1, 2)
-    assert coupon["uplift"] == {"estimate": d, "low": round(lo, 6), "high": round(hi, 6), "confidence": 0.95}
+                                 "conversion_rate": 0.5, "redemption_rate": 0.0, "customers": 2}
+    d, lo, hi = newcombe(1, 2, 1, 2)  # one decision per customer: the cluster interval is Newcombe's
+    assert coupon["uplift"] == {"estimate": d, "low": round(lo, 6), "high": round(hi, 6), "confidence": 0.95,
+                                "method": "cluster-newcombe", "design_effect": {"treatment": 1.0, "control": 1.0}}
     assert stats["by_rule"]["coupon"]["lapsed_after_streak"] == coupon
     assert stats["outcomes"] == {"coupon": {"delivered": 1, "opened": 1}}
     status, local = worker.get_json("/actions/stats?scope=local")

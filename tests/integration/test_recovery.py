@@ -208,7 +208,10 @@ def assert_same_learning(run: Run, reference: Run, known_segment_loss: bool = Fa
     if known_segment_loss and got != want:
         lost = want["learned"].get("segment", 0) - got["learned"].get("segment", 0)
         if lost > 0 and {**got, "learned": {**got["learned"], "segment": want["learned"].get("segment")}} == want:
-            pytest.xfail(f"{SEGMENT_ROW_LOST_AT_REBALANCE}: {lost} of {want['learned']['segment']} ({run.models})")
+            # dropped tells the suspects apart: more "learned_period" than the reference: dated
+            # behind a covered boundary; the same drops: never sent, or still waiting
+            pytest.xfail(f"{SEGMENT_ROW_LOST_AT_REBALANCE}: {lost} of {want['learned']['segment']}; dropped "
+                         f"{run.models.get('dropped')} vs reference {reference.models.get('dropped')} ({run.models})")
     assert got == want, (run.models, reference.models)
 
 
@@ -286,9 +289,18 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 #: short of its end, and a click missing from a state rebuilt from the changelog. With all
 #: fixes, 9 of 9 scripts/kill-loop runs passed both variants (load average 2.6-5.7 on 2
 #: cores, offset trace on); the one-record miss came with the empty-queue flush, which made
-#: the killed worker commit nothing, so it may not recur: lift the quarantine after more runs.
+#: the killed worker commit nothing, so it may not recur.
+#: It does: on 2026-12-03 the first scripts/kill-loop run (load ~0.8, one burner) failed
+#: empty-data-dir with the restarted worker 71 records short (8899 of 8970), every input
+#: committed to its end and users' changelog states missing purchases: committed, never
+#: applied. Suspects (not proved): Faust's stream acknowledges records it skips (flow
+#: stopped or generation changed: faust/streams.py _py_aiter, `do_ack or value is
+#: skipped_value`), and the gap Faust records just above the committed offset after the
+#: post-assignment seek counts as done (faust-streaming #596), so a commit can pass a
+#: re-fetched record not yet handed to the agent; _not_past_in_flight only holds back
+#: records already handed to the stream in this generation.
 KILL_9_OPEN_DEFECTS = pytest.mark.xfail(
-    reason="issue 3: intermittent after kill -9, one record read but not counted as processed (see KILL_9_OPEN_DEFECTS)",
+    reason="issue 3: intermittent after kill -9, records committed but never applied (see KILL_9_OPEN_DEFECTS)",
     strict=False,
 )
 
