@@ -21,15 +21,20 @@ them.
 
 from __future__ import annotations
 
-from typing import Annotated, NamedTuple
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import msgspec
 
 from models.score import Score
 from streams.domain.lifecycle import LifecycleConfig, Stage, lifecycle_stage
-from streams.domain.loyalty import TIER_PATTERN, Loyalty
-from streams.domain.state import UserState
+from streams.domain.loyalty import TIER_PATTERN, Loyalty, LoyaltyRanks, Tiers, rank_loyalty
+from streams.domain.features import features, model_inputs
+from streams.domain.population import Population
+from streams.domain.state import StateConfig, UserState
 from streams.domain.timestamps import format_ts
+
+if TYPE_CHECKING:
+    from models.bundle import Models
 
 
 class Segment(NamedTuple):
@@ -88,6 +93,22 @@ def snapshot(
         segment=segment.id,
         loyalty_tier=loyalty.tier,
     )
+
+
+def describe(
+    state: UserState, now: int, models: Models, ranks: LoyaltyRanks, tiers: Tiers, churn: Score | None = None,
+    learn: bool = True, state_cfg: StateConfig = StateConfig(), population: Population | None = None,
+    lifecycle: LifecycleConfig = LifecycleConfig(),
+) -> tuple[UserScores, dict[str, float]]:
+    """The user's row at ``now`` (features computed once, the scores and segment from them)
+    and its model inputs, as a worker and the offline loop both build it; a published row
+    (``learn``) enters the loyalty distribution ``ranks``, a looked-up one does not."""
+    values = features(state, now, state_cfg, population)
+    x = model_inputs(values)
+    churn = churn or models.churn.score(x)
+    segment = Segment(models.segments.predict_one(x), models.segments.version)
+    loyalty = rank_loyalty(ranks, state.user_id, state.last_purchase, now, models.loyalty.score(x), tiers, learn=learn)
+    return snapshot(state, now, values, churn, models.sentiment.version, segment, loyalty, lifecycle), x
 
 
 def snapshot_due(state: UserState, now: int, interval_ms: int, scored: bool) -> bool:

@@ -64,6 +64,12 @@ import msgspec
 SEP = "|"
 
 
+def _add_fields(into: msgspec.Struct, other: msgspec.Struct) -> None:
+    """Add every (integer) field of ``other`` to ``into``: the tallies are sums, field by field."""
+    for name in into.__struct_fields__:
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+
+
 class Counts(msgspec.Struct, array_like=True):
     """Decisions of one (kind, rule, group) and what became of them."""
 
@@ -78,11 +84,7 @@ class Counts(msgspec.Struct, array_like=True):
     evicted: int = 0
 
     def add(self, other: Counts) -> None:
-        self.decided += other.decided
-        self.matured += other.matured
-        self.converted += other.converted
-        self.redeemed += other.redeemed
-        self.evicted += other.evicted
+        _add_fields(self, other)
 
 
 class Clusters(msgspec.Struct, array_like=True):
@@ -104,12 +106,7 @@ class Clusters(msgspec.Struct, array_like=True):
     yy: int = 0
 
     def add(self, other: Clusters) -> None:
-        self.customers += other.customers
-        self.decisions += other.decisions
-        self.conversions += other.conversions
-        self.nn += other.nn
-        self.ny += other.ny
-        self.yy += other.yy
+        _add_fields(self, other)
 
     def count(self, n: int, y: int, converted: bool) -> None:
         """One more matured decision of a customer who had ``n`` (``y`` converted): the sums

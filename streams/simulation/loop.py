@@ -20,14 +20,13 @@ from models.score import Score
 from streams.domain.actions import RetentionAction
 from streams.domain.engine import EngineConfig, Step
 from streams.domain.events import Heartbeat, Invalid, UserEvent, decode
-from streams.domain.features import features, model_inputs
 from streams.domain.fold import Fold, offline_training
 from streams.domain.guards import BudgetState, admit, coupon_value_cents, partition_limits
 from streams.domain.items import ItemRecommender, history
-from streams.domain.loyalty import LoyaltyConfig, LoyaltyRanks, rank_loyalty
+from streams.domain.loyalty import LoyaltyConfig, LoyaltyRanks
 from streams.domain.policy_file import Policy
 from streams.domain.rules import Decider
-from streams.domain.snapshots import Segment, UserScores, snapshot
+from streams.domain.snapshots import UserScores, describe
 from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_HOUR
 from streams.domain.uplift import Tally
@@ -69,13 +68,7 @@ class PolicyRules:
         self.suppressed = 0
 
     def describe(self, state: UserState, now: int, churn: Score | None) -> UserScores:
-        models = self.models(now)
-        values = features(state, now)
-        x = model_inputs(values)
-        churn = churn or models.churn.score(x)
-        segment = Segment(models.segments.predict_one(x), models.segments.version)
-        loyalty = rank_loyalty(self.ranks, state.user_id, state.last_purchase, now, models.loyalty.score(x), self.loyalty.tiers)
-        return snapshot(state, now, values, churn, models.sentiment.version, segment, loyalty)
+        return describe(state, now, self.models(now), self.ranks, self.loyalty.tiers, churn)[0]
 
     def __call__(self, trigger: str, state: UserState, now_ms: int, episode: int, churn: Score | None = None) -> list[RetentionAction]:
         return self.decide(trigger, state, now_ms, episode, churn)

@@ -42,9 +42,8 @@ from streams.domain.rules import Decider
 from models.reco import interactions
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
-from streams.domain.features import features, model_inputs
-from streams.domain.loyalty import LoyaltyRanks, rank_loyalty
-from streams.domain.snapshots import Segment, UserScores, encode_scores, snapshot, snapshot_due
+from streams.domain.loyalty import LoyaltyRanks
+from streams.domain.snapshots import UserScores, describe, encode_scores, snapshot_due
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
@@ -463,15 +462,8 @@ class Ingest:
         """The user's row at ``now`` (features computed once, the scores and segment from
         them) and its model inputs; a published row (``learn``) enters the loyalty
         distribution, a looked-up one does not (its loyalty_score is read the same way)."""
-        values = features(state, now, self.cfg.state, self.population)
-        x = model_inputs(values)
-        churn = churn or models.churn.score(x)
-        segment = Segment(models.segments.predict_one(x), models.segments.version)
-        loyalty = rank_loyalty(
-            self.loyalty_ranks, state.user_id, state.last_purchase, now, models.loyalty.score(x),
-            self.loyalty_cfg.tiers, learn=learn,
-        )
-        return snapshot(state, now, values, churn, models.sentiment.version, segment, loyalty, self.settings.lifecycle), x
+        return describe(state, now, models, self.loyalty_ranks, self.loyalty_cfg.tiers, churn, learn,
+                        self.cfg.state, self.population, self.settings.lifecycle)
 
     def profile(self, user_id: str) -> dict[str, Any] | None:
         """What ``GET /users/{user_id}`` shows, or None for an unknown user (on this
