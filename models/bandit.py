@@ -45,7 +45,11 @@ from typing import Any
 from river.linear_model import BayesianLinearRegression
 
 #: The context a bandit sees, every value of order 1 (the regression's prior is N(0, 1/PRIOR)).
-CONTEXT = ("bias", "churn", "loyalty_score", "recency_over_gap", "log_purchases", "log_order_value", "log_recency")
+#: Only what the customer's own state and the snapshot's models give: never the loyalty
+#: percentile (``scores["loyalty_score"]``), which ranks the customer among the rows this
+#: worker has published so far, in whatever order its partitions were processed, so a live
+#: worker and a replay of the same events would see different contexts.
+CONTEXT = ("bias", "churn", "log_loyalty", "recency_over_gap", "log_purchases", "log_order_value", "log_recency")
 #: Prior precision of each arm's weights and the precision of a reward around its mean (a
 #: conversion is 0 or 1: variance at most 1/4).
 PRIOR_PRECISION = 1.0
@@ -53,7 +57,9 @@ NOISE_PRECISION = 4.0
 
 
 def context_of(scores: dict[str, float], features: dict[str, float]) -> dict[str, float]:
-    """The bandit's context from a customer's published row (scores and features).
+    """The bandit's context from a customer's published row (scores and features): the
+    churn score, the loyalty prediction (purchase days in the horizon, on a log scale: 30
+    days give 1) and purchase features, each of order 1.
 
     >>> context_of({"churn": 0.7}, {"recency_over_gap": 3.0, "purchases": 4, "avg_order_value": 50.0, "recency_days": 20.0})["log_purchases"]
     0.3495
@@ -61,7 +67,7 @@ def context_of(scores: dict[str, float], features: dict[str, float]) -> dict[str
     return {
         "bias": 1.0,
         "churn": round(float(scores.get("churn", 0.0)), 4),
-        "loyalty_score": round(float(scores.get("loyalty_score", 0.0)), 4),
+        "log_loyalty": round(math.log1p(max(0.0, float(scores.get("loyalty", 0.0)))) / math.log(31.0), 4),
         "recency_over_gap": round(min(float(features.get("recency_over_gap", 0.0)), 10.0) / 10.0, 4),
         "log_purchases": round(math.log1p(max(0.0, float(features.get("purchases", 0.0)))) / math.log(100.0), 4),
         "log_order_value": round(math.log1p(max(0.0, float(features.get("avg_order_value", 0.0)))) / math.log(1000.0), 4),
