@@ -2,7 +2,8 @@
 
 The churn and loyalty learners with their prequential metrics (:mod:`models.online`), the
 review sentiment model and the behavioural segment model learn from the examples of the
-``model-labels`` topic (:mod:`models.examples`); a snapshot of the bundle is what every
+``model-labels`` topic (:mod:`models.examples`), and so do the policy's contextual bandits
+(:mod:`models.bandit`, from the rewards of matured decisions); a snapshot of the bundle is what every
 scorer uses (:mod:`models.trainer`).
 
 >>> from models.examples import ReviewExample
@@ -19,7 +20,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from models.examples import ChurnExample, Example, ReviewExample, SegmentExample
+from models.bandit import Bandits
+from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample
 from models.online import OnlineLearners
 from models.segments import SegmentModel
 from models.sentiment import SentimentModel
@@ -33,7 +35,12 @@ class Models:
         self.learners = learners
         self.sentiment = sentiment
         self.segments = segments
+        self.bandits = Bandits()
         self.counts: Counter[str] = Counter()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("bandits", Bandits())  # a snapshot of a trainer from before the bandits
+        self.__dict__.update(state)
 
     @classmethod
     def fresh(
@@ -63,11 +70,13 @@ class Models:
             self.sentiment.learn(example.text, example.rating)
         elif isinstance(example, SegmentExample):
             self.segments.learn_one(example.x)
+        elif isinstance(example, BanditExample):
+            self.bandits.learn_one(example.bandit, example.arm, example.context, example.reward)
         self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
 
     def stamp(self, version: str) -> None:
         """Every model's version names the snapshot it came in (``...@version``)."""
-        for model in (self.churn, self.loyalty, self.sentiment, self.segments):
+        for model in (self.churn, self.loyalty, self.sentiment, self.segments, self.bandits):
             model.snapshot = version
 
     def report(self) -> dict[str, Any]:
@@ -76,5 +85,6 @@ class Models:
             **self.learners.report(),
             "sentiment": {"version": self.sentiment.version, "labels": self.sentiment.labels},
             "segments": {"version": self.segments.version, "learned": self.segments.learned},
+            "bandits": self.bandits.report(),
             "examples": dict(sorted(self.counts.items())),
         }

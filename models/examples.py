@@ -60,6 +60,19 @@ class SegmentExample(msgspec.Struct, tag_field="kind", tag="segment", frozen=Tru
     v: int = VERSION
 
 
+class BanditExample(msgspec.Struct, tag_field="kind", tag="bandit", frozen=True):
+    """A matured treated decision chosen by a bandit (:mod:`models.bandit`): the context the
+    bandit saw, the arm (rule) it chose and the reward the attribution window gave it."""
+
+    id: str  #: the decision's action id
+    at: int  #: the event time the decision matured
+    bandit: str  #: ``trigger/action``
+    arm: str
+    context: dict[str, float]
+    reward: float
+    v: int = VERSION
+
+
 class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     """Partition ``partition`` has sent every example with ``at`` < ``clock_ms``."""
 
@@ -68,8 +81,8 @@ class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     v: int = VERSION
 
 
-Example = Union[ChurnExample, ReviewExample, SegmentExample]
-LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, Watermark]
+Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample]
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, Watermark]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)
@@ -103,4 +116,14 @@ def churn_examples(user_id: str, matured: list, at: int) -> list[ChurnExample]:
             loyalty_p=None if m.loyalty_p is None else float(m.loyalty_p),
         )
         for m in matured
+    ]
+
+
+def bandit_examples(matured: list, at: int) -> list[BanditExample]:
+    """The rewards of a step's matured bandit decisions (``streams.domain.engine.Reward``) as
+    examples made at ``at``."""
+    return [
+        BanditExample(id=r.action_id, at=int(at), bandit=r.bandit, arm=r.arm, context={k: float(v) for k, v in r.context.items()},
+                      reward=float(r.reward))
+        for r in matured
     ]

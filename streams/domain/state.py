@@ -99,6 +99,16 @@ class ItemTouch(msgspec.Struct, array_like=True):
     ts: int
 
 
+class BanditTrace(msgspec.Struct, array_like=True):
+    """What a bandit needs of its decision at maturity: the bandit (``trigger/action``), the
+    context it saw (values in :data:`models.bandit.CONTEXT` order) and the reward's terms."""
+
+    bandit: str
+    context: list[float]
+    gain: float = 1.0
+    cost: float = 0.0
+
+
 class Awaiting(msgspec.Struct, array_like=True):
     """A retention decision whose attribution window is still open (:mod:`streams.domain.attribution`)."""
 
@@ -112,6 +122,8 @@ class Awaiting(msgspec.Struct, array_like=True):
     code: str | None = None
     converted: bool = False
     redeemed: bool = False
+    #: Set when a bandit chose the decision's rule (its reward goes to the trainer at maturity).
+    bandit: BanditTrace | None = None
 
 
 class UserState(msgspec.Struct, array_like=True):
