@@ -46,6 +46,9 @@ from typing import Any
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from models.baselines import RecencyBaseline
+from models.bgnbd import BgNbd
+from models.bgnbd_prior import predict as bgnbd_predict
+from models.bgnbd_prior import with_bgnbd
 from models.score import Score
 
 #: Probabilities are kept within [EPS, 1 - EPS]: a score of exactly 0 or 1 claims a
@@ -137,6 +140,24 @@ class _PriorThenLearner:
     labels: int
     learned_prior: bool
     bins: RecencyBaseline
+    #: BG/NBD as the trainer last fitted it (:mod:`models.bgnbd_prior`); None: no fit yet
+    #: (and in learners pickled before it existed).
+    bgnbd: BgNbd | None = None
+    horizon_days: float = 30.0
+
+    def bgnbd_score(self, x: dict[str, float]) -> tuple[float, float] | None:
+        """BG/NBD's (P(no purchase in the horizon), expected purchases) for ``x``; None without a fit."""
+        return bgnbd_predict(self.bgnbd, x, self.horizon_days)
+
+    def inputs(self, x: dict[str, float]) -> dict[str, float]:
+        """What the River pipeline sees: ``x`` and, once BG/NBD is fitted, its predictions for ``x``."""
+        return with_bgnbd(self.bgnbd, x, self.horizon_days)
+
+    @property
+    def prior_name(self) -> str:
+        if self.bgnbd is not None:
+            return "bgnbd-prior"
+        return f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
 
     @property
     def warm(self) -> bool:
@@ -151,9 +172,9 @@ class _PriorThenLearner:
     def version(self) -> str:
         """The answering model and its labels, and ``@snapshot`` when it came in one (:mod:`models.trainer`)."""
         if self.warm:
-            base = f"{self.name}+{self.labels}"
+            base = f"{self.name}+{'bgnbd+' if self.bgnbd is not None else ''}{self.labels}"
         else:
-            base = f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
+            base = self.prior_name
         return f"{base}@{self.snapshot}" if getattr(self, "snapshot", "") else base
 
     def prior(self, x: dict[str, float]) -> float:
@@ -171,8 +192,9 @@ class _PriorThenLearner:
 class ChurnModel(_PriorThenLearner):
     """P(no purchase in the horizon) from the features of :data:`MODEL_FEATURES`."""
 
-    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False) -> None:
+    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False, horizon_days: float = 30.0) -> None:
         self.min_labels = min_labels
+        self.horizon_days = horizon_days
         #: False: the prior is the fixed recency formula, so scores depend on the features alone.
         self.learned_prior = learned_prior
         self.kind = kind
@@ -183,23 +205,38 @@ class ChurnModel(_PriorThenLearner):
         #: The calibrated prior: churn rate per recency bin of the labels learned so far.
         self.bins = RecencyBaseline()
 
+    #: Once BG/NBD is fitted, the learner answers only while its log loss over the last
+    #: :data:`GATE_WINDOW` labels is at most BG/NBD's (None: no label compared yet).
+    gate: Gate | None = None
+
     @property
     def warm(self) -> bool:
         """True once the learned model, not the prior, gives the scores."""
-        return self.labels >= self.min_labels and 0 < self.positives < self.labels
+        enough = self.labels >= self.min_labels and 0 < self.positives < self.labels
+        return enough and (self.bgnbd is None or (self.gate is not None and self.gate.model_ahead))
 
     def prior(self, x: dict[str, float]) -> float:
-        """The bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
-        p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
+        """BG/NBD's P(no purchase in the horizon) once the trainer has fitted it, else the
+        bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
+        bg = self.bgnbd_score(x)
+        if bg is not None:
+            p = bg[0]
+        else:
+            p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
         return min(1.0 - EPS, max(EPS, p))
 
     def learned(self, x: dict[str, float]) -> float:
         """The learner's probability (whether or not it answers yet), within [EPS, 1 - EPS]."""
-        p = self.pipeline.predict_proba_one(x).get(True, 0.0)
+        p = self.pipeline.predict_proba_one(self.inputs(x)).get(True, 0.0)
         return min(1.0 - EPS, max(EPS, p))
 
     def learn(self, x: dict[str, float], churned: bool) -> None:
-        self.pipeline.learn_one(x, churned)
+        if self.labels and self.bgnbd is not None:  # the gate against BG/NBD (log loss)
+            if self.gate is None:
+                self.gate = Gate()
+            y = float(churned)
+            self.gate.update(_log_loss(self.learned(x), y), _log_loss(self.prior(x), y))
+        self.pipeline.learn_one(self.inputs(x), churned)
         self.bins.learn_churn(x.get("recency_days", 0.0), int(churned))
         self.labels += 1
         self.positives += churned
@@ -227,7 +264,11 @@ class LoyaltyModel(_PriorThenLearner):
         return self.labels >= self.min_labels and self.gate.model_ahead
 
     def prior(self, x: dict[str, float]) -> float:
-        """The bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
+        """BG/NBD's expected purchases in the horizon once the trainer has fitted it, else
+        the bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
+        bg = self.bgnbd_score(x)
+        if bg is not None:
+            return min(self.horizon_days, bg[1])
         if self.bins_answer:
             return self.bins.predict(x.get("recency_days", 0.0))[1]
         return loyalty_prior(x, self.horizon_days)
@@ -236,7 +277,7 @@ class LoyaltyModel(_PriorThenLearner):
         """The learner's prediction (whether or not it answers yet), clipped to [0, the most
         purchase days seen in a label] (never past the horizon): a count regressor that
         overshoots for a while cannot predict more than has ever happened."""
-        y = float(self.pipeline.predict_one(x) or 0.0)
+        y = float(self.pipeline.predict_one(self.inputs(x)) or 0.0)
         if math.isnan(y):
             y = 0.0
         return min(float(self.max_days), self.horizon_days, max(0.0, y))
@@ -245,9 +286,13 @@ class LoyaltyModel(_PriorThenLearner):
         if self.labels:
             self.gate.update((self.learned(x) - days) ** 2, (self.prior(x) - days) ** 2)
         self.max_days = max(self.max_days, days)
-        self.pipeline.learn_one(x, float(days))
+        self.pipeline.learn_one(self.inputs(x), float(days))
         self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
+
+
+def _log_loss(p: float, y: float) -> float:
+    return -math.log(p if y else 1.0 - p)
 
 
 #: The gap assumed for a customer with a single purchase (no gap of their own yet).

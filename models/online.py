@@ -27,7 +27,7 @@ class OnlineLearners:
         loyalty_kind: str = DEFAULT_LOYALTY, learn_churn_early: bool = False, window: int = 1000,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
     ) -> None:
-        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=churn_prior_learns)
+        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=churn_prior_learns, horizon_days=horizon_days)
         self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind, learned_prior=loyalty_prior_learns)
         self.learn_churn_early = learn_churn_early
         self.window = window
