@@ -93,7 +93,13 @@ LOYALTY_PIPELINES: dict[str, Callable[[], Any]] = {
     "arf": lambda: forest.ARFRegressor(n_models=10, seed=1),
     "amf": lambda: compose.Pipeline(compose.FuncTransformer(log_features), forest.AMFRegressor(n_estimators=10, seed=1)),
     "hat": lambda: tree.HoeffdingAdaptiveTreeRegressor(seed=1),
+    # learns the prior's error (label - prior, the prior being BG/NBD's expected purchases once
+    # the trainer has fitted it): its answer is the prior plus a small linear correction
+    "residual": lambda: _scaled(linear_model.LinearRegression(optimizer=optim.SGD(0.002), l2=1e-3, clip_gradient=1.0)),
 }
+
+#: Loyalty learners whose pipeline learns the prior's residual (:meth:`LoyaltyModel.learned`).
+RESIDUAL_LOYALTY = frozenset({"residual"})
 
 DEFAULT_CHURN = "logreg"
 DEFAULT_LOYALTY = "log-linear"
@@ -280,13 +286,16 @@ class LoyaltyModel(_PriorThenLearner):
         y = float(self.pipeline.predict_one(self.inputs(x)) or 0.0)
         if math.isnan(y):
             y = 0.0
+        if self.kind in RESIDUAL_LOYALTY:
+            y += self.prior(x)
         return min(float(self.max_days), self.horizon_days, max(0.0, y))
 
     def learn(self, x: dict[str, float], days: int) -> None:
         if self.labels:
             self.gate.update((self.learned(x) - days) ** 2, (self.prior(x) - days) ** 2)
         self.max_days = max(self.max_days, days)
-        self.pipeline.learn_one(self.inputs(x), float(days))
+        target = float(days) - self.prior(x) if self.kind in RESIDUAL_LOYALTY else float(days)
+        self.pipeline.learn_one(self.inputs(x), target)
         self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
 

@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     bgnbd_refit_periods: int = Field(7, ge=0, description="The trainer refits BG/NBD on the customers' latest purchase histories (from the examples it learns) every this many model periods, first as soon as 20 customers are known; its P(no purchase in H) and expected purchases are the churn and loyalty priors and inputs of the learners (models/bgnbd_prior.py). 0: no BG/NBD (the recency priors).")
     bgnbd_customers: int = Field(5000, ge=20, description="Most customer histories the trainer keeps for the BG/NBD fit: a fixed hash sample of the user ids beyond it (bounds the fit's cost and the snapshot's size).")
     churn_learner: Literal["logreg", "logreg-raw", "arf", "amf", "hat"] = Field("logreg", description="Online churn learner (models/churn.py; chosen by measurement in docs/evaluation.md).")
-    loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat"] = Field("log-linear", description="Online loyalty learner: purchase days in the horizon (models/churn.py; chosen by measurement in docs/evaluation.md).")
+    loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat", "residual"] = Field("log-linear", description="Online loyalty learner: purchase days in the horizon (models/churn.py; chosen by measurement in docs/evaluation.md).")
     sweep_days: float = Field(1.0, ge=0, description="Known customers (with a purchase) are re-scored on this grid of event time, a scoring point stored when the last is horizon/4 old (0: scoring points at purchases only).")
     sweep_silence_days: float = Field(365.0, gt=0, description="Sweeps of a customer stop this many days after their last purchase.")
     policy_file: Path | None = Field(
