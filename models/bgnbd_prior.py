@@ -16,6 +16,14 @@ expected purchases in H (:func:`predict`), which are the learners' prior before 
 enough labels (no label needed, so the first horizon is covered) and three more inputs of
 the River learners afterwards (:func:`with_bgnbd`).
 
+A fit is used only if it can tell customers apart: it needs ``min_customers`` histories
+of which ``min_repeaters`` with a repeat purchase (a fit on a few one-time buyers is no
+fit), and its purchase rates must vary across customers (``r`` <= :data:`MAX_SHAPE`: the
+Gamma of the rates has a coefficient of variation ``1/sqrt(r)`` of at least 10%). Where
+they do not (the simulator's shop: ``r`` in the thousands and almost no dropout, so BG/NBD
+predicts about the same for everyone, docs/evaluation.md) the fit is set aside and the
+learners go on with their recency priors and without the BG/NBD inputs until a refit passes.
+
 The histories are bounded: at most ``customers`` of them, a bottom-k sample by a fixed hash
 of the user id (the same customers whatever the order of arrival), so the fit's cost and
 the snapshot's size are bounded too.
@@ -23,7 +31,7 @@ the snapshot's size are bounded too.
 ``purchases`` counts purchases, not purchase *days* (as the replay's BG/NBD baseline does):
 a customer with two orders on one day counts two repeat purchases here.
 
->>> fit = BgNbdFit(refit_periods=1, min_customers=3)
+>>> fit = BgNbdFit(refit_periods=1, min_customers=3, min_repeaters=2)
 >>> for user, n, gap, recency in [("a", 1, 0, 40), ("b", 3, 10, 5), ("c", 5, 6, 2), ("d", 2, 30, 20)]:
 ...     fit.observe(user, 0, {"purchases": n, "gap_mean_days": gap, "recency_days": recency})
 >>> fit.tick() is not None and fit.fits
@@ -120,14 +128,24 @@ def user_of(example_id: str) -> tuple[str, int | None]:
 
 _HASH_SPACE = 1 << 32
 
+#: Largest Gamma shape ``r`` of a usable fit: beyond it the purchase rates hardly vary
+#: across customers (coefficient of variation ``1/sqrt(r)`` < 10%).
+MAX_SHAPE = 100.0
+
 
 class BgNbdFit:
     """The trainer's customer histories and the BG/NBD fitted on them."""
 
-    def __init__(self, refit_periods: int = 7, customers: int = 5000, min_customers: int = 20) -> None:
+    #: (Class defaults: fits pickled before the guard load with them.)
+    min_repeaters = 5
+    rejected = 0  #: fits set aside as unable to tell customers apart
+    start: tuple[float, float, float, float] | None = None  #: the latest fit's parameters (warm start)
+
+    def __init__(self, refit_periods: int = 7, customers: int = 5000, min_customers: int = 20, min_repeaters: int = 5) -> None:
         self.refit_periods = refit_periods  #: 0: never fit
         self.customers = max(1, customers)
         self.min_customers = min_customers
+        self.min_repeaters = min_repeaters
         #: user -> (x, t_x, T, event time of the observation)
         self.histories: dict[str, tuple[int, float, float, int]] = {}
         self.now = 0  #: the latest observation's event time: the fit's cut-off
@@ -159,26 +177,31 @@ class BgNbdFit:
             return None
         self.periods += 1
         due = self.fitted_period is None or self.periods - self.fitted_period >= self.refit_periods
-        if due and len(self.histories) >= self.min_customers:
+        repeaters = sum(1 for h in self.histories.values() if h[0] > 0) if due else 0
+        if due and len(self.histories) >= self.min_customers and repeaters >= self.min_repeaters:
             self._refit()
         return self.model
 
     def _refit(self) -> None:
-        start = None if self.model is None else (self.model.r, self.model.alpha, self.model.a, self.model.b)
+        start = self.start if self.start is not None else (
+            None if self.model is None else (self.model.r, self.model.alpha, self.model.a, self.model.b))
         rows = [History(x, t_x, T + max(0, self.now - at) / MS_PER_DAY) for x, t_x, T, at in (self.histories[u] for u in sorted(self.histories))]
         try:
             model = BgNbd.fit(Summary.of(rows), start=start)
         except (ValueError, FloatingPointError):
             return
         if all(math.isfinite(v) and v > 0 for v in (model.r, model.alpha, model.a, model.b)):
-            self.model = model
+            self.start = (model.r, model.alpha, model.a, model.b)
             self.fitted_period = self.periods
             self.fits += 1
+            usable = model.r <= MAX_SHAPE
+            self.model = model if usable else None
+            self.rejected += not usable
 
     def report(self) -> dict[str, Any]:
         m = self.model
         return {
-            "customers": len(self.histories), "fits": self.fits,
+            "customers": len(self.histories), "fits": self.fits, "rejected": self.rejected,
             "params": None if m is None else {"r": m.r, "alpha": m.alpha, "a": m.a, "b": m.b, "customers": m.customers},
         }
 

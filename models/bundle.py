@@ -22,7 +22,7 @@ from collections import Counter
 from typing import Any
 
 from models.bgnbd_prior import BgNbdFit, observed as _observed
-from models.examples import ChurnExample, Example, ReviewExample, SegmentExample
+from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, candidates_of
 from models.online import OnlineLearners
 from models.segments import SegmentModel
 from models.sentiment import SentimentModel
@@ -71,7 +71,7 @@ class Models:
             x = as_dict(example.features)
             if self.bgnbd is not None:
                 self.bgnbd.observe(*_observed(example), x)
-            self.learners.observe(x, example.churned, example.days, example.churn_p, example.loyalty_p)
+            self.learners.observe(x, example.churned, example.days, example.churn_p, example.loyalty_p, candidates_of(example))
         elif isinstance(example, ReviewExample):
             self.sentiment.learn(example.text, example.rating)
         elif isinstance(example, SegmentExample):

@@ -194,6 +194,32 @@ class _PriorThenLearner:
             return Score(self.prior(x), self.version, prior=True)
         return Score(self.learned(x), self.version)
 
+    def scored(self, x: dict[str, float]) -> tuple[Score, float, float | None]:
+        """The score, and what each candidate predicts: the prior and the River pipeline
+        (None before it has learned a label). Stored with the scoring point, the two are
+        compared on its label when it matures (:meth:`gate_losses`)."""
+        prior = self.prior(x)
+        learned = self.learned(x) if self.labels else None
+        if self.warm and learned is not None:
+            return Score(learned, self.version), prior, learned
+        return Score(prior, self.version, prior=True), prior, learned
+
+    def loss(self, predicted: float, label: float) -> float:
+        raise NotImplementedError
+
+    def gate_losses(
+        self, x: dict[str, float], label: float, prior_p: float | None, learned_p: float | None,
+    ) -> tuple[float, float] | None:
+        """(the learner's loss, the prior's) on a matured label: of the predictions stored
+        at its scoring time when they were (``prior_p`` given; None if the learner had not
+        learned anything then), else, for points stored before they were, of both
+        candidates' predictions now (before learning it; None before the first label)."""
+        if prior_p is not None:
+            return None if learned_p is None else (self.loss(learned_p, label), self.loss(prior_p, label))
+        if not self.labels:
+            return None
+        return self.loss(self.learned(x), label), self.loss(self.prior(x), label)
+
 
 class ChurnModel(_PriorThenLearner):
     """P(no purchase in the horizon) from the features of :data:`MODEL_FEATURES`."""
@@ -236,12 +262,17 @@ class ChurnModel(_PriorThenLearner):
         p = self.pipeline.predict_proba_one(self.inputs(x)).get(True, 0.0)
         return min(1.0 - EPS, max(EPS, p))
 
-    def learn(self, x: dict[str, float], churned: bool) -> None:
-        if self.labels and self.bgnbd is not None:  # the gate against BG/NBD (log loss)
+    def loss(self, predicted: float, label: float) -> float:
+        return _log_loss(min(1.0 - EPS, max(EPS, predicted)), label)
+
+    def learn(self, x: dict[str, float], churned: bool, prior_p: float | None = None, learned_p: float | None = None) -> None:
+        """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
+        stored at its scoring time (:meth:`gate_losses`)."""
+        losses = self.gate_losses(x, float(churned), prior_p, learned_p)
+        if losses is not None and (self.bgnbd is not None or self.gate is not None):  # the gate against BG/NBD (log loss)
             if self.gate is None:
                 self.gate = Gate()
-            y = float(churned)
-            self.gate.update(_log_loss(self.learned(x), y), _log_loss(self.prior(x), y))
+            self.gate.update(*losses)
         self.pipeline.learn_one(self.inputs(x), churned)
         self.bins.learn_churn(x.get("recency_days", 0.0), int(churned))
         self.labels += 1
@@ -290,9 +321,15 @@ class LoyaltyModel(_PriorThenLearner):
             y += self.prior(x)
         return min(float(self.max_days), self.horizon_days, max(0.0, y))
 
-    def learn(self, x: dict[str, float], days: int) -> None:
-        if self.labels:
-            self.gate.update((self.learned(x) - days) ** 2, (self.prior(x) - days) ** 2)
+    def loss(self, predicted: float, label: float) -> float:
+        return (predicted - label) ** 2
+
+    def learn(self, x: dict[str, float], days: int, prior_p: float | None = None, learned_p: float | None = None) -> None:
+        """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
+        stored at its scoring time (:meth:`gate_losses`)."""
+        losses = self.gate_losses(x, float(days), prior_p, learned_p)
+        if losses is not None:
+            self.gate.update(*losses)
         self.max_days = max(self.max_days, days)
         target = float(days) - self.prior(x) if self.kind in RESIDUAL_LOYALTY else float(days)
         self.pipeline.learn_one(self.inputs(x), target)

@@ -27,7 +27,7 @@ from typing import Any
 from models.baselines import BgNbdBaseline, RecencyBaseline
 from models.bgnbd_prior import BgNbdFit, observed as _observed
 from models.churn import ChurnModel, LoyaltyModel
-from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, churn_examples
+from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, candidates_of, churn_examples
 from models.prequential import ChurnMetrics, LoyaltyMetrics
 from models.sentiment import SentimentModel
 from models.trainer import OfflineTraining
@@ -65,6 +65,7 @@ class ReplayModels:
 
     def __init__(
         self, churn: list[ChurnModel], loyalty: list[LoyaltyModel], learn_churn_early: bool = False, bgnbd: BgNbdFit | None = None,
+        candidates: dict[str, dict[str, tuple[float, float | None]]] | None = None,
     ) -> None:
         self.churn_models = churn
         self.loyalty_models = loyalty
@@ -72,6 +73,25 @@ class ReplayModels:
         self.sentiment = SentimentModel()
         self.learn_churn_early = learn_churn_early
         self.bgnbd = bgnbd
+        #: ``user@scoring time`` -> {learner: (prior, pipeline) predicted then}: what the
+        #: engine stores in the scoring point for the first learners, for every compared one
+        #: (shared with the replay, not part of a snapshot).
+        self.candidates = candidates if candidates is not None else {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "candidates": {}}
+
+    def _stored(self, example: ChurnExample, index: int, model: ChurnModel | LoyaltyModel, pop: bool) -> tuple[float | None, float | None]:
+        """The (prior, pipeline) predictions of ``model`` stored at the example's scoring
+        time: from the example for the first learners (as the workers send it), else the replay's."""
+        if index == 0:
+            c = candidates_of(example)
+            return (c[0], c[1]) if isinstance(model, ChurnModel) else (c[2], c[3])
+        key = example.id.rpartition("/")[0]
+        stored = self.candidates.get(key, {})
+        if pop:
+            self.candidates.pop(key, None)
+        return stored.get(model.name, (None, None))
 
     def learn(self, example: Example) -> None:
         if isinstance(example, ReviewExample):
@@ -86,16 +106,18 @@ class ReplayModels:
         if self.bgnbd is not None:
             self.bgnbd.observe(*_observed(example), x)
         if example.churned is not None and self.learn_churn_early:
-            for churn in self.churn_models:
-                churn.learn(x, bool(example.churned))
+            for i, churn in enumerate(self.churn_models):
+                churn.learn(x, bool(example.churned), *self._stored(example, i, churn, pop=False))
         if example.days is None:
             return
         label = int(example.days == 0)
+        stored = [self._stored(example, i, m, pop=False) for i, m in enumerate(self.churn_models)]
+        stored_loyalty = [self._stored(example, i, m, pop=i == len(self.loyalty_models) - 1) for i, m in enumerate(self.loyalty_models)]
         if not self.learn_churn_early:
-            for churn in self.churn_models:
-                churn.learn(x, bool(label))
-        for loyalty in self.loyalty_models:
-            loyalty.learn(x, example.days)
+            for churn, (prior_p, learned_p) in zip(self.churn_models, stored):
+                churn.learn(x, bool(label), prior_p, learned_p)
+        for loyalty, (prior_p, learned_p) in zip(self.loyalty_models, stored_loyalty):
+            loyalty.learn(x, example.days, prior_p, learned_p)
         self.recency.learn_churn(example.features[RECENCY], label)
         self.recency.learn_loyalty(example.features[RECENCY], example.days)
 
@@ -123,10 +145,13 @@ class Replay:
         self.learn_churn_early = learn_churn_early
         self.churn_models = churn_models  # (unlearned: the trainer learns copies; here for their names)
         self.loyalty_models = loyalty_models
+        #: The compared learners' candidates at each scoring point (:meth:`ReplayModels._stored`).
+        self.candidates: dict[str, dict[str, tuple[float, float | None]]] = {}
         self.training = OfflineTraining(
             lambda: ReplayModels(
                 copy.deepcopy(churn_models), copy.deepcopy(loyalty_models), learn_churn_early,
                 BgNbdFit(refit_periods=bgnbd_refit_periods, customers=bgnbd_customers) if bgnbd_refit_periods > 0 else None,
+                self.candidates,
             ),
             int(model_period_days * MS_PER_DAY), model_lag_periods,
         )
@@ -212,10 +237,17 @@ class Replay:
         x = as_dict(features)
         models = self.models_at(partition)
         out: dict[str, tuple[float, float]] = {}
+        candidates: dict[str, tuple[float, float | None]] = {}
         for churn in models.churn_models:
-            out[churn.name] = (churn.score(x).value, 0.0)
+            score, prior, learned = churn.scored(x)
+            out[churn.name] = (score.value, 0.0)
+            candidates[churn.name] = (prior, learned)
         for loyalty in models.loyalty_models:
-            out[loyalty.name] = (0.0, loyalty.score(x).value)
+            score, prior, learned = loyalty.scored(x)
+            out[loyalty.name] = (0.0, score.value)
+            candidates[loyalty.name] = (prior, learned)
+        if len(models.churn_models) > 1 or len(models.loyalty_models) > 1:
+            self.candidates[f"{user_id}@{ts}"] = candidates
         out["recency"] = models.recency.predict(features[RECENCY])
         bg = self.bgnbd.predict(user_id, ts, self.cfg.churn_horizon_days)
         if bg is not None:

@@ -10,8 +10,8 @@ import pickle
 import numpy as np
 import pytest
 
-from models.bgnbd import BgNbd, History, Summary
-from models.bgnbd_prior import BGNBD_FEATURES, BgNbdFit, history_of, predict, with_bgnbd
+from models.bgnbd import BgNbd, History, Summary, simulate
+from models.bgnbd_prior import BGNBD_FEATURES, MAX_SHAPE, BgNbdFit, history_of, predict, with_bgnbd
 from models.bundle import Models
 from models.churn import ChurnModel, LoyaltyModel, recency_prior
 from models.examples import ChurnExample, SegmentExample
@@ -31,6 +31,12 @@ def buyer_features(i: int) -> dict[str, float]:
             "recency_days": float((i * 13) % 60)}
 
 
+def simulated_features(n: int, seed: int = 3) -> list[dict[str, float]]:
+    """Features of ``n`` customers drawn from :data:`MODEL` (rates and dropouts that vary), 60 days after their first purchase."""
+    s = simulate(MODEL, np.full(n, 60.0), 0.0, np.random.default_rng(seed))
+    return [{"purchases": x + 1.0, "gap_mean_days": t_x / x if x else 0.0, "recency_days": T - t_x} for x, t_x, T in zip(s.x, s.t_x, s.T)]
+
+
 def test_history_is_read_from_the_feature_vector_at_its_point_in_time() -> None:
     state = UserState("u")
     for k, day in enumerate([0, 4, 10]):
@@ -48,8 +54,7 @@ def test_history_is_read_from_the_feature_vector_at_its_point_in_time() -> None:
 def test_trainer_ships_the_bgnbd_fit_of_the_latest_histories_in_its_snapshot() -> None:
     trainer = Trainer(Models.fresh(min_labels=5, bgnbd_refit_periods=1), DAY, partitions=1, dumps=dump_models)
     histories = {}
-    for i in range(40):
-        x = buyer_features(i)
+    for i, x in enumerate(simulated_features(60)):
         trainer.add(SegmentExample(id=f"user{i}@{DAY // 2}", at=DAY // 2, x={**x, "recency_days": x["recency_days"] / 2}))
         trainer.add(SegmentExample(id=f"user{i}@{DAY // 2 + 1}", at=DAY // 2 + 1, x=x))  # later: this one counts
         histories[f"user{i}"] = history_of(x)
@@ -58,8 +63,28 @@ def test_trainer_ships_the_bgnbd_fit_of_the_latest_histories_in_its_snapshot() -
     expected = BgNbd.fit(Summary.of([histories[u] for u in sorted(histories)]))
     assert shipped.churn.bgnbd is not None and shipped.loyalty.bgnbd == shipped.churn.bgnbd
     np.testing.assert_allclose(shipped.churn.bgnbd.params, expected.params, rtol=1e-6)
-    assert shipped.report()["bgnbd"]["customers"] == 40 and shipped.report()["bgnbd"]["fits"] == 1
+    assert shipped.report()["bgnbd"]["customers"] == 60 and shipped.report()["bgnbd"]["fits"] == 1
     assert shipped.churn.version == "bgnbd-prior@1970-01-02"
+
+
+def test_a_fit_that_cannot_tell_customers_apart_or_of_one_time_buyers_is_set_aside() -> None:
+    homogeneous = BgNbdFit(refit_periods=1)
+    for i in range(40):  # regular gaps and counts: BG/NBD finds (almost) one purchase rate for all
+        homogeneous.observe(f"u{i}", 0, buyer_features(i))
+    assert homogeneous.tick() is None and homogeneous.fits == 1 and homogeneous.rejected == 1
+    assert homogeneous.start is not None and homogeneous.start[0] > MAX_SHAPE  # kept as the next fit's start
+    one_timers = BgNbdFit(refit_periods=1)
+    buyers = simulated_features(60)
+    for i, x in enumerate(buyers):
+        one_timers.observe(f"u{i}", 0, {**x, "purchases": 3.0 if i < 4 else 1.0})
+    assert one_timers.tick() is None and one_timers.fits == 0  # 4 repeat buyers: too few to fit
+    for i, x in enumerate(buyers):
+        one_timers.observe(f"u{i}", 0, x)
+    assert one_timers.tick() is not None and one_timers.fits == 1
+    churn = ChurnModel(horizon_days=30.0)
+    churn.bgnbd = homogeneous.tick()
+    x = buyer_features(3)
+    assert churn.score(x).value == pytest.approx(recency_prior(x)) and churn.inputs(x) == x
 
 
 def test_no_fit_before_enough_buyers_and_churn_examples_count_as_histories() -> None:
@@ -119,12 +144,13 @@ def test_histories_are_a_bounded_sample_of_the_same_customers_in_any_order() -> 
 def test_refits_every_k_periods_warm_started() -> None:
     fit = BgNbdFit(refit_periods=3, min_customers=20)
     assert fit.tick() is None  # no customers yet: tries again next period
+    buyers = simulated_features(90)
     for i in range(30):
-        fit.observe(f"u{i}", 0, buyer_features(i))
+        fit.observe(f"u{i}", 0, buyers[i])
     first = fit.tick()
     assert first is not None and fit.fits == 1
-    for i in range(30, 60):
-        fit.observe(f"u{i}", 0, buyer_features(i))
+    for i in range(30, 90):
+        fit.observe(f"u{i}", 0, buyers[i])
     assert fit.tick() is first and fit.tick() is first  # not due
     assert fit.tick() is not first and fit.fits == 2
     assert BgNbdFit(refit_periods=0).tick() is None
