@@ -118,12 +118,21 @@ class Gate:
     True
     """
 
+    #: (learner - prior, label - prior) of the labels in the window, for :attr:`weight`;
+    #: None in gates pickled before it (their weight is 0 or 1 by the losses).
+    pairs: deque[tuple[float, float]] | None = None
+    dd = 0.0  #: sum of (learner - prior)^2 over ``pairs``
+    dr = 0.0  #: sum of (learner - prior) * (label - prior) over ``pairs``
+
     def __init__(self, window: int = GATE_WINDOW) -> None:
         self.losses: deque[tuple[float, float]] = deque(maxlen=window)
         self.model = 0.0
         self.prior = 0.0
+        self.pairs = deque(maxlen=window)
 
-    def update(self, model_loss: float, prior_loss: float) -> None:
+    def update(self, model_loss: float, prior_loss: float, diff: float | None = None, residual: float | None = None) -> None:
+        """One matured label: both losses and, when given, the learner's and the label's
+        difference from the prior's prediction (``diff``, ``residual``)."""
         if len(self.losses) == self.losses.maxlen:
             old_model, old_prior = self.losses[0]
             self.model -= old_model
@@ -131,11 +140,38 @@ class Gate:
         self.losses.append((model_loss, prior_loss))
         self.model += model_loss
         self.prior += prior_loss
+        if diff is None or residual is None:
+            return
+        if self.pairs is None:
+            self.pairs = deque(maxlen=self.losses.maxlen)
+        if len(self.pairs) == self.pairs.maxlen:
+            old_d, old_r = self.pairs[0]
+            self.dd -= old_d * old_d
+            self.dr -= old_d * old_r
+        self.pairs.append((diff, residual))
+        self.dd += diff * diff
+        self.dr += diff * residual
 
     @property
     def model_ahead(self) -> bool:
         """The learner's loss over the window is at most the prior's (and labels were seen)."""
         return bool(self.losses) and self.model <= self.prior + 1e-12
+
+    @property
+    def weight(self) -> float:
+        """The learner's share ``w`` of the answer ``prior + w (learner - prior)``: the
+        least-squares ``w`` in [0, 1] over the window's labels (stacking the two on what
+        they predicted); 1 or 0 by :attr:`model_ahead` without those.
+
+        >>> g = Gate(window=10)
+        >>> for learner, prior, label in [(1.0, 0.0, 0.5), (2.0, 0.0, 1.0)]:
+        ...     g.update((learner - label) ** 2, (prior - label) ** 2, learner - prior, label - prior)
+        >>> g.weight
+        0.5
+        """
+        if not self.pairs or self.dd <= 1e-12:
+            return 1.0 if self.model_ahead else 0.0
+        return min(1.0, max(0.0, self.dr / self.dd))
 
 
 class _PriorThenLearner:
@@ -189,10 +225,21 @@ class _PriorThenLearner:
     def learned(self, x: dict[str, float]) -> float:
         raise NotImplementedError
 
+    @property
+    def weight(self) -> float:
+        """The learner's share of the answer (0: the prior answers alone, 1: the learner)."""
+        raise NotImplementedError
+
+    def _answer(self, prior: float, learned: float, w: float) -> float:
+        return learned if w >= 1.0 else prior + w * (learned - prior)
+
     def score(self, x: dict[str, float]) -> Score:
-        if not self.warm:
+        w = self.weight if self.warm else 0.0
+        if w <= 0.0:
             return Score(self.prior(x), self.version, prior=True)
-        return Score(self.learned(x), self.version)
+        if w >= 1.0:
+            return Score(self.learned(x), self.version)
+        return Score(self._answer(self.prior(x), self.learned(x), w), self.version)
 
     def scored(self, x: dict[str, float]) -> tuple[Score, float, float | None]:
         """The score, and what each candidate predicts: the prior and the River pipeline
@@ -200,9 +247,10 @@ class _PriorThenLearner:
         compared on its label when it matures (:meth:`gate_losses`)."""
         prior = self.prior(x)
         learned = self.learned(x) if self.labels else None
-        if self.warm and learned is not None:
-            return Score(learned, self.version), prior, learned
-        return Score(prior, self.version, prior=True), prior, learned
+        w = self.weight if self.warm and learned is not None else 0.0
+        if learned is None or w <= 0.0:
+            return Score(prior, self.version, prior=True), prior, learned
+        return Score(self._answer(prior, learned, w), self.version), prior, learned
 
     def loss(self, predicted: float, label: float) -> float:
         raise NotImplementedError
@@ -219,6 +267,17 @@ class _PriorThenLearner:
         if not self.labels:
             return None
         return self.loss(self.learned(x), label), self.loss(self.prior(x), label)
+
+    def _update_gate(self, gate: Gate, x: dict[str, float], label: float, prior_p: float | None, learned_p: float | None) -> None:
+        """The gate learns one matured label: the losses and, from predictions stored at
+        the scoring time, the pair that sets the blend's weight (:attr:`Gate.weight`)."""
+        losses = self.gate_losses(x, label, prior_p, learned_p)
+        if losses is None:
+            return
+        if prior_p is not None and learned_p is not None:
+            gate.update(*losses, learned_p - prior_p, label - prior_p)
+        else:
+            gate.update(*losses)
 
 
 class ChurnModel(_PriorThenLearner):
@@ -245,7 +304,15 @@ class ChurnModel(_PriorThenLearner):
     def warm(self) -> bool:
         """True once the learned model, not the prior, gives the scores."""
         enough = self.labels >= self.min_labels and 0 < self.positives < self.labels
-        return enough and (self.bgnbd is None or (self.gate is not None and self.gate.model_ahead))
+        return enough and self.weight > 0.0
+
+    @property
+    def weight(self) -> float:
+        """Without BG/NBD the learner answers alone once it has enough labels; against
+        BG/NBD with the share its stored predictions earned (:attr:`Gate.weight`)."""
+        if self.bgnbd is None:
+            return 1.0
+        return self.gate.weight if self.gate is not None else 0.0
 
     def prior(self, x: dict[str, float]) -> float:
         """BG/NBD's P(no purchase in the horizon) once the trainer has fitted it, else the
@@ -268,11 +335,10 @@ class ChurnModel(_PriorThenLearner):
     def learn(self, x: dict[str, float], churned: bool, prior_p: float | None = None, learned_p: float | None = None) -> None:
         """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
         stored at its scoring time (:meth:`gate_losses`)."""
-        losses = self.gate_losses(x, float(churned), prior_p, learned_p)
-        if losses is not None and (self.bgnbd is not None or self.gate is not None):  # the gate against BG/NBD (log loss)
+        if self.labels and (self.bgnbd is not None or self.gate is not None):  # the gate against BG/NBD (log loss)
             if self.gate is None:
                 self.gate = Gate()
-            self.gate.update(*losses)
+            self._update_gate(self.gate, x, float(churned), prior_p, learned_p)
         self.pipeline.learn_one(self.inputs(x), churned)
         self.bins.learn_churn(x.get("recency_days", 0.0), int(churned))
         self.labels += 1
@@ -298,7 +364,11 @@ class LoyaltyModel(_PriorThenLearner):
 
     @property
     def warm(self) -> bool:
-        return self.labels >= self.min_labels and self.gate.model_ahead
+        return self.labels >= self.min_labels and self.gate.weight > 0.0
+
+    @property
+    def weight(self) -> float:
+        return self.gate.weight
 
     def prior(self, x: dict[str, float]) -> float:
         """BG/NBD's expected purchases in the horizon once the trainer has fitted it, else
@@ -327,9 +397,7 @@ class LoyaltyModel(_PriorThenLearner):
     def learn(self, x: dict[str, float], days: int, prior_p: float | None = None, learned_p: float | None = None) -> None:
         """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
         stored at its scoring time (:meth:`gate_losses`)."""
-        losses = self.gate_losses(x, float(days), prior_p, learned_p)
-        if losses is not None:
-            self.gate.update(*losses)
+        self._update_gate(self.gate, x, float(days), prior_p, learned_p)
         self.max_days = max(self.max_days, days)
         target = float(days) - self.prior(x) if self.kind in RESIDUAL_LOYALTY else float(days)
         self.pipeline.learn_one(self.inputs(x), target)
