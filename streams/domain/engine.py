@@ -174,9 +174,23 @@ def _score_point(
     if earliest is not None and now_ms < earliest:
         return None
     x = as_dict(features)
-    churn_p = churn.score(x).value if churn is not None else None
-    loyalty_p = loyalty.score(x).value if loyalty is not None else None
-    return add_scoring_point(state, now_ms, features, cfg.horizon_ms, churn_p, loyalty_p)
+    churn_p, churn_prior, churn_learned = _scored(churn, x)
+    loyalty_p, loyalty_prior, loyalty_learned = _scored(loyalty, x)
+    return add_scoring_point(
+        state, now_ms, features, cfg.horizon_ms, churn_p, loyalty_p, (churn_prior, churn_learned, loyalty_prior, loyalty_learned),
+    )
+
+
+def _scored(model: ChurnScorer | LoyaltyScorer | None, x: dict[str, float]) -> tuple[float | None, float | None, float | None]:
+    """(the answer, the prior's prediction, the learner's) of ``model`` for ``x``; the last
+    two None for a scorer that does not tell them apart (:meth:`models.churn.ChurnModel.scored`)."""
+    if model is None:
+        return None, None, None
+    scored = getattr(model, "scored", None)
+    if scored is None:
+        return model.score(x).value, None, None
+    score, prior, learned = scored(x)
+    return score.value, prior, learned
 
 
 def on_event(

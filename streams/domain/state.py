@@ -82,6 +82,14 @@ class PendingScore(msgspec.Struct, array_like=True):
     #: What the live learners predicted at ``ts`` (None: not recorded), for prequential scores.
     churn_p: float | None = None
     loyalty_p: float | None = None
+    #: What each learner's two candidates predicted at ``ts``: its prior and its River
+    #: pipeline (None: not recorded, or the pipeline had learned nothing yet). The trainer
+    #: compares them on the label (:class:`models.churn.Gate`), not on predictions made
+    #: when the label matures.
+    churn_prior_p: float | None = None
+    churn_learned_p: float | None = None
+    loyalty_prior_p: float | None = None
+    loyalty_learned_p: float | None = None
 
 
 class Acted(msgspec.Struct, array_like=True):
