@@ -54,7 +54,7 @@ def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pip
 
     settings = pipeline.settings
     training = offline_training(
-        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
+        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9, bgnbd_refit_periods=0,
                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner),
         settings.model_period_ms, settings.model_lag_periods,
     )

@@ -47,8 +47,12 @@ SHOP = SimulationConfig(customers=50, new_customers_per_day=1.0, days=70, seed=1
 # per-worker recommender, and the ordered replay has no review texts for the care rule;
 # the guards are tested in test_actions.py).
 LAPSE_ONLY = Path(__file__).resolve().parents[1] / "data" / "policy-lapse-only.yaml"
+#: The churn and loyalty scores stay on their fixed recency priors: no learner answers, no
+#: learned prior, no BG/NBD fit (the ordered replay sends no segment examples, so its trainer's
+#: BG/NBD would see other histories than the worker's).
 STEADY = {"RETENTION_CHURN_MIN_LABELS": "1000000000", "RETENTION_CHURN_PRIOR_LEARNS": "false",
-          "RETENTION_LOYALTY_PRIOR_LEARNS": "false", "RETENTION_POLICY_FILE": str(LAPSE_ONLY)}
+          "RETENTION_LOYALTY_PRIOR_LEARNS": "false", "RETENTION_BGNBD_REFIT_PERIODS": "0",
+          "RETENTION_POLICY_FILE": str(LAPSE_ONLY)}
 LIFETIME = ("clicks", "purchases", "spend_cents", "reviews", "rating_sum", "first_seen", "last_seen",
             "first_purchase", "last_purchase", "carts_abandoned", "unsubscribed")
 
@@ -253,7 +257,7 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
     # The worker decides what the sorted stream decides, at the same event times.
     settings = pipe.settings
     training = offline_training(
-        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9,
+        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9, bgnbd_refit_periods=0,
                              churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner),
         settings.model_period_ms, settings.model_lag_periods,
     )
