@@ -2,8 +2,11 @@
 
 The churn and loyalty learners with their prequential metrics (:mod:`models.online`), the
 review sentiment model and the behavioural segment model learn from the examples of the
-``model-labels`` topic (:mod:`models.examples`); a snapshot of the bundle is what every
-scorer uses (:mod:`models.trainer`).
+``model-labels`` topic (:mod:`models.examples`), and so do the policy's contextual bandits
+(:mod:`models.bandit`, from the rewards of matured decisions); a snapshot of the bundle is what every
+scorer uses (:mod:`models.trainer`). The customer histories those examples carry are kept
+for BG/NBD (:mod:`models.bgnbd_prior`), refitted as periods are stamped; the churn and
+loyalty learners get the fitted parameters (their prior and three of their inputs).
 
 >>> from models.examples import ReviewExample
 >>> m = Models.fresh(min_labels=1)
@@ -19,7 +22,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from models.examples import ChurnExample, Example, ReviewExample, SegmentExample
+from models.bandit import Bandits
+from models.bgnbd_prior import BgNbdFit, observed as _observed
+from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample, candidates_of
 from models.online import OnlineLearners
 from models.segments import SegmentModel
 from models.sentiment import SentimentModel
@@ -29,24 +34,36 @@ from streams.domain.features import as_dict
 class Models:
     """The learners of one snapshot; ``counts``: examples learned per kind."""
 
-    def __init__(self, learners: OnlineLearners, sentiment: SentimentModel, segments: SegmentModel) -> None:
+    #: (None in bundles pickled before BG/NBD was part of them: they go on without it.)
+    bgnbd: BgNbdFit | None = None
+
+    def __init__(
+        self, learners: OnlineLearners, sentiment: SentimentModel, segments: SegmentModel, bgnbd: BgNbdFit | None = None
+    ) -> None:
         self.learners = learners
         self.sentiment = sentiment
         self.segments = segments
+        self.bandits = Bandits()
+        self.bgnbd = bgnbd
         self.counts: Counter[str] = Counter()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state.setdefault("bandits", Bandits())  # a snapshot of a trainer from before the bandits
+        self.__dict__.update(state)
 
     @classmethod
     def fresh(
         cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = "log-linear",
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
-        segment_halflife: float = 0.05,
+        segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
     ) -> Models:
         """Models that have learned nothing: every score is a prior (flagged so)."""
         learners = OnlineLearners(
             horizon_days=horizon_days, min_labels=min_labels, churn_kind=churn_kind, loyalty_kind=loyalty_kind,
             churn_prior_learns=churn_prior_learns, loyalty_prior_learns=loyalty_prior_learns,
         )
-        return cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife))
+        bgnbd = BgNbdFit(refit_periods=bgnbd_refit_periods, customers=bgnbd_customers) if bgnbd_refit_periods > 0 else None
+        return cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife), bgnbd)
 
     @property
     def churn(self) -> Any:
@@ -58,16 +75,26 @@ class Models:
 
     def learn(self, example: Example) -> None:
         if isinstance(example, ChurnExample):
-            self.learners.observe(as_dict(example.features), example.churned, example.days, example.churn_p, example.loyalty_p)
+            x = as_dict(example.features)
+            if self.bgnbd is not None:
+                self.bgnbd.observe(*_observed(example), x)
+            self.learners.observe(x, example.churned, example.days, example.churn_p, example.loyalty_p, candidates_of(example))
         elif isinstance(example, ReviewExample):
             self.sentiment.learn(example.text, example.rating)
         elif isinstance(example, SegmentExample):
+            if self.bgnbd is not None:
+                self.bgnbd.observe(*_observed(example), example.x)
             self.segments.learn_one(example.x)
+        elif isinstance(example, BanditExample):
+            self.bandits.learn_one(example.bandit, example.arm, example.context, example.reward)
         self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
 
     def stamp(self, version: str) -> None:
-        """Every model's version names the snapshot it came in (``...@version``)."""
-        for model in (self.churn, self.loyalty, self.sentiment, self.segments):
+        """Every model's version names the snapshot it came in (``...@version``); BG/NBD is
+        refitted when due and its parameters handed to the churn and loyalty learners."""
+        if self.bgnbd is not None:
+            self.churn.bgnbd = self.loyalty.bgnbd = self.bgnbd.tick()
+        for model in (self.churn, self.loyalty, self.sentiment, self.segments, self.bandits):
             model.snapshot = version
 
     def report(self) -> dict[str, Any]:
@@ -76,5 +103,7 @@ class Models:
             **self.learners.report(),
             "sentiment": {"version": self.sentiment.version, "labels": self.sentiment.labels},
             "segments": {"version": self.segments.version, "learned": self.segments.learned},
+            "bandits": self.bandits.report(),
+            "bgnbd": None if self.bgnbd is None else self.bgnbd.report(),
             "examples": dict(sorted(self.counts.items())),
         }

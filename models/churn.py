@@ -46,6 +46,9 @@ from typing import Any
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from models.baselines import RecencyBaseline
+from models.bgnbd import BgNbd
+from models.bgnbd_prior import predict as bgnbd_predict
+from models.bgnbd_prior import with_bgnbd
 from models.score import Score
 
 #: Probabilities are kept within [EPS, 1 - EPS]: a score of exactly 0 or 1 claims a
@@ -90,7 +93,13 @@ LOYALTY_PIPELINES: dict[str, Callable[[], Any]] = {
     "arf": lambda: forest.ARFRegressor(n_models=10, seed=1),
     "amf": lambda: compose.Pipeline(compose.FuncTransformer(log_features), forest.AMFRegressor(n_estimators=10, seed=1)),
     "hat": lambda: tree.HoeffdingAdaptiveTreeRegressor(seed=1),
+    # learns the prior's error (label - prior, the prior being BG/NBD's expected purchases once
+    # the trainer has fitted it): its answer is the prior plus a small linear correction
+    "residual": lambda: _scaled(linear_model.LinearRegression(optimizer=optim.SGD(0.002), l2=1e-3, clip_gradient=1.0)),
 }
+
+#: Loyalty learners whose pipeline learns the prior's residual (:meth:`LoyaltyModel.learned`).
+RESIDUAL_LOYALTY = frozenset({"residual"})
 
 DEFAULT_CHURN = "logreg"
 DEFAULT_LOYALTY = "log-linear"
@@ -109,12 +118,21 @@ class Gate:
     True
     """
 
+    #: (learner - prior, label - prior) of the labels in the window, for :attr:`weight`;
+    #: None in gates pickled before it (their weight is 0 or 1 by the losses).
+    pairs: deque[tuple[float, float]] | None = None
+    dd = 0.0  #: sum of (learner - prior)^2 over ``pairs``
+    dr = 0.0  #: sum of (learner - prior) * (label - prior) over ``pairs``
+
     def __init__(self, window: int = GATE_WINDOW) -> None:
         self.losses: deque[tuple[float, float]] = deque(maxlen=window)
         self.model = 0.0
         self.prior = 0.0
+        self.pairs = deque(maxlen=window)
 
-    def update(self, model_loss: float, prior_loss: float) -> None:
+    def update(self, model_loss: float, prior_loss: float, diff: float | None = None, residual: float | None = None) -> None:
+        """One matured label: both losses and, when given, the learner's and the label's
+        difference from the prior's prediction (``diff``, ``residual``)."""
         if len(self.losses) == self.losses.maxlen:
             old_model, old_prior = self.losses[0]
             self.model -= old_model
@@ -122,11 +140,38 @@ class Gate:
         self.losses.append((model_loss, prior_loss))
         self.model += model_loss
         self.prior += prior_loss
+        if diff is None or residual is None:
+            return
+        if self.pairs is None:
+            self.pairs = deque(maxlen=self.losses.maxlen)
+        if len(self.pairs) == self.pairs.maxlen:
+            old_d, old_r = self.pairs[0]
+            self.dd -= old_d * old_d
+            self.dr -= old_d * old_r
+        self.pairs.append((diff, residual))
+        self.dd += diff * diff
+        self.dr += diff * residual
 
     @property
     def model_ahead(self) -> bool:
         """The learner's loss over the window is at most the prior's (and labels were seen)."""
         return bool(self.losses) and self.model <= self.prior + 1e-12
+
+    @property
+    def weight(self) -> float:
+        """The learner's share ``w`` of the answer ``prior + w (learner - prior)``: the
+        least-squares ``w`` in [0, 1] over the window's labels (stacking the two on what
+        they predicted); 1 or 0 by :attr:`model_ahead` without those.
+
+        >>> g = Gate(window=10)
+        >>> for learner, prior, label in [(1.0, 0.0, 0.5), (2.0, 0.0, 1.0)]:
+        ...     g.update((learner - label) ** 2, (prior - label) ** 2, learner - prior, label - prior)
+        >>> g.weight
+        0.5
+        """
+        if not self.pairs or self.dd <= 1e-12:
+            return 1.0 if self.model_ahead else 0.0
+        return min(1.0, max(0.0, self.dr / self.dd))
 
 
 class _PriorThenLearner:
@@ -137,6 +182,24 @@ class _PriorThenLearner:
     labels: int
     learned_prior: bool
     bins: RecencyBaseline
+    #: BG/NBD as the trainer last fitted it (:mod:`models.bgnbd_prior`); None: no fit yet
+    #: (and in learners pickled before it existed).
+    bgnbd: BgNbd | None = None
+    horizon_days: float = 30.0
+
+    def bgnbd_score(self, x: dict[str, float]) -> tuple[float, float] | None:
+        """BG/NBD's (P(no purchase in the horizon), expected purchases) for ``x``; None without a fit."""
+        return bgnbd_predict(self.bgnbd, x, self.horizon_days)
+
+    def inputs(self, x: dict[str, float]) -> dict[str, float]:
+        """What the River pipeline sees: ``x`` and, once BG/NBD is fitted, its predictions for ``x``."""
+        return with_bgnbd(self.bgnbd, x, self.horizon_days)
+
+    @property
+    def prior_name(self) -> str:
+        if self.bgnbd is not None:
+            return "bgnbd-prior"
+        return f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
 
     @property
     def warm(self) -> bool:
@@ -151,9 +214,9 @@ class _PriorThenLearner:
     def version(self) -> str:
         """The answering model and its labels, and ``@snapshot`` when it came in one (:mod:`models.trainer`)."""
         if self.warm:
-            base = f"{self.name}+{self.labels}"
+            base = f"{self.name}+{'bgnbd+' if self.bgnbd is not None else ''}{self.labels}"
         else:
-            base = f"recency-prior+{self.labels}" if self.bins_answer else "recency-prior"
+            base = self.prior_name
         return f"{base}@{self.snapshot}" if getattr(self, "snapshot", "") else base
 
     def prior(self, x: dict[str, float]) -> float:
@@ -162,17 +225,67 @@ class _PriorThenLearner:
     def learned(self, x: dict[str, float]) -> float:
         raise NotImplementedError
 
+    @property
+    def weight(self) -> float:
+        """The learner's share of the answer (0: the prior answers alone, 1: the learner)."""
+        raise NotImplementedError
+
+    def _answer(self, prior: float, learned: float, w: float) -> float:
+        return learned if w >= 1.0 else prior + w * (learned - prior)
+
     def score(self, x: dict[str, float]) -> Score:
-        if not self.warm:
+        w = self.weight if self.warm else 0.0
+        if w <= 0.0:
             return Score(self.prior(x), self.version, prior=True)
-        return Score(self.learned(x), self.version)
+        if w >= 1.0:
+            return Score(self.learned(x), self.version)
+        return Score(self._answer(self.prior(x), self.learned(x), w), self.version)
+
+    def scored(self, x: dict[str, float]) -> tuple[Score, float, float | None]:
+        """The score, and what each candidate predicts: the prior and the River pipeline
+        (None before it has learned a label). Stored with the scoring point, the two are
+        compared on its label when it matures (:meth:`gate_losses`)."""
+        prior = self.prior(x)
+        learned = self.learned(x) if self.labels else None
+        w = self.weight if self.warm and learned is not None else 0.0
+        if learned is None or w <= 0.0:
+            return Score(prior, self.version, prior=True), prior, learned
+        return Score(self._answer(prior, learned, w), self.version), prior, learned
+
+    def loss(self, predicted: float, label: float) -> float:
+        raise NotImplementedError
+
+    def gate_losses(
+        self, x: dict[str, float], label: float, prior_p: float | None, learned_p: float | None,
+    ) -> tuple[float, float] | None:
+        """(the learner's loss, the prior's) on a matured label: of the predictions stored
+        at its scoring time when they were (``prior_p`` given; None if the learner had not
+        learned anything then), else, for points stored before they were, of both
+        candidates' predictions now (before learning it; None before the first label)."""
+        if prior_p is not None:
+            return None if learned_p is None else (self.loss(learned_p, label), self.loss(prior_p, label))
+        if not self.labels:
+            return None
+        return self.loss(self.learned(x), label), self.loss(self.prior(x), label)
+
+    def _update_gate(self, gate: Gate, x: dict[str, float], label: float, prior_p: float | None, learned_p: float | None) -> None:
+        """The gate learns one matured label: the losses and, from predictions stored at
+        the scoring time, the pair that sets the blend's weight (:attr:`Gate.weight`)."""
+        losses = self.gate_losses(x, label, prior_p, learned_p)
+        if losses is None:
+            return
+        if prior_p is not None and learned_p is not None:
+            gate.update(*losses, learned_p - prior_p, label - prior_p)
+        else:
+            gate.update(*losses)
 
 
 class ChurnModel(_PriorThenLearner):
     """P(no purchase in the horizon) from the features of :data:`MODEL_FEATURES`."""
 
-    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False) -> None:
+    def __init__(self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False, horizon_days: float = 30.0) -> None:
         self.min_labels = min_labels
+        self.horizon_days = horizon_days
         #: False: the prior is the fixed recency formula, so scores depend on the features alone.
         self.learned_prior = learned_prior
         self.kind = kind
@@ -183,23 +296,50 @@ class ChurnModel(_PriorThenLearner):
         #: The calibrated prior: churn rate per recency bin of the labels learned so far.
         self.bins = RecencyBaseline()
 
+    #: Once BG/NBD is fitted, the learner answers only while its log loss over the last
+    #: :data:`GATE_WINDOW` labels is at most BG/NBD's (None: no label compared yet).
+    gate: Gate | None = None
+
     @property
     def warm(self) -> bool:
         """True once the learned model, not the prior, gives the scores."""
-        return self.labels >= self.min_labels and 0 < self.positives < self.labels
+        enough = self.labels >= self.min_labels and 0 < self.positives < self.labels
+        return enough and self.weight > 0.0
+
+    @property
+    def weight(self) -> float:
+        """Without BG/NBD the learner answers alone once it has enough labels; against
+        BG/NBD with the share its stored predictions earned (:attr:`Gate.weight`)."""
+        if self.bgnbd is None:
+            return 1.0
+        return self.gate.weight if self.gate is not None else 0.0
 
     def prior(self, x: dict[str, float]) -> float:
-        """The bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
-        p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
+        """BG/NBD's P(no purchase in the horizon) once the trainer has fitted it, else the
+        bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
+        bg = self.bgnbd_score(x)
+        if bg is not None:
+            p = bg[0]
+        else:
+            p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
         return min(1.0 - EPS, max(EPS, p))
 
     def learned(self, x: dict[str, float]) -> float:
         """The learner's probability (whether or not it answers yet), within [EPS, 1 - EPS]."""
-        p = self.pipeline.predict_proba_one(x).get(True, 0.0)
+        p = self.pipeline.predict_proba_one(self.inputs(x)).get(True, 0.0)
         return min(1.0 - EPS, max(EPS, p))
 
-    def learn(self, x: dict[str, float], churned: bool) -> None:
-        self.pipeline.learn_one(x, churned)
+    def loss(self, predicted: float, label: float) -> float:
+        return _log_loss(min(1.0 - EPS, max(EPS, predicted)), label)
+
+    def learn(self, x: dict[str, float], churned: bool, prior_p: float | None = None, learned_p: float | None = None) -> None:
+        """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
+        stored at its scoring time (:meth:`gate_losses`)."""
+        if self.labels and (self.bgnbd is not None or self.gate is not None):  # the gate against BG/NBD (log loss)
+            if self.gate is None:
+                self.gate = Gate()
+            self._update_gate(self.gate, x, float(churned), prior_p, learned_p)
+        self.pipeline.learn_one(self.inputs(x), churned)
         self.bins.learn_churn(x.get("recency_days", 0.0), int(churned))
         self.labels += 1
         self.positives += churned
@@ -224,10 +364,18 @@ class LoyaltyModel(_PriorThenLearner):
 
     @property
     def warm(self) -> bool:
-        return self.labels >= self.min_labels and self.gate.model_ahead
+        return self.labels >= self.min_labels and self.gate.weight > 0.0
+
+    @property
+    def weight(self) -> float:
+        return self.gate.weight
 
     def prior(self, x: dict[str, float]) -> float:
-        """The bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
+        """BG/NBD's expected purchases in the horizon once the trainer has fitted it, else
+        the bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
+        bg = self.bgnbd_score(x)
+        if bg is not None:
+            return min(self.horizon_days, bg[1])
         if self.bins_answer:
             return self.bins.predict(x.get("recency_days", 0.0))[1]
         return loyalty_prior(x, self.horizon_days)
@@ -236,18 +384,29 @@ class LoyaltyModel(_PriorThenLearner):
         """The learner's prediction (whether or not it answers yet), clipped to [0, the most
         purchase days seen in a label] (never past the horizon): a count regressor that
         overshoots for a while cannot predict more than has ever happened."""
-        y = float(self.pipeline.predict_one(x) or 0.0)
+        y = float(self.pipeline.predict_one(self.inputs(x)) or 0.0)
         if math.isnan(y):
             y = 0.0
+        if self.kind in RESIDUAL_LOYALTY:
+            y += self.prior(x)
         return min(float(self.max_days), self.horizon_days, max(0.0, y))
 
-    def learn(self, x: dict[str, float], days: int) -> None:
-        if self.labels:
-            self.gate.update((self.learned(x) - days) ** 2, (self.prior(x) - days) ** 2)
+    def loss(self, predicted: float, label: float) -> float:
+        return (predicted - label) ** 2
+
+    def learn(self, x: dict[str, float], days: int, prior_p: float | None = None, learned_p: float | None = None) -> None:
+        """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
+        stored at its scoring time (:meth:`gate_losses`)."""
+        self._update_gate(self.gate, x, float(days), prior_p, learned_p)
         self.max_days = max(self.max_days, days)
-        self.pipeline.learn_one(x, float(days))
+        target = float(days) - self.prior(x) if self.kind in RESIDUAL_LOYALTY else float(days)
+        self.pipeline.learn_one(self.inputs(x), target)
         self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
+
+
+def _log_loss(p: float, y: float) -> float:
+    return -math.log(p if y else 1.0 - p)
 
 
 #: The gap assumed for a customer with a single purchase (no gap of their own yet).

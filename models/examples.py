@@ -39,6 +39,12 @@ class ChurnExample(msgspec.Struct, tag_field="kind", tag="churn", frozen=True):
     churn_p: float | None = None
     loyalty_p: float | None = None
     v: int = VERSION
+    #: The learners' two candidates at the scoring time (prior, River pipeline), which the
+    #: trainer's gates compare on the label (``streams.domain.labels.Matured``).
+    churn_prior_p: float | None = None
+    churn_learned_p: float | None = None
+    loyalty_prior_p: float | None = None
+    loyalty_learned_p: float | None = None
 
 
 class ReviewExample(msgspec.Struct, tag_field="kind", tag="review", frozen=True):
@@ -60,6 +66,19 @@ class SegmentExample(msgspec.Struct, tag_field="kind", tag="segment", frozen=Tru
     v: int = VERSION
 
 
+class BanditExample(msgspec.Struct, tag_field="kind", tag="bandit", frozen=True):
+    """A matured treated decision chosen by a bandit (:mod:`models.bandit`): the context the
+    bandit saw, the arm (rule) it chose and the reward the attribution window gave it."""
+
+    id: str  #: the decision's action id
+    at: int  #: the event time the decision matured
+    bandit: str  #: ``trigger/action``
+    arm: str
+    context: dict[str, float]
+    reward: float
+    v: int = VERSION
+
+
 class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     """Partition ``partition`` has sent every example with ``at`` < ``clock_ms``."""
 
@@ -68,8 +87,8 @@ class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     v: int = VERSION
 
 
-Example = Union[ChurnExample, ReviewExample, SegmentExample]
-LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, Watermark]
+Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample]
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, Watermark]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)
@@ -101,6 +120,27 @@ def churn_examples(user_id: str, matured: list, at: int) -> list[ChurnExample]:
             churned=None if m.churned is None else int(m.churned), days=None if m.days is None else int(m.days),
             churn_p=None if m.churn_p is None else float(m.churn_p),
             loyalty_p=None if m.loyalty_p is None else float(m.loyalty_p),
+            churn_prior_p=_float(m.churn_prior_p), churn_learned_p=_float(m.churn_learned_p),
+            loyalty_prior_p=_float(m.loyalty_prior_p), loyalty_learned_p=_float(m.loyalty_learned_p),
         )
         for m in matured
     ]
+
+
+def bandit_examples(matured: list, at: int) -> list[BanditExample]:
+    """The rewards of a step's matured bandit decisions (``streams.domain.engine.Reward``) as
+    examples made at ``at``."""
+    return [
+        BanditExample(id=r.action_id, at=int(at), bandit=r.bandit, arm=r.arm, context={k: float(v) for k, v in r.context.items()},
+                      reward=float(r.reward))
+        for r in matured
+    ]
+
+
+def _float(v: float | None) -> float | None:
+    return None if v is None else float(v)
+
+
+def candidates_of(example: ChurnExample) -> tuple[float | None, float | None, float | None, float | None]:
+    """The churn and the loyalty learner's (prior, pipeline) predictions stored at the scoring time."""
+    return example.churn_prior_p, example.churn_learned_p, example.loyalty_prior_p, example.loyalty_learned_p

@@ -27,7 +27,7 @@ class OnlineLearners:
         loyalty_kind: str = DEFAULT_LOYALTY, learn_churn_early: bool = False, window: int = 1000,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
     ) -> None:
-        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=churn_prior_learns)
+        self.churn = ChurnModel(min_labels=min_labels, kind=churn_kind, learned_prior=churn_prior_learns, horizon_days=horizon_days)
         self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind, learned_prior=loyalty_prior_learns)
         self.learn_churn_early = learn_churn_early
         self.window = window
@@ -37,10 +37,13 @@ class OnlineLearners:
     def observe(
         self, x: dict[str, float], churned: int | None, days: int | None,
         churn_p: float | None = None, loyalty_p: float | None = None,
+        candidates: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None),
     ) -> None:
         """A scoring point's labels became known: ``churned`` when a purchase or the end of
         the horizon resolved it, ``days`` at the end of the horizon. Predictions not stored
-        with the point (states from before they were) are made now, before learning."""
+        with the point (states from before they were) are made now, before learning.
+        ``candidates``: the churn and the loyalty learner's (prior, pipeline) predictions
+        stored at the scoring time, for their gates."""
         if churned is not None and self.learn_churn_early:
             self.churn.learn(x, bool(churned))
         if days is None:
@@ -51,8 +54,8 @@ class OnlineLearners:
         self.churn_metrics.update(p, label)
         self.loyalty_metrics.update(n, days)
         if not self.learn_churn_early:
-            self.churn.learn(x, bool(label))
-        self.loyalty.learn(x, days)
+            self.churn.learn(x, bool(label), candidates[0], candidates[1])
+        self.loyalty.learn(x, days, candidates[2], candidates[3])
 
     def report(self) -> dict[str, Any]:
         """What ``GET /models`` shows: versions, labels, whether the prior answers, and the

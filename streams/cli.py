@@ -340,6 +340,8 @@ def evaluate(
         min_labels=settings.churn_min_labels, bgnbd_refit_days=_days(bgnbd_refit), learn_churn_early=learn_churn_early,
         churn_prior_learns=settings.churn_prior_learns, loyalty_prior_learns=settings.loyalty_prior_learns,
         model_period_days=settings.model_period_days, model_lag_periods=settings.model_lag_periods, partitions=partitions,
+        bgnbd_refit_periods=settings.bgnbd_refit_periods, bgnbd_customers=settings.bgnbd_customers,
+        scores_interval_ms=int(settings.scores_interval_s * 1000),
     )
     if workers:
         source += f", in process as {partitions} partitions"

@@ -21,21 +21,30 @@ from streams.domain.actions import RetentionAction, encode_action
 from streams.domain.engine import EngineConfig
 from streams.domain.events import Heartbeat, Invalid, decode
 from streams.domain.fold import Fold, offline_training
+from streams.domain.policy_file import Policy
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.publish import encode_value
 from streams.simulation import Shop, SimulationConfig
+from streams.simulation.loop import PolicyRules
 
 
 def ordered_replay(
     shop: Shop, partitions: int, cfg: EngineConfig, training: OfflineTraining[Models] | None = None,
-    max_clock_skew_ms: int = 86_400_000,
+    max_clock_skew_ms: int = 86_400_000, policy: Policy | None = None,
 ) -> list[RetentionAction]:
     """The actions of every partition; ``training`` (one trainer for all partitions, as on
-    the workers) is left as the replay left it (its label counts and snapshots)."""
+    the workers) is left as the replay left it (its label counts and snapshots). With a
+    ``policy``, its rules, bandits and guard rails decide, as one worker owning every
+    partition runs them (one :class:`~streams.simulation.loop.PolicyRules` for all
+    partitions, its bandits those of the snapshot at the decision's time; the budgets are
+    the whole shop's, not split per partition: a test policy must not reach them)."""
     partition_for = make_partitioner(partitions)
     actions: list[RetentionAction] = []
     training = training if training is not None else offline_training()
-    folds = [Fold(cfg, training, on_step=lambda state, step, now: actions.extend(step.actions)) for _ in range(partitions)]
+    rules = PolicyRules(policy) if policy is not None else None
+    if rules is not None:
+        rules.models = training.models_at
+    folds = [Fold(cfg, training, lambda state, step, now: actions.extend(step.actions), rules) for _ in range(partitions)]
 
     rank = {"clicks": 0, "purchases": 1, "reviews": 2, "action-outcomes": 3, "heartbeats": 5}
     decoded = [decode(r.topic, encode_value(r.value), not_after_ms=r.ts_ms + max_clock_skew_ms) for r in shop.records()]

@@ -22,10 +22,30 @@ ActionKind = Literal["coupon", "recommendation", "care_outreach"]
 Group = Literal["treatment", "control"]
 
 
+class Chosen(msgspec.Struct, frozen=True, omit_defaults=True):
+    """How a bandit chose the rule (``reason.chosen``): which bandit (``trigger/action``),
+    with which algorithm, among which eligible rules (``arms``), the model's estimate of
+    the chosen arm's reward and the exploration bonus added to it, the bandit's version,
+    the context it looked at; the reward of the decision will be ``gain`` for a conversion
+    minus ``cost`` for a redemption."""
+
+    by: str
+    bandit: str
+    algorithm: str
+    arms: list[str]
+    estimate: float
+    bonus: float
+    version: str
+    context: dict[str, float]
+    gain: float = 1.0
+    cost: float = 0.0
+
+
 class Reason(msgspec.Struct, frozen=True):
     """Why an action was decided. The fields after ``features`` are optional in the v1
     contract (issue 5): the trigger that looked at the rule, and the customer's lifecycle
-    stage, loyalty tier and segment at that moment; absent (UNSET) in older actions."""
+    stage, loyalty tier and segment at that moment; absent (UNSET) in older actions.
+    ``chosen``: present when a bandit chose the rule among the eligible ones."""
 
     rule: str
     scores: dict[str, float]
@@ -35,6 +55,7 @@ class Reason(msgspec.Struct, frozen=True):
     lifecycle_stage: str | msgspec.UnsetType = msgspec.UNSET
     loyalty_tier: str | msgspec.UnsetType = msgspec.UNSET
     segment: int | msgspec.UnsetType = msgspec.UNSET
+    chosen: Chosen | msgspec.UnsetType = msgspec.UNSET
 
 
 class RetentionAction(msgspec.Struct, frozen=True):

@@ -38,8 +38,8 @@ True
 False
 >>> on_purchase(s, 105, None, "RS-1", cfg); [(a.converted, a.redeemed) for a in s.awaiting]
 [(True, True)]
->>> mature(s, 110, cfg, step); step.decisions["coupon|r|treatment"]
-Counts(decided=1, matured=1, converted=1, redeemed=1, evicted=0)
+>>> [a.action_id for a in mature(s, 110, cfg, step)], step.decisions["coupon|r|treatment"]
+(['a1'], Counts(decided=1, matured=1, converted=1, redeemed=1, evicted=0))
 >>> step.itt["coupon|treatment"], step.itt["coupon|r|treatment"]
 (Itt(entered=1, matured=1, converted=1, excluded=0), Itt(entered=1, matured=1, converted=1, excluded=0))
 """
@@ -48,8 +48,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import msgspec
+
+from models.bandit import CONTEXT
 from streams.domain.actions import RetentionAction
-from streams.domain.state import Awaiting, UserState
+from streams.domain.state import Awaiting, BanditTrace, UserState
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
 from streams.domain.uplift import SEP, Entered, Tally, count_matured
 
@@ -69,8 +72,12 @@ class AttributionConfig:
 def awaiting_of(action: RetentionAction) -> Awaiting:
     """The attribution record of an emitted action."""
     code = action.payload.get("code") if action.kind == "coupon" else None
+    chosen = action.reason.chosen
+    trace = None
+    if chosen is not msgspec.UNSET:  # a bandit chose the rule: what its reward needs at maturity
+        trace = BanditTrace(chosen.bandit, [float(chosen.context.get(name, 0.0)) for name in CONTEXT], chosen.gain, chosen.cost)
     return Awaiting(action.action_id, parse_ts(action.ts), action.kind, action.reason.rule, action.group,
-                    code if isinstance(code, str) else None)
+                    code if isinstance(code, str) else None, bandit=trace)
 
 
 def track(state: UserState, decision: Awaiting, cfg: AttributionConfig, tally: Tally) -> bool:
@@ -141,10 +148,13 @@ def next_maturity(state: UserState, cfg: AttributionConfig) -> int | None:
     return min(starts) + cfg.window_ms + cfg.lateness_ms if starts else None
 
 
-def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) -> None:
-    """Count the decisions whose window (and lateness) is over at ``now_ms``, and drop them."""
+def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) -> list[Awaiting]:
+    """Count the decisions whose window (and lateness) is over at ``now_ms``, and drop them
+    (returned, in maturity order)."""
+    matured = []
     while state.awaiting and state.awaiting[0].ts + cfg.window_ms + cfg.lateness_ms <= now_ms:
         a = state.awaiting.pop(0)
+        matured.append(a)
         counts = tally.counts(a.kind, a.rule, a.group)
         counts.matured += 1
         counts.converted += a.converted
@@ -158,3 +168,4 @@ def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) 
                 entrants = tally.entrants(kind, rule or None, e.group)
                 entrants.matured += 1
                 entrants.converted += e.converted
+    return matured

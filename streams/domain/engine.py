@@ -21,6 +21,12 @@ the learners), so each prediction is judged against its label when it matures
 
 Both return a :class:`Step` whose ``due_ms`` tells when the user next needs a look.
 
+**Bandit rewards.** A matured decision whose rule a bandit chose (``reason.chosen``) and
+that was *treated* gives a :class:`Reward` (its context, arm and reward) in
+``Step.rewards``, which the caller sends to the trainer like the matured labels. A control
+decision gives none: it was not acted on, so its outcome is the baseline of the uplift,
+not the reward of an arm.
+
 **Rules.** Given an ``act`` (the policy file's rules, :class:`streams.domain.rules.Decider`),
 the engine calls it at each trigger with the trigger's *episode* (what makes the action id
 of the decision deterministic): ``lapse`` (the lapse check; episode: the last purchase),
@@ -35,6 +41,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from models.bandit import CONTEXT
 from models.score import Score
 from models.sentiment import is_negative
 from streams.domain import attribution
@@ -44,7 +51,7 @@ from streams.domain.events import Outcome, Purchase, UserEvent
 from streams.domain.features import as_dict, feature_vector
 from streams.domain.labels import Matured, add_scoring_point, mature, next_maturity, next_storable, on_purchase
 from streams.domain.policy import PolicyConfig, decide_lapse, lapse_check_due
-from streams.domain.state import Applied, PendingScore, StateConfig, UserState, advance, apply_event
+from streams.domain.state import Applied, Awaiting, PendingScore, StateConfig, UserState, advance, apply_event
 from streams.domain.timestamps import MS_PER_DAY
 from streams.domain.uplift import Tally
 
@@ -86,6 +93,28 @@ class EngineConfig:
         return int(self.sweep_days * MS_PER_DAY)
 
 
+@dataclass(frozen=True)
+class Reward:
+    """A treated bandit decision's outcome: what the trainer's bandit learns (``models.bandit``)."""
+
+    action_id: str
+    bandit: str
+    arm: str
+    context: dict[str, float]
+    reward: float
+
+
+def rewards_of(matured: list[Awaiting]) -> list[Reward]:
+    """The rewards of the matured decisions a bandit chose and that were treated: ``gain``
+    for a conversion in the window, minus ``cost`` for a redemption."""
+    return [
+        Reward(a.action_id, a.bandit.bandit, a.rule, dict(zip(CONTEXT, a.bandit.context)),
+               a.bandit.gain * a.converted - a.bandit.cost * a.redeemed)
+        for a in matured
+        if a.bandit is not None and a.group == "treatment"
+    ]
+
+
 @dataclass
 class Step:
     applied: Applied
@@ -101,6 +130,8 @@ class Step:
     negative_review: bool = False
     #: What this step adds to the attribution counts (decisions, matured windows, outcomes).
     tally: Tally = field(default_factory=Tally)
+    #: The rewards of the bandit decisions that matured in this step (for the trainer).
+    rewards: list[Reward] = field(default_factory=list)
 
 
 def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
@@ -143,9 +174,23 @@ def _score_point(
     if earliest is not None and now_ms < earliest:
         return None
     x = as_dict(features)
-    churn_p = churn.score(x).value if churn is not None else None
-    loyalty_p = loyalty.score(x).value if loyalty is not None else None
-    return add_scoring_point(state, now_ms, features, cfg.horizon_ms, churn_p, loyalty_p)
+    churn_p, churn_prior, churn_learned = _scored(churn, x)
+    loyalty_p, loyalty_prior, loyalty_learned = _scored(loyalty, x)
+    return add_scoring_point(
+        state, now_ms, features, cfg.horizon_ms, churn_p, loyalty_p, (churn_prior, churn_learned, loyalty_prior, loyalty_learned),
+    )
+
+
+def _scored(model: ChurnScorer | LoyaltyScorer | None, x: dict[str, float]) -> tuple[float | None, float | None, float | None]:
+    """(the answer, the prior's prediction, the learner's) of ``model`` for ``x``; the last
+    two None for a scorer that does not tell them apart (:meth:`models.churn.ChurnModel.scored`)."""
+    if model is None:
+        return None, None, None
+    scored = getattr(model, "scored", None)
+    if scored is None:
+        return model.score(x).value, None, None
+    score, prior, learned = scored(x)
+    return score.value, prior, learned
 
 
 def on_event(
@@ -236,9 +281,9 @@ def on_due(
         else:
             actions += _lapse(act, state, now_ms, churn_score)
     tally = Tally()
-    attribution.mature(state, now_ms, cfg.attribution, tally)  # the windows over by now
+    matured = attribution.mature(state, now_ms, cfg.attribution, tally)  # the windows over by now
     return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
-                churn=churn_score, tally=tally)
+                churn=churn_score, tally=tally, rewards=rewards_of(matured))
 
 
 def _lapse(act: Actor, state: UserState, now_ms: int, churn: Score) -> list[RetentionAction]:

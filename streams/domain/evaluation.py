@@ -12,6 +12,9 @@ on the history to date. When a point's label matures each prediction is scored
 (:mod:`models.prequential`) in the period of its scoring time, and the label goes to the
 trainer, which learns it with its period's labels once the clock has passed the period.
 Labels whose horizon runs past the end of the history never mature and are not scored.
+Where the worker publishes a user-score row (:func:`~streams.domain.snapshots.snapshot_due`)
+the replay sends the trainer the same segment example (the row's model inputs), so the
+trainer's BG/NBD fit (:mod:`models.bgnbd_prior`) sees the same customer histories.
 """
 
 from __future__ import annotations
@@ -22,15 +25,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.baselines import BgNbdBaseline, RecencyBaseline
+from models.bgnbd_prior import BgNbdFit, observed as _observed
 from models.churn import ChurnModel, LoyaltyModel
-from models.examples import ChurnExample, Example, ReviewExample, churn_examples
+from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, candidates_of, churn_examples
 from models.prequential import ChurnMetrics, LoyaltyMetrics
 from models.sentiment import SentimentModel
 from models.trainer import OfflineTraining
 from streams.domain.engine import EngineConfig, Step, on_due, on_event
 from streams.domain.events import Heartbeat, Purchase, Review, UserEvent
-from streams.domain.features import MODEL_FEATURES, as_dict
+from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector
 from streams.domain.schedule import DueQueue
+from streams.domain.snapshots import snapshot_due
 from streams.domain.state import Applied, UserState, event_digest
 from streams.domain.timestamps import MS_PER_DAY
 
@@ -58,36 +63,70 @@ class ReplayModels:
     Churn is learned when the label is resolved (``learn_churn_early``, as the issue
     defines resolution) or at the end of the horizon; recency alone at the end."""
 
-    def __init__(self, churn: list[ChurnModel], loyalty: list[LoyaltyModel], learn_churn_early: bool = False) -> None:
+    def __init__(
+        self, churn: list[ChurnModel], loyalty: list[LoyaltyModel], learn_churn_early: bool = False, bgnbd: BgNbdFit | None = None,
+        candidates: dict[str, dict[str, tuple[float, float | None]]] | None = None,
+    ) -> None:
         self.churn_models = churn
         self.loyalty_models = loyalty
         self.recency = RecencyBaseline()
         self.sentiment = SentimentModel()
         self.learn_churn_early = learn_churn_early
+        self.bgnbd = bgnbd
+        #: ``user@scoring time`` -> {learner: (prior, pipeline) predicted then}: what the
+        #: engine stores in the scoring point for the first learners, for every compared one
+        #: (shared with the replay, not part of a snapshot).
+        self.candidates = candidates if candidates is not None else {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "candidates": {}}
+
+    def _stored(self, example: ChurnExample, index: int, model: ChurnModel | LoyaltyModel, pop: bool) -> tuple[float | None, float | None]:
+        """The (prior, pipeline) predictions of ``model`` stored at the example's scoring
+        time: from the example for the first learners (as the workers send it), else the replay's."""
+        if index == 0:
+            c = candidates_of(example)
+            return (c[0], c[1]) if isinstance(model, ChurnModel) else (c[2], c[3])
+        key = example.id.rpartition("/")[0]
+        stored = self.candidates.get(key, {})
+        if pop:
+            self.candidates.pop(key, None)
+        return stored.get(model.name, (None, None))
 
     def learn(self, example: Example) -> None:
         if isinstance(example, ReviewExample):
             self.sentiment.learn(example.text, example.rating)
             return
+        if isinstance(example, SegmentExample):
+            if self.bgnbd is not None:
+                self.bgnbd.observe(*_observed(example), example.x)
+            return
         assert isinstance(example, ChurnExample)
         x = as_dict(example.features)
+        if self.bgnbd is not None:
+            self.bgnbd.observe(*_observed(example), x)
         if example.churned is not None and self.learn_churn_early:
-            for churn in self.churn_models:
-                churn.learn(x, bool(example.churned))
+            for i, churn in enumerate(self.churn_models):
+                churn.learn(x, bool(example.churned), *self._stored(example, i, churn, pop=False))
         if example.days is None:
             return
         label = int(example.days == 0)
+        stored = [self._stored(example, i, m, pop=False) for i, m in enumerate(self.churn_models)]
+        stored_loyalty = [self._stored(example, i, m, pop=i == len(self.loyalty_models) - 1) for i, m in enumerate(self.loyalty_models)]
         if not self.learn_churn_early:
-            for churn in self.churn_models:
-                churn.learn(x, bool(label))
-        for loyalty in self.loyalty_models:
-            loyalty.learn(x, example.days)
+            for churn, (prior_p, learned_p) in zip(self.churn_models, stored):
+                churn.learn(x, bool(label), prior_p, learned_p)
+        for loyalty, (prior_p, learned_p) in zip(self.loyalty_models, stored_loyalty):
+            loyalty.learn(x, example.days, prior_p, learned_p)
         self.recency.learn_churn(example.features[RECENCY], label)
         self.recency.learn_loyalty(example.features[RECENCY], example.days)
 
     def stamp(self, version: str) -> None:
+        fitted = self.bgnbd.tick() if self.bgnbd is not None else None
         for model in (*self.churn_models, *self.loyalty_models):
             model.snapshot = version
+            if self.bgnbd is not None:
+                model.bgnbd = fitted
 
 
 class Replay:
@@ -97,15 +136,23 @@ class Replay:
         self, cfg: EngineConfig, churn_models: list[ChurnModel], loyalty_models: list[LoyaltyModel],
         period_days: float, bgnbd_refit_days: float = 7.0, learn_churn_early: bool = False,
         model_period_days: float = 1.0, model_lag_periods: int = 1,
-        partition_for: Callable[[str], int] | None = None,
+        partition_for: Callable[[str], int] | None = None, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        scores_interval_ms: int = MS_PER_DAY,
     ) -> None:
         self.cfg = cfg
+        self.scores_interval_ms = scores_interval_ms
         self.partition_for = partition_for or (lambda user_id: 0)
         self.learn_churn_early = learn_churn_early
         self.churn_models = churn_models  # (unlearned: the trainer learns copies; here for their names)
         self.loyalty_models = loyalty_models
+        #: The compared learners' candidates at each scoring point (:meth:`ReplayModels._stored`).
+        self.candidates: dict[str, dict[str, tuple[float, float | None]]] = {}
         self.training = OfflineTraining(
-            lambda: ReplayModels(copy.deepcopy(churn_models), copy.deepcopy(loyalty_models), learn_churn_early),
+            lambda: ReplayModels(
+                copy.deepcopy(churn_models), copy.deepcopy(loyalty_models), learn_churn_early,
+                BgNbdFit(refit_periods=bgnbd_refit_periods, customers=bgnbd_customers) if bgnbd_refit_periods > 0 else None,
+                self.candidates,
+            ),
             int(model_period_days * MS_PER_DAY), model_lag_periods,
         )
         self.bgnbd = BgNbdBaseline(refit_days=bgnbd_refit_days)
@@ -178,16 +225,29 @@ class Replay:
                 self.labels[example.id] = example
         for point in step.points:
             self._predict(partition, state.user_id, point.ts, point.features)
+        now = self.clocks[partition]
+        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
+            # the worker publishes a user-score row here, and sends its model inputs to the trainer
+            x = as_dict(feature_vector(state, now, self.cfg.state))
+            self.training.add(SegmentExample(id=f"{state.user_id}@{now}", at=now, x=x))
+            state.scores_at = now
         self.queues.setdefault(partition, DueQueue()).schedule(state.user_id, step.due_ms)
 
     def _predict(self, partition: int, user_id: str, ts: int, features: list[float]) -> None:
         x = as_dict(features)
         models = self.models_at(partition)
         out: dict[str, tuple[float, float]] = {}
+        candidates: dict[str, tuple[float, float | None]] = {}
         for churn in models.churn_models:
-            out[churn.name] = (churn.score(x).value, 0.0)
+            score, prior, learned = churn.scored(x)
+            out[churn.name] = (score.value, 0.0)
+            candidates[churn.name] = (prior, learned)
         for loyalty in models.loyalty_models:
-            out[loyalty.name] = (0.0, loyalty.score(x).value)
+            score, prior, learned = loyalty.scored(x)
+            out[loyalty.name] = (0.0, score.value)
+            candidates[loyalty.name] = (prior, learned)
+        if len(models.churn_models) > 1 or len(models.loyalty_models) > 1:
+            self.candidates[f"{user_id}@{ts}"] = candidates
         out["recency"] = models.recency.predict(features[RECENCY])
         bg = self.bgnbd.predict(user_id, ts, self.cfg.churn_horizon_days)
         if bg is not None:

@@ -5,7 +5,10 @@ The worker's order, without a broker: the partition's clock reaches a user event
 get :func:`~streams.domain.engine.on_due`; a heartbeat only moves the clock. Matured labels
 go to the trainer as the worker sends them (:mod:`models.trainer`, here in process, its
 watermark the replay clock) and every record is scored by the snapshot its event time
-selects, as on the workers. Scripts that measure the state or the models
+selects, as on the workers. Given the policy file's rules (:class:`Rules`, e.g.
+``streams.simulation.loop.PolicyRules``), the fold decides by them and their guard rails;
+the bandits among them are those of the snapshot the decision's event time selects, and
+the rewards of matured bandit decisions go to the trainer as the worker sends them. Scripts that measure the state or the models
 (``scripts/measure-state``, ``scripts/measure-segments``) and the ordered replay of the
 tests drive the engine through it; folds of several partitions share one training when
 the records are fed in one event-time order.
@@ -22,7 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from models.bundle import Models
-from models.examples import churn_examples
+from models.examples import bandit_examples, churn_examples
 from models.score import Score
 from models.trainer import OfflineTraining
 from streams.domain.actions import RetentionAction
@@ -109,6 +112,8 @@ class Fold:
             step.actions = [a for a in step.actions if self.rules.admit(state, a, self.now)]
         step.tally.add(track_actions(state, step.actions, self.cfg))  # the actions that went out
         step.due_ms = due_at(state, self.cfg)  # their windows' maturity too
+        for reward in bandit_examples(step.rewards, self.now):  # the bandits' rewards, as the worker sends them
+            self.training.add(reward)
         if self.on_step is not None:
             self.on_step(state, step, self.now)
         self.queue.schedule(state.user_id, step.due_ms)

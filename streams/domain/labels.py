@@ -43,6 +43,11 @@ class Matured(NamedTuple):
     days: int | None  #: purchase days in the horizon; None: the horizon is not over yet
     churn_p: float | None = None  #: the live learner's prediction at ``ts``, if recorded
     loyalty_p: float | None = None
+    #: The learners' two candidates at ``ts`` (:class:`~streams.domain.state.PendingScore`).
+    churn_prior_p: float | None = None
+    churn_learned_p: float | None = None
+    loyalty_prior_p: float | None = None
+    loyalty_learned_p: float | None = None
 
 
 def spacing_ms(horizon_ms: int) -> int:
@@ -64,6 +69,7 @@ def next_storable(state: UserState, horizon_ms: int) -> int | None:
 def add_scoring_point(
     state: UserState, ts: int, features: list[float], horizon_ms: int,
     churn_p: float | None = None, loyalty_p: float | None = None,
+    candidates: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None),
 ) -> PendingScore | None:
     """Keep a scoring point until its labels mature; None if it is too close to the last one.
 
@@ -75,14 +81,22 @@ def add_scoring_point(
     if earliest is not None and ts < earliest:
         return None
     point = PendingScore(ts, features, churn_p=churn_p, loyalty_p=loyalty_p)
+    point.churn_prior_p, point.churn_learned_p, point.loyalty_prior_p, point.loyalty_learned_p = candidates
     state.pending.append(point)
     if len(state.pending) > MAX_PENDING:  # only if the horizon setting shrank
         del state.pending[0]
     return point
 
 
+def _matured(point: PendingScore, churned: int | None, days: int | None) -> Matured:
+    return Matured(
+        point.ts, point.features, churned, days, point.churn_p, point.loyalty_p,
+        point.churn_prior_p, point.churn_learned_p, point.loyalty_prior_p, point.loyalty_learned_p,
+    )
+
+
 def _final(point: PendingScore) -> Matured:
-    return Matured(point.ts, point.features, None if point.churn_done else 1, point.days, point.churn_p, point.loyalty_p)
+    return _matured(point, None if point.churn_done else 1, point.days)
 
 
 def on_purchase(state: UserState, purchase_ms: int, horizon_ms: int) -> list[Matured]:
@@ -101,7 +115,7 @@ def on_purchase(state: UserState, purchase_ms: int, horizon_ms: int) -> list[Mat
                 point.last_day = day
             if not point.churn_done:
                 point.churn_done = True
-                out.append(Matured(point.ts, point.features, 0, None, point.churn_p, point.loyalty_p))
+                out.append(_matured(point, 0, None))
             keep.append(point)
         else:
             out.append(_final(point))

@@ -37,10 +37,14 @@ from streams.domain.policy import LAPSED_AFTER_STREAK, PolicyConfig
 
 Trigger = Literal["lapse", "negative_review", "sweep", "abandoned_cart", "first_purchase"]
 Priority = Literal["low", "normal", "high"]
+ChooseBy = Literal["first", "bandit"]
+Algorithm = Literal["linucb", "thompson", "epsilon_greedy"]
 
 ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
 TRIGGERS: tuple[str, ...] = get_args(Trigger)
 PRIORITIES: tuple[str, ...] = get_args(Priority)
+CHOOSE_BY: tuple[str, ...] = get_args(ChooseBy)
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 #: The section each action kind takes its parameters from.
 ACTION_SECTION = {"coupon": "coupon", "recommendation": "recommendation", "care_outreach": "care"}
@@ -116,6 +120,38 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Reward:
+    """What a matured treated decision chosen by a bandit is worth: ``conversion`` for a
+    purchase in its attribution window, minus ``coupon_cost`` times the coupon's share off
+    (percent / 100) when the coupon was redeemed."""
+
+    conversion: float = 1.0
+    coupon_cost: float = 0.0
+
+
+@dataclass(frozen=True)
+class Choose:
+    """How the group of rules of one trigger and action kind is chosen among: ``first``
+    (the first eligible rule in file order, the default of every group) or ``bandit`` (a
+    contextual bandit among the eligible rules, learned by the trainer, ``docs/bandit.md``)."""
+
+    trigger: Trigger
+    action: ActionKind
+    by: ChooseBy = "first"
+    algorithm: Algorithm = "linucb"
+    #: linucb: width of the confidence bonus (in posterior standard deviations); thompson:
+    #: scale of the posterior draw; epsilon_greedy: the share of decisions explored (0 to 1).
+    exploration: float = 1.0
+    reward: Reward = field(default_factory=Reward)
+    line: int = 0
+
+    @property
+    def key(self) -> str:
+        """The bandit's name in the model snapshots: ``trigger/action``."""
+        return f"{self.trigger}/{self.action}"
+
+
+@dataclass(frozen=True)
 class KindBudget:
     count: int | None = None
     #: Coupon value in currency units (coupons only).
@@ -146,7 +182,13 @@ class Policy:
     lapse: Lapse = field(default_factory=Lapse)
     guards: Guards = field(default_factory=Guards)
     control_share: float = 0.1
+    #: The groups of rules (trigger, action kind) not chosen by ``first``.
+    choose: tuple[Choose, ...] = ()
     source: str = "<string>"
+
+    def bandit_for(self, trigger: str, action: str) -> Choose | None:
+        """The bandit that chooses among the rules of this trigger and kind (None: ``first``)."""
+        return next((c for c in self.choose if c.by == "bandit" and c.trigger == trigger and c.action == action), None)
 
     def lapse_config(self) -> PolicyConfig:
         """Today's built-in rule as the file configures it: the first ``lapse`` coupon rule
@@ -329,7 +371,8 @@ class _Validator:
     def policy(self, root: Node | None, source: str) -> Policy | None:
         if root is None:
             return None
-        m = self.mapping(root, "", {"version": True, "control_share": False, "lapse": False, "rules": True, "guards": False})
+        m = self.mapping(root, "", {"version": True, "control_share": False, "lapse": False, "rules": True, "guards": False,
+                                    "choose": False})
         if m is None:
             return None
         kw: dict[str, Any] = {}
@@ -346,9 +389,78 @@ class _Validator:
             kw["rules"] = self.rules(m["rules"])
         if "guards" in m:
             kw["guards"] = self.guards(m["guards"])
+        if "choose" in m:
+            kw["choose"] = self.choose(m["choose"], kw.get("rules"))
         if self.problems or any(v is _MISSING for v in kw.values()):
             return None
         return Policy(source=source, **kw)
+
+    def choose(self, node: Node, rules: Any) -> Any:
+        if not isinstance(node, SequenceNode):
+            self.fail(node, "choose", f"must be a list of rule groups (trigger, action, by), got {_kind(node)}")
+            return _MISSING
+        out = []
+        seen: dict[tuple[str, str], int] = {}
+        for i, gnode in enumerate(node.value):
+            group = self.choose_group(gnode, f"choose[{i}]", rules if isinstance(rules, tuple) else None)
+            if group is _MISSING:
+                continue
+            pair = (group.trigger, group.action)
+            if pair in seen:
+                self.fail(gnode, f"choose[{i}]", f"the group {group.key} is given twice (first on line {seen[pair]})")
+            seen.setdefault(pair, group.line)
+            out.append(group)
+        return tuple(out)
+
+    def choose_group(self, node: Node, path: str, rules: tuple[Rule, ...] | None) -> Any:
+        keys = {"trigger": True, "action": True, "by": True, "algorithm": False, "exploration": False, "reward": False}
+        m = self.mapping(node, path, keys)
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {"line": _line(node)}
+        if "trigger" in m:
+            kw["trigger"] = self.choice(m["trigger"], f"{path}.trigger", TRIGGERS, "trigger")
+        if "action" in m:
+            kw["action"] = self.choice(m["action"], f"{path}.action", ACTION_KINDS, "action kind")
+        if "by" in m:
+            kw["by"] = self.choice(m["by"], f"{path}.by", CHOOSE_BY, "way to choose")
+        if kw.get("by") == "first":
+            for key in ("algorithm", "exploration", "reward"):
+                if key in m:
+                    self.fail(m[key], f"{path}.{key}", "applies to 'by: bandit' only")
+                    kw[key] = _MISSING
+        if "algorithm" in m and kw.get("by") != "first":
+            kw["algorithm"] = self.choice(m["algorithm"], f"{path}.algorithm", ALGORITHMS, "bandit algorithm")
+        if "exploration" in m and kw.get("by") != "first":
+            greedy = kw.get("algorithm") == "epsilon_greedy"
+            kw["exploration"] = self.number(m["exploration"], f"{path}.exploration", lo=0, hi=1 if greedy else None)
+        if "reward" in m and kw.get("by") != "first":
+            kw["reward"] = self.reward(m["reward"], f"{path}.reward", kw.get("action"))
+        trigger, action = kw.get("trigger"), kw.get("action")
+        if isinstance(trigger, str) and isinstance(action, str) and rules is not None:
+            arms = [r.name for r in rules if r.trigger == trigger and r.action == action]
+            if not arms:
+                self.fail(node, path, f"no rule has trigger '{trigger}' and action '{action}': nothing to choose from")
+                return _MISSING
+            if kw.get("by") == "bandit" and len(arms) < 2:
+                self.fail(node, path, f"a bandit chooses among rules, but only '{arms[0]}' has trigger '{trigger}' "
+                                      f"and action '{action}' (add a rule, or use 'by: first')")
+                return _MISSING
+        return _build(Choose, kw)
+
+    def reward(self, node: Node, path: str, action: Any) -> Any:
+        m = self.mapping(node, path, {"conversion": False, "coupon_cost": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "conversion" in m:
+            kw["conversion"] = self.number(m["conversion"], f"{path}.conversion", lo=0, lo_open=True)
+        if "coupon_cost" in m:
+            if action != "coupon":
+                self.fail(m["coupon_cost"], f"{path}.coupon_cost", "applies to coupon groups only")
+                return _MISSING
+            kw["coupon_cost"] = self.number(m["coupon_cost"], f"{path}.coupon_cost", lo=0)
+        return _build(Reward, kw)
 
     def lapse(self, node: Node) -> Any:
         m = self.mapping(node, "lapse", {k: False for k in ("min_purchases", "min_days", "gap_factor", "recheck_days", "give_up_days")})

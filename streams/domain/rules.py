@@ -5,7 +5,11 @@ user: ``lapse`` (the lapse check of a streak customer), ``negative_review``,
 ``abandoned_cart``, ``first_purchase`` (at the event) and ``sweep`` (the periodic scoring).
 For the trigger, the rules are read in file order and the **first rule of each action kind
 whose ``when`` holds fires**: tiered offers (by loyalty tier or order value) are written
-before the base offer of the same trigger.
+before the base offer of the same trigger. A group of one trigger and kind marked
+``choose: by: bandit`` in the policy file fires instead the eligible rule (``when`` holds)
+that its contextual bandit chooses (:mod:`models.bandit`, the bandit of the model snapshot
+the decision's event time selects); the reason's ``chosen`` says so, with the arms, the
+bandit's version, its estimate and the context it saw.
 
 What a rule looks at is the customer's row as published on ``user-scores``
 (:class:`~streams.domain.snapshots.UserScores`: scores, model versions, lifecycle stage,
@@ -36,10 +40,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import msgspec
+
+from models.bandit import Bandits, context_of, decision_seed
 from models.score import Score
-from streams.domain.actions import Reason, RetentionAction, action_id, coupon_code, experiment_group
+from streams.domain.actions import Chosen, Reason, RetentionAction, action_id, coupon_code, experiment_group
 from streams.domain.features import model_inputs
-from streams.domain.policy_file import Policy, Rule, When
+from streams.domain.policy_file import Choose, Policy, Rule, When
 from streams.domain.snapshots import UserScores
 from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_DAY, format_ts
@@ -58,6 +65,8 @@ class Picks:
 
 #: Up to ``k`` items for this customer at ``now`` (none already bought).
 Recommend = Callable[[UserState, int, int], Picks]
+#: The bandits of the model snapshot that scores event time ``now``.
+BanditsAt = Callable[[int], Bandits]
 
 
 def matches(when: When, row: UserScores, state: UserState) -> bool:
@@ -87,12 +96,16 @@ def matches(when: When, row: UserScores, state: UserState) -> bool:
 
 
 class Decider:
-    """The policy's rules, callable by the engine at a trigger (see the module docstring)."""
+    """The policy's rules, callable by the engine at a trigger (see the module docstring).
+    ``bandits``: the bandits of the snapshot at an event time (without it, untrained ones)."""
 
-    def __init__(self, policy: Policy, describe: Describe, recommend: Recommend | None = None) -> None:
+    def __init__(self, policy: Policy, describe: Describe, recommend: Recommend | None = None,
+                 bandits: BanditsAt | None = None) -> None:
         self.policy = policy
         self.describe = describe
         self.recommend = recommend
+        fresh = Bandits()
+        self.bandits: BanditsAt = bandits or (lambda now: fresh)
         self.triggers = frozenset(rule.trigger for rule in policy.rules)
 
     def __call__(
@@ -103,13 +116,36 @@ class Decider:
             return []  # nothing to look at: the row is not even computed
         row = self.describe(state, now_ms, churn)
         fired: dict[str, RetentionAction] = {}
+        chosen: set[str] = set()  # kinds a bandit chose for (once, whatever came of it)
         for rule in self.policy.rules:
-            if rule.trigger != trigger or rule.action in fired or not matches(rule.when, row, state):
+            if rule.trigger != trigger or rule.action in fired or rule.action in chosen or not matches(rule.when, row, state):
                 continue
-            action = self.action(rule, state, now_ms, episode, row)
+            group = self.policy.bandit_for(trigger, rule.action)
+            if group is not None:
+                chosen.add(rule.action)
+                action = self.choose(group, state, now_ms, episode, row)
+            else:
+                action = self.action(rule, state, now_ms, episode, row)
             if action is not None:
                 fired[rule.action] = action
         return list(fired.values())
+
+    def choose(self, group: Choose, state: UserState, now_ms: int, episode: int, row: UserScores) -> RetentionAction | None:
+        """The action of the eligible rule of ``group`` that its bandit chooses."""
+        arms = [r for r in self.policy.rules if r.trigger == group.trigger and r.action == group.action and matches(r.when, row, state)]
+        x = context_of(row.scores, row.features)
+        bandits = self.bandits(now_ms)
+        pick = bandits.choose(group.key, [r.name for r in arms], x, group.algorithm, group.exploration,
+                              decision_seed(state.user_id, group.key, str(episode)))
+        rule = next(r for r in arms if r.name == pick.arm)
+        action = self.action(rule, state, now_ms, episode, row)
+        if action is None:
+            return None
+        versions = {**action.reason.model_versions, "bandit": pick.version}
+        trace = Chosen(by="bandit", bandit=group.key, algorithm=group.algorithm, arms=[r.name for r in arms],
+                       estimate=round(pick.estimate, 4), bonus=round(pick.bonus, 4), version=pick.version, context=x,
+                       gain=group.reward.conversion, cost=round(group.reward.coupon_cost * _share_off(rule), 6))
+        return msgspec.structs.replace(action, reason=msgspec.structs.replace(action.reason, model_versions=versions, chosen=trace))
 
     def action(self, rule: Rule, state: UserState, now_ms: int, episode: int, row: UserScores) -> RetentionAction | None:
         """The rule's action for this customer (None: a recommendation with no item to offer)."""
@@ -163,3 +199,12 @@ def rule_named(policy: Policy, name: str) -> Rule | None:
     """The policy's rule of this name (an action's ``reason.rule``)."""
     return next((r for r in policy.rules if r.name == name), None)
 
+
+
+def _share_off(rule: Rule) -> float:
+    """A coupon's share off (percent / 100; an amount coupon: amount / 100, the share of a
+    100-unit order); 0 for other kinds."""
+    c = rule.coupon
+    if c is None:
+        return 0.0
+    return (c.percent if c.percent is not None else c.amount or 0.0) / 100.0

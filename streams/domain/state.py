@@ -82,6 +82,14 @@ class PendingScore(msgspec.Struct, array_like=True):
     #: What the live learners predicted at ``ts`` (None: not recorded), for prequential scores.
     churn_p: float | None = None
     loyalty_p: float | None = None
+    #: What each learner's two candidates predicted at ``ts``: its prior and its River
+    #: pipeline (None: not recorded, or the pipeline had learned nothing yet). The trainer
+    #: compares them on the label (:class:`models.churn.Gate`), not on predictions made
+    #: when the label matures.
+    churn_prior_p: float | None = None
+    churn_learned_p: float | None = None
+    loyalty_prior_p: float | None = None
+    loyalty_learned_p: float | None = None
 
 
 class Acted(msgspec.Struct, array_like=True):
@@ -99,6 +107,16 @@ class ItemTouch(msgspec.Struct, array_like=True):
     ts: int
 
 
+class BanditTrace(msgspec.Struct, array_like=True):
+    """What a bandit needs of its decision at maturity: the bandit (``trigger/action``), the
+    context it saw (values in :data:`models.bandit.CONTEXT` order) and the reward's terms."""
+
+    bandit: str
+    context: list[float]
+    gain: float = 1.0
+    cost: float = 0.0
+
+
 class Awaiting(msgspec.Struct, array_like=True):
     """A retention decision whose attribution window is still open (:mod:`streams.domain.attribution`)."""
 
@@ -112,6 +130,8 @@ class Awaiting(msgspec.Struct, array_like=True):
     code: str | None = None
     converted: bool = False
     redeemed: bool = False
+    #: Set when a bandit chose the decision's rule (its reward goes to the trainer at maturity).
+    bandit: BanditTrace | None = None
 
 
 class UserState(msgspec.Struct, array_like=True):

@@ -87,15 +87,18 @@ def run_replay(
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,
     churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
     model_period_days: float = 1.0, model_lag_periods: int = 1, partitions: int = 1,
+    bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000, scores_interval_ms: int = 86_400_000,
 ) -> tuple[Replay, float]:
     """The in-process replay; with ``partitions`` > 1 users are split as the workers split
     them (murmur2 of the user id), each partition with its own event-time clock."""
-    churn = [ChurnModel(min_labels=min_labels, kind=k, learned_prior=churn_prior_learns) for k in churn_kinds]
+    churn = [ChurnModel(min_labels=min_labels, kind=k, learned_prior=churn_prior_learns, horizon_days=cfg.churn_horizon_days)
+             for k in churn_kinds]
     loyalty = [LoyaltyModel(horizon_days=cfg.churn_horizon_days, min_labels=min_labels, kind=k, learned_prior=loyalty_prior_learns)
                for k in loyalty_kinds]
     replay = Replay(cfg, churn, loyalty, period_days=period_days, bgnbd_refit_days=bgnbd_refit_days, learn_churn_early=learn_churn_early,
                     model_period_days=model_period_days, model_lag_periods=model_lag_periods,
-                    partition_for=make_partitioner(partitions) if partitions > 1 else None)
+                    partition_for=make_partitioner(partitions) if partitions > 1 else None,
+                    bgnbd_refit_periods=bgnbd_refit_periods, bgnbd_customers=bgnbd_customers, scores_interval_ms=scores_interval_ms)
     started = time.perf_counter()
     replay.run(events)
     return replay, time.perf_counter() - started

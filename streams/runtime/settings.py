@@ -91,8 +91,10 @@ class Settings(BaseSettings):
     model_snapshots_kept: int = Field(32, ge=1, description="Snapshots with models each worker keeps (bytes) to score re-processed records after a restart with the models they had.")
     churn_prior_learns: bool = Field(False, description="Until the churn learner takes over, its prior answers with the churn rate of the matured labels in the same recency bin (calibrated as labels accumulate, but from a few labels at first, and learned by each worker); false: the fixed recency formula, so the lapse rule's early decisions depend on the records alone.")
     loyalty_prior_learns: bool = Field(True, description="Until the loyalty learner takes over, its prior answers with the mean purchase days of the matured labels in the same recency bin (measured better than the formula: docs/evaluation.md); false: the fixed formula.")
+    bgnbd_refit_periods: int = Field(7, ge=0, description="The trainer refits BG/NBD on the customers' latest purchase histories (from the examples it learns) every this many model periods, first as soon as 20 customers (5 of them repeat buyers) are known, a fit whose purchase rates hardly vary across customers (Gamma shape r > 100) set aside; its P(no purchase in H) and expected purchases are the churn and loyalty priors and inputs of the learners (models/bgnbd_prior.py). 0: no BG/NBD (the recency priors).")
+    bgnbd_customers: int = Field(5000, ge=20, description="Most customer histories the trainer keeps for the BG/NBD fit: a fixed hash sample of the user ids beyond it (bounds the fit's cost and the snapshot's size).")
     churn_learner: Literal["logreg", "logreg-raw", "arf", "amf", "hat"] = Field("logreg", description="Online churn learner (models/churn.py; chosen by measurement in docs/evaluation.md).")
-    loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat"] = Field("log-linear", description="Online loyalty learner: purchase days in the horizon (models/churn.py; chosen by measurement in docs/evaluation.md).")
+    loyalty_learner: Literal["poisson", "linear", "log-linear", "arf", "amf", "hat", "residual"] = Field("log-linear", description="Online loyalty learner: purchase days in the horizon (models/churn.py; chosen by measurement in docs/evaluation.md).")
     sweep_days: float = Field(1.0, ge=0, description="Known customers (with a purchase) are re-scored on this grid of event time, a scoring point stored when the last is horizon/4 old (0: scoring points at purchases only).")
     sweep_silence_days: float = Field(365.0, gt=0, description="Sweeps of a customer stop this many days after their last purchase.")
     policy_file: Path | None = Field(
@@ -229,7 +231,8 @@ class Settings(BaseSettings):
             horizon_days=self.churn_horizon_days, min_labels=self.churn_min_labels, churn_kind=self.churn_learner,
             loyalty_kind=self.loyalty_learner, churn_prior_learns=self.churn_prior_learns,
             loyalty_prior_learns=self.loyalty_prior_learns, segment_clusters=self.segment_clusters,
-            segment_halflife=self.segment_halflife,
+            segment_halflife=self.segment_halflife, bgnbd_refit_periods=self.bgnbd_refit_periods,
+            bgnbd_customers=self.bgnbd_customers,
         )
 
     @property

@@ -5,20 +5,21 @@ it decides is delivered to the shop ``delivery_delay_ms`` later (as a marketing 
 would), and the customers' responses come back as purchases and outcomes. The result has
 the measured counts (what ``GET /actions/stats`` would report for the whole shop) and the
 event-time clock at the end, to ask the shop for the true uplift of the same matured
-decisions.
+decisions. Given a policy file, the engine decides by its rules, bandits and guard rails
+(:class:`PolicyRules`); else by the built-in lapse rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from models.bundle import Models
 from models.reco import interactions
 from models.score import Score
 from streams.domain.actions import RetentionAction
 from streams.domain.engine import EngineConfig, Step
-from streams.domain.events import Invalid, UserEvent, decode
+from streams.domain.events import Heartbeat, Invalid, UserEvent, decode
 from streams.domain.fold import Fold, offline_training
 from streams.domain.guards import BudgetState, admit, coupon_value_cents, partition_limits
 from streams.domain.items import ItemRecommender, history
@@ -40,6 +41,12 @@ class LoopResult:
     #: The event-time clock at the end (decisions matured by it are in the tally's rates).
     now_ms: int
     records: int
+    #: Every action that went out (past the guard rails), in decision order.
+    actions: list[RetentionAction] = field(default_factory=list)
+    #: The models the trainer had learned at the end (their bandits' report: ``models.bandits.report()``).
+    models: Models | None = None
+    #: The events folded in, in order (kept with ``keep_events``: to replay them).
+    events: list[UserEvent | Heartbeat] = field(default_factory=list)
 
 
 class PolicyRules:
@@ -56,7 +63,7 @@ class PolicyRules:
         self.budget = BudgetState()
         self.limits = partition_limits(policy.guards, 0, 1)
         self.coupons = {rule.name: rule.coupon for rule in policy.rules if rule.coupon is not None}
-        self.decide = Decider(policy, self.describe, self.reco)
+        self.decide = Decider(policy, self.describe, self.reco, bandits=lambda now: self.models(now).bandits)
         self.models: Callable[[int], Models] = lambda now: Models.fresh()
         self.suppressed = 0
 
@@ -85,16 +92,19 @@ class PolicyRules:
 
 
 def closed_loop(
-    shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_PER_HOUR, policy: Policy | None = None
+    shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_PER_HOUR, policy: Policy | None = None,
+    keep_events: bool = False,
 ) -> LoopResult:
     """Run the whole shop through the engine, delivering each action back to the shop
-    (``policy``: its rules and guard rails decide, as on a worker; without it, the
+    (``policy``: its rules, bandits and guard rails decide, as on a worker; without it, the
     engine's own lapse coupon)."""
     tally = Tally()
+    actions: list[RetentionAction] = []
 
     def on_step(state: UserState, step: Step, now: int) -> None:
         tally.add(step.tally)
         for action in step.actions:
+            actions.append(action)
             shop.offer(action, now + delivery_delay_ms)
 
     rules = PolicyRules(policy) if policy is not None else None
@@ -102,10 +112,13 @@ def closed_loop(
     if rules is not None:
         rules.models = fold.training.models_at
     records = 0
+    events: list[UserEvent | Heartbeat] = []
     for record in shop.records():
         event = decode(record.topic, encode(record.value) if isinstance(record.value, dict) else record.value)
         if isinstance(event, Invalid):
             continue
         records += 1
         fold.feed(event)
-    return LoopResult(tally, fold.now, records)
+        if keep_events:
+            events.append(event)
+    return LoopResult(tally, fold.now, records, actions, fold.training.trainer.models, events)

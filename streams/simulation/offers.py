@@ -8,7 +8,8 @@ decision, treatment and control alike:
   *natural* purchase of the simulation in ``(decided, decided + window]`` (or one that
   another offer to the same customer brought);
 - ``Y1 = Y0 or W``: with the offer, ``W`` being "the offer works": with probability
-  ``works[kind][latent state]`` the customer makes an extra purchase (carrying the coupon
+  ``works[kind][latent state]`` (or ``works_by_rule[rule][latent state]`` for a rule given
+  there: offers of one kind that work differently, the arms of a bandit) the customer makes an extra purchase (carrying the coupon
   code and the action id) a few days after delivery, inside the window.
 
 Common random numbers: ``W`` and its timing are drawn from a generator seeded by the
@@ -55,6 +56,9 @@ class OfferEffects:
     window_days: float = 14.0
     #: P(the offer brings an extra purchase within the window), by action kind and latent state.
     works: dict[str, dict[str, float]] = field(default_factory=_default_works)
+    #: The same, for the decisions of the rules named here (overrides ``works`` for them;
+    #: empty by default: every rule of a kind works alike).
+    works_by_rule: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Mean days from delivery to the extra purchase (exponential; none if past the window).
     delay_days: float = 3.0
     #: P(a treated coupon customer's natural purchase in the window carries the code).
@@ -71,7 +75,20 @@ class OfferEffects:
     def scaled(self, factor: float) -> OfferEffects:
         """The same effects, every ``works`` probability times ``factor`` (capped at 1)."""
         works = {k: {s: min(1.0, p * factor) for s, p in by.items()} for k, by in self.works.items()}
-        return replace(self, works=works)
+        by_rule = {k: {s: min(1.0, p * factor) for s, p in by.items()} for k, by in self.works_by_rule.items()}
+        return replace(self, works=works, works_by_rule=by_rule)
+
+    def p_works(self, kind: str, rule: str, state: str) -> float:
+        """P(a decision of ``rule``, an action of ``kind``, works for a customer in latent ``state``).
+
+        >>> fx = OfferEffects(works_by_rule={"c20": _per_state(0.1, 0.1, 0.6, 0.3)})
+        >>> fx.p_works("coupon", "c20", "drifting"), fx.p_works("coupon", "c10", "drifting")
+        (0.6, 0.3)
+        """
+        by_state = self.works_by_rule.get(rule)
+        if by_state is None:
+            by_state = self.works.get(kind, {})
+        return by_state.get(state, 0.0)
 
     @property
     def window_ms(self) -> int:

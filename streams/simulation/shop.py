@@ -545,7 +545,7 @@ class _Run:
         fx = self.effects
         orng = random.Random(f"offer-{self.seed}-{offer.action_id}")  # common random numbers: the same for both groups
         end = offer.decided_ms + fx.window_ms
-        p_works = fx.works.get(offer.kind, {}).get(c.state.value, 0.0)
+        p_works = fx.p_works(offer.kind, offer.rule, c.state.value)
         u_works, delay = orng.random(), orng.expovariate(1 / fx.delay_days)
         t_extra = start + int(delay * DAY_MS)
         works = u_works < p_works and t_extra <= end and t_extra < self.end_ms

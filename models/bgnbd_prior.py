@@ -1,0 +1,219 @@
+"""BG/NBD inside the online learners: fitted by the trainer, used by every scorer.
+
+The trainer (:mod:`models.trainer`) keeps each customer's latest purchase history as the
+examples it learns carry it (the model inputs of a published score row, or of a matured
+label's scoring point): ``x`` repeat purchases, ``t_x`` first to last purchase, ``T`` first
+purchase to the observation, all read from the point-in-time features ``purchases``,
+``gap_mean_days`` and ``recency_days`` (:func:`history_of`). Every ``refit_periods``
+periods (:meth:`BgNbdFit.tick`, called when the trainer stamps a snapshot) it refits BG/NBD
+(:mod:`models.bgnbd`) on them, each ``T`` extended to the latest observation's time (no
+news of a customer since their last observation is taken as no purchase since: a purchase
+publishes a score row unless one was published less than a day before, so this misses only
+purchases that close together), warm-started from the previous fit, and the fitted
+parameters travel in the snapshot with the learners. A scorer then needs no history of its
+own: BG/NBD's closed forms on the features of the point give P(no purchase in H) and the
+expected purchases in H (:func:`predict`), which are the learners' prior before they have
+enough labels (no label needed, so the first horizon is covered) and three more inputs of
+the River learners afterwards (:func:`with_bgnbd`).
+
+A fit is used only if it can tell customers apart: it needs ``min_customers`` histories
+of which ``min_repeaters`` with a repeat purchase (a fit on a few one-time buyers is no
+fit), and its purchase rates must vary across customers (``r`` <= :data:`MAX_SHAPE`: the
+Gamma of the rates has a coefficient of variation ``1/sqrt(r)`` of at least 10%). Where
+they do not (the simulator's shop: ``r`` in the thousands and almost no dropout, so BG/NBD
+predicts about the same for everyone, docs/evaluation.md) the fit is set aside and the
+learners go on with their recency priors and without the BG/NBD inputs until a refit passes.
+
+The histories are bounded: at most ``customers`` of them, a bottom-k sample by a fixed hash
+of the user id (the same customers whatever the order of arrival), so the fit's cost and
+the snapshot's size are bounded too.
+
+``purchases`` counts purchases, not purchase *days* (as the replay's BG/NBD baseline and
+the loyalty label do): the repeat purchase days are taken as at most the whole days between
+the first and the last purchase (two orders on a customer's first day and none since are no
+repeat), which removes most of the difference on CDNOW (docs/evaluation.md), not all of it
+(orders on days 0, 0 and 30 still count two repeats).
+
+>>> fit = BgNbdFit(refit_periods=1, min_customers=3, min_repeaters=2)
+>>> for user, n, gap, recency in [("a", 1, 0, 40), ("b", 3, 10, 5), ("c", 5, 6, 2), ("d", 2, 30, 20)]:
+...     fit.observe(user, 0, {"purchases": n, "gap_mean_days": gap, "recency_days": recency})
+>>> fit.tick() is not None and fit.fits
+1
+>>> p, n = predict(fit.model, {"purchases": 5, "gap_mean_days": 6.0, "recency_days": 2.0}, 30.0)
+>>> 0 < p < 1 and n > 0
+True
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from functools import lru_cache
+from typing import Any
+
+from models.bgnbd import MS_PER_DAY, BgNbd, History, Summary
+
+#: Names of the learners' BG/NBD inputs: log P(no purchase in H), log P(a purchase in H)
+#: (both <= 0, so :func:`models.churn.log_features` leaves them as they are, and their
+#: difference is BG/NBD's logit) and the expected purchases in H (>= 0, log1p-compressed).
+BGNBD_FEATURES = ("bgnbd_log_p_churn", "bgnbd_log_p_buy", "bgnbd_expected")
+
+#: P(no purchase in H) is kept within [EPS, 1 - EPS] (its logs stay finite).
+EPS = 1e-6
+
+
+def history_of(x: dict[str, float]) -> History | None:
+    """The customer's BG/NBD history (days) at the time of the features ``x``; None
+    without a purchase.
+
+    >>> history_of({"purchases": 3.0, "gap_mean_days": 10.0, "recency_days": 4.0})
+    History(x=2, t_x=20.0, T=24.0)
+    """
+    n = x.get("purchases", 0.0)
+    if not n >= 1:
+        return None
+    repeats = int(round(n)) - 1
+    t_x = max(0.0, x.get("gap_mean_days", 0.0)) * repeats
+    # repeat purchase *days* (what BG/NBD is fitted on and the loyalty label counts): no
+    # more than the days between the first and the last purchase (orders on one day are one)
+    days = min(repeats, math.ceil(t_x - 1e-9))
+    return History(days, t_x, t_x + max(0.0, x.get("recency_days", 0.0)))
+
+
+@lru_cache(maxsize=4096)
+def _closed_forms(params: tuple[float, float, float, float], x: int, t_x: float, T: float, horizon: float) -> tuple[float, float]:
+    model = BgNbd(*params)
+    p = float(model.p_no_purchase(x, t_x, T, horizon))
+    n = float(model.expected_purchases(x, t_x, T, horizon))
+    if not math.isfinite(p):
+        p = 1.0 - EPS
+    if not math.isfinite(n) or n < 0:
+        n = 0.0
+    return min(1.0 - EPS, max(EPS, p)), n
+
+
+def predict(model: BgNbd | None, x: dict[str, float], horizon_days: float) -> tuple[float, float] | None:
+    """(P(no purchase in the horizon), expected purchases in it) for the customer whose
+    point-in-time features are ``x``; None without a fit or a purchase. Cached: the churn
+    and the loyalty learner ask about the same point."""
+    h = history_of(x) if model is not None else None
+    if h is None or model is None:
+        return None
+    return _closed_forms((model.r, model.alpha, model.a, model.b), h.x, h.t_x, h.T, float(horizon_days))
+
+
+def with_bgnbd(model: BgNbd | None, x: dict[str, float], horizon_days: float) -> dict[str, float]:
+    """``x`` with the :data:`BGNBD_FEATURES` (``x`` itself without a fit or a purchase).
+
+    >>> m = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
+    >>> sorted(with_bgnbd(m, {"purchases": 2.0, "gap_mean_days": 5.0, "recency_days": 1.0}, 30.0))[:3]
+    ['bgnbd_expected', 'bgnbd_log_p_buy', 'bgnbd_log_p_churn']
+    >>> with_bgnbd(None, {"purchases": 2.0}, 30.0)
+    {'purchases': 2.0}
+    """
+    out = predict(model, x, horizon_days)
+    if out is None:
+        return x
+    p, n = out
+    return {**x, "bgnbd_log_p_churn": math.log(p), "bgnbd_log_p_buy": math.log1p(-p), "bgnbd_expected": n}
+
+
+def user_of(example_id: str) -> tuple[str, int | None]:
+    """The user of an example id and the event time of its features (``user@time`` or
+    ``user@time/c``; a user id may hold '@'); None for an id of another shape.
+
+    >>> user_of("a@b.c@1700000000000/d")
+    ('a@b.c', 1700000000000)
+    """
+    user, _, rest = example_id.rpartition("@")
+    try:
+        return user, int(rest.partition("/")[0])
+    except ValueError:
+        return user, None
+
+
+_HASH_SPACE = 1 << 32
+
+#: Largest Gamma shape ``r`` of a usable fit: beyond it the purchase rates hardly vary
+#: across customers (coefficient of variation ``1/sqrt(r)`` < 10%).
+MAX_SHAPE = 100.0
+
+
+class BgNbdFit:
+    """The trainer's customer histories and the BG/NBD fitted on them."""
+
+    #: (Class defaults: fits pickled before the guard load with them.)
+    min_repeaters = 5
+    rejected = 0  #: fits set aside as unable to tell customers apart
+    start: tuple[float, float, float, float] | None = None  #: the latest fit's parameters (warm start)
+
+    def __init__(self, refit_periods: int = 7, customers: int = 5000, min_customers: int = 20, min_repeaters: int = 5) -> None:
+        self.refit_periods = refit_periods  #: 0: never fit
+        self.customers = max(1, customers)
+        self.min_customers = min_customers
+        self.min_repeaters = min_repeaters
+        #: user -> (x, t_x, T, event time of the observation)
+        self.histories: dict[str, tuple[int, float, float, int]] = {}
+        self.now = 0  #: the latest observation's event time: the fit's cut-off
+        self.threshold = _HASH_SPACE  #: a customer is kept iff the hash of the id is below it
+        self.model: BgNbd | None = None
+        self.periods = 0
+        self.fitted_period: int | None = None
+        self.fits = 0
+
+    def observe(self, user: str, at_ms: int, x: dict[str, float]) -> None:
+        """The customer's features at event time ``at_ms``: keep the latest history."""
+        if self.refit_periods <= 0:
+            return
+        self.now = max(self.now, at_ms)
+        h = history_of(x)
+        if h is None or zlib.crc32(user.encode()) >= self.threshold:
+            return
+        old = self.histories.get(user)
+        if old is None or (at_ms, h.T) >= (old[3], old[2]):
+            self.histories[user] = (h.x, h.t_x, h.T, at_ms)
+        while len(self.histories) > self.customers:  # halve the sample, the same customers in any order
+            self.threshold //= 2
+            self.histories = {u: v for u, v in self.histories.items() if zlib.crc32(u.encode()) < self.threshold}
+
+    def tick(self) -> BgNbd | None:
+        """A period was learned: refit when due (first as soon as there are
+        ``min_customers``, then every ``refit_periods``); the current fit (None: none yet)."""
+        if self.refit_periods <= 0:
+            return None
+        self.periods += 1
+        due = self.fitted_period is None or self.periods - self.fitted_period >= self.refit_periods
+        repeaters = sum(1 for h in self.histories.values() if h[0] > 0) if due else 0
+        if due and len(self.histories) >= self.min_customers and repeaters >= self.min_repeaters:
+            self._refit()
+        return self.model
+
+    def _refit(self) -> None:
+        start = self.start if self.start is not None else (
+            None if self.model is None else (self.model.r, self.model.alpha, self.model.a, self.model.b))
+        rows = [History(x, t_x, T + max(0, self.now - at) / MS_PER_DAY) for x, t_x, T, at in (self.histories[u] for u in sorted(self.histories))]
+        try:
+            model = BgNbd.fit(Summary.of(rows), start=start)
+        except (ValueError, FloatingPointError):
+            return
+        if all(math.isfinite(v) and v > 0 for v in (model.r, model.alpha, model.a, model.b)):
+            self.start = (model.r, model.alpha, model.a, model.b)
+            self.fitted_period = self.periods
+            self.fits += 1
+            usable = model.r <= MAX_SHAPE
+            self.model = model if usable else None
+            self.rejected += not usable
+
+    def report(self) -> dict[str, Any]:
+        m = self.model
+        return {
+            "customers": len(self.histories), "fits": self.fits, "rejected": self.rejected,
+            "params": None if m is None else {"r": m.r, "alpha": m.alpha, "a": m.a, "b": m.b, "customers": m.customers},
+        }
+
+
+def observed(example: Any) -> tuple[str, int]:
+    """(user, event time of the features) of a churn or segment example: the time in its id
+    (a churn label's scoring time), else the example's ``at``."""
+    user, ts = user_of(example.id)
+    return user, ts if ts is not None else int(example.at)
