@@ -20,6 +20,14 @@ State stays bounded: a decision leaves at maturity, and a user keeps at most
 A decision is tracked once per ``action_id`` and an event once per event id (the engine
 drops duplicates before this module sees them), so redelivery counts nothing twice.
 
+**Intention to treat, per customer.** A customer **enters** the experiment of a kind (and,
+separately, of a rule) at its *first* decision of it, in its group (stable per customer),
+and is one observation: did it buy (any purchase, as for a decision's conversion) in the
+window ``(first, first + window]``? It matures like a decision (window plus lateness);
+later decisions add no observation (``UserState.entered`` remembers the entry). Unlike the
+per-decision counts, whose later decisions depend on what the earlier ones caused, who
+enters and when is decided before the treatment could act, so the arms are comparable.
+
 >>> from streams.domain.state import UserState
 >>> cfg = AttributionConfig(window_ms=10, lateness_ms=0)
 >>> s = UserState("u")
@@ -32,6 +40,8 @@ False
 [(True, True)]
 >>> [a.action_id for a in mature(s, 110, cfg, step)], step.decisions["coupon|r|treatment"]
 (['a1'], Counts(decided=1, matured=1, converted=1, redeemed=1, evicted=0))
+>>> step.itt["coupon|treatment"], step.itt["coupon|r|treatment"]
+(Itt(entered=1, matured=1, converted=1, excluded=0), Itt(entered=1, matured=1, converted=1, excluded=0))
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ from models.bandit import CONTEXT
 from streams.domain.actions import RetentionAction
 from streams.domain.state import Awaiting, BanditTrace, UserState
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
-from streams.domain.uplift import Tally, count_matured
+from streams.domain.uplift import SEP, Entered, Tally, count_matured
 
 #: Decisions a user may have waiting at once (bounded state).
 MAX_AWAITING = 16
@@ -74,6 +84,7 @@ def track(state: UserState, decision: Awaiting, cfg: AttributionConfig, tally: T
     """Start the window of ``decision`` (False: this action id is tracked already)."""
     if any(a.action_id == decision.action_id for a in state.awaiting):
         return False
+    enter(state, decision, tally)
     state.awaiting.append(decision)
     state.awaiting.sort(key=lambda a: a.ts)
     tally.counts(decision.kind, decision.rule, decision.group).decided += 1
@@ -81,6 +92,29 @@ def track(state: UserState, decision: Awaiting, cfg: AttributionConfig, tally: T
         oldest = state.awaiting.pop(0)
         tally.counts(oldest.kind, oldest.rule, oldest.group).evicted += 1
     return True
+
+
+def enter(state: UserState, decision: Awaiting, tally: Tally) -> None:
+    """The customer enters the intention-to-treat experiment of the decision's kind and of its
+    rule, unless it did already (a decision that is not its first adds no observation).
+
+    A state written before intention-to-treat counting may hold earlier decisions of the
+    kind (waiting, or counted in ``attributed``): this one is not its first, so the entry is
+    recorded as not counted (``excluded``) rather than counted late.
+    """
+    for rule in (None, decision.rule):
+        key = decision.kind if rule is None else SEP.join((decision.kind, rule))
+        if key in state.entered:
+            continue
+        earlier = any(a.kind == decision.kind and rule in (None, a.rule) for a in state.awaiting) or any(
+            k == decision.kind and rule in (None, r) for k, r, _ in (other.split(SEP) for other in state.attributed)
+        )
+        state.entered[key] = Entered(decision.ts, decision.group, counted=not earlier)
+        entrants = tally.entrants(decision.kind, rule, decision.group)
+        if earlier:
+            entrants.excluded += 1
+        else:
+            entrants.entered += 1
 
 
 def on_purchase(state: UserState, ts: int, action_id: str | None, coupon_code: str | None, cfg: AttributionConfig) -> None:
@@ -91,6 +125,9 @@ def on_purchase(state: UserState, ts: int, action_id: str | None, coupon_code: s
             a.converted = True
         if (action_id is not None and action_id == a.action_id) or (coupon_code is not None and coupon_code == a.code):
             a.redeemed = True
+    for e in state.entered.values():
+        if not e.matured and e.ts < ts <= e.ts + cfg.window_ms:
+            e.converted = True
 
 
 def on_outcome(state: UserState, action_id: str, outcome: str, tally: Tally) -> bool:
@@ -104,8 +141,11 @@ def on_outcome(state: UserState, action_id: str, outcome: str, tally: Tally) -> 
 
 
 def next_maturity(state: UserState, cfg: AttributionConfig) -> int | None:
-    """Event time at which the oldest waiting decision matures (None: none waits)."""
-    return state.awaiting[0].ts + cfg.window_ms + cfg.lateness_ms if state.awaiting else None
+    """Event time at which the oldest waiting decision or customer's entry matures (None: none waits)."""
+    starts = [e.ts for e in state.entered.values() if e.counted and not e.matured]
+    if state.awaiting:
+        starts.append(state.awaiting[0].ts)
+    return min(starts) + cfg.window_ms + cfg.lateness_ms if starts else None
 
 
 def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) -> list[Awaiting]:
@@ -120,4 +160,12 @@ def mature(state: UserState, now_ms: int, cfg: AttributionConfig, tally: Tally) 
         counts.converted += a.converted
         counts.redeemed += a.redeemed
         count_matured(tally, state.attributed, a.kind, a.rule, a.group, a.converted)  # per customer
+    for key, e in state.entered.items():  # intention to treat: the windows after first decisions
+        if not e.matured and e.ts + cfg.window_ms + cfg.lateness_ms <= now_ms:
+            e.matured = True
+            if e.counted:
+                kind, _, rule = key.partition(SEP)
+                entrants = tally.entrants(kind, rule or None, e.group)
+                entrants.matured += 1
+                entrants.converted += e.converted
     return matured

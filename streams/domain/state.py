@@ -30,7 +30,7 @@ import msgspec
 from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purchase, Review, UserEvent, plain_int
 from streams.domain.sketches import hash32, kmv_add
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
-from streams.domain.uplift import Mine
+from streams.domain.uplift import Entered, Mine
 from streams.domain.windows import Tiles
 from models.sentiment import is_negative
 
@@ -202,6 +202,10 @@ class UserState(msgspec.Struct, array_like=True):
     #: this customer's matured decisions and conversions by ``kind|rule|group`` (one entry
     #: per rule that fired for it), whose squares the uplift's cluster variance sums.
     attributed: dict[str, Mine] = msgspec.field(default_factory=dict)
+    #: Added with the intention-to-treat contrast (issue 5; default: older states load): the
+    #: customer's first decision of each kind (key ``kind``) and of each rule (``kind|rule``)
+    #: and what followed in the window after it (at most one entry per kind and per rule).
+    entered: dict[str, Entered] = msgspec.field(default_factory=dict)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)

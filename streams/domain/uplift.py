@@ -128,6 +128,40 @@ class Mine(msgspec.Struct, array_like=True):
     converted: int = 0
 
 
+class Entered(msgspec.Struct, array_like=True):
+    """A customer's entry into the intention-to-treat experiment of one kind (or kind and
+    rule), at its first decision of it (kept in the user state, ``UserState.entered``: one
+    small entry per kind and per rule that ever fired for the customer, never more)."""
+
+    #: Event time of the first decision: the window is (ts, ts + window].
+    ts: int
+    group: str
+    #: A purchase in the window.
+    converted: bool = False
+    #: The window (and lateness) is over and the customer was counted.
+    matured: bool = False
+    #: False: the customer had decisions of this kind before intention-to-treat counting
+    #: began (a state written before it); not its first decision, so never counted.
+    counted: bool = True
+
+
+class Itt(msgspec.Struct, array_like=True):
+    """Customers of one arm in the intention-to-treat experiment of a kind (or kind and rule):
+    one observation per customer, from its first decision (additive like :class:`Counts`)."""
+
+    #: Customers whose first decision of the kind (rule) went out.
+    entered: int = 0
+    #: Of them, those whose window after the first decision is over (the denominators).
+    matured: int = 0
+    #: Matured customers who bought within the window after their first decision.
+    converted: int = 0
+    #: Customers left out: their first decision preceded intention-to-treat counting (an older state).
+    excluded: int = 0
+
+    def add(self, other: Itt) -> None:
+        _add_fields(self, other)
+
+
 class Tally(msgspec.Struct):
     """Counts by ``kind|rule|group``, action outcomes by ``kind|outcome``, and the per-customer
     sums by ``kind|rule|group`` and ``kind|group`` (the kind as a whole)."""
@@ -136,6 +170,9 @@ class Tally(msgspec.Struct):
     outcomes: dict[str, int] = msgspec.field(default_factory=dict)
     #: Added with the per-customer interval (issue 5); tallies written before it load without.
     clusters: dict[str, Clusters] = msgspec.field(default_factory=dict)
+    #: Added with the intention-to-treat contrast (issue 5; tallies written before it load
+    #: without): customers by ``kind|group`` and ``kind|rule|group``.
+    itt: dict[str, Itt] = msgspec.field(default_factory=dict)
 
     def counts(self, kind: str, rule: str, group: str) -> Counts:
         key = SEP.join((kind, rule, group))
@@ -152,6 +189,14 @@ class Tally(msgspec.Struct):
             found = self.clusters[key] = Clusters()
         return found
 
+    def entrants(self, kind: str, rule: str | None, group: str) -> Itt:
+        """The intention-to-treat customers of (kind, rule, group), or of (kind, group) with ``rule`` None."""
+        key = SEP.join((kind, group) if rule is None else (kind, rule, group))
+        found = self.itt.get(key)
+        if found is None:
+            found = self.itt[key] = Itt()
+        return found
+
     def outcome(self, kind: str, outcome: str, n: int = 1) -> None:
         key = f"{kind}{SEP}{outcome}"
         self.outcomes[key] = self.outcomes.get(key, 0) + n
@@ -163,9 +208,11 @@ class Tally(msgspec.Struct):
             self.outcome(*key.split(SEP), n=n)
         for key, sums in other.clusters.items():
             self.clusters.setdefault(key, Clusters()).add(sums)
+        for key, customers in other.itt.items():
+            self.itt.setdefault(key, Itt()).add(customers)
 
     def __bool__(self) -> bool:
-        return bool(self.decisions or self.outcomes or self.clusters)
+        return bool(self.decisions or self.outcomes or self.clusters or self.itt)
 
 
 def count_matured(tally: Tally, mine: dict[str, Mine], kind: str, rule: str, group: str, converted: bool) -> None:
@@ -295,6 +342,26 @@ def compare(
     return {"treatment": _arm(treatment, t_sums), "control": _arm(control, c_sums), "uplift": uplift}
 
 
+def _itt_arm(c: Itt) -> dict[str, float | int | None]:
+    return {"customers": c.entered, "matured": c.matured, "conversions": c.converted,
+            "conversion_rate": c.converted / c.matured if c.matured else None, "excluded": c.excluded}
+
+
+def compare_itt(treatment: Itt, control: Itt, confidence: float = 0.95) -> dict[str, object]:
+    """The intention-to-treat contrast: both arms' customers (one observation each: bought
+    within the window after its first decision) and the uplift with Newcombe's interval
+    (None until both arms have a matured customer).
+
+    >>> compare_itt(Itt(56, 56, 40), Itt(20, 20, 10))["uplift"]["estimate"]
+    0.214286
+    """
+    uplift = None
+    if treatment.matured and control.matured:
+        d, lo, hi = newcombe(treatment.converted, treatment.matured, control.converted, control.matured, z_for(confidence))
+        uplift = {"estimate": round(d, 6), "low": round(lo, 6), "high": round(hi, 6), "confidence": confidence, "method": "newcombe"}
+    return {"treatment": _itt_arm(treatment), "control": _itt_arm(control), "uplift": uplift}
+
+
 def report(tally: Tally, confidence: float = 0.95) -> dict[str, object]:
     """``GET /actions/stats``: per kind and per kind and rule, both arms and the uplift;
     outcomes per kind.
@@ -317,11 +384,17 @@ def report(tally: Tally, confidence: float = 0.95) -> dict[str, object]:
         empty = Clusters()
         return tally.clusters.get(SEP.join((*key, "treatment")), empty), tally.clusters.get(SEP.join((*key, "control")), empty)
 
+    def both(*key: str) -> dict[str, object]:
+        """The per-decision contrast of ``key`` and, beside it, the intention-to-treat one."""
+        arms = by_rule[key[0]][key[1]] if len(key) == 2 else by_kind[key[0]]
+        out = compare(arms["treatment"], arms["control"], confidence, sums(*key))
+        empty = Itt()
+        itt = [tally.itt.get(SEP.join((*key, group)), empty) for group in ("treatment", "control")]
+        out["itt"] = compare_itt(itt[0], itt[1], confidence)
+        return out
+
     return {
-        "by_kind": {kind: compare(arms["treatment"], arms["control"], confidence, sums(kind)) for kind, arms in by_kind.items()},
-        "by_rule": {
-            kind: {rule: compare(arms["treatment"], arms["control"], confidence, sums(kind, rule)) for rule, arms in rules.items()}
-            for kind, rules in by_rule.items()
-        },
+        "by_kind": {kind: both(kind) for kind in by_kind},
+        "by_rule": {kind: {rule: both(kind, rule) for rule in rules} for kind, rules in by_rule.items()},
         "outcomes": outcomes,
     }

@@ -106,9 +106,10 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
         status, stats = worker.get_json("/actions/stats")
         clock_ms = int(min(v for _, v in worker.samples("retention_event_time_seconds")) * 1000)
         truth = shop.uplift_truth(clock_ms - settings.engine.attribution.lateness_ms)
-        print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence)
+        itt_truth = shop.itt_truth(clock_ms - settings.engine.attribution.lateness_ms)
+        print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence, itt_truth)
         with open(workdir / "uplift.json", "w") as out:
-            json.dump({"measured": stats, "truth": truth}, out, indent=1)
+            json.dump({"measured": stats, "truth": truth, "itt_truth": itt_truth}, out, indent=1)
         console.print(
             f"{report.total} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "
             f"of wall time: {report.total / elapsed:,.0f} records/s through one worker"
@@ -177,25 +178,35 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
         console.print_json(json.dumps(picked))
 
 
-def print_uplift(console: Console, stats: dict, truth: dict, offered: int, confidence: float) -> None:
-    """Measured (GET /actions/stats) beside true uplift (the simulator's), per kind."""
+def print_uplift(console: Console, stats: dict, truth: dict, offered: int, confidence: float, itt_truth: dict | None = None) -> None:
+    """Measured (GET /actions/stats) beside true uplift (the simulator's), per kind: the
+    intention-to-treat contrast (one observation per customer) is the uplift; the
+    per-decision contrast, which the rules' feedback biases upwards, is shown beside it."""
+    itt_truth = itt_truth or {}
     table = Table(title=f"What the actions achieved: measured vs true uplift ({offered} actions delivered back to the shop)")
-    for column in ("kind", "decisions T/C", "matured T/C", "converted T/C", "redeemed T", "measured uplift [CI]", "true uplift", "expected"):
+    for column in ("kind", "customers T/C", "converted T/C", "uplift [CI]", "true uplift", "expected",
+                   "decisions T/C (matured)", "redeemed T", "per decision [CI]", "true per decision"):
         table.add_column(column, justify="left" if column == "kind" else "right")
     for kind, arms in sorted(stats.get("by_kind", {}).items()):
         t, c, u = arms["treatment"], arms["control"], arms["uplift"]
-        real = truth.get(kind, {})
-        measured = f"{u['estimate']:+.3f} [{u['low']:+.3f}, {u['high']:+.3f}]" if u else "-"
+        it = arms.get("itt") or {"treatment": {"matured": 0, "conversions": 0}, "control": {"matured": 0, "conversions": 0}, "uplift": None}
+        iu, real, itt_real = it["uplift"], truth.get(kind, {}), itt_truth.get(kind, {})
+        interval = lambda v: f"{v['estimate']:+.3f} [{v['low']:+.3f}, {v['high']:+.3f}]" if v else "-"  # noqa: E731
         table.add_row(
-            kind, f"{t['decisions']}/{c['decisions']}", f"{t['matured']}/{c['matured']}", f"{t['conversions']}/{c['conversions']}",
-            str(t["redemptions"]), measured,
-            f"{real['true_uplift']:+.3f}" if real else "-", f"{real['expected_uplift']:+.3f}" if real else "-",
+            kind, f"{it['treatment']['matured']}/{it['control']['matured']}",
+            f"{it['treatment']['conversions']}/{it['control']['conversions']}", interval(iu),
+            f"{itt_real['true_uplift']:+.3f}" if itt_real else "-", f"{itt_real['expected_uplift']:+.3f}" if itt_real else "-",
+            f"{t['decisions']}/{c['decisions']} ({t['matured']}/{c['matured']})", str(t["redemptions"]), interval(u),
+            f"{real['true_uplift']:+.3f}" if real else "-",
         )
     console.print(table)
     outcomes = "; ".join(f"{kind}: " + ", ".join(f"{k} {n}" for k, n in sorted(by.items())) for kind, by in sorted(stats.get("outcomes", {}).items()))
     console.print(f"outcomes on action-outcomes: {outcomes or '-'}")
     console.print(
-        "measured: conversion within the attribution window, treatment minus control, over matured decisions, with "
-        f"a {100 * confidence:g} % interval that counts customers (Newcombe's on Rao-Scott effective counts); "
-        "true: mean of Y1 - Y0 over the same decisions (the simulator knows both potential outcomes); expected: from the effect parameters"
+        "uplift: intention to treat, one observation per customer: a purchase within the attribution window after its "
+        f"first decision of the kind, treatment minus control customers, with Newcombe's {100 * confidence:g} % interval; "
+        "true: the effect of being assigned to treatment on that purchase (the simulator knows both potential outcomes); "
+        "expected: from the effect parameters. Per decision: every matured decision, treatment minus control, with an "
+        "interval that counts customers; biased upwards when the rules fire on the customers' own purchases (docs/uplift.md); "
+        "its truth: mean of Y1 - Y0 over the same decisions"
     )

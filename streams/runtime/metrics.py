@@ -82,6 +82,13 @@ UPLIFT = Gauge(
     "high. rule = all for the kind as a whole.",
     ["kind", "rule", "bound"],
 )
+UPLIFT_ITT = Gauge(
+    "retention_uplift_itt",
+    "Intention-to-treat uplift over this worker's partitions: conversion (a purchase within the attribution window "
+    "after a customer's first decision of the kind, or of the rule) of treatment customers minus control customers, "
+    "one observation per customer, with Newcombe's interval: bound = estimate, low, high. rule = all for the kind.",
+    ["kind", "rule", "bound"],
+)
 CONTROL_SHARE = Gauge(
     "retention_control_share", "Share of the decisions (of this worker's partitions) made for the control group, by kind.", ["kind"]
 )
@@ -165,10 +172,10 @@ def export_uplift(stats: dict[str, Any]) -> None:
         if decided:
             CONTROL_SHARE.labels(kind).set(arms["control"]["decisions"] / decided)
         for rule, compared in [("all", arms), *stats["by_rule"].get(kind, {}).items()]:
-            uplift = compared["uplift"]
-            if uplift is not None:
-                for bound in ("estimate", "low", "high"):
-                    UPLIFT.labels(kind, rule, bound).set(uplift[bound])
+            for gauge, uplift in ((UPLIFT, compared["uplift"]), (UPLIFT_ITT, compared["itt"]["uplift"])):
+                if uplift is not None:
+                    for bound in ("estimate", "low", "high"):
+                        gauge.labels(kind, rule, bound).set(uplift[bound])
 
 
 def metrics_markdown() -> str:

@@ -103,8 +103,8 @@ class Settings(BaseSettings):
         "Read when the worker starts (a changed file takes effect on restart); an invalid file stops the worker with "
         "`file:line: key: problem`. Default: the shipped deploy/policy.yaml (in the container image /etc/retention/policy.yaml).",
     )
-    attribution_window_days: float = Field(14.0, gt=0, description="A purchase within this many days (event time) after a retention decision is a conversion of it, in the treatment and the control group alike; the decision counts in the rates of GET /actions/stats once the window (and the allowed lateness) is over. Default: the coupon's validity.")
-    uplift_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the uplift intervals (per customer: Newcombe's hybrid score interval on Rao-Scott effective counts) in GET /actions/stats and the uplift gauges.")
+    attribution_window_days: float = Field(14.0, gt=0, description="A purchase within this many days (event time) after a retention decision is a conversion of it, in the treatment and the control group alike; the decision counts in the rates of GET /actions/stats once the window (and the allowed lateness) is over. The intention-to-treat uplift counts a customer's purchase in the same window after its first decision of a kind. Default: the coupon's validity.")
+    uplift_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the uplift intervals in GET /actions/stats and the uplift gauges: intention to treat (Newcombe's hybrid score interval, one observation per customer) and per decision (Newcombe's on Rao-Scott effective counts).")
 
     # Lifecycle stages (docs/segments.md): defaults are LifecycleConfig's.
     lifecycle_new_days: float = Field(LifecycleConfig.new_days, ge=0, description="Lifecycle: a customer first seen fewer days ago than this is `new`.")

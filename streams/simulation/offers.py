@@ -133,6 +133,12 @@ class OfferTruth:
     works: bool
     #: Y0: a natural purchase within the window (None until the window is over).
     y0: bool | None = None
+    #: When the customer learnt of it (delivery, or the first day not yet generated), P(it
+    #: works) in that state before the window cut, and the time of the extra purchase it
+    #: brought or would have brought (None: it does not work), for the intention-to-treat truth.
+    start_ms: int = 0
+    p_works: float = 0.0
+    extra_ms: int | None = None
 
     @property
     def y1(self) -> bool | None:
@@ -173,3 +179,70 @@ def truth_report(offers: list[OfferTruth]) -> dict[str, dict[str, Any]]:
             "y0_rate": sum(bool(o.y0) for o in members) / n,
         }
     return out
+
+
+def itt_truth_report(
+    offers: list[OfferTruth], natural: dict[str, list[int]], extra: dict[str, list[tuple[int, str]]], effects: OfferEffects,
+    until_ms: int,
+) -> dict[str, dict[str, Any]]:
+    """The true intention-to-treat uplift per kind and per ``kind/rule``: the effect of being
+    assigned to treatment on a customer's purchase in the window after its first decision
+    of the kind (rule), over the customers whose window ended by ``until_ms``.
+
+    A customer ``i`` entered at ``t1`` (its first decision of the kind, treatment or control
+    alike); its window is ``(t1, t1 + window]``. ``Y0``: a natural purchase in the window (or
+    one an offer decided before ``t1`` brought: that was before the experiment of this kind
+    began). ``Y1 = Y0`` or any offer decided in ``[t1, t1 + window)`` (of any kind: being
+    assigned to treatment means receiving all of them) works with its extra purchase by
+    ``t1 + window``. ``W`` is drawn for control decisions too (common random numbers), so
+    ``Y1 - Y0`` is known for every entrant of either arm; the true uplift is its mean. Exact
+    as long as the decisions before the first offer that works are the same in both worlds
+    (an unsubscribe outcome, sent to treated customers only, stops later ones).
+    ``expected``: ``(1 - Y0) * (1 - prod_o (1 - P(o works by t1 + window)))`` from the effect
+    parameters; ``own_kind``: the true uplift counting only offers of the kind itself.
+    """
+    by_user: dict[str, list[OfferTruth]] = {}
+    for o in sorted(offers, key=lambda o: (o.offer.decided_ms, o.offer.action_id)):
+        by_user.setdefault(o.offer.user_id, []).append(o)
+    groups: dict[str, list[tuple[str, float, int, int, int]]] = {}
+    for user, mine in by_user.items():
+        firsts: dict[str, OfferTruth] = {}
+        for o in mine:
+            firsts.setdefault(o.offer.kind, o)
+            firsts.setdefault(f"{o.offer.kind}/{o.offer.rule}", o)
+        for key, first in firsts.items():
+            t1 = first.offer.decided_ms
+            end = t1 + effects.window_ms
+            if end > until_ms:
+                continue
+            y0 = any(t1 < t <= end for t in natural.get(user, ())) or any(
+                t1 < t <= end for t, aid in extra.get(user, ()) if _decided_before(mine, aid, t1)
+            )
+            inside = [o for o in mine if t1 <= o.offer.decided_ms < end]
+            works = [o for o in inside if o.extra_ms is not None and o.extra_ms <= end]
+            fails = 1.0
+            for o in inside:
+                fails *= 1.0 - o.p_works * p_in_window(effects, o.start_ms, end)
+            effect = int(not y0 and bool(works))
+            own = int(not y0 and any(o.offer.kind == first.offer.kind for o in works))
+            groups.setdefault(key, []).append((first.offer.group, 0.0 if y0 else 1.0 - fails, effect, own, int(y0)))
+    out: dict[str, dict[str, Any]] = {}
+    for key, members in sorted(groups.items()):
+        n = len(members)
+        out[key] = {
+            "customers": n,
+            "treatment": sum(g == "treatment" for g, *_ in members),
+            "control": sum(g == "control" for g, *_ in members),
+            "true_uplift": sum(m[2] for m in members) / n,
+            "expected_uplift": sum(m[1] for m in members) / n,
+            "own_kind_uplift": sum(m[3] for m in members) / n,
+            "y0_rate": sum(m[4] for m in members) / n,
+            # the arms' Y0 rates: their difference is what the measured contrast adds to the truth
+            "y0_rate_by_group": {g: sum(m[4] for m in members if m[0] == g) / k
+                                 for g in ("treatment", "control") if (k := sum(m[0] == g for m in members))},
+        }
+    return out
+
+
+def _decided_before(mine: list[OfferTruth], action_id: str, t1: int) -> bool:
+    return any(o.offer.action_id == action_id and o.offer.decided_ms < t1 for o in mine)

@@ -37,7 +37,7 @@ from enum import Enum
 from streams.domain.timestamps import format_ts
 
 from .catalogue import CATEGORIES, SEARCH_TERMS, Catalogue, Item, build_catalogue
-from .offers import OfferEffects, Offered, OfferTruth, p_in_window, truth_report
+from .offers import OfferEffects, Offered, OfferTruth, itt_truth_report, p_in_window, truth_report
 from .texts import review_text
 from .wire import malformed
 
@@ -550,7 +550,8 @@ class _Run:
         t_extra = start + int(delay * DAY_MS)
         works = u_works < p_works and t_extra <= end and t_extra < self.end_ms
         u_react = orng.random()
-        self.offers.append(OfferTruth(offer, end, c.state.value, p_works * p_in_window(fx, start, end), works))
+        self.offers.append(OfferTruth(offer, end, c.state.value, p_works * p_in_window(fx, start, end), works,
+                                      start_ms=start, p_works=p_works, extra_ms=t_extra if works else None))
         if offer.group != "treatment":
             return  # the control group was sent nothing
         self._outcomes(offer, start, orng, works)
@@ -730,6 +731,18 @@ class Shop:
     def uplift_truth(self, matured_by_ms: int | None = None) -> dict[str, dict[str, object]]:
         """True uplift per kind and per ``kind/rule`` (:func:`~streams.simulation.offers.truth_report`)."""
         return truth_report(self.offers(matured_by_ms))
+
+    def itt_truth(self, matured_by_ms: int | None = None) -> dict[str, dict[str, object]]:
+        """True intention-to-treat uplift per kind and per ``kind/rule``, over the customers whose
+        window after their first decision ended by ``matured_by_ms``
+        (:func:`~streams.simulation.offers.itt_truth_report`)."""
+        if self._run is None:
+            return {}
+        run = self._run
+        until = run.end_ms if matured_by_ms is None else matured_by_ms
+        natural = {u: t.natural for u, t in run.truth.items()}
+        extra = {u: t.extra for u, t in run.truth.items()}
+        return itt_truth_report(run.offers, natural, extra, self.effects, until)
 
     def truth(self) -> dict[str, CustomerTruth]:
         """Ground truth per user_id: join time, state transitions, purchases and spend."""

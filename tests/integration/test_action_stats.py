@@ -92,6 +92,11 @@ def test_conversions_redemptions_and_uplift_of_treatment_and_control(pipeline: P
     d, lo, hi = newcombe(1, 2, 1, 2)  # one decision per customer: the cluster interval is Newcombe's
     assert coupon["uplift"] == {"estimate": d, "low": round(lo, 6), "high": round(hi, 6), "confidence": 0.95,
                                 "method": "cluster-newcombe", "design_effect": {"treatment": 1.0, "control": 1.0}}
+    # intention to treat: one observation per customer from its first coupon (here each has one decision)
+    itt = coupon["itt"]
+    assert itt["treatment"] == {"customers": 2, "matured": 2, "conversions": 1, "conversion_rate": 0.5, "excluded": 0}
+    assert itt["control"] == {"customers": 2, "matured": 2, "conversions": 1, "conversion_rate": 0.5, "excluded": 0}
+    assert itt["uplift"] == {"estimate": d, "low": round(lo, 6), "high": round(hi, 6), "confidence": 0.95, "method": "newcombe"}
     assert stats["by_rule"]["coupon"]["lapsed_after_streak"] == coupon
     assert stats["outcomes"] == {"coupon": {"delivered": 1, "opened": 1}}
     status, local = worker.get_json("/actions/stats?scope=local")
@@ -105,6 +110,8 @@ def test_conversions_redemptions_and_uplift_of_treatment_and_control(pipeline: P
     assert worker.total("retention_action_outcomes_total", kind="coupon", outcome="opened") == 1
     assert wait_for(lambda: worker.total("retention_uplift", kind="coupon", rule="all", bound="high") == round(hi, 6))
     assert worker.total("retention_uplift", kind="coupon", rule="lapsed_after_streak", bound="low") == round(lo, 6)
+    assert worker.total("retention_uplift_itt", kind="coupon", rule="all", bound="high") == round(hi, 6)
+    assert worker.total("retention_uplift_itt", kind="coupon", rule="lapsed_after_streak", bound="estimate") == d
     assert worker.total("retention_control_share", kind="coupon") == 0.5
 
     # the counts live in a changelogged table: a fresh worker on an empty data dir answers the same
@@ -137,3 +144,5 @@ def test_any_of_two_workers_answers_for_the_whole_shop(pipeline: Pipeline) -> No
     coupon = stats["by_kind"]["coupon"]
     assert [(coupon[g]["decisions"], coupon[g]["matured"], coupon[g]["conversions"]) for g in ("treatment", "control")] == [(4, 4, 0), (4, 4, 0)]
     assert coupon["uplift"]["estimate"] == 0.0
+    assert [(coupon["itt"][g]["customers"], coupon["itt"][g]["matured"], coupon["itt"][g]["conversions"]) for g in ("treatment", "control")] == [(4, 4, 0), (4, 4, 0)]
+    assert coupon["itt"]["uplift"]["estimate"] == 0.0
