@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Set
 from typing import Any
 
 from faust.transport.drivers import aiokafka as driver
@@ -35,6 +35,57 @@ from faust.types import TP
 from streams.runtime.offset_trace import OffsetTrace
 
 log = logging.getLogger(__name__)
+
+
+def overtaken(offset: int, position: int | None) -> bool:
+    """A fetched record whose partition a seek has since moved back to or below it.
+
+    aiokafka advances a partition's fetch position past every record it returns, so a
+    record at or above the current position was fetched before a seek set the position
+    back: the fetcher reads it again from there, and delivering this copy too would move
+    Faust's read offset past the copies the seek brings (Faust drops those as already
+    read, faust-streaming #596).
+
+    >>> overtaken(827, 816), overtaken(827, 828), overtaken(827, None)
+    (True, False, False)
+    """
+    return position is not None and position <= offset
+
+
+def processed_up_to(committed: int | None, fetched: Set[int], processed: Set[int]) -> int | None:
+    """The highest offset a commit may reach: the first offset at or after ``committed``
+    that was fetched and not processed, or one past the highest processed offset.
+
+    Offsets never fetched below a processed one are holes in the log (or below its start)
+    and do not hold a commit. None: nothing processed since ``committed``.
+
+    >>> processed_up_to(10, {10, 11, 12, 13}, {10, 11, 13})
+    12
+    >>> processed_up_to(10, {10, 11, 14}, {10, 11, 14})  # 12 and 13 are not in the log
+    15
+    >>> processed_up_to(10, {10}, set()), processed_up_to(10, set(), {7, 8})
+    (10, None)
+    """
+    pending = [o for o in fetched if (committed is None or o >= committed) and o not in processed]
+    if pending:
+        return min(pending)
+    done = [o for o in processed if committed is None or o >= committed]
+    return max(done) + 1 if done else None
+
+
+def guard(app: Any, topics: Iterable[str]) -> None:
+    """Commit the offsets of ``topics`` only as far as our agents processed them: each
+    agent reading them calls :func:`ack` (not ``stream.ack``) for every record it is done with."""
+    guarded = getattr(app.conf, "retention_guarded_topics", frozenset())
+    app.conf.retention_guarded_topics = frozenset(guarded) | frozenset(topics)
+
+
+async def ack(stream: Any, event: Any) -> None:
+    """Acknowledge a record our agent has processed (a guarded topic's commit counts only these)."""
+    processed = getattr(stream.app.consumer, "processed", None)
+    if processed is not None:
+        processed(event.message)
+    await stream.ack(event)
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -53,6 +104,38 @@ class _Consumer(driver.Consumer):
         if getattr(self.app.conf, "retention_trace_offsets", False):
             self.trace = OffsetTrace()
         self.callback = self._tracking(self.callback)
+        # guarded topics (see guard): per partition, the offsets fetched since the last commit
+        # and those our agents processed in the current generation (generation, offsets)
+        self._fetched: dict[TP, set[int]] = {}
+        self._processed: dict[TP, tuple[int, set[int]]] = {}
+        self.overtaken = 0  # fetched records dropped because a seek overtook them
+
+    def _guarded(self, topic: str) -> bool:
+        return topic in getattr(self.app.conf, "retention_guarded_topics", ())
+
+    def processed(self, message: Any) -> None:
+        """Our agent is done with ``message`` (called just before it acknowledges it).
+
+        Only a record of the current generation counts: one delivered before the last
+        rebalance is read again from the committed offset."""
+        generation = self.app.consumer_generation_id
+        if message.generation_id != generation or not self._guarded(message.topic):
+            return
+        book = self._processed.get(message.tp)
+        if book is None or book[0] != generation:
+            book = self._processed[message.tp] = (generation, set())
+        book[1].add(message.offset)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's batch of records, without those a seek has overtaken (:func:`overtaken`)."""
+        async for tp, message in super().getmany(timeout):
+            if overtaken(message.offset, self._position(tp)):
+                self.overtaken += 1
+                if self.trace is not None:
+                    self.trace.event(f"overtaken by a seek: {tp.topic}[{tp.partition}]@{message.offset} "
+                                     f"(position {self._position(tp)})")
+                continue
+            yield tp, message
 
     def _tracking(self, callback: Any) -> Any:
         """The consumer callback, tracking a record as unacknowledged when it is handed on.
@@ -81,12 +164,15 @@ class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    # --- the opt-in offset trace (no effect unless RETENTION_TRACE_OFFSETS) -------------
 
     def _to_message(self, tp: TP, record: Any) -> Any:
+        if self._guarded(tp.topic):
+            self._fetched.setdefault(tp, set()).add(record.offset)
         if self.trace is not None and self.app.topics.acks_enabled_for(tp.topic):
             self.trace.fetched[tp].add(record.offset)
         return super()._to_message(tp, record)
+
+    # --- the opt-in offset trace (no effect unless RETENTION_TRACE_OFFSETS) -------------
 
     def ack(self, message: Any) -> bool:
         done = super().ack(message)
@@ -109,11 +195,21 @@ class _Consumer(driver.Consumer):
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         did = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if did:
+            for tp, offset in offsets.items():  # what is below a commit is never read again here
+                if tp in self._fetched:
+                    self._fetched[tp] = {o for o in self._fetched[tp] if o >= offset}
+                if tp in self._processed:
+                    generation, done = self._processed[tp]
+                    self._processed[tp] = (generation, {o for o in done if o >= offset})
         if self.trace is not None:
             self.trace.event(f"commit {did}: {{{', '.join(f'{tp.topic}[{tp.partition}]: {o}' for tp, o in offsets.items())}}}")
         return did
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:  # the next owner (maybe us) reads them again from the committed offset
+            self._fetched.pop(tp, None)
+            self._processed.pop(tp, None)
         if self.trace is not None:
             self.trace.event(f"revoked {sorted(revoked)}")
             for line in self.trace.report(self, self._position):
@@ -143,7 +239,36 @@ class _Consumer(driver.Consumer):
                     gap.chop(0, max(added[-1], top + 1))
             acked[:] = sorted(set(acked))
         done = set(acked or ())
-        return self._not_past_in_flight(tp, super()._new_offset(tp), done)
+        return self._not_past_unprocessed(tp, self._not_past_in_flight(tp, super()._new_offset(tp), done))
+
+    def _not_past_unprocessed(self, tp: TP, offset: int | None) -> int | None:
+        """Never commit a guarded partition past a record our agents have not processed in
+        the current generation (:func:`processed_up_to`).
+
+        Faust's commit counts as done whatever its list of acknowledged offsets and its gap
+        ranges hold, and both can hold records no agent processed: the stream acknowledges
+        the records it skips while the flow is stopped or after the generation changed
+        (``faust/streams.py``, even on a ``noack`` stream), and the gap ranges of the
+        recovery race (#596) cover records delivered before the seek, which the agent
+        dropped at the rebalance. The processed offsets Faust took off its list beyond the
+        limit go back on it; the others are added by their own acknowledgement."""
+        if offset is None or not self._guarded(tp.topic):
+            return offset
+        committed = self._committed_offset.get(tp)
+        book = self._processed.get(tp)
+        processed = book[1] if book is not None and book[0] == self.app.consumer_generation_id else set()
+        limit = processed_up_to(committed, self._fetched.get(tp, set()), processed)
+        if limit is None:  # nothing processed since the last commit
+            return None
+        if limit >= offset:
+            return offset
+        acked, index = self._acked[tp], self._acked_index[tp]
+        back = [o for o in processed if limit <= o < offset and o not in index]
+        if back:
+            acked.extend(back)
+            acked.sort()
+            index.update(back)
+        return limit if committed is None or limit > committed else None
 
     def _not_past_in_flight(self, tp: TP, offset: int | None, done: set[int]) -> int | None:
         """Never commit past a record handed to a stream and not acknowledged yet.
