@@ -1,5 +1,5 @@
 """Faust's aiokafka transport: a configurable fetch wait, a commit that survives duplicated
-acks and never passes a record still being processed, a producer flush that really sends
+acks and never passes a record our agents have not processed, a producer flush that really sends
 everything before a commit, and an opt-in trace of the consumer's offsets (offset_trace.py).
 
 Faust creates its consumer with ``fetch_max_wait_ms=1500`` hard-coded. On the embedded
@@ -18,6 +18,27 @@ partition are de-duplicated before a commit is computed (a duplicate carries no
 information). Stopping the flow around the seek instead was tried and rejected: Faust's
 fetcher then seeks *every* partition, changelogs included, to the group's committed
 offsets, and a standby table taken over in the next rebalance missed records.
+
+The same race lost records after a kill -9 (issue 3; shown with the offset trace on
+2026-12-03, a restarted worker 7 records short with every input committed to its end):
+the records delivered before the seek were still in the ingest agent's event-time merge
+when the rebalance ended, and the agent dropped them there (to be read again from the
+committed offset); the rest of the stale batch then arrived after the seek, moved Faust's
+read offset past them, and Faust dropped the copies the seek brought back (their offsets
+were below its read offset), while its gap range (e.g. 817..827 over committed 816) let
+the commit pass them (816 -> 912 over 824..826, never processed; dropped from the merge,
+they had also left Faust's weak set of unacknowledged messages). Two fixes:
+
+- a record of a batch fetched before a seek moved its partition's fetch position back to
+  or below it is not delivered (``overtaken``): the fetcher reads it again, so the seek's
+  copies arrive in order from the committed offset and none is dropped or taken for a gap;
+- the topics our agents read are *guarded* (``guard``): an agent calls ``ack`` for every
+  record it is done with, which records the offset as processed in the current
+  generation, and a commit never passes the first offset at or after the committed one
+  that was fetched and not processed (nor the highest processed offset plus one,
+  ``processed_up_to``). Faust's own bookkeeping alone counts as done the gap ranges and
+  the records its stream acknowledges when it skips them (flow stopped, generation
+  changed: ``faust/streams.py`` ``_py_aiter``, even on a ``noack`` stream).
 """
 
 from __future__ import annotations
@@ -76,8 +97,10 @@ def processed_up_to(committed: int | None, fetched: Set[int], processed: Set[int
 def guard(app: Any, topics: Iterable[str]) -> None:
     """Commit the offsets of ``topics`` only as far as our agents processed them: each
     agent reading them calls :func:`ack` (not ``stream.ack``) for every record it is done with."""
-    guarded = getattr(app.conf, "retention_guarded_topics", frozenset())
-    app.conf.retention_guarded_topics = frozenset(guarded) | frozenset(topics)
+    guarded = getattr(app, "retention_guarded_topics", None)
+    if guarded is None:
+        guarded = app.retention_guarded_topics = set()
+    guarded.update(topics)
 
 
 async def ack(stream: Any, event: Any) -> None:
@@ -111,7 +134,7 @@ class _Consumer(driver.Consumer):
         self.overtaken = 0  # fetched records dropped because a seek overtook them
 
     def _guarded(self, topic: str) -> bool:
-        return topic in getattr(self.app.conf, "retention_guarded_topics", ())
+        return topic in getattr(self.app, "retention_guarded_topics", ())
 
     def processed(self, message: Any) -> None:
         """Our agent is done with ``message`` (called just before it acknowledges it).

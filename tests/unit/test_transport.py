@@ -11,7 +11,7 @@ from weakref import WeakSet
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.runtime.transport import _Consumer, overtaken, processed_up_to
+from streams.runtime.transport import _Consumer, guard, overtaken, processed_up_to
 
 TOPIC = TP("clicks", 0)
 
@@ -31,7 +31,7 @@ def consumer(committed: int, acked: list[int], gap: tuple[int, int] | None = Non
     """A consumer with only the bookkeeping the commit computation reads; ``in_flight``:
     messages handed to the stream and not acknowledged (keep a reference to them)."""
     c = object.__new__(_Consumer)
-    c.app = SimpleNamespace(consumer_generation_id=GENERATION, conf=SimpleNamespace())
+    c.app = SimpleNamespace(consumer_generation_id=GENERATION)
     c._fetched, c._processed, c.overtaken, c.trace = {}, {}, 0, None
     c._acked = defaultdict(list, {TOPIC: list(acked)})
     c._acked_index = defaultdict(set, {TOPIC: set(acked)})
@@ -133,7 +133,7 @@ def guarded(committed: int | None, acked: list[int], fetched: range, processed: 
     with whatever else Faust counted done)."""
     c = consumer(committed if committed is not None else 0, acked, gap)
     c._committed_offset[TOPIC] = committed
-    c.app.conf.retention_guarded_topics = frozenset({TOPIC.topic})
+    guard(c.app, [TOPIC.topic])
     c._fetched[TOPIC] = set(fetched)
     for offset in processed:
         c.processed(Message(offset))
