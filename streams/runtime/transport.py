@@ -19,15 +19,17 @@ information). Stopping the flow around the seek instead was tried and rejected: 
 fetcher then seeks *every* partition, changelogs included, to the group's committed
 offsets, and a standby table taken over in the next rebalance missed records.
 
-The same race lost records after a kill -9 (issue 3; shown with the offset trace on
-2026-12-03, a restarted worker 7 records short with every input committed to its end):
-the records delivered before the seek were still in the ingest agent's event-time merge
-when the rebalance ended, and the agent dropped them there (to be read again from the
-committed offset); the rest of the stale batch then arrived after the seek, moved Faust's
-read offset past them, and Faust dropped the copies the seek brought back (their offsets
-were below its read offset), while its gap range (e.g. 817..827 over committed 816) let
-the commit pass them (816 -> 912 over 824..826, never processed; dropped from the merge,
-they had also left Faust's weak set of unacknowledged messages). Two fixes:
+The same race lost records after a kill -9 (issue 3). The offset trace of a failed run
+(2026-12-03: the restarted worker 7 records short, every input committed to its end)
+shows it: Faust's seek looks up the committed offsets one partition at a time (0.37 s for
+the worker's partitions) while the fetcher already delivers, and resets its read offsets
+only at the end. On heartbeats[3] (committed 816) the records up to 826 were delivered,
+the read offset went back to 816, the rest of the stale batch came next, Faust recorded
+817..827 as a gap and its read offset ran ahead of the records the seek brought back,
+which it then dropped as already read. 824..826 had not been processed by the agent,
+were no longer among Faust's unacknowledged messages (so the in-flight check below did
+not hold them), and the commit 816 -> 912 passed them through the gap range; eleven more
+input partitions showed the same in that run (3 records each, 6 on one). Two fixes:
 
 - a record of a batch fetched before a seek moved its partition's fetch position back to
   or below it is not delivered (``overtaken``): the fetcher reads it again, so the seek's
@@ -285,6 +287,9 @@ class _Consumer(driver.Consumer):
             return None
         if limit >= offset:
             return offset
+        if self.trace is not None:
+            self.trace.event(f"commit held {tp.topic}[{tp.partition}] at {limit} (Faust's offset {offset}, "
+                             f"committed {committed}): not processed in this generation")
         acked, index = self._acked[tp], self._acked_index[tp]
         back = [o for o in processed if limit <= o < offset and o not in index]
         if back:
