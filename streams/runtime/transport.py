@@ -29,7 +29,11 @@ the read offset went back to 816, the rest of the stale batch came next, Faust r
 which it then dropped as already read. 824..826 had not been processed by the agent,
 were no longer among Faust's unacknowledged messages (so the in-flight check below did
 not hold them), and the commit 816 -> 912 passed them through the gap range; eleven more
-input partitions showed the same in that run (3 records each, 6 on one). Two fixes:
+input partitions showed the same in that run (3 records each, 6 on one). What the code
+says happened to them (the trace does not show it): they were still in the stream's
+queue when Faust's recovery resumed the flow right after the seek, and a stream's queue
+is cleared on resume (mode's ``FlowControlQueue(clear_on_resume=True)``), unacknowledged,
+on the understanding that the seek reads them again. Two fixes:
 
 - a record of a batch fetched before a seek moved its partition's fetch position back to
   or below it is not delivered (``overtaken``): the fetcher reads it again, so the seek's
