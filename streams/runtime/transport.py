@@ -44,7 +44,12 @@ on the understanding that the seek reads them again. Two fixes:
   that was fetched and not processed (nor the highest processed offset plus one,
   ``processed_up_to``). Faust's own bookkeeping alone counts as done the gap ranges and
   the records its stream acknowledges when it skips them (flow stopped, generation
-  changed: ``faust/streams.py`` ``_py_aiter``, even on a ``noack`` stream).
+  changed: ``faust/streams.py`` ``_py_aiter``, even on a ``noack`` stream);
+- when the flow resumes (and the streams' queues are cleared), each guarded partition with
+  a record handed to the stream in this generation and neither processed nor in flight is
+  sought back to it (``resume_flow``, ``dropped``). Seen in the rebalance test: the new
+  owner of model-labels was handed 1653..1683 during the seek, its trainer never got them,
+  and Faust would have committed 1873 (the guard held the commit at 1654).
 """
 
 from __future__ import annotations
@@ -100,6 +105,17 @@ def processed_up_to(committed: int | None, fetched: Set[int], processed: Set[int
     return max(done) + 1 if done else None
 
 
+def dropped(committed: int | None, handed: Set[int], processed: Set[int], in_flight: Set[int]) -> int | None:
+    """The lowest offset handed to the stream in this generation that is neither processed
+    nor still in flight (at or after ``committed``): a record the stream let go of.
+
+    >>> dropped(816, set(range(816, 827)), set(range(816, 824)), set()), dropped(816, {816, 817}, {816}, {817})
+    (824, None)
+    """
+    lost = [o for o in handed if (committed is None or o >= committed) and o not in processed and o not in in_flight]
+    return min(lost, default=None)
+
+
 def guard(app: Any, topics: Iterable[str]) -> None:
     """Commit the offsets of ``topics`` only as far as our agents processed them: each
     agent reading them calls :func:`ack` (not ``stream.ack``) for every record it is done with."""
@@ -137,6 +153,7 @@ class _Consumer(driver.Consumer):
         # and those our agents processed in the current generation (generation, offsets)
         self._fetched: dict[TP, set[int]] = {}
         self._processed: dict[TP, tuple[int, set[int]]] = {}
+        self._handed: dict[TP, tuple[int, set[int]]] = {}  # handed to the stream, this generation
         self.overtaken = 0  # fetched records dropped because a seek overtook them
 
     def _guarded(self, topic: str) -> bool:
@@ -147,13 +164,51 @@ class _Consumer(driver.Consumer):
 
         Only a record of the current generation counts: one delivered before the last
         rebalance is read again from the committed offset."""
+        if self._guarded(message.topic):
+            self._book(self._processed, message)
+
+    def _book(self, books: dict[TP, tuple[int, set[int]]], message: Any) -> None:
+        """Add the offset of a message of the current generation to its partition's book."""
         generation = self.app.consumer_generation_id
-        if message.generation_id != generation or not self._guarded(message.topic):
+        if message.generation_id != generation:
             return
-        book = self._processed.get(message.tp)
+        book = books.get(message.tp)
         if book is None or book[0] != generation:
-            book = self._processed[message.tp] = (generation, set())
+            book = books[message.tp] = (generation, set())
         book[1].add(message.offset)
+
+    def _current(self, books: dict[TP, tuple[int, set[int]]], tp: TP) -> set[int]:
+        book = books.get(tp)
+        return book[1] if book is not None and book[0] == self.app.consumer_generation_id else set()
+
+    def resume_flow(self) -> None:
+        """Faust's recovery resumes the flow right after its post-assignment seek, and that
+        clears the streams' queues (``clear_on_resume``): records delivered during the seek
+        are let go of, unacknowledged, and the fetcher does not read them again (its position
+        is past them). So each guarded partition with such a record is sought back to it."""
+        super().resume_flow()
+        if any(self._handed.values()):
+            asyncio.ensure_future(self._redeliver_dropped())
+
+    async def _redeliver_dropped(self) -> None:
+        await asyncio.sleep(0)  # after the caller's other steps (the fetcher restarting)
+        generation = self.app.consumer_generation_id
+        for tp in list(self._handed):
+            handed = self._current(self._handed, tp)
+            if not handed:
+                continue
+            in_flight = {m.offset for m in list(self._unacked_messages)
+                         if m.tp == tp and not m.acked and m.generation_id == generation}
+            first = dropped(self._committed_offset.get(tp), handed, self._current(self._processed, tp), in_flight)
+            if first is None or generation != self.app.consumer_generation_id:
+                continue
+            if self.trace is not None:
+                self.trace.event(f"records let go of by the stream: seek {tp.topic}[{tp.partition}] back to {first}")
+            self._handed[tp][1].difference_update([o for o in handed if o >= first])
+            try:
+                await self.seek(tp, first)
+            except Exception:  # no longer assigned: the next owner reads it from the committed offset
+                log.warning("could not seek %s[%d] back to %d", tp.topic, tp.partition, first, exc_info=True)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's batch of records, without those a seek has overtaken (:func:`overtaken`)."""
@@ -181,6 +236,8 @@ class _Consumer(driver.Consumer):
             if not message.tracked:
                 message.tracked = True
                 self.track_message(message)
+            if self._guarded(message.topic):
+                self._book(self._handed, message)
             if trace is None:
                 await callback(message)
                 return
@@ -228,9 +285,10 @@ class _Consumer(driver.Consumer):
             for tp, offset in offsets.items():  # what is below a commit is never read again here
                 if tp in self._fetched:
                     self._fetched[tp] = {o for o in self._fetched[tp] if o >= offset}
-                if tp in self._processed:
-                    generation, done = self._processed[tp]
-                    self._processed[tp] = (generation, {o for o in done if o >= offset})
+                for books in (self._processed, self._handed):
+                    if tp in books:
+                        generation, done = books[tp]
+                        books[tp] = (generation, {o for o in done if o >= offset})
         if self.trace is not None:
             self.trace.event(f"commit {did}: {{{', '.join(f'{tp.topic}[{tp.partition}]: {o}' for tp, o in offsets.items())}}}")
         return did
@@ -239,6 +297,7 @@ class _Consumer(driver.Consumer):
         for tp in revoked:  # the next owner (maybe us) reads them again from the committed offset
             self._fetched.pop(tp, None)
             self._processed.pop(tp, None)
+            self._handed.pop(tp, None)
         if self.trace is not None:
             self.trace.event(f"revoked {sorted(revoked)}")
             for line in self.trace.report(self, self._position):
@@ -284,8 +343,7 @@ class _Consumer(driver.Consumer):
         if offset is None or not self._guarded(tp.topic):
             return offset
         committed = self._committed_offset.get(tp)
-        book = self._processed.get(tp)
-        processed = book[1] if book is not None and book[0] == self.app.consumer_generation_id else set()
+        processed = self._current(self._processed, tp)
         limit = processed_up_to(committed, self._fetched.get(tp, set()), processed)
         if limit is None:  # nothing processed since the last commit
             return None

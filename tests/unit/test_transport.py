@@ -11,7 +11,7 @@ from weakref import WeakSet
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.runtime.transport import _Consumer, guard, overtaken, processed_up_to
+from streams.runtime.transport import _Consumer, dropped, guard, overtaken, processed_up_to
 
 TOPIC = TP("clicks", 0)
 
@@ -32,7 +32,7 @@ def consumer(committed: int, acked: list[int], gap: tuple[int, int] | None = Non
     messages handed to the stream and not acknowledged (keep a reference to them)."""
     c = object.__new__(_Consumer)
     c.app = SimpleNamespace(consumer_generation_id=GENERATION)
-    c._fetched, c._processed, c.overtaken, c.trace = {}, {}, 0, None
+    c._fetched, c._processed, c._handed, c.overtaken, c.trace = {}, {}, {}, 0, None
     c._acked = defaultdict(list, {TOPIC: list(acked)})
     c._acked_index = defaultdict(set, {TOPIC: set(acked)})
     c._committed_offset = defaultdict(lambda: None, {TOPIC: committed})
@@ -207,6 +207,38 @@ def test_an_unguarded_topic_commits_as_before() -> None:
     c.processed(Message(100))  # not a guarded topic: not tracked
     assert c._processed == {} and c._new_offset(TOPIC) == 111
 
+
+
+def test_a_record_handed_on_and_neither_processed_nor_in_flight_was_let_go_of() -> None:
+    assert dropped(816, set(range(816, 827)), set(range(816, 824)), set()) == 824
+    assert dropped(816, set(range(816, 827)), set(range(816, 824)), {824, 825, 826}) is None  # still waiting
+    assert dropped(816, {814, 815}, set(), set()) is None  # below the committed offset
+
+
+def test_records_the_stream_queue_let_go_of_at_resume_are_read_again() -> None:
+    """What the trace showed in the rebalance test on 2026-12-03 (model-labels, new owner):
+    1653..1683 were handed to the stream during the post-assignment seek and never reached
+    the trainer: Faust resumes the flow right after the seek, which clears the streams'
+    queues. The partition is sought back to the first of them."""
+    import asyncio
+
+    c = guarded(committed=1653, acked=[1653], fetched=range(1653, 1700), processed=[1653])
+    for offset in range(1653, 1700):
+        c._book(c._handed, Message(offset))
+    waiting = [Message(o) for o in range(1684, 1700)]  # still in the trainer's list: in flight
+    c._unacked_messages = WeakSet(waiting)
+    sought: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        sought.append((tp, offset))
+
+    c.seek = seek
+    asyncio.run(c._redeliver_dropped())
+    assert sought == [(TOPIC, 1654)]
+    assert c._current(c._handed, TOPIC) == {1653}  # the copies to come are booked again when handed on
+    sought.clear()
+    asyncio.run(c._redeliver_dropped())
+    assert sought == []  # nothing else let go of
 
 def test_a_record_at_or_above_the_fetch_position_was_overtaken_by_a_seek() -> None:
     assert overtaken(827, 816) and overtaken(816, 816)
