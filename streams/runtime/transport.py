@@ -60,6 +60,7 @@ import logging
 from collections.abc import AsyncIterator, Iterable, Mapping, Set
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as driver
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -206,9 +207,17 @@ class _Consumer(driver.Consumer):
                 self.trace.event(f"records let go of by the stream: seek {tp.topic}[{tp.partition}] back to {first}")
             self._handed[tp][1].difference_update([o for o in handed if o >= first])
             try:
-                await self.seek(tp, first)
+                await self._seek_back(tp, first)
             except Exception:  # no longer assigned: the next owner reads it from the committed offset
                 log.warning("could not seek %s[%d] back to %d", tp.topic, tp.partition, first, exc_info=True)
+
+    async def _seek_back(self, tp: TP, offset: int) -> None:
+        """Seek in the consumer's own thread (Faust's ``seek`` calls aiokafka from this one,
+        and aiokafka's fetcher then crashed: KeyError in its records of the partition)."""
+        thread = self._thread
+        consumer = thread._ensure_consumer()
+        await thread.call_thread(consumer.seek, TopicPartition(tp.topic, tp.partition), offset)
+        self._read_offset[tp] = offset  # as Faust's seek does: the next record read is ``offset``
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """Faust's batch of records, without those a seek has overtaken (:func:`overtaken`)."""

@@ -197,6 +197,11 @@ def view(state: UserState) -> dict[str, Any]:
 #: examples by a clock that restarts at the rebalance, behind a watermark the old owner had
 #: sent for it, so the trainer drops the example as already learned. Reported as xfail,
 #: and only for exactly that difference; any other difference fails.
+#: Another cause, seen on 2026-12-03 with the offset trace (issue 3) and fixed in
+#: streams/runtime/transport.py: the new owner of model-labels was handed 30 label records
+#: during Faust's post-assignment seek that never reached its trainer (the stream queue is
+#: cleared when the flow resumes), and Faust would have committed past them. Kept until it has passed for
+#: longer (REB_RUNS_PLACEHOLDER).
 SEGMENT_ROW_LOST_AT_REBALANCE = "issue 4: a segment example lost across a rebalance"
 
 

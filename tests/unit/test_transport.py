@@ -232,7 +232,7 @@ def test_records_the_stream_queue_let_go_of_at_resume_are_read_again() -> None:
     async def seek(tp: TP, offset: int) -> None:
         sought.append((tp, offset))
 
-    c.seek = seek
+    c._seek_back = seek
     asyncio.run(c._redeliver_dropped())
     assert sought == [(TOPIC, 1654)]
     assert c._current(c._handed, TOPIC) == {1653}  # the copies to come are booked again when handed on
