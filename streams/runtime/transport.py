@@ -346,8 +346,8 @@ class _Consumer(driver.Consumer):
         ranges hold, and both can hold records no agent processed: the stream acknowledges
         the records it skips while the flow is stopped or after the generation changed
         (``faust/streams.py``, even on a ``noack`` stream), and the gap ranges of the
-        recovery race (#596) cover records delivered before the seek, which the agent
-        dropped at the rebalance. The processed offsets Faust took off its list beyond the
+        recovery race (#596) cover records handed to the stream during the seek, which
+        the stream lets go of when the flow resumes. The processed offsets Faust took off its list beyond the
         limit go back on it; the others are added by their own acknowledgement."""
         if offset is None or not self._guarded(tp.topic):
             return offset

@@ -201,7 +201,8 @@ def view(state: UserState) -> dict[str, Any]:
 #: streams/runtime/transport.py: the new owner of model-labels was handed 30 label records
 #: during Faust's post-assignment seek that never reached its trainer (the stream queue is
 #: cleared when the flow resumes), and Faust would have committed past them. Kept until it has passed for
-#: longer (REB_RUNS_PLACEHOLDER).
+#: longer (since the fix: 2 of 2 scripts/kill-loop --variant module runs passed it,
+#: with --runxfail, plus 3 of 3 runs of this test alone, 2 of them before the last fix).
 SEGMENT_ROW_LOST_AT_REBALANCE = "issue 4: a segment example lost across a rebalance"
 
 
@@ -292,8 +293,10 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 #: read offset then runs ahead and it drops the records the seek brings back). Fixed by not
 #: delivering records a seek has overtaken and by committing a guarded input only as far as
 #: the agents processed it in the current generation (which also covers the records Faust's
-#: stream acknowledges when it skips them). Since: every scripts/kill-loop run passed both
-#: variants (runs and load average in the README's known limits).
+#: stream acknowledges when it skips them), and by seeking a partition back to the records
+#: the stream let go of when Faust resumed the flow after that seek (its queue is cleared).
+#: Since: every scripts/kill-loop run passed both variants (runs and load average in the
+#: README's known limits).
 @pytest.mark.parametrize("restart", ["same-data-dir", "empty-data-dir"])
 def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_uninterrupted_run(
     pipeline: Pipeline, reference: Run, restart: str
