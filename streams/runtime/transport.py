@@ -1,5 +1,5 @@
 """Faust's aiokafka transport: a configurable fetch wait, a commit that survives duplicated
-acks and never passes a record still being processed, a producer flush that really sends
+acks and never passes a record our agents have not processed, a producer flush that really sends
 everything before a commit, and an opt-in trace of the consumer's offsets (offset_trace.py).
 
 Faust creates its consumer with ``fetch_max_wait_ms=1500`` hard-coded. On the embedded
@@ -18,6 +18,38 @@ partition are de-duplicated before a commit is computed (a duplicate carries no
 information). Stopping the flow around the seek instead was tried and rejected: Faust's
 fetcher then seeks *every* partition, changelogs included, to the group's committed
 offsets, and a standby table taken over in the next rebalance missed records.
+
+The same race lost records after a kill -9 (issue 3). The offset trace of a failed run
+(2026-12-03: the restarted worker 7 records short, every input committed to its end)
+shows it: Faust's seek looks up the committed offsets one partition at a time (0.37 s for
+the worker's partitions) while the fetcher already delivers, and resets its read offsets
+only at the end. On heartbeats[3] (committed 816) the records up to 826 were delivered,
+the read offset went back to 816, the rest of the stale batch came next, Faust recorded
+817..827 as a gap and its read offset ran ahead of the records the seek brought back,
+which it then dropped as already read. 824..826 had not been processed by the agent,
+were no longer among Faust's unacknowledged messages (so the in-flight check below did
+not hold them), and the commit 816 -> 912 passed them through the gap range; eleven more
+input partitions showed the same in that run (3 records each, 6 on one). What the code
+says happened to them (the trace does not show it): they were still in the stream's
+queue when Faust's recovery resumed the flow right after the seek, and a stream's queue
+is cleared on resume (mode's ``FlowControlQueue(clear_on_resume=True)``), unacknowledged,
+on the understanding that the seek reads them again. Two fixes:
+
+- a record of a batch fetched before a seek moved its partition's fetch position back to
+  or below it is not delivered (``overtaken``): the fetcher reads it again, so the seek's
+  copies arrive in order from the committed offset and none is dropped or taken for a gap;
+- the topics our agents read are *guarded* (``guard``): an agent calls ``ack`` for every
+  record it is done with, which records the offset as processed in the current
+  generation, and a commit never passes the first offset at or after the committed one
+  that was fetched and not processed (nor the highest processed offset plus one,
+  ``processed_up_to``). Faust's own bookkeeping alone counts as done the gap ranges and
+  the records its stream acknowledges when it skips them (flow stopped, generation
+  changed: ``faust/streams.py`` ``_py_aiter``, even on a ``noack`` stream);
+- when the flow resumes (and the streams' queues are cleared), each guarded partition with
+  a record handed to the stream in this generation and neither processed nor in flight is
+  sought back to it (``resume_flow``, ``dropped``). Seen in the rebalance test: the new
+  owner of model-labels was handed 1653..1683 during the seek, its trainer never got them,
+  and Faust would have committed 1873 (the guard held the commit at 1654).
 """
 
 from __future__ import annotations
@@ -25,9 +57,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Set
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.transport.drivers import aiokafka as driver
 from faust.transport.producer import ProducerBuffer
 from faust.types import TP
@@ -35,6 +68,70 @@ from faust.types import TP
 from streams.runtime.offset_trace import OffsetTrace
 
 log = logging.getLogger(__name__)
+
+
+def overtaken(offset: int, position: int | None) -> bool:
+    """A fetched record whose partition a seek has since moved back to or below it.
+
+    aiokafka advances a partition's fetch position past every record it returns, so a
+    record at or above the current position was fetched before a seek set the position
+    back: the fetcher reads it again from there, and delivering this copy too would move
+    Faust's read offset past the copies the seek brings (Faust drops those as already
+    read, faust-streaming #596).
+
+    >>> overtaken(827, 816), overtaken(827, 828), overtaken(827, None)
+    (True, False, False)
+    """
+    return position is not None and position <= offset
+
+
+def processed_up_to(committed: int | None, fetched: Set[int], processed: Set[int]) -> int | None:
+    """The highest offset a commit may reach: the first offset at or after ``committed``
+    that was fetched and not processed, or one past the highest processed offset.
+
+    Offsets never fetched below a processed one are holes in the log (or below its start)
+    and do not hold a commit. None: nothing processed since ``committed``.
+
+    >>> processed_up_to(10, {10, 11, 12, 13}, {10, 11, 13})
+    12
+    >>> processed_up_to(10, {10, 11, 14}, {10, 11, 14})  # 12 and 13 are not in the log
+    15
+    >>> processed_up_to(10, {10}, set()), processed_up_to(10, set(), {7, 8})
+    (10, None)
+    """
+    pending = [o for o in fetched if (committed is None or o >= committed) and o not in processed]
+    if pending:
+        return min(pending)
+    done = [o for o in processed if committed is None or o >= committed]
+    return max(done) + 1 if done else None
+
+
+def dropped(committed: int | None, handed: Set[int], processed: Set[int], in_flight: Set[int]) -> int | None:
+    """The lowest offset handed to the stream in this generation that is neither processed
+    nor still in flight (at or after ``committed``): a record the stream let go of.
+
+    >>> dropped(816, set(range(816, 827)), set(range(816, 824)), set()), dropped(816, {816, 817}, {816}, {817})
+    (824, None)
+    """
+    lost = [o for o in handed if (committed is None or o >= committed) and o not in processed and o not in in_flight]
+    return min(lost, default=None)
+
+
+def guard(app: Any, topics: Iterable[str]) -> None:
+    """Commit the offsets of ``topics`` only as far as our agents processed them: each
+    agent reading them calls :func:`ack` (not ``stream.ack``) for every record it is done with."""
+    guarded = getattr(app, "retention_guarded_topics", None)
+    if guarded is None:
+        guarded = app.retention_guarded_topics = set()
+    guarded.update(topics)
+
+
+async def ack(stream: Any, event: Any) -> None:
+    """Acknowledge a record our agent has processed (a guarded topic's commit counts only these)."""
+    processed = getattr(stream.app.consumer, "processed", None)
+    if processed is not None:
+        processed(event.message)
+    await stream.ack(event)
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -53,6 +150,85 @@ class _Consumer(driver.Consumer):
         if getattr(self.app.conf, "retention_trace_offsets", False):
             self.trace = OffsetTrace()
         self.callback = self._tracking(self.callback)
+        # guarded topics (see guard): per partition, the offsets fetched since the last commit
+        # and those our agents processed in the current generation (generation, offsets)
+        self._fetched: dict[TP, set[int]] = {}
+        self._processed: dict[TP, tuple[int, set[int]]] = {}
+        self._handed: dict[TP, tuple[int, set[int]]] = {}  # handed to the stream, this generation
+        self.overtaken = 0  # fetched records dropped because a seek overtook them
+
+    def _guarded(self, topic: str) -> bool:
+        return topic in getattr(self.app, "retention_guarded_topics", ())
+
+    def processed(self, message: Any) -> None:
+        """Our agent is done with ``message`` (called just before it acknowledges it).
+
+        Only a record of the current generation counts: one delivered before the last
+        rebalance is read again from the committed offset."""
+        if self._guarded(message.topic):
+            self._book(self._processed, message)
+
+    def _book(self, books: dict[TP, tuple[int, set[int]]], message: Any) -> None:
+        """Add the offset of a message of the current generation to its partition's book."""
+        generation = self.app.consumer_generation_id
+        if message.generation_id != generation:
+            return
+        book = books.get(message.tp)
+        if book is None or book[0] != generation:
+            book = books[message.tp] = (generation, set())
+        book[1].add(message.offset)
+
+    def _current(self, books: dict[TP, tuple[int, set[int]]], tp: TP) -> set[int]:
+        book = books.get(tp)
+        return book[1] if book is not None and book[0] == self.app.consumer_generation_id else set()
+
+    def resume_flow(self) -> None:
+        """Faust's recovery resumes the flow right after its post-assignment seek, and that
+        clears the streams' queues (``clear_on_resume``): records delivered during the seek
+        are let go of, unacknowledged, and the fetcher does not read them again (its position
+        is past them). So each guarded partition with such a record is sought back to it."""
+        super().resume_flow()
+        if any(self._handed.values()):
+            asyncio.ensure_future(self._redeliver_dropped())
+
+    async def _redeliver_dropped(self) -> None:
+        await asyncio.sleep(0)  # after the caller's other steps (the fetcher restarting)
+        generation = self.app.consumer_generation_id
+        for tp in list(self._handed):
+            handed = self._current(self._handed, tp)
+            if not handed:
+                continue
+            in_flight = {m.offset for m in list(self._unacked_messages)
+                         if m.tp == tp and not m.acked and m.generation_id == generation}
+            first = dropped(self._committed_offset.get(tp), handed, self._current(self._processed, tp), in_flight)
+            if first is None or generation != self.app.consumer_generation_id:
+                continue
+            if self.trace is not None:
+                self.trace.event(f"records let go of by the stream: seek {tp.topic}[{tp.partition}] back to {first}")
+            self._handed[tp][1].difference_update([o for o in handed if o >= first])
+            try:
+                await self._seek_back(tp, first)
+            except Exception:  # no longer assigned: the next owner reads it from the committed offset
+                log.warning("could not seek %s[%d] back to %d", tp.topic, tp.partition, first, exc_info=True)
+
+    async def _seek_back(self, tp: TP, offset: int) -> None:
+        """Seek in the consumer's own thread (Faust's ``seek`` calls aiokafka from this one,
+        and aiokafka's fetcher then crashed: KeyError in its records of the partition)."""
+        thread = self._thread
+        consumer = thread._ensure_consumer()
+        await thread.call_thread(consumer.seek, TopicPartition(tp.topic, tp.partition), offset)
+        self._read_offset[tp] = offset  # as Faust's seek does: the next record read is ``offset``
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's batch of records, without those a seek has overtaken (:func:`overtaken`)."""
+        async for tp, message in super().getmany(timeout):
+            if overtaken(message.offset, self._position(tp)):
+                self.overtaken += 1
+                if self.trace is not None:
+                    self.trace.event(f"overtaken by a seek: {tp.topic}[{tp.partition}]@{message.offset} "
+                                     f"(position {self._position(tp)})")
+                continue
+            yield tp, message
 
     def _tracking(self, callback: Any) -> Any:
         """The consumer callback, tracking a record as unacknowledged when it is handed on.
@@ -69,6 +245,8 @@ class _Consumer(driver.Consumer):
             if not message.tracked:
                 message.tracked = True
                 self.track_message(message)
+            if self._guarded(message.topic):
+                self._book(self._handed, message)
             if trace is None:
                 await callback(message)
                 return
@@ -81,12 +259,15 @@ class _Consumer(driver.Consumer):
     def _new_consumer_thread(self) -> driver.AIOKafkaConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    # --- the opt-in offset trace (no effect unless RETENTION_TRACE_OFFSETS) -------------
 
     def _to_message(self, tp: TP, record: Any) -> Any:
+        if self._guarded(tp.topic):
+            self._fetched.setdefault(tp, set()).add(record.offset)
         if self.trace is not None and self.app.topics.acks_enabled_for(tp.topic):
             self.trace.fetched[tp].add(record.offset)
         return super()._to_message(tp, record)
+
+    # --- the opt-in offset trace (no effect unless RETENTION_TRACE_OFFSETS) -------------
 
     def ack(self, message: Any) -> bool:
         done = super().ack(message)
@@ -109,11 +290,23 @@ class _Consumer(driver.Consumer):
 
     async def _commit_offsets(self, offsets: Mapping[TP, int], start_new_transaction: bool = True) -> bool:
         did = await super()._commit_offsets(offsets, start_new_transaction=start_new_transaction)
+        if did:
+            for tp, offset in offsets.items():  # what is below a commit is never read again here
+                if tp in self._fetched:
+                    self._fetched[tp] = {o for o in self._fetched[tp] if o >= offset}
+                for books in (self._processed, self._handed):
+                    if tp in books:
+                        generation, done = books[tp]
+                        books[tp] = (generation, {o for o in done if o >= offset})
         if self.trace is not None:
             self.trace.event(f"commit {did}: {{{', '.join(f'{tp.topic}[{tp.partition}]: {o}' for tp, o in offsets.items())}}}")
         return did
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
+        for tp in revoked:  # the next owner (maybe us) reads them again from the committed offset
+            self._fetched.pop(tp, None)
+            self._processed.pop(tp, None)
+            self._handed.pop(tp, None)
         if self.trace is not None:
             self.trace.event(f"revoked {sorted(revoked)}")
             for line in self.trace.report(self, self._position):
@@ -143,7 +336,38 @@ class _Consumer(driver.Consumer):
                     gap.chop(0, max(added[-1], top + 1))
             acked[:] = sorted(set(acked))
         done = set(acked or ())
-        return self._not_past_in_flight(tp, super()._new_offset(tp), done)
+        return self._not_past_unprocessed(tp, self._not_past_in_flight(tp, super()._new_offset(tp), done))
+
+    def _not_past_unprocessed(self, tp: TP, offset: int | None) -> int | None:
+        """Never commit a guarded partition past a record our agents have not processed in
+        the current generation (:func:`processed_up_to`).
+
+        Faust's commit counts as done whatever its list of acknowledged offsets and its gap
+        ranges hold, and both can hold records no agent processed: the stream acknowledges
+        the records it skips while the flow is stopped or after the generation changed
+        (``faust/streams.py``, even on a ``noack`` stream), and the gap ranges of the
+        recovery race (#596) cover records handed to the stream during the seek, which
+        the stream lets go of when the flow resumes. The processed offsets Faust took off its list beyond the
+        limit go back on it; the others are added by their own acknowledgement."""
+        if offset is None or not self._guarded(tp.topic):
+            return offset
+        committed = self._committed_offset.get(tp)
+        processed = self._current(self._processed, tp)
+        limit = processed_up_to(committed, self._fetched.get(tp, set()), processed)
+        if limit is None:  # nothing processed since the last commit
+            return None
+        if limit >= offset:
+            return offset
+        if self.trace is not None:
+            self.trace.event(f"commit held {tp.topic}[{tp.partition}] at {limit} (Faust's offset {offset}, "
+                             f"committed {committed}): not processed in this generation")
+        acked, index = self._acked[tp], self._acked_index[tp]
+        back = [o for o in processed if limit <= o < offset and o not in index]
+        if back:
+            acked.extend(back)
+            acked.sort()
+            index.update(back)
+        return limit if committed is None or limit > committed else None
 
     def _not_past_in_flight(self, tp: TP, offset: int | None, done: set[int]) -> int | None:
         """Never commit past a record handed to a stream and not acknowledged yet.

@@ -54,6 +54,7 @@ from streams.runtime.agents.gate import ActionGate
 from streams.runtime.model_sync import ModelFollower, ModelLink
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
+from streams.runtime.transport import ack, guard
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Ingest:
         self.partition_for = make_partitioner(settings.partitions)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = app.topic(*self.logical, settings.rekey_topic, **raw)
+        guard(app, self.source.topics)  # committed only as far as this agent processed them
         self.rekeyed = app.topic(settings.rekey_topic, **raw)
         self.actions = app.topic(settings.topic_actions, **raw)
         self.dead_letters = app.topic(settings.topic_dead_letters, **raw)
@@ -184,7 +186,7 @@ class Ingest:
             finally:
                 _current_event.reset(token)
             await self._advance(partition, ts, event)
-            await self.stream.ack(event)
+            await ack(self.stream, event)  # counts for the commit (transport.guard)
             metrics.PROCESSING.observe(time.perf_counter() - started)
             if kafka_ts is not None:  # end to end when the producer stamped its send time (bench --mode live)
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)

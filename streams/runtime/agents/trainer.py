@@ -22,6 +22,7 @@ from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load
 from streams.runtime import metrics
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.settings import Settings
+from streams.runtime.transport import ack, guard
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class TrainerAgent:
         self.settings = settings
         self.follower = follower
         self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
+        guard(app, self.labels.topics)  # committed only as far as the trainer acknowledged them
         self.trainer: Trainer[Models] | None = None
         self.unacked: list[tuple[int | None, Any]] = []  # (example time, or None for a watermark; event)
         app.on_rebalance_complete.connect(self._on_rebalance)
@@ -60,7 +62,7 @@ class TrainerAgent:
             except Exception as exc:  # internal topic: skipped loudly (no contract, no dead letter)
                 log.error("model-labels@%d unreadable, skipped: %r", event.message.offset, exc)
                 metrics.MODEL_TRAINER_RECORDS.labels("invalid").inc()
-                await self.stream.ack(event)
+                await ack(self.stream, event)
                 continue
             if isinstance(record, Watermark):
                 metrics.MODEL_TRAINER_RECORDS.labels("watermark").inc()
@@ -108,7 +110,7 @@ class TrainerAgent:
         for at, event in self.unacked:
             if at is not None and (covered is None or at >= covered):
                 break
-            await self.stream.ack(event)
+            await ack(self.stream, event)
             done += 1
         del self.unacked[:done]
 
