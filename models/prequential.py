@@ -33,12 +33,13 @@ from river import metrics, stats, utils
 UNBOUNDED = 10**7
 
 
-def _windowed(metric: Any, window: int | None) -> Any:
-    return metric if window is None else utils.Rolling(metric, window_size=window)
+def _windowed(metric: type, window: int | None) -> Any:
+    """``metric`` over the last ``window`` points (River builds it: an instance is deprecated), or over all."""
+    return metric() if window is None else utils.Rolling(metric, window_size=window)
 
 
 def _mean(window: int | None) -> Any:
-    return stats.Mean() if window is None else utils.Rolling(stats.Mean(), window_size=window)
+    return _windowed(stats.Mean, window)
 
 
 def _value(metric: Any) -> float | None:
@@ -100,8 +101,8 @@ class ChurnMetrics:
 
     def __init__(self, window: int | None = 1000) -> None:
         self.auc = metrics.RollingROCAUC(window_size=window or UNBOUNDED)
-        self.log_loss = _windowed(metrics.LogLoss(), window)
-        self.brier = _windowed(metrics.MSE(), window)
+        self.log_loss = _windowed(metrics.LogLoss, window)
+        self.brier = _windowed(metrics.MSE, window)
         self.calibration = Calibration(window=window)
         self.rate = _mean(window)
         self.count = 0
@@ -130,8 +131,8 @@ class LoyaltyMetrics:
     """Rolling (or cumulative) MAE and RMSE of the predicted purchase days."""
 
     def __init__(self, window: int | None = 1000) -> None:
-        self.mae = _windowed(metrics.MAE(), window)
-        self.rmse = _windowed(metrics.RMSE(), window)
+        self.mae = _windowed(metrics.MAE, window)
+        self.rmse = _windowed(metrics.RMSE, window)
         self.label = _mean(window)
         self.prediction = _mean(window)
         self.count = 0
