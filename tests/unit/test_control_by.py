@@ -88,13 +88,20 @@ def test_an_invalid_control_by_is_refused_naming_line_and_problem(value: str, wo
 
 
 def test_the_rules_draw_the_group_of_the_actions_kind() -> None:
-    text = DEFAULT_POLICY.read_text().replace("control_share: 0.1", "control_share: 0.5\ncontrol_by: kind")
+    text = kind_policy_text()
     act = decider(policy=load_policy_text(text, "policy.yaml"))
     users = [str(i) for i in range(200)]
     review = lambda u: Review(event_id=f"r-{u}", user_id=u, ts=day(3), item_id="i1", rating=1, text="bad")  # noqa: E731
     groups = [on_event(UserState(u), review(u), day(3), CFG, sentiment=-0.9, act=act).actions[0].group for u in users]
     assert groups == [experiment_group(u, 0.5, kind="care_outreach", by="kind") for u in users]
     assert groups != [experiment_group(u, 0.5) for u in users]
+
+
+def kind_policy_text() -> str:
+    """The shipped policy with half the customers in control, drawn per kind."""
+    text = DEFAULT_POLICY.read_text()
+    assert "\ncontrol_share: 0.1\n" in text and "\ncontrol_by: customer\n" in text
+    return text.replace("\ncontrol_share: 0.1\n", "\ncontrol_share: 0.5\n").replace("\ncontrol_by: customer\n", "\ncontrol_by: kind\n")
 
 
 def offer(aid: str, user: str, kind: str, group: str, decided: float, extra: float | None) -> OfferTruth:
@@ -124,7 +131,7 @@ def test_the_itt_truth_per_kind_counts_only_the_kinds_own_offers_and_the_others_
 
 
 def test_on_the_closed_loop_every_action_carries_its_kinds_group_and_the_truth_counts_the_same_entrants() -> None:
-    text = DEFAULT_POLICY.read_text().replace("control_share: 0.1", "control_share: 0.5\ncontrol_by: kind")
+    text = kind_policy_text()
     policy = load_policy_text(text, "policy.yaml")
     shop = Shop(SimulationConfig(customers=80, new_customers_per_day=0, days=60, seed=3), OfferEffects().scaled(2))
     result = closed_loop(shop, EngineConfig(policy=policy.lapse_config()), policy=policy)
