@@ -85,7 +85,7 @@ def policy_check(
         os.environ["RETENTION_POLICY_FILE"] = str(file)
     policy = _policy(_settings())
     guards = policy.guards
-    print(f"{policy.source}: valid; control share {policy.control_share:g}; {len(policy.rules)} rules (first match per kind and trigger):")
+    print(f"{policy.source}: valid; control share {policy.control_share:g} (by {policy.control_by}); {len(policy.rules)} rules (first match per kind and trigger):")
     for rule in policy.rules:
         print(f"  line {rule.line}: {rule.name}: {rule.trigger} -> {rule.action}")
     budget = guards.daily_budget

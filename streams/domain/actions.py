@@ -8,6 +8,10 @@ marketing side can deduplicate on it.
 True
 >>> experiment_group("u1", control_share=0.0)
 'treatment'
+
+The control group is drawn per customer (``control_by="customer"``: one group for all kinds)
+or per customer and action kind (``control_by="kind"``: the kind is in the hash, so each
+kind's group is drawn independently, a factorial design; docs/uplift.md).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import msgspec
 
 ActionKind = Literal["coupon", "recommendation", "care_outreach"]
 Group = Literal["treatment", "control"]
+#: What the control group is drawn for: a customer (all kinds alike) or a customer and kind.
+ControlBy = Literal["customer", "kind"]
 
 
 class Chosen(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -93,7 +99,28 @@ def coupon_code(action_id_: str) -> str:
     return "RS-" + base64.b32encode(digest).decode().rstrip("=")[:10]
 
 
-def experiment_group(user_id: str, control_share: float, salt: str = "retention-v1") -> Group:
-    """Stable assignment of a customer to the control group, by hashing (no state needed)."""
-    digest = blake2b(f"{salt}\x1f{user_id}".encode(), digest_size=8).digest()
+def experiment_group(
+    user_id: str, control_share: float, salt: str = "retention-v1", kind: str | None = None, by: ControlBy = "customer"
+) -> Group:
+    """Stable assignment to the control group, by hashing (no state needed).
+
+    ``by="customer"`` (the default): one group per customer, whatever ``kind`` is (the hash of
+    the salt and the user id, as before the option existed, so no customer moves).
+    ``by="kind"``: one group per customer and action kind, the kind in the hash, so the kinds'
+    groups are independent draws, each with ``control_share``.
+
+    >>> experiment_group("u1", 0.5, kind="coupon") == experiment_group("u1", 0.5)
+    True
+    >>> experiment_group("u1", 1.0, kind="coupon", by="kind")
+    'control'
+    """
+    if by == "kind":
+        if kind is None:
+            raise ValueError("experiment_group(by='kind') needs the action kind")
+        key = f"{salt}\x1f{kind}\x1f{user_id}"
+    elif by == "customer":
+        key = f"{salt}\x1f{user_id}"
+    else:
+        raise ValueError(f"unknown control_by {by!r}; expected customer or kind")
+    digest = blake2b(key.encode(), digest_size=8).digest()
     return "control" if int.from_bytes(digest, "big") / 2**64 < control_share else "treatment"

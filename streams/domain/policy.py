@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.score import Score
-from streams.domain.actions import Reason, RetentionAction, action_id, coupon_code, experiment_group
+from streams.domain.actions import ControlBy, Reason, RetentionAction, action_id, coupon_code, experiment_group
 from streams.domain.features import as_dict
 from streams.domain.state import UserState, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY, format_ts
@@ -31,6 +31,8 @@ class PolicyConfig:
     coupon_percent: float = 10.0
     coupon_ttl_days: float = 14.0
     control_share: float = 0.1
+    #: The control group drawn per customer (all kinds alike) or per customer and kind.
+    control_by: ControlBy = "customer"
 
 
 def lapse_check_due(state: UserState, cfg: PolicyConfig) -> int | None:
@@ -75,6 +77,6 @@ def decide_lapse(
             model_versions={"churn": churn.version},
             features=as_dict(features),
         ),
-        group=experiment_group(state.user_id, cfg.control_share),
+        group=experiment_group(state.user_id, cfg.control_share, kind="coupon", by=cfg.control_by),
         expires_at=format_ts(now_ms + int(cfg.coupon_ttl_days * MS_PER_DAY)),
     )

@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from streams.domain.actions import ActionKind
+from streams.domain.actions import ActionKind, ControlBy
 from streams.domain.lifecycle import Stage
 from streams.domain.loyalty import TIER_PATTERN
 from streams.domain.policy import LAPSED_AFTER_STREAK, PolicyConfig
@@ -45,6 +45,7 @@ TRIGGERS: tuple[str, ...] = get_args(Trigger)
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 CHOOSE_BY: tuple[str, ...] = get_args(ChooseBy)
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+CONTROL_BY: tuple[str, ...] = get_args(ControlBy)
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 #: The section each action kind takes its parameters from.
 ACTION_SECTION = {"coupon": "coupon", "recommendation": "recommendation", "care_outreach": "care"}
@@ -182,6 +183,8 @@ class Policy:
     lapse: Lapse = field(default_factory=Lapse)
     guards: Guards = field(default_factory=Guards)
     control_share: float = 0.1
+    #: ``customer``: one control group for all kinds; ``kind``: drawn per customer and kind.
+    control_by: ControlBy = "customer"
     #: The groups of rules (trigger, action kind) not chosen by ``first``.
     choose: tuple[Choose, ...] = ()
     source: str = "<string>"
@@ -212,6 +215,7 @@ class Policy:
             coupon_percent=coupon.percent if coupon is not None and coupon.percent is not None else base.coupon_percent,
             coupon_ttl_days=coupon.valid_days if coupon is not None else base.coupon_ttl_days,
             control_share=self.control_share,
+            control_by=self.control_by,
         )
 
 
@@ -371,7 +375,7 @@ class _Validator:
     def policy(self, root: Node | None, source: str) -> Policy | None:
         if root is None:
             return None
-        m = self.mapping(root, "", {"version": True, "control_share": False, "lapse": False, "rules": True, "guards": False,
+        m = self.mapping(root, "", {"version": True, "control_share": False, "control_by": False, "lapse": False, "rules": True, "guards": False,
                                     "choose": False})
         if m is None:
             return None
@@ -383,6 +387,8 @@ class _Validator:
             kw["version"] = version
         if "control_share" in m:
             kw["control_share"] = self.number(m["control_share"], "control_share", lo=0, hi=1)
+        if "control_by" in m:
+            kw["control_by"] = self.choice(m["control_by"], "control_by", CONTROL_BY, "control_by")
         if "lapse" in m:
             kw["lapse"] = self.lapse(m["lapse"])
         if "rules" in m:

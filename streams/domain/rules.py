@@ -190,7 +190,7 @@ class Decider:
                 loyalty_tier=row.loyalty_tier,
                 segment=row.segment,
             ),
-            group=experiment_group(state.user_id, self.policy.control_share),
+            group=experiment_group(state.user_id, self.policy.control_share, kind=rule.action, by=self.policy.control_by),
             expires_at=format_ts(now_ms + int(valid_days * MS_PER_DAY)),
         )
 

@@ -104,6 +104,7 @@ class ActionStats:
             "errors": errors,
             "attribution_window_days": self.settings.attribution_window_days,
             "control_share": self.settings.policy.control_share,
+            "control_by": self.settings.policy.control_by,
             **report(tally, self.settings.uplift_confidence),
         })
 

@@ -106,7 +106,7 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
         status, stats = worker.get_json("/actions/stats")
         clock_ms = int(min(v for _, v in worker.samples("retention_event_time_seconds")) * 1000)
         truth = shop.uplift_truth(clock_ms - settings.engine.attribution.lateness_ms)
-        itt_truth = shop.itt_truth(clock_ms - settings.engine.attribution.lateness_ms)
+        itt_truth = shop.itt_truth(clock_ms - settings.engine.attribution.lateness_ms, settings.policy.control_by)
         print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence, itt_truth)
         with open(workdir / "uplift.json", "w") as out:
             json.dump({"measured": stats, "truth": truth, "itt_truth": itt_truth}, out, indent=1)

@@ -183,7 +183,7 @@ def truth_report(offers: list[OfferTruth]) -> dict[str, dict[str, Any]]:
 
 def itt_truth_report(
     offers: list[OfferTruth], natural: dict[str, list[int]], extra: dict[str, list[tuple[int, str]]], effects: OfferEffects,
-    until_ms: int,
+    until_ms: int, control_by: str = "customer",
 ) -> dict[str, dict[str, Any]]:
     """The true intention-to-treat uplift per kind and per ``kind/rule``: the effect of being
     assigned to treatment on a customer's purchase in the window after its first decision
@@ -200,7 +200,16 @@ def itt_truth_report(
     (an unsubscribe outcome, sent to treated customers only, stops later ones).
     ``expected``: ``(1 - Y0) * (1 - prod_o (1 - P(o works by t1 + window)))`` from the effect
     parameters; ``own_kind``: the true uplift counting only offers of the kind itself.
+
+    ``control_by`` is the policy's (:func:`~streams.domain.actions.experiment_group`): with
+    ``customer`` the assignment is the customer's, for all kinds, as above; with ``kind`` it is
+    the customer's for this kind only, so only the kind's own offers are in ``Y1`` and the
+    purchases the other kinds' offers actually brought in the window (as their own groups
+    have it, the same in both worlds) are part of ``Y0``.
     """
+    if control_by not in ("customer", "kind"):
+        raise ValueError(f"unknown control_by {control_by!r}; expected customer or kind")
+    kind_of = {o.offer.action_id: o.offer.kind for o in offers}
     by_user: dict[str, list[OfferTruth]] = {}
     for o in sorted(offers, key=lambda o: (o.offer.decided_ms, o.offer.action_id)):
         by_user.setdefault(o.offer.user_id, []).append(o)
@@ -215,10 +224,13 @@ def itt_truth_report(
             end = t1 + effects.window_ms
             if end > until_ms:
                 continue
+            kind = first.offer.kind
             y0 = any(t1 < t <= end for t in natural.get(user, ())) or any(
-                t1 < t <= end for t, aid in extra.get(user, ()) if _decided_before(mine, aid, t1)
+                t1 < t <= end for t, aid in extra.get(user, ())
+                if _decided_before(mine, aid, t1) or (control_by == "kind" and kind_of.get(aid) != kind)
             )
-            inside = [o for o in mine if t1 <= o.offer.decided_ms < end]
+            # the offers the assignment decides: all of the customer's, or (per kind) the kind's own
+            inside = [o for o in mine if t1 <= o.offer.decided_ms < end and (control_by == "customer" or o.offer.kind == kind)]
             works = [o for o in inside if o.extra_ms is not None and o.extra_ms <= end]
             fails = 1.0
             for o in inside:

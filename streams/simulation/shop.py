@@ -732,17 +732,18 @@ class Shop:
         """True uplift per kind and per ``kind/rule`` (:func:`~streams.simulation.offers.truth_report`)."""
         return truth_report(self.offers(matured_by_ms))
 
-    def itt_truth(self, matured_by_ms: int | None = None) -> dict[str, dict[str, object]]:
+    def itt_truth(self, matured_by_ms: int | None = None, control_by: str = "customer") -> dict[str, dict[str, object]]:
         """True intention-to-treat uplift per kind and per ``kind/rule``, over the customers whose
         window after their first decision ended by ``matured_by_ms``
-        (:func:`~streams.simulation.offers.itt_truth_report`)."""
+        (:func:`~streams.simulation.offers.itt_truth_report`); ``control_by``: the policy's
+        (what an assignment to treatment decides: all the customer's offers, or one kind's)."""
         if self._run is None:
             return {}
         run = self._run
         until = run.end_ms if matured_by_ms is None else matured_by_ms
         natural = {u: t.natural for u, t in run.truth.items()}
         extra = {u: t.extra for u, t in run.truth.items()}
-        return itt_truth_report(run.offers, natural, extra, self.effects, until)
+        return itt_truth_report(run.offers, natural, extra, self.effects, until, control_by)
 
     def truth(self) -> dict[str, CustomerTruth]:
         """Ground truth per user_id: join time, state transitions, purchases and spend."""

@@ -83,7 +83,7 @@ def test_conversions_redemptions_and_uplift_of_treatment_and_control(pipeline: P
 
     status, stats = worker.get_json("/actions/stats")
     assert status == 200 and stats["complete"] and stats["errors"] == {}
-    assert stats["attribution_window_days"] == 14.0 and stats["control_share"] == 0.5
+    assert stats["attribution_window_days"] == 14.0 and stats["control_share"] == 0.5 and stats["control_by"] == "customer"
     coupon = stats["by_kind"]["coupon"]
     assert coupon["treatment"] == {"decisions": 2, "matured": 2, "conversions": 1, "redemptions": 1, "evicted": 0,
                                    "conversion_rate": 0.5, "redemption_rate": 0.5, "customers": 2}
