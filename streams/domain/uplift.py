@@ -56,6 +56,8 @@ as if each customer's decisions all went the same way (its customers count, not 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 from statistics import NormalDist
 
 import msgspec
@@ -68,6 +70,15 @@ def _add_fields(into: msgspec.Struct, other: msgspec.Struct) -> None:
     """Add every (integer) field of ``other`` to ``into``: the tallies are sums, field by field."""
     for name in into.__struct_fields__:
         setattr(into, name, getattr(into, name) + getattr(other, name))
+
+
+def _entry(table: dict[str, Any], make: Callable[[], Any], kind: str, rule: str | None, group: str) -> Any:
+    """The tally entry of (kind, rule, group), or of (kind, group) with ``rule`` None; made empty if new."""
+    key = SEP.join((kind, group) if rule is None else (kind, rule, group))
+    found = table.get(key)
+    if found is None:
+        found = table[key] = make()
+    return found
 
 
 class Counts(msgspec.Struct, array_like=True):
@@ -175,27 +186,15 @@ class Tally(msgspec.Struct):
     itt: dict[str, Itt] = msgspec.field(default_factory=dict)
 
     def counts(self, kind: str, rule: str, group: str) -> Counts:
-        key = SEP.join((kind, rule, group))
-        found = self.decisions.get(key)
-        if found is None:
-            found = self.decisions[key] = Counts()
-        return found
+        return _entry(self.decisions, Counts, kind, rule, group)
 
     def cluster(self, kind: str, rule: str | None, group: str) -> Clusters:
         """The sums of (kind, rule, group), or of (kind, group) with ``rule`` None."""
-        key = SEP.join((kind, group) if rule is None else (kind, rule, group))
-        found = self.clusters.get(key)
-        if found is None:
-            found = self.clusters[key] = Clusters()
-        return found
+        return _entry(self.clusters, Clusters, kind, rule, group)
 
     def entrants(self, kind: str, rule: str | None, group: str) -> Itt:
         """The intention-to-treat customers of (kind, rule, group), or of (kind, group) with ``rule`` None."""
-        key = SEP.join((kind, group) if rule is None else (kind, rule, group))
-        found = self.itt.get(key)
-        if found is None:
-            found = self.itt[key] = Itt()
-        return found
+        return _entry(self.itt, Itt, kind, rule, group)
 
     def outcome(self, kind: str, outcome: str, n: int = 1) -> None:
         key = f"{kind}{SEP}{outcome}"
