@@ -28,11 +28,11 @@ The histories are bounded: at most ``customers`` of them, a bottom-k sample by a
 of the user id (the same customers whatever the order of arrival), so the fit's cost and
 the snapshot's size are bounded too.
 
-``purchases`` counts purchases, not purchase *days* (as the replay's BG/NBD baseline and
-the loyalty label do): the repeat purchase days are taken as at most the whole days between
-the first and the last purchase (two orders on a customer's first day and none since are no
-repeat), which removes most of the difference on CDNOW (docs/evaluation.md), not all of it
-(orders on days 0, 0 and 30 still count two repeats).
+BG/NBD counts purchase *days* (as the replay's BG/NBD baseline and the loyalty label do),
+read from the feature ``purchase_days`` (distinct UTC days with a purchase). Points stored
+before that feature existed have only ``purchases``: their repeat purchase days are taken as
+at most the whole days between the first and the last purchase (two orders on a customer's
+first day and none since are no repeat; orders on days 0, 0 and 30 still count two).
 
 >>> fit = BgNbdFit(refit_periods=1, min_customers=3, min_repeaters=2)
 >>> for user, n, gap, recency in [("a", 1, 0, 40), ("b", 3, 10, 5), ("c", 5, 6, 2), ("d", 2, 30, 20)]:
@@ -68,15 +68,20 @@ def history_of(x: dict[str, float]) -> History | None:
 
     >>> history_of({"purchases": 3.0, "gap_mean_days": 10.0, "recency_days": 4.0})
     History(x=2, t_x=20.0, T=24.0)
+    >>> history_of({"purchases": 3.0, "purchase_days": 2.0, "gap_mean_days": 10.0, "recency_days": 4.0})
+    History(x=1, t_x=20.0, T=24.0)
     """
     n = x.get("purchases", 0.0)
     if not n >= 1:
         return None
     repeats = int(round(n)) - 1
     t_x = max(0.0, x.get("gap_mean_days", 0.0)) * repeats
-    # repeat purchase *days* (what BG/NBD is fitted on and the loyalty label counts): no
+    # repeat purchase *days* (what BG/NBD is fitted on and the loyalty label counts): the
+    # count of purchase days where the features have it, else (points stored before it) no
     # more than the days between the first and the last purchase (orders on one day are one)
-    days = min(repeats, math.ceil(t_x - 1e-9))
+    known = x.get("purchase_days", 0.0)
+    days = int(round(known)) - 1 if known >= 1 else repeats
+    days = min(repeats, days, math.ceil(t_x - 1e-9))
     return History(days, t_x, t_x + max(0.0, x.get("recency_days", 0.0)))
 
 

@@ -18,7 +18,7 @@ from typing import NamedTuple
 from models.sentiment import NEGATIVE_THRESHOLD
 from streams.domain.population import Population, rfm_of
 from streams.domain.sketches import kmv_count
-from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_gaps
+from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_day_count, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
 from streams.domain.windows import CLICK_KINDS, LEVELS, WINDOWS, window_span
 
@@ -52,6 +52,7 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("distinct_items_viewed", "distinct item_id in clicks (exact below 16, then KMV estimate)", "lifetime", "count"),
         Feature("distinct_categories_viewed", "distinct category in clicks (exact below 16, then KMV estimate)", "lifetime", "count"),
         Feature("purchases", "purchases", "lifetime", "count"),
+        Feature("purchase_days", "distinct UTC days with a purchase (orders of one day count once, as in the loyalty label)", "lifetime", "days"),
         Feature("spend", "sum of purchase totals", "lifetime", "currency units"),
         Feature("avg_order_value", "spend / purchases (0 without purchases)", "lifetime", "currency units"),
         Feature("first_seen_days", "days since the user's first event", "lifetime", "days"),
@@ -100,6 +101,8 @@ MODEL_FEATURES: tuple[str, ...] = (
     "reviews",
     "rating_mean",
     "sentiment_mean",
+    # appended (issue 4): vectors stored before it are one shorter and still line up
+    "purchase_days",
 )
 
 
@@ -125,6 +128,7 @@ def features(
     out["distinct_items_viewed"] = kmv_count(state.items_seen)
     out["distinct_categories_viewed"] = kmv_count(state.categories_seen)
     out["purchases"] = state.purchases
+    out["purchase_days"] = purchase_day_count(state)
     out["spend"] = state.spend_cents / 100
     out["avg_order_value"] = state.spend_cents / 100 / state.purchases if state.purchases else 0.0
     out["first_seen_days"] = _days(now, state.first_seen)

@@ -206,6 +206,9 @@ class UserState(msgspec.Struct, array_like=True):
     #: customer's first decision of each kind (key ``kind``) and of each rule (``kind|rule``)
     #: and what followed in the window after it (at most one entry per kind and per rule).
     entered: dict[str, Entered] = msgspec.field(default_factory=dict)
+    #: Added for BG/NBD's repeat purchase *days* (issue 4; 0 in older states, which
+    #: :func:`purchase_day_count` estimates): distinct UTC days with a purchase.
+    purchase_days: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -328,6 +331,7 @@ def _apply_purchase(state: UserState, purchase: Purchase, now: int, on_time: boo
     ts = purchase.ts
     state.first_purchase = ts if state.first_purchase is None else min(state.first_purchase, ts)
     state.last_purchase = ts if state.last_purchase is None else max(state.last_purchase, ts)
+    _count_purchase_day(state, ts)
     _keep_latest(state.purchase_times, ts, RECENT_PURCHASES)
     for item in dict.fromkeys(line.item_id for line in purchase.items):
         touch_item(state, item, ITEM_KINDS.index("purchase"), ts)
@@ -375,6 +379,30 @@ def touch_item(state: UserState, item: str, kind: int, ts: int) -> None:
     state.items.sort(key=lambda t: (t.ts, t.item))
     if len(state.items) > RECENT_ITEMS:
         del state.items[0]
+
+
+def purchase_day_count(state: UserState) -> int:
+    """Distinct UTC days with a purchase. States written before the count existed (0 with
+    purchases) are estimated from the latest purchases' days (exact up to 16 purchases).
+
+    >>> purchase_day_count(UserState("u", purchases=3, purchase_times=[0, 5, MS_PER_DAY]))
+    2
+    """
+    if state.purchase_days or not state.purchases:
+        return state.purchase_days
+    return len({t // MS_PER_DAY for t in state.purchase_times})
+
+
+def _count_purchase_day(state: UserState, ts: int) -> None:
+    """Count the purchase's day unless one of the latest purchases (kept before this one)
+    fell on it. Exact in any arrival order while the purchases of a day are among the
+    latest 16 when a later one of that day arrives (a purchase arriving after 16 later
+    ones, on a day of an older purchase, is counted again)."""
+    if not state.purchase_days:  # the first purchase, or a state from before the count
+        state.purchase_days = len({t // MS_PER_DAY for t in state.purchase_times})
+    day = ts // MS_PER_DAY
+    if all(t // MS_PER_DAY != day for t in state.purchase_times):
+        state.purchase_days += 1
 
 
 def _keep_latest(times: list[int], ts: int, bound: int) -> None:

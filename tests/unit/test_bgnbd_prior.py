@@ -51,6 +51,21 @@ def test_history_is_read_from_the_feature_vector_at_its_point_in_time() -> None:
     assert history_of({"purchases": 0.0, "recency_days": 4.0}) is None
 
 
+def test_orders_of_one_day_are_one_purchase_day_as_the_baseline_counts_them() -> None:
+    from models.baselines import BgNbdBaseline
+
+    state, baseline = UserState("u"), BgNbdBaseline()
+    for k, ts in enumerate([3_600_000, 7_200_000, 30 * DAY + 3_600_000, 30 * DAY + 9_000_000]):  # days 0, 0, 30, 30
+        event = Purchase(event_id=f"e{k}", user_id="u", ts=ts, order_id=f"o{k}", items=[Item(item_id="i", quantity=1, unit_price=5.0)],
+                         total=5.0, currency="USD", channel=Channel.WEB)
+        apply_event(state, event, ts, StateConfig())
+        baseline.purchase("u", ts)
+    x = as_dict(feature_vector(state, 40 * DAY))
+    assert history_of(x).x == baseline.history("u", 40 * DAY).x == 1  # purchase days 0 and 30: one repeat
+    old = {k: v for k, v in x.items() if k != "purchase_days"}  # a point stored before the feature: capped orders
+    assert history_of(old).x == 3
+
+
 def test_trainer_ships_the_bgnbd_fit_of_the_latest_histories_in_its_snapshot() -> None:
     trainer = Trainer(Models.fresh(min_labels=5, bgnbd_refit_periods=1), DAY, partitions=1, dumps=dump_models)
     histories = {}

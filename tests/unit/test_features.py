@@ -105,6 +105,22 @@ def test_gaps_are_those_of_the_purchases_in_time_order_whatever_the_arrival() ->
     assert abs(x["recency_over_gap"] - (1 / 24) / x["gap_mean_days"]) < 1e-12
 
 
+def test_purchase_days_count_a_day_once_whatever_the_arrival_order() -> None:
+    events = [buy("p1", at(0, 9)), buy("p2", at(0, 15)), buy("p3", at(30, 1)), buy("p4", at(30, 2)), buy("p5", at(31))]
+    for order in (events, events[::-1], [events[2], events[0], events[4], events[1], events[3]]):
+        x = features(run(order), at(32))
+        assert (x["purchases"], x["purchase_days"]) == (5, 3)
+
+
+def test_a_state_written_before_the_day_count_is_estimated_then_counted_on() -> None:
+    state = run([buy("p1", at(0, 9)), buy("p2", at(0, 15)), buy("p3", at(5))])
+    state.purchase_days = 0  # as a state encoded before the field existed loads
+    assert features(state, at(6))["purchase_days"] == 2  # from the latest purchases' days
+    apply_event(state, buy("p4", at(5, 3)), at(6), CFG)
+    apply_event(state, buy("p5", at(9)), at(9), CFG)
+    assert state.purchase_days == 3 and features(state, at(9))["purchase_days"] == 3
+
+
 def test_an_event_beyond_the_lateness_counts_in_lifetime_figures_only() -> None:
     state = UserState("u")
     apply_event(state, buy("p1", at(10)), at(10), CFG)
@@ -201,6 +217,9 @@ def test_any_order_within_the_lateness_and_duplicates_give_the_features_of_the_s
     with_duplicates = [e for e in delayed for _ in range(2 if rng.random() < 0.2 else 1)]
     end = max(e.ts for e in events)
     sorted_state, shuffled_state = run(events), run(with_duplicates)
+    bought = [e.ts // MS_PER_DAY for e in events if isinstance(e, Purchase)]
+    if len(bought) <= 16:  # exact while a day's purchases are among the latest 16
+        assert features(shuffled_state, end, CFG)["purchase_days"] == len(set(bought))
     for now in (end, end + CFG.allowed_lateness_ms, end + 2 * MS_PER_DAY, end + 100 * MS_PER_DAY):
         assert features(shuffled_state, now, CFG) == features(sorted_state, now, CFG)
         advance(sorted_state, now, CFG)
