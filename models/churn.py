@@ -173,6 +173,14 @@ class Gate:
             return 1.0 if self.model_ahead else 0.0
         return min(1.0, max(0.0, self.dr / self.dd))
 
+    def report(self) -> dict[str, Any]:
+        """The window's labels, the learner's and the prior's mean loss over them, and :attr:`weight`."""
+        n = len(self.losses)
+        return {
+            "labels": n, "learner_loss": self.model / n if n else None, "prior_loss": self.prior / n if n else None,
+            "weight": self.weight,
+        }
+
 
 class _PriorThenLearner:
     """A recency prior until the River pipeline has earned the answer (``warm``); every
@@ -278,6 +286,18 @@ class _PriorThenLearner:
             gate.update(*losses, learned_p - prior_p, label - prior_p)
         else:
             gate.update(*losses)
+
+    def blend_report(self) -> dict[str, Any]:
+        """How the answer ``prior + w (learner - prior)`` is made now (``GET /models``): ``weight``
+        the learner's share ``w`` in the scores (0 until it is :attr:`warm`), ``answers`` which
+        of the two answers (``prior``, ``blend``, ``learner``), ``prior_model`` what the prior
+        is (:attr:`prior_name`), and ``gate`` its window (None before it has one)."""
+        w = self.weight if self.warm else 0.0
+        gate = getattr(self, "gate", None)
+        return {
+            "weight": w, "answers": "prior" if w <= 0.0 else "learner" if w >= 1.0 else "blend",
+            "prior_model": self.prior_name, "gate": None if gate is None else gate.report(),
+        }
 
 
 class ChurnModel(_PriorThenLearner):

@@ -58,13 +58,14 @@ class OnlineLearners:
         self.loyalty.learn(x, days, candidates[2], candidates[3])
 
     def report(self) -> dict[str, Any]:
-        """What ``GET /models`` shows: versions, labels, whether the prior answers, and the
+        """What ``GET /models`` shows: versions, labels, whether the prior answers, how the
+        answer blends prior and learner (:meth:`models.churn.ChurnModel.blend_report`), and the
         rolling prequential metrics over the last ``window`` matured points."""
         return {
             "window": self.window,
             "churn": {
                 "model": self.churn.name, "version": self.churn.version, "labels": self.churn.labels,
-                "prior": not self.churn.warm, "metrics": self.churn_metrics.report(),
+                "prior": not self.churn.warm, "blend": self.churn.blend_report(), "metrics": self.churn_metrics.report(),
                 "calibration": [
                     {"from": lo, "to": hi, "count": n, "mean_predicted": p, "observed": y}
                     for lo, hi, n, p, y in self.churn_metrics.calibration.table()
@@ -72,6 +73,6 @@ class OnlineLearners:
             },
             "loyalty": {
                 "model": self.loyalty.name, "version": self.loyalty.version, "labels": self.loyalty.labels,
-                "prior": not self.loyalty.warm, "metrics": self.loyalty_metrics.report(),
+                "prior": not self.loyalty.warm, "blend": self.loyalty.blend_report(), "metrics": self.loyalty_metrics.report(),
             },
         }

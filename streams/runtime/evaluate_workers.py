@@ -30,6 +30,10 @@ from streams.runtime.settings import Settings
 #: The topic settings a run names after itself (``RETENTION_TOPIC_*``), so it never shares a topic with a live app.
 TOPICS = ("clicks", "purchases", "reviews", "outcomes", "heartbeats", "actions", "dead_letters", "scores", "model_labels", "model_snapshots")
 
+#: The predictions stored at scoring time that a label carries: the answers and each learner's
+#: two candidates (prior, River pipeline), which the trainer's gates compare.
+STORED_PREDICTIONS = ("churn_p", "loyalty_p", "churn_prior_p", "churn_learned_p", "loyalty_prior_p", "loyalty_learned_p")
+
 #: Prediction equality: both sides compute the same floats; the JSON round trip keeps them exactly.
 TOLERANCE = 1e-9
 
@@ -118,7 +122,7 @@ def _same(a: float | None, b: float | None) -> bool:
 
 
 def compare(replay_labels: dict[str, ChurnExample], worker_labels: dict[str, ChurnExample]) -> Agreement:
-    """Point by point: the label, the features and both stored predictions."""
+    """Point by point: the label, the features and every stored prediction (:data:`STORED_PREDICTIONS`)."""
     agreement = Agreement(points=len(replay_labels))
     agreement.missing = sorted(set(replay_labels) - set(worker_labels))
     agreement.extra = sorted(set(worker_labels) - set(replay_labels))
@@ -138,10 +142,10 @@ def _difference(a: ChurnExample, b: ChurnExample) -> str | None:
     for name, x, y in zip(MODEL_FEATURES, a.features, b.features):
         if not _same(x, y):
             return f"{name} {x} vs {y}"
-    if not _same(a.churn_p, b.churn_p):
-        return f"churn_p {a.churn_p} vs {b.churn_p}"
-    if not _same(a.loyalty_p, b.loyalty_p):
-        return f"loyalty_p {a.loyalty_p} vs {b.loyalty_p}"
+    for name in STORED_PREDICTIONS:
+        x, y = getattr(a, name), getattr(b, name)
+        if not _same(x, y):
+            return f"{name} {x} vs {y}"
     return None
 
 

@@ -39,6 +39,12 @@ LABELS = Counter(
 )
 MODEL_LABELS = Gauge("retention_model_labels_learned", "Labels the model in the newest snapshot this worker read has learned from (the same on every worker).", ["model"])
 MODEL_PRIOR = Gauge("retention_model_prior_active", "1 while the model still answers with its prior.", ["model"])
+MODEL_BLEND_WEIGHT = Gauge(
+    "retention_model_blend_weight",
+    "The learner's share w of the answer prior + w (learner - prior), in the newest snapshot this worker read: "
+    "0 while the prior answers alone, 1 when the learner does (GET /models: blend). model = churn, loyalty.",
+    ["model"],
+)
 EVENT_TIME = Gauge("retention_event_time_seconds", "Event-time clock of the partition (Unix seconds).", ["partition"])
 DUE_USERS = Gauge("retention_due_users", "Users waiting for an event-time check, on this worker.")
 PROCESSING = Histogram(
@@ -142,12 +148,13 @@ MODEL_SNAPSHOTS = Counter("retention_model_snapshots", "Snapshots the trainer pu
 
 
 def export_learners(learners: Any) -> None:
-    """Set the learners' label counts, prior flags and prequential scores (models.online.OnlineLearners)."""
+    """Set the learners' label counts, prior flags, blend weights and prequential scores (models.online.OnlineLearners)."""
     report = learners.report()
     for part in ("churn", "loyalty"):
         model = report[part]["model"]
         MODEL_LABELS.labels(model).set(report[part]["labels"])
         MODEL_PRIOR.labels(model).set(1 if report[part]["prior"] else 0)
+        MODEL_BLEND_WEIGHT.labels(part).set(report[part]["blend"]["weight"])
         for metric, value in report[part]["metrics"].items():
             if metric in ("auc", "log_loss", "brier", "ece", "mae", "rmse") and value is not None:
                 MODEL_QUALITY.labels(model, metric).set(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from models.datasets import Transaction, detect_columns, read_transactions
@@ -118,6 +119,25 @@ def test_the_comparison_names_every_point_that_differs_missing_or_extra() -> Non
     assert agreement.missing == ["u4@4/d"] and agreement.extra == ["u5@5/d"]
     assert agreement.different == ["u2@2/d: churn_p 0.5 vs 0.500001", "u3@3/d: purchase days 1 vs 2"]
     assert "DIFFER" in agreement.summary()
+
+
+def test_the_comparison_names_a_difference_in_any_stored_candidate_prediction() -> None:
+    from models.examples import ChurnExample
+    from streams.runtime.evaluate_workers import STORED_PREDICTIONS, _difference, compare
+
+    stored = {"churn_prior_p": 0.4, "churn_learned_p": 0.6, "loyalty_prior_p": 1.5, "loyalty_learned_p": None}
+    base = ChurnExample(id="u1@1/d", at=1, features=[1.0, 2.0], churned=None, days=1, churn_p=0.5, loyalty_p=1.0, **stored)
+    assert _difference(base, msgspec.structs.replace(base)) is None  # None equals None
+    assert _difference(base, msgspec.structs.replace(base, churn_learned_p=0.6 + 1e-12)) is None  # within 1e-9
+    for name in ("churn_prior_p", "churn_learned_p", "loyalty_prior_p"):
+        other = msgspec.structs.replace(base, **{name: stored[name] + 1e-6})
+        assert _difference(base, other) == f"{name} {stored[name]} vs {stored[name] + 1e-6}"
+        assert compare({base.id: base}, {base.id: other}).different == [f"u1@1/d: {name} {stored[name]} vs {stored[name] + 1e-6}"]
+    # a prediction stored on one side only differs, either way round
+    assert _difference(base, msgspec.structs.replace(base, loyalty_learned_p=0.0)) == "loyalty_learned_p None vs 0.0"
+    assert _difference(base, msgspec.structs.replace(base, churn_prior_p=None)) == "churn_prior_p 0.4 vs None"
+    assert set(STORED_PREDICTIONS) == {"churn_p", "loyalty_p", *stored}  # every prediction a label carries
+    assert set(STORED_PREDICTIONS) == {f.name for f in msgspec.structs.fields(ChurnExample) if f.name.endswith("_p")}
 
 
 def test_a_history_before_2000_goes_on_the_wire_as_rfc3339_and_decodes_to_its_time() -> None:

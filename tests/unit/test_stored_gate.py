@@ -5,6 +5,8 @@ they earned; points and examples stored before these fields still load and learn
 
 from __future__ import annotations
 
+import math
+
 import msgspec
 import pytest
 
@@ -121,3 +123,70 @@ def test_old_gates_without_pairs_weigh_by_their_losses() -> None:
     assert gate.weight == 1.0
     gate.update(5.0, 1.0, 1.0, 1.0)  # a stored pair starts the blend
     assert gate.pairs is not None and gate.weight == 1.0
+
+
+def test_models_report_shows_the_blend_its_gate_and_the_prior() -> None:
+    from prometheus_client import REGISTRY
+
+    from models.online import OnlineLearners
+    from streams.runtime import metrics
+
+    learners = OnlineLearners(horizon_days=30, min_labels=2, loyalty_kind="linear", loyalty_prior_learns=True)
+    fresh = learners.report()
+    assert fresh["loyalty"]["blend"] == {
+        "weight": 0.0, "answers": "prior", "prior_model": "recency-prior",
+        "gate": {"labels": 0, "learner_loss": None, "prior_loss": None, "weight": 0.0},
+    }
+    assert fresh["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": None}
+    # stored (learner, prior) against the label: (2, 0) on 1, (4, 0) on 1: w = (2 + 4) / (4 + 16) = 0.3
+    for learned_p in (2.0, 4.0):
+        learners.loyalty.learn(X, 1, prior_p=0.0, learned_p=learned_p)
+    blend = learners.report()["loyalty"]["blend"]
+    assert blend["weight"] == pytest.approx(0.3) and blend["answers"] == "blend"
+    assert blend["prior_model"] == "recency-prior+2"  # the learned recency bins, after two labels
+    assert blend["gate"] == {"labels": 2, "learner_loss": pytest.approx(5.0), "prior_loss": pytest.approx(1.0), "weight": pytest.approx(0.3)}
+    metrics.export_learners(learners)
+    assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "loyalty"}) == pytest.approx(0.3)
+    assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "churn"}) == 0.0
+    learners.loyalty.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
+    assert learners.report()["loyalty"]["blend"]["prior_model"] == "bgnbd-prior"
+
+
+def test_a_churn_learner_without_bgnbd_reports_weight_one_once_warm_and_zero_against_bgnbd_until_earned() -> None:
+    from prometheus_client import REGISTRY
+
+    from models.online import OnlineLearners
+    from streams.runtime import metrics
+
+    learners = OnlineLearners(horizon_days=30, min_labels=10)
+    model = learners.churn
+    for i in range(9):
+        model.learn({"recency_days": float(i)}, i % 2 == 0)
+    assert model.blend_report()["weight"] == 0.0 and model.blend_report()["answers"] == "prior"  # 9 of 10 labels
+    model.learn(X, True)
+    assert model.blend_report() == {"weight": 1.0, "answers": "learner", "prior_model": "recency-prior", "gate": None}
+    metrics.export_learners(learners)
+    assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "churn"}) == 1.0
+    model.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
+    assert model.blend_report() == {"weight": 0.0, "answers": "prior", "prior_model": "bgnbd-prior", "gate": None}
+    model.learn(X, True, prior_p=0.5, learned_p=0.9)  # the learner was nearer: w = 0.5 / 0.4, capped at 1
+    assert model.blend_report()["weight"] == 1.0 and model.blend_report()["answers"] == "learner"
+    gate = model.blend_report()["gate"]
+    assert gate["labels"] == 1 and gate["learner_loss"] == pytest.approx(-math.log(0.9)) and gate["prior_loss"] == pytest.approx(math.log(2))
+
+
+def test_learners_pickled_with_gates_before_the_blend_still_report() -> None:
+    import pickle
+
+    from models.online import OnlineLearners
+
+    learners = OnlineLearners(horizon_days=30, min_labels=1, loyalty_kind="linear")
+    learners.loyalty.learn(X, 1)
+    del learners.loyalty.gate.pairs  # as pickled before the blend: the class default
+    old = pickle.loads(pickle.dumps(learners))
+    old.loyalty.learn(X, 1)  # compared on predictions made now: losses, no pair
+    assert old.loyalty.gate.pairs is None
+    blend = old.report()["loyalty"]["blend"]
+    gate = old.loyalty.gate
+    assert blend["gate"]["labels"] == 1 and blend["gate"]["weight"] == (1.0 if gate.model_ahead else 0.0)
+    assert blend["weight"] == blend["gate"]["weight"] and old.report()["churn"]["blend"]["gate"] is None
