@@ -146,7 +146,8 @@ class BgNbd:
         total = w.sum()
 
         def objective(log_params: Array) -> float:
-            value = -float(w @ _log_likelihood(np.exp(log_params), x, t_x, T)) / total
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a non-finite value is rejected below
+                value = -float(w @ _log_likelihood(np.exp(log_params), x, t_x, T)) / total
             return value if math.isfinite(value) else 1e10
 
         cold = (1.0, max(float(w @ T / total), 1e-3), 1.0, 1.0)

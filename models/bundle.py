@@ -24,6 +24,7 @@ from typing import Any
 
 from models.bandit import Bandits
 from models.bgnbd_prior import BgNbdFit, observed as _observed
+from models.churn import DEFAULT_LOYALTY
 from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample, candidates_of
 from models.online import OnlineLearners
 from models.segments import SegmentModel
@@ -53,7 +54,7 @@ class Models:
 
     @classmethod
     def fresh(
-        cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = "log-linear",
+        cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = DEFAULT_LOYALTY,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
         segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
     ) -> Models:

@@ -102,7 +102,7 @@ LOYALTY_PIPELINES: dict[str, Callable[[], Any]] = {
 RESIDUAL_LOYALTY = frozenset({"residual"})
 
 DEFAULT_CHURN = "logreg"
-DEFAULT_LOYALTY = "log-linear"
+DEFAULT_LOYALTY = "residual"
 
 #: Matured labels over which the learner's loss is compared with the prior's.
 GATE_WINDOW = 200

@@ -273,7 +273,7 @@ def evaluate(
     horizon: Annotated[Optional[str], typer.Option(help="H, e.g. 30d or 13w (default RETENTION_CHURN_HORIZON_DAYS).")] = None,
     period: Annotated[Optional[str], typer.Option(help="Rows of the table: periods of scoring time (default: the horizon).")] = None,
     churn_learners: Annotated[str, typer.Option(help="Online churn learners to compare, comma separated: logreg, logreg-raw, arf, amf, hat.")] = "logreg",
-    loyalty_learners: Annotated[str, typer.Option(help="Online loyalty learners: poisson, linear, log-linear, arf, amf, hat.")] = "log-linear",
+    loyalty_learners: Annotated[str, typer.Option(help="Online loyalty learners: residual, log-linear, poisson, linear, arf, amf, hat.")] = "residual",
     bgnbd_refit: Annotated[str, typer.Option(help="Refit BG/NBD on the history to date this often (event time).")] = "7d",
     learn_churn_early: Annotated[bool, typer.Option("--learn-churn-early", help="Online churn learners learn a 0 as soon as a purchase resolves it (default: at the end of the horizon, when both classes are known).")] = False,
     customer_column: Annotated[Optional[str], typer.Option(help="CSV column of the customer id.")] = None,

@@ -51,7 +51,7 @@ def test_two_workers_give_the_in_process_replays_figures(broker_env: dict[str, s
     assert int(agreed) > 100
     assert "in process as 4 partitions" in result.stdout and "through the workers as 4 partitions" in result.stdout
     # the learners' figures printed from the workers' predictions are the replay's, digit for digit
-    rows = [line for line in result.stdout.splitlines() if re.match(r"│ (churn-logreg|loyalty-log-linear|recency|bgnbd) ", line)]
+    rows = [line for line in result.stdout.splitlines() if re.match(r"│ (churn-logreg|loyalty-residual|recency|bgnbd) ", line)]
     assert len(rows) == 8 and rows[:4] == rows[4:], "\n".join(rows)
     assert "2 worker(s) ready" in result.stderr  # (> 100 labels, min 20: learned predictions are compared, not only priors)
     assert list((tmp_path / "var" / "evaluate").iterdir()), "the run's worker logs are kept"

@@ -88,7 +88,7 @@ def test_the_replay_keeps_each_horizon_label_with_the_predictions_stored_at_its_
         assert days == label.days
         # what the engine stored with the point is what the replay scored for the first learners
         assert predictions["churn-logreg"][0] == pytest.approx(label.churn_p, abs=1e-12)
-        assert predictions["loyalty-log-linear"][1] == pytest.approx(label.loyalty_p, abs=1e-12)
+        assert predictions["loyalty-residual"][1] == pytest.approx(label.loyalty_p, abs=1e-12)
 
 
 def test_daily_heartbeats_cover_every_day_after_the_first_record_to_the_day_after_the_last() -> None:
