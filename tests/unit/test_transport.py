@@ -401,8 +401,11 @@ def test_the_commit_filter_gathers_in_flight_offsets_once_for_all_partitions() -
     below_commit = Message(38, tp=other)  # in flight but below the committed offset: no hold
 
     def fresh() -> _Consumer:
-        c = consumer(committed=100, acked=[100, 101, 102, 104, 105], in_flight=[held, other_held, stale, below_commit])
+        # Faust alone would commit past the in-flight records: its gap ranges cover them (#596)
+        c = consumer(committed=100, acked=[100, 101, 102, 104, 105], gap=(103, 104),
+                     in_flight=[held, other_held, stale, below_commit])
         c._acked[other], c._acked_index[other] = [40, 42, 43, 44], {40, 42, 43, 44}
+        c._gap[other].addi(41, 42)
         c._committed_offset[other] = 40
         c._should_commit = lambda tp, offset: True
         return c
