@@ -369,6 +369,28 @@ class _Consumer(driver.Consumer):
             index.update(back)
         return limit if committed is None or limit > committed else None
 
+    _in_flight_index: dict[TP, set[int]] | None = None  # during one _filter_committable_offsets
+
+    def _in_flight_of_generation(self) -> dict[TP, set[int]]:
+        """Per partition, the offsets handed to a stream in the current generation and not
+        acknowledged (one pass over Faust's unacknowledged messages)."""
+        generation = self.app.consumer_generation_id
+        index: dict[TP, set[int]] = {}
+        for m in list(self._unacked_messages):
+            if not m.acked and m.generation_id == generation:
+                index.setdefault(m.tp, set()).add(m.offset)
+        return index
+
+    def _filter_committable_offsets(self, tps: Iterable[TP]) -> dict[TP, int]:
+        """Faust's per-partition commit offsets, with the in-flight offsets of all partitions
+        gathered in one pass over the unacknowledged messages (not one pass per partition:
+        48 input partitions in the bench). Synchronous: nothing is acknowledged meanwhile."""
+        self._in_flight_index = self._in_flight_of_generation()
+        try:
+            return super()._filter_committable_offsets(tps)
+        finally:
+            self._in_flight_index = None
+
     def _not_past_in_flight(self, tp: TP, offset: int | None, done: set[int]) -> int | None:
         """Never commit past a record handed to a stream and not acknowledged yet.
 
@@ -385,11 +407,9 @@ class _Consumer(driver.Consumer):
         if offset is None:
             return None
         committed = self._committed_offset.get(tp)
-        generation = self.app.consumer_generation_id
-        in_flight = {
-            m.offset for m in list(self._unacked_messages)
-            if m.tp == tp and not m.acked and m.generation_id == generation and (committed is None or m.offset >= committed)
-        }
+        index = self._in_flight_index
+        unacked = index.get(tp, ()) if index is not None else self._in_flight_of_generation().get(tp, ())
+        in_flight = {o for o in unacked if committed is None or o >= committed}
         first = min(in_flight, default=None)
         if first is None or first >= offset:
             return offset

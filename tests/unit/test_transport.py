@@ -391,3 +391,30 @@ def test_writes_queued_after_the_flush_started_do_not_hold_the_commit() -> None:
 
     handed = asyncio.run(scenario())
     assert handed[0] == "before the commit"
+
+
+def test_the_commit_filter_gathers_in_flight_offsets_once_for_all_partitions() -> None:
+    """``_filter_committable_offsets`` reads Faust's unacknowledged messages once for all
+    partitions; each partition's offset is the one ``_new_offset`` gives it alone."""
+    other = TP("clicks", 1)
+    held, other_held, stale = Message(103), Message(41, tp=other), Message(44, generation_id=GENERATION - 1, tp=other)
+    below_commit = Message(38, tp=other)  # in flight but below the committed offset: no hold
+
+    def fresh() -> _Consumer:
+        # Faust alone would commit past the in-flight records: its gap ranges cover them (#596)
+        c = consumer(committed=100, acked=[100, 101, 102, 104, 105], gap=(103, 104),
+                     in_flight=[held, other_held, stale, below_commit])
+        c._acked[other], c._acked_index[other] = [40, 42, 43, 44], {40, 42, 43, 44}
+        c._gap[other].addi(41, 42)
+        c._committed_offset[other] = 40
+        c._should_commit = lambda tp, offset: True
+        return c
+
+    alone = {}
+    for tp in (TOPIC, other):
+        alone[tp] = fresh()._new_offset(tp)
+    assert alone == {TOPIC: 103, other: 41}
+    c = fresh()
+    assert c._filter_committable_offsets([TOPIC, other]) == alone
+    assert c._in_flight_index is None  # only during the filter
+    assert 104 in c._acked_index[TOPIC] and 42 in c._acked_index[other]  # put back for the next commit
