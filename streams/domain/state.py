@@ -398,8 +398,7 @@ def _count_purchase_day(state: UserState, ts: int) -> None:
     fell on it. Exact in any arrival order while the purchases of a day are among the
     latest 16 when a later one of that day arrives (a purchase arriving after 16 later
     ones, on a day of an older purchase, is counted again)."""
-    if not state.purchase_days:  # the first purchase, or a state from before the count
-        state.purchase_days = len({t // MS_PER_DAY for t in state.purchase_times})
+    state.purchase_days = purchase_day_count(state)  # (a state from before the count: estimated first)
     day = ts // MS_PER_DAY
     if all(t // MS_PER_DAY != day for t in state.purchase_times):
         state.purchase_days += 1
