@@ -241,8 +241,13 @@ class _PriorThenLearner:
     def _answer(self, prior: float, learned: float, w: float) -> float:
         return learned if w >= 1.0 else prior + w * (learned - prior)
 
+    @property
+    def share(self) -> float:
+        """The learner's share ``w`` in the scores now: :attr:`weight` once :attr:`warm`, else 0."""
+        return self.weight if self.warm else 0.0
+
     def score(self, x: dict[str, float]) -> Score:
-        w = self.weight if self.warm else 0.0
+        w = self.share
         if w <= 0.0:
             return Score(self.prior(x), self.version, prior=True)
         if w >= 1.0:
@@ -292,7 +297,7 @@ class _PriorThenLearner:
         the learner's share ``w`` in the scores (0 until it is :attr:`warm`), ``answers`` which
         of the two answers (``prior``, ``blend``, ``learner``), ``prior_model`` what the prior
         is (:attr:`prior_name`), and ``gate`` its window (None before it has one)."""
-        w = self.weight if self.warm else 0.0
+        w = self.share
         gate = getattr(self, "gate", None)
         return {
             "weight": w, "answers": "prior" if w <= 0.0 else "learner" if w >= 1.0 else "blend",
