@@ -198,8 +198,7 @@ class _Consumer(driver.Consumer):
             handed = self._current(self._handed, tp)
             if not handed:
                 continue
-            in_flight = {m.offset for m in list(self._unacked_messages)
-                         if m.tp == tp and not m.acked and m.generation_id == generation}
+            in_flight = self._in_flight_of_generation().get(tp, set())  # (again after each seek's await)
             first = dropped(self._committed_offset.get(tp), handed, self._current(self._processed, tp), in_flight)
             if first is None or generation != self.app.consumer_generation_id:
                 continue
