@@ -21,7 +21,7 @@ from typing import Annotated, Literal, TypeAlias, Union
 
 import msgspec
 
-from streams.domain.timestamps import TimestampError, parse_ts
+from streams.domain.timestamps import TimestampError, format_ts, parse_ts
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 ShortText = Annotated[str, msgspec.Meta(max_length=1_000)]
@@ -178,28 +178,60 @@ def _dec_hook(tp: type, obj: object) -> object:
 _DECODERS = {topic: msgspec.json.Decoder(tp, dec_hook=_dec_hook) for topic, tp in EVENT_TYPES.items()}
 
 
-def decode(topic: str, raw: bytes | None, *, not_after_ms: int | None = None) -> Event | Invalid:
-    """Decode and validate one record of a logical inbound topic.
+#: Records larger than this are refused before they are parsed (the runtime's default;
+#: ``RETENTION_MAX_RECORD_BYTES``). Kafka's own default ``message.max.bytes`` is ~1 MB.
+MAX_RECORD_BYTES = 1_048_576
+
+
+def decode(
+    topic: str, raw: bytes | None, *, not_after_ms: int | None = None, not_before_ms: int | None = None,
+    max_bytes: int = MAX_RECORD_BYTES,
+) -> Event | Invalid:
+    """Decode and validate one record of a logical inbound topic; never raises.
 
     ``not_after_ms`` bounds how far in the future ``ts`` may be (the runtime passes the
-    record's own Kafka timestamp plus the allowed clock skew), so one bad clock cannot
-    drag the event-time clock of a whole partition into the future.
+    earlier of the record's Kafka timestamp and its own clock, plus the allowed clock
+    skew), so one bad clock cannot drag the event-time clock of a whole partition into the
+    future; ``not_before_ms`` refuses implausibly old times (year 0001 is valid RFC 3339).
+    Any input, however large or deeply nested, gives an event or an :class:`Invalid`.
+
+    >>> decode("clicks", b'{"x":' + b"[" * 100_000).error
+    'not valid JSON: nested too deeply'
+    >>> decode("clicks", b" " * 11, max_bytes=10).error
+    'record of 11 bytes is over the limit of 10 bytes'
     """
     if raw is None:
         return Invalid("value is empty (a tombstone): a JSON object is required")
-    try:
-        event = _DECODERS[topic].decode(raw)
-    except KeyError:
+    if len(raw) > max_bytes:
+        return Invalid(f"record of {len(raw)} bytes is over the limit of {max_bytes} bytes")
+    decoder = _DECODERS.get(topic)
+    if decoder is None:
         return Invalid(f"no contract for topic {topic!r}")
+    try:
+        event = decoder.decode(raw)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
         return Invalid(str(exc))
     except msgspec.DecodeError as exc:
         return Invalid(f"not valid JSON: {exc}")
     except UnicodeDecodeError as exc:
         return Invalid(f"not valid UTF-8: {exc}")
-    if not_after_ms is not None and event.ts > not_after_ms:
+    except RecursionError:
+        return Invalid("not valid JSON: nested too deeply")
+    except Exception as exc:  # the decoder's last word: any other failure is the record's, not ours
+        return Invalid(f"not decodable: {type(exc).__name__}: {exc}"[:500])
+    ts = event.ts
+    if not_after_ms is not None and ts > not_after_ms:
         return Invalid(
-            f"ts is {(event.ts - not_after_ms) / 1000:.0f} s beyond the allowed clock skew "
-            "past the record's Kafka timestamp"
+            f"ts {_when(ts)} is {(ts - not_after_ms) / 1000:.0f} s beyond the allowed clock skew "
+            "past the record's Kafka timestamp and the worker's clock"
         )
+    if not_before_ms is not None and ts < not_before_ms:
+        return Invalid(f"ts {_when(ts)} is before the earliest plausible event time {_when(not_before_ms)}")
     return event
+
+
+def _when(epoch_ms: int) -> str:
+    try:
+        return format_ts(epoch_ms)
+    except (OverflowError, ValueError):
+        return str(epoch_ms)

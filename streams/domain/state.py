@@ -14,7 +14,9 @@ as compact msgpack in a RocksDB table. Three rules make it replay exactly:
 - **Too late is still counted.** An event older than the clock minus the lateness
   updates the lifetime counters only; its windows are closed and stay untouched.
 
-Money is kept in integer cents, so sums do not depend on the order of additions.
+Money is kept in integer cents, so sums do not depend on the order of additions. The
+contract allows any total >= 0 (``1e308`` included); an amount beyond :data:`MAX_CENTS`
+counts as that much, so sums stay 64-bit integers in any state and window.
 """
 
 from __future__ import annotations
@@ -324,10 +326,24 @@ def _open_session(state: UserState, click: Click, now: int, cfg: StateConfig) ->
         state.sessions.remove(min(state.sessions, key=lambda s: s[1]))
 
 
+#: 100 billion currency units in cents: the most one purchase, or a customer's lifetime
+#: spend, counts for (saturated beyond); a million such purchases still fit in an int64.
+MAX_CENTS = 10**13
+
+
+def cents_of(amount: float) -> int:
+    """An amount of currency in whole cents, saturated at :data:`MAX_CENTS`.
+
+    >>> cents_of(12.345), cents_of(1e308) == MAX_CENTS
+    (1234, True)
+    """
+    return MAX_CENTS if amount * 100 >= MAX_CENTS else round(amount * 100)
+
+
 def _apply_purchase(state: UserState, purchase: Purchase, now: int, on_time: bool) -> None:
-    cents = round(purchase.total * 100)
+    cents = cents_of(purchase.total)
     state.purchases += 1
-    state.spend_cents += cents
+    state.spend_cents = min(state.spend_cents + cents, MAX_CENTS)
     ts = purchase.ts
     state.first_purchase = ts if state.first_purchase is None else min(state.first_purchase, ts)
     state.last_purchase = ts if state.last_purchase is None else max(state.last_purchase, ts)
