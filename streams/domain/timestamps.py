@@ -74,5 +74,6 @@ def format_ts(epoch_ms: int) -> str:
     if prefix is None:
         if len(_DAY_PREFIXES) > 100_000:  # bound the cache; pure, so clearing is harmless
             _DAY_PREFIXES.clear()
-        prefix = _DAY_PREFIXES[day] = (_EPOCH + timedelta(days=day)).strftime("%Y-%m-%dT")
+        date = (_EPOCH + timedelta(days=day)).date()
+        prefix = _DAY_PREFIXES[day] = f"{date.year:04d}-{date.month:02d}-{date.day:02d}T"  # strftime drops a year's leading zeros
     return f"{prefix}{sod // 3600:02d}:{sod // 60 % 60:02d}:{sod % 60:02d}.{millis:03d}Z"

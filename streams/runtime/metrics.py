@@ -15,7 +15,7 @@ RECORDS = Counter(
 )
 DEAD_LETTERS = Counter("retention_dead_letters", "Records sent to the dead-letter topic, by source topic.", ["topic"])
 PROCESSING_ERRORS = Counter(
-    "retention_processing_errors", "Records whose processing raised (dead-lettered), by exception type.", ["error"]
+    "retention_processing_errors", "Records whose processing raised (dead-lettered), and due checks of a user or clock advances that raised (logged), by exception type.", ["error"]
 )
 ACTIONS = Counter("retention_actions", "Retention actions emitted, by kind, rule and experiment group.", ["kind", "rule", "group"])
 ACTIONS_SUPPRESSED = Counter(

@@ -19,12 +19,13 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.attribution import AttributionConfig
+from streams.domain.dead_letters import DEFAULT_REDACT, DeadLetterConfig
 from models.bundle import Models
 from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
 from streams.domain.state import StateConfig
-from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, TimestampError, parse_ts
 from streams.domain.policy_file import DEFAULT_POLICY, Policy, load_policy
 
 #: Settings the policy file replaced (issue 5): a worker refuses to start while one is set,
@@ -79,7 +80,12 @@ class Settings(BaseSettings):
         5.0, gt=0, description="Seconds between refreshes of the consumer lag, assignment, recovery and table size metrics."
     )
 
-    max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp before it is dead-lettered.")
+    max_clock_skew_s: float = Field(86_400.0, gt=0, description="How far an event's ts may be ahead of its record's Kafka timestamp, or of the worker's clock, before it is dead-lettered.")
+    min_event_time: str = Field("1990-01-01T00:00:00Z", description="The earliest plausible event time (RFC 3339): an event before it is dead-lettered (year 0001 is valid RFC 3339, not a plausible purchase).")
+    max_record_bytes: int = Field(1_048_576, ge=1024, description="Inbound records larger than this are dead-lettered (by reference: position, size, and a bounded copy) without being parsed.")
+    dead_letter_raw: bool = Field(False, description="Dead letters copy the raw key and value (personal data, on a topic many teams read); false: a redacted copy, the position on the source topic and the fields that failed.")
+    dead_letter_redact_fields: str = Field(",".join(sorted(DEFAULT_REDACT)), description="Comma-separated JSON field names masked (at any depth) in the dead letters' redacted copy; `user_id` in it also omits the record's key.")
+    dead_letter_max_copy_bytes: int = Field(16_384, ge=256, le=262_144, description="The largest key or value a dead letter copies; a larger raw value is referenced with its size and a prefix, so a dead letter always fits the broker's record size limit.")
     allowed_lateness_s: float = Field(3600.0, ge=0, description="How late (behind the partition's event-time clock) an event may arrive and still count in its windows; later ones update lifetime figures only and are counted as `late`.")
     cart_timeout_hours: float = Field(24.0, gt=0, description="A cart (add_to_cart or checkout_start) with no purchase within this time is abandoned.")
     session_gap_minutes: float = Field(30.0, gt=0, description="Clicks without a session_id form one session per channel and bucket of this many minutes.")
@@ -154,6 +160,24 @@ class Settings(BaseSettings):
         if moved:
             raise ValueError("these settings moved to the policy file (RETENTION_POLICY_FILE); unset them: " + "; ".join(moved))
         return self
+
+    @field_validator("min_event_time")
+    @classmethod
+    def _valid_min_event_time(cls, value: str) -> str:
+        try:
+            parse_ts(value)
+        except TimestampError as exc:
+            raise ValueError(f"RETENTION_MIN_EVENT_TIME: {exc}") from None
+        return value
+
+    @property
+    def min_event_time_ms(self) -> int:
+        return parse_ts(self.min_event_time)
+
+    @property
+    def dead_letter(self) -> DeadLetterConfig:
+        fields = frozenset(f.strip() for f in self.dead_letter_redact_fields.split(",") if f.strip())
+        return DeadLetterConfig(raw=self.dead_letter_raw, max_copy_bytes=self.dead_letter_max_copy_bytes, redact=fields)
 
     @field_validator("loyalty_tiers")
     @classmethod

@@ -7,6 +7,7 @@ record, see ``streams/runtime/agents/ingest.py``).
 
 from __future__ import annotations
 
+import base64
 import json
 
 import msgspec
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streams.domain.actions import encode_action
+from streams.domain.dead_letters import DeadLetterConfig, dead_letter, dead_letter_key
 from streams.domain.engine import EngineConfig
 from streams.domain.events import EVENT_TYPES, MAX_RECORD_BYTES, Heartbeat, Invalid, Purchase, decode
 from streams.domain.fold import Fold, offline_training
@@ -21,7 +23,7 @@ from streams.domain.policy_file import DEFAULT_POLICY, load_policy
 from streams.domain.state import MAX_CENTS, dump_state, load_state
 from streams.domain.timestamps import MS_PER_DAY, parse_ts
 from streams.simulation.loop import PolicyRules
-from tests.contract import SCHEMAS
+from tests.contract import SCHEMAS, schema_errors
 
 TOPICS = sorted(EVENT_TYPES)
 T0 = parse_ts("2026-01-01T00:00:00Z")
@@ -122,3 +124,38 @@ def test_extreme_amounts_that_the_contract_allows_are_folded_stored_and_acted_on
         assert load_state(dump_state(state)).spend_cents == state.spend_cents
     for action in actions:
         msgspec.json.decode(encode_action(action))
+
+
+def _letter(key: bytes | None, value: bytes | None, cfg: DeadLetterConfig, error: str = "Expected `str` - at `$.user_id`") -> bytes:
+    return dead_letter("clicks", 1, 7, key, value, T0, error, T0, cfg)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.booleans(), st.none() | st.binary(max_size=64) | st.just(b"k" * 2_000_000),
+       st.none() | st.binary(max_size=64) | st.builds(lambda n: b'{"user_id":"' + b"u" * n + b'"}', st.integers(0, 2_000_000)),
+       st.text(max_size=5_000))
+def test_a_dead_letter_is_bounded_and_valid_whatever_it_carries(raw: bool, key: bytes | None, value: bytes | None, error: str) -> None:
+    cfg = DeadLetterConfig(raw=raw, max_copy_bytes=16_384)
+    letter = _letter(key, value, cfg, error or "x")
+    assert len(letter) < 3 * cfg.max_copy_bytes + 4_096  # far below any broker's record limit
+    assert schema_errors("dead-letters", json.loads(letter)) == []
+
+
+def test_dead_letters_carry_no_personal_data_unless_raw_copies_are_on() -> None:
+    value = b'{"user_id":"ann@example.com","ts":1,"kind":"search","query":"divorce lawyer","x":[{"email":"ann@example.com"}]}'
+    letter = json.loads(_letter(b"ann@example.com", value, DeadLetterConfig()))
+    assert "ann@example.com" not in json.dumps(letter) and "divorce" not in json.dumps(letter)
+    assert json.loads(letter["value_redacted"]) == {"user_id": "***", "ts": 1, "kind": "search", "query": "***", "x": [{"email": "***"}]}
+    assert letter["value_size"] == len(value) and letter["paths"] == ["$.user_id"] and letter["key_omitted"] == "redacted"
+    assert dead_letter_key(b"ann@example.com", DeadLetterConfig()) is None
+
+    raw = json.loads(_letter(b"ann@example.com", value, DeadLetterConfig(raw=True)))
+    assert raw["value"] == value.decode() and raw["key"] == "ann@example.com"
+
+
+def test_a_raw_value_over_the_copy_limit_is_referenced_with_its_size_and_a_prefix() -> None:
+    value = b'{"user_id":"' + b"u" * 1_000_000 + b'"}'
+    letter = json.loads(_letter(b"k", value, DeadLetterConfig(raw=True, max_copy_bytes=1_000)))
+    assert letter["value"] is None and letter["value_omitted"] == "too large" and letter["value_size"] == len(value)
+    assert base64.b64decode(letter["value_prefix_base64"]) == value[:250]
+    assert (letter["topic"], letter["partition"], letter["offset"]) == ("clicks", 1, 7)

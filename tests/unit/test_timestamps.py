@@ -10,6 +10,7 @@ from streams.domain.timestamps import MAX_EPOCH_MS, MIN_EPOCH_MS, TimestampError
 def test_format_is_rfc3339_utc_with_milliseconds() -> None:
     assert format_ts(1_767_618_245_120) == "2026-01-05T13:04:05.120Z"
     assert format_ts(1_767_225_600_000) == "2026-01-01T00:00:00.000Z"
+    assert format_ts(parse_ts("0001-01-01T00:00:00Z")) == "0001-01-01T00:00:00.000Z"  # four digits, as RFC 3339 has it
 
 
 @given(st.integers(min_value=MIN_EPOCH_MS, max_value=MAX_EPOCH_MS))

@@ -35,7 +35,7 @@ from models.bundle import Models
 from models.examples import ReviewExample, SegmentExample, bandit_examples, churn_examples
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
-from streams.domain.dead_letters import dead_letter
+from streams.domain.dead_letters import dead_letter, dead_letter_key
 from streams.domain.engine import Step, due_at, on_due, on_event, track_actions
 from streams.domain.items import ItemRecommender, history
 from streams.domain.rules import Decider
@@ -82,6 +82,8 @@ class Ingest:
         self.cfg = settings.engine
         self.logical = settings.inbound_topics
         self.skew_ms = int(settings.max_clock_skew_s * 1000)
+        self.not_before_ms = settings.min_event_time_ms
+        self.dead_letter_cfg = settings.dead_letter
         self.partition_for = make_partitioner(settings.partitions)
         raw = {"key_serializer": "raw", "value_serializer": "raw"}
         self.source = app.topic(*self.logical, settings.rekey_topic, **raw)
@@ -185,7 +187,12 @@ class Ingest:
                 ts = None
             finally:
                 _current_event.reset(token)
-            await self._advance(partition, ts, event)
+            try:
+                await self._advance(partition, ts, event)
+            except Exception as exc:  # (each due user's failure is contained in _advance; this is the clock's)
+                log.exception("partition %d: advancing the event-time clock after %s[%d]@%d failed",
+                              partition, msg.topic, msg.partition, msg.offset)
+                metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
             await ack(self.stream, event)  # counts for the commit (transport.guard)
             metrics.PROCESSING.observe(time.perf_counter() - started)
             if kafka_ts is not None:  # end to end when the producer stamped its send time (bench --mode live)
@@ -297,7 +304,9 @@ class Ingest:
     def _decode(self, msg: Any, value: bytes | None, headers: dict[str, bytes]) -> tuple[str, Any, int | None]:
         topic = self.logical.get(msg.topic) or headers.get(SOURCE_HEADER, b"").decode() or msg.topic
         kafka_ts = int(msg.timestamp * 1000) if msg.timestamp else None
-        result = decode(topic, value, not_after_ms=None if kafka_ts is None else kafka_ts + self.skew_ms)
+        latest = _wall_ms() if kafka_ts is None else min(kafka_ts, _wall_ms())  # neither clock may be outrun
+        result = decode(topic, value, not_after_ms=latest + self.skew_ms, not_before_ms=self.not_before_ms,
+                        max_bytes=self.settings.max_record_bytes)
         return topic, result, kafka_ts
 
     async def process(self, msg: Any, topic: str, result: Any, kafka_ts: int | None, key: bytes | None, value: bytes | None) -> int | None:
@@ -362,13 +371,22 @@ class Ingest:
             token = _current_event.set(weakref.ref(event))
             try:
                 for user_id in due:
-                    state = self._load(user_id)
-                    if state is not None:
-                        step = on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide)
-                        await self._finish(state, step, queue, now, models)
+                    await self._due(user_id, now, queue, models)
             finally:
                 _current_event.reset(token)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
+
+    async def _due(self, user_id: str, now: int, queue: DueQueue, models: Models) -> None:
+        """One due user's check. A failure is this user's alone: logged, counted, and the
+        user leaves the due queue until their next event (never the worker's end)."""
+        try:
+            state = self._load(user_id)
+            if state is not None:
+                step = on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide)
+                await self._finish(state, step, queue, now, models)
+        except Exception as exc:
+            log.exception("due check of a user at %s failed; the user is checked again at their next event", format_ts(now))
+            metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
 
     def _merge_ts(self, partition: int, result: Any) -> int | None:
         """The event time a record is merged by; None (release at once) for a record that
@@ -455,8 +473,9 @@ class Ingest:
         metrics.RECORDS.labels(topic, "invalid").inc()
         metrics.DEAD_LETTERS.labels(topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
-        record = dead_letter(msg.topic, msg.partition, msg.offset, key, value, kafka_ts, error, int(time.time() * 1000))
-        await self.dead_letters.send(key=key, value=record)
+        cfg = self.dead_letter_cfg
+        record = dead_letter(msg.topic, msg.partition, msg.offset, key, value, kafka_ts, error, _wall_ms(), cfg)
+        await self.dead_letters.send(key=dead_letter_key(key, cfg), value=record)
 
     def _snapshot(
         self, state: UserState, now: int, models: Models, churn: Score | None = None, learn: bool = True
