@@ -51,6 +51,7 @@ from streams.domain.state import Applied, UserState, dump_state, event_digest, l
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
+from streams.runtime.faults import infrastructure_failure, operator_hint
 from streams.runtime.model_sync import ModelFollower, ModelLink
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.settings import Settings
@@ -181,6 +182,8 @@ class Ingest:
             try:
                 ts = await self.process(msg, topic, result, kafka_ts, event.key, event.value)
             except Exception as exc:  # a bug must not stop the stream: dead-letter the record
+                if infrastructure_failure(exc):  # ...but a full disk is no reason to lose a valid one
+                    return await self._stop_for(exc, f"{msg.topic}[{msg.partition}]@{msg.offset}")
                 log.exception("processing %s[%d]@%d failed", msg.topic, msg.partition, msg.offset)
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
                 await self._dead_letter(msg, topic, event.key, event.value, kafka_ts, f"processing failed: {exc!r}")
@@ -190,6 +193,8 @@ class Ingest:
             try:
                 await self._advance(partition, ts, event)
             except Exception as exc:  # (each due user's failure is contained in _advance; this is the clock's)
+                if infrastructure_failure(exc):
+                    return await self._stop_for(exc, f"{msg.topic}[{msg.partition}]@{msg.offset}")
                 log.exception("partition %d: advancing the event-time clock after %s[%d]@%d failed",
                               partition, msg.topic, msg.partition, msg.offset)
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
@@ -376,6 +381,15 @@ class Ingest:
                 _current_event.reset(token)
         metrics.DUE_USERS.set(sum(len(q) for q in (self.queues or {}).values()))
 
+    async def _stop_for(self, exc: BaseException, record: str) -> None:
+        """Stop the worker for a failure of the machine; the record is not acknowledged, so
+        it (and everything after it) is read again after the restart."""
+        metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
+        self.paused = True  # nothing more is processed or acknowledged
+        log.critical("stopping: %s (while processing %s: %s); the record is read again after the restart",
+                     operator_hint(exc), record, exc)
+        await self.app.crash(exc)
+
     async def _due(self, user_id: str, now: int, queue: DueQueue, models: Models) -> None:
         """One due user's check. A failure is this user's alone: logged, counted, and the
         user leaves the due queue until their next event (never the worker's end)."""
@@ -385,6 +399,8 @@ class Ingest:
                 step = on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide)
                 await self._finish(state, step, queue, now, models)
         except Exception as exc:
+            if infrastructure_failure(exc):
+                raise
             log.exception("due check of a user at %s failed; the user is checked again at their next event", format_ts(now))
             metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
 

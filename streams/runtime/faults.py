@@ -1,0 +1,35 @@
+"""Failures of the machine, not of a record: they stop the worker instead of dead-lettering.
+
+A record whose processing raises is dead-lettered (a bug or a bad record must not stop the
+stream). A full disk or a broken state store raises too, but dead-lettering then would lose
+valid records: the worker stops without acknowledging the record, which is read again once
+the operator has fixed the machine.
+
+>>> infrastructure_failure(Exception("IO error: No space left on device: While appending to file: 000004.log"))
+True
+>>> infrastructure_failure(OSError(28, "No space left on device")), infrastructure_failure(KeyError("x"))
+(True, False)
+"""
+
+from __future__ import annotations
+
+#: How RocksDB (rocksdict raises a plain Exception) words the failures of its files.
+_STORE_FAILURES = ("IO error", "Corruption", "Resource busy", "Result incomplete")
+
+
+def infrastructure_failure(exc: BaseException) -> bool:
+    """True for errors of the disk, memory or state store (not of the record being processed)."""
+    if isinstance(exc, (OSError, MemoryError)):
+        return True
+    text = str(exc)
+    return text.startswith(_STORE_FAILURES) or "No space left on device" in text
+
+
+def operator_hint(exc: BaseException) -> str:
+    """What the operator should do about an infrastructure failure, in one line."""
+    text = str(exc)
+    if "No space left" in text or getattr(exc, "errno", None) == 28:
+        return "the state directory's disk is full: free space or grow the volume of RETENTION_DATA_DIR, then restart"
+    if isinstance(exc, MemoryError):
+        return "the worker ran out of memory: raise its memory limit or lower its caches, then restart"
+    return "the state directory cannot be written (RETENTION_DATA_DIR): check its volume and permissions, then restart"
