@@ -12,10 +12,10 @@ from streams.runtime import metrics
 from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.agents.trainer import TrainerAgent
+from streams.runtime.kafka import faust_credentials
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
-from streams.runtime.kafka import faust_credentials
 from streams.runtime.transport import Transport
 from streams.runtime.web import RetentionWeb, bounded_id, web_options
 
