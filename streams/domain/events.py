@@ -23,7 +23,9 @@ import msgspec
 
 from streams.domain.timestamps import TimestampError, format_ts, parse_ts
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+#: Longest id of the contract (event_id, user_id, ...); also the bound of GET /users/{user_id}.
+ID_MAX_LENGTH = 128
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=ID_MAX_LENGTH)]
 ShortText = Annotated[str, msgspec.Meta(max_length=1_000)]
 ReviewText = Annotated[str, msgspec.Meta(max_length=10_000)]
 

@@ -28,6 +28,7 @@ from faust.exceptions import ConsumerNotStarted
 from streams.domain.uplift import Tally, load_tally, report, total
 from streams.runtime import metrics
 from streams.runtime.settings import Settings
+from streams.runtime.web import bearer_headers
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class ActionStats:
         self.app = app
         self.settings = settings
         self.table = table
+        self.token = settings.bearer_token  # peers answer /actions/stats?scope=local to it
 
         @app.page("/actions/stats")
         async def stats_page(web: Any, request: Any) -> Any:
@@ -83,7 +85,7 @@ class ActionStats:
         errors: dict[str, str] = {}
         if peers:
             timeout = aiohttp.ClientTimeout(total=PEER_TIMEOUT_S)
-            async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with aiohttp.ClientSession(timeout=timeout, headers=bearer_headers(self.token)) as session:
                 answers = await asyncio.gather(*(self._ask(session, url) for url in peers), return_exceptions=True)
             for url, answer in zip(peers, answers):
                 if isinstance(answer, BaseException):

@@ -12,28 +12,35 @@ from streams.runtime import metrics
 from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.agents.trainer import TrainerAgent
+from streams.runtime.kafka import faust_credentials
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
 from streams.runtime.transport import Transport
+from streams.runtime.web import RetentionWeb, bounded_id, web_options
 
 log = logging.getLogger(__name__)
 
 
 class RetentionApp(faust.App):
-    """faust.App whose consumer honours ``RETENTION_FETCH_MAX_WAIT_MS``."""
+    """faust.App whose consumer honours ``RETENTION_FETCH_MAX_WAIT_MS`` and whose web server
+    serves only our pages (:mod:`streams.runtime.web`)."""
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
 
+    def _new_web(self) -> RetentionWeb:
+        return RetentionWeb(self)
+
 
 def new_app(settings: Settings, **conf: Any) -> RetentionApp:
-    """A Faust app with the settings every pipeline of ours shares (broker, store, topics,
-    group timeouts, producer batch, web server, fetch wait) and a ``/metrics`` page;
-    ``conf``: more Faust settings of one pipeline."""
+    """A Faust app with the settings every pipeline of ours shares (broker and its security,
+    store, topics, group timeouts, producer batch, web server and its access check, fetch
+    wait) and a ``/metrics`` page; ``conf``: more Faust settings of one pipeline."""
     app = RetentionApp(
         settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         store="rocksdb://",
         datadir=str(settings.data_dir),
         topic_partitions=settings.partitions,
@@ -44,7 +51,9 @@ def new_app(settings: Settings, **conf: Any) -> RetentionApp:
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         producer_max_batch_size=settings.producer_max_batch_size,
         web_host=settings.web_host,
+        web_bind=settings.web_host,  # Faust listens on web_bind (default 0.0.0.0), not web_host
         web_port=settings.web_port,
+        web_application_options=web_options(settings),
         web_in_thread=False,
         autodiscover=False,
         logging_config=None,
@@ -87,6 +96,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         return web.json(follower.report())
 
     @app.page("/users/{user_id}")
+    @bounded_id("user_id")
     @app.table_route(table=ingest.users, match_info="user_id")
     async def user_page(web: Any, request: Any, user_id: str) -> Any:
         """A user's features, scores and state, answered by the worker that owns the

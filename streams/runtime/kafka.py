@@ -1,4 +1,10 @@
-"""confluent-kafka clients for the command-line side: topic admin, producers, consumers.
+"""Kafka clients: confluent-kafka ones for the command-line side (topic admin, producers,
+consumers), and the connection security of every client, ours and Faust's.
+
+Every client connects through :func:`confluent_config` (librdkafka) or
+:func:`faust_credentials` / :func:`aiokafka_security` (Faust's aiokafka clients and the
+worker's own snapshot reader), so the ``RETENTION_KAFKA_*`` security settings reach all of
+them; a unit test checks that no client is built elsewhere.
 
 Producers use the ``murmur2_random`` partitioner, the Java client's (and Faust's)
 partitioner, so a record keyed by user_id lands on the same partition whichever of our
@@ -14,16 +20,71 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import ssl
+from collections.abc import Mapping
+
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from faust.auth import Credentials, SASLCredentials, SSLCredentials
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from pydantic import SecretStr
 
 from streams.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
+def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """librdkafka configuration of a client of ``settings``' cluster: bootstrap servers, the
+    security settings, then ``extra`` (the client's own options)."""
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers, "security.protocol": settings.kafka_security_protocol}
+    optional = {
+        "ssl.ca.location": settings.kafka_ssl_cafile,
+        "ssl.certificate.location": settings.kafka_ssl_certfile,
+        "ssl.key.location": settings.kafka_ssl_keyfile,
+        "ssl.key.password": settings.kafka_ssl_key_password,
+        "sasl.mechanism": settings.kafka_sasl_mechanism,
+        "sasl.username": settings.kafka_sasl_username,
+        "sasl.password": settings.kafka_sasl_password,
+    }
+    for key, value in optional.items():
+        if value is not None:
+            config[key] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    return {**config, **extra}
+
+
+def faust_credentials(settings: Settings) -> Credentials | None:
+    """Faust's ``broker_credentials`` for the security settings (None: PLAINTEXT)."""
+    protocol = settings.kafka_security_protocol
+    context = _ssl_context(settings) if protocol.endswith("SSL") else None
+    if protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        return SASLCredentials(
+            username=settings.kafka_sasl_username, password=password.get_secret_value() if password else None,
+            ssl_context=context, mechanism=settings.kafka_sasl_mechanism,
+        )
+    return SSLCredentials(context) if context is not None else None
+
+
+def aiokafka_security(settings: Settings) -> Mapping[str, Any]:
+    """Keyword arguments of an aiokafka client: the same translation Faust applies to its own."""
+    return credentials_to_aiokafka_auth(faust_credentials(settings))
+
+
+def _ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of aiokafka: the CA file (else the system's CAs), hostname checks,
+    and the client certificate if one is set."""
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile)
+    if settings.kafka_ssl_certfile is not None:
+        password = settings.kafka_ssl_key_password
+        context.load_cert_chain(
+            settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile, password.get_secret_value() if password else None
+        )
+    return context
+
+
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return AdminClient(confluent_config(settings))
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -70,30 +131,25 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 
 def producer(settings: Settings, **overrides: Any) -> Producer:
-    config = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "partitioner": "murmur2_random",
-        "enable.idempotence": True,
-        "linger.ms": 20,
-        "compression.type": "lz4",
-        **overrides,
-    }
-    return Producer(config)
+    return Producer(confluent_config(
+        settings, **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4", **overrides}
+    ))
 
 
 def consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Consumer:
     """A consumer; with ``group_id=None`` it uses a throw-away group and never commits."""
-    config = {
-        "bootstrap.servers": settings.bootstrap_servers,
-        "group.id": group_id or f"retention-reader-{uuid.uuid4().hex}",
-        "enable.auto.commit": group_id is not None,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": int(settings.session_timeout_s * 1000),
-        "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
-        "fetch.wait.max.ms": settings.fetch_max_wait_ms,
-        **overrides,
-    }
-    return Consumer(config)
+    return Consumer(confluent_config(
+        settings,
+        **{
+            "group.id": group_id or f"retention-reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": group_id is not None,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
+            "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            **overrides,
+        },
+    ))
 
 
 def messages(consumer_: Consumer, poll_s: float = 0.2) -> Iterator[Message | None]:

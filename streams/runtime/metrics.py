@@ -69,6 +69,13 @@ ACTION_LATENCY = Histogram(
 )
 SNAPSHOTS = Counter("retention_user_scores", "Snapshots of users' features and scores published on user-scores.")
 USER_QUERIES = Counter("retention_user_queries", "GET /users/{user_id} answered here, by status.", ["status"])
+HTTP_REFUSED = Counter(
+    "retention_http_refused",
+    "HTTP requests the worker refused before answering, by reason: unauthorized (no or a wrong bearer token: 401), "
+    "disabled (no RETENTION_API_TOKEN set: 403), too_large (body over the limit: 413), bad_id (a path id outside 1 to 128 "
+    "characters: 400). A climbing unauthorized count is someone guessing.",
+    ["reason"],
+)
 ATTRIBUTED = Counter(
     "retention_attributed_decisions",
     "Retention decisions in attribution, by kind, rule, experiment group and result: decided (its window opened); "

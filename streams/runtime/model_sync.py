@@ -21,6 +21,7 @@ from models.bundle import Models
 from models.examples import Example, Watermark, encode_example
 from models.trainer import Snapshot, SnapshotStore, decode_snapshot, load_models, version_of
 from streams.runtime import metrics
+from streams.runtime.kafka import aiokafka_security
 from streams.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,7 @@ class ModelFollower:
 
     async def run(self, app: Any = None) -> None:
         await self.topic.maybe_declare()
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap_servers.split(","), group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms, max_partition_fetch_bytes=MAX_FETCH_BYTES,
-            fetch_max_bytes=MAX_FETCH_BYTES,
-        )
+        consumer = self.new_consumer()
         await consumer.start()
         try:
             consumer.assign([self.tp])
@@ -75,6 +72,14 @@ class ModelFollower:
                     self.progress.notify_all()
         finally:
             await consumer.stop()
+
+    def new_consumer(self) -> AIOKafkaConsumer:
+        """A group-less reader of the snapshot topic, connecting as the app's clients do."""
+        return AIOKafkaConsumer(
+            bootstrap_servers=self.settings.bootstrap_servers.split(","), group_id=None, enable_auto_commit=False,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms, max_partition_fetch_bytes=MAX_FETCH_BYTES,
+            fetch_max_bytes=MAX_FETCH_BYTES, **aiokafka_security(self.settings),
+        )
 
     def _read(self, offset: int, value: bytes | None) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -16,6 +17,11 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from streams.runtime.broker import free_port
+from streams.runtime.web import bearer_headers
+
+#: The API token of the workers this process starts without one of their own: shared, since
+#: workers forward requests to each other; random, since nothing outside this process needs it.
+LOCAL_API_TOKEN = secrets.token_hex(32)
 
 
 class WorkerProcess:
@@ -38,6 +44,10 @@ class WorkerProcess:
             "RETENTION_WEB_PORT": str(self.web_port),
             "RETENTION_WEB_HOST": "127.0.0.1",
         }
+        if not (self.env.get("RETENTION_API_TOKEN") or self.env.get("RETENTION_API_TOKEN_FILE")):
+            self.env["RETENTION_API_TOKEN"] = LOCAL_API_TOKEN
+        token_file = self.env.get("RETENTION_API_TOKEN_FILE")
+        self.token = Path(token_file).read_text().strip() if token_file else self.env.get("RETENTION_API_TOKEN")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "WorkerProcess":
@@ -61,9 +71,10 @@ class WorkerProcess:
             return response.read().decode()
 
     def get_json(self, path: str) -> tuple[int, Any]:
-        """GET a JSON page of the worker's web server: (status, decoded body)."""
+        """GET a JSON page of the worker's web server with its token: (status, decoded body)."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=10) as response:
+            request = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", headers=bearer_headers(self.token))
+            with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, json.loads(response.read())
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())

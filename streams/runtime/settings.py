@@ -15,7 +15,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.attribution import AttributionConfig
@@ -27,6 +27,11 @@ from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
 from streams.domain.state import StateConfig
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, TimestampError, parse_ts
 from streams.domain.policy_file import DEFAULT_POLICY, Policy, load_policy
+
+#: SASL mechanisms both of our Kafka clients (aiokafka in the worker, librdkafka in the tools) take a password for.
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: Shortest API token accepted: a guessable token would make the bearer check decoration.
+API_TOKEN_MIN_LENGTH = 16
 
 #: Settings the policy file replaced (issue 5): a worker refuses to start while one is set,
 #: naming where the value lives now, rather than silently ignoring it.
@@ -44,7 +49,7 @@ MOVED_TO_POLICY_FILE = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RETENTION_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="RETENTION_", frozen=True, extra="ignore", hide_input_in_errors=True)  # secrets stay out of errors
 
     bootstrap_servers: str = Field(
         "localhost:9092",
@@ -67,8 +72,18 @@ class Settings(BaseSettings):
     topic_model_snapshots: str = Field("model-snapshots", description="Internal, one partition, compacted: the trainer's versioned model snapshots, read by every worker (docs/models.md).")
 
     data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
-    web_host: str = Field("127.0.0.1", description="Interface of the worker's web server (/metrics); 0.0.0.0 in containers.")
+    web_host: str = Field("127.0.0.1", description="Address the worker's web server listens on (the only one: 127.0.0.1 accepts no connection from other hosts); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Secret bearer token of the HTTP API: every page but /metrics and /health/* answers 401 without "
+        "`Authorization: Bearer <token>`, and 403 to everyone while no token is set (README, \"Access to the HTTP API\"). "
+        f"At least {API_TOKEN_MIN_LENGTH} characters; every worker of an app needs the same one (they forward requests to each other).",
+    )
+    api_token_file: Path | None = Field(
+        None,
+        description="File holding the API token (a mounted secret; surrounding whitespace ignored), instead of RETENTION_API_TOKEN. Read at start.",
+    )
     advertised_url: str = Field("", description="URL other workers use to reach this one (GET /users/{id} is forwarded to the owner of the user's partition); default http://<web host, or the hostname when listening on 0.0.0.0>:<web port>.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: Literal["text", "json"] = Field(
@@ -148,6 +163,19 @@ class Settings(BaseSettings):
         "it reports the end of a topic as the start of its last batch, which would cut table recovery short).",
     )
 
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client of ours connects (Kafka's security.protocol): PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (README, \"Connecting to a managed Kafka\")."
+    )
+    kafka_ssl_cafile: Path | None = Field(None, description="PEM file of the CA certificates that sign the brokers' certificates (SSL, SASL_SSL); default: the system's CA store.")
+    kafka_ssl_certfile: Path | None = Field(None, description="PEM file of this client's certificate for TLS client authentication (mutual TLS); needs RETENTION_KAFKA_SSL_KEYFILE.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="PEM file of the private key of RETENTION_KAFKA_SSL_CERTFILE.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of RETENTION_KAFKA_SSL_KEYFILE, if it is encrypted (secret).")
+    kafka_sasl_mechanism: str | None = Field(
+        None, description=f"SASL mechanism (SASL_PLAINTEXT, SASL_SSL): {', '.join(SASL_MECHANISMS)}. OAUTHBEARER and GSSAPI are not supported."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name (e.g. a Confluent Cloud API key).")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (e.g. a Confluent Cloud API secret; secret).")
+
     @model_validator(mode="after")
     def _heartbeat_below_session(self) -> "Settings":
         if self.heartbeat_interval_s >= self.session_timeout_s:
@@ -178,6 +206,45 @@ class Settings(BaseSettings):
     def dead_letter(self) -> DeadLetterConfig:
         fields = frozenset(f.strip() for f in self.dead_letter_redact_fields.split(",") if f.strip())
         return DeadLetterConfig(raw=self.dead_letter_raw, max_copy_bytes=self.dead_letter_max_copy_bytes, redact=fields)
+
+    @model_validator(mode="after")
+    def _api_token_readable(self) -> "Settings":
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set RETENTION_API_TOKEN or RETENTION_API_TOKEN_FILE, not both")
+        token = self.bearer_token
+        if token is not None and len(token) < API_TOKEN_MIN_LENGTH:
+            source = "RETENTION_API_TOKEN_FILE" if self.api_token_file else "RETENTION_API_TOKEN"
+            raise ValueError(f"{source}: the token must have at least {API_TOKEN_MIN_LENGTH} characters (e.g. `openssl rand -hex 32`)")
+        return self
+
+    @model_validator(mode="after")
+    def _kafka_security_consistent(self) -> "Settings":
+        problems = kafka_security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("api_token", "kafka_ssl_key_password", "kafka_sasl_password", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("api_token_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_sasl_mechanism", "kafka_sasl_username", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def bearer_token(self) -> str | None:
+        """The API token (from RETENTION_API_TOKEN or the file of RETENTION_API_TOKEN_FILE), or None."""
+        if self.api_token is not None:
+            return self.api_token.get_secret_value()
+        if self.api_token_file is None:
+            return None
+        try:
+            return self.api_token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"RETENTION_API_TOKEN_FILE: cannot read {self.api_token_file}: {exc.strerror}") from exc
 
     @field_validator("loyalty_tiers")
     @classmethod
@@ -276,6 +343,39 @@ class Settings(BaseSettings):
                 lateness_ms=int(self.allowed_lateness_s * 1000),
             ),
         )
+
+
+def kafka_security_problems(settings: Settings) -> list[str]:
+    """What is inconsistent in the Kafka security settings, each naming its variable (so a
+    worker that cannot reach its cluster says why before it tries)."""
+    protocol = settings.kafka_security_protocol
+    problems: list[str] = []
+    sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+    mechanism = settings.kafka_sasl_mechanism
+    if not sasl:
+        given = [f"RETENTION_KAFKA_SASL_{n.upper()}" for n in ("mechanism", "username", "password") if getattr(settings, f"kafka_sasl_{n}") is not None]
+        if given:
+            problems.append(f"{', '.join(given)} set but RETENTION_KAFKA_SECURITY_PROTOCOL is {protocol} (SASL_PLAINTEXT or SASL_SSL use SASL)")
+    elif mechanism is None:
+        problems.append(f"RETENTION_KAFKA_SECURITY_PROTOCOL is {protocol}: set RETENTION_KAFKA_SASL_MECHANISM ({', '.join(SASL_MECHANISMS)})")
+    elif mechanism not in SASL_MECHANISMS:
+        problems.append(f"RETENTION_KAFKA_SASL_MECHANISM {mechanism!r} is not supported: use {', '.join(SASL_MECHANISMS)} "
+                        "(OAUTHBEARER would need a token provider in aiokafka, GSSAPI a Kerberos setup)")
+    elif settings.kafka_sasl_username is None or settings.kafka_sasl_password is None:
+        problems.append(f"RETENTION_KAFKA_SASL_MECHANISM {mechanism} needs RETENTION_KAFKA_SASL_USERNAME and RETENTION_KAFKA_SASL_PASSWORD")
+    files = {"RETENTION_KAFKA_SSL_CAFILE": settings.kafka_ssl_cafile, "RETENTION_KAFKA_SSL_CERTFILE": settings.kafka_ssl_certfile,
+             "RETENTION_KAFKA_SSL_KEYFILE": settings.kafka_ssl_keyfile}
+    if not tls:
+        given = [name for name, path in files.items() if path is not None] + (["RETENTION_KAFKA_SSL_KEY_PASSWORD"] if settings.kafka_ssl_key_password else [])
+        if given:
+            problems.append(f"{', '.join(given)} set but RETENTION_KAFKA_SECURITY_PROTOCOL is {protocol} (SSL or SASL_SSL use TLS)")
+        return problems
+    if (settings.kafka_ssl_certfile is None) != (settings.kafka_ssl_keyfile is None):
+        problems.append("RETENTION_KAFKA_SSL_CERTFILE and RETENTION_KAFKA_SSL_KEYFILE go together (a client certificate and its key)")
+    if settings.kafka_ssl_key_password is not None and settings.kafka_ssl_keyfile is None:
+        problems.append("RETENTION_KAFKA_SSL_KEY_PASSWORD set without RETENTION_KAFKA_SSL_KEYFILE")
+    problems += [f"{name}: no readable file {path}" for name, path in files.items() if path is not None and not (path.is_file() and os.access(path, os.R_OK))]
+    return problems
 
 
 def _mtime(path: Path) -> float:

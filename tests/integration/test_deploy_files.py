@@ -600,3 +600,41 @@ def test_k8s_autoscaling_on_consumer_lag():
     assert metric["external"]["metric"]["name"] == "retention_consumer_lag_records"
     partitions = int(docs["ConfigMap/retention-streams"]["data"]["RETENTION_PARTITIONS"])
     assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"] <= partitions  # a worker beyond the partitions owns nothing
+
+
+# --------------------------------------------------------------------------- access to the HTTP API
+
+
+def test_compose_workers_take_the_api_token_from_the_environment_and_publish_on_this_host_only(monkeypatch):
+    monkeypatch.setenv("RETENTION_API_TOKEN", "f" * 64)
+    proc = run_compose("config")
+    assert proc.returncode == 0, proc.stderr
+    services = yaml.safe_load(proc.stdout)["services"]
+    for name, published in WORKERS.items():
+        assert env_of(services[name])["RETENTION_API_TOKEN"] == "f" * 64, name
+        [port] = services[name]["ports"]
+        host_ip = port["host_ip"] if isinstance(port, dict) else str(port).split(":")[0]
+        assert (host_ip, int(port["published"]) if isinstance(port, dict) else published) == ("127.0.0.1", published), port
+
+
+def test_k8s_workers_read_the_api_token_from_a_secret_and_kafka_clients_the_sasl_password():
+    docs = k8s_documents()
+    pod = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    token_file = Path(env["RETENTION_API_TOKEN_FILE"]["value"])
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    [(name, mount)] = [(n, m) for n, m in mounts.items() if m["mountPath"] == str(token_file.parent)]
+    assert mount["readOnly"] and volumes[name]["secret"] == {
+        "secretName": "retention-api-token", "items": [{"key": "token", "path": token_file.name}]}  # required: no optional flag
+    assert "RETENTION_API_TOKEN" not in docs["ConfigMap/retention-streams"]["data"]  # a secret, never in the ConfigMap
+    jobs = [container, docs["Job/retention-topics"]["spec"]["template"]["spec"]["containers"][0]]
+    for spec in jobs:
+        [password] = [e for e in spec["env"] if e["name"] == "RETENTION_KAFKA_SASL_PASSWORD"]
+        assert password["valueFrom"]["secretKeyRef"] == {"name": "retention-kafka", "key": "sasl-password", "optional": True}
+    probes = [container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe")]
+    annotations = docs["StatefulSet/retention-worker"]["spec"]["template"]["metadata"]["annotations"]
+    from streams.runtime.web import OPEN_PATHS
+
+    assert {*probes, annotations["prometheus.io/path"]} <= OPEN_PATHS  # probes and scrapes need no token
