@@ -21,20 +21,11 @@ from models.examples import ChurnExample, ReviewExample, SegmentExample
 from models.signing import UNSIGNED, Refused, SnapshotKeys, restricted_loads
 from models.trainer import Snapshot, SnapshotStore, Trainer, decode_snapshot, dump_models, encode_snapshot, load_models
 from streams.domain.features import MODEL_FEATURES
+from tests.crafted import crafted_models
 
 DAY = 86_400_000
 KEY, OLD, OTHER = b"k" * 64, b"o" * 64, b"x" * 64
 KEYS = SnapshotKeys(sign=KEY, accept=(KEY,))
-
-
-class RunsCode:
-    """A pickle that, once loaded by plain ``pickle.loads``, runs a shell command."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return os.system, (f"touch {self.marker}",)
 
 
 @pytest.fixture
@@ -42,10 +33,6 @@ def marker(tmp_path: Path) -> Iterator[Path]:
     path = tmp_path / f"pwned-{uuid.uuid4().hex}"
     yield path
     assert not path.exists(), "the crafted pickle ran"
-
-
-def crafted(marker: Path) -> bytes:
-    return zlib.compress(pickle.dumps(RunsCode(marker)))
 
 
 def snapshot(boundary: int = DAY, models: bytes | None = None) -> Snapshot:
@@ -64,7 +51,7 @@ def trained(days: int = 2) -> list[Snapshot]:
 
 def test_the_crafted_pickle_does_run_code_when_loaded_plainly(tmp_path: Path) -> None:
     path = tmp_path / "ran"
-    pickle.loads(zlib.decompress(crafted(path)))  # what every worker did before signing
+    pickle.loads(zlib.decompress(crafted_models(path)))  # what every worker did before signing
     assert path.exists()
 
 
@@ -89,13 +76,13 @@ def test_any_changed_byte_of_a_record_is_refused() -> None:
 
 
 def test_a_crafted_record_signed_with_another_key_is_refused_unread(marker: Path) -> None:
-    raw = encode_snapshot(snapshot(models=crafted(marker)), OTHER)
+    raw = encode_snapshot(snapshot(models=crafted_models(marker)), OTHER)
     with pytest.raises(Refused, match="bad_signature"):
         decode_snapshot(raw, KEYS)
 
 
 def test_a_record_written_before_signing_is_refused_as_unsigned(marker: Path) -> None:
-    v1 = msgspec.msgpack.encode(msgspec.structs.replace(snapshot(models=crafted(marker)), v=1))  # as the old trainer wrote
+    v1 = msgspec.msgpack.encode(msgspec.structs.replace(snapshot(models=crafted_models(marker)), v=1))  # as the old trainer wrote
     with pytest.raises(Refused) as refused:
         decode_snapshot(v1, KEYS)
     assert (refused.value.reason, refused.value.detail) == ("unsigned", UNSIGNED)
@@ -117,7 +104,7 @@ def test_unreadable_records_are_refused_with_a_reason(raw: bytes, reason: str) -
 
 def test_a_signed_record_whose_pickle_names_a_forbidden_global_is_not_loaded(marker: Path) -> None:
     """Defence in depth: even with the key (a leaked one, a compromised trainer)."""
-    s = decode_snapshot(encode_snapshot(snapshot(models=crafted(marker)), KEY), KEYS)
+    s = decode_snapshot(encode_snapshot(snapshot(models=crafted_models(marker)), KEY), KEYS)
     with pytest.raises(Refused, match="forbidden_global: the pickle names posix.system"):
         load_models(s.models)
 
@@ -128,7 +115,7 @@ def test_a_store_skips_refused_models_and_scores_with_the_ones_before(marker: Pa
                           on_refused=lambda boundary, refusal: refused.append((boundary, refusal.reason)))
     for s in trained(2):
         store.add(s)
-    store.add(snapshot(3 * DAY, models=crafted(marker)))  # signed: it passed the record's check
+    store.add(snapshot(3 * DAY, models=crafted_models(marker)))  # signed: it passed the record's check
     models, boundary = store.models_at(3 * DAY + 5)
     assert boundary == 2 * DAY and models.sentiment.labels == 2
     assert refused == [(3 * DAY, "forbidden_global")] and 3 * DAY not in store.kept
@@ -139,7 +126,7 @@ def test_a_store_skips_refused_models_and_scores_with_the_ones_before(marker: Pa
 
 
 def test_a_trainer_whose_models_are_refused_resumes_from_fresh_ones_and_says_why(marker: Path) -> None:
-    latest = snapshot(2 * DAY, models=crafted(marker))
+    latest = snapshot(2 * DAY, models=crafted_models(marker))
     trainer = Trainer.resume_from(latest, latest.models, load_models, Models.fresh(min_labels=5), DAY, 1)
     assert trainer.refused is not None and trainer.refused.reason == "forbidden_global"
     assert trainer.models.counts == {} and trainer.covered == 2 * DAY  # fresh models, the trainer's place kept
