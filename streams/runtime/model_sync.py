@@ -96,7 +96,6 @@ class ModelFollower:
         if snapshot.models is not None:
             self.offsets[snapshot.boundary] = offset
             self.offsets = {b: o for b, o in self.offsets.items() if b in self.store.kept}
-        if snapshot.models is not None:
             metrics.MODEL_SNAPSHOT_BOUNDARY.labels("newest").set(snapshot.boundary / 1000)
         metrics.MODEL_SNAPSHOT_BOUNDARY.labels("covered").set(snapshot.boundary / 1000)
 
