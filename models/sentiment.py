@@ -34,6 +34,8 @@ from importlib import resources
 from river import feature_extraction, naive_bayes
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from models.signing import restricted_loads
+
 #: A score at or below this is a negative review (VADER's own cut-off for "negative").
 NEGATIVE_THRESHOLD = -0.05
 
@@ -142,7 +144,9 @@ class SentimentModel:
         return base * coverage, math.tanh(log_odds / 2.0)
 
     def dumps(self) -> bytes:
-        """The learned state as bytes, for a checkpoint (pickle: load only bytes you wrote)."""
+        """The learned state as bytes, for a checkpoint (a pickle, never put on a topic: a
+        snapshot carries the model inside its signed bundle; :meth:`loads` still refuses any
+        global a model is not made of)."""
         state = {
             "format": _FORMAT,
             "half_weight": self.half_weight,
@@ -153,7 +157,7 @@ class SentimentModel:
 
     @classmethod
     def loads(cls, data: bytes) -> SentimentModel:
-        state = pickle.loads(data)
+        state = restricted_loads(data)
         if state.get("format") != _FORMAT:
             raise ValueError(f"unknown sentiment checkpoint format {state.get('format')!r}")
         model = cls(half_weight=state["half_weight"])

@@ -12,6 +12,9 @@ only a "covered" marker (no model bytes). The snapshot of a boundary therefore h
 exactly the examples made before it, whatever order they arrived in and however many
 workers sent them.
 
+Every record of the topic is signed (:mod:`models.signing`): a record is read only once its
+MAC checks out, and its models are unpickled only from the globals a bundle is made of.
+
 A record at event time t is scored by the newest snapshot with boundary at most
 ``(floor(t / P) - lag) * P`` (:func:`model_boundary`); it waits until the trainer has
 covered that boundary (:meth:`SnapshotStore.ready`). Before any snapshot with model bytes,
@@ -42,10 +45,11 @@ from typing import Any, Generic, Protocol, TypeVar
 import msgspec
 
 from models.examples import Example
+from models.signing import UNSIGNED, Refused, SnapshotKeys, check, restricted_loads, sign
 from streams.domain.timestamps import MS_PER_DAY, format_ts
 
-#: Format of a snapshot record (``Snapshot.v``).
-SNAPSHOT_VERSION = 1
+#: Format of a snapshot record (``Snapshot.v``): 2 since records are signed (1: unsigned).
+SNAPSHOT_VERSION = 2
 
 
 class Learner(Protocol):
@@ -73,29 +77,70 @@ class Snapshot(msgspec.Struct, frozen=True):
     v: int = SNAPSHOT_VERSION
 
 
+class Signed(msgspec.Struct, frozen=True):
+    """The record as written (v2): ``body`` is the encoded :class:`Snapshot`, ``sig`` its
+    HMAC, checked before the body is decoded (and so before its models are unpickled)."""
+
+    body: bytes
+    sig: bytes
+    v: int = SNAPSHOT_VERSION
+
+
+class _Head(msgspec.Struct):
+    """Any version's record, read just far enough to tell which it is (a v1 record is a
+    bare :class:`Snapshot`: its other fields are ignored here)."""
+
+    v: int = 1
+    body: bytes | None = None
+    sig: bytes | None = None
+
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Snapshot)
+_head = msgspec.msgpack.Decoder(_Head)
 
 
-def encode_snapshot(snapshot: Snapshot) -> bytes:
-    return _encoder.encode(snapshot)
+def encode_snapshot(snapshot: Snapshot, key: bytes) -> bytes:
+    """The record of ``snapshot``, signed with ``key``."""
+    body = _encoder.encode(snapshot)
+    return _encoder.encode(Signed(body=body, sig=sign(key, body)))
 
 
-def decode_snapshot(raw: bytes) -> Snapshot:
-    snapshot = _decoder.decode(raw)
-    if snapshot.v > SNAPSHOT_VERSION:
-        raise ValueError(f"model snapshot of format v{snapshot.v}; this worker reads up to v{SNAPSHOT_VERSION}")
-    return snapshot
+def decode_snapshot(raw: bytes, keys: SnapshotKeys) -> Snapshot:
+    """The snapshot of a record, or :class:`Refused` (unsigned, signed with a key not in
+    ``keys``, unreadable, or of a newer format)."""
+    try:
+        head = _head.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise Refused("malformed", f"not a snapshot record ({exc})") from None
+    if head.v > SNAPSHOT_VERSION:
+        raise Refused("newer_format", f"format v{head.v}; this worker reads up to v{SNAPSHOT_VERSION}")
+    if head.v < 2:
+        raise Refused("unsigned", UNSIGNED)
+    if head.body is None or not head.sig:
+        raise Refused("unsigned", f"a v{head.v} record without a signature")
+    check(keys, head.body, head.sig)
+    try:
+        return _decoder.decode(head.body)
+    except msgspec.DecodeError as exc:  # signed, so written by a trainer of another version
+        raise Refused("malformed", f"signed but not a snapshot ({exc})") from None
 
 
 def dump_models(models: Any) -> bytes:
-    """A snapshot's model bytes: the pickled bundle, compressed (pickle: load only bytes
-    your own trainer wrote; the topic is internal)."""
+    """A snapshot's model bytes: the pickled bundle, compressed."""
     return zlib.compress(pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
 def load_models(data: bytes) -> Any:
-    return pickle.loads(zlib.decompress(data))
+    """The bundle of a snapshot's model bytes (whose record's signature was checked),
+    unpickled with the globals a bundle is made of only; :class:`Refused` if they cannot be
+    loaded, so a worker keeps the models it has rather than stopping."""
+    try:
+        return restricted_loads(zlib.decompress(data))
+    except Refused:
+        raise
+    except Exception as exc:  # zlib.error, UnpicklingError, a class this version lacks...
+        raise Refused("malformed", f"model bytes that do not load ({exc!r})") from None
 
 
 def version_of(boundary: int) -> str:
@@ -124,7 +169,7 @@ class Trainer(Generic[M]):
         self.models = models
         self.period_ms = period_ms
         self.partitions = partitions
-        self.dumps = dumps or (lambda m: pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL))
+        self.dumps = dumps or dump_models
         self.marks: dict[int, int] = {}
         self.covered: int | None = None  #: every example before this was learned (or dropped)
         self.model_boundary: int | None = None
@@ -132,6 +177,8 @@ class Trainer(Generic[M]):
         self.waiting: set[str] = set()  #: ids of the pending examples
         self.learned: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        #: why the models the trainer resumed from were refused (it started from fresh ones)
+        self.refused: Refused | None = None
 
     @classmethod
     def resume(cls, snapshots: Iterable[Snapshot], loads: Callable[[bytes], M], fresh: M, period_ms: int, partitions: int) -> Trainer[M]:
@@ -149,8 +196,16 @@ class Trainer(Generic[M]):
         dumps: Callable[[M], bytes] | None = None,
     ) -> Trainer[M]:
         """The trainer where the ``latest`` snapshot record left it (``models``: the bytes of
-        the latest snapshot with models, that of ``latest.model_boundary``)."""
-        trainer = cls(loads(models) if models is not None else fresh, period_ms, partitions, dumps)
+        the latest snapshot with models, that of ``latest.model_boundary``). Models that
+        ``loads`` refuses are replaced by ``fresh`` (``refused`` says why): they learn
+        again from the examples to come, and the next snapshot replaces the refused one."""
+        refused = None
+        try:
+            start = loads(models) if models is not None else fresh
+        except Refused as exc:
+            start, refused = fresh, exc
+        trainer = cls(start, period_ms, partitions, dumps)
+        trainer.refused = refused
         if latest is not None:
             trainer.covered = latest.boundary
             trainer.model_boundary = latest.model_boundary
@@ -233,12 +288,15 @@ class SnapshotStore(Generic[M]):
     re-processes records from its committed offsets, possibly several periods behind the
     trainer, and must score them with the models they had) and the ``loaded`` models of
     the few in use. A record older than every kept snapshot is scored by the oldest kept
-    one and counted in ``misses`` (keep more to avoid it)."""
+    one and counted in ``misses`` (keep more to avoid it). Model bytes that ``loads``
+    refuses are dropped (``on_refused`` is told) and the next older kept ones used."""
 
     def __init__(
-        self, fresh: Callable[[], M], loads: Callable[[bytes], M], period_ms: int, lag: int, keep: int = 32
+        self, fresh: Callable[[], M], loads: Callable[[bytes], M], period_ms: int, lag: int, keep: int = 32,
+        on_refused: Callable[[int, Refused], None] = lambda boundary, refusal: None,
     ) -> None:
         self.loads = loads
+        self.on_refused = on_refused
         self.period_ms = period_ms
         self.lag = lag
         self.keep = max(1, keep)
@@ -277,7 +335,7 @@ class SnapshotStore(Generic[M]):
         boundaries = [b for b in self.kept if b <= target]
         if boundaries:
             return max(boundaries)
-        if self.first_models is not None and self.first_models <= target:
+        if self.kept and self.first_models is not None and self.first_models <= target:
             self.misses += 1  # its models were published but are no longer kept
             return min(self.kept)
         return None
@@ -285,22 +343,27 @@ class SnapshotStore(Generic[M]):
     def models_at(self, t: int) -> tuple[M, int | None]:
         """The models that score event time ``t`` and their boundary (None: the priors).
         Before :meth:`ready`, the newest models known (a look-up, not a decision)."""
-        boundary = self.boundary_at(t)
-        if boundary is None:
-            return self.priors, None
-        models = self.loaded.get(boundary)
-        if models is None:
-            models = self.loaded[boundary] = self.loads(self.kept[boundary])
+        while (boundary := self.boundary_at(t)) is not None:
+            models = self.loaded.get(boundary)
+            if models is not None:
+                return models, boundary
+            try:
+                models = self.loaded[boundary] = self.loads(self.kept[boundary])
+            except Refused as refusal:
+                del self.kept[boundary]
+                self.on_refused(boundary, refusal)
+                continue
             while len(self.loaded) > self.lag + 2:
                 del self.loaded[min(b for b in self.loaded if b != boundary)]
-        return models, boundary
+            return models, boundary
+        return self.priors, None
 
 
 class OfflineTraining(Generic[M]):
     """Trainer and selection in one process, for replays: every partition's watermark is
     the replay clock, so the same snapshots score the same records as on live workers."""
 
-    def __init__(self, fresh: Callable[[], M], period_ms: int, lag: int, loads: Callable[[bytes], M] = pickle.loads) -> None:
+    def __init__(self, fresh: Callable[[], M], period_ms: int, lag: int, loads: Callable[[bytes], M] = load_models) -> None:
         self.trainer: Trainer[M] = Trainer(fresh(), period_ms, partitions=1)
         self.store: SnapshotStore[M] = SnapshotStore(fresh, loads, period_ms, lag, keep=lag + 2)
         self.snapshots = 0

@@ -97,14 +97,20 @@ def policy_check(
 
 @app.command()
 def worker() -> None:
-    """Run one stream worker (Faust). SIGTERM stops it gracefully; an invalid policy file stops it at once (exit 2)."""
+    """Run one stream worker (Faust). SIGTERM stops it gracefully; an invalid policy file or no snapshot key stops it at once (exit 2)."""
     import faust
 
     from streams.runtime.app import create_app
     from streams.runtime.logs import worker_logging_config
+    from streams.runtime.settings import MissingSnapshotKey
 
     settings = _settings()
     _policy(settings)
+    try:
+        settings.snapshot_keys
+    except MissingSnapshotKey as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(2) from None
     faust_app, _ = create_app(settings)
     logging_config = worker_logging_config(settings.log_format, settings.log_level)
     faust.Worker(faust_app, loglevel=settings.log_level.upper(), logging_config=logging_config, quiet=True).execute_from_commandline()

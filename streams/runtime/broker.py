@@ -100,14 +100,14 @@ def wait_until_ready(bootstrap_servers: str, timeout: float, process: subprocess
 
 
 def cluster_or_embedded(stack: contextlib.ExitStack, log_dir: Path, say: Callable[[str], object]) -> dict[str, str]:
-    """The environment a command's workers need: nothing when ``KAFKA_BOOTSTRAP_SERVERS``
-    names a cluster, else an embedded broker started on a free port and stopped with
-    ``stack`` (its settings overrides). ``say`` tells the user which."""
-    from streams.runtime.settings import embedded_overrides
+    """The environment a command's workers need: the run's snapshot key when
+    ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster, else an embedded broker started on a free
+    port and stopped with ``stack`` (its settings overrides). ``say`` tells the user which."""
+    from streams.runtime.settings import embedded_overrides, run_snapshot_key
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         say(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
-        return {}
+        return run_snapshot_key()
     broker = stack.enter_context(EmbeddedBroker(log_file=log_dir / "broker.log"))
     say(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
     return embedded_overrides(broker.bootstrap_servers)

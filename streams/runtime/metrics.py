@@ -152,6 +152,12 @@ MODEL_TRAINER_RECORDS = Counter(
     "retention_model_trainer_records", "model-labels records the trainer read, by result: buffered, watermark, invalid.", ["result"]
 )
 MODEL_SNAPSHOTS = Counter("retention_model_snapshots", "Snapshots the trainer published, by kind: models, marker.", ["kind"])
+MODEL_SNAPSHOTS_REFUSED = Counter(
+    "retention_model_snapshots_refused",
+    "model-snapshots records this worker refused to load, by reason: unsigned, bad_signature, malformed, newer_format, "
+    "forbidden_global (README, Operations: \"The model snapshot key\").",
+    ["reason"],
+)
 
 
 def export_learners(learners: Any) -> None:

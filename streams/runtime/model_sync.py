@@ -3,7 +3,10 @@ models should learn to ``model-labels`` (the trainer's topic; :mod:`models.train
 
 :class:`ModelFollower` is a group-less consumer of the snapshot topic (every worker reads
 all of it from the beginning, in the app's event loop), keeping the last snapshots in a
-:class:`~models.trainer.SnapshotStore`. :class:`ModelLink` is the ingest side: the
+:class:`~models.trainer.SnapshotStore`. A record whose signature does not check out (or
+whose models do not load) is refused: logged with its offset and the reason, counted in
+``retention_model_snapshots_refused_total{reason}``, and the worker goes on with the
+models it had. :class:`ModelLink` is the ingest side: the
 examples and, at every model-period boundary a partition's clock crosses, its watermark,
 through the app's producer (in order, after the examples of the records before it).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from typing import Any
 
 import faust
@@ -19,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.bundle import Models
 from models.examples import Example, Watermark, encode_example
+from models.signing import REASONS, Refused
 from models.trainer import Snapshot, SnapshotStore, decode_snapshot, load_models, version_of
 from streams.runtime import metrics
 from streams.runtime.kafka import aiokafka_security
@@ -42,11 +47,16 @@ class ModelFollower:
 
     def __init__(self, app: faust.App, settings: Settings) -> None:
         self.settings = settings
+        self.keys = settings.snapshot_keys  # (MissingSnapshotKey: the worker does not start)
         self.topic = snapshot_topic(app, settings)
         self.store: SnapshotStore[Models] = SnapshotStore(
             settings.fresh_models, load_models, settings.model_period_ms, settings.model_lag_periods,
-            keep=settings.model_snapshots_kept,
+            keep=settings.model_snapshots_kept, on_refused=self._refused_models,
         )
+        self.offsets: dict[int, int] = {}  #: boundary -> offset of the kept snapshots' records
+        self.refusals: Counter[str] = Counter()  #: snapshots refused, by reason
+        for reason in REASONS:  # every reason at 0 on /metrics, so an alert sees the first one
+            metrics.MODEL_SNAPSHOTS_REFUSED.labels(reason)
         self.tp = TopicPartition(settings.topic_model_snapshots, 0)
         self.position = 0  #: the next offset to read
         self.consumer: AIOKafkaConsumer | None = None
@@ -83,14 +93,28 @@ class ModelFollower:
 
     def _read(self, offset: int, value: bytes | None) -> None:
         try:
-            snapshot = decode_snapshot(value or b"")
-        except Exception as exc:  # internal topic: a record we cannot read is skipped, loudly
-            log.error("model-snapshots@%d unreadable, skipped: %r", offset, exc)
+            snapshot = decode_snapshot(value or b"", self.keys)
+        except Refused as refusal:
+            self._refuse(offset, refusal)
             return
         self.store.add(snapshot)
         if snapshot.models is not None:
+            self.offsets[snapshot.boundary] = offset
+            self.offsets = {b: o for b, o in self.offsets.items() if b in self.store.kept}
             metrics.MODEL_SNAPSHOT_BOUNDARY.labels("newest").set(snapshot.boundary / 1000)
         metrics.MODEL_SNAPSHOT_BOUNDARY.labels("covered").set(snapshot.boundary / 1000)
+
+    def _refuse(self, offset: int | None, refusal: Refused, version: str = "") -> None:
+        """A snapshot not loaded: one line naming the record and why, and the counter."""
+        where = f"{self.tp.topic}[{self.tp.partition}]@{'?' if offset is None else offset}"
+        log.error("model snapshot %s%s refused, %s; the worker goes on with the models it had", where,
+                  f" ({version})" if version else "", refusal,
+                  extra={"topic": self.tp.topic, "partition": self.tp.partition, "offset": offset, "reason": refusal.reason})
+        metrics.MODEL_SNAPSHOTS_REFUSED.labels(refusal.reason).inc()
+        self.refusals[refusal.reason] += 1
+
+    def _refused_models(self, boundary: int, refusal: Refused) -> None:
+        self._refuse(self.offsets.pop(boundary, None), refusal, version_of(boundary))
 
     async def sync(self) -> None:
         """Until every snapshot published before this call has been read (a trainer that

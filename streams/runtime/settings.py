@@ -9,18 +9,20 @@ by :func:`embedded_overrides`, in processes the demo and the tests start.
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 from functools import lru_cache
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.attribution import AttributionConfig
 from streams.domain.dead_letters import DEFAULT_REDACT, DeadLetterConfig
 from models.bundle import Models
+from models.signing import KEY_MIN_CHARS, SnapshotKeys
 from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
@@ -48,8 +50,17 @@ MOVED_TO_POLICY_FILE = {
 }
 
 
+#: How to make a snapshot key, in every message that asks for one.
+MAKE_A_KEY = "python -c 'import secrets; print(secrets.token_hex(32))'"
+
+
+class MissingSnapshotKey(ValueError):
+    """A worker without a snapshot key: it would have to read model snapshots unsigned."""
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RETENTION_", frozen=True, extra="ignore", hide_input_in_errors=True)  # secrets stay out of errors
+    # (inputs hidden in errors: a rejected key or token must not end up in a log)
+    model_config = SettingsConfigDict(env_prefix="RETENTION_", frozen=True, extra="ignore", hide_input_in_errors=True)
 
     bootstrap_servers: str = Field(
         "localhost:9092",
@@ -157,6 +168,23 @@ class Settings(BaseSettings):
         "Faust fetched, handed to the stream, acknowledged and committed, its gap ranges, and seeks and commits "
         "as they happen (README, Operations: \"Tracing input offsets\").",
     )
+    snapshot_key: SecretStr | None = Field(
+        None,
+        description="Secret the trainer signs model snapshots with (HMAC-SHA256) and every worker checks before it loads one "
+        f"(snapshots are pickles): at least {KEY_MIN_CHARS} characters, the same on every worker; make one with "
+        f"`{MAKE_A_KEY}`. A worker without a key (nor RETENTION_SNAPSHOT_KEY_FILE) does not start "
+        "(README, Operations: \"The model snapshot key\").",
+    )
+    snapshot_key_file: Path | None = Field(
+        None,
+        description="File holding the snapshot key (surrounding whitespace stripped), e.g. a mounted Kubernetes Secret; "
+        "instead of RETENTION_SNAPSHOT_KEY.",
+    )
+    snapshot_keys_previous: SecretStr | None = Field(
+        None,
+        description="Keys, comma separated, whose snapshots are still accepted (never signed with): set the old key here "
+        "while the fleet moves to a new RETENTION_SNAPSHOT_KEY, so a key is rotated without downtime.",
+    )
     producer_max_batch_size: int = Field(
         16_384, ge=1,
         description="Worker producer's batch size per partition, bytes (Kafka's default; the embedded broker uses 1: "
@@ -245,6 +273,43 @@ class Settings(BaseSettings):
             return self.api_token_file.read_text().strip()
         except OSError as exc:
             raise ValueError(f"RETENTION_API_TOKEN_FILE: cannot read {self.api_token_file}: {exc.strerror}") from exc
+
+    _keys: SnapshotKeys | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _snapshot_keys(self) -> "Settings":
+        """Read the key (and its file) once, and refuse one too short to be a secret."""
+        if self.snapshot_key is not None and self.snapshot_key_file is not None:
+            raise ValueError("set RETENTION_SNAPSHOT_KEY or RETENTION_SNAPSHOT_KEY_FILE, not both")
+        key = None
+        if self.snapshot_key is not None:
+            key = _long_enough(self.snapshot_key.get_secret_value(), "RETENTION_SNAPSHOT_KEY")
+        elif self.snapshot_key_file is not None:
+            try:
+                text = self.snapshot_key_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"RETENTION_SNAPSHOT_KEY_FILE: cannot read the key ({exc})") from None
+            key = _long_enough(text.strip(), f"the key in RETENTION_SNAPSHOT_KEY_FILE ({self.snapshot_key_file})")
+        previous = [] if self.snapshot_keys_previous is None else [
+            _long_enough(k.strip(), "every key of RETENTION_SNAPSHOT_KEYS_PREVIOUS")
+            for k in self.snapshot_keys_previous.get_secret_value().split(",") if k.strip()
+        ]
+        if key is not None:
+            self._keys = SnapshotKeys(sign=key, accept=(key, *previous))
+        elif previous:
+            raise ValueError("RETENTION_SNAPSHOT_KEYS_PREVIOUS is set but RETENTION_SNAPSHOT_KEY is not: set the current key too")
+        return self
+
+    @property
+    def snapshot_keys(self) -> SnapshotKeys:
+        """The key to sign model snapshots with and the keys to accept; MissingSnapshotKey
+        (one line saying what to do) when none is set: no worker runs unsigned."""
+        if self._keys is None:
+            raise MissingSnapshotKey(
+                "no model snapshot key: set RETENTION_SNAPSHOT_KEY (or RETENTION_SNAPSHOT_KEY_FILE) to the same secret on "
+                f"every worker; make one with: {MAKE_A_KEY}"
+            )
+        return self._keys
 
     @field_validator("loyalty_tiers")
     @classmethod
@@ -392,6 +457,20 @@ def _policy(path: str, mtime: float, tiers: str) -> Policy:
     return policy
 
 
+def _long_enough(key: str, name: str) -> bytes:
+    if len(key) < KEY_MIN_CHARS:
+        raise ValueError(f"{name} must be at least {KEY_MIN_CHARS} characters (it has {len(key)}); make one with: {MAKE_A_KEY}")
+    return key.encode()
+
+
+def run_snapshot_key() -> dict[str, str]:
+    """The snapshot key of the processes one run starts (demo, bench, tests): the
+    operator's when set, else a new random one, given to all of them."""
+    if os.environ.get("RETENTION_SNAPSHOT_KEY") or os.environ.get("RETENTION_SNAPSHOT_KEY_FILE"):
+        return {}
+    return {"RETENTION_SNAPSHOT_KEY": secrets.token_hex(32)}
+
+
 def embedded_overrides(bootstrap_servers: str) -> dict[str, str]:
     """Environment for processes run against the embedded broker (demo, tests, bench).
 
@@ -399,9 +478,10 @@ def embedded_overrides(bootstrap_servers: str) -> dict[str, str]:
     fetches; short timeouts make a worker ready in ~2.5 s instead of ~30 s. It also
     answers ListOffsets(latest) with the first offset of the last write batch plus one,
     so Faust's changelog recovery would stop before the last batch: one record per batch
-    keeps that answer right.
+    keeps that answer right. The run's processes share a snapshot key (:func:`run_snapshot_key`).
     """
     return {
+        **run_snapshot_key(),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
         "RETENTION_SESSION_TIMEOUT_S": "2.0",
         "RETENTION_HEARTBEAT_INTERVAL_S": "0.5",

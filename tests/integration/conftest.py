@@ -20,7 +20,7 @@ from streams.runtime.broker import EmbeddedBroker
 from streams.runtime.kafka import create_topics
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Publisher
-from streams.runtime.settings import Settings, embedded_overrides
+from streams.runtime.settings import Settings, embedded_overrides, run_snapshot_key
 
 pytestmark = pytest.mark.integration
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="session")
 def broker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield {}
+        yield run_snapshot_key()
         return
     broker = EmbeddedBroker(log_file=tmp_path_factory.mktemp("broker") / "broker.log").start()
     try:

@@ -21,6 +21,7 @@ import json
 import shlex
 import shutil
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -281,6 +282,30 @@ def test_workers_have_distinct_named_state_volumes():
         assert source in declared, f"{name}: volume {source!r} not declared at top level"
         sources[name] = source
     assert len(set(sources.values())) == len(WORKERS), f"workers share state volumes: {sources}"
+
+
+KEY_FILE = "/var/lib/retention-key/snapshot.key"
+
+
+def test_workers_share_a_snapshot_key_made_once_by_a_one_shot(tmp_path):
+    """No key in the file: the snapshot-key service makes one in a volume the workers mount."""
+    keygen = service("snapshot-key")
+    [(volume, target, kind)] = volumes_of(keygen)
+    assert kind == "volume" and target == str(Path(KEY_FILE).parent) and keygen.get("restart", "no") == "no"
+    for name in WORKERS:
+        worker = service(name)
+        assert env_of(worker)["RETENTION_SNAPSHOT_KEY_FILE"] == KEY_FILE and "RETENTION_SNAPSHOT_KEY" not in env_of(worker)
+        assert (volume, target, "volume") in volumes_of(worker) and depends_on(worker)["snapshot-key"] == "service_completed_successfully"
+    assert "RETENTION_SNAPSHOT_KEY=" not in COMPOSE_FILE.read_text() and "RETENTION_SNAPSHOT_KEY:" not in COMPOSE_FILE.read_text()
+    # the one-shot's program, run here on a temporary path: a 64-hex-character key readable by its owner only, made once
+    assert keygen["entrypoint"] == ["python", "-c"]
+    [program] = keygen["command"]
+    key = tmp_path / "snapshot.key"
+    for _ in range(2):
+        subprocess.run([sys.executable, "-c", program.replace(KEY_FILE, str(key))], check=True, timeout=TIMEOUT)
+        made = key.read_text()
+        assert len(made) == 64 and int(made, 16) >= 0 and key.stat().st_mode & 0o777 == 0o400
+    assert key.read_text() == made  # kept on the next run
 
 
 def test_simulator_runs_after_topics():
@@ -589,6 +614,19 @@ def test_k8s_statefulset_probes_state_volume_and_graceful_stop():
         assert docs[key]["spec"]["selector"].items() <= labels.items(), key
         assert [p["targetPort"] for p in docs[key]["spec"]["ports"]] == [port["name"]], key
     assert docs["PodDisruptionBudget/retention-worker"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_workers_take_the_snapshot_key_from_a_secret_not_shipped():
+    docs = k8s_documents()
+    [container] = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    key = env["RETENTION_SNAPSHOT_KEY"]["valueFrom"]["secretKeyRef"]
+    previous = env["RETENTION_SNAPSHOT_KEYS_PREVIOUS"]["valueFrom"]["secretKeyRef"]
+    assert key["name"] == previous["name"] and not key.get("optional") and previous["optional"] is True
+    assert "value" not in env["RETENTION_SNAPSHOT_KEY"]
+    assert not [name for name in docs if name.startswith("Secret/")]  # each deployment makes its own
+    assert f"kubectl create secret generic {key['name']}" in (K8S / "kustomization.yaml").read_text()
+    assert not {k for k in docs["ConfigMap/retention-streams"]["data"] if k.startswith("RETENTION_SNAPSHOT_KEY")}
 
 
 def test_k8s_autoscaling_on_consumer_lag():

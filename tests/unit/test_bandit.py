@@ -14,7 +14,7 @@ import pytest
 from models.bandit import CONTEXT, Bandits, context_of, decision_seed
 from models.bundle import Models
 from models.examples import BanditExample, bandit_examples, decode_example, encode_example
-from models.trainer import Trainer
+from models.trainer import Trainer, load_models
 from streams.domain import attribution
 from streams.domain.actions import encode_action
 from streams.domain.attribution import AttributionConfig, awaiting_of
@@ -243,7 +243,7 @@ def test_only_treated_bandit_decisions_give_rewards_and_the_trainer_learns_them(
     trainer.add(example)
     trainer.add(BanditExample(id=example.id, at=example.at, bandit=KEY, arm="c10", context=example.context, reward=0.0))  # a copy
     [snap] = [s for s in trainer.watermark(0, T0 + 13 * MS_PER_DAY) if s.models is not None]
-    learned = pickle.loads(snap.models).bandits
+    learned = load_models(snap.models).bandits
     assert learned.report()["bandits"] == {KEY: {treated.reason.rule: {"rewards": 1, "mean_reward": round(1 - cost, 4)}}}
     assert learned.version == f"bandit-blr+1@{snap.version}" and trainer.dropped["duplicate"] == 1
 

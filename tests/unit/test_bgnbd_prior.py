@@ -15,6 +15,7 @@ from models.bgnbd_prior import BGNBD_FEATURES, MAX_SHAPE, BgNbdFit, history_of, 
 from models.bundle import Models
 from models.churn import ChurnModel, LoyaltyModel, recency_prior
 from models.examples import ChurnExample, SegmentExample
+from models.signing import SnapshotKeys
 from models.trainer import Trainer, decode_snapshot, dump_models, encode_snapshot, load_models
 from streams.domain.events import Channel, Item, Purchase
 from streams.domain.features import as_dict, feature_vector
@@ -74,7 +75,8 @@ def test_trainer_ships_the_bgnbd_fit_of_the_latest_histories_in_its_snapshot() -
         trainer.add(SegmentExample(id=f"user{i}@{DAY // 2 + 1}", at=DAY // 2 + 1, x=x))  # later: this one counts
         histories[f"user{i}"] = history_of(x)
     (snapshot,) = [s for s in trainer.watermark(0, DAY + 1) if s.models is not None]
-    shipped = load_models(decode_snapshot(encode_snapshot(snapshot)).models)
+    keys = SnapshotKeys(sign=b"k" * 32, accept=(b"k" * 32,))
+    shipped = load_models(decode_snapshot(encode_snapshot(snapshot, keys.sign), keys).models)
     expected = BgNbd.fit(Summary.of([histories[u] for u in sorted(histories)]))
     assert shipped.churn.bgnbd is not None and shipped.loyalty.bgnbd == shipped.churn.bgnbd
     np.testing.assert_allclose(shipped.churn.bgnbd.params, expected.params, rtol=1e-6)

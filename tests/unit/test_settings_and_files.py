@@ -109,3 +109,73 @@ def test_readme_generated_tables_are_current() -> None:
 
     text = README.read_text()
     assert sync(text) == text, "README is stale: run `python -m streams.readme`"
+
+
+def test_the_snapshot_key_comes_from_its_variable_or_file_and_stays_out_of_reprs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from streams.runtime.settings import MissingSnapshotKey
+
+    for name in ("RETENTION_SNAPSHOT_KEY", "RETENTION_SNAPSHOT_KEY_FILE", "RETENTION_SNAPSHOT_KEYS_PREVIOUS"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(MissingSnapshotKey, match=r"set RETENTION_SNAPSHOT_KEY .*secrets.token_hex\(32\)"):
+        Settings().snapshot_keys  # noqa: B018 - the property raises
+    key, old = "a1" * 32, "b2" * 20
+    monkeypatch.setenv("RETENTION_SNAPSHOT_KEY", key)
+    monkeypatch.setenv("RETENTION_SNAPSHOT_KEYS_PREVIOUS", f" {old} ,,")
+    settings = Settings()
+    assert settings.snapshot_keys.sign == key.encode() and settings.snapshot_keys.accept == (key.encode(), old.encode())
+    assert key not in repr(settings) and key not in str(settings.model_dump()) and old not in repr(settings)
+    monkeypatch.delenv("RETENTION_SNAPSHOT_KEY")
+    path = tmp_path / "key"
+    path.write_text(f"  {key}\n")
+    monkeypatch.setenv("RETENTION_SNAPSHOT_KEY_FILE", str(path))
+    assert Settings().snapshot_keys.sign == key.encode()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RETENTION_SNAPSHOT_KEY": "s3cret"}, r"RETENTION_SNAPSHOT_KEY must be at least 32 characters \(it has 6\)"),
+        ({"RETENTION_SNAPSHOT_KEY": "k" * 40, "RETENTION_SNAPSHOT_KEYS_PREVIOUS": "o" * 40 + ",short"},
+         "every key of RETENTION_SNAPSHOT_KEYS_PREVIOUS must be at least 32"),
+        ({"RETENTION_SNAPSHOT_KEY": "k" * 40, "RETENTION_SNAPSHOT_KEY_FILE": "/etc/hostname"}, "not both"),
+        ({"RETENTION_SNAPSHOT_KEY_FILE": "/nonexistent/key"}, "RETENTION_SNAPSHOT_KEY_FILE: cannot read the key"),
+        ({"RETENTION_SNAPSHOT_KEYS_PREVIOUS": "o" * 40}, "RETENTION_SNAPSHOT_KEY is not"),
+    ],
+)
+def test_a_bad_snapshot_key_is_refused_naming_the_variable_and_not_echoed(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name in ("RETENTION_SNAPSHOT_KEY", "RETENTION_SNAPSHOT_KEY_FILE", "RETENTION_SNAPSHOT_KEYS_PREVIOUS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message) as error:
+        Settings()
+    secrets = [k for name, value in env.items() if not name.endswith("_FILE") for k in value.split(",")]
+    assert not [k for k in secrets if k in str(error.value)]  # (pydantic would print the input: hidden)
+
+
+def test_a_worker_without_a_snapshot_key_does_not_start_and_says_how_to_make_one() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RETENTION_SNAPSHOT_KEY")}
+    env["KAFKA_BOOTSTRAP_SERVERS"] = "127.0.0.1:1"
+    run = subprocess.run([sys.executable, "-m", "streams.cli", "worker"], env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        "no model snapshot key: set RETENTION_SNAPSHOT_KEY (or RETENTION_SNAPSHOT_KEY_FILE) to the same secret on every "
+        "worker; make one with: python -c 'import secrets; print(secrets.token_hex(32))'"
+    )
+
+
+def test_the_processes_of_a_run_share_a_fresh_key_unless_the_operator_set_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.runtime.settings import run_snapshot_key
+
+    monkeypatch.delenv("RETENTION_SNAPSHOT_KEY", raising=False)
+    monkeypatch.delenv("RETENTION_SNAPSHOT_KEY_FILE", raising=False)
+    first, second = embedded_overrides("127.0.0.1:1")["RETENTION_SNAPSHOT_KEY"], run_snapshot_key()["RETENTION_SNAPSHOT_KEY"]
+    assert len(first) == 64 and first != second
+    monkeypatch.setenv("RETENTION_SNAPSHOT_KEY", "mine" * 10)
+    assert run_snapshot_key() == {} and "RETENTION_SNAPSHOT_KEY" not in embedded_overrides("127.0.0.1:1")

@@ -3,17 +3,20 @@ de-duplication, watermarks, the choice of snapshot by event time and the gate.""
 
 from __future__ import annotations
 
-import pickle
 import random
 
 import pytest
 
 from models.bundle import Models
 from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, Watermark, decode_example, encode_example
-from models.trainer import OfflineTraining, Snapshot, SnapshotStore, Trainer, decode_snapshot, encode_snapshot, model_boundary
+from models.signing import SnapshotKeys
+from models.trainer import (
+    OfflineTraining, Snapshot, SnapshotStore, Trainer, decode_snapshot, encode_snapshot, load_models, model_boundary,
+)
 
 DAY = 86_400_000
 PARTITIONS = 3
+KEYS = SnapshotKeys(sign=b"k" * 32, accept=(b"k" * 32,))
 X = {"recency_days": 5.0, "gap_mean_days": 9.0, "purchases": 3.0}
 
 
@@ -84,13 +87,13 @@ def test_any_arrival_order_across_partitions_gives_the_same_snapshots() -> None:
         for a, b in zip(first, other):
             if a.models is None:
                 continue
-            ma, mb = pickle.loads(a.models), pickle.loads(b.models)
+            ma, mb = load_models(a.models), load_models(b.models)
             assert ma.report() == mb.report()
             assert ma.churn.score(X) == mb.churn.score(X)
             assert ma.loyalty.score(X) == mb.loyalty.score(X)
             assert ma.sentiment.score("broke, awful") == mb.sentiment.score("broke, awful")
             assert ma.segments.predict_one(X) == mb.segments.predict_one(X)
-    last = pickle.loads(first[-1].models)
+    last = load_models(first[-1].models)
     assert not last.churn.score(X).prior  # it did learn: the learner answers
     assert last.churn.version.endswith("@1970-01-07")
 
@@ -104,7 +107,7 @@ def test_a_repeated_id_is_learned_once_and_counted() -> None:
     twice, snaps = run(copies + records)
     assert twice.learned == once.learned
     assert twice.dropped["duplicate"] == 40
-    assert pickle.loads(snaps[-1].models).report() == once.models.report()
+    assert load_models(snaps[-1].models).report() == once.models.report()
     # ... or after it was learned (read again after a crash)
     late, _ = run(records + copies)
     assert late.learned == once.learned and late.dropped["learned_period"] == 40
@@ -133,7 +136,7 @@ def test_a_resumed_trainer_learns_neither_less_nor_more_than_an_uninterrupted_on
     first, published = run(records[:cut])
     # the snapshots survive (model-snapshots); the labels are read again from the last
     # acknowledged one: here, from well before the cut (every record again)
-    resumed = Trainer.resume([decode_snapshot(encode_snapshot(s)) for s in published], pickle.loads, fresh(), DAY, PARTITIONS)
+    resumed = Trainer.resume([decode_snapshot(encode_snapshot(s, KEYS.sign), KEYS) for s in published], load_models, fresh(), DAY, PARTITIONS)
     assert resumed.covered == first.covered and resumed.learned == first.learned
     again, _ = run(records, resumed)
     assert again.learned == whole.learned
@@ -143,7 +146,7 @@ def test_a_resumed_trainer_learns_neither_less_nor_more_than_an_uninterrupted_on
 
 def test_the_snapshot_of_a_record_is_chosen_by_its_event_time_with_the_lag() -> None:
     trainer = Trainer(fresh(), DAY, 1)
-    store = SnapshotStore(fresh, pickle.loads, DAY, lag=1, keep=3)
+    store = SnapshotStore(fresh, load_models, DAY, lag=1, keep=3)
     assert not store.ready(0) and store.models_at(DAY)[1] is None  # nothing published: priors
     for day in range(6):
         trainer.add(ReviewExample(id=f"r{day}", at=day * DAY + 1, text="broke at once", rating=1))

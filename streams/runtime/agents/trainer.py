@@ -18,7 +18,7 @@ import faust
 
 from models.bundle import Models
 from models.examples import Watermark, decode_example
-from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models
+from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models, version_of
 from streams.runtime import metrics
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.settings import Settings
@@ -86,6 +86,15 @@ class TrainerAgent:
                 latest, models, load_models, self.settings.fresh_models(), self.settings.model_period_ms,
                 self.settings.partitions, dumps=dump_models,
             )
+            refused = self.follower.refusals
+            if self.trainer.refused is not None:
+                metrics.MODEL_SNAPSHOTS_REFUSED.labels(self.trainer.refused.reason).inc()
+                log.error("model trainer: the models of snapshot %s refused (%s); it resumes from fresh models, which "
+                          "learn again from the examples to come", version_of(latest.model_boundary or 0) if latest else "-",
+                          self.trainer.refused)
+            elif latest is None and refused:
+                log.warning("model trainer: no valid snapshot (%d records refused: %s); it starts from fresh models and "
+                            "republishes signed snapshots", sum(refused.values()), dict(refused))
             log.info("model trainer resumed at %s (covered %s; learned %s)",
                      latest.version if latest else "the priors", self.trainer.covered, dict(self.trainer.learned))
         return self.trainer
@@ -93,7 +102,7 @@ class TrainerAgent:
     async def _publish(self, snapshots: list[Snapshot]) -> None:
         for s in snapshots:
             key = snapshot_key(s, self.settings.model_period_ms, self.settings.model_snapshots_kept)
-            await self.follower.topic.send(key=key, value=encode_snapshot(s), partition=0)
+            await self.follower.topic.send(key=key, value=encode_snapshot(s, self.follower.keys.sign), partition=0)
             metrics.MODEL_SNAPSHOTS.labels("models" if s.models is not None else "marker").inc()
             if s.models is not None:
                 log.info("model snapshot %s published (%d bytes; learned %s)", s.version, len(s.models), s.learned)
