@@ -122,7 +122,8 @@ def test_every_aiokafka_client_of_the_worker_gets_the_security_settings(monkeypa
     """Faust's producer and consumer (through ``broker_credentials``) and our snapshot reader."""
     from streams.runtime.app import create_app
 
-    s = settings(monkeypatch, RETENTION_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", RETENTION_DATA_DIR=str(tmp_path), **SCRAM)
+    s = settings(monkeypatch, RETENTION_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", RETENTION_DATA_DIR=str(tmp_path),
+                 RETENTION_SNAPSHOT_KEY="k" * 64, **SCRAM)  # (a worker needs its model snapshot key)
 
     async def clients() -> list[Any]:
         app, ingest = create_app(s)
