@@ -1,83 +1,129 @@
-"""Which input offsets may be committed: those of batches whose every record is acknowledged.
+"""The order in which a folded batch becomes durable, and when its input offsets may be committed.
 
-At-least-once with our own commits: a batch's input offsets are committed only after its
-WriteBatch is written and every changelog and output record it produced, **and those of
-every earlier batch**, is acknowledged by the broker. A delivery error stops commits past
-the batch that had it (its records are read again after a restart; nothing is lost).
-Counting acknowledgements replaces a ``flush()`` per batch, which would stall the loop.
+A batch goes through two acknowledged phases before its offsets are committed:
 
->>> book = Deliveries()
->>> first = book.open({("clicks", 0): 10}); second = book.open({("clicks", 0): 25})
->>> book.sent(first, 2); book.sent(second, 1)
->>> book.acked(second); book.committable()   # the first batch is not acknowledged yet
+1. **outputs**: the actions, score rows, model labels, dead letters and re-keyed records it
+   produced are sent while it is folded;
+2. **state**: once they (and every earlier batch's) are acknowledged, the touched users'
+   states are written to RocksDB in one WriteBatch and sent to the changelog;
+3. once those changelog records are acknowledged (and every earlier batch is committable),
+   the batch's input offsets are committed.
+
+So neither the local store nor the changelog ever holds a state whose outputs may be lost:
+a crash before (2) leaves the records uncommitted and unapplied, and they are folded again
+(their outputs sent again: at least once, with the same action ids); a crash after it finds
+them applied (they are skipped). Counting acknowledgements replaces a ``flush()`` per batch,
+which would stall the loop. A delivery error stops the line at its batch: nothing from it
+on is stored or committed (it is read again after a restart; nothing is lost).
+
+>>> ledger = Ledger()
+>>> a = ledger.open(); ledger.sent(a, 2); ledger.seal(a, {("clicks", 0): 10}, {0: ["state"]})
+>>> ledger.to_store()           # outputs in flight
+[]
+>>> ledger.acked(a.id); ledger.acked(a.id); [b.id for b in ledger.to_store()]
+[0]
+>>> ledger.stored(a, changelog_records=1); ledger.committable()
 {}
->>> book.acked(first); book.acked(first); book.committable()
-{('clicks', 0): 25}
+>>> ledger.acked(a.id); ledger.committable()
+{('clicks', 0): 10}
 """
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 TopicPartition = tuple[str, int]
 
 
-@dataclass
-class _Batch:
-    offsets: dict[TopicPartition, int]
-    pending: int = 0
-    closed: bool = False
+class Phase(enum.Enum):
+    FOLDING = "folding"  #: records are being folded; outputs go out as they are made
+    OUTPUTS = "outputs"  #: sealed: waiting for the outputs' acknowledgements
+    STATE = "state"  #: stored locally, changelog records in flight
+    DONE = "done"  #: everything acknowledged: its offsets may be committed
 
 
 @dataclass
-class Deliveries:
-    """Batches in the order they were folded, each with its unacknowledged records."""
+class Batch:
+    id: int
+    phase: Phase = Phase.FOLDING
+    pending: int = 0  #: records of the current phase sent and not acknowledged
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  #: next offset to read, per input
+    changes: dict[int, Any] = field(default_factory=dict)  #: per partition: the state records to persist
 
-    batches: OrderedDict[int, _Batch] = field(default_factory=OrderedDict)
+
+@dataclass
+class Ledger:
+    """Batches in the order they were folded."""
+
+    batches: OrderedDict[int, Batch] = field(default_factory=OrderedDict)
     next_id: int = 0
-    #: The first delivery error (commits stop before its batch), or None.
+    #: The first delivery error, and the batch it hit (nothing from it on is stored or committed).
     error: str | None = None
-    failed_batch: int | None = None
+    failed: int | None = None
 
-    def open(self, offsets: dict[TopicPartition, int]) -> int:
-        """A new batch that, once acknowledged, lets each input partition commit up to
-        ``offsets`` (the next offset to read)."""
-        batch_id = self.next_id
+    def open(self) -> Batch:
+        batch = Batch(self.next_id)
         self.next_id += 1
-        self.batches[batch_id] = _Batch(dict(offsets))
-        return batch_id
+        self.batches[batch.id] = batch
+        return batch
 
-    def sent(self, batch_id: int, count: int = 1) -> None:
-        self.batches[batch_id].pending += count
+    def sent(self, batch: Batch, count: int = 1) -> None:
+        batch.pending += count
 
     def acked(self, batch_id: int, error: str | None = None) -> None:
-        """One record of the batch acknowledged (or failed, with ``error``)."""
+        """One record of the batch's current phase acknowledged (or failed, with ``error``)."""
         if error is not None and self.error is None:
-            self.error, self.failed_batch = error, batch_id
+            self.error, self.failed = error, batch_id
         batch = self.batches.get(batch_id)
         if batch is not None:
             batch.pending -= 1
+            if batch.phase is Phase.STATE and batch.pending <= 0:
+                batch.phase = Phase.DONE
+
+    def seal(self, batch: Batch, offsets: dict[TopicPartition, int], changes: dict[int, Any]) -> None:
+        """The batch is folded: what it read up to, and the state records it changed."""
+        batch.offsets, batch.changes, batch.phase = dict(offsets), changes, Phase.OUTPUTS
+
+    def to_store(self) -> list[Batch]:
+        """Sealed batches whose outputs are all acknowledged, with every earlier batch past
+        that point too, oldest first: their states may be written now."""
+        out = []
+        for batch in self.batches.values():
+            if batch.id == self.failed or batch.phase is Phase.FOLDING:
+                break
+            if batch.phase is Phase.OUTPUTS:
+                if batch.pending > 0:
+                    break
+                out.append(batch)
+        return out
+
+    def stored(self, batch: Batch, changelog_records: int) -> None:
+        """The batch's states are written locally and ``changelog_records`` were sent."""
+        batch.pending, batch.phase = changelog_records, Phase.STATE if changelog_records else Phase.DONE
 
     def committable(self) -> dict[TopicPartition, int]:
-        """The offsets to commit now (and forget): those of the longest run of fully
-        acknowledged batches from the oldest, stopping before a failed one."""
+        """The offsets to commit now (and forget): those of the leading run of done batches."""
         out: dict[TopicPartition, int] = {}
         while self.batches:
-            batch_id, batch = next(iter(self.batches.items()))
-            if batch.pending > 0 or batch_id == self.failed_batch:
+            batch = next(iter(self.batches.values()))
+            if batch.phase is not Phase.DONE or batch.id == self.failed:
                 break
             out.update(batch.offsets)
-            del self.batches[batch_id]
+            del self.batches[batch.id]
         return out
 
     @property
-    def outstanding(self) -> int:
-        """Records sent and not yet acknowledged."""
+    def in_flight(self) -> int:
+        """Records sent and not yet acknowledged, over every batch."""
         return sum(batch.pending for batch in self.batches.values())
 
-    def drop(self, partitions: set[TopicPartition]) -> None:
-        """Partitions taken away: their offsets are no longer this worker's to commit."""
+    def drop(self, partitions: set[int]) -> None:
+        """Partitions taken away: their offsets and state records are no longer this worker's."""
         for batch in self.batches.values():
-            for tp in partitions & batch.offsets.keys():
+            for tp in [tp for tp in batch.offsets if tp[1] in partitions]:
                 del batch.offsets[tp]
+            for partition in partitions & batch.changes.keys():
+                del batch.changes[partition]

@@ -1,18 +1,22 @@
 """One input partition's user states: RocksDB on disk, a bounded cache in memory, one write per batch.
 
 The batched hot path folds a micro-batch of a partition's records through the pure engine,
-then writes the touched users **once**: one RocksDB ``WriteBatch`` holding their encoded
-states and the input offsets folded, and one changelog record per touched user (the
-caller produces them; :mod:`streams.runtime.changelog`). A user touched by 40 clicks in a
-batch costs one encode, one RocksDB put and one changelog record, not 40.
+then takes the touched users' states **once** (:meth:`PartitionStore.changes`: one encode
+per user, however many of the batch's records touched them) and, once the batch's outputs
+are acknowledged, writes them in one RocksDB ``WriteBatch`` with the input offsets folded
+(:meth:`PartitionStore.persist`) and produces one changelog record per touched user
+(:mod:`streams.runtime.changelog`). A user touched by 40 clicks in a batch costs one
+encode, one RocksDB put and one changelog record, not 40.
 
 Decoded states stay in a least-recently-used cache of at most ``cache_users`` users
-(write-back: a changed state is only written at :meth:`PartitionStore.flush`; only clean
-states are evicted), so memory is set by the cache size, not by the number of customers
-or the length of the run.
+(write-back: a changed state is kept until it is persisted; only persisted states are
+evicted), so memory is set by the cache size, not by the number of customers or the
+length of the run.
 
-Keys: ``u`` + user id for states, ``m`` + name for the store's own bookkeeping (the input
-offsets folded, the changelog offset restored up to).
+Keys, the same in RocksDB and in the changelog: ``u`` + user id for a user's state, ``p`` +
+name for a partition-wide value (the guard rails' budget, the attribution tally), ``m`` +
+name for the store's own bookkeeping (the input offsets folded, the changelog offset
+applied up to; never in the changelog).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
 from streams.domain.state import UserState, dump_state, load_state
 
 _USER = b"u"
+_PARTITION = b"p"
 _META = b"m"
 _OFFSETS = _META + b"offsets"
 _CHANGELOG = _META + b"changelog"
@@ -55,18 +60,17 @@ class StoreOptions:
         return options
 
 
-def user_key(user_id: str) -> bytes:
-    return _USER + user_id.encode()
-
-
 class PartitionStore:
-    """The users of one partition: ``get`` / ``put`` during a batch, ``flush`` at its end.
+    """The users of one partition: ``get`` / ``put`` during a batch, ``changes`` at its end,
+    ``persist`` once the batch's outputs are acknowledged.
 
     >>> import tempfile
     >>> store = PartitionStore(Path(tempfile.mkdtemp()) / "p0", StoreOptions(cache_users=1))
     >>> store.put(UserState("ann", purchases=2)); store.put(UserState("bob"))
-    >>> [key for key, _ in store.flush({"clicks": 41})]
-    [b'ann', b'bob']
+    >>> records = store.changes()
+    >>> [key for key, _ in records]
+    [b'uann', b'ubob']
+    >>> store.persist(records, {"clicks": 41})
     >>> store.get("ann").purchases, store.offsets(), len(store.cache)
     (2, {'clicks': 41}, 1)
     """
@@ -78,57 +82,84 @@ class PartitionStore:
         self.db = Rdict(str(path), options.rocksdb())
         self.cache: OrderedDict[str, UserState | None] = OrderedDict()  # None: known to be absent
         self.dirty: set[str] = set()
-        self.deleted: set[str] = set()
+        self.unpersisted: dict[bytes, int] = {}  #: keys taken by changes() and not persisted yet: how many times
+        self.values: dict[str, bytes] = {}  #: partition-wide values (few: kept in memory)
+        self.dirty_values: set[str] = set()
 
     def get(self, user_id: str) -> UserState | None:
         """The user's state (the cached object: changes count once :meth:`put` says so)."""
         if user_id in self.cache:
             self.cache.move_to_end(user_id)
             return self.cache[user_id]
-        raw = self.db.get(user_key(user_id))
+        raw = self.db.get(_USER + user_id.encode())
         state = None if raw is None else load_state(raw)
         self.cache[user_id] = state
         self._evict()
         return state
 
     def put(self, state: UserState) -> None:
-        """Keep ``state`` as the user's; written at the next :meth:`flush`."""
+        """Keep ``state`` as the user's; taken by the next :meth:`changes`."""
         self.cache[state.user_id] = state
         self.cache.move_to_end(state.user_id)
         self.dirty.add(state.user_id)
-        self.deleted.discard(state.user_id)
 
     def delete(self, user_id: str) -> None:
-        """Forget the user: deleted from RocksDB and tombstoned in the changelog at the next flush."""
+        """Forget the user: deleted from RocksDB and tombstoned in the changelog."""
         self.cache[user_id] = None
         self.dirty.add(user_id)
-        self.deleted.add(user_id)
 
-    def flush(self, offsets: dict[str, int], changelog_next: int | None = None) -> list[tuple[bytes, bytes | None]]:
-        """Write the changed users and the input ``offsets`` folded (topic -> next offset)
-        in one WriteBatch, with how far the changelog is known to hold this store's writes
-        (acknowledged offsets); return the changelog records (key, value or None), in user order."""
-        batch = WriteBatch(raw_mode=True)
+    def changes(self) -> list[tuple[bytes, bytes | None]]:
+        """The changed users' records (key, encoded state or None), each encoded once, in
+        key order; they stay in the cache until :meth:`persist` has written them."""
         records: list[tuple[bytes, bytes | None]] = []
         for user_id in sorted(self.dirty):
-            key = user_id.encode()
             state = self.cache.get(user_id)
-            if user_id in self.deleted or state is None:
-                batch.delete(_USER + key)
-                records.append((key, None))
+            key = _USER + user_id.encode()
+            records.append((key, None if state is None else dump_state(state)))
+            self.unpersisted[key] = self.unpersisted.get(key, 0) + 1
+        self.dirty.clear()
+        records += [(_PARTITION + name.encode(), self.values[name]) for name in sorted(self.dirty_values)]
+        self.dirty_values.clear()
+        return records
+
+    def persist(self, records: list[tuple[bytes, bytes | None]], offsets: dict[str, int],
+                changelog_next: int | None = None) -> None:
+        """Write ``records`` (from :meth:`changes`), the input ``offsets`` folded (topic ->
+        next offset) and how far the changelog holds this store's writes, in one WriteBatch."""
+        batch = WriteBatch(raw_mode=True)
+        for key, value in records:
+            if value is None:
+                batch.delete(key)
             else:
-                value = dump_state(state)
-                batch.put(_USER + key, value)
-                records.append((key, value))
+                batch.put(key, value)
+            left = self.unpersisted.get(key, 0) - 1
+            if left > 0:
+                self.unpersisted[key] = left
+            else:
+                self.unpersisted.pop(key, None)
         if offsets:
             batch.put(_OFFSETS, _offsets_codec[0].encode({**self.offsets(), **offsets}))
         if changelog_next is not None:
             batch.put(_CHANGELOG, str(changelog_next).encode())
         self.db.write(batch)
-        self.dirty.clear()
-        self.deleted.clear()
         self._evict()
+
+    def flush(self, offsets: dict[str, int], changelog_next: int | None = None) -> list[tuple[bytes, bytes | None]]:
+        """:meth:`changes` and :meth:`persist` at once (when nothing waits for acknowledgements)."""
+        records = self.changes()
+        self.persist(records, offsets, changelog_next)
         return records
+
+    def value(self, name: str) -> bytes | None:
+        """A partition-wide value (the budget, the tally), as last set."""
+        if name in self.values:
+            return self.values[name]
+        return self.db.get(_PARTITION + name.encode())
+
+    def set_value(self, name: str, value: bytes) -> None:
+        """Set a partition-wide value; taken by the next :meth:`changes`, like a user's state."""
+        self.values[name] = value
+        self.dirty_values.add(name)
 
     def offsets(self) -> dict[str, int]:
         """The next input offset of each topic whose records are folded into this store."""
@@ -139,13 +170,14 @@ class PartitionStore:
         """Apply changelog records (key, value; None deletes) in order, in WriteBatches;
         returns how many. The cache is emptied: it would hold states from before."""
         self.cache.clear()
+        self.values.clear()
         count = 0
         batch = WriteBatch(raw_mode=True)
         for key, value in records:
             if value is None:
-                batch.delete(_USER + key)
+                batch.delete(key)
             else:
-                batch.put(_USER + key, value)
+                batch.put(key, value)
             count += 1
             if batch.len() >= 10_000:
                 self.db.write(batch)
@@ -163,7 +195,7 @@ class PartitionStore:
         raw = self.db.get(_CHANGELOG)
         return None if raw is None else int(raw)
 
-    def users(self) -> Iterable[UserState]:
+    def users(self) -> Iterable[UserState]:  # (persisted ones)
         """Every stored user (after a flush: the cache adds nothing the store lacks)."""
         for key, value in self.db.items(from_key=_USER):
             if not key.startswith(_USER):
@@ -175,7 +207,7 @@ class PartitionStore:
         if excess <= 0:
             return
         for user_id in list(self.cache):  # least recently used first
-            if user_id not in self.dirty:
+            if user_id not in self.dirty and _USER + user_id.encode() not in self.unpersisted:
                 del self.cache[user_id]
                 excess -= 1
                 if not excess:

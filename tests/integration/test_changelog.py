@@ -10,7 +10,7 @@ import pytest
 
 from streams.domain.state import UserState
 from streams.runtime.changelog import ChangelogWriter, changelog_topic, create_changelog, restore
-from streams.runtime.deliveries import Deliveries
+from streams.runtime.deliveries import Ledger
 from streams.runtime.kafka import producer
 from streams.runtime.user_store import PartitionStore, StoreOptions
 from tests.integration.conftest import _settings
@@ -27,7 +27,7 @@ def test_states_written_per_batch_are_restored_into_an_empty_data_dir(broker_env
     assert create_changelog(settings) and not create_changelog(settings)
     client = producer(settings)
     writer = ChangelogWriter(settings, client)
-    book = Deliveries()
+    ledger = Ledger()
     stores = [_store(tmp_path / "live" / str(p)) for p in (0, 1)]
     for n in range(30):  # 30 batches per partition; each touches 20 users, some again and again
         for partition, store in enumerate(stores):
@@ -38,12 +38,14 @@ def test_states_written_per_batch_are_restored_into_an_empty_data_dir(broker_env
                 store.put(state)
             if n == 20 and partition == 1:
                 store.delete("p1-u3")
-            batch = book.open({("clicks", partition): (n + 1) * 100})
+            batch = ledger.open()  # (no outputs here: straight to the state phase)
+            ledger.seal(batch, {("clicks", partition): (n + 1) * 100}, {})
             records = store.flush({"clicks": (n + 1) * 100})
-            book.sent(batch, writer.send(partition, records, lambda err, msg, batch=batch: book.acked(batch, err and str(err))))
+            assert ledger.to_store() == [batch]
+            ledger.stored(batch, writer.send(partition, records, lambda err, msg, b=batch.id: ledger.acked(b, err and str(err))))
             client.poll(0)
     assert client.flush(30) == 0
-    assert book.error is None and book.committable() == {("clicks", 0): 3000, ("clicks", 1): 3000}
+    assert ledger.error is None and ledger.committable() == {("clicks", 0): 3000, ("clicks", 1): 3000}
 
     fresh = {p: _store(tmp_path / "restored" / str(p)) for p in (0, 1)}
     done = restore(settings, fresh)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streams.domain.state import UserState, load_state
-from streams.runtime.deliveries import Deliveries
+from streams.runtime.deliveries import Ledger
 from streams.runtime.user_store import PartitionStore, StoreOptions
 
 
@@ -26,7 +26,7 @@ def test_a_batch_writes_each_touched_user_once_with_the_offsets_folded(tmp_path:
         s.put(state)
     s.put(UserState("bob"))
     records = s.flush({"clicks": 120, "purchases": 7})
-    assert [key for key, _ in records] == [b"ann", b"bob"]
+    assert [key for key, _ in records] == [b"uann", b"ubob"]
     assert load_state(records[0][1]).purchases == 39
     assert s.flush({}) == []  # nothing changed since
     s.close()
@@ -59,7 +59,7 @@ def test_a_deleted_user_is_gone_and_tombstoned(tmp_path: Path) -> None:
     s.flush({})
     s.delete("ann")
     assert s.get("ann") is None
-    assert s.flush({}) == [(b"ann", None)]
+    assert s.flush({}) == [(b"uann", None)]
     s.cache.clear()
     assert s.get("ann") is None and [u.user_id for u in s.users()] == []
 
@@ -103,23 +103,61 @@ def test_any_sequence_of_batches_reads_back_as_a_dict_would(tmp_path_factory: py
     assert {user: s.get(user).purchases for user in truth} == truth
 
 
-def test_commits_wait_for_every_earlier_batch_and_stop_at_a_failed_delivery() -> None:
-    book = Deliveries()
-    a = book.open({("clicks", 0): 10, ("clicks", 1): 4})
-    b = book.open({("clicks", 0): 20})
-    c = book.open({("clicks", 1): 9})
-    for batch in (a, b, c):
-        book.sent(batch, 2)
-    book.acked(b); book.acked(b)
-    assert book.committable() == {} and book.outstanding == 4
-    book.acked(a); book.acked(a)
-    assert book.committable() == {("clicks", 0): 20, ("clicks", 1): 4}
-    book.acked(c, error="MSG_SIZE_TOO_LARGE"); book.acked(c)
-    assert book.committable() == {} and book.error == "MSG_SIZE_TOO_LARGE"  # never past a lost record
+def test_changes_stay_in_the_cache_until_persisted_and_partition_values_travel_with_them(tmp_path: Path) -> None:
+    s = store(tmp_path, cache=2)
+    for n in range(5):
+        s.put(UserState(f"u{n}", purchases=n))
+    s.set_value("budget", b"B1")
+    first = s.changes()  # batch 1: taken, its outputs in flight
+    assert [k for k, _ in first] == [b"uu0", b"uu1", b"uu2", b"uu3", b"uu4", b"pbudget"]
+    s.put(UserState("other"))
+    second = s.changes()  # batch 2 folded meanwhile
+    assert len(s.cache) == 6  # nothing evictable: none is in RocksDB yet
+    assert s.get("u3").purchases == 3 and s.value("budget") == b"B1"
+    s.persist(first, {"clicks": 5})
+    s.persist(second, {"clicks": 6})
+    assert len(s.cache) == 2 and s.get("u3").purchases == 3 and s.offsets() == {"clicks": 6}
+    s.values.clear()
+    assert s.value("budget") == b"B1"
 
 
-def test_partitions_taken_away_are_not_committed_by_this_worker() -> None:
-    book = Deliveries()
-    batch = book.open({("clicks", 0): 10, ("clicks", 1): 4})
-    book.drop({("clicks", 1)})
-    assert book.committable() == {("clicks", 0): 10}
+def test_states_are_stored_only_after_the_outputs_and_offsets_committed_only_after_the_changelog() -> None:
+    ledger = Ledger()
+    a, b = ledger.open(), None
+    ledger.sent(a, 2)
+    ledger.seal(a, {("clicks", 0): 10, ("clicks", 1): 4}, {0: "A"})
+    b = ledger.open()
+    ledger.sent(b, 1)
+    ledger.seal(b, {("clicks", 0): 20}, {0: "B"})
+    ledger.acked(b.id)
+    assert ledger.to_store() == []  # b's outputs are in, a's are not: nothing may be stored before a
+    ledger.acked(a.id); ledger.acked(a.id)
+    assert [x.id for x in ledger.to_store()] == [a.id, b.id]
+    ledger.stored(a, changelog_records=3)
+    ledger.stored(b, changelog_records=0)  # nothing changed in b: done at once
+    assert ledger.committable() == {} and ledger.in_flight == 3  # b waits for a
+    for _ in range(3):
+        ledger.acked(a.id)
+    assert ledger.committable() == {("clicks", 0): 20, ("clicks", 1): 4}
+
+
+def test_a_failed_delivery_stops_storing_and_committing_at_its_batch() -> None:
+    ledger = Ledger()
+    a = ledger.open(); ledger.sent(a); ledger.seal(a, {("clicks", 0): 5}, {})
+    b = ledger.open(); ledger.sent(b); ledger.seal(b, {("clicks", 0): 9}, {})
+    ledger.acked(a.id)
+    ledger.acked(b.id, error="MSG_SIZE_TOO_LARGE")
+    assert [x.id for x in ledger.to_store()] == [a.id]
+    ledger.stored(a, 0)
+    assert ledger.committable() == {("clicks", 0): 5}
+    assert ledger.to_store() == [] and ledger.committable() == {} and ledger.error == "MSG_SIZE_TOO_LARGE"
+
+
+def test_partitions_taken_away_are_not_stored_or_committed_by_this_worker() -> None:
+    ledger = Ledger()
+    batch = ledger.open()
+    ledger.seal(batch, {("clicks", 0): 10, ("clicks", 1): 4}, {0: "A", 1: "B"})
+    ledger.drop({1})
+    assert batch.changes == {0: "A"}
+    ledger.stored(ledger.to_store()[0], 0)
+    assert ledger.committable() == {("clicks", 0): 10}
