@@ -36,10 +36,11 @@ PEER_TIMEOUT_S = 5.0
 
 
 class ActionStats:
-    def __init__(self, app: faust.App, settings: Settings, table: Any) -> None:
+    def __init__(self, app: faust.App, settings: Settings, table: Any, batched: Any = None) -> None:
         self.app = app
         self.settings = settings
-        self.table = table
+        self.table = table  #: the attribution table (Faust agent), or the batched path's owners table: peers are its owners
+        self.batched = batched  #: the batched hot path, which keeps each partition's tally in its store
         self.token = settings.bearer_token  # peers answer /actions/stats?scope=local to it
 
         @app.page("/actions/stats")
@@ -57,6 +58,8 @@ class ActionStats:
         return {tp.partition for tp in assignment if tp.topic == self.settings.topic_heartbeats}
 
     def local(self) -> tuple[Tally, list[int]]:
+        if self.batched is not None:
+            return total(self.batched.tallies()), sorted(self.batched.owned_partitions())
         owned = self.owned()
         tallies = []
         for key, raw in self.table.items():

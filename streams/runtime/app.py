@@ -10,6 +10,7 @@ from prometheus_client import generate_latest
 
 from streams.runtime import metrics
 from streams.runtime.action_stats import ActionStats
+from streams.runtime.agents.batched import BatchIngest
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.agents.trainer import TrainerAgent
 from streams.runtime.kafka import faust_credentials
@@ -69,24 +70,33 @@ def new_app(settings: Settings, **conf: Any) -> RetentionApp:
     return app
 
 
-def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
+def create_app(settings: Settings) -> tuple[RetentionApp, Ingest | BatchIngest]:
     app = new_app(
         settings,
         canonical_url=settings.canonical_url,
         # The ingest agent holds records in its event-time merge, unacknowledged, until
         # their turn; a rebalance must not wait for them (they are read again instead).
         stream_wait_empty=False,
+        # the batched path keeps its own state: Faust's tables are only the anchor of ownership
+        **({"table_standby_replicas": 0} if settings.ingest == "batched" else {}),
     )
     follower = ModelFollower(app, settings)  # every worker reads every model snapshot
-    ingest = Ingest(app, settings, follower)
+    ingest: Ingest | BatchIngest
+    if settings.ingest == "batched":
+        ingest = BatchIngest(app, settings, follower)
+        routing = ingest.owners
+        app.action_stats = ActionStats(app, settings, ingest.owners, batched=ingest)  # GET /actions/stats, uplift gauges
+    else:
+        ingest = Ingest(app, settings, follower)
+        routing = ingest.users
+        app.action_stats = ActionStats(app, settings, ingest.tallies)
     app.trainer = TrainerAgent(app, settings, follower)  # runs on the worker that owns model-labels
-    if settings.trace_offsets_interval_s > 0:
+    if settings.trace_offsets_interval_s > 0 and isinstance(ingest, Ingest):
 
         @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
         async def trace_offsets() -> None:
             await _trace(app, ingest)
-    app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
-    app.action_stats = ActionStats(app, settings, ingest.tallies)  # GET /actions/stats, uplift gauges
+    app.operations = Operations(app, settings, batched=ingest if isinstance(ingest, BatchIngest) else None)
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
@@ -97,7 +107,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
 
     @app.page("/users/{user_id}")
     @bounded_id("user_id")
-    @app.table_route(table=ingest.users, match_info="user_id")
+    @app.table_route(table=routing, match_info="user_id")
     async def user_page(web: Any, request: Any, user_id: str) -> Any:
         """A user's features, scores and state, answered by the worker that owns the
         user's partition (another worker forwards the request there)."""

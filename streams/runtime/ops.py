@@ -36,8 +36,9 @@ REKEYED = "rekeyed"  # logical name of the internal re-key topic in labels
 class Operations:
     """Health endpoints and operational metrics of one worker's Faust app."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings, batched: Any = None) -> None:
         self.app = app
+        self.batched = batched  #: the batched hot path: it reads the inbound topics, not Faust's consumer
         self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED}
         self._lag_series: set[tuple[str, str]] = set()
         self._assigned_series: set[str] = set()
@@ -95,6 +96,9 @@ class Operations:
         self._refresh_assignment(inbound)
 
     async def _refresh_lag(self, inbound: set[TP]) -> None:
+        if self.batched is not None:
+            self._set_lag({(self.logical[t], str(p)): lag for (t, p), lag in self.batched.lag_of().items()})
+            return
         consumer = self.app.consumer
         committed: dict[TP, int | None] = {tp: consumer._committed_offset.get(tp) for tp in inbound}
         unknown = [tp for tp, offset in committed.items() if offset is None and tp not in self._log_start]
@@ -103,20 +107,23 @@ class Operations:
                 self._log_start.update(await consumer.earliest_offsets(*unknown))
             except Exception as exc:  # the next refresh asks again
                 log.warning("could not read the log start offsets of %d partitions: %r", len(unknown), exc)
-        series = set()
+        series: dict[tuple[str, str], int] = {}
         for tp in inbound:
             highwater = consumer.highwater(tp)
             position = committed[tp] if committed[tp] is not None else self._log_start.get(tp)
             if highwater is None or position is None:  # not fetched yet
                 continue
-            labels = (self.logical[tp.topic], str(tp.partition))
-            metrics.CONSUMER_LAG.labels(*labels).set(max(highwater - position, 0))
-            series.add(labels)
-        for labels in self._lag_series - series:
-            metrics.CONSUMER_LAG.remove(*labels)
-        self._lag_series = series
+            series[(self.logical[tp.topic], str(tp.partition))] = max(highwater - position, 0)
+        self._set_lag(series)
         for tp in set(self._log_start) - inbound:
             del self._log_start[tp]
+
+    def _set_lag(self, series: dict[tuple[str, str], int]) -> None:
+        for labels, lag in series.items():
+            metrics.CONSUMER_LAG.labels(*labels).set(lag)
+        for labels in self._lag_series - set(series):
+            metrics.CONSUMER_LAG.remove(*labels)
+        self._lag_series = set(series)
 
     def _refresh_assignment(self, inbound: set[TP]) -> None:
         counts: dict[str, int] = {}
@@ -151,6 +158,8 @@ class Operations:
 
     def _inbound(self) -> set[TP]:
         """Assigned partitions of the topics the worker reads (not changelogs)."""
+        if self.batched is not None:
+            return {TP(topic, p) for p in self.batched.owned_partitions() for topic in self.logical}
         return {tp for tp in self.app.consumer.assignment() if tp.topic in self.logical}
 
 

@@ -1,0 +1,664 @@
+"""The agent that folds batches: the inbound topics in micro-batches, outside Faust's per-event machinery.
+
+Faust's stream machinery costs 70-105 CPU µs per event before any work is done, and a table
+write through its producer another ~100 µs (docs/benchmarks.md, ``../shared/perf-ceiling``):
+more than a 20,000 events/s budget. So the inbound topics (clicks, purchases, reviews,
+action outcomes, heartbeats, re-keys) are read by a confluent-kafka consumer on a thread of
+its own, in micro-batches, and each partition's records are folded in event-time order
+through the same pure engine as the Faust agent (:mod:`streams.runtime.agents.ingest`).
+Faust keeps the app: its lifecycle, web server, metrics, the trainer and the model snapshots.
+
+One cycle: receive a micro-batch -> decode -> merge each partition's inputs by event time
+(:class:`~streams.domain.clock.InputMerge`) -> fold the released records (the snapshot their
+time selects must be read first) -> send the outputs as they are made -> take the touched
+users' states once -> once the outputs are acknowledged, write them in one WriteBatch and
+to the changelog -> once that is acknowledged, commit the input offsets
+(:mod:`streams.runtime.deliveries`, at least once, nothing lost).
+
+Who owns a partition is Faust's group's decision: partition p of the (never written)
+``owners`` table is assigned to one worker, which then reads partition p of every inbound
+topic (``assign``, offsets committed under the group ``<app id>-ingest``), restores its
+users from the changelog first, and gives it back at a rebalance after its batches are
+stored and committed. ``GET /users/{id}`` is routed by that table, so it reaches the owner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import faust
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from models.bundle import Models
+from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, encode_example
+from models.reco import interactions
+from streams.domain.actions import encode_action
+from streams.domain.clock import InputMerge, PartitionClock, caught_up
+from streams.domain.dead_letters import dead_letter, dead_letter_key
+from streams.domain.engine import Step, due_at, on_due, on_event, track_actions
+from streams.domain.events import Heartbeat, Invalid, Review, decode
+from streams.domain.guards import BudgetState, admit, coupon_value_cents, decode_budget, encode_budget, partition_limits
+from streams.domain.items import ItemRecommender, history
+from streams.domain.loyalty import LoyaltyRanks
+from streams.domain.population import Population, rfm_of
+from streams.domain.rules import Decider
+from streams.domain.schedule import DueQueue
+from streams.domain.snapshots import UserScores, describe, encode_scores, snapshot_due
+from streams.domain.state import Applied, UserState, event_digest, mark_applied, redelivered
+from streams.domain.timestamps import format_ts
+from streams.domain.uplift import Tally, dump_tally, load_tally
+from streams.runtime import metrics
+from streams.runtime.agents.ingest import SOURCE_HEADER, USER_EVENTS
+from streams.runtime.changelog import ChangelogWriter, create_changelog, restore
+from streams.runtime.deliveries import Batch, Ledger
+from streams.runtime.faults import infrastructure_failure, operator_hint
+from streams.runtime.kafka import consumer as new_consumer
+from streams.runtime.kafka import producer as new_producer
+from streams.runtime.model_sync import ModelFollower
+from streams.runtime.partitioning import make_partitioner
+from streams.runtime.settings import Settings
+from streams.runtime.user_store import PartitionStore, StoreOptions
+
+log = logging.getLogger(__name__)
+
+#: How long one receive waits for records (the cycle also releases what waited in the merges).
+RECEIVE_WAIT_S = 0.05
+#: How often idle partitions send a watermark for the others (see BatchIngest._vouch_for_idle_partitions).
+VOUCH_EVERY_S = 1.0
+BUDGET, TALLY = "budget", "tally"
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class PartitionWork:
+    """What a worker keeps for one partition it owns."""
+
+    partition: int
+    store: PartitionStore
+    merge: InputMerge[Any]
+    clock: PartitionClock = field(default_factory=PartitionClock)
+    queue: DueQueue = field(default_factory=DueQueue)
+    held: Any = None  #: the next record, waiting for its model snapshot
+    held_since: float | None = None
+    released: dict[str, int] = field(default_factory=dict)  #: actual topic -> next offset after the last record folded
+    received: dict[str, int] = field(default_factory=dict)  #: actual topic -> next offset after the last record received
+    start: dict[str, int] = field(default_factory=dict)  #: actual topic -> where reading started
+    paused: bool = False
+    rewritten: set[str] = field(default_factory=set)
+    marked: int | None = None  #: the last watermark sent to the trainer
+    changelog_next: int = 0
+
+
+class BatchIngest:
+    """The batched hot path of one worker (``RETENTION_INGEST=batched``)."""
+
+    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
+        self.app = app
+        self.settings = settings
+        self.cfg = settings.engine
+        self.follower = follower
+        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed"}
+        data = [t for t in settings.inbound_topics if t != settings.topic_heartbeats]
+        self.inputs = data + [settings.rekey_topic, settings.topic_heartbeats]  # heartbeats last at equal times
+        self.partition_for = make_partitioner(settings.partitions)
+        self.skew_ms = int(settings.max_clock_skew_s * 1000)
+        self.dead_letter_cfg = settings.dead_letter
+        self.scores_interval_ms = int(settings.scores_interval_s * 1000)
+        self.period_ms = settings.model_period_ms
+        self.options = StoreOptions(cache_users=settings.state_cache_users, block_cache_mb=settings.rocksdb_block_cache_mb,
+                                    write_buffer_mb=settings.rocksdb_write_buffer_mb)
+        self.max_batch = settings.batch_max_records
+        self.merge_cap = settings.merge_max_records
+        # the anchor of ownership and of GET /users/{id} routing: never written
+        self.owners = app.Table("owners", partitions=settings.partitions, key_type=bytes, value_type=bytes)
+        self.policy = settings.policy
+        self.reco = ItemRecommender()
+        self.population = Population()
+        self.loyalty_cfg = settings.loyalty
+        self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
+        self.decide = Decider(
+            self.policy, lambda state, now, churn: self._snapshot(state, now, self.models_at(now), churn, learn=False)[0],
+            self.reco, bandits=lambda now: self.models_at(now).bandits,
+        )
+        self.limits = [partition_limits(self.policy.guards, p, settings.partitions) for p in range(settings.partitions)]
+        self.coupons = {rule.name: rule.coupon for rule in self.policy.rules if rule.coupon is not None}
+        metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
+                                  "version": str(self.policy.version)})
+        self.works: dict[int, PartitionWork] = {}
+        self.lock = threading.RLock()  # held by the fold thread while it folds; web look-ups take it too
+        self.requests: queue.Queue[tuple[str, set[int], threading.Event]] = queue.Queue()
+        self.suspended = False  #: between a revocation and the next assignment: nothing is folded
+        self.finished = threading.Event()
+        self.running = threading.Event()
+        self.vouched_at = 0.0
+        self.lag_at = 0.0
+        self.lag: dict[tuple[str, int], int] = {}
+        self.committed: dict[tuple[str, int], int] = {}
+        self.ledger = Ledger()
+        self.batch: Batch | None = None
+        self.trigger_kafka_ts: int | None = None
+        self.stopping = threading.Event()
+        self.failure: BaseException | None = None
+        self.polled_ms = 0
+        self.consumer: Any = None
+        self.producer: Any = None
+        self.changelog: ChangelogWriter | None = None
+        app.on_partitions_assigned.connect(self._on_assigned)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.task(self._run)
+
+    # ------------------------------------------------------------------ ownership (Faust's event loop)
+
+    def _owned_of(self, tps: Any) -> set[int]:
+        return {tp.partition for tp in tps if tp.topic == self.owners.changelog_topic.get_topic_name()}
+
+    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:
+        await self._request("assign", self._owned_of(assigned))
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:
+        """Partitions may be taken away: every batch is stored and committed, and nothing is
+        folded until the assignment is known, before Faust rejoins the group."""
+        await self._request("revoke", self._owned_of(revoked))
+
+    async def _request(self, op: str, partitions: set[int]) -> None:
+        done = threading.Event()
+        self.requests.put((op, partitions, done))
+        # (before the fold thread runs, it owns nothing: it serves the request when it starts)
+        while self.running.is_set() and not done.is_set() and not self.finished.is_set():
+            await asyncio.sleep(0.02)
+
+    def owned_partitions(self) -> set[int]:
+        return set(self.works)
+
+    async def _run(self) -> None:
+        await self.owners.changelog_topic.maybe_declare()
+        await asyncio.to_thread(create_changelog, self.settings)
+        try:
+            await asyncio.to_thread(self._loop)
+        finally:
+            self.stopping.set()  # (cancelled at shutdown: the thread stores and commits what it can, then ends)
+            await asyncio.to_thread(self.finished.wait, 20.0)
+        if self.failure is not None:
+            await self.app.crash(self.failure)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # ------------------------------------------------------------------ the fold thread
+
+    def _loop(self) -> None:
+        self.producer = new_producer(self.settings, **{"linger.ms": 5, "acks": "all"})
+        self.consumer = new_consumer(self.settings, f"{self.settings.app_id}-ingest",
+                                     **{"enable.auto.commit": False, "enable.auto.offset.store": False})
+        self.changelog = ChangelogWriter(self.settings, self.producer)
+        self.running.set()
+        try:
+            while not self.stopping.is_set() and self.app.should_stop is False:
+                self._serve_requests()
+                self._cycle()
+        except BaseException as exc:  # the fold thread's end is the worker's: Faust is told
+            self.failure = exc
+            if infrastructure_failure(exc):
+                log.critical("stopping: %s: %s", operator_hint(exc), exc)
+            else:
+                log.exception("the batched ingest stopped")
+        finally:
+            with self.lock:
+                if self.failure is None:
+                    self._drain(timeout=10.0)
+                for work in self.works.values():
+                    work.store.close()
+                self.works.clear()
+            self.consumer.close()
+            self.finished.set()
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                op, partitions, done = self.requests.get_nowait()
+            except queue.Empty:
+                return
+            with self.lock:
+                self._drain(timeout=60.0)  # every batch stored and committed first
+                if op == "revoke":
+                    self.suspended = True
+                    self.revoked = partitions
+                else:
+                    self._reassign((set(self.works) - getattr(self, "revoked", set())) | partitions)
+                    self.suspended = False
+                    self.revoked = set()
+            done.set()
+
+    def _reassign(self, wanted: set[int]) -> None:
+        gone = set(self.works) - wanted
+        new = wanted - set(self.works)
+        if gone:
+            self.ledger.drop(gone)
+            self.consumer.incremental_unassign([TopicPartition(t, p) for p in gone for t in self.inputs])
+            for p in gone:
+                self.works.pop(p).store.close()
+        for work in self.works.values():  # kept: the rebalance forgot nothing of them, but the merge is read again
+            work.marked = None
+        if new:
+            stores = {p: PartitionStore(self.settings.data_dir / "hotpath" / str(p), self.options) for p in new}
+            done = restore(self.settings, stores)
+            log.info("restored %d changelog records of partitions %s in %.1f s", sum(done.records.values()), sorted(new), done.seconds)
+            for p, store in stores.items():
+                self.works[p] = PartitionWork(p, store, InputMerge(self.inputs), changelog_next=done.end[p])
+            self.consumer.incremental_assign([TopicPartition(t, p) for p in new for t in self.inputs])
+            self._rebuild(new)
+        if gone or new:
+            log.info("batched ingest owns partitions %s", sorted(self.works))
+
+    def _rebuild(self, partitions: set[int]) -> None:
+        """Due queues and the RFM population of the partitions just taken (one pass over their users)."""
+        for p in partitions:
+            work = self.works[p]
+            for state in work.store.users():
+                self.population.update(None, rfm_of(state))
+                work.queue.schedule(state.user_id, due_at(state, self.cfg))
+
+    def _cycle(self) -> None:
+        if self.suspended or not self.works:
+            self.producer.poll(RECEIVE_WAIT_S)
+            self._store_and_commit()
+            return
+        messages = self.consumer.consume(self.max_batch, RECEIVE_WAIT_S)
+        self.polled_ms = _wall_ms()
+        with self.lock:
+            batch = self.batch = self.ledger.open()
+            for msg in messages:
+                self._receive(msg)
+            for work in list(self.works.values()):
+                self._release(work)
+                self._pace(work)
+            if time.monotonic() - self.vouched_at >= VOUCH_EVERY_S:
+                self.vouched_at = time.monotonic()
+                self._vouch_for_idle_partitions()
+            self._seal(batch)
+        self.producer.poll(0)
+        self._store_and_commit()
+        self._export()
+
+    def _receive(self, msg: Message) -> None:
+        error = msg.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer: %s", error)
+            return
+        work = self.works.get(msg.partition())
+        if work is None:  # a record of a partition given back in this batch
+            return
+        topic = msg.topic()
+        work.received[topic] = msg.offset() + 1
+        work.start.setdefault(topic, msg.offset())
+        logical = self.logical[topic]
+        if logical == "rekeyed":
+            headers = dict(msg.headers() or [])
+            logical = (headers.get(SOURCE_HEADER) or b"").decode() or logical
+        _, ts_ms = msg.timestamp()
+        kafka_ts = ts_ms if ts_ms > 0 else None
+        latest = self.polled_ms if kafka_ts is None else min(kafka_ts, self.polled_ms)
+        result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
+                        max_bytes=self.settings.max_record_bytes)
+        work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
+
+    def _merge_ts(self, partition: int, result: Any) -> int | None:
+        if isinstance(result, Heartbeat):
+            return result.ts
+        if isinstance(result, USER_EVENTS) and self.partition_for(result.user_id) == partition:
+            return result.ts
+        return None
+
+    def _caught_up(self, work: PartitionWork, topic: str, since_ms: int) -> bool:
+        """Nothing of ``topic`` left to receive, by the high watermark of the fetches (not
+        ListOffsets); a cached watermark is at most about two fetch waits old."""
+        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
+        if high is None or high < 0:
+            return False
+        position = work.received.get(topic)
+        if position is None:
+            position = self._position(topic, work.partition)
+        fetched = self.polled_ms - 2 * self.settings.fetch_max_wait_ms - 100
+        return caught_up(position, high, fetched, since_ms)
+
+    def _position(self, topic: str, partition: int) -> int | None:
+        [tp] = self.consumer.position([TopicPartition(topic, partition)])
+        return tp.offset if tp.offset >= 0 else None
+
+    def _release(self, work: PartitionWork) -> None:
+        def caught_up_here(topic: str, since_ms: int) -> bool:
+            return self._caught_up(work, topic, since_ms)
+
+        while (item := work.held or work.merge.pop(caught_up_here)) is not None:
+            work.held = None
+            msg, logical, result, kafka_ts = item
+            ts = self._merge_ts(work.partition, result)
+            if ts is not None and not self._model_ready(work, ts):
+                work.held = item
+                work.held_since = work.held_since or time.monotonic()
+                return
+            work.held_since = None
+            started = time.perf_counter()
+            self.trigger_kafka_ts = kafka_ts
+            try:
+                ts = self._process(work, msg, logical, result, kafka_ts)
+            except Exception as exc:
+                if infrastructure_failure(exc):
+                    raise
+                log.exception("processing %s[%d]@%d failed", msg.topic(), msg.partition(), msg.offset())
+                metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
+                self._dead_letter(msg, logical, kafka_ts, f"processing failed: {exc!r}")
+                ts = None
+            self._advance(work, ts)
+            work.released[msg.topic()] = msg.offset() + 1
+            metrics.PROCESSING.observe(time.perf_counter() - started)
+            if kafka_ts is not None:
+                metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
+
+    def _pace(self, work: PartitionWork) -> None:
+        """Back-pressure: a partition whose merge holds too much stops fetching until it drains."""
+        tps = [TopicPartition(t, work.partition) for t in self.inputs]
+        if not work.paused and work.merge.size >= self.merge_cap:
+            self.consumer.pause(tps)
+            work.paused = True
+        elif work.paused and work.merge.size <= self.merge_cap // 2:
+            self.consumer.resume(tps)
+            work.paused = False
+
+    # ------------------------------------------------------------------ the trainer's side
+
+    def models_at(self, t: int) -> Models:
+        models, boundary = self.follower.store.models_at(t)
+        metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
+        return models
+
+    def _model_ready(self, work: PartitionWork, ts: int) -> bool:
+        t = max(work.clock.now, ts)
+        self._watermark(work, t)
+        return self.follower.store.ready(t)
+
+    def _watermark(self, work: PartitionWork, clock_ms: int) -> None:
+        clock_ms = int(clock_ms)
+        if work.marked is None or clock_ms // self.period_ms > work.marked // self.period_ms:
+            self._emit(self.settings.topic_model_labels, None, encode_example(Watermark(partition=work.partition, clock_ms=clock_ms)), partition=0)
+            work.marked = clock_ms
+
+    def _vouch_for_idle_partitions(self) -> None:
+        """Partitions with nothing to read (no record buffered or waiting, every input caught
+        up) send as their watermark the latest time any partition needs, so that a shop
+        whose partitions are not all busy does not stall the trainer (as the Faust agent does)."""
+        latest = self.follower.store.latest
+        need = max((max(w.clock.now, self._merge_ts(w.partition, w.held[2]) or 0) for w in self.works.values() if w.held), default=0)
+        need = max(need, max(latest.marks.values(), default=0) if latest else 0)
+        if not need:
+            return
+        since = self.polled_ms - int(VOUCH_EVERY_S * 2000)
+        for work in self.works.values():
+            if work.held is None and not work.merge.size and all(self._caught_up(work, t, since) for t in self.inputs):
+                self._watermark(work, max(need, work.clock.now))
+
+    def _at(self, work: PartitionWork, now: int) -> int:
+        return int(max(now, work.marked if work.marked is not None else now))
+
+    def _label(self, example: Any) -> None:
+        self._emit(self.settings.topic_model_labels, None, encode_example(example), partition=0)
+
+    # ------------------------------------------------------------------ one record
+
+    def _process(self, work: PartitionWork, msg: Message, topic: str, result: Any, kafka_ts: int | None) -> int | None:
+        if isinstance(result, Invalid):
+            self._dead_letter(msg, topic, kafka_ts, result.error)
+            return None
+        if isinstance(result, Heartbeat):
+            metrics.RECORDS.labels(topic, "heartbeat").inc()
+            return result.ts
+        user_id = result.user_id
+        owner = self.partition_for(user_id)
+        if owner != work.partition:
+            metrics.RECORDS.labels(topic, "rekeyed").inc()
+            self._emit(self.settings.rekey_topic, user_id.encode(), msg.value(), partition=owner,
+                       headers={SOURCE_HEADER: topic.encode()})
+            return None
+        store = work.store
+        state = store.get(user_id) or UserState(user_id)
+        if redelivered(state, msg.topic(), msg.offset()):
+            metrics.RECORDS.labels(topic, "redelivered").inc()
+            if user_id not in work.rewritten:  # its changelog record may not have been acknowledged
+                work.rewritten.add(user_id)
+                store.put(state)
+            return result.ts
+        before = rfm_of(state)
+        text = result.text if isinstance(result, Review) and result.text and not result.text.isspace() else None
+        models = self.models_at(max(work.clock.now, result.ts))
+        fresh_text = bool(text) and event_digest(result) not in state.recent_ids
+        sentiment = models.sentiment.score(text) if text and fresh_text else None
+        now = work.clock.advance(result.ts)
+        touches = interactions(result)
+        past = history(state) if touches else []
+        step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide)
+        metrics.RECORDS.labels(topic, step.applied.value).inc()
+        if step.applied is Applied.DUPLICATE:
+            return result.ts
+        for touch in touches:
+            self.reco.learn(touch, past)
+        mark_applied(state, msg.topic(), msg.offset())
+        self.population.update(before, rfm_of(state))
+        if text:
+            self._label(ReviewExample(id=str(event_digest(result)), at=self._at(work, now), text=text, rating=int(result.rating)))
+            metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
+        self._finish(work, state, step, now, models)
+        return result.ts
+
+    def _advance(self, work: PartitionWork, ts: int | None) -> None:
+        now = work.clock.advance(ts)
+        if ts is not None:
+            metrics.EVENT_TIME.labels(str(work.partition)).set(now / 1000)
+        due = work.queue.pop_due(now)
+        if not due:
+            return
+        models = self.models_at(now)
+        for user_id in due:
+            try:
+                state = work.store.get(user_id)
+                if state is not None:
+                    self._finish(work, state, on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide), now, models)
+            except Exception as exc:
+                if infrastructure_failure(exc):
+                    raise
+                log.exception("due check of a user at %s failed; the user is checked again at their next event", format_ts(now))
+                metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
+
+    def _finish(self, work: PartitionWork, state: UserState, step: Step, now: int, models: Models) -> None:
+        at = self._at(work, now)
+        for example in churn_examples(state.user_id, step.examples, at):
+            self._label(example)
+            if example.days is not None:
+                metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
+                metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
+        for reward in bandit_examples(step.rewards, at):
+            self._label(reward)
+        sent = []
+        for action in step.actions:
+            if not self._admit(work, state, action, now):
+                continue
+            sent.append(action)
+            self._emit(self.settings.topic_actions, state.user_id.encode(), encode_action(action))
+            metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
+            if self.trigger_kafka_ts is not None:
+                metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
+        step.tally.add(track_actions(state, sent, self.cfg))
+        step.due_ms = due_at(state, self.cfg)
+        if step.tally:
+            raw = work.store.value(TALLY)
+            counts = load_tally(raw) if raw is not None else Tally()
+            counts.add(step.tally)
+            work.store.set_value(TALLY, dump_tally(counts))
+            metrics.count_attribution(step.tally)
+        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
+            row, x = self._snapshot(state, now, models, step.churn)
+            self._emit(self.settings.topic_scores, state.user_id.encode(), encode_scores(row))
+            self._label(SegmentExample(id=f"{state.user_id}@{now}", at=at, x=x))
+            state.scores_at = now
+            metrics.SNAPSHOTS.inc()
+        work.store.put(state)
+        work.queue.schedule(state.user_id, step.due_ms)
+
+    def _admit(self, work: PartitionWork, state: UserState, action: Any, now: int) -> bool:
+        """The guard rails (streams/runtime/agents/gate.py, with the budget in the partition's store)."""
+        coupon = self.coupons.get(action.reason.rule) if action.kind == "coupon" else None
+        value = coupon_value_cents(coupon, state) if coupon is not None else 0
+        raw = work.store.value(BUDGET)
+        budget = decode_budget(raw) if raw is not None else BudgetState()
+        verdict = admit(action.kind, action.action_id, value, state, budget, now, self.limits[work.partition])
+        if verdict.allowed:
+            work.store.set_value(BUDGET, encode_budget(budget))
+        else:
+            metrics.ACTIONS_SUPPRESSED.labels(action.kind, verdict.reason).inc()
+        return verdict.allowed
+
+    def _snapshot(self, state: UserState, now: int, models: Models, churn: Any = None, learn: bool = True) -> tuple[UserScores, dict[str, float]]:
+        return describe(state, now, models, self.loyalty_ranks, self.loyalty_cfg.tiers, churn, learn,
+                        self.cfg.state, self.population, self.settings.lifecycle)
+
+    def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str) -> None:
+        metrics.RECORDS.labels(topic, "invalid").inc()
+        metrics.DEAD_LETTERS.labels(topic).inc()
+        log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+        cfg = self.dead_letter_cfg
+        value = dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), kafka_ts, error, _wall_ms(), cfg)
+        self._emit(self.settings.topic_dead_letters, dead_letter_key(msg.key(), cfg), value)
+
+    # ------------------------------------------------------------------ outputs, storage, commits
+
+    def _emit(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
+              headers: dict[str, bytes] | None = None) -> None:
+        batch = self.batch
+        assert batch is not None
+        kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if headers:
+            kwargs["headers"] = headers
+        callback = self._acked(batch.id)
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, on_delivery=callback, **kwargs)
+                break
+            except BufferError:  # the local queue is full: serve acknowledgements, then retry
+                self.producer.poll(0.05)
+        self.ledger.sent(batch)
+
+    def _acked(self, batch_id: int) -> Callable[[Any, Any], None]:
+        def done(err: Any, msg: Any) -> None:
+            if err is not None:
+                log.error("delivery failed (%s): nothing from this batch on is stored or committed; "
+                          "its records are read again after a restart", err)
+            self.ledger.acked(batch_id, None if err is None else str(err))
+        return done
+
+    def _changelog_acked(self, batch_id: int, partition: int) -> Callable[[Any, Any], None]:
+        def done(err: Any, msg: Any) -> None:
+            if err is None:
+                work = self.works.get(partition)
+                if work is not None:
+                    work.changelog_next = max(work.changelog_next, msg.offset() + 1)
+            else:
+                log.error("changelog delivery failed (%s): offsets are no longer committed", err)
+            self.ledger.acked(batch_id, None if err is None else str(err))
+        return done
+
+    def _seal(self, batch: Batch) -> None:
+        offsets = {(t, w.partition): o for w in self.works.values() for t, o in w.released.items()}
+        changes = {p: w.store.changes() for p, w in self.works.items()}
+        for work in self.works.values():
+            work.released = {}
+        self.ledger.seal(batch, offsets, changes)
+
+    def _store_and_commit(self) -> None:
+        if self.ledger.error is not None:
+            raise RuntimeError(f"a record could not be delivered ({self.ledger.error}); stopping so that the "
+                               "uncommitted records are read again")
+        with self.lock:
+            for batch in self.ledger.to_store():
+                sent = 0
+                for p, records in batch.changes.items():
+                    work = self.works.get(p)
+                    if work is None:
+                        continue
+                    offsets = {t: o for (t, q), o in batch.offsets.items() if q == p}
+                    work.store.persist(records, offsets, work.changelog_next)
+                    assert self.changelog is not None
+                    sent += self.changelog.send(p, records, self._changelog_acked(batch.id, p))
+                self.ledger.stored(batch, sent)
+        self._commit(asynchronous=True)
+
+    def _commit(self, asynchronous: bool) -> None:
+        offsets = self.ledger.committable()
+        if offsets:
+            self.consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=asynchronous)
+            self.committed.update(offsets)
+
+    def _drain(self, timeout: float) -> None:
+        """Until every batch so far is stored and committed (before partitions move, or at the end)."""
+        deadline = time.monotonic() + timeout
+        while self.ledger.batches and time.monotonic() < deadline and self.ledger.error is None:
+            self.producer.poll(0.05)
+            self._store_and_commit()
+        self._commit(asynchronous=False)
+
+    def _export(self) -> None:
+        metrics.DUE_USERS.set(sum(len(w.queue) for w in self.works.values()))
+        metrics.MODEL_WAITING.set(sum(1 for w in self.works.values() if w.held is not None))
+        if time.monotonic() - self.lag_at >= self.settings.metrics_interval_s:
+            self.lag_at = time.monotonic()
+            lag = {}
+            for work in self.works.values():
+                for topic in self.inputs:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
+                    position = self.committed.get((topic, work.partition), work.start.get(topic))
+                    if high is not None and high >= 0 and position is not None:
+                        lag[(topic, work.partition)] = max(high - position, 0)
+            self.lag = lag
+
+    def lag_of(self) -> dict[tuple[str, int], int]:
+        """Consumer lag per owned input partition (fetch high watermark minus committed offset)."""
+        return dict(self.lag)
+
+    # ------------------------------------------------------------------ queries (Faust's event loop)
+
+    def profile(self, user_id: str) -> dict[str, Any] | None:
+        partition = self.partition_for(user_id)
+        with self.lock:
+            work = self.works.get(partition)
+            state = work.store.get(user_id) if work is not None else None
+            if state is None:
+                return None
+            now = max(state.clock, work.clock.now)
+            row, _ = self._snapshot(state, now, self.models_at(now), learn=False)
+        return user_profile(row, state, partition)
+
+    def tallies(self) -> list[Tally]:
+        with self.lock:
+            return [load_tally(raw) for w in self.works.values() if (raw := w.store.value(TALLY)) is not None]
+
+
+def user_profile(row: UserScores, state: UserState, partition: int) -> dict[str, Any]:
+    """What ``GET /users/{user_id}`` shows: the user's row and a few facts of the state."""
+    import msgspec
+
+    return {
+        **msgspec.to_builtins(row),
+        "partition": partition,
+        "last_purchase": format_ts(state.last_purchase) if state.last_purchase is not None else None,
+        "pending_labels": len(state.pending),
+        "lapse_acted_for_purchase_at": format_ts(state.lapse_acted) if state.lapse_acted is not None else None,
+        "unsubscribed": state.unsubscribed,
+    }
