@@ -23,7 +23,7 @@ from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher
 from streams.runtime.settings import Settings, embedded_overrides
 from tests.integration.conftest import Pipeline, fresh_env, new_pipeline, settings_of
-from tests.integration.test_operations import eventually, get
+from tests.integration.test_operations import eventually, get, lag_series
 from tests.integration.test_pipeline import T0
 
 pytestmark = pytest.mark.integration
@@ -98,3 +98,43 @@ def test_a_worker_started_before_its_broker_waits_for_it_and_then_processes(own_
         assert not [line for line in lines if line["level"] in ("ERROR", "CRITICAL")]
     finally:
         worker.stop()
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB tmpfs that fills up; unmounted at the end."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=True)
+
+
+def test_a_full_disk_stops_the_worker_and_a_restart_with_room_loses_nothing(pipeline: Pipeline, small_disk: Path) -> None:
+    settings = pipeline.settings
+    sent = send(settings, purchases(users=1500, per_user=2))
+    full = WorkerProcess({**pipeline.env, "RETENTION_LOG_FORMAT": "json"}, small_disk / "data", pipeline.tmp / "full.log")
+    pipeline.workers.append(full.start())
+    code = exited(full, timeout=180)
+
+    lines = log_lines(full)
+    critical = [line for line in lines if line["level"] == "CRITICAL" and line["message"].startswith("stopping:")]
+    assert code != 0 and len(critical) == 1, (code, [line["message"] for line in lines if line["level"] in ("ERROR", "CRITICAL")][:5])
+    assert "disk is full" in critical[0]["message"] and "RETENTION_DATA_DIR" in critical[0]["message"]
+    assert not [line for line in lines if line["message"].startswith("dead-lettered")]
+    assert read_topic(settings, settings.topic_dead_letters, idle_s=1.0) == []
+
+    # the operator gives the worker room (here: another directory): every record is processed, none lost
+    again = pipeline.worker("roomy")
+    again.wait_ready()
+    parts = settings.partitions
+    eventually(lambda: (lag := lag_series(again)) and len(lag) == 6 * parts and sum(lag.values()) == 0,
+               timeout=180, what="every input committed to its end after the restart")
+    users = {}
+    for i in range(1500):
+        status, profile = again.get_json(f"/users/u{i}")
+        users[f"u{i}"] = profile["features"]["purchases"] if status == 200 else None
+    assert [u for u, count in users.items() if count != 2] == []
+    assert again.total("retention_dead_letters_total") == 0
