@@ -76,7 +76,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest]:
         @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
         async def trace_offsets() -> None:
             await _trace(app, ingest)
-    app.operations = Operations(app, settings)  # /health/live, /health/ready, lag and recovery metrics
+    app.operations = Operations(app, settings, ingest)  # /health/live, /health/ready, lag and recovery metrics
     app.action_stats = ActionStats(app, settings, ingest.tallies)  # GET /actions/stats, uplift gauges
 
     @app.page("/models")

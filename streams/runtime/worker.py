@@ -94,6 +94,9 @@ class RetentionWorker(faust.Worker):
             signal.signal(sig, self._arm_deadline)
 
     def _arm_deadline(self, signum: int, frame: Any) -> None:
+        operations = getattr(self.app, "operations", None)
+        if operations is not None:  # /health/ready answers 503 from now on
+            operations.stopping = signal.Signals(signum).name
         if self._deadline is None:
             self._deadline = threading.Timer(self.shutdown_timeout_s, self._overdue, args=(signal.Signals(signum).name,))
             self._deadline.daemon = True
