@@ -12,6 +12,7 @@ from streams.runtime import metrics
 from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.agents.trainer import TrainerAgent
+from streams.runtime.faults import BROKER_DATA_LOST, broker_data_lost
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
@@ -25,6 +26,12 @@ class RetentionApp(faust.App):
 
     def _new_transport(self) -> Transport:
         return Transport(self.conf.broker_consumer, self)
+
+    def _crash(self, reason: BaseException) -> None:
+        """A crash whose cause an operator must act on is said once, in one line."""
+        if not self._crashed.is_set() and broker_data_lost(reason):
+            log.critical("stopping: %s (%s)", BROKER_DATA_LOST, str(reason).replace("\n", " "))
+        super()._crash(reason)
 
 
 def new_app(settings: Settings, **conf: Any) -> RetentionApp:

@@ -138,3 +138,57 @@ def test_a_full_disk_stops_the_worker_and_a_restart_with_room_loses_nothing(pipe
         users[f"u{i}"] = profile["features"]["purchases"] if status == 200 else None
     assert [u for u, count in users.items() if count != 2] == []
     assert again.total("retention_dead_letters_total") == 0
+
+
+def test_a_stalled_worker_is_not_ready_and_sigterm_stops_it_within_its_grace_period(own_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The broker freezes (SIGSTOP) mid-stream: the worker has records to read and cannot
+    fetch them, so it turns unready with the reason; SIGTERM then ends it although its
+    graceful stop waits on the broker (the last commit, leaving the group)."""
+    own_broker.start()
+    with new_pipeline(embedded_overrides(own_broker.bootstrap_servers), tmp_path, RETENTION_LOG_FORMAT="json",
+                      RETENTION_STALL_TIMEOUT_S="4", RETENTION_SHUTDOWN_TIMEOUT_S="6", RETENTION_METRICS_INTERVAL_S="0.5") as pipe:
+        sent = send(pipe.settings, purchases(users=3000, per_user=2))
+        worker = pipe.worker()
+        worker.wait_ready()
+        eventually(lambda: worker.total("retention_records_total") > 500, timeout=60, what="processing under way")
+        assert own_broker.process is not None
+        own_broker.process.send_signal(signal.SIGSTOP)
+        try:
+            status, body = eventually(lambda: (answer := get(worker, "/health/ready"))[0] == 503 and answer, timeout=30,
+                                      what="not ready")
+            assert body["ready"] is False and body["reason"].startswith("stalled: "), body
+            assert worker.total("retention_records_total") < sent
+            assert worker.total("retention_worker_ready") == 0
+
+            started = time.monotonic()
+            worker.process.send_signal(signal.SIGTERM)
+            code = exited(worker, timeout=15)
+            took = time.monotonic() - started
+        finally:
+            own_broker.process.send_signal(signal.SIGCONT)
+        lines = log_lines(worker)
+        overdue = [line for line in lines if line["level"] == "CRITICAL" and "did not finish within 6 s" in line["message"]]
+        assert (code, len(overdue)) == (3, 1) and 5 < took < 15, (code, took, [l["message"] for l in lines[-5:]])
+        stalls = [line for line in lines if line["message"].startswith("worker stalled: ")]
+        assert len(stalls) == 1 and stalls[0]["level"] == "WARNING"
+
+
+def test_a_broker_that_comes_back_empty_stops_the_worker_with_one_line_saying_what_to_do(own_broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """The embedded broker keeps topics in memory: restarted under a running worker, it
+    comes back without our topics, offsets or changelogs."""
+    own_broker.start()
+    with new_pipeline(embedded_overrides(own_broker.bootstrap_servers), tmp_path, RETENTION_LOG_FORMAT="json") as pipe:
+        sent = send(pipe.settings, purchases(users=200))
+        worker = pipe.worker()
+        worker.wait_ready()
+        worker.wait_processed(sent)
+        own_broker.stop()
+        own_broker.start()
+        code = exited(worker, timeout=60)
+
+        lines = log_lines(worker)
+        lost = [line for line in lines if "the broker lost its data" in line["message"]]
+        errors = [line for line in lines if line["level"] in ("ERROR", "CRITICAL")]
+        assert code != 0 and len(lost) == 1 and lost[0]["level"] == "CRITICAL", (code, [e["message"][:200] for e in errors[:10]])
+        assert "RETENTION_DATA_DIR" in lost[0]["message"]
+        assert len(errors) < 20, [e["message"][:200] for e in errors[:30]]
