@@ -143,10 +143,10 @@ class Settings(BaseSettings):
         "as they happen (README, Operations: \"Tracing input offsets\").",
     )
     stall_timeout_s: float = Field(
-        120.0, gt=0,
+        60.0, gt=0,
         description="A worker with consumer lag that processes no record (and commits nothing) for this long is stalled: "
         "/health/ready answers 503 with which partition waits for what, retention_worker_ready is 0, and the stall is "
-        "logged once per this many seconds.",
+        "logged (the ingest agent's per-partition waits again every this many seconds).",
     )
     shutdown_timeout_s: float = Field(
         25.0, gt=0,

@@ -16,6 +16,7 @@ offsets are committed only as far as records were processed, so the rest is read
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -103,10 +104,23 @@ class RetentionWorker(faust.Worker):
             self._deadline.start()
 
     def _overdue(self, name: str) -> None:
-        main = sys._current_frames().get(threading.main_thread().ident or 0)
-        where = "".join(traceback.format_stack(main)[-6:]) if main is not None else "(unknown)"
         log.critical("the graceful stop after %s did not finish within %.0f s (RETENTION_SHUTDOWN_TIMEOUT_S); exiting with "
-                     "code %d: records not committed are read again after the restart. The main thread was at:\n%s",
-                     name, self.shutdown_timeout_s, EXIT_SHUTDOWN_OVERDUE, where)
+                     "code %d: records not committed are read again after the restart. Waiting were:\n%s",
+                     name, self.shutdown_timeout_s, EXIT_SHUTDOWN_OVERDUE, self._waiting())
         logging.shutdown()  # flush the handlers: os._exit skips them
         os._exit(EXIT_SHUTDOWN_OVERDUE)
+
+    def _waiting(self) -> str:
+        """Where the main thread and the event loop's tasks are suspended (read from this
+        thread while the loop runs: a best effort, for the operator's log line)."""
+        main = sys._current_frames().get(threading.main_thread().ident or 0)
+        lines = ["main thread: " + "".join(traceback.format_stack(main, limit=-1)).strip() if main is not None else "main thread: ?"]
+        try:
+            tasks = list(asyncio.all_tasks(self.loop))
+        except RuntimeError:  # the loop's task set changed while it was read
+            tasks = []
+        for task in tasks[:30]:
+            frames = task.get_stack(limit=1)
+            where = f"{frames[-1].f_code.co_filename}:{frames[-1].f_lineno} in {frames[-1].f_code.co_name}" if frames else "?"
+            lines.append(f"task {task.get_name()} ({getattr(task.get_coro(), '__qualname__', '?')}) at {where}")
+        return "\n".join(lines)
