@@ -17,7 +17,7 @@ import msgspec
 import pytest
 
 from streams.domain.timestamps import MS_PER_DAY
-from streams.runtime.broker import EmbeddedBroker, free_port
+from streams.runtime.broker import EmbeddedBroker
 from streams.runtime.kafka import create_topics, read_topic
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher
