@@ -97,12 +97,13 @@ def policy_check(
 
 @app.command()
 def worker() -> None:
-    """Run one stream worker (Faust). SIGTERM stops it gracefully; an invalid policy file or no snapshot key stops it at once (exit 2)."""
-    import faust
-
+    """Run one stream worker (Faust). It waits for the brokers first (RETENTION_BROKER_WAIT_S; exit 2 when they never
+    answer); SIGTERM stops it gracefully, within RETENTION_SHUTDOWN_TIMEOUT_S (else exit 3); an invalid policy file or no
+    model snapshot key stops it at once (exit 2)."""
     from streams.runtime.app import create_app
     from streams.runtime.logs import worker_logging_config
     from streams.runtime.settings import MissingSnapshotKey
+    from streams.runtime.worker import RetentionWorker, wait_for_brokers
 
     settings = _settings()
     _policy(settings)
@@ -111,9 +112,12 @@ def worker() -> None:
     except MissingSnapshotKey as exc:
         sys.stderr.write(f"{exc}\n")
         raise typer.Exit(2) from None
+    if not wait_for_brokers(settings):
+        raise typer.Exit(2)
     faust_app, _ = create_app(settings)
     logging_config = worker_logging_config(settings.log_format, settings.log_level)
-    faust.Worker(faust_app, loglevel=settings.log_level.upper(), logging_config=logging_config, quiet=True).execute_from_commandline()
+    RetentionWorker(faust_app, settings, loglevel=settings.log_level.upper(), logging_config=logging_config,
+                    quiet=True).execute_from_commandline()
 
 
 @app.command()

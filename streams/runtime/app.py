@@ -14,6 +14,7 @@ from streams.runtime.agents.batched import BatchIngest
 from streams.runtime.agents.ingest import Ingest
 from streams.runtime.agents.trainer import TrainerAgent
 from streams.runtime.kafka import faust_credentials
+from streams.runtime.faults import BROKER_DATA_LOST, broker_data_lost
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
 from streams.runtime.settings import Settings
@@ -32,6 +33,12 @@ class RetentionApp(faust.App):
 
     def _new_web(self) -> RetentionWeb:
         return RetentionWeb(self)
+
+    def _crash(self, reason: BaseException) -> None:
+        """A crash whose cause an operator must act on is said once, in one line."""
+        if not self._crashed.is_set() and broker_data_lost(reason):
+            log.critical("stopping: %s (%s)", BROKER_DATA_LOST, str(reason).replace("\n", " "))
+        super()._crash(reason)
 
 
 def new_app(settings: Settings, **conf: Any) -> RetentionApp:
@@ -96,7 +103,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest | BatchIngest]:
         @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
         async def trace_offsets() -> None:
             await _trace(app, ingest)
-    app.operations = Operations(app, settings, batched=ingest if isinstance(ingest, BatchIngest) else None)
+    app.operations = Operations(app, settings, ingest, batched=ingest if isinstance(ingest, BatchIngest) else None)  # /health/*, lag
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:

@@ -9,6 +9,10 @@ the operator has fixed the machine.
 True
 >>> infrastructure_failure(OSError(28, "No space left on device")), infrastructure_failure(KeyError("x"))
 (True, False)
+
+A broker that lost its data (memory storage restarted, topics deleted) shows as changelogs
+shorter than what the worker's local state has read: Faust's recovery raises
+``ConsistencyError``, and the worker says what it means (:func:`broker_data_lost`).
 """
 
 from __future__ import annotations
@@ -33,3 +37,24 @@ def operator_hint(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "the worker ran out of memory: raise its memory limit or lower its caches, then restart"
     return "the state directory cannot be written (RETENTION_DATA_DIR): check its volume and permissions, then restart"
+
+
+#: What the operator reads when a changelog is shorter than the local state (see the module doc).
+BROKER_DATA_LOST = (
+    "the broker lost its data: a changelog is shorter than this worker's local state (a broker with memory storage "
+    "restarted, or topics deleted; on the embedded broker also its under-reported end of a log after a crash). "
+    "Wipe RETENTION_DATA_DIR and restart (state is rebuilt from the changelogs; on a broker that lost everything, "
+    "recreate the topics first: retention topics create), or restore the topics"
+)
+
+
+def broker_data_lost(exc: BaseException) -> bool:
+    """True for Faust's recovery finding a changelog shorter than the local state.
+
+    >>> from faust.exceptions import ConsistencyError
+    >>> broker_data_lost(ConsistencyError("The persisted offset ... is higher than the last offset")), broker_data_lost(KeyError())
+    (True, False)
+    """
+    from faust.exceptions import ConsistencyError
+
+    return isinstance(exc, ConsistencyError)

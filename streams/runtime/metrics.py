@@ -125,7 +125,7 @@ TABLE_KEYS = Gauge("retention_table_keys", "Estimated keys in the table's RocksD
 TABLE_BYTES = Gauge(
     "retention_table_bytes", "Bytes of the table's RocksDB partitions held by this worker: SST files plus memtables.", ["table"]
 )
-WORKER_READY = Gauge("retention_worker_ready", "1 while /health/ready answers 200 (partitions assigned, recovery done).")
+WORKER_READY = Gauge("retention_worker_ready", "1 while /health/ready answers 200 (partitions assigned, recovery done, not stalled, crashed or stopping).")
 BUILD = Info("retention_build", "Versions of this worker: the package, Faust and Python.")
 MODEL_QUALITY = Gauge(
     "retention_model_quality",

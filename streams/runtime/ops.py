@@ -2,7 +2,10 @@
 
 - ``GET /health/live``: 200 while the event loop runs (the answer comes from it).
 - ``GET /health/ready``: 200 once the worker owns inbound partitions and its tables are
-  restored from their changelogs; else 503 with the reason, as JSON.
+  restored from their changelogs, while it is neither crashed nor stopping nor stalled; else
+  503 with the reason, as JSON. Stalled: records to read (consumer lag) and none processed or
+  committed for ``RETENTION_STALL_TIMEOUT_S``; the reason says which partition waits for what
+  (the facts of the ingest agent's stall warnings), and the stall is logged once.
 - Every ``RETENTION_METRICS_INTERVAL_S``: consumer lag per
   assigned inbound partition, assigned partitions, recovery progress, table keys and bytes,
   readiness. Series of partitions the worker no longer owns are removed.
@@ -18,8 +21,9 @@ from __future__ import annotations
 
 import logging
 import platform
+import time
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.exceptions import ConsumerNotStarted
@@ -33,12 +37,27 @@ log = logging.getLogger(__name__)
 REKEYED = "rekeyed"  # logical name of the internal re-key topic in labels
 
 
+class Progress(Protocol):
+    """What readiness reads from the agent: how many records it processed, and why records
+    have waited too long (:meth:`streams.runtime.agents.ingest.Ingest.waits`)."""
+
+    processed: int
+
+    def waits(self) -> list[str]: ...
+
+
 class Operations:
     """Health endpoints and operational metrics of one worker's Faust app."""
 
-    def __init__(self, app: faust.App, settings: Settings, batched: Any = None) -> None:
+    def __init__(self, app: faust.App, settings: Settings, progress: Progress | None = None, batched: Any = None) -> None:
         self.app = app
         self.batched = batched  #: the batched hot path: it reads the inbound topics, not Faust's consumer
+        self.progress = progress
+        self.stall_s = settings.stall_timeout_s
+        self.stopping: str | None = None  # the stop signal received (set by streams.runtime.worker)
+        self._moved: tuple[int, int] | None = None  # (records processed, sum of committed offsets) last seen
+        self._still_since: float | None = None  # since when there is lag and nothing moved
+        self._stall_logged = False
         self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED}
         self._lag_series: set[tuple[str, str]] = set()
         self._assigned_series: set[str] = set()
@@ -64,6 +83,10 @@ class Operations:
 
     def not_ready_reason(self) -> str | None:
         """Why the worker is not ready, or None when it is."""
+        if self.app.crashed:
+            return f"crashed: {self.app.crash_reason!r}"
+        if self.stopping or self.app.should_stop:
+            return f"stopping ({self.stopping or 'the app stops'})"
         try:
             inbound = self._inbound()
         except ConsumerNotStarted:
@@ -75,7 +98,35 @@ class Operations:
         recovery = self.app.tables.recovery
         if recovery.in_recovery or not recovery.completed.is_set():
             return "table recovery in progress"
-        return None
+        return self.stalled(inbound)
+
+    def stalled(self, inbound: set[TP]) -> str | None:
+        """Why the worker is stalled (records to read, and none processed or committed for
+        ``stall_s``), or None. Logged once when the stall is seen, and when it ends."""
+        lag = sum(self._lags(inbound).values())
+        committed = self.batched.committed if self.batched is not None else self.app.consumer._committed_offset
+        moved = (self.progress.processed if self.progress else 0,
+                 sum(committed.get((tp.topic, tp.partition) if self.batched is not None else tp) or 0 for tp in inbound))
+        now = time.monotonic()
+        if not lag or moved != self._moved:
+            self._moved, self._still_since = moved, (now if lag else None)
+            if self._stall_logged:
+                log.info("no longer stalled: records are processed again")
+                self._stall_logged = False
+            return None
+        if self._still_since is None:  # lag appeared with nothing moved since the last look
+            self._still_since = now
+        waited = now - self._still_since
+        if waited < self.stall_s:
+            return None
+        waits = self.progress.waits() if self.progress else []
+        reason = (f"stalled: {lag} records to read and none processed or committed for {waited:.0f} s (RETENTION_STALL_TIMEOUT_S "
+                  f"{self.stall_s:.0f} s); " + ("; ".join(waits) if waits else
+                  "no record waits in the agent's merge or for a model snapshot: the consumer fetches nothing (paused partitions, broker)"))
+        if not self._stall_logged:
+            log.warning("worker %s", reason)
+            self._stall_logged = True
+        return reason
 
     # ------------------------------------------------------------------ metrics
 
@@ -97,24 +148,16 @@ class Operations:
 
     async def _refresh_lag(self, inbound: set[TP]) -> None:
         if self.batched is not None:
-            self._set_lag({(self.logical[t], str(p)): lag for (t, p), lag in self.batched.lag_of().items()})
+            self._set_lag({(self.logical[tp.topic], str(tp.partition)): lag for tp, lag in self._lags(inbound).items()})
             return
         consumer = self.app.consumer
-        committed: dict[TP, int | None] = {tp: consumer._committed_offset.get(tp) for tp in inbound}
-        unknown = [tp for tp, offset in committed.items() if offset is None and tp not in self._log_start]
+        unknown = [tp for tp in inbound if consumer._committed_offset.get(tp) is None and tp not in self._log_start]
         if unknown:  # nothing committed yet: lag counts from the start of the log
             try:
                 self._log_start.update(await consumer.earliest_offsets(*unknown))
             except Exception as exc:  # the next refresh asks again
                 log.warning("could not read the log start offsets of %d partitions: %r", len(unknown), exc)
-        series: dict[tuple[str, str], int] = {}
-        for tp in inbound:
-            highwater = consumer.highwater(tp)
-            position = committed[tp] if committed[tp] is not None else self._log_start.get(tp)
-            if highwater is None or position is None:  # not fetched yet
-                continue
-            series[(self.logical[tp.topic], str(tp.partition))] = max(highwater - position, 0)
-        self._set_lag(series)
+        self._set_lag({(self.logical[tp.topic], str(tp.partition)): lag for tp, lag in self._lags(inbound).items()})
         for tp in set(self._log_start) - inbound:
             del self._log_start[tp]
 
@@ -124,6 +167,20 @@ class Operations:
         for labels in self._lag_series - set(series):
             metrics.CONSUMER_LAG.remove(*labels)
         self._lag_series = set(series)
+
+    def _lags(self, inbound: set[TP]) -> dict[TP, int]:
+        """Per inbound partition fetched at least once: its fetch high watermark minus the
+        committed offset (or the log start, while nothing is committed)."""
+        if self.batched is not None:
+            return {TP(t, p): lag for (t, p), lag in self.batched.lag_of().items()}
+        consumer = self.app.consumer
+        lags = {}
+        for tp in inbound:
+            highwater, committed = consumer.highwater(tp), consumer._committed_offset.get(tp)
+            position = committed if committed is not None else self._log_start.get(tp)
+            if highwater is not None and position is not None:
+                lags[tp] = max(highwater - position, 0)
+        return lags
 
     def _refresh_assignment(self, inbound: set[TP]) -> None:
         counts: dict[str, int] = {}

@@ -191,6 +191,24 @@ class Settings(BaseSettings):
         description="Keys, comma separated, whose snapshots are still accepted (never signed with): set the old key here "
         "while the fleet moves to a new RETENTION_SNAPSHOT_KEY, so a key is rotated without downtime.",
     )
+    stall_timeout_s: float = Field(
+        60.0, gt=0,
+        description="A worker with consumer lag that processes no record (and commits nothing) for this long is stalled: "
+        "/health/ready answers 503 with which partition waits for what, retention_worker_ready is 0, and the stall is "
+        "logged (the ingest agent's per-partition waits again every this many seconds).",
+    )
+    shutdown_timeout_s: float = Field(
+        25.0, gt=0,
+        description="After SIGTERM (or SIGINT), a worker whose graceful stop has not finished in this many seconds logs what "
+        "it was waiting for and exits with code 3 (records not committed are read again after the restart); keep it below "
+        "the orchestrator's grace period (compose 30 s, Kubernetes 60 s).",
+    )
+    broker_wait_s: float = Field(
+        0.0, ge=0,
+        description="At start, how long a worker waits for the brokers to answer (one log line per attempt, with back-off "
+        "up to RETENTION_BROKER_RETRY_MAX_S) before it exits with code 2; 0: wait as long as it takes.",
+    )
+    broker_retry_max_s: float = Field(10.0, gt=0, description="Longest pause between two attempts to reach the brokers at start (the pauses double from 0.5 s).")
     producer_max_batch_size: int = Field(
         16_384, ge=1,
         description="Worker producer's batch size per partition, bytes (Kafka's default; the embedded broker uses 1: "

@@ -58,8 +58,21 @@ class Pipeline:
 @contextlib.contextmanager
 def new_pipeline(broker_env: dict[str, str], tmp: Path, **extra_env: str) -> Iterator[Pipeline]:
     """Fresh topics and app id (a unique suffix); stops the pipeline's workers on exit."""
+    env = fresh_env(broker_env, **extra_env)
+    settings = settings_of(env)
+    create_topics(settings)
+    pipe = Pipeline(env, settings, tmp, [])
+    try:
+        yield pipe
+    finally:
+        for worker in pipe.workers:
+            worker.stop()
+
+
+def fresh_env(broker_env: dict[str, str], **extra_env: str) -> dict[str, str]:
+    """A worker environment with its own app id and topic names (a unique suffix)."""
     suffix = uuid.uuid4().hex[:8]
-    env = {
+    return {
         **broker_env,
         "RETENTION_APP_ID": f"rs-test-{suffix}",
         "RETENTION_PARTITIONS": "4",
@@ -68,14 +81,6 @@ def new_pipeline(broker_env: dict[str, str], tmp: Path, **extra_env: str) -> Ite
                         "MODEL_LABELS", "MODEL_SNAPSHOTS")},
         **extra_env,
     }
-    settings = _settings(env)
-    create_topics(settings)
-    pipe = Pipeline(env, settings, tmp, [])
-    try:
-        yield pipe
-    finally:
-        for worker in pipe.workers:
-            worker.stop()
 
 
 @pytest.fixture
@@ -102,7 +107,7 @@ def policy_env(path: Path, *edits: tuple[str, str]) -> dict[str, str]:
 NO_CONTROL_EDIT = ("control_share: 0.1", "control_share: 0")
 
 
-def _settings(env: dict[str, str]) -> Settings:
+def settings_of(env: dict[str, str]) -> Settings:
     old = dict(os.environ)
     os.environ.update(env)
     try:

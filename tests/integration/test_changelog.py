@@ -13,7 +13,7 @@ from streams.runtime.changelog import ChangelogWriter, changelog_topic, create_c
 from streams.runtime.deliveries import Ledger
 from streams.runtime.kafka import producer
 from streams.runtime.user_store import PartitionStore, StoreOptions
-from tests.integration.conftest import _settings
+from tests.integration.conftest import settings_of
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def _store(path: Path) -> PartitionStore:
 
 
 def test_states_written_per_batch_are_restored_into_an_empty_data_dir(broker_env: dict[str, str], tmp_path: Path) -> None:
-    settings = _settings({**broker_env, "RETENTION_APP_ID": f"rs-changelog-{uuid.uuid4().hex[:8]}", "RETENTION_PARTITIONS": "2"})
+    settings = settings_of({**broker_env, "RETENTION_APP_ID": f"rs-changelog-{uuid.uuid4().hex[:8]}", "RETENTION_PARTITIONS": "2"})
     assert create_changelog(settings) and not create_changelog(settings)
     client = producer(settings)
     writer = ChangelogWriter(settings, client)

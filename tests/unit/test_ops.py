@@ -4,6 +4,7 @@ Faust app that is never started and a consumer double with known offsets."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from typing import Any
 
@@ -108,3 +109,67 @@ def test_ready_only_with_partitions_and_recovery_done(ops: tuple[Operations, Any
     assert operations.not_ready_reason() is None
     operations.app.rebalancing = True
     assert operations.not_ready_reason() == "rebalancing"
+
+
+class FakeProgress:
+    """The agent as readiness sees it: records processed, and what waits too long."""
+
+    def __init__(self) -> None:
+        self.processed = 0
+        self.waiting: list[str] = []
+
+    def waits(self) -> list[str]:
+        return self.waiting
+
+
+def test_not_ready_while_records_wait_and_nothing_moves_for_the_stall_timeout(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("RETENTION_TOPIC_CLICKS", "shop.clicks")
+    monkeypatch.setenv("RETENTION_STALL_TIMEOUT_S", "60")
+    caplog.set_level(logging.INFO, logger="streams.runtime.ops")
+    app = faust.App("ops-unit", autodiscover=False, store="memory://")
+    progress = FakeProgress()
+    operations = Operations(app, Settings(), progress)
+    consumer = app.consumer = FakeConsumer()  # type: ignore[assignment]
+    clicks0 = TP("shop.clicks", 0)
+    consumer.assigned = {clicks0}
+    consumer.highwaters = {clicks0: 10}
+    consumer._committed_offset[clicks0] = 10
+    app.tables.recovery.completed.set()
+    clock = [1000.0]
+    monkeypatch.setattr("streams.runtime.ops.time.monotonic", lambda: clock[0])
+
+    assert operations.not_ready_reason() is None  # no lag: idle is not stalled
+    clock[0] += 300
+    consumer.highwaters[clicks0] = 15  # new records: the wait starts now
+    assert operations.not_ready_reason() is None
+    clock[0] += 59
+    assert operations.not_ready_reason() is None
+    clock[0] += 2
+    progress.waiting = ["partition 0: 5 records wait in the event-time merge ..."]
+    reason = operations.not_ready_reason()
+    assert reason is not None and reason.startswith("stalled: 5 records to read and none processed or committed for 61 s")
+    assert reason.endswith("partition 0: 5 records wait in the event-time merge ...")
+    operations.not_ready_reason()
+    assert [r.message for r in caplog.records if r.message.startswith("worker stalled")] == [f"worker {reason}"]  # logged once
+
+    progress.processed += 1  # a record processed: ready again, and the wait starts over
+    assert operations.not_ready_reason() is None
+    clock[0] += 61
+    consumer._committed_offset[clicks0] = 12  # committed offsets moving is progress too
+    assert operations.not_ready_reason() is None
+    clock[0] += 61
+    progress.waiting = []
+    assert "the consumer fetches nothing" in (operations.not_ready_reason() or "")
+    assert any(r.message.startswith("no longer stalled") for r in caplog.records)
+
+
+def test_not_ready_once_crashed_or_stopping(ops: tuple[Operations, Any]) -> None:
+    operations, consumer = ops
+    consumer.assigned = {TP("shop.clicks", 0)}
+    operations.app.tables.recovery.completed.set()
+    assert operations.not_ready_reason() is None
+    operations.stopping = "SIGTERM"
+    assert operations.not_ready_reason() == "stopping (SIGTERM)"
+    operations.stopping = None
+    operations.app._crash(Exception("IO error: No space left on device"))
+    assert operations.not_ready_reason() == "crashed: Exception('IO error: No space left on device')"

@@ -141,6 +141,7 @@ class BatchIngest:
         self.running = threading.Event()
         self.vouched_at = 0.0
         self.lag_at = 0.0
+        self.processed = 0  #: records folded (readiness: progress)
         self.lag: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.ledger = Ledger()
@@ -175,6 +176,18 @@ class BatchIngest:
         # (before the fold thread runs, it owns nothing: it serves the request when it starts)
         while self.running.is_set() and not done.is_set() and not self.finished.is_set():
             await asyncio.sleep(0.02)
+
+    def waits(self) -> list[str]:
+        """Why records of owned partitions wait (for readiness: which partition waits for what)."""
+        out = []
+        for work in list(self.works.values()):
+            if work.held is not None:
+                out.append(f"partition {work.partition}: a record waits for its model snapshot (trainer covered "
+                           f"{format_ts(self.follower.store.covered) if self.follower.store.covered is not None else 'nothing'})")
+            elif work.merge.size:
+                out.append(f"partition {work.partition}: {work.merge.size} records wait in the event-time merge for "
+                           f"inputs neither buffered nor caught up")
+        return out
 
     def owned_partitions(self) -> set[int]:
         return set(self.works)
@@ -361,6 +374,7 @@ class BatchIngest:
                 ts = None
             self._advance(work, ts)
             work.released[msg.topic()] = msg.offset() + 1
+            self.processed += 1
             metrics.PROCESSING.observe(time.perf_counter() - started)
             if kafka_ts is not None:
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)

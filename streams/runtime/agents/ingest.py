@@ -63,9 +63,6 @@ SOURCE_HEADER = "retention-source-topic"
 USER_EVENTS = (Click, Purchase, Review, Outcome)
 MERGE_TICK_S = 0.05  # how often records waiting for a fresher fetch are looked at again
 
-
-#: Warn when a partition's records have waited this long in the event-time merge.
-STALL_WARN_S = 30.0
 #: How often idle partitions send a watermark for the others (see Ingest._vouch_for_idle_partitions).
 VOUCH_EVERY_S = 1.0
 
@@ -126,6 +123,9 @@ class Ingest:
         self.generation = 0  # rebalances seen (a late start-offsets answer of an older one is dropped)
         self.released_at: dict[int, float] = {}  # monotonic time of each partition's last release
         self.stall_warned: dict[int, float] = {}
+        self.stall_s = settings.stall_timeout_s  # a wait this long is a stall: logged, and the worker is not ready
+        self.processed = 0  # records processed and acknowledged (readiness watches it move)
+        self.processing: tuple[str, float] | None = None  # the record being processed, and since when
         self.held: dict[int, Any] = {}  # per partition: the next record, waiting for its model snapshot
         self.held_since: dict[int, float] = {}
         self.vouched_at = 0.0
@@ -177,6 +177,7 @@ class Ingest:
             self.released_at[partition] = time.monotonic()
             msg = event.message
             started = time.perf_counter()
+            self.processing = (f"{msg.topic}[{msg.partition}]@{msg.offset}", time.monotonic())
             token = _current_event.set(weakref.ref(event))  # table writes go to this record's partition
             self.trigger_kafka_ts = kafka_ts  # what the actions decided while processing it were triggered by
             try:
@@ -199,6 +200,8 @@ class Ingest:
                               partition, msg.topic, msg.partition, msg.offset)
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
             await ack(self.stream, event)  # counts for the commit (transport.guard)
+            self.processing = None
+            self.processed += 1
             metrics.PROCESSING.observe(time.perf_counter() - started)
             if kafka_ts is not None:  # end to end when the producer stamped its send time (bench --mode live)
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
@@ -257,21 +260,28 @@ class Ingest:
                 await self.models.watermark(partition, max(need, self.clocks[partition].now))
 
     def _warn_if_model_late(self, partition: int) -> None:
-        """Say, at most every STALL_WARN_S, that a partition waits for its model snapshot,
-        and which partitions' watermarks the trainer lacks (no records and no heartbeats)."""
-        since = self.held_since.get(partition)
+        """Say, at most every RETENTION_STALL_TIMEOUT_S, that a partition waits for its model snapshot."""
         now = time.monotonic()
-        if since is None or now - max(since, self.stall_warned.get(-1 - partition, 0.0)) < STALL_WARN_S:
+        if self._model_wait(partition, self.stall_warned.get(-1 - partition, 0.0)) is None:
             return
         self.stall_warned[-1 - partition] = now
+        log.warning("%s", self._model_wait(partition))
+
+    def _model_wait(self, partition: int, since_at_least: float = 0.0) -> str | None:
+        """What a partition's next record waits for, when it has waited for its model snapshot
+        longer than the stall timeout (counted from ``since_at_least`` if later): the snapshot,
+        what the trainer covered, and which partitions' watermarks it lacks."""
+        since = self.held_since.get(partition)
+        now = time.monotonic()
+        if since is None or partition not in self.held or now - max(since, since_at_least) < self.stall_s:
+            return None
         event, (topic, result, kafka_ts) = self.held[partition]
         store = self.follower.store
-        log.warning(
-            "partition %d: the record at %s waits %.0f s for the model snapshot of %s; the trainer has covered %s; "
-            "partitions holding it back (no watermark yet, or the lowest: send them heartbeats): %s",
-            partition, format_ts(self._merge_ts(partition, result) or 0), now - since,
-            format_ts(store.target(max(self.clocks[partition].now, self._merge_ts(partition, result) or 0))),
-            format_ts(store.covered) if store.covered is not None else "nothing", self.models.holding_back(),
+        return (
+            f"partition {partition}: the record at {format_ts(self._merge_ts(partition, result) or 0)} waits {now - since:.0f} s "
+            f"for the model snapshot of {format_ts(store.target(max(self.clocks[partition].now, self._merge_ts(partition, result) or 0)))}; "
+            f"the trainer has covered {format_ts(store.covered) if store.covered is not None else 'nothing'}; "
+            f"partitions holding it back (no watermark yet, or the lowest: send them heartbeats): {self.models.holding_back()}"
         )
 
     async def _export_models(self) -> None:
@@ -282,12 +292,18 @@ class Ingest:
     _misses = 0
 
     def _warn_if_stalled(self, partition: int, merge: InputMerge[Any]) -> None:
-        """Say, at most every STALL_WARN_S, which inputs hold a partition's records back."""
+        """Say, at most every RETENTION_STALL_TIMEOUT_S, which inputs hold a partition's records back."""
+        wait = self._merge_wait(partition, merge, self.stall_warned.get(partition, 0.0))
+        if wait is not None:
+            self.stall_warned[partition] = time.monotonic()
+            log.warning("%s", wait)
+
+    def _merge_wait(self, partition: int, merge: InputMerge[Any], since_at_least: float = 0.0) -> str | None:
+        """Which inputs hold a partition's records back in the event-time merge, when they have
+        waited longer than the stall timeout (counted from ``since_at_least`` if later)."""
         now = time.monotonic()
-        last = max(self.released_at.get(partition, now), self.stall_warned.get(partition, 0.0))
-        if not merge.size or now - last < STALL_WARN_S:
-            return
-        self.stall_warned[partition] = now
+        if not merge.size or now - max(self.released_at.get(partition, now), since_at_least) < self.stall_s:
+            return None
         waiting = {}
         for topic in self.inputs:
             if merge.buffers[topic]:
@@ -301,10 +317,20 @@ class Ingest:
                 "highwater": getattr(state, "highwater", None),
                 "fetched_s_ago": round((_wall_ms() - state.timestamp) / 1000, 1) if getattr(state, "timestamp", None) else None,
             }
-        log.warning(
-            "partition %d: %d records wait in the event-time merge for more than %.0f s; inputs neither buffered nor caught up: %s",
-            partition, merge.size, STALL_WARN_S, waiting,
-        )
+        return (f"partition {partition}: {merge.size} records wait in the event-time merge for more than {self.stall_s:.0f} s; "
+                f"inputs neither buffered nor caught up: {waiting}")
+
+    def waits(self) -> list[str]:
+        """Why records of this worker's partitions have not been processed for longer than the
+        stall timeout (the facts the stall warnings log; readiness reports them too): a record
+        whose processing does not return, records held in the merge, records waiting for a
+        model snapshot."""
+        out = []
+        if self.processing is not None and time.monotonic() - self.processing[1] >= self.stall_s:
+            out.append(f"processing {self.processing[0]} has not returned for {time.monotonic() - self.processing[1]:.0f} s")
+        for partition, merge in sorted(self.merges.items()):
+            out += [w for w in (self._merge_wait(partition, merge), self._model_wait(partition)) if w is not None]
+        return out
 
     def _decode(self, msg: Any, value: bytes | None, headers: dict[str, bytes]) -> tuple[str, Any, int | None]:
         topic = self.logical.get(msg.topic) or headers.get(SOURCE_HEADER, b"").decode() or msg.topic
@@ -574,6 +600,7 @@ class Ingest:
                 merge.clear()
             self.held.clear()  # not acknowledged either
             self.held_since.clear()
+            self.processing = None
             self.models.forget()
             self.received.clear()
             self.rewritten.clear()
