@@ -267,10 +267,22 @@ class BatchIngest:
             log.info("restored %d changelog records of partitions %s in %.1f s", sum(done.records.values()), sorted(new), done.seconds)
             for p, store in stores.items():
                 self.works[p] = PartitionWork(p, store, InputMerge(self.inputs), changelog_next=done.end[p])
-            self.consumer.incremental_assign([TopicPartition(t, p) for p in new for t in self.inputs])
+            tps = [TopicPartition(t, p) for p in new for t in self.inputs]
+            self.consumer.incremental_assign(tps)
+            self._start_offsets(tps)
             self._rebuild(new)
         if gone or new:
             log.info("batched ingest owns partitions %s", sorted(self.works))
+
+    def _start_offsets(self, tps: list[TopicPartition]) -> None:
+        """Where reading starts on each input just taken: its committed offset, or the start
+        of the log (what the merge judges an input without records by)."""
+        for tp in self.consumer.committed(tps, timeout=30):
+            offset = tp.offset
+            if offset < 0:
+                offset, _ = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30, cached=False)
+            self.works[tp.partition].start[tp.topic] = offset
+            self.committed[(tp.topic, tp.partition)] = offset
 
     def _rebuild(self, partitions: set[int]) -> None:
         """Due queues and the RFM population of the partitions just taken (one pass over their users)."""
@@ -313,7 +325,6 @@ class BatchIngest:
             return
         topic = msg.topic()
         work.received[topic] = msg.offset() + 1
-        work.start.setdefault(topic, msg.offset())
         logical = self.logical[topic]
         if logical == "rekeyed":
             headers = dict(msg.headers() or [])
@@ -338,15 +349,9 @@ class BatchIngest:
         _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
         if high is None or high < 0:
             return False
-        position = work.received.get(topic)
-        if position is None:
-            position = self._position(topic, work.partition)
+        position = work.received.get(topic, work.start.get(topic))
         fetched = self.polled_ms - 2 * self.settings.fetch_max_wait_ms - 100
         return caught_up(position, high, fetched, since_ms)
-
-    def _position(self, topic: str, partition: int) -> int | None:
-        [tp] = self.consumer.position([TopicPartition(topic, partition)])
-        return tp.offset if tp.offset >= 0 else None
 
     def _release(self, work: PartitionWork) -> None:
         def caught_up_here(topic: str, since_ms: int) -> bool:
