@@ -370,7 +370,9 @@ def wait_ready_after_rebalance(worker: WorkerProcess, times: int, timeout: float
         time.sleep(0.2)
 
 
-def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pipeline, reference: Run) -> None:
+@pytest.mark.parametrize("ingest", ["faust", "batched"])
+def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pipeline, reference: Run, ingest: str) -> None:
+    pipeline.env["RETENTION_INGEST"] = ingest
     third = len(RECORDS) // 3
     one = pipeline.worker("w1", **STEADY)
     one.wait_ready()
