@@ -42,7 +42,9 @@ def decisions(actions: list[dict[str, Any]]) -> dict[str, tuple[str, str, dict[s
     return {a["action_id"]: (a["reason"]["rule"], a["group"], a["reason"].get("chosen")) for a in actions}
 
 
-def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pipeline) -> None:
+@pytest.mark.parametrize("ingest", ["faust", "batched"])
+def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pipeline, ingest: str) -> None:
+    pipeline.env["RETENTION_INGEST"] = ingest
     env = {**STEADY, "RETENTION_POLICY_FILE": str(LAPSE_BANDIT)}
     sent = publish(pipeline, simulation_records(Shop(SHOP)))
     worker = pipeline.worker("w1", **env)
