@@ -83,8 +83,8 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
-def admin(settings: Settings) -> AdminClient:
-    return AdminClient(confluent_config(settings))
+def admin(settings: Settings, **extra: Any) -> AdminClient:
+    return AdminClient(confluent_config(settings, **extra))
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:

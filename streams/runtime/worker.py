@@ -27,8 +27,8 @@ import traceback
 from typing import Any
 
 import faust
-from confluent_kafka.admin import AdminClient
 
+from streams.runtime.kafka import admin
 from streams.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def wait_for_brokers(settings: Settings) -> bool:
     """Until the brokers answer a metadata request (True), or RETENTION_BROKER_WAIT_S passed
     (False). One log line per failed attempt; the client's own logs are silenced (librdkafka
     would print each refused connection)."""
-    client = AdminClient({"bootstrap.servers": settings.bootstrap_servers, "log_level": 0})
+    client = admin(settings, log_level=0)
     started, attempt = time.monotonic(), 0
     while True:
         attempt += 1

@@ -151,7 +151,7 @@ def test_no_kafka_client_is_built_outside_the_functions_that_add_the_security_se
                 sites.append((str(path.relative_to(ROOT)), line.strip()))
     assert sites == [
         ("streams/runtime/broker.py", 'admin = AdminClient({"bootstrap.servers": bootstrap_servers, "log_level": 0})'),  # the embedded broker: PLAINTEXT on loopback
-        ("streams/runtime/kafka.py", "return AdminClient(confluent_config(settings))"),
+        ("streams/runtime/kafka.py", "return AdminClient(confluent_config(settings, **extra))"),
         ("streams/runtime/kafka.py", "return Producer(confluent_config("),
         ("streams/runtime/kafka.py", "return Consumer(confluent_config("),
         ("streams/runtime/model_sync.py", "return AIOKafkaConsumer("),

@@ -43,6 +43,7 @@ def answers(settings: Settings, requests: list[tuple[str, dict[str, str]]]) -> l
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.MonkeyPatch]:
     monkeypatch.setenv("RETENTION_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RETENTION_SNAPSHOT_KEY", "k" * 64)  # (a worker needs its model snapshot key)
     monkeypatch.delenv("RETENTION_API_TOKEN", raising=False)
     monkeypatch.delenv("RETENTION_API_TOKEN_FILE", raising=False)
     yield monkeypatch
@@ -50,7 +51,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[pytest.Monk
 
 def test_we_serve_exactly_our_pages() -> None:
     async def paths() -> set[str]:
-        app, _ = create_app(Settings(data_dir=Path("/nonexistent")))
+        app, _ = create_app(Settings(data_dir=Path("/nonexistent"), snapshot_key="k" * 64))
         app.web.init_server()
         return {resource.canonical for resource in app.web.web_app.router.resources()}
 
