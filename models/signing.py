@@ -92,6 +92,7 @@ ALLOWED_GLOBALS = frozenset({
     ("numpy", "dtype"), ("numpy", "ndarray"),
     ("numpy._core.multiarray", "scalar"), ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.numeric", "_frombuffer"),
     ("numpy.core.multiarray", "scalar"), ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.numeric", "_frombuffer"),
+    ("streams.domain.evaluation", "ReplayModels"),  # the bundle of `retention evaluate`'s in-process replay
     ("models.churn", "log_features"),
     ("models.sentiment", "tokens"),
     ("river.tree.splitter.ebst_splitter", "EBSTNode._update_estimator_univariate"),

@@ -187,3 +187,14 @@ def test_a_trained_bundle_of_every_learner_kind_loads_with_the_allowlist(churn: 
     models.stamp("1970-01-02")
     loaded = load_models(dump_models(models))
     assert loaded.report() == models.report()
+
+
+def test_the_in_process_replays_bundle_loads_through_the_allowlist() -> None:
+    """``retention evaluate`` snapshots its own bundle in process (never from the wire); a
+    refusal there would score the replay with priors and part it from the workers."""
+    from models.churn import ChurnModel, LoyaltyModel
+    from streams.domain.evaluation import ReplayModels
+
+    bundle = ReplayModels([ChurnModel(min_labels=1)], [LoyaltyModel(min_labels=1)])
+    loaded = load_models(dump_models(bundle))
+    assert type(loaded) is ReplayModels and len(loaded.churn_models) == len(loaded.loyalty_models) == 1

@@ -92,7 +92,7 @@ class PartitionWork:
     released: dict[str, int] = field(default_factory=dict)  #: actual topic -> next offset after the last record folded
     received: dict[str, int] = field(default_factory=dict)  #: actual topic -> next offset after the last record received
     start: dict[str, int] = field(default_factory=dict)  #: actual topic -> where reading started
-    paused: bool = False
+    paused: set[str] = field(default_factory=set)  #: inputs whose fetching is paused (back-pressure)
     rewritten: set[str] = field(default_factory=set)
     marked: int | None = None  #: the last watermark sent to the trainer
     changelog_next: int = 0
@@ -150,6 +150,7 @@ class BatchIngest:
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.polled_ms = 0
+        self.drained_ms = 0  #: wall time of the last receive that found librdkafka's queue dry
         self.consumer: Any = None
         self.producer: Any = None
         self.changelog: ChangelogWriter | None = None
@@ -297,8 +298,11 @@ class BatchIngest:
             self.producer.poll(RECEIVE_WAIT_S)
             self._store_and_commit()
             return
+        asked_ms = _wall_ms()
         messages = self.consumer.consume(self.max_batch, RECEIVE_WAIT_S)
         self.polled_ms = _wall_ms()
+        if len(messages) < self.max_batch:  # librdkafka's queue ran dry: its fetches are current
+            self.drained_ms = asked_ms
         with self.lock:
             batch = self.batch = self.ledger.open()
             for msg in messages:
@@ -345,12 +349,15 @@ class BatchIngest:
 
     def _caught_up(self, work: PartitionWork, topic: str, since_ms: int) -> bool:
         """Nothing of ``topic`` left to receive, by the high watermark of the fetches (not
-        ListOffsets); a cached watermark is at most about two fetch waits old."""
+        ListOffsets, which some brokers under-report). The watermark librdkafka caches is
+        only trusted as of a receive that found its queue dry (no partition's fetching held
+        back by a full queue), less two fetch waits: fresher than a record that arrived
+        before that, it proves nothing earlier is still on the broker."""
         _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
         if high is None or high < 0:
             return False
         position = work.received.get(topic, work.start.get(topic))
-        fetched = self.polled_ms - 2 * self.settings.fetch_max_wait_ms - 100
+        fetched = self.drained_ms - 2 * self.settings.fetch_max_wait_ms - 100
         return caught_up(position, high, fetched, since_ms)
 
     def _release(self, work: PartitionWork) -> None:
@@ -385,14 +392,17 @@ class BatchIngest:
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
 
     def _pace(self, work: PartitionWork) -> None:
-        """Back-pressure: a partition whose merge holds too much stops fetching until it drains."""
-        tps = [TopicPartition(t, work.partition) for t in self.inputs]
-        if not work.paused and work.merge.size >= self.merge_cap:
-            self.consumer.pause(tps)
-            work.paused = True
-        elif work.paused and work.merge.size <= self.merge_cap // 2:
-            self.consumer.resume(tps)
-            work.paused = False
+        """Back-pressure: an input whose records fill its share of the partition's merge stops
+        fetching until half of them are folded. Only inputs with records buffered are paused:
+        the merge can only be waiting for an input with none, which keeps fetching."""
+        share = max(self.merge_cap // len(self.inputs), 1)
+        for topic, buffer in work.merge.buffers.items():
+            if topic not in work.paused and len(buffer) >= share:
+                self.consumer.pause([TopicPartition(topic, work.partition)])
+                work.paused.add(topic)
+            elif topic in work.paused and len(buffer) <= share // 2:
+                self.consumer.resume([TopicPartition(topic, work.partition)])
+                work.paused.discard(topic)
 
     # ------------------------------------------------------------------ the trainer's side
 
