@@ -152,6 +152,42 @@ def _decayed(value: float, since_ms: int, now_ms: int, half_life_ms: float) -> f
     return value * 0.5 ** (max(0, now_ms - since_ms) / half_life_ms)
 
 
+class Decay(dict[int, float]):
+    """The decay factor from each time ``since`` to ``now_ms``, computed once per time.
+
+    Pair scores updated together share their time, so one learning or recommending call
+    needs a handful of powers, not one per pair; ``value * decay[since]`` is bit for bit
+    :func:`_decayed` (the same factor times the same value).
+
+    >>> decay = Decay(now_ms=20, half_life_ms=10)
+    >>> decay[0], decay[10], decay[30], 3.0 * decay[0] == _decayed(3.0, 0, 20, 10)
+    (0.25, 0.5, 1.0, True)
+    """
+
+    def __init__(self, now_ms: int, half_life_ms: float) -> None:
+        super().__init__()
+        self.now_ms, self.half_life_ms = now_ms, half_life_ms
+
+    def __missing__(self, since_ms: int) -> float:
+        factor = self[since_ms] = 0.5 ** (max(0, self.now_ms - since_ms) / self.half_life_ms)
+        return factor
+
+
+def strongest(row: dict[str, tuple[float, int]], n: int, decay: Decay) -> dict[str, tuple[float, int]]:
+    """The ``n`` entries of largest decayed score, strongest first, ties in row order (as
+    ``heapq.nlargest`` orders them, which is ``sorted(..., reverse=True)[:n]``).
+
+    >>> strongest({"a": (1.0, 0), "b": (4.0, 0), "c": (1.0, 10), "d": (2.0, 10)}, 2, Decay(10, 10))
+    {'b': (4.0, 0), 'd': (2.0, 10)}
+
+    (b: 4 halved once, ties d's 2 and comes first: it is first in the row.)
+    """
+    entries = list(row.items())
+    scores = [value * decay[since] for _, (value, since) in entries]
+    order = sorted(range(len(entries)), key=scores.__getitem__, reverse=True)
+    return dict(entries[i] for i in order[:n])
+
+
 class CoOccurrence:
     """Item-to-item: items one user touched within ``pair_window_ms`` of each other are neighbours.
 
@@ -203,9 +239,10 @@ class CoOccurrence:
             w = self.weights.get(past.kind, 0.0)
             if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
                 partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
+        decay = Decay(t, self.half_life_ms)
         for other, w in partners.items():
-            self._add(item, other, weight * w, t)
-            self._add(other, item, weight * w, t)
+            self._add(item, other, weight * w, t, decay)
+            self._add(other, item, weight * w, t, decay)
 
     def recommend(
         self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
@@ -214,36 +251,38 @@ class CoOccurrence:
         for past in history:
             w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
             votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = {}
+        decay = Decay(now_ms, self.half_life_ms)
         for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
-                scores[source] += self.self_weight * vote
-            row = {
-                other: _decayed(value, since, now_ms, self.half_life_ms)
-                for other, (value, since) in self.neighbours.get(source, {}).items()
-            }
+                scores[source] = scores.get(source, 0) + self.self_weight * vote
+            row = {other: value * decay[since] for other, (value, since) in self.neighbours.get(source, {}).items()}
             if self.normalise and row:
                 vote /= sum(row.values())
             for other, value in row.items():
-                scores[other] += vote * value
+                scores[other] = scores.get(other, 0) + vote * value
         ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
         out = [item for _, item in ranked]
         if len(out) < k:
             out += self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
         return out
 
-    def _add(self, item: str, other: str, weight: float, t: int) -> None:
-        row = self.neighbours.setdefault(item, {})
-        value, since = row.get(other, (0.0, t))
+    def _add(self, item: str, other: str, weight: float, t: int, decay: Decay) -> None:
+        """Add ``weight`` at ``t`` to the pair's score (``decay``: the factors to ``t``)."""
+        row = self.neighbours.get(item)
+        if row is None:
+            row = self.neighbours[item] = {}
+        entry = row.get(other)
+        if entry is None:
+            row[other] = (weight, t)
+            if len(row) > 2 * self.max_neighbours:
+                self.neighbours[item] = strongest(row, self.max_neighbours, decay)
+            return
+        value, since = entry
         if t >= since:
-            row[other] = (_decayed(value, since, t, self.half_life_ms) + weight, t)
+            row[other] = (value * decay[since] + weight, t)
         else:  # a late interaction: its weight as decayed by the time the score is stored at
             row[other] = (value + _decayed(weight, t, since, self.half_life_ms), since)
-        if len(row) > 2 * self.max_neighbours:
-            strongest = heapq.nlargest(
-                self.max_neighbours, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], t, self.half_life_ms)
-            )
-            self.neighbours[item] = dict(strongest)
 
 
 class RecentlySeen:
