@@ -159,10 +159,16 @@ def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
 
 
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
-    """The next event time at which :func:`on_due` has something to do for this user."""
-    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg),
-             attribution.next_maturity(state, cfg.attribution)]
-    return min((t for t in times if t is not None), default=None)
+    """The next event time at which :func:`on_due` has something to do for this user.
+
+    Computed once per step, at its end (``Step.due_ms``); only actions going out after the
+    guard rails change it again (:func:`went_out`)."""
+    due = None
+    for t in (next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg),
+              attribution.next_maturity(state, cfg.attribution)):
+        if t is not None and (due is None or t < due):
+            due = t
+    return due
 
 
 def _score_point(
@@ -248,6 +254,16 @@ def track_actions(state: UserState, actions: list[RetentionAction], cfg: EngineC
     for action in actions:
         attribution.track(state, attribution.awaiting_of(action), cfg.attribution, tally)
     return tally
+
+
+def went_out(state: UserState, step: Step, actions: list[RetentionAction], cfg: EngineConfig) -> None:
+    """The step's ``actions`` that passed the guard rails went out: their attribution windows
+    start (counted in the step's tally) and, if there are any, the step's due time becomes
+    the earlier of its own and their maturity. Without actions nothing that sets the due
+    time changed since the step computed it, so it is not computed again."""
+    step.tally.add(track_actions(state, actions, cfg))
+    if actions:
+        step.due_ms = due_at(state, cfg)
 
 
 def on_due(

@@ -29,7 +29,7 @@ from models.examples import bandit_examples, churn_examples
 from models.score import Score
 from models.trainer import OfflineTraining
 from streams.domain.actions import RetentionAction
-from streams.domain.engine import EngineConfig, Step, due_at, on_due, on_event, track_actions
+from streams.domain.engine import EngineConfig, Step, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, UserEvent
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState
@@ -110,8 +110,7 @@ class Fold:
             self.training.add(example)
         if self.rules is not None:
             step.actions = [a for a in step.actions if self.rules.admit(state, a, self.now)]
-        step.tally.add(track_actions(state, step.actions, self.cfg))  # the actions that went out
-        step.due_ms = due_at(state, self.cfg)  # their windows' maturity too
+        went_out(state, step, step.actions, self.cfg)  # their windows start (and mature at a due check)
         for reward in bandit_examples(step.rewards, self.now):  # the bandits' rewards, as the worker sends them
             self.training.add(reward)
         if self.on_step is not None:

@@ -446,6 +446,17 @@ def _bought_within(state: UserState, start: int, span: int) -> bool:
     return i < len(state.purchase_times) and state.purchase_times[i] <= start + span
 
 
+def mean_purchase_gap(state: UserState) -> float:
+    """The first of :func:`purchase_gaps` alone (the lapse check's due time needs no more).
+
+    >>> mean_purchase_gap(UserState("u", purchases=3, first_purchase=0, last_purchase=4 * MS_PER_DAY))
+    2.0
+    """
+    if state.purchases < 2 or state.first_purchase is None or state.last_purchase is None:
+        return 0.0
+    return (state.last_purchase - state.first_purchase) / MS_PER_DAY / (state.purchases - 1)
+
+
 def purchase_gaps(state: UserState) -> tuple[float, float]:
     """Mean gap between purchases over the lifetime (``(last - first) / (n - 1)``, so
     any arrival order gives it exactly) and the standard deviation of the gaps between
@@ -458,7 +469,7 @@ def purchase_gaps(state: UserState) -> tuple[float, float]:
     """
     if state.purchases < 2 or state.first_purchase is None or state.last_purchase is None:
         return 0.0, 0.0
-    mean = (state.last_purchase - state.first_purchase) / MS_PER_DAY / (state.purchases - 1)
+    mean = mean_purchase_gap(state)
     times = state.purchase_times
     gaps = [(b - a) / MS_PER_DAY for a, b in zip(times, times[1:])]
     if len(gaps) < 2:
