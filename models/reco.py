@@ -152,38 +152,18 @@ def _decayed(value: float, since_ms: int, now_ms: int, half_life_ms: float) -> f
     return value * 0.5 ** (max(0, now_ms - since_ms) / half_life_ms)
 
 
-class Decay(dict[int, float]):
-    """The decay factor from each time ``since`` to ``now_ms``, computed once per time.
+def strongest(row: dict[str, tuple[float, int]], n: int, now_ms: int, half_life_ms: float) -> dict[str, tuple[float, int]]:
+    """The ``n`` entries of largest score decayed to ``now_ms``, strongest first, ties in row
+    order: ``heapq.nlargest`` with a :func:`_decayed` key, which is ``sorted(..., reverse=True)[:n]``,
+    with each key computed once, in line.
 
-    Pair scores updated together share their time, so one learning or recommending call
-    needs a handful of powers, not one per pair; ``value * decay[since]`` is bit for bit
-    :func:`_decayed` (the same factor times the same value).
-
-    >>> decay = Decay(now_ms=20, half_life_ms=10)
-    >>> decay[0], decay[10], decay[30], 3.0 * decay[0] == _decayed(3.0, 0, 20, 10)
-    (0.25, 0.5, 1.0, True)
-    """
-
-    def __init__(self, now_ms: int, half_life_ms: float) -> None:
-        super().__init__()
-        self.now_ms, self.half_life_ms = now_ms, half_life_ms
-
-    def __missing__(self, since_ms: int) -> float:
-        factor = self[since_ms] = 0.5 ** (max(0, self.now_ms - since_ms) / self.half_life_ms)
-        return factor
-
-
-def strongest(row: dict[str, tuple[float, int]], n: int, decay: Decay) -> dict[str, tuple[float, int]]:
-    """The ``n`` entries of largest decayed score, strongest first, ties in row order (as
-    ``heapq.nlargest`` orders them, which is ``sorted(..., reverse=True)[:n]``).
-
-    >>> strongest({"a": (1.0, 0), "b": (4.0, 0), "c": (1.0, 10), "d": (2.0, 10)}, 2, Decay(10, 10))
+    >>> strongest({"a": (1.0, 0), "b": (4.0, 0), "c": (1.0, 10), "d": (2.0, 10)}, 2, now_ms=10, half_life_ms=10)
     {'b': (4.0, 0), 'd': (2.0, 10)}
 
     (b: 4 halved once, ties d's 2 and comes first: it is first in the row.)
     """
     entries = list(row.items())
-    scores = [value * decay[since] for _, (value, since) in entries]
+    scores = [v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life_ms) for _, (v, s) in entries]
     order = sorted(range(len(entries)), key=scores.__getitem__, reverse=True)
     return dict(entries[i] for i in order[:n])
 
@@ -239,10 +219,25 @@ class CoOccurrence:
             w = self.weights.get(past.kind, 0.0)
             if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
                 partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
-        decay = Decay(t, self.half_life_ms)
+        # Both directions of each pair, in line (the hot loop of learning): an existing score
+        # is decayed to t and the weight added; a late one adds the weight decayed to the
+        # score's time; a new neighbour may overfill the row, which keeps its strongest.
+        neighbours, half_life, most = self.neighbours, self.half_life_ms, 2 * self.max_neighbours
         for other, w in partners.items():
-            self._add(item, other, weight * w, t, decay)
-            self._add(other, item, weight * w, t, decay)
+            add = weight * w
+            for a, b in ((item, other), (other, item)):
+                row = neighbours.get(a)
+                if row is None:
+                    row = neighbours[a] = {}
+                entry = row.get(b)
+                if entry is None:
+                    row[b] = (add, t)
+                    if len(row) > most:
+                        neighbours[a] = strongest(row, self.max_neighbours, t, half_life)
+                elif t >= entry[1]:
+                    row[b] = (entry[0] * 0.5 ** ((t - entry[1]) / half_life) + add, t)
+                else:
+                    row[b] = (entry[0] + add * 0.5 ** ((entry[1] - t) / half_life), entry[1])
 
     def recommend(
         self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
@@ -252,11 +247,14 @@ class CoOccurrence:
             w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
             votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
         scores: dict[str, float] = {}
-        decay = Decay(now_ms, self.half_life_ms)
+        half_life = self.half_life_ms
         for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
                 scores[source] = scores.get(source, 0) + self.self_weight * vote
-            row = {other: value * decay[since] for other, (value, since) in self.neighbours.get(source, {}).items()}
+            row = {  # each score decayed to now (as _decayed, in line)
+                other: v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life)
+                for other, (v, s) in self.neighbours.get(source, {}).items()
+            }
             if self.normalise and row:
                 vote /= sum(row.values())
             for other, value in row.items():
@@ -266,23 +264,6 @@ class CoOccurrence:
         if len(out) < k:
             out += self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
         return out
-
-    def _add(self, item: str, other: str, weight: float, t: int, decay: Decay) -> None:
-        """Add ``weight`` at ``t`` to the pair's score (``decay``: the factors to ``t``)."""
-        row = self.neighbours.get(item)
-        if row is None:
-            row = self.neighbours[item] = {}
-        entry = row.get(other)
-        if entry is None:
-            row[other] = (weight, t)
-            if len(row) > 2 * self.max_neighbours:
-                self.neighbours[item] = strongest(row, self.max_neighbours, decay)
-            return
-        value, since = entry
-        if t >= since:
-            row[other] = (value * decay[since] + weight, t)
-        else:  # a late interaction: its weight as decayed by the time the score is stored at
-            row[other] = (value + _decayed(weight, t, since, self.half_life_ms), since)
 
 
 class RecentlySeen:

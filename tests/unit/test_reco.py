@@ -12,7 +12,6 @@ from models.reco import (
     PURCHASES_ONLY,
     WEIGHTS,
     CoOccurrence,
-    Decay,
     FactorModel,
     Interaction,
     Popularity,
@@ -250,10 +249,25 @@ def test_a_late_interaction_adds_its_weight_decayed_to_the_time_the_score_is_sto
 
 
 class EagerCoOccurrence(CoOccurrence):
-    """Co-occurrence as it was written before the decay factors were shared: every pair's
-    score decayed on its own, and pruned by ``heapq.nlargest``."""
+    """Co-occurrence as it was written before its hot loops were written in line: every
+    pair's score decayed by a call of ``_decayed``, and pruned by ``heapq.nlargest``."""
 
-    def _add(self, item, other, weight, t, decay=None) -> None:  # type: ignore[no-untyped-def]
+    def learn(self, interaction, history) -> None:  # type: ignore[no-untyped-def]
+        self.popularity.learn(interaction, history)
+        weight = self.weights.get(interaction.kind, 0.0)
+        if not weight:
+            return
+        t, item = interaction.ts_ms, interaction.item_id
+        partners: dict[str, float] = {}
+        for past in history:
+            w = self.weights.get(past.kind, 0.0)
+            if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
+                partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
+        for other, w in partners.items():
+            self._add(item, other, weight * w, t)
+            self._add(other, item, weight * w, t)
+
+    def _add(self, item, other, weight, t) -> None:  # type: ignore[no-untyped-def]
         row = self.neighbours.setdefault(item, {})
         value, since = row.get(other, (0.0, t))
         if t >= since:
@@ -284,7 +298,7 @@ class EagerCoOccurrence(CoOccurrence):
         return out + self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
 
 
-def test_shared_decay_factors_learn_and_recommend_bit_for_bit_as_each_pair_decayed_alone() -> None:
+def test_learning_and_recommending_in_line_are_bit_for_bit_the_eager_version() -> None:
     rng = random.Random(5)
     shared, eager = CoOccurrence(max_neighbours=4), EagerCoOccurrence(max_neighbours=4)
     items = [f"i{n}" for n in range(40)]
@@ -304,8 +318,8 @@ def test_shared_decay_factors_learn_and_recommend_bit_for_bit_as_each_pair_decay
 
 def test_strongest_keeps_the_largest_decayed_scores_with_ties_in_row_order() -> None:
     row = {"a": (1.0, 0), "b": (2.0, 0), "c": (4.0, -DAY), "d": (1.0, 0), "e": (0.5, 2 * DAY)}
-    assert strongest(row, 3, Decay(DAY, DAY)) == {"b": (2.0, 0), "c": (4.0, -DAY), "a": (1.0, 0)}  # c: 4 x 1/4 = 1 ties a, d
-    assert list(strongest(row, 3, Decay(DAY, DAY))) == [
+    assert strongest(row, 3, DAY, DAY) == {"b": (2.0, 0), "c": (4.0, -DAY), "a": (1.0, 0)}  # c: 4 x 1/4 = 1 ties a, d
+    assert list(strongest(row, 3, DAY, DAY)) == [
         kv[0] for kv in heapq.nlargest(3, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], DAY, DAY))]
 
 
