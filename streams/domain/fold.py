@@ -29,7 +29,7 @@ from models.examples import bandit_examples, churn_examples
 from models.score import Score
 from models.trainer import OfflineTraining
 from streams.domain.actions import RetentionAction
-from streams.domain.engine import EngineConfig, Step, on_due, on_event, went_out
+from streams.domain.engine import EngineConfig, Step, Unknown, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, UserEvent
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState
@@ -93,9 +93,14 @@ class Fold:
         models = self.models
         step = None
         if not isinstance(event, Heartbeat):
-            state = self.states.setdefault(event.user_id, UserState(event.user_id))
+            state = self.states.get(event.user_id)
+            due: int | None | Unknown = Unknown.DUE  # a new user's: computed
+            if state is None:
+                state = self.states[event.user_id] = UserState(event.user_id)
+            else:
+                due = self.queue.due(event.user_id)  # as the user's last step left it
             after = self.rules.before(state, event) if self.rules is not None else None
-            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty, self.rules)
+            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty, self.rules, due)
             if step.applied is not Applied.DUPLICATE:  # a re-sent copy changes nothing
                 if after is not None:
                     after()
