@@ -251,13 +251,14 @@ class CoOccurrence:
         for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
                 scores[source] = scores.get(source, 0) + self.self_weight * vote
-            row = {  # each score decayed to now (as _decayed, in line)
-                other: v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life)
-                for other, (v, s) in self.neighbours.get(source, {}).items()
-            }
-            if self.normalise and row:
-                vote /= sum(row.values())
-            for other, value in row.items():
+            row = self.neighbours.get(source)
+            if not row:
+                continue
+            # each score decayed to now (as _decayed, in line), in the row's order
+            values = [v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life) for v, s in row.values()]
+            if self.normalise:
+                vote /= sum(values)
+            for other, value in zip(row, values):
                 scores[other] = scores.get(other, 0) + vote * value
         ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
         out = [item for _, item in ranked]
