@@ -215,9 +215,10 @@ class CoOccurrence:
             return
         t, item = interaction.ts_ms, interaction.item_id
         partners: dict[str, float] = {}
+        kind_weight, window = self.weights.get, self.pair_window_ms
         for past in history:
-            w = self.weights.get(past.kind, 0.0)
-            if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
+            w = kind_weight(past.kind, 0.0)
+            if past.item_id != item and w and 0 <= t - past.ts_ms <= window:
                 partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
         # Both directions of each pair, in line (the hot loop of learning): an existing score
         # is decayed to t and the weight added; a late one adds the weight decayed to the

@@ -375,6 +375,10 @@ def _apply_review(state: UserState, review: Review, sentiment: float | None) -> 
         state.last_sentiment_milli = milli
 
 
+def _by_time(touch: ItemTouch) -> tuple[int, str]:
+    return touch.ts, touch.item
+
+
 def touch_item(state: UserState, item: str, kind: int, ts: int) -> None:
     """Record an interaction: one entry per item (its latest time, its heaviest kind), the
     latest RECENT_ITEMS items kept.
@@ -391,8 +395,7 @@ def touch_item(state: UserState, item: str, kind: int, ts: int) -> None:
             kind, ts = max(kind, touch.kind), max(ts, touch.ts)
             del state.items[i]
             break
-    state.items.append(ItemTouch(item, kind, ts))
-    state.items.sort(key=lambda t: (t.ts, t.item))
+    bisect.insort(state.items, ItemTouch(item, kind, ts), key=_by_time)  # the list is kept sorted: one insertion
     if len(state.items) > RECENT_ITEMS:
         del state.items[0]
 
