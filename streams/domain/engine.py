@@ -277,8 +277,8 @@ def went_out(state: UserState, step: Step, actions: list[RetentionAction], cfg: 
     start (counted in the step's tally) and, if there are any, the step's due time becomes
     the earlier of its own and their maturity. Without actions nothing that sets the due
     time changed since the step computed it, so it is not computed again."""
-    step.tally.add(track_actions(state, actions, cfg))
     if actions:
+        step.tally.add(track_actions(state, actions, cfg))
         step.due_ms = due_at(state, cfg)
 
 
