@@ -214,17 +214,11 @@ class CoOccurrence:
         if not weight:
             return
         t, item = interaction.ts_ms, interaction.item_id
-        partners: dict[str, float] = {}
-        kind_weight, window = self.weights.get, self.pair_window_ms
-        for past in history:
-            w = kind_weight(past.kind, 0.0)
-            if past.item_id != item and w and 0 <= t - past.ts_ms <= window:
-                partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
         # Both directions of each pair, in line (the hot loop of learning): an existing score
         # is decayed to t and the weight added; a late one adds the weight decayed to the
         # score's time; a new neighbour may overfill the row, which keeps its strongest.
         neighbours, half_life, most = self.neighbours, self.half_life_ms, 2 * self.max_neighbours
-        for other, w in partners.items():
+        for other, w in self.partners(interaction, history).items():
             add = weight * w
             for a, b in ((item, other), (other, item)):
                 row = neighbours.get(a)
@@ -239,6 +233,18 @@ class CoOccurrence:
                     row[b] = (entry[0] * 0.5 ** ((t - entry[1]) / half_life) + add, t)
                 else:
                     row[b] = (entry[0] + add * 0.5 ** ((entry[1] - t) / half_life), entry[1])
+
+    def partners(self, interaction: Interaction, history: Sequence[Interaction]) -> dict[str, float]:
+        """The other items of ``history`` within the pair window before ``interaction``, each
+        once at its heaviest kind's weight."""
+        t, item = interaction.ts_ms, interaction.item_id
+        partners: dict[str, float] = {}
+        kind_weight, window = self.weights.get, self.pair_window_ms
+        for past in history:
+            w = kind_weight(past.kind, 0.0)
+            if past.item_id != item and w and 0 <= t - past.ts_ms <= window:
+                partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
+        return partners
 
     def recommend(
         self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int

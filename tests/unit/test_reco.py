@@ -258,12 +258,7 @@ class EagerCoOccurrence(CoOccurrence):
         if not weight:
             return
         t, item = interaction.ts_ms, interaction.item_id
-        partners: dict[str, float] = {}
-        for past in history:
-            w = self.weights.get(past.kind, 0.0)
-            if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
-                partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
-        for other, w in partners.items():
+        for other, w in self.partners(interaction, history).items():
             self._add(item, other, weight * w, t)
             self._add(other, item, weight * w, t)
 
