@@ -152,6 +152,22 @@ def _decayed(value: float, since_ms: int, now_ms: int, half_life_ms: float) -> f
     return value * 0.5 ** (max(0, now_ms - since_ms) / half_life_ms)
 
 
+def strongest(row: dict[str, tuple[float, int]], n: int, now_ms: int, half_life_ms: float) -> dict[str, tuple[float, int]]:
+    """The ``n`` entries of largest score decayed to ``now_ms``, strongest first, ties in row
+    order: ``heapq.nlargest`` with a :func:`_decayed` key, which is ``sorted(..., reverse=True)[:n]``,
+    with each key computed once, in line.
+
+    >>> strongest({"a": (1.0, 0), "b": (4.0, 0), "c": (1.0, 10), "d": (2.0, 10)}, 2, now_ms=10, half_life_ms=10)
+    {'b': (4.0, 0), 'd': (2.0, 10)}
+
+    (b: 4 halved once, ties d's 2 and comes first: it is first in the row.)
+    """
+    entries = list(row.items())
+    scores = [v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life_ms) for _, (v, s) in entries]
+    order = sorted(range(len(entries)), key=scores.__getitem__, reverse=True)
+    return dict(entries[i] for i in order[:n])
+
+
 class CoOccurrence:
     """Item-to-item: items one user touched within ``pair_window_ms`` of each other are neighbours.
 
@@ -198,14 +214,37 @@ class CoOccurrence:
         if not weight:
             return
         t, item = interaction.ts_ms, interaction.item_id
+        # Both directions of each pair, in line (the hot loop of learning): an existing score
+        # is decayed to t and the weight added; a late one adds the weight decayed to the
+        # score's time; a new neighbour may overfill the row, which keeps its strongest.
+        neighbours, half_life, most = self.neighbours, self.half_life_ms, 2 * self.max_neighbours
+        for other, w in self.partners(interaction, history).items():
+            add = weight * w
+            for a, b in ((item, other), (other, item)):
+                row = neighbours.get(a)
+                if row is None:
+                    row = neighbours[a] = {}
+                entry = row.get(b)
+                if entry is None:
+                    row[b] = (add, t)
+                    if len(row) > most:
+                        neighbours[a] = strongest(row, self.max_neighbours, t, half_life)
+                elif t >= entry[1]:
+                    row[b] = (entry[0] * 0.5 ** ((t - entry[1]) / half_life) + add, t)
+                else:
+                    row[b] = (entry[0] + add * 0.5 ** ((entry[1] - t) / half_life), entry[1])
+
+    def partners(self, interaction: Interaction, history: Sequence[Interaction]) -> dict[str, float]:
+        """The other items of ``history`` within the pair window before ``interaction``, each
+        once at its heaviest kind's weight."""
+        t, item = interaction.ts_ms, interaction.item_id
         partners: dict[str, float] = {}
+        kind_weight, window = self.weights.get, self.pair_window_ms
         for past in history:
-            w = self.weights.get(past.kind, 0.0)
-            if past.item_id != item and w and 0 <= t - past.ts_ms <= self.pair_window_ms:
+            w = kind_weight(past.kind, 0.0)
+            if past.item_id != item and w and 0 <= t - past.ts_ms <= window:
                 partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
-        for other, w in partners.items():
-            self._add(item, other, weight * w, t)
-            self._add(other, item, weight * w, t)
+        return partners
 
     def recommend(
         self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
@@ -214,36 +253,25 @@ class CoOccurrence:
         for past in history:
             w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
             votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
-        scores: Counter[str] = Counter()
+        scores: dict[str, float] = {}
+        half_life = self.half_life_ms
         for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
-                scores[source] += self.self_weight * vote
-            row = {
-                other: _decayed(value, since, now_ms, self.half_life_ms)
-                for other, (value, since) in self.neighbours.get(source, {}).items()
-            }
-            if self.normalise and row:
-                vote /= sum(row.values())
-            for other, value in row.items():
-                scores[other] += vote * value
+                scores[source] = scores.get(source, 0) + self.self_weight * vote
+            row = self.neighbours.get(source)
+            if not row:
+                continue
+            # each score decayed to now (as _decayed, in line), in the row's order
+            values = [v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life) for v, s in row.values()]
+            if self.normalise:
+                vote /= sum(values)
+            for other, value in zip(row, values):
+                scores[other] = scores.get(other, 0) + vote * value
         ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
         out = [item for _, item in ranked]
         if len(out) < k:
             out += self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
         return out
-
-    def _add(self, item: str, other: str, weight: float, t: int) -> None:
-        row = self.neighbours.setdefault(item, {})
-        value, since = row.get(other, (0.0, t))
-        if t >= since:
-            row[other] = (_decayed(value, since, t, self.half_life_ms) + weight, t)
-        else:  # a late interaction: its weight as decayed by the time the score is stored at
-            row[other] = (value + _decayed(weight, t, since, self.half_life_ms), since)
-        if len(row) > 2 * self.max_neighbours:
-            strongest = heapq.nlargest(
-                self.max_neighbours, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], t, self.half_life_ms)
-            )
-            self.neighbours[item] = dict(strongest)
 
 
 class RecentlySeen:

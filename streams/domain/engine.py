@@ -38,6 +38,7 @@ decides, as the evaluation replays do.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -159,10 +160,16 @@ def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
 
 
 def due_at(state: UserState, cfg: EngineConfig) -> int | None:
-    """The next event time at which :func:`on_due` has something to do for this user."""
-    times = [next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg),
-             attribution.next_maturity(state, cfg.attribution)]
-    return min((t for t in times if t is not None), default=None)
+    """The next event time at which :func:`on_due` has something to do for this user.
+
+    Computed once per step, at its end (``Step.due_ms``); only actions going out after the
+    guard rails change it again (:func:`went_out`)."""
+    due = None
+    for t in (next_maturity(state, cfg.horizon_ms), lapse_check_due(state, cfg.policy), sweep_due(state, cfg),
+              attribution.next_maturity(state, cfg.attribution)):
+        if t is not None and (due is None or t < due):
+            due = t
+    return due
 
 
 def _score_point(
@@ -193,15 +200,29 @@ def _scored(model: ChurnScorer | LoyaltyScorer | None, x: dict[str, float]) -> t
     return score.value, prior, learned
 
 
+class Unknown(enum.Enum):
+    """The caller does not know the user's due time (:func:`on_event` computes it)."""
+
+    DUE = "unknown"
+
+
 def on_event(
     state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig, sentiment: float | None = None,
     churn: ChurnScorer | None = None, loyalty: LoyaltyScorer | None = None, act: Actor | None = None,
+    due_before: int | None | Unknown = Unknown.DUE,
 ) -> Step:
     """Fold ``event`` in at event-time clock ``now_ms`` (``sentiment``: a review text's score).
 
     A purchase resolves pending labels and is a scoring point; ``churn`` and ``loyalty``,
     when given, record their predictions with it. ``act``: the rules of the triggers an
-    event can fire (negative review, first purchase, a cart found abandoned)."""
+    event can fire (negative review, first purchase, a cart found abandoned).
+
+    ``due_before``: the due time the user's previous step left (``Step.due_ms``, as the
+    caller's due queue holds it), if the caller knows it. Only a purchase or an outcome
+    moves what the due time depends on (labels, purchases, the unsubscription, the
+    decisions waiting: the actions of this step wait only once they went out, see
+    :func:`went_out`), so for a click or a review it is the step's due time, not computed
+    again: most events are clicks."""
     carts = state.carts_abandoned
     applied = apply_event(state, event, now_ms, cfg.state, sentiment)
     examples: list[Matured] = []
@@ -220,8 +241,9 @@ def on_event(
             actions += act("first_purchase", state, now_ms, event.ts)
         actions += _abandoned(act, state, now_ms, carts)
     tally = _attribute_event(state, event, applied, cfg)
-    return Step(applied=applied, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
-                negative_review=negative, tally=tally)
+    moved = due_before is Unknown.DUE or isinstance(event, (Purchase, Outcome))
+    return Step(applied=applied, examples=examples, points=points, actions=actions,
+                due_ms=due_at(state, cfg) if moved else due_before, negative_review=negative, tally=tally)
 
 
 def _abandoned(act: Actor, state: UserState, now_ms: int, before: int) -> list[RetentionAction]:
@@ -248,6 +270,16 @@ def track_actions(state: UserState, actions: list[RetentionAction], cfg: EngineC
     for action in actions:
         attribution.track(state, attribution.awaiting_of(action), cfg.attribution, tally)
     return tally
+
+
+def went_out(state: UserState, step: Step, actions: list[RetentionAction], cfg: EngineConfig) -> None:
+    """The step's ``actions`` that passed the guard rails went out: their attribution windows
+    start (counted in the step's tally) and, if there are any, the step's due time becomes
+    the earlier of its own and their maturity. Without actions nothing that sets the due
+    time changed since the step computed it, so it is not computed again."""
+    if actions:
+        step.tally.add(track_actions(state, actions, cfg))
+        step.due_ms = due_at(state, cfg)
 
 
 def on_due(

@@ -20,7 +20,7 @@ from streams.domain.population import Population, rfm_of
 from streams.domain.sketches import kmv_count
 from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_day_count, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
-from streams.domain.windows import CLICK_KINDS, LEVELS, WINDOWS, window_span
+from streams.domain.windows import CLICK_KINDS, COLUMNS, LEVELS, WINDOWS, window_span
 
 
 class Feature(NamedTuple):
@@ -31,6 +31,7 @@ class Feature(NamedTuple):
 
 
 CLICK_WINDOWS = ("1h", "24h", "7d", "30d", "90d")
+_COLUMN = {name: i for i, name in enumerate(COLUMNS)}
 PURCHASE_WINDOWS = ("7d", "30d", "90d", "365d")
 
 
@@ -116,14 +117,15 @@ def features(
     """Every feature of :data:`FEATURES` at event time ``now``; the RFM scores are 0
     without a ``population`` to rank against."""
     tiles = state.tiles
+    sums = {window: tiles.sums(window, now) for window in WINDOWS}  # one pass over each window's tiles
     out: dict[str, float] = {}
     for window in CLICK_WINDOWS:
         for kind in CLICK_KINDS:
-            out[f"{kind}_{window}"] = tiles.window(window, kind, now)
-        out[f"sessions_{window}"] = tiles.window(window, "sessions", now)
+            out[f"{kind}_{window}"] = sums[window][_COLUMN[kind]]
+        out[f"sessions_{window}"] = sums[window][_COLUMN["sessions"]]
     for window in PURCHASE_WINDOWS:
-        out[f"purchases_{window}"] = tiles.window(window, "purchases", now)
-        out[f"spend_{window}"] = tiles.window(window, "spend_cents", now) / 100
+        out[f"purchases_{window}"] = sums[window][_COLUMN["purchases"]]
+        out[f"spend_{window}"] = sums[window][_COLUMN["spend_cents"]] / 100
     out["days_active_30d"] = tiles.active_tiles("30d", CLICK_KINDS, now)
     out["distinct_items_viewed"] = kmv_count(state.items_seen)
     out["distinct_categories_viewed"] = kmv_count(state.categories_seen)
@@ -144,7 +146,7 @@ def features(
         level, n = WINDOWS[window]
         current = now // LEVELS[level].tile_ms
         recent = sum(1 for ts in open_abandoned if current - n < ts // LEVELS[level].tile_ms <= current)
-        out[f"carts_abandoned_{window}"] = tiles.window(window, "carts_abandoned", now) + recent
+        out[f"carts_abandoned_{window}"] = sums[window][_COLUMN["carts_abandoned"]] + recent
     out["carts_abandoned"] = state.carts_abandoned + len(open_abandoned)
     since = state.last_purchase if state.last_purchase is not None else -1
     out["searches_since_purchase"] = sum(1 for ts in state.search_times if ts > since)

@@ -29,7 +29,7 @@ from models.examples import bandit_examples, churn_examples
 from models.score import Score
 from models.trainer import OfflineTraining
 from streams.domain.actions import RetentionAction
-from streams.domain.engine import EngineConfig, Step, due_at, on_due, on_event, track_actions
+from streams.domain.engine import EngineConfig, Step, Unknown, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, UserEvent
 from streams.domain.schedule import DueQueue
 from streams.domain.state import Applied, UserState
@@ -93,9 +93,14 @@ class Fold:
         models = self.models
         step = None
         if not isinstance(event, Heartbeat):
-            state = self.states.setdefault(event.user_id, UserState(event.user_id))
+            state = self.states.get(event.user_id)
+            due: int | None | Unknown = Unknown.DUE  # a new user's: computed
+            if state is None:
+                state = self.states[event.user_id] = UserState(event.user_id)
+            else:
+                due = self.queue.due(event.user_id)  # as the user's last step left it
             after = self.rules.before(state, event) if self.rules is not None else None
-            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty, self.rules)
+            step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty, self.rules, due)
             if step.applied is not Applied.DUPLICATE:  # a re-sent copy changes nothing
                 if after is not None:
                     after()
@@ -110,8 +115,7 @@ class Fold:
             self.training.add(example)
         if self.rules is not None:
             step.actions = [a for a in step.actions if self.rules.admit(state, a, self.now)]
-        step.tally.add(track_actions(state, step.actions, self.cfg))  # the actions that went out
-        step.due_ms = due_at(state, self.cfg)  # their windows' maturity too
+        went_out(state, step, step.actions, self.cfg)  # their windows start (and mature at a due check)
         for reward in bandit_examples(step.rewards, self.now):  # the bandits' rewards, as the worker sends them
             self.training.add(reward)
         if self.on_step is not None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from models.score import Score
 from streams.domain.actions import ControlBy, Reason, RetentionAction, action_id, coupon_code, experiment_group
 from streams.domain.features import as_dict
-from streams.domain.state import UserState, purchase_gaps
+from streams.domain.state import UserState, mean_purchase_gap
 from streams.domain.timestamps import MS_PER_DAY, format_ts
 
 LAPSED_AFTER_STREAK = "lapsed_after_streak"
@@ -42,7 +42,7 @@ def lapse_check_due(state: UserState, cfg: PolicyConfig) -> int | None:
         return None
     if state.lapse_acted == last:
         return None
-    wait_days = max(cfg.lapse_min_days, cfg.lapse_gap_factor * purchase_gaps(state)[0])
+    wait_days = max(cfg.lapse_min_days, cfg.lapse_gap_factor * mean_purchase_gap(state))
     due = last + int(wait_days * MS_PER_DAY)
     if state.lapse_checked is not None and state.lapse_checked >= due:
         due = state.lapse_checked + int(cfg.recheck_days * MS_PER_DAY)

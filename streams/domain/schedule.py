@@ -43,6 +43,10 @@ class DueQueue:
                 due.append(user_id)
         return due
 
+    def due(self, user_id: str) -> int | None:
+        """The user's due time as last scheduled (None: not due at all)."""
+        return self._due.get(user_id)
+
     def next_due(self) -> int | None:
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
             heapq.heappop(self._heap)

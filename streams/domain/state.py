@@ -375,6 +375,10 @@ def _apply_review(state: UserState, review: Review, sentiment: float | None) -> 
         state.last_sentiment_milli = milli
 
 
+def _by_time(touch: ItemTouch) -> tuple[int, str]:
+    return touch.ts, touch.item
+
+
 def touch_item(state: UserState, item: str, kind: int, ts: int) -> None:
     """Record an interaction: one entry per item (its latest time, its heaviest kind), the
     latest RECENT_ITEMS items kept.
@@ -391,8 +395,7 @@ def touch_item(state: UserState, item: str, kind: int, ts: int) -> None:
             kind, ts = max(kind, touch.kind), max(ts, touch.ts)
             del state.items[i]
             break
-    state.items.append(ItemTouch(item, kind, ts))
-    state.items.sort(key=lambda t: (t.ts, t.item))
+    bisect.insort(state.items, ItemTouch(item, kind, ts), key=_by_time)  # the list is kept sorted: one insertion
     if len(state.items) > RECENT_ITEMS:
         del state.items[0]
 
@@ -446,6 +449,17 @@ def _bought_within(state: UserState, start: int, span: int) -> bool:
     return i < len(state.purchase_times) and state.purchase_times[i] <= start + span
 
 
+def mean_purchase_gap(state: UserState) -> float:
+    """The first of :func:`purchase_gaps` alone (the lapse check's due time needs no more).
+
+    >>> mean_purchase_gap(UserState("u", purchases=3, first_purchase=0, last_purchase=4 * MS_PER_DAY))
+    2.0
+    """
+    if state.purchases < 2 or state.first_purchase is None or state.last_purchase is None:
+        return 0.0
+    return (state.last_purchase - state.first_purchase) / MS_PER_DAY / (state.purchases - 1)
+
+
 def purchase_gaps(state: UserState) -> tuple[float, float]:
     """Mean gap between purchases over the lifetime (``(last - first) / (n - 1)``, so
     any arrival order gives it exactly) and the standard deviation of the gaps between
@@ -458,7 +472,7 @@ def purchase_gaps(state: UserState) -> tuple[float, float]:
     """
     if state.purchases < 2 or state.first_purchase is None or state.last_purchase is None:
         return 0.0, 0.0
-    mean = (state.last_purchase - state.first_purchase) / MS_PER_DAY / (state.purchases - 1)
+    mean = mean_purchase_gap(state)
     times = state.purchase_times
     gaps = [(b - a) / MS_PER_DAY for a, b in zip(times, times[1:])]
     if len(gaps) < 2:

@@ -7,7 +7,7 @@ import pytest
 from models.churn import ChurnModel, LoyaltyModel, recency_prior
 from models.score import Score
 from streams.domain.actions import decode_action, encode_action
-from streams.domain.engine import EngineConfig, on_due, on_event
+from streams.domain.engine import EngineConfig, Unknown, due_at, on_due, on_event, went_out
 from streams.domain.events import Click, ClickKind, Item, Outcome, OutcomeKind, Purchase, Review
 from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector, features
 from streams.domain.policy import PolicyConfig
@@ -172,6 +172,36 @@ def test_states_encoded_before_loyalty_labels_and_sweeps_still_load() -> None:
     loaded = load_state(msgspec.msgpack.encode(old))
     assert loaded.swept_at is None and loaded.pending[0].days == 0 and loaded.pending[0].churn_p is None
     assert labels(on_due(loaded, day(30) + 1, Fixed(0.0), NO_SWEEP)) == [(day(0), 1, 0)]
+
+
+def test_the_due_time_is_computed_again_only_when_actions_went_out() -> None:
+    state = UserState("u1")
+    streak(state, [0, 7, 14, 21])
+    on_due(state, day(30) + 1, Fixed(0.9), CFG)
+    fired = on_due(state, day(35), Fixed(0.9), CFG)
+    assert len(fired.actions) == 1 and fired.due_ms == day(44) + 1 == due_at(state, CFG)
+    went_out(state, fired, [], CFG)  # the guard rails let nothing out: nothing changed the due time
+    assert fired.due_ms == day(44) + 1 and not fired.tally
+    went_out(state, fired, fired.actions, CFG)  # the coupon's window matures 14 days and 1 hour later
+    assert fired.due_ms == due_at(state, CFG) == day(44) + 1
+    assert fired.tally.decisions["coupon|lapsed_after_streak|treatment"].decided == 1
+    early = on_due(state, day(44) + 1, Fixed(0.9), CFG)  # the labels of day 14 mature: next, the window's end
+    assert early.due_ms == day(49) + CFG.attribution.lateness_ms
+
+
+def test_a_click_or_a_review_keeps_the_due_time_its_caller_knows_a_purchase_or_an_outcome_computes_it() -> None:
+    state = UserState("u1")
+    streak(state, [0, 7, 14, 21])
+    known = due_at(state, CFG)
+    search = Click(event_id="c", user_id="u1", ts=day(22), kind=ClickKind.SEARCH)
+    assert on_event(state, search, day(22), CFG, due_before=known).due_ms == known == due_at(state, CFG)
+    review = Review(event_id="r", user_id="u1", ts=day(22), order_id="o0", item_id="i1", rating=2)
+    assert on_event(state, review, day(22), CFG, due_before=-7).due_ms == -7  # taken as given: not computed
+    assert on_event(state, purchase(23), day(23), CFG, due_before=-7).due_ms == due_at(state, CFG) != -7
+    unsubscribed = Outcome(action_id="a", user_id="u1", ts=day(24), outcome=OutcomeKind.UNSUBSCRIBED)
+    assert on_event(state, unsubscribed, day(24), CFG, due_before=-7).due_ms == due_at(state, CFG) != -7
+    assert on_event(UserState("u2"), Click(event_id="c", user_id="u2", ts=0, kind=ClickKind.SEARCH), 0, CFG,
+                    due_before=Unknown.DUE).due_ms is None
 
 
 def test_lapsed_streak_customer_gets_one_coupon_per_episode() -> None:

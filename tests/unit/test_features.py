@@ -15,7 +15,7 @@ from streams.domain.events import Click, ClickKind, Item, Purchase, Review, User
 from streams.domain.features import CLICK_WINDOWS, FEATURE_NAMES, FEATURES, MODEL_FEATURES, features, features_markdown, feature_vector
 from streams.domain.state import Applied, StateConfig, UserState, advance, apply_event, dump_state, load_state
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
-from streams.domain.windows import CLICK_KINDS
+from streams.domain.windows import CLICK_KINDS, COLUMNS, WINDOWS, Tiles
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a Thursday
 CFG = StateConfig(allowed_lateness_ms=6 * MS_PER_HOUR, cart_timeout_ms=24 * MS_PER_HOUR, session_gap_ms=30 * 60_000)
@@ -248,3 +248,16 @@ def test_rfm_scores_rank_a_buyer_against_the_population() -> None:
     z = features(buyers[0], at(10), CFG, population)
     assert (z["rfm_recency"], z["rfm_monetary"], population.size) == (5, 5, 10)
     assert features(run([click("c", at(1))]), at(2), CFG, population)["rfm_recency"] == 0  # never bought
+
+
+def test_the_sums_of_a_window_are_each_column_summed_alone() -> None:
+    rng = random.Random(3)
+    tiles, now = Tiles(), T0
+    for n in range(600):  # late additions too, and tiles expiring on every level
+        now += rng.randrange(4 * MS_PER_HOUR)
+        tiles.add(now - rng.randrange(3 * MS_PER_HOUR), {rng.choice(COLUMNS): rng.randrange(1, 5)}, now)
+        tiles.expire(now)
+        if n % 60 == 0:
+            for window in WINDOWS:
+                assert tiles.sums(window, now) == [tiles.window(window, column, now) for column in COLUMNS]
+    assert tiles.sums("1h", now + 400 * MS_PER_DAY) == [0] * len(COLUMNS)

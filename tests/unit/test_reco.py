@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import heapq
+import random
+from collections import Counter
+
 import pytest
 
 from models.reco import (
@@ -13,7 +17,9 @@ from models.reco import (
     Popularity,
     RecentlySeen,
     default_recommender,
+    _decayed,
     interactions,
+    strongest,
 )
 from models.reco_eval import evaluate
 from streams.domain.events import Click, ClickKind, Item, Purchase
@@ -240,6 +246,76 @@ def test_a_late_interaction_adds_its_weight_decayed_to_the_time_the_score_is_sto
     model.learn(Interaction("a", "x", "product_view", T0 + 20 * DAY), (Interaction("a", "y", "product_view", T0 + 20 * DAY),))
     model.learn(Interaction("b", "x", "product_view", T0 + 10 * DAY), (Interaction("b", "y", "product_view", T0 + 10 * DAY),))
     assert model.neighbours["x"]["y"] == (pytest.approx(1.0 + 0.5), T0 + 20 * DAY)
+
+
+class EagerCoOccurrence(CoOccurrence):
+    """Co-occurrence as it was written before its hot loops were written in line: every
+    pair's score decayed by a call of ``_decayed``, and pruned by ``heapq.nlargest``."""
+
+    def learn(self, interaction, history) -> None:  # type: ignore[no-untyped-def]
+        self.popularity.learn(interaction, history)
+        weight = self.weights.get(interaction.kind, 0.0)
+        if not weight:
+            return
+        t, item = interaction.ts_ms, interaction.item_id
+        for other, w in self.partners(interaction, history).items():
+            self._add(item, other, weight * w, t)
+            self._add(other, item, weight * w, t)
+
+    def _add(self, item, other, weight, t) -> None:  # type: ignore[no-untyped-def]
+        row = self.neighbours.setdefault(item, {})
+        value, since = row.get(other, (0.0, t))
+        if t >= since:
+            row[other] = (_decayed(value, since, t, self.half_life_ms) + weight, t)
+        else:
+            row[other] = (value + _decayed(weight, t, since, self.half_life_ms), since)
+        if len(row) > 2 * self.max_neighbours:
+            kept = heapq.nlargest(
+                self.max_neighbours, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], t, self.half_life_ms)
+            )
+            self.neighbours[item] = dict(kept)
+
+    def recommend(self, user_id, history, k, exclude, now_ms):  # type: ignore[no-untyped-def]
+        votes: dict[str, float] = {}
+        for past in history:
+            w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
+            votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
+        scores: Counter[str] = Counter()
+        for source, vote in votes.items() if len(votes) >= self.min_history else ():
+            scores[source] += self.self_weight * vote
+            row = {o: _decayed(v, s, now_ms, self.half_life_ms) for o, (v, s) in self.neighbours.get(source, {}).items()}
+            if self.normalise and row:
+                vote /= sum(row.values())
+            for other, value in row.items():
+                scores[other] += vote * value
+        ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
+        out = [item for _, item in ranked]
+        return out + self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
+
+
+def test_learning_and_recommending_in_line_are_bit_for_bit_the_eager_version() -> None:
+    rng = random.Random(5)
+    shared, eager = CoOccurrence(max_neighbours=4), EagerCoOccurrence(max_neighbours=4)
+    items = [f"i{n}" for n in range(40)]
+    rows = []
+    for n in range(3000):  # late interactions (up to a day back), pruning (many neighbours), ties (equal times)
+        rows.append((f"u{rng.randrange(60)}", rng.choice(items), rng.choice(list(WEIGHTS)), T0 + n * HOUR - rng.randrange(3) * 12 * HOUR))
+    learn_all(shared, rows)
+    learn_all(eager, rows)
+    assert shared.neighbours == eager.neighbours
+    assert [list(row) for row in shared.neighbours.values()] == [list(row) for row in eager.neighbours.values()]
+    now = T0 + 3000 * HOUR
+    for user in range(60):
+        history = tuple(Interaction(f"u{user}", rng.choice(items), "product_view", now - rng.randrange(90) * DAY) for _ in range(8))
+        assert shared.recommend(f"u{user}", history, 10, {history[0].item_id}, now) == eager.recommend(
+            f"u{user}", history, 10, {history[0].item_id}, now)
+
+
+def test_strongest_keeps_the_largest_decayed_scores_with_ties_in_row_order() -> None:
+    row = {"a": (1.0, 0), "b": (2.0, 0), "c": (4.0, -DAY), "d": (1.0, 0), "e": (0.5, 2 * DAY)}
+    assert strongest(row, 3, DAY, DAY) == {"b": (2.0, 0), "c": (4.0, -DAY), "a": (1.0, 0)}  # c: 4 x 1/4 = 1 ties a, d
+    assert list(strongest(row, 3, DAY, DAY)) == [
+        kv[0] for kv in heapq.nlargest(3, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], DAY, DAY))]
 
 
 def test_evaluate_reco_command_prints_every_model_and_the_ceiling() -> None:

@@ -36,7 +36,7 @@ from models.examples import ReviewExample, SegmentExample, bandit_examples, chur
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
-from streams.domain.engine import Step, due_at, on_due, on_event, track_actions
+from streams.domain.engine import Step, due_at, on_due, on_event, went_out
 from streams.domain.items import ItemRecommender, history
 from streams.domain.rules import Decider
 from models.reco import interactions
@@ -486,8 +486,7 @@ class Ingest:
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
             if self.trigger_kafka_ts is not None:
                 metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
-        step.tally.add(track_actions(state, sent, self.cfg))  # their attribution windows start
-        step.due_ms = due_at(state, self.cfg)  # and mature at a due check even if nothing else is due
+        went_out(state, step, sent, self.cfg)  # their attribution windows start (and mature at a due check)
         if step.tally:
             self._count(step.tally)
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
