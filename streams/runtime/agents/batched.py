@@ -41,7 +41,7 @@ from models.reco import interactions
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
-from streams.domain.engine import Step, due_at, on_due, on_event, track_actions
+from streams.domain.engine import Step, due_at, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, Invalid, Review, decode
 from streams.domain.guards import BudgetState, admit, coupon_value_cents, decode_budget, encode_budget, partition_limits
 from streams.domain.items import ItemRecommender, history
@@ -525,8 +525,7 @@ class BatchIngest:
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
             if self.trigger_kafka_ts is not None:
                 metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
-        step.tally.add(track_actions(state, sent, self.cfg))
-        step.due_ms = due_at(state, self.cfg)
+        went_out(state, step, sent, self.cfg)  # their attribution windows start (and the due time moves)
         if step.tally:
             raw = work.store.value(TALLY)
             counts = load_tally(raw) if raw is not None else Tally()
