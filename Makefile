@@ -11,8 +11,10 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/retention demo
 
+# Two test processes (this machine has 2 cores); a module's tests stay in one process, so
+# module fixtures (an uninterrupted reference run) are built once.
 test: $(STAMP) tools
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11 or newer is needed (set PYTHON=...)")'
