@@ -21,7 +21,7 @@ them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import msgspec
 
@@ -137,3 +137,15 @@ _SCORE_RANGES = (
     ("loyalty", 0.0, float("inf"), "a number of purchase days, at least 0"),
     ("loyalty_score", 0.0, 1.0, "a percentile, 0 to 1"),
 )
+
+
+def profile_of(row: UserScores, state: UserState, partition: int) -> dict[str, Any]:
+    """What ``GET /users/{user_id}`` shows: the user's row and a few facts of the state."""
+    return {
+        **msgspec.to_builtins(row),
+        "partition": partition,
+        "last_purchase": format_ts(state.last_purchase) if state.last_purchase is not None else None,
+        "pending_labels": len(state.pending),
+        "lapse_acted_for_purchase_at": format_ts(state.lapse_acted) if state.lapse_acted is not None else None,
+        "unsubscribed": state.unsubscribed,
+    }

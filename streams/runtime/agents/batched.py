@@ -49,7 +49,7 @@ from streams.domain.loyalty import LoyaltyRanks
 from streams.domain.population import Population, rfm_of
 from streams.domain.rules import Decider
 from streams.domain.schedule import DueQueue
-from streams.domain.snapshots import UserScores, describe, encode_scores, snapshot_due
+from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
 from streams.domain.state import Applied, UserState, event_digest, mark_applied, redelivered
 from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
@@ -671,22 +671,9 @@ class BatchIngest:
                 return None
             now = max(state.clock, work.clock.now)
             row, _ = self._snapshot(state, now, self.models_at(now), learn=False)
-        return user_profile(row, state, partition)
+        return profile_of(row, state, partition)
 
     def tallies(self) -> list[Tally]:
         with self.lock:
             return [load_tally(raw) for w in self.works.values() if (raw := w.store.value(TALLY)) is not None]
 
-
-def user_profile(row: UserScores, state: UserState, partition: int) -> dict[str, Any]:
-    """What ``GET /users/{user_id}`` shows: the user's row and a few facts of the state."""
-    import msgspec
-
-    return {
-        **msgspec.to_builtins(row),
-        "partition": partition,
-        "last_purchase": format_ts(state.last_purchase) if state.last_purchase is not None else None,
-        "pending_labels": len(state.pending),
-        "lapse_acted_for_purchase_at": format_ts(state.lapse_acted) if state.lapse_acted is not None else None,
-        "unsubscribed": state.unsubscribed,
-    }

@@ -26,7 +26,6 @@ from collections import defaultdict
 from typing import Any
 
 import faust
-import msgspec
 from aiokafka import TopicPartition
 from faust.streams import _current_event, current_event
 from faust.types import TP
@@ -43,7 +42,7 @@ from models.reco import interactions
 from models.score import Score
 from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
 from streams.domain.loyalty import LoyaltyRanks
-from streams.domain.snapshots import UserScores, describe, encode_scores, snapshot_due
+from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
@@ -536,14 +535,7 @@ class Ingest:
         clock = self.clocks.get(self.partition_for(user_id))
         now = max(state.clock, clock.now if clock else 0)
         row, _ = self._snapshot(state, now, self.models.models_at(now), learn=False)
-        return {
-            **msgspec.to_builtins(row),
-            "partition": self.partition_for(user_id),
-            "last_purchase": format_ts(state.last_purchase) if state.last_purchase is not None else None,
-            "pending_labels": len(state.pending),
-            "lapse_acted_for_purchase_at": format_ts(state.lapse_acted) if state.lapse_acted is not None else None,
-            "unsubscribed": state.unsubscribed,
-        }
+        return profile_of(row, state, self.partition_for(user_id))
 
     def _store(self, state: UserState) -> None:
         state.outbox = self.models.outbox(state.user_id)
