@@ -128,10 +128,7 @@ class PartitionStore:
         next offset) and how far the changelog holds this store's writes, in one WriteBatch."""
         batch = WriteBatch(raw_mode=True)
         for key, value in records:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+            _write(batch, key, value)
             left = self.unpersisted.get(key, 0) - 1
             if left > 0:
                 self.unpersisted[key] = left
@@ -174,10 +171,7 @@ class PartitionStore:
         count = 0
         batch = WriteBatch(raw_mode=True)
         for key, value in records:
-            if value is None:
-                batch.delete(key)
-            else:
-                batch.put(key, value)
+            _write(batch, key, value)
             count += 1
             if batch.len() >= 10_000:
                 self.db.write(batch)
@@ -220,3 +214,11 @@ class PartitionStore:
         """Close and delete the files (a partition given back, or state the broker no longer has)."""
         self.db.close()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write(batch: WriteBatch, key: bytes, value: bytes | None) -> None:
+    """A changelog record into a WriteBatch: a value is put, none deletes."""
+    if value is None:
+        batch.delete(key)
+    else:
+        batch.put(key, value)

@@ -43,7 +43,6 @@ from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
 from streams.domain.engine import Step, due_at, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, Invalid, Review, decode
-from streams.domain.guards import BudgetState, admit, coupon_value_cents, decode_budget, encode_budget, partition_limits
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyRanks
 from streams.domain.population import Population, rfm_of
@@ -54,6 +53,7 @@ from streams.domain.state import Applied, UserState, event_digest, mark_applied,
 from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
+from streams.runtime.agents.gate import ActionGate
 from streams.runtime.agents.ingest import SOURCE_HEADER, USER_EVENTS
 from streams.runtime.changelog import ChangelogWriter, create_changelog, restore
 from streams.runtime.deliveries import Batch, Ledger
@@ -129,8 +129,9 @@ class BatchIngest:
             self.policy, lambda state, now, churn: self._snapshot(state, now, self.models_at(now), churn, learn=False)[0],
             self.reco, bandits=lambda now: self.models_at(now).bandits,
         )
-        self.limits = [partition_limits(self.policy.guards, p, settings.partitions) for p in range(settings.partitions)]
-        self.coupons = {rule.name: rule.coupon for rule in self.policy.rules if rule.coupon is not None}
+        # the guard rails, with each partition's budget in its store
+        self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical), budgets=_Budgets(self),
+                               owned=self.owned_partitions)
         metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
                                   "version": str(self.policy.version)})
         self.works: dict[int, PartitionWork] = {}
@@ -183,7 +184,8 @@ class BatchIngest:
         out = []
         for work in list(self.works.values()):
             if work.held is not None:
-                out.append(f"partition {work.partition}: a record waits for its model snapshot (trainer covered "
+                waited = time.monotonic() - (work.held_since or time.monotonic())
+                out.append(f"partition {work.partition}: a record waits {waited:.0f} s for its model snapshot (trainer covered "
                            f"{format_ts(self.follower.store.covered) if self.follower.store.covered is not None else 'nothing'})")
             elif work.merge.size:
                 out.append(f"partition {work.partition}: {work.merge.size} records wait in the event-time merge for "
@@ -203,9 +205,6 @@ class BatchIngest:
             await asyncio.to_thread(self.finished.wait, 20.0)
         if self.failure is not None:
             await self.app.crash(self.failure)
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     # ------------------------------------------------------------------ the fold thread
 
@@ -518,8 +517,8 @@ class BatchIngest:
             self._label(reward)
         sent = []
         for action in step.actions:
-            if not self._admit(work, state, action, now):
-                continue
+            if not self.gate.admit(state, action, work.partition, now).allowed:
+                continue  # counted by reason; not sent
             sent.append(action)
             self._emit(self.settings.topic_actions, state.user_id.encode(), encode_action(action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
@@ -540,19 +539,6 @@ class BatchIngest:
             metrics.SNAPSHOTS.inc()
         work.store.put(state)
         work.queue.schedule(state.user_id, step.due_ms)
-
-    def _admit(self, work: PartitionWork, state: UserState, action: Any, now: int) -> bool:
-        """The guard rails (streams/runtime/agents/gate.py, with the budget in the partition's store)."""
-        coupon = self.coupons.get(action.reason.rule) if action.kind == "coupon" else None
-        value = coupon_value_cents(coupon, state) if coupon is not None else 0
-        raw = work.store.value(BUDGET)
-        budget = decode_budget(raw) if raw is not None else BudgetState()
-        verdict = admit(action.kind, action.action_id, value, state, budget, now, self.limits[work.partition])
-        if verdict.allowed:
-            work.store.set_value(BUDGET, encode_budget(budget))
-        else:
-            metrics.ACTIONS_SUPPRESSED.labels(action.kind, verdict.reason).inc()
-        return verdict.allowed
 
     def _snapshot(self, state: UserState, now: int, models: Models, churn: Any = None, learn: bool = True) -> tuple[UserScores, dict[str, float]]:
         return describe(state, now, models, self.loyalty_ranks, self.loyalty_cfg.tiers, churn, learn,
@@ -677,3 +663,17 @@ class BatchIngest:
         with self.lock:
             return [load_tally(raw) for w in self.works.values() if (raw := w.store.value(TALLY)) is not None]
 
+
+
+class _Budgets:
+    """The guard rails' budgets (keyed like the ``budgets`` table: the partition number) in
+    the batched path's partition stores, so they travel with the users' states."""
+
+    def __init__(self, ingest: BatchIngest) -> None:
+        self.ingest = ingest
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.ingest.works[int(key)].store.value(BUDGET)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.ingest.works[int(key)].store.set_value(BUDGET, value)

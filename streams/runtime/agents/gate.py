@@ -31,11 +31,17 @@ log = logging.getLogger(__name__)
 
 
 class ActionGate:
-    def __init__(self, app: faust.App, policy: Policy, partitions: int, inbound: set[str]) -> None:
+    """``budgets``: where each partition's budget is kept, keyed ``str(partition).encode()``
+    (default: the ``budgets`` table; the batched path passes its partition stores)."""
+
+    def __init__(self, app: faust.App, policy: Policy, partitions: int, inbound: set[str],
+                 budgets: Any = None, owned: Any = None) -> None:
         self.app = app
         self.policy = policy
         self.inbound = inbound
-        self.budgets = app.Table("budgets", partitions=partitions, key_type=bytes, value_type=bytes)
+        self.budgets = budgets if budgets is not None else app.Table("budgets", partitions=partitions, key_type=bytes, value_type=bytes)
+        #: the partitions this worker processes (default: its Faust consumer's inbound ones)
+        self.owned = owned or (lambda: {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.inbound})
         self.limits = [partition_limits(policy.guards, p, partitions) for p in range(partitions)]
         self.coupons = {rule.name: rule.coupon for rule in policy.rules if rule.coupon is not None}
         app.on_rebalance_complete.connect(self._on_rebalance)
@@ -65,7 +71,7 @@ class ActionGate:
     async def _on_rebalance(self, *args: Any, **kwargs: Any) -> None:
         """Series of partitions this worker no longer owns are removed (an owned partition's
         are set at its next decision)."""
-        owned = {str(tp.partition) for tp in self.app.consumer.assignment() if tp.topic in self.inbound}
+        owned = {str(p) for p in self.owned()}
         for family in metrics.BUDGET_LEFT.collect():
             for sample in family.samples:
                 if sample.labels["partition"] not in owned:
