@@ -241,7 +241,7 @@ def assert_same_learning(run: Run, reference: Run, known_segment_loss: bool = Fa
 #: wishlist 30d/90d one fewer). Both are a new owner taking over what another wrote; the cause
 #: is not known.
 #: Reported as xfail, and only for exactly that difference; any other difference fails.
-BATCHED_CLICK_LOST = "issue 16: one click missing from one user after kill -9 on the batched path"
+BATCHED_CLICK_LOST = "issue 16: one click missing from one user after a new owner took over, on the batched path"
 
 
 def assert_same_users(run: Run, reference: Run, known_click_loss: bool = False) -> None:
