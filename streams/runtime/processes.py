@@ -64,6 +64,16 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def death(self) -> str:
+        """Why the process ended, for an error message: its exit code and the last lines of
+        its log (a CI run keeps no files, so the cause must be in the message itself)."""
+        code = self.process and self.process.returncode
+        try:
+            tail = self.log_file.read_text(errors="replace").splitlines()[-12:]
+        except OSError:
+            tail = []
+        return f"worker exited with {code}; see {self.log_file}; its log ended with:\n" + "\n".join(line[:400] for line in tail)
+
     def metrics_text(self) -> str:
         # A worker busy on a loaded machine can take seconds to answer (seen: > 2 s under a
         # load average of 8 on 2 cores, which failed the recovery tests' polling).
@@ -97,7 +107,7 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive:
-                raise RuntimeError(f"worker exited with {self.process and self.process.returncode}; see {self.log_file}")
+                raise RuntimeError(self.death())
             try:
                 self.metrics_text()
                 return
@@ -109,11 +119,16 @@ class WorkerProcess:
         """Until the worker has handled ``count`` inbound records (not counting re-keys)."""
         deadline = time.monotonic() + timeout
         while True:
-            done = sum(v for lab, v in self.samples("retention_records_total") if lab["result"] != "rekeyed")
+            try:
+                done = sum(v for lab, v in self.samples("retention_records_total") if lab["result"] != "rekeyed")
+            except OSError:
+                if self.alive:
+                    raise
+                raise RuntimeError(self.death()) from None
             if done >= count:
                 return done
             if not self.alive:
-                raise RuntimeError(f"worker died; see {self.log_file}")
+                raise RuntimeError(self.death())
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker processed {done:.0f} of {count} records in {timeout:.0f} s; see {self.log_file}")
             time.sleep(0.25)
