@@ -227,14 +227,14 @@ def on_event(
     applied = apply_event(state, event, now_ms, cfg.state, sentiment)
     examples: list[Matured] = []
     points: list[PendingScore] = []
-    if applied is not Applied.DUPLICATE and isinstance(event, Purchase):
+    if applied.counted and isinstance(event, Purchase):
         examples = on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
         if applied is Applied.OK:
             point = _score_point(state, event.ts, feature_vector(state, event.ts, cfg.state), cfg, churn, loyalty)
             points = [point] if point is not None else []
-    negative = applied is not Applied.DUPLICATE and sentiment is not None and is_negative(sentiment)
+    negative = applied.counted and sentiment is not None and is_negative(sentiment)
     actions: list[RetentionAction] = []
-    if act is not None and applied is not Applied.DUPLICATE:
+    if act is not None and applied.counted:
         if negative:
             actions += act("negative_review", state, now_ms, event.ts)
         if isinstance(event, Purchase) and state.purchases == 1:
@@ -254,7 +254,7 @@ def _abandoned(act: Actor, state: UserState, now_ms: int, before: int) -> list[R
 def _attribute_event(state: UserState, event: UserEvent, applied: Applied, cfg: EngineConfig) -> Tally:
     """A purchase converts (or redeems) the user's waiting decisions; an outcome is counted."""
     tally = Tally()
-    if applied is Applied.DUPLICATE:
+    if not applied.counted:
         return tally
     if isinstance(event, Purchase):
         attribution.on_purchase(state, event.ts, event.action_id, event.coupon_code, cfg.attribution)

@@ -36,7 +36,7 @@ from streams.domain.events import Heartbeat, Purchase, Review, UserEvent
 from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector
 from streams.domain.schedule import DueQueue
 from streams.domain.snapshots import snapshot_due
-from streams.domain.state import Applied, UserState, event_digest
+from streams.domain.state import UserState, event_digest
 from streams.domain.timestamps import MS_PER_DAY
 
 RECENCY = MODEL_FEATURES.index("recency_days")
@@ -198,7 +198,7 @@ class Replay:
             text = event.text if isinstance(event, Review) and event.text and not event.text.isspace() else None
             sentiment = models.sentiment.score(text) if text and event_digest(event) not in state.recent_ids else None
             step = on_event(state, event, now, self.cfg, sentiment, models.churn_models[0], models.loyalty_models[0])
-            if text and step.applied is not Applied.DUPLICATE:
+            if text and step.applied.counted:
                 self.training.add(ReviewExample(id=str(event_digest(event)), at=now, text=text, rating=int(event.rating)))
             self._finish(partition, state, step)
             self._tick(partition, now)

@@ -32,7 +32,7 @@ from streams.domain.actions import RetentionAction
 from streams.domain.engine import EngineConfig, Step, Unknown, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, UserEvent
 from streams.domain.schedule import DueQueue
-from streams.domain.state import Applied, UserState
+from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_DAY
 
 #: Called after every step of a user (an event folded in or a due check), with the clock.
@@ -101,7 +101,7 @@ class Fold:
                 due = self.queue.due(event.user_id)  # as the user's last step left it
             after = self.rules.before(state, event) if self.rules is not None else None
             step = on_event(state, event, self.now, self.cfg, None, models.churn, models.loyalty, self.rules, due)
-            if step.applied is not Applied.DUPLICATE:  # a re-sent copy changes nothing
+            if step.applied.counted:  # a re-sent copy changes nothing
                 if after is not None:
                     after()
                 self._finish(state, step)

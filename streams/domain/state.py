@@ -64,6 +64,14 @@ class Applied(enum.Enum):
     OK = "ok"
     DUPLICATE = "duplicate"
     LATE = "late"  # beyond the allowed lateness: lifetime counters only
+    #: The event id of an event already applied, with other content: a producer re-used an
+    #: id. Not applied (the first one stands) and dead-lettered with the reason.
+    CONFLICT = "conflict"
+
+    @property
+    def counted(self) -> bool:
+        """The event changed the state (on time or late); a copy or a conflicting re-use did not."""
+        return self is Applied.OK or self is Applied.LATE
 
 
 class PendingScore(msgspec.Struct, array_like=True):
@@ -211,6 +219,10 @@ class UserState(msgspec.Struct, array_like=True):
     #: Added for BG/NBD's repeat purchase *days* (issue 4; 0 in older states, which
     #: :func:`purchase_day_count` estimates): distinct UTC days with a purchase.
     purchase_days: int = 0
+    #: Added with issue 17 (default: older states load): a 32-bit digest of the content of
+    #: each event of ``recent_ids`` (aligned from the end), to tell a re-sent copy from a
+    #: different event re-using its id.
+    recent_content: list[int] = msgspec.field(default_factory=list)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -248,6 +260,20 @@ def event_digest(event: UserEvent) -> int:
     return int.from_bytes(blake2b(identity.encode(), digest_size=8).digest(), "big")
 
 
+_content_encoder = msgspec.json.Encoder(enc_hook=plain_int)
+
+
+def content_digest(event: UserEvent) -> int:
+    """32-bit digest of everything an event says (its id included): equal for re-sent copies."""
+    return int.from_bytes(blake2b(_content_encoder.encode(event), digest_size=4).digest(), "big")
+
+
+def conflict_reason(event: UserEvent) -> str:
+    """The dead letter's reason for an :attr:`Applied.CONFLICT`."""
+    identity = f"action_id {event.action_id} outcome {event.outcome.value}" if isinstance(event, Outcome) else f"event_id {event.event_id!r}"
+    return f"{identity} was applied before with other content: re-used id (the first event stands)"
+
+
 def apply_event(state: UserState, event: UserEvent, now: int, cfg: StateConfig, sentiment: float | None = None) -> Applied:
     """Fold one event into the state at event-time clock ``now``.
 
@@ -256,11 +282,18 @@ def apply_event(state: UserState, event: UserEvent, now: int, cfg: StateConfig, 
     the lifetime figures only.
     """
     digest = event_digest(event)
+    content = content_digest(event)
     if digest in state.recent_ids:
+        back = len(state.recent_ids) - state.recent_ids.index(digest)  # aligned from the end
+        if back <= len(state.recent_content) and state.recent_content[-back] != content:
+            return Applied.CONFLICT
         return Applied.DUPLICATE
     state.recent_ids.append(digest)
+    state.recent_content.append(content)
     if len(state.recent_ids) > RECENT_IDS:
         del state.recent_ids[0]
+    if len(state.recent_content) > RECENT_IDS:
+        del state.recent_content[0]
     now = max(now, state.clock)
     ts = event.ts
     on_time = ts >= now - cfg.allowed_lateness_ms

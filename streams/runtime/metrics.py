@@ -9,7 +9,8 @@ from prometheus_client import Counter, Gauge, Histogram, Info
 RECORDS = Counter(
     "retention_records",
     "Inbound records by logical topic and result: ok; late (beyond the allowed lateness: lifetime figures only); "
-    "invalid (dead-lettered); duplicate (an event id already applied); redelivered (read again after a crash or "
+    "invalid (dead-lettered); duplicate (an event id already applied, same content); conflict (an event id "
+    "already applied with other content: a producer re-used it; dead-lettered, the first event stands); redelivered (read again after a crash or "
     "rebalance, already applied); rekeyed (sent on to its user's partition); heartbeat.",
     ["topic", "result"],
 )

@@ -54,10 +54,12 @@ def test_a_hostile_mix_ends_as_dead_letters_and_processed_records_and_the_worker
     bad = hostile(T0 + 5 * MS_PER_DAY)
     valid = [_purchase(u, d, 20.0) for u in ("ann", "bob", "cy") for d in (0, 7, 14)]
     valid += [_purchase("rich", 3, 1e308), _purchase("rich", 4, 9e16)]  # valid by the contract
+    copy = _purchase("ann", 7, 20.0)  # re-sent as it was: a duplicate
+    reused = _purchase("ann", 7, 999.0)  # its event id re-used for other content: a conflict
     heartbeats = [Outgoing("heartbeats", None, msgspec.json.encode({"ts": t}), t)
                   for t in range(T0, T0 + 30 * MS_PER_DAY, 12 * MS_PER_HOUR)]
     publisher = pipeline.publisher()
-    report = publisher.publish(sorted(valid + [b for b, _ in bad], key=lambda r: r.ts_ms) + heartbeats)
+    report = publisher.publish(sorted(valid + [b for b, _ in bad], key=lambda r: r.ts_ms) + [copy, reused] + heartbeats)
     publisher.close()
     assert report.failed == 0, report.errors
     worker.wait_ready()
@@ -65,6 +67,9 @@ def test_a_hostile_mix_ends_as_dead_letters_and_processed_records_and_the_worker
 
     assert worker.alive
     assert worker.total("retention_records_total", result="invalid") == len(bad)
+    assert worker.total("retention_records_total", result="duplicate") == 1
+    assert worker.total("retention_records_total", result="conflict") == 1
+    bad.append((reused, "event_id 'ann-7' was applied before with other content"))
     assert worker.total("retention_records_total", result="ok") + worker.total("retention_records_total", result="late") == len(valid)
     messages = read_topic(pipeline.settings, pipeline.settings.topic_dead_letters, at_least=len(bad))
     letters = [json.loads(m.value()) for m in messages]
@@ -74,6 +79,9 @@ def test_a_hostile_mix_ends_as_dead_letters_and_processed_records_and_the_worker
     for message, letter in zip(messages, letters):
         assert len(message.value()) < 64_000 and schema_errors("dead-letters", letter) == []
         assert (letter["value_size"] or 0) <= MAX_RECORD + 50_200 and letter["value"] is None  # redacted by default
+
+    status, ann = worker.get_json("/users/ann")
+    assert status == 200 and ann["features"]["purchases"] == 3 and ann["features"]["spend"] == 60.0  # the first one stands
 
     status, rich = worker.get_json("/users/rich")
     assert status == 200 and rich["features"]["purchases"] == 2

@@ -132,6 +132,30 @@ def test_an_event_beyond_the_lateness_counts_in_lifetime_figures_only() -> None:
     assert apply_event(state, buy("p0", at(9)), at(10), CFG) is Applied.DUPLICATE
 
 
+def test_an_event_id_re_used_for_other_content_is_a_conflict_and_changes_nothing() -> None:
+    state = UserState("u")
+    assert apply_event(state, buy("p1", at(10), total=10.0), at(10), CFG) is Applied.OK
+    before = dump_state(state)
+    assert apply_event(state, buy("p1", at(10), total=10.0), at(10), CFG) is Applied.DUPLICATE
+    assert apply_event(state, buy("p1", at(10), total=99.0), at(10), CFG) is Applied.CONFLICT
+    assert apply_event(state, click("p1", at(10), "search"), at(10), CFG) is Applied.CONFLICT  # another kind of event
+    assert dump_state(state) == before and not Applied.CONFLICT.counted and Applied.LATE.counted
+
+
+def test_a_state_from_before_content_digests_tells_duplicates_only_for_events_it_has_digests_of() -> None:
+    state = UserState("u")
+    apply_event(state, buy("old", at(1)), at(1), CFG)
+    state.recent_content = []  # as a state encoded before the field existed loads
+    apply_event(state, buy("new", at(2)), at(2), CFG)
+    assert apply_event(state, buy("old", at(1), total=99.0), at(2), CFG) is Applied.DUPLICATE  # unknown content: benefit of the doubt
+    assert apply_event(state, buy("new", at(2), total=99.0), at(2), CFG) is Applied.CONFLICT
+    for n in range(70):  # the windows stay aligned from the end as they roll
+        apply_event(state, click(f"c{n}", at(3)), at(3), CFG)
+    assert len(state.recent_ids) == len(state.recent_content) == 64
+    assert apply_event(state, click("c69", at(3), "search"), at(3), CFG) is Applied.CONFLICT
+    assert apply_event(state, click("c69", at(3)), at(3), CFG) is Applied.DUPLICATE
+
+
 def test_cart_abandoned_without_a_purchase_within_the_timeout() -> None:
     bought = run([click("a", at(0, 10), "add_to_cart"), click("b", at(0, 11), "checkout_start"), buy("p", at(0, 12))])
     left = run([click("a", at(0, 10), "add_to_cart"), click("b", at(0, 11), "checkout_start"), buy("p", at(1, 11))])

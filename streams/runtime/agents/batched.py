@@ -49,7 +49,7 @@ from streams.domain.population import Population, rfm_of
 from streams.domain.rules import Decider
 from streams.domain.schedule import DueQueue
 from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
-from streams.domain.state import Applied, UserState, event_digest, mark_applied, redelivered
+from streams.domain.state import Applied, UserState, conflict_reason, event_digest, mark_applied, redelivered
 from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
@@ -475,7 +475,9 @@ class BatchIngest:
         past = history(state) if touches else []
         step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
-        if step.applied is Applied.DUPLICATE:
+        if step.applied is Applied.CONFLICT:
+            self._dead_letter(msg, topic, kafka_ts, conflict_reason(result), result=None)
+        if not step.applied.counted:
             return result.ts
         for touch in touches:
             self.reco.learn(touch, past)
@@ -544,8 +546,9 @@ class BatchIngest:
         return describe(state, now, models, self.loyalty_ranks, self.loyalty_cfg.tiers, churn, learn,
                         self.cfg.state, self.population, self.settings.lifecycle)
 
-    def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str) -> None:
-        metrics.RECORDS.labels(topic, "invalid").inc()
+    def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str, result: str | None = "invalid") -> None:
+        if result is not None:  # (a conflicting re-use is counted as such by the caller)
+            metrics.RECORDS.labels(topic, result).inc()
         metrics.DEAD_LETTERS.labels(topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
         cfg = self.dead_letter_cfg

@@ -46,7 +46,7 @@ from streams.domain.snapshots import UserScores, describe, encode_scores, profil
 from streams.domain.timestamps import format_ts
 from streams.domain.population import Population, rfm_of
 from streams.domain.schedule import DueQueue
-from streams.domain.state import Applied, UserState, dump_state, event_digest, load_state, mark_applied, redelivered
+from streams.domain.state import Applied, UserState, conflict_reason, dump_state, event_digest, load_state, mark_applied, redelivered
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
@@ -374,7 +374,9 @@ class Ingest:
         past = history(state) if touches else []  # the recommender learns each touch with what came before
         step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
-        if step.applied is Applied.DUPLICATE:
+        if step.applied is Applied.CONFLICT:
+            await self._dead_letter(msg, topic, key, value, kafka_ts, conflict_reason(result), result=None)
+        if not step.applied.counted:
             return result.ts
         for touch in touches:
             self.reco.learn(touch, past)
@@ -508,9 +510,11 @@ class Ingest:
         metrics.count_attribution(tally)
 
     async def _dead_letter(
-        self, msg: Any, topic: str, key: bytes | None, value: bytes | None, kafka_ts: int | None, error: str
+        self, msg: Any, topic: str, key: bytes | None, value: bytes | None, kafka_ts: int | None, error: str,
+        result: str | None = "invalid",
     ) -> None:
-        metrics.RECORDS.labels(topic, "invalid").inc()
+        if result is not None:  # (a conflicting re-use is counted as such by the caller)
+            metrics.RECORDS.labels(topic, result).inc()
         metrics.DEAD_LETTERS.labels(topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, error)
         cfg = self.dead_letter_cfg
