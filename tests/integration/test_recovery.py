@@ -250,11 +250,13 @@ def click_history(pipe: Pipeline, user: str) -> str:
     key = b"u" + user.encode()
     states = [(m.partition(), m.offset(), load_state(m.value())) for m in
               read_to_end(pipe, f"{pipe.settings.app_id}-user-state-changelog") if m.key() == key and m.value()]
-    changelog = [f"{p}@{o}: clicks={s.clicks} positions={dict(s.positions)}" for p, o, s in states]
+    changelog = [f"{p}@{o}: clicks={s.clicks} clock={s.clock} positions={dict(s.positions)}" for p, o, s in states]
     inputs = []
     for topic in (pipe.settings.topic_clicks, pipe.settings.rekey_topic):
-        inputs += [f"{topic}[{m.partition()}]@{m.offset()}" for m in read_to_end(pipe, topic)
-                   if m.value() and f'"{user}"'.encode() in m.value()]
+        for m in read_to_end(pipe, topic):
+            if m.value() and f'"{user}"'.encode() in m.value():
+                record = json.loads(m.value())
+                inputs.append(f"{topic}[{m.partition()}]@{m.offset()} {record.get('event_id')} {record.get('ts')} {record.get('kind')}")
     return "changelog: " + "; ".join(changelog) + " | inputs: " + ", ".join(inputs)
 
 
