@@ -157,6 +157,7 @@ class BatchIngest:
         self.changelog: ChangelogWriter | None = None
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_before_shutdown.connect(self._on_shutdown)
         app.task(self._run)
 
     # ------------------------------------------------------------------ ownership (Faust's event loop)
@@ -171,6 +172,14 @@ class BatchIngest:
         """Partitions may be taken away: every batch is stored and committed, and nothing is
         folded until the assignment is known, before Faust rejoins the group."""
         await self._request("revoke", self._owned_of(revoked))
+
+    async def _on_shutdown(self, sender: Any, **kwargs: Any) -> None:
+        """The worker stops: every batch stored and committed before Faust's consumer leaves
+        the group. (Faust sends no revocation once it is stopping; without this wait the next
+        owner could restore the changelog before this worker's last records reached it.)"""
+        self.stopping.set()
+        if self.running.is_set():
+            await asyncio.to_thread(self.finished.wait, 20.0)
 
     async def _request(self, op: str, partitions: set[int]) -> None:
         done = threading.Event()
@@ -262,27 +271,32 @@ class BatchIngest:
         for work in self.works.values():  # kept: the rebalance forgot nothing of them, but the merge is read again
             work.marked = None
         if new:
+            # The committed offsets first, the changelog after: every record before an offset
+            # read here had its states acknowledged on the changelog before that offset was
+            # committed, so the restore holds them, whatever the previous owner commits later.
+            starts = self._start_offsets([TopicPartition(t, p) for p in new for t in self.inputs])
             stores = {p: PartitionStore(self.settings.data_dir / "hotpath" / str(p), self.options) for p in new}
             done = restore(self.settings, stores)
             log.info("restored %d changelog records of partitions %s in %.1f s", sum(done.records.values()), sorted(new), done.seconds)
             for p, store in stores.items():
-                self.works[p] = PartitionWork(p, store, InputMerge(self.inputs), changelog_next=done.end[p])
-            tps = [TopicPartition(t, p) for p in new for t in self.inputs]
-            self.consumer.incremental_assign(tps)
-            self._start_offsets(tps)
+                self.works[p] = PartitionWork(p, store, InputMerge(self.inputs), changelog_next=done.end[p],
+                                              start={t: o for (t, q), o in starts.items() if q == p})
+            self.committed.update(starts)
+            self.consumer.incremental_assign([TopicPartition(t, p, o) for (t, p), o in starts.items()])
             self._rebuild(new)
         if gone or new:
             log.info("batched ingest owns partitions %s", sorted(self.works))
 
-    def _start_offsets(self, tps: list[TopicPartition]) -> None:
+    def _start_offsets(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
         """Where reading starts on each input just taken: its committed offset, or the start
         of the log (what the merge judges an input without records by)."""
+        out = {}
         for tp in self.consumer.committed(tps, timeout=30):
             offset = tp.offset
             if offset < 0:
                 offset, _ = self.consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=30, cached=False)
-            self.works[tp.partition].start[tp.topic] = offset
-            self.committed[(tp.topic, tp.partition)] = offset
+            out[(tp.topic, tp.partition)] = offset
+        return out
 
     def _rebuild(self, partitions: set[int]) -> None:
         """Due queues and the RFM population of the partitions just taken (one pass over their users)."""
@@ -630,6 +644,9 @@ class BatchIngest:
             self.producer.poll(0.05)
             self._store_and_commit()
         self._commit(asynchronous=False)
+        if self.ledger.batches:
+            log.warning("%d batches not stored and committed within %.0f s (%d records unacknowledged): their records "
+                        "are read again by the partitions' next owner", len(self.ledger.batches), timeout, self.ledger.in_flight)
 
     def _export(self) -> None:
         metrics.DUE_USERS.set(sum(len(w.queue) for w in self.works.values()))
