@@ -37,6 +37,7 @@ scores every record with the same models as live traffic, on any number of worke
 from __future__ import annotations
 
 import pickle
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -289,7 +290,11 @@ class SnapshotStore(Generic[M]):
     trainer, and must score them with the models they had) and the ``loaded`` models of
     the few in use. A record older than every kept snapshot is scored by the oldest kept
     one and counted in ``misses`` (keep more to avoid it). Model bytes that ``loads``
-    refuses are dropped (``on_refused`` is told) and the next older kept ones used."""
+    refuses are dropped (``on_refused`` is told) and the next older kept ones used.
+
+    Thread-safe: the batched hot path scores on its own thread while snapshots arrive on
+    the event loop (a look-up racing an ``add`` once failed with "dictionary changed size
+    during iteration", which dead-lettered the record being scored)."""
 
     def __init__(
         self, fresh: Callable[[], M], loads: Callable[[bytes], M], period_ms: int, lag: int, keep: int = 32,
@@ -307,8 +312,13 @@ class SnapshotStore(Generic[M]):
         self.latest: Snapshot | None = None  #: the newest record read (its counts and marks)
         self.misses = 0
         self.first_models: int | None = None  #: boundary of the first snapshot with models read
+        self._lock = threading.RLock()
 
     def add(self, snapshot: Snapshot) -> None:
+        with self._lock:
+            self._add(snapshot)
+
+    def _add(self, snapshot: Snapshot) -> None:
         if self.covered is not None and snapshot.boundary < self.covered:
             return  # older than what is covered: nothing new
         self.latest = snapshot
@@ -331,6 +341,10 @@ class SnapshotStore(Generic[M]):
 
     def boundary_at(self, t: int) -> int | None:
         """Boundary of the models that score event time ``t`` (None: the priors)."""
+        with self._lock:
+            return self._boundary_at(t)
+
+    def _boundary_at(self, t: int) -> int | None:
         target = self.target(t)
         boundaries = [b for b in self.kept if b <= target]
         if boundaries:
@@ -343,7 +357,11 @@ class SnapshotStore(Generic[M]):
     def models_at(self, t: int) -> tuple[M, int | None]:
         """The models that score event time ``t`` and their boundary (None: the priors).
         Before :meth:`ready`, the newest models known (a look-up, not a decision)."""
-        while (boundary := self.boundary_at(t)) is not None:
+        with self._lock:
+            return self._models_at(t)
+
+    def _models_at(self, t: int) -> tuple[M, int | None]:
+        while (boundary := self._boundary_at(t)) is not None:
             models = self.loaded.get(boundary)
             if models is not None:
                 return models, boundary
