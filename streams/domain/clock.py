@@ -97,6 +97,34 @@ class InputMerge(Generic[T]):
         self.size -= 1
         return item
 
+    def pace(self, max_records: int, paused: set[str]) -> tuple[list[str], list[str]]:
+        """Back-pressure for a merge of at most ``max_records``: the inputs to pause (their
+        buffers hold their share) and to resume (back to half of it); ``paused`` is updated.
+
+        Only an input with records buffered is ever paused, and the merge only waits for an
+        input with none, which keeps fetching: pacing never stalls the merge.
+
+        >>> merge, paused = InputMerge(["clicks", "purchases"]), set()
+        >>> for n in range(5):
+        ...     merge.push("clicks", n, n, 0)
+        >>> merge.pace(10, paused), paused
+        ((['clicks'], []), {'clicks'})
+        >>> for _ in range(3):
+        ...     _ = merge.pop(lambda topic, since: True)
+        >>> merge.pace(10, paused), paused
+        (([], ['clicks']), set())
+        """
+        share = max(max_records // len(self.inputs), 1)
+        pause, resume = [], []
+        for topic, buffer in self.buffers.items():
+            if topic not in paused and len(buffer) >= share:
+                pause.append(topic)
+                paused.add(topic)
+            elif topic in paused and len(buffer) <= share // 2:
+                resume.append(topic)
+                paused.discard(topic)
+        return pause, resume
+
     def clear(self) -> None:
         for buffer in self.buffers.values():
             buffer.clear()

@@ -47,6 +47,31 @@ MODEL_BLEND_WEIGHT = Gauge(
     ["model"],
 )
 EVENT_TIME = Gauge("retention_event_time_seconds", "Event-time clock of the partition (Unix seconds).", ["partition"])
+MERGE_RECORDS = Gauge("retention_merge_records", "Records held in this worker's event-time merges (decoded, waiting for their turn).")
+MERGE_RECORDS_MAX = Gauge(
+    "retention_merge_records_max",
+    "The most records this worker's event-time merges held at once since it started (bounded by "
+    "RETENTION_MERGE_MAX_RECORDS per partition, plus what was fetched before a pause).",
+)
+INPUT_PAUSES = Counter(
+    "retention_input_pauses",
+    "Times an input partition stopped fetching because its records filled its share of the event-time merge "
+    "(back-pressure), by logical topic.",
+    ["topic"],
+)
+
+
+_merge_max = [0]
+
+
+def observe_merge(size: int) -> None:
+    """The merges' size now, and the most since the start."""
+    MERGE_RECORDS.set(size)
+    if size > _merge_max[0]:
+        _merge_max[0] = size
+        MERGE_RECORDS_MAX.set(size)
+
+
 DUE_USERS = Gauge("retention_due_users", "Users waiting for an event-time check, on this worker.")
 PROCESSING = Histogram(
     "retention_processing_seconds",

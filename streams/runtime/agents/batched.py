@@ -408,14 +408,13 @@ class BatchIngest:
         """Back-pressure: an input whose records fill its share of the partition's merge stops
         fetching until half of them are folded. Only inputs with records buffered are paused:
         the merge can only be waiting for an input with none, which keeps fetching."""
-        share = max(self.merge_cap // len(self.inputs), 1)
-        for topic, buffer in work.merge.buffers.items():
-            if topic not in work.paused and len(buffer) >= share:
-                self.consumer.pause([TopicPartition(topic, work.partition)])
-                work.paused.add(topic)
-            elif topic in work.paused and len(buffer) <= share // 2:
-                self.consumer.resume([TopicPartition(topic, work.partition)])
-                work.paused.discard(topic)
+        pause, resume = work.merge.pace(self.merge_cap, work.paused)
+        if pause:
+            self.consumer.pause([TopicPartition(topic, work.partition) for topic in pause])
+            for topic in pause:
+                metrics.INPUT_PAUSES.labels(self.logical[topic]).inc()
+        if resume:
+            self.consumer.resume([TopicPartition(topic, work.partition) for topic in resume])
 
     # ------------------------------------------------------------------ the trainer's side
 
@@ -650,6 +649,7 @@ class BatchIngest:
 
     def _export(self) -> None:
         metrics.DUE_USERS.set(sum(len(w.queue) for w in self.works.values()))
+        metrics.observe_merge(sum(w.merge.size for w in self.works.values()))
         metrics.MODEL_WAITING.set(sum(1 for w in self.works.values() if w.held is not None))
         if time.monotonic() - self.lag_at >= self.settings.metrics_interval_s:
             self.lag_at = time.monotonic()
