@@ -41,7 +41,7 @@ from models.reco import interactions
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
-from streams.domain.engine import Step, due_at, on_due, on_event, went_out
+from streams.domain.engine import Step, Unknown, due_at, on_due, on_event, went_out
 from streams.domain.events import Heartbeat, Invalid, Review, decode
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyRanks
@@ -471,7 +471,11 @@ class BatchIngest:
                        headers={SOURCE_HEADER: topic.encode()})
             return None
         store = work.store
-        state = store.get(user_id) or UserState(user_id)
+        state = store.get(user_id)
+        # the due time the user's last step left (every stored user is in the queue: _finish
+        # and _rebuild schedule them), so a click's step need not compute it again
+        due: int | None | Unknown = Unknown.DUE if state is None else work.queue.due(user_id)
+        state = state or UserState(user_id)
         if redelivered(state, msg.topic(), msg.offset()):
             metrics.RECORDS.labels(topic, "redelivered").inc()
             if user_id not in work.rewritten:  # its changelog record may not have been acknowledged
@@ -486,7 +490,7 @@ class BatchIngest:
         now = work.clock.advance(result.ts)
         touches = interactions(result)
         past = history(state) if touches else []
-        step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide)
+        step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide, due)
         metrics.RECORDS.labels(topic, step.applied.value).inc()
         if step.applied is Applied.CONFLICT:
             self._dead_letter(msg, topic, kafka_ts, conflict_reason(result), result=None)
