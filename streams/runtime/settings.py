@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     rocksdb_block_cache_mb: int = Field(16, ge=1, description="Batched hot path: RocksDB block cache per partition store, MB.")
     rocksdb_write_buffer_mb: int = Field(16, ge=1, description="Batched hot path: RocksDB memtable size per partition store, MB (two at most).")
     batch_max_records: int = Field(5_000, ge=1, description="Batched hot path: most records received per micro-batch.")
-    merge_max_records: int = Field(20_000, ge=100, description="Batched hot path: records a partition may hold in its event-time merge; an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; records fetched before the pause still arrive).")
+    merge_max_records: int = Field(20_000, ge=100, description="Records a partition may hold in its event-time merge (both ingest paths); an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; records fetched before the pause still arrive).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server listens on (the only one: 127.0.0.1 accepts no connection from other hosts); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
     api_token: SecretStr | None = Field(

@@ -114,6 +114,8 @@ class Ingest:
         self.inputs = [t for t in self.logical if t != settings.topic_heartbeats] + [settings.rekey_topic, settings.topic_heartbeats]
         self.clocks: dict[int, PartitionClock] = defaultdict(PartitionClock)
         self.merges: dict[int, InputMerge[Any]] = {}
+        self.merge_cap = settings.merge_max_records
+        self.paced: dict[int, set[str]] = {}  #: per partition: inputs paused by back-pressure
         self.received: dict[TP, int] = {}  # last offset received per input partition
         self.start_offsets: dict[TP, int] = {}
         self.paused = False  # between a revocation and the end of the rebalance
@@ -157,6 +159,7 @@ class Ingest:
             merge.push(msg.topic, ts, (event, decoded), _wall_ms())
             async with self.lock:
                 await self._release(msg.partition)
+                await self._pace(msg.partition)
 
     async def _release(self, partition: int) -> None:
         """Process the partition's records that the merge releases, in event-time order."""
@@ -230,6 +233,7 @@ class Ingest:
             for partition, merge in list(self.merges.items()):
                 if merge.size or partition in self.held:
                     await self._release(partition)
+                    await self._pace(partition)
                     self._warn_if_stalled(partition, merge)
                     self._warn_if_model_late(partition)
             if time.monotonic() - self.vouched_at >= VOUCH_EVERY_S:
@@ -440,6 +444,29 @@ class Ingest:
             return result.ts
         return None
 
+    async def _pace(self, partition: int) -> None:
+        """Back-pressure: an input holding its share of the partition's merge stops fetching
+        until half of it is processed, so memory stays bounded under any backlog.
+
+        Faust drops the rest of a fetched batch of a partition paused while the batch is
+        handed on (its fetch position has already moved past them): a resumed input is
+        sought back to the record after the last one received."""
+        merge = self.merges.get(partition)
+        if merge is None or self.paused:
+            return
+        pause, resume = merge.pace(self.merge_cap, self.paced.setdefault(partition, set()))
+        consumer = self.app.consumer
+        if pause:
+            consumer.pause_partitions([TP(topic, partition) for topic in pause])
+            for topic in pause:
+                metrics.INPUT_PAUSES.labels(self.logical.get(topic, "rekeyed")).inc()
+        for topic in resume:
+            tp = TP(topic, partition)
+            if tp in self.received:
+                await consumer.seek(tp, self.received[tp] + 1)
+            consumer.resume_partitions([tp])
+        metrics.observe_merge(sum(m.size for m in self.merges.values()))
+
     def _merge(self, partition: int) -> InputMerge[Any]:
         merge = self.merges.get(partition)
         if merge is None:
@@ -593,6 +620,8 @@ class Ingest:
             self.queues = None
             for merge in self.merges.values():
                 merge.clear()
+            # Faust resumes the partitions it assigns, from their committed offsets: nothing is held back
+            self.paced.clear()
             self.held.clear()  # not acknowledged either
             self.held_since.clear()
             self.processing = None
