@@ -63,7 +63,8 @@ class PolicyRules:
         self.budget = BudgetState()
         self.limits = partition_limits(policy.guards, 0, 1)
         self.coupons = {rule.name: rule.coupon for rule in policy.rules if rule.coupon is not None}
-        self.decide = Decider(policy, self.describe, self.reco, bandits=lambda now: self.models(now).bandits)
+        self.decide = Decider(policy, self.describe, self.reco, bandits=lambda now: self.models(now).bandits,
+                              uplift=lambda now: self.models(now).uplift)
         self.models: Callable[[int], Models] = lambda now: Models.fresh()
         self.suppressed = 0
 
