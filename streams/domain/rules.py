@@ -69,6 +69,36 @@ class Picks:
 Recommend = Callable[[UserState, int, int], Picks]
 #: The bandits of the model snapshot that scores event time ``now``.
 BanditsAt = Callable[[int], Bandits]
+#: The uplift models of the snapshot that scores event time ``now``.
+UpliftAt = Callable[[int], UpliftModels]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A customer an uplift-targeted rule looked at (its ``when`` held), whether or not it
+    fired: what the targeting evaluation ranks (``streams.simulation.targeting``)."""
+
+    user_id: str
+    at: int
+    rule: str
+    kind: str
+    churn: float
+    predicted: float | None
+    explored: bool
+    picked: bool
+    features: dict[str, float]
+
+
+def explore_draw(user_id: str, rule: str, episode: int, now_ms: int) -> float:
+    """A uniform draw in [0, 1) seeded by the decision and its time (not by any model or
+    global state), so a worker, a restarted worker and a replay explore alike; the time is
+    in it because a rule can look at the same episode again (the daily lapse re-check).
+
+    >>> 0.0 <= explore_draw("u1", "r", 5, 7) < 1.0, explore_draw("u1", "r", 5, 7) == explore_draw("u1", "r", 5, 8)
+    (True, False)
+    """
+    digest = blake2b(f"{user_id}\x1f{rule}\x1f{episode}\x1f{now_ms}".encode(), digest_size=8, person=b"explore").digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def matches(when: When, row: UserScores, state: UserState) -> bool:
