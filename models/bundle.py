@@ -30,7 +30,7 @@ from models.examples import BanditExample, ChurnExample, Example, ReviewExample,
 from models.online import OnlineLearners
 from models.segments import SegmentModel
 from models.sentiment import SentimentModel
-from models.uplift import UpliftModels
+from models.uplift import MIN_EXAMPLES, UpliftModels
 from streams.domain.features import as_dict
 
 
@@ -61,6 +61,7 @@ class Models:
         cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = DEFAULT_LOYALTY,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
         segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        uplift_min_decisions: int = MIN_EXAMPLES,
     ) -> Models:
         """Models that have learned nothing: every score is a prior (flagged so)."""
         learners = OnlineLearners(
@@ -68,7 +69,9 @@ class Models:
             churn_prior_learns=churn_prior_learns, loyalty_prior_learns=loyalty_prior_learns,
         )
         bgnbd = BgNbdFit(refit_periods=bgnbd_refit_periods, customers=bgnbd_customers) if bgnbd_refit_periods > 0 else None
-        return cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife), bgnbd)
+        models = cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife), bgnbd)
+        models.uplift = UpliftModels(min_examples=uplift_min_decisions)
+        return models
 
     @property
     def churn(self) -> Any:
