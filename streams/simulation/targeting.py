@@ -18,7 +18,9 @@ seed and world:
    state then.
 3. Four ways to spend the same coupons, each day on that day's candidates: the top
    ``share`` by churn score (**risk**), by predicted uplift (**uplift**), at random
-   (**random**), and by the true effect (**oracle**). A method earns the sum of the true
+   (**random**), and by the true effect (**oracle**, which knows ``Y0``: more than any
+   model can); and a reference, **latent**: by the mean true effect of the customer's latent
+   state (drifting, churned...), about the best a model of observable behaviour could do. A method earns the sum of the true
    effects of the candidates it picks: its *true incremental conversions*; the margin
    after the coupon's cost is ``AOV * (MARGIN * tau - percent / 100 * P(redeemed))``.
 4. The Qini curve of each ranking over all evaluation candidates (incremental conversions
@@ -54,7 +56,7 @@ from .shop import Shop, SimulationConfig
 
 #: Gross margin of an order (the share of its value the shop keeps before any coupon).
 MARGIN = 0.3
-METHODS = ("risk", "uplift", "random", "oracle")
+METHODS = ("risk", "uplift", "random", "latent", "oracle")
 #: Budgets: the share of each day's candidates a method may treat.
 SHARES = (0.1, 0.2, 0.3, 0.5)
 #: Points of the Qini curve (fractions of the candidates treated).
@@ -63,13 +65,14 @@ DELIVERY_MS = 6 * 3_600_000
 
 
 def backfire_effects() -> OfferEffects:
-    """A world where a coupon backfires for the customers at high risk: it seldom works for
-    drifting and churned customers and annoys half of them into not buying (Ascarza,
-    Iyengar & Schleicher 2016), while it works for new and loyal ones somewhat more than by
-    default. Risk targeting must lose there."""
+    """A world where a coupon backfires for the customers at high risk: it hardly ever works
+    for drifting customers and never for churned ones, and it annoys 60 % of both into not
+    buying in the window (Ascarza, Iyengar & Schleicher 2016), while it works for new and
+    loyal customers somewhat more than by default. Whatever risk targeting picks among the
+    drifting and churned customers earns nothing or loses a purchase: it must lose."""
     base = OfferEffects()
-    works = {**base.works, "coupon": _per_state(0.15, 0.12, 0.04, 0.02)}
-    return replace(base, works=works, backfire={"coupon": _per_state(0.0, 0.0, 0.5, 0.5)})
+    works = {**base.works, "coupon": _per_state(0.15, 0.12, 0.02, 0.0)}
+    return replace(base, works=works, backfire={"coupon": _per_state(0.0, 0.0, 0.6, 0.6)})
 
 
 WORLDS: dict[str, Callable[[], OfferEffects]] = {"default": OfferEffects, "backfire": backfire_effects}
@@ -91,6 +94,8 @@ class Judged:
     predicted: float | None
     tau: float
     margin: float  #: AOV * (MARGIN * tau - share off * P(redeemed)), currency units
+    #: The customer's latent state at the decision (what the ``latent`` reference ranks by).
+    state: str = ""
 
 
 def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffects, from_ms: int, until_ms: int,
@@ -111,8 +116,18 @@ def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffe
         tau = tau_of(y0, p_works, p_backfire)
         redeemed = p_works + (effects.carry * max(0.0, 1.0 - p_works - p_backfire) if y0 else 0.0)
         aov = c.features.get("avg_order_value", 0.0)
-        out.append(Judged(c.at // DAY_MS, c.user_id, c.churn, c.predicted, tau, aov * (MARGIN * tau - percent / 100 * redeemed)))
+        out.append(Judged(c.at // DAY_MS, c.user_id, c.churn, c.predicted, tau, aov * (MARGIN * tau - percent / 100 * redeemed),
+                          state))
     return out
+
+
+def by_state(judged: list[Judged]) -> dict[str, float]:
+    """The mean true effect of the candidates in each latent state: the best ranking a model
+    of the customer's observable behaviour could hope for (it cannot know ``Y0``)."""
+    sums: dict[str, list[float]] = {}
+    for j in judged:
+        sums.setdefault(j.state, []).append(j.tau)
+    return {state: statistics.fmean(taus) for state, taus in sums.items()}
 
 
 def _noise(user_id: str, day: int, salt: str) -> float:
@@ -120,8 +135,11 @@ def _noise(user_id: str, day: int, salt: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def score(j: Judged, method: str) -> float:
-    """The ranking key of a method (higher: treated first)."""
+def score(j: Judged, method: str, states: dict[str, float] | None = None) -> float:
+    """The ranking key of a method (higher: treated first); ``latent`` needs ``states``
+    (:func:`by_state`)."""
+    if method == "latent":
+        return states[j.state] if states is not None else 0.0
     if method == "risk":
         return j.churn
     if method == "uplift":
@@ -157,8 +175,9 @@ def spend(judged: list[Judged], method: str, share: float) -> Spend:
     for j in judged:
         days.setdefault(j.day, []).append(j)
     out = Spend()
+    states = by_state(judged)
     for members in days.values():
-        scores = [score(j, method) for j in members]
+        scores = [score(j, method, states) for j in members]
         for i in pick(scores, share, [_noise(j.user_id, j.day, "tie") for j in members]):
             out.coupons += 1
             out.incremental += members[i].tau
@@ -169,7 +188,8 @@ def spend(judged: list[Judged], method: str, share: float) -> Spend:
 def qini(judged: list[Judged], method: str, points: int = GRID) -> list[tuple[float, float]]:
     """(fraction treated, true incremental conversions per candidate) when the top fraction of
     all candidates by ``method`` is treated."""
-    ranked = sorted(judged, key=lambda j: (-score(j, method), _noise(j.user_id, j.day, "tie")))
+    states = by_state(judged)
+    ranked = sorted(judged, key=lambda j: (-score(j, method, states), _noise(j.user_id, j.day, "tie")))
     n = len(ranked)
     cum = [0.0]
     for j in ranked:
@@ -282,7 +302,7 @@ def markdown(world: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_COLOURS = {"risk": "#d62728", "uplift": "#1f77b4", "random": "#7f7f7f", "oracle": "#2ca02c"}
+_COLOURS = {"risk": "#d62728", "uplift": "#1f77b4", "random": "#7f7f7f", "latent": "#9467bd", "oracle": "#2ca02c"}
 
 
 def qini_svg(curves: dict[str, list[tuple[float, float]]], title: str) -> str:
