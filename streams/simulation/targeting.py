@@ -307,7 +307,7 @@ _COLOURS = {"risk": "#d62728", "uplift": "#1f77b4", "random": "#7f7f7f", "latent
 
 def qini_svg(curves: dict[str, list[tuple[float, float]]], title: str) -> str:
     """The Qini curves as an SVG picture (no plotting library needed)."""
-    w, h, left, right, top, bottom = 560, 360, 70, 120, 40, 50
+    w, h, left, right, top, bottom = 560, 380, 70, 120, 60, 50
     ys = [y for c in curves.values() for _, y in c] + [0.0]
     lo, hi = min(ys), max(ys)
     span = (hi - lo) or 1.0
@@ -317,7 +317,7 @@ def qini_svg(curves: dict[str, list[tuple[float, float]]], title: str) -> str:
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
              f'<rect width="{w}" height="{h}" fill="white"/>',
-             f'<text x="{w / 2 - 60}" y="22" font-size="14">{title}</text>']
+             f'<text x="{left}" y="22" font-size="14">{title}</text>']
     x0, y0 = px(0, lo)
     x1, _ = px(1, lo)
     _, yt = px(0, hi)
