@@ -262,7 +262,7 @@ def summary(results: list[SeedResult]) -> dict[str, Any]:
                            "margin": interval([s.margin for s in spends])}
         diff = [r.spends["uplift"][share].per_coupon - r.spends["risk"][share].per_coupon for r in results]
         ratio = [r.spends["uplift"][share].incremental / r.spends["risk"][share].incremental - 1
-                 for r in results if r.spends["risk"][share].incremental > 0]
+                 for r in results if r.spends["risk"][share].per_coupon >= 0.01]  # (a ratio to about nothing says nothing)
         row["uplift_minus_risk_per_coupon"] = interval(diff)
         row["uplift_over_risk"] = interval(ratio) if len(ratio) == len(results) else None
         out["budgets"][share] = row
@@ -295,7 +295,7 @@ def markdown(world: str, s: dict[str, Any]) -> str:
     for share, row in s["budgets"].items():
         ratio = row["uplift_over_risk"]
         lines.append(f"| {share:.0%} | {_fmt(row['uplift_minus_risk_per_coupon'])} | "
-                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned nothing in a seed)'} |")
+                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} |")
     lines += ["", "| method | AUUC (incremental conversions per candidate, area under the Qini curve) [95 %] |", "| --- | --- |"]
     for method in METHODS:
         lines.append(f"| {method} | {_fmt(s['auuc'][method], 4)} |")
