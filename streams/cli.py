@@ -437,8 +437,7 @@ def evaluate_targeting(
         with ProcessPoolExecutor(jobs) as pool:
             results = list(pool.map(tg.run_seed, sims, [tg.WORLDS[name]()] * seeds, [pol] * seeds, [learn_days] * seeds))
         summary = tg.summary(results)
-        console.print(tg.markdown(name, summary), markup=False, highlight=False)
-        console.print()
+        console.print(tg.markdown(name, summary) + "\n", markup=False, highlight=False, soft_wrap=True)  # tables unwrapped
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
             (out / f"summary-{name}.json").write_text(json.dumps(summary, indent=1, default=str) + "\n", encoding="utf-8")
