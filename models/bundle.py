@@ -3,7 +3,8 @@
 The churn and loyalty learners with their prequential metrics (:mod:`models.online`), the
 review sentiment model and the behavioural segment model learn from the examples of the
 ``model-labels`` topic (:mod:`models.examples`), and so do the policy's contextual bandits
-(:mod:`models.bandit`, from the rewards of matured decisions); a snapshot of the bundle is what every
+(:mod:`models.bandit`, from the rewards of matured decisions) and the uplift model of each
+action kind (:mod:`models.uplift`, from the outcomes of matured treatment and control decisions); a snapshot of the bundle is what every
 scorer uses (:mod:`models.trainer`). The customer histories those examples carry are kept
 for BG/NBD (:mod:`models.bgnbd_prior`), refitted as periods are stamped; the churn and
 loyalty learners get the fitted parameters (their prior and three of their inputs).
@@ -25,10 +26,11 @@ from typing import Any
 from models.bandit import Bandits
 from models.bgnbd_prior import BgNbdFit, observed as _observed
 from models.churn import DEFAULT_LOYALTY
-from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample, candidates_of
+from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample, UpliftExample, candidates_of
 from models.online import OnlineLearners
 from models.segments import SegmentModel
 from models.sentiment import SentimentModel
+from models.uplift import MIN_EXAMPLES, UpliftModels
 from streams.domain.features import as_dict
 
 
@@ -45,11 +47,13 @@ class Models:
         self.sentiment = sentiment
         self.segments = segments
         self.bandits = Bandits()
+        self.uplift = UpliftModels()
         self.bgnbd = bgnbd
         self.counts: Counter[str] = Counter()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         state.setdefault("bandits", Bandits())  # a snapshot of a trainer from before the bandits
+        state.setdefault("uplift", UpliftModels())  # ... or from before the uplift models
         self.__dict__.update(state)
 
     @classmethod
@@ -57,6 +61,7 @@ class Models:
         cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = DEFAULT_LOYALTY,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
         segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        uplift_min_decisions: int = MIN_EXAMPLES,
     ) -> Models:
         """Models that have learned nothing: every score is a prior (flagged so)."""
         learners = OnlineLearners(
@@ -64,7 +69,9 @@ class Models:
             churn_prior_learns=churn_prior_learns, loyalty_prior_learns=loyalty_prior_learns,
         )
         bgnbd = BgNbdFit(refit_periods=bgnbd_refit_periods, customers=bgnbd_customers) if bgnbd_refit_periods > 0 else None
-        return cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife), bgnbd)
+        models = cls(learners, SentimentModel(), SegmentModel(n_clusters=segment_clusters, halflife=segment_halflife), bgnbd)
+        models.uplift = UpliftModels(min_examples=uplift_min_decisions)
+        return models
 
     @property
     def churn(self) -> Any:
@@ -88,6 +95,9 @@ class Models:
             self.segments.learn_one(example.x)
         elif isinstance(example, BanditExample):
             self.bandits.learn_one(example.bandit, example.arm, example.context, example.reward)
+        elif isinstance(example, UpliftExample):
+            self.uplift.learn_one(example.action, example.rule, example.group, as_dict(example.features), example.converted,
+                                  example.explored)
         self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
 
     def stamp(self, version: str) -> None:
@@ -97,6 +107,7 @@ class Models:
             self.churn.bgnbd = self.loyalty.bgnbd = self.bgnbd.tick()
         for model in (self.churn, self.loyalty, self.sentiment, self.segments, self.bandits):
             model.snapshot = version
+        self.uplift.stamp(version)  # (ranks the explored candidates with the new models)
 
     def report(self) -> dict[str, Any]:
         """The learners' report (versions, labels, prior flags, prequential metrics) and the others' versions."""
@@ -105,6 +116,7 @@ class Models:
             "sentiment": {"version": self.sentiment.version, "labels": self.sentiment.labels},
             "segments": {"version": self.segments.version, "learned": self.segments.learned},
             "bandits": self.bandits.report(),
+            "uplift": self.uplift.report(),
             "bgnbd": None if self.bgnbd is None else self.bgnbd.report(),
             "examples": dict(sorted(self.counts.items())),
         }

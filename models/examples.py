@@ -79,6 +79,23 @@ class BanditExample(msgspec.Struct, tag_field="kind", tag="bandit", frozen=True)
     v: int = VERSION
 
 
+class UpliftExample(msgspec.Struct, tag_field="kind", tag="uplift", frozen=True):
+    """A matured decision of a kind whose uplift is learned (:mod:`models.uplift`), treatment
+    or control: the churn model's inputs at the decision, its group, and whether the
+    customer bought within the attribution window; ``explored``: the policy decided it at
+    random (a draw from the rule's candidates)."""
+
+    id: str  #: the decision's action id
+    at: int  #: the event time the decision matured
+    action: str  #: the action kind
+    rule: str
+    group: str
+    features: list[float]
+    converted: bool
+    explored: bool = False
+    v: int = VERSION
+
+
 class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     """Partition ``partition`` has sent every example with ``at`` < ``clock_ms``."""
 
@@ -87,8 +104,8 @@ class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     v: int = VERSION
 
 
-Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample]
-LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, Watermark]
+Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample]
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)
@@ -134,6 +151,16 @@ def bandit_examples(matured: list, at: int) -> list[BanditExample]:
         BanditExample(id=r.action_id, at=int(at), bandit=r.bandit, arm=r.arm, context={k: float(v) for k, v in r.context.items()},
                       reward=float(r.reward))
         for r in matured
+    ]
+
+
+def uplift_examples(matured: list, at: int) -> list[UpliftExample]:
+    """The outcomes of a step's matured decisions whose uplift is learned
+    (``streams.domain.engine.UpliftOutcome``) as examples made at ``at``."""
+    return [
+        UpliftExample(id=o.action_id, at=int(at), action=o.kind, rule=o.rule, group=o.group,
+                      features=[float(f) for f in o.features], converted=bool(o.converted), explored=bool(o.explored))
+        for o in matured
     ]
 
 

@@ -47,11 +47,29 @@ class Chosen(msgspec.Struct, frozen=True, omit_defaults=True):
     cost: float = 0.0
 
 
+class Targeting(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Whom the rule targets and what the uplift model predicted (``reason.uplift``, optional
+    in the v1 contract): ``target`` is the rule's (``risk``: its ``when`` alone decides;
+    ``uplift``: the predicted uplift too), ``predicted`` the customer's estimated change in
+    purchase probability within the attribution window if treated (None while the model of
+    the kind has not learned enough), ``version`` the uplift model's; for ``uplift``:
+    ``explored`` (decided at random, whatever the prediction), and the ``threshold`` and
+    top-share ``cutoff`` the prediction was held against."""
+
+    target: str
+    predicted: float | None
+    version: str
+    explored: bool = False
+    threshold: float | None = None
+    cutoff: float | None = None
+
+
 class Reason(msgspec.Struct, frozen=True):
     """Why an action was decided. The fields after ``features`` are optional in the v1
     contract (issue 5): the trigger that looked at the rule, and the customer's lifecycle
     stage, loyalty tier and segment at that moment; absent (UNSET) in older actions.
-    ``chosen``: present when a bandit chose the rule among the eligible ones."""
+    ``chosen``: present when a bandit chose the rule among the eligible ones; ``uplift``:
+    present when the policy learns the uplift of the action's kind (issue 21)."""
 
     rule: str
     scores: dict[str, float]
@@ -62,6 +80,7 @@ class Reason(msgspec.Struct, frozen=True):
     loyalty_tier: str | msgspec.UnsetType = msgspec.UNSET
     segment: int | msgspec.UnsetType = msgspec.UNSET
     chosen: Chosen | msgspec.UnsetType = msgspec.UNSET
+    uplift: Targeting | msgspec.UnsetType = msgspec.UNSET
 
 
 class RetentionAction(msgspec.Struct, frozen=True):

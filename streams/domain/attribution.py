@@ -52,7 +52,8 @@ import msgspec
 
 from models.bandit import CONTEXT
 from streams.domain.actions import RetentionAction
-from streams.domain.state import Awaiting, BanditTrace, UserState
+from streams.domain.features import MODEL_FEATURES
+from streams.domain.state import Awaiting, BanditTrace, UpliftTrace, UserState
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
 from streams.domain.uplift import SEP, Entered, Tally, count_matured
 
@@ -76,8 +77,12 @@ def awaiting_of(action: RetentionAction) -> Awaiting:
     trace = None
     if chosen is not msgspec.UNSET:  # a bandit chose the rule: what its reward needs at maturity
         trace = BanditTrace(chosen.bandit, [float(chosen.context.get(name, 0.0)) for name in CONTEXT], chosen.gain, chosen.cost)
+    targeting = action.reason.uplift
+    learn = None
+    if targeting is not msgspec.UNSET:  # the kind's uplift is learned: its inputs, for the outcome at maturity
+        learn = UpliftTrace([float(action.reason.features.get(name, 0.0)) for name in MODEL_FEATURES], targeting.explored)
     return Awaiting(action.action_id, parse_ts(action.ts), action.kind, action.reason.rule, action.group,
-                    code if isinstance(code, str) else None, bandit=trace)
+                    code if isinstance(code, str) else None, bandit=trace, uplift=learn)
 
 
 def track(state: UserState, decision: Awaiting, cfg: AttributionConfig, tally: Tally) -> bool:

@@ -27,6 +27,10 @@ that was *treated* gives a :class:`Reward` (its context, arm and reward) in
 decision gives none: it was not acted on, so its outcome is the baseline of the uplift,
 not the reward of an arm.
 
+**Uplift outcomes.** A matured decision of a kind whose uplift the policy learns
+(``reason.uplift``) gives an :class:`UpliftOutcome` in ``Step.outcomes``, treatment *and* control
+(the uplift model compares the two), sent to the trainer likewise.
+
 **Rules.** Given an ``act`` (the policy file's rules, :class:`streams.domain.rules.Decider`),
 the engine calls it at each trigger with the trigger's *episode* (what makes the action id
 of the decision deterministic): ``lapse`` (the lapse check; episode: the last purchase),
@@ -116,6 +120,27 @@ def rewards_of(matured: list[Awaiting]) -> list[Reward]:
     ]
 
 
+@dataclass(frozen=True)
+class UpliftOutcome:
+    """A matured decision of a kind whose uplift is learned, treatment or control: what the
+    trainer's uplift model learns (``models.uplift``)."""
+
+    action_id: str
+    kind: str
+    rule: str
+    group: str
+    features: list[float]
+    converted: bool
+    explored: bool
+
+
+def outcomes_of(matured: list[Awaiting]) -> list[UpliftOutcome]:
+    """The outcomes of the matured decisions that carry an uplift trace, both groups: the
+    control decisions are the baseline the treated ones are compared with."""
+    return [UpliftOutcome(a.action_id, a.kind, a.rule, a.group, a.uplift.features, a.converted, a.uplift.explored)
+            for a in matured if a.uplift is not None]
+
+
 @dataclass
 class Step:
     applied: Applied
@@ -133,6 +158,8 @@ class Step:
     tally: Tally = field(default_factory=Tally)
     #: The rewards of the bandit decisions that matured in this step (for the trainer).
     rewards: list[Reward] = field(default_factory=list)
+    #: The outcomes of the decisions whose uplift is learned that matured in this step (for the trainer).
+    outcomes: list[UpliftOutcome] = field(default_factory=list)
 
 
 def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
@@ -315,7 +342,7 @@ def on_due(
     tally = Tally()
     matured = attribution.mature(state, now_ms, cfg.attribution, tally)  # the windows over by now
     return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
-                churn=churn_score, tally=tally, rewards=rewards_of(matured))
+                churn=churn_score, tally=tally, rewards=rewards_of(matured), outcomes=outcomes_of(matured))
 
 
 def _lapse(act: Actor, state: UserState, now_ms: int, churn: Score) -> list[RetentionAction]:

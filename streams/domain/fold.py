@@ -25,7 +25,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from models.bundle import Models
-from models.examples import bandit_examples, churn_examples
+from models.examples import bandit_examples, churn_examples, uplift_examples
 from models.score import Score
 from models.trainer import OfflineTraining
 from streams.domain.actions import RetentionAction
@@ -118,6 +118,8 @@ class Fold:
         went_out(state, step, step.actions, self.cfg)  # their windows start (and mature at a due check)
         for reward in bandit_examples(step.rewards, self.now):  # the bandits' rewards, as the worker sends them
             self.training.add(reward)
+        for outcome in uplift_examples(step.outcomes, self.now):  # the uplift models' outcomes, likewise
+            self.training.add(outcome)
         if self.on_step is not None:
             self.on_step(state, step, self.now)
         self.queue.schedule(state.user_id, step.due_ms)

@@ -39,12 +39,17 @@ Trigger = Literal["lapse", "negative_review", "sweep", "abandoned_cart", "first_
 Priority = Literal["low", "normal", "high"]
 ChooseBy = Literal["first", "bandit"]
 Algorithm = Literal["linucb", "thompson", "epsilon_greedy"]
+Target = Literal["risk", "uplift"]
 
 ACTION_KINDS: tuple[str, ...] = get_args(ActionKind)
 TRIGGERS: tuple[str, ...] = get_args(Trigger)
 PRIORITIES: tuple[str, ...] = get_args(Priority)
 CHOOSE_BY: tuple[str, ...] = get_args(ChooseBy)
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+TARGETS: tuple[str, ...] = get_args(Target)
+#: The least exploration share of an uplift-targeted rule: without decisions made at random
+#: whatever the prediction, the model would learn only from the customers it already favours.
+MIN_EXPLORATION = 0.01
 CONTROL_BY: tuple[str, ...] = get_args(ControlBy)
 STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
 #: The section each action kind takes its parameters from.
@@ -108,6 +113,18 @@ class Care:
 
 
 @dataclass(frozen=True)
+class UpliftTarget:
+    """How an uplift-targeted rule picks among the customers its ``when`` lets through
+    (``docs/uplift.md``): the predicted uplift at least ``threshold`` and/or among the top
+    ``top_share`` of the rule's candidates; a share ``exploration`` of the candidates is
+    decided whatever the prediction, so the model keeps learning."""
+
+    threshold: float | None = None
+    top_share: float | None = None
+    exploration: float = 0.1
+
+
+@dataclass(frozen=True)
 class Rule:
     name: str
     trigger: Trigger
@@ -118,6 +135,10 @@ class Rule:
     care: Care | None = None
     #: Line of the rule in the file (for messages at run time).
     line: int = 0
+    #: Whom the rule treats among those its ``when`` lets through: ``risk`` (all of them,
+    #: the default) or ``uplift`` (those the uplift model picks, ``uplift``).
+    target: Target = "risk"
+    uplift: UpliftTarget | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +213,12 @@ class Policy:
     def bandit_for(self, trigger: str, action: str) -> Choose | None:
         """The bandit that chooses among the rules of this trigger and kind (None: ``first``)."""
         return next((c for c in self.choose if c.by == "bandit" and c.trigger == trigger and c.action == action), None)
+
+    @property
+    def uplift_kinds(self) -> frozenset[str]:
+        """The action kinds whose uplift the policy learns: those with an uplift-targeted rule
+        (every decision of such a kind, of any rule, is an example for its model)."""
+        return frozenset(r.action for r in self.rules if r.target == "uplift")
 
     def lapse_config(self) -> PolicyConfig:
         """Today's built-in rule as the file configures it: the first ``lapse`` coupon rule
@@ -448,6 +475,11 @@ class _Validator:
             if not arms:
                 self.fail(node, path, f"no rule has trigger '{trigger}' and action '{action}': nothing to choose from")
                 return _MISSING
+            targeted = [r for r in rules if r.trigger == trigger and r.action == action and r.target == "uplift"]
+            if kw.get("by") == "bandit" and targeted:
+                self.fail(node, path, f"a bandit chooses among rules, but '{targeted[0].name}' (line {targeted[0].line}) is targeted by "
+                                      "uplift; use 'target: risk' in a bandit's group")
+                return _MISSING
             if kw.get("by") == "bandit" and len(arms) < 2:
                 self.fail(node, path, f"a bandit chooses among rules, but only '{arms[0]}' has trigger '{trigger}' "
                                       f"and action '{action}' (add a rule, or use 'by: first')")
@@ -497,7 +529,8 @@ class _Validator:
         return tuple(rules)
 
     def rule(self, node: Node, path: str) -> Any:
-        keys = {"name": True, "trigger": True, "action": True, "when": False, "coupon": False, "recommendation": False, "care": False}
+        keys = {"name": True, "trigger": True, "action": True, "when": False, "coupon": False, "recommendation": False, "care": False,
+                "target": False, "uplift": False}
         m = self.mapping(node, path, keys)
         if m is None:
             return _MISSING
@@ -525,7 +558,37 @@ class _Validator:
             kw["care"] = self.care(m["care"], f"{path}.care")
         if kw.get("trigger") == "lapse" and kw.get("action") not in ("coupon", _MISSING, None):
             self.fail(m["trigger"], f"{path}.trigger", "the lapse trigger fires coupons only (today's rule)")
+        if "target" in m:
+            kw["target"] = self.choice(m["target"], f"{path}.target", TARGETS, "target")
+        if kw.get("target") == "uplift":
+            kw["uplift"] = self.uplift_target(m["uplift"], f"{path}.uplift") if "uplift" in m else _MISSING
+            if "uplift" not in m:
+                self.fail(node, path, "missing required key 'uplift' for 'target: uplift' (its threshold and/or top_share)")
+        elif "uplift" in m and kw.get("target") is not _MISSING:
+            self.fail(m["uplift"], f"{path}.uplift", "applies to 'target: uplift' only")
+            kw["uplift"] = _MISSING
         return _build(Rule, kw)
+
+    def uplift_target(self, node: Node, path: str) -> Any:
+        m = self.mapping(node, path, {"threshold": False, "top_share": False, "exploration": False})
+        if m is None:
+            return _MISSING
+        kw: dict[str, Any] = {}
+        if "threshold" in m:
+            kw["threshold"] = self.number(m["threshold"], f"{path}.threshold", lo=-1, hi=1)
+        if "top_share" in m:
+            kw["top_share"] = self.number(m["top_share"], f"{path}.top_share", lo=0, lo_open=True, hi=1)
+        if "exploration" in m:
+            share = self.number(m["exploration"], f"{path}.exploration", lo=0, hi=1)
+            if isinstance(share, (int, float)) and share < MIN_EXPLORATION:
+                self.fail(m["exploration"], f"{path}.exploration",
+                          f"must be at least {_num(MIN_EXPLORATION)}, got {_num(share)}: without decisions at random the model stops learning")
+                share = _MISSING
+            kw["exploration"] = share
+        if "threshold" not in m and "top_share" not in m:
+            self.fail(node, path, "give 'threshold' (the least predicted uplift treated) and/or 'top_share' (of the candidates)")
+            return _MISSING
+        return _build(UpliftTarget, kw)
 
     def items(self, node: Node, path: str, what: str, item: Callable[[Node, str], Any]) -> Any:
         """A non-empty list, each element read by ``item(node, path)``: a tuple, or _MISSING

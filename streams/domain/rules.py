@@ -39,12 +39,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import blake2b
 
 import msgspec
 
 from models.bandit import Bandits, context_of, decision_seed
 from models.score import Score
-from streams.domain.actions import Chosen, Reason, RetentionAction, action_id, coupon_code, experiment_group
+from models.uplift import UpliftModels
+from streams.domain.actions import Chosen, Reason, RetentionAction, Targeting, action_id, coupon_code, experiment_group
 from streams.domain.features import model_inputs
 from streams.domain.policy_file import Choose, Policy, Rule, When
 from streams.domain.snapshots import UserScores
@@ -67,6 +69,36 @@ class Picks:
 Recommend = Callable[[UserState, int, int], Picks]
 #: The bandits of the model snapshot that scores event time ``now``.
 BanditsAt = Callable[[int], Bandits]
+#: The uplift models of the snapshot that scores event time ``now``.
+UpliftAt = Callable[[int], UpliftModels]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A customer an uplift-targeted rule looked at (its ``when`` held), whether or not it
+    fired: what the targeting evaluation ranks (``streams.simulation.targeting``)."""
+
+    user_id: str
+    at: int
+    rule: str
+    kind: str
+    churn: float
+    predicted: float | None
+    explored: bool
+    picked: bool
+    features: dict[str, float]
+
+
+def explore_draw(user_id: str, rule: str, episode: int, now_ms: int) -> float:
+    """A uniform draw in [0, 1) seeded by the decision and its time (not by any model or
+    global state), so a worker, a restarted worker and a replay explore alike; the time is
+    in it because a rule can look at the same episode again (the daily lapse re-check).
+
+    >>> 0.0 <= explore_draw("u1", "r", 5, 7) < 1.0, explore_draw("u1", "r", 5, 7) == explore_draw("u1", "r", 5, 8)
+    (True, False)
+    """
+    digest = blake2b(f"{user_id}\x1f{rule}\x1f{episode}\x1f{now_ms}".encode(), digest_size=8, person=b"explore").digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 def matches(when: When, row: UserScores, state: UserState) -> bool:
@@ -100,12 +132,17 @@ class Decider:
     ``bandits``: the bandits of the snapshot at an event time (without it, untrained ones)."""
 
     def __init__(self, policy: Policy, describe: Describe, recommend: Recommend | None = None,
-                 bandits: BanditsAt | None = None) -> None:
+                 bandits: BanditsAt | None = None, uplift: UpliftAt | None = None) -> None:
         self.policy = policy
         self.describe = describe
         self.recommend = recommend
         fresh = Bandits()
         self.bandits: BanditsAt = bandits or (lambda now: fresh)
+        untrained = UpliftModels()
+        self.uplift: UpliftAt = uplift or (lambda now: untrained)
+        self.uplift_kinds = policy.uplift_kinds
+        #: Told of every customer an uplift-targeted rule looks at (the targeting evaluation's log).
+        self.on_candidate: Callable[[Candidate], None] | None = None
         self.triggers = frozenset(rule.trigger for rule in policy.rules)
 
     def __call__(
@@ -125,10 +162,38 @@ class Decider:
                 chosen.add(rule.action)
                 action = self.choose(group, state, now_ms, episode, row)
             else:
-                action = self.action(rule, state, now_ms, episode, row)
+                fire, targeting = self.target(rule, state, now_ms, episode, row)
+                if not fire:
+                    continue  # the uplift model does not pick this customer: a later rule of the kind may
+                action = self.action(rule, state, now_ms, episode, row, targeting)
             if action is not None:
                 fired[rule.action] = action
         return list(fired.values())
+
+    def target(self, rule: Rule, state: UserState, now_ms: int, episode: int, row: UserScores) -> tuple[bool, Targeting | msgspec.UnsetType]:
+        """Whether the rule fires for this customer, and the reason's ``uplift`` (UNSET for a
+        kind whose uplift the policy does not learn). A ``risk`` rule fires (its ``when``
+        held); an ``uplift`` rule when the predicted uplift reaches its threshold and/or the
+        top-share cut-off of its candidates, or when the decision's own draw explores."""
+        if rule.action not in self.uplift_kinds:
+            return True, msgspec.UNSET
+        models = self.uplift(now_ms)
+        predicted = models.predict(rule.action, model_inputs(row.features))
+        shown = None if predicted is None else round(predicted, 4)
+        if rule.target != "uplift" or rule.uplift is None:
+            return True, Targeting("risk", shown, models.version)
+        u = rule.uplift
+        explored = explore_draw(state.user_id, rule.name, episode, now_ms) < u.exploration
+        cutoff = models.cutoff(rule.name, u.top_share) if u.top_share is not None else None
+        picked = predicted is not None and (u.threshold is None or predicted >= u.threshold) and (
+            u.top_share is None or (cutoff is not None and predicted >= cutoff))
+        if self.on_candidate is not None:
+            self.on_candidate(Candidate(state.user_id, now_ms, rule.name, rule.action, row.scores.get("churn", 0.0), predicted,
+                                        explored, picked, model_inputs(row.features)))
+        if not (picked or explored):
+            return False, msgspec.UNSET
+        return True, Targeting("uplift", shown, models.version, explored=explored, threshold=u.threshold,
+                               cutoff=None if cutoff is None else round(cutoff, 4))
 
     def choose(self, group: Choose, state: UserState, now_ms: int, episode: int, row: UserScores) -> RetentionAction | None:
         """The action of the eligible rule of ``group`` that its bandit chooses."""
@@ -138,7 +203,7 @@ class Decider:
         pick = bandits.choose(group.key, [r.name for r in arms], x, group.algorithm, group.exploration,
                               decision_seed(state.user_id, group.key, str(episode)))
         rule = next(r for r in arms if r.name == pick.arm)
-        action = self.action(rule, state, now_ms, episode, row)
+        action = self.action(rule, state, now_ms, episode, row, self.target(rule, state, now_ms, episode, row)[1])
         if action is None:
             return None
         versions = {**action.reason.model_versions, "bandit": pick.version}
@@ -147,7 +212,8 @@ class Decider:
                        gain=group.reward.conversion, cost=round(group.reward.coupon_cost * _share_off(rule), 6))
         return msgspec.structs.replace(action, reason=msgspec.structs.replace(action.reason, model_versions=versions, chosen=trace))
 
-    def action(self, rule: Rule, state: UserState, now_ms: int, episode: int, row: UserScores) -> RetentionAction | None:
+    def action(self, rule: Rule, state: UserState, now_ms: int, episode: int, row: UserScores,
+               targeting: Targeting | msgspec.UnsetType = msgspec.UNSET) -> RetentionAction | None:
         """The rule's action for this customer (None: a recommendation with no item to offer)."""
         aid = action_id(state.user_id, rule.name, episode)
         versions = dict(row.model_versions)
@@ -189,6 +255,7 @@ class Decider:
                 lifecycle_stage=row.lifecycle_stage,
                 loyalty_tier=row.loyalty_tier,
                 segment=row.segment,
+                uplift=targeting,
             ),
             group=experiment_group(state.user_id, self.policy.control_share, kind=rule.action, by=self.policy.control_by),
             expires_at=format_ts(now_ms + int(valid_days * MS_PER_DAY)),

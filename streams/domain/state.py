@@ -127,6 +127,15 @@ class BanditTrace(msgspec.Struct, array_like=True):
     cost: float = 0.0
 
 
+class UpliftTrace(msgspec.Struct, array_like=True):
+    """What the uplift model of the decision's kind learns at maturity (:mod:`models.uplift`):
+    the churn model's inputs at the decision (MODEL_FEATURES order) and whether the policy
+    explored it (decided at random)."""
+
+    features: list[float]
+    explored: bool = False
+
+
 class Awaiting(msgspec.Struct, array_like=True):
     """A retention decision whose attribution window is still open (:mod:`streams.domain.attribution`)."""
 
@@ -142,6 +151,8 @@ class Awaiting(msgspec.Struct, array_like=True):
     redeemed: bool = False
     #: Set when a bandit chose the decision's rule (its reward goes to the trainer at maturity).
     bandit: BanditTrace | None = None
+    #: Set when the policy learns the uplift of the decision's kind (appended: older states load).
+    uplift: UpliftTrace | None = None
 
 
 class UserState(msgspec.Struct, array_like=True):

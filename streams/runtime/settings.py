@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose state changed (a scoring always publishes one).")
     churn_horizon_days: float = Field(30.0, gt=0, description="H: churn at t means no purchase in (t, t + H]; loyalty at t is the number of purchase days in (t, t + H].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes for churn) before the learned churn and loyalty models replace their recency priors.")
+    uplift_min_decisions: int = Field(30, ge=1, description="Matured decisions of each group (treatment and control) before the uplift model of an action kind answers (docs/uplift.md); until then an uplift-targeted rule decides by its exploration share alone.")
     model_period_days: float = Field(1.0, gt=0, description="Models learn by periods of event time this long: a period's examples are learned once every partition's event-time clock has passed its end, and give the snapshot versioned by that boundary.")
     model_lag_periods: int = Field(1, ge=0, description="A record at event time t is scored by the snapshot of boundary (floor(t / period) - lag) * period, and waits until the trainer has covered it: a larger lag lets partitions drift further apart without waiting.")
     model_snapshots_kept: int = Field(32, ge=1, description="Snapshots with models each worker keeps (bytes) to score re-processed records after a restart with the models they had.")
@@ -412,7 +413,7 @@ class Settings(BaseSettings):
             loyalty_kind=self.loyalty_learner, churn_prior_learns=self.churn_prior_learns,
             loyalty_prior_learns=self.loyalty_prior_learns, segment_clusters=self.segment_clusters,
             segment_halflife=self.segment_halflife, bgnbd_refit_periods=self.bgnbd_refit_periods,
-            bgnbd_customers=self.bgnbd_customers,
+            bgnbd_customers=self.bgnbd_customers, uplift_min_decisions=self.uplift_min_decisions,
         )
 
     @property

@@ -25,7 +25,7 @@ from streams.domain.guards import BudgetState, admit, coupon_value_cents, partit
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyConfig, LoyaltyRanks
 from streams.domain.policy_file import Policy
-from streams.domain.rules import Decider
+from streams.domain.rules import Candidate, Decider
 from streams.domain.snapshots import UserScores, describe
 from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_HOUR
@@ -63,7 +63,8 @@ class PolicyRules:
         self.budget = BudgetState()
         self.limits = partition_limits(policy.guards, 0, 1)
         self.coupons = {rule.name: rule.coupon for rule in policy.rules if rule.coupon is not None}
-        self.decide = Decider(policy, self.describe, self.reco, bandits=lambda now: self.models(now).bandits)
+        self.decide = Decider(policy, self.describe, self.reco, bandits=lambda now: self.models(now).bandits,
+                              uplift=lambda now: self.models(now).uplift)
         self.models: Callable[[int], Models] = lambda now: Models.fresh()
         self.suppressed = 0
 
@@ -93,11 +94,12 @@ class PolicyRules:
 
 def closed_loop(
     shop: Shop, cfg: EngineConfig, delivery_delay_ms: int = 6 * MS_PER_HOUR, policy: Policy | None = None,
-    keep_events: bool = False,
+    keep_events: bool = False, on_candidate: Callable[[Candidate], None] | None = None,
 ) -> LoopResult:
     """Run the whole shop through the engine, delivering each action back to the shop
     (``policy``: its rules, bandits and guard rails decide, as on a worker; without it, the
-    engine's own lapse coupon)."""
+    engine's own lapse coupon). ``on_candidate``: told of every customer an uplift-targeted
+    rule looks at (``streams.simulation.targeting``)."""
     tally = Tally()
     actions: list[RetentionAction] = []
 
@@ -108,6 +110,8 @@ def closed_loop(
             shop.offer(action, now + delivery_delay_ms)
 
     rules = PolicyRules(policy) if policy is not None else None
+    if rules is not None:
+        rules.decide.on_candidate = on_candidate
     fold = Fold(cfg, offline_training(lambda: Models.fresh(horizon_days=cfg.churn_horizon_days)), on_step, rules)
     if rules is not None:
         rules.models = fold.training.models_at

@@ -59,6 +59,12 @@ class OfferEffects:
     #: The same, for the decisions of the rules named here (overrides ``works`` for them;
     #: empty by default: every rule of a kind works alike).
     works_by_rule: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: P(the offer *backfires*), by action kind and latent state (empty by default: no offer
+    #: does harm): the treated customer, annoyed, makes none of its natural purchases in the
+    #: window (Ascarza, Iyengar & Schleicher 2016: contact raised churn for some customers).
+    #: Drawn with the same number as ``works`` (the next ``backfire`` of its range), so an
+    #: offer works or backfires, never both, and the draws of other worlds do not move.
+    backfire: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Mean days from delivery to the extra purchase (exponential; none if past the window).
     delay_days: float = 3.0
     #: P(a treated coupon customer's natural purchase in the window carries the code).
@@ -89,6 +95,10 @@ class OfferEffects:
         if by_state is None:
             by_state = self.works.get(kind, {})
         return by_state.get(state, 0.0)
+
+    def p_backfire(self, kind: str, state: str) -> float:
+        """P(an action of ``kind`` backfires for a customer in latent ``state``)."""
+        return self.backfire.get(kind, {}).get(state, 0.0)
 
     @property
     def window_ms(self) -> int:
@@ -139,20 +149,24 @@ class OfferTruth:
     start_ms: int = 0
     p_works: float = 0.0
     extra_ms: int | None = None
+    #: The offer backfires (drawn for control decisions too): the customer's natural
+    #: purchases in the window do not happen if treated; and P(it backfires).
+    backfires: bool = False
+    p_backfire: float = 0.0
 
     @property
     def y1(self) -> bool | None:
-        return None if self.y0 is None else self.y0 or self.works
+        return None if self.y0 is None else (self.y0 and not self.backfires) or self.works
 
     @property
     def effect(self) -> int:
-        """Y1 - Y0 of this decision (0 or 1)."""
-        return int(self.works and not self.y0)
+        """Y1 - Y0 of this decision (-1, 0 or 1; -1 only in a world where offers backfire)."""
+        return int(self.works and not self.y0) - int(self.backfires and bool(self.y0))
 
     @property
     def expected(self) -> float:
         """E[Y1 - Y0 | Y0] from the effect parameters."""
-        return 0.0 if self.y0 else self.p_effect
+        return -self.p_backfire if self.y0 else self.p_effect
 
 
 def p_in_window(effects: OfferEffects, start_ms: int, window_end_ms: int) -> float:

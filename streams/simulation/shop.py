@@ -108,6 +108,9 @@ class CustomerTruth:
     purchases: int = 0  # well-formed purchase records emitted (malformed ones are not counted)
     spend: float = 0.0  # sum of their totals, EUR
     natural: list[int] = field(default_factory=list)  # times of those not caused by an offer (Y0 of offers)
+    #: Natural purchases an offer that backfired suppressed (in ``natural`` too: the world
+    #: without the offer has them; not emitted, not in ``purchases``).
+    suppressed: list[int] = field(default_factory=list)
     extra: list[tuple[int, str]] = field(default_factory=list)  # (time, action_id) of those an offer caused
 
 
@@ -151,7 +154,7 @@ class _Customer:
     __slots__ = (
         "user_id", "truth", "state", "since", "next_transition", "target", "forced_drift",
         "next_purchase", "next_browse", "busy_until", "gap_ms", "gap_shape", "browse_rate",
-        "cat_cum", "favourites", "app_share", "store_share", "p_loyal", "loyal_mean_days", "coupons",
+        "cat_cum", "favourites", "app_share", "store_share", "p_loyal", "loyal_mean_days", "coupons", "blocked",
     )  # fmt: skip
 
     def __init__(self, user_id: str, joined_ms: int) -> None:
@@ -168,6 +171,8 @@ class _Customer:
         self.favourites: list[Item] = []
         #: Treated coupons whose window is open: (decided, window end, code, offer's generator).
         self.coupons: list[tuple[int, int, str, random.Random]] = []
+        #: Windows (start, end] of treated offers that backfired: no natural purchase in them.
+        self.blocked: list[tuple[int, int]] = []
 
 
 def _to_ms(moment: datetime) -> int:
@@ -499,9 +504,13 @@ class _Run:
                           "unit_price": cents / 100})  # fmt: skip
         value = {"event_id": self._eid(), "user_id": c.user_id, "ts": self._ts(t), "order_id": order_id,
                  "items": lines, "total": total_cents / 100, "currency": "EUR", "channel": channel}  # fmt: skip
-        if c.coupons:
+        blocked = bool(c.blocked) and any(start < t <= end for start, end in c.blocked)
+        if c.coupons and not blocked:
             self._carry_coupon(c, t, value)
-        if self._emit("purchases", c.user_id, value, t):
+        if blocked:  # an offer backfired: the customer does not buy (every draw above is made all the same)
+            c.truth.natural.append(t)
+            c.truth.suppressed.append(t)
+        elif self._emit("purchases", c.user_id, value, t):
             c.truth.purchases += 1
             c.truth.spend = round(c.truth.spend + total_cents / 100, 2)
             c.truth.natural.append(t)
@@ -518,7 +527,8 @@ class _Run:
             review["text"] = review_text(rng, rating, item.category)
         if rng.random() < 0.85:
             review["order_id"] = order_id
-        self._emit("reviews", c.user_id, review, review_ts)
+        if not blocked:  # nor review what it did not buy
+            self._emit("reviews", c.user_id, review, review_ts)
         if rating <= 2 and (c.state is LOYAL or c.state is NEW) and rng.random() < _BAD_REVIEW_DRIFT:
             c.forced_drift = min(c.forced_drift, review_ts)
 
@@ -549,11 +559,16 @@ class _Run:
         u_works, delay = orng.random(), orng.expovariate(1 / fx.delay_days)
         t_extra = start + int(delay * DAY_MS)
         works = u_works < p_works and t_extra <= end and t_extra < self.end_ms
+        p_backfire = fx.p_backfire(offer.kind, c.state.value)
+        backfires = p_works <= u_works < p_works + p_backfire
         u_react = orng.random()
         self.offers.append(OfferTruth(offer, end, c.state.value, p_works * p_in_window(fx, start, end), works,
-                                      start_ms=start, p_works=p_works, extra_ms=t_extra if works else None))
+                                      start_ms=start, p_works=p_works, extra_ms=t_extra if works else None,
+                                      backfires=backfires, p_backfire=p_backfire))
         if offer.group != "treatment":
             return  # the control group was sent nothing
+        if backfires:
+            c.blocked = [(s, e) for s, e in c.blocked if e >= start] + [(start, end)]
         self._outcomes(offer, start, orng, works)
         if offer.code is not None:
             c.coupons.append((offer.decided_ms, end, offer.code, orng))

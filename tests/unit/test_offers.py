@@ -156,3 +156,32 @@ def test_measured_uplift_interval_contains_the_true_uplift_and_excludes_a_differ
         assert interval["low"] <= truth["true_uplift"] <= interval["high"]
         assert interval["low"] <= truth["expected_uplift"] <= interval["high"]
         assert not interval["low"] <= other["true_uplift"] <= interval["high"]  # it tells the two worlds apart
+
+
+def test_an_offer_that_backfires_takes_the_treated_customers_natural_purchases_of_its_window_away() -> None:
+    """The backfire world (issue 21): a treated customer whose offer backfires makes none of
+    its natural purchases in the window (nor reviews them); a control one is untouched;
+    Y0 (the world without the offer) still has them, so the effect is -1 where Y0 was 1."""
+    backfire = OfferEffects(works={"coupon": dict.fromkeys(STATES, 0.0)}, backfire={"coupon": dict.fromkeys(STATES, 1.0)},
+                            reactivate=0.0, carry=0.0)
+    _, plain = run(certain(0.0), {})
+    shop, treated = run(backfire, USERS)
+    def natural(records: list, user: str) -> list[int]:
+        return [r.ts_ms for r in records if r.topic == "purchases" and r.key == user and "action_id" not in r.value]
+
+    truth = {o.offer.user_id: o for o in shop.offers()}
+    taken = 0
+    for user, group in USERS.items():
+        before, after = natural(plain, user), natural(treated, user)
+        o = truth[user]  # the customer learnt of it on the first day not yet generated: from then on to the window's end
+        inside = [t for t in before if o.start_ms < t <= o.window_end_ms]
+        if group == "control":
+            assert after == before
+        else:
+            assert after == [t for t in before if t not in inside]
+            assert shop.truth()[user].suppressed == inside
+            taken += len(inside)
+        assert o.backfires and o.p_backfire == 1.0 and not o.works
+        assert o.effect == -int(bool(o.y0)) and o.expected == (-1.0 if o.y0 else 0.0)
+    assert taken > 0
+    assert [o.y0 for o in run(certain(0.0), USERS)[0].offers()] == [o.y0 for o in shop.offers()]  # Y0 as without it

@@ -36,7 +36,7 @@ import faust
 from confluent_kafka import KafkaError, Message, TopicPartition
 
 from models.bundle import Models
-from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, encode_example
+from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
 from models.reco import interactions
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
@@ -127,7 +127,7 @@ class BatchIngest:
         self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
         self.decide = Decider(
             self.policy, lambda state, now, churn: self._snapshot(state, now, self.models_at(now), churn, learn=False)[0],
-            self.reco, bandits=lambda now: self.models_at(now).bandits,
+            self.reco, bandits=lambda now: self.models_at(now).bandits, uplift=lambda now: self.models_at(now).uplift,
         )
         # the guard rails, with each partition's budget in its store
         self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical), budgets=_Budgets(self),
@@ -534,6 +534,8 @@ class BatchIngest:
                 metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
         for reward in bandit_examples(step.rewards, at):
             self._label(reward)
+        for outcome in uplift_examples(step.outcomes, at):
+            self._label(outcome)
         sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, work.partition, now).allowed:

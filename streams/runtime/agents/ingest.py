@@ -31,7 +31,7 @@ from faust.streams import _current_event, current_event
 from faust.types import TP
 
 from models.bundle import Models
-from models.examples import ReviewExample, SegmentExample, bandit_examples, churn_examples
+from models.examples import ReviewExample, SegmentExample, bandit_examples, churn_examples, uplift_examples
 from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
@@ -106,6 +106,7 @@ class Ingest:
         self.decide = Decider(
             self.policy, lambda state, now, churn: self._snapshot(state, now, self.models.models_at(now), churn, learn=False)[0], self.reco,
             bandits=lambda now: self.models.models_at(now).bandits,  # the bandits of the snapshot the decision's time selects
+            uplift=lambda now: self.models.models_at(now).uplift,  # and its uplift models
         )
         self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical))
         metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
@@ -505,6 +506,8 @@ class Ingest:
                 metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
         for reward in bandit_examples(step.rewards, at):  # matured treated bandit decisions: the bandits learn them
             await self.models.send(state.user_id, reward)
+        for outcome in uplift_examples(step.outcomes, at):  # matured decisions of both groups: the uplift models learn them
+            await self.models.send(state.user_id, outcome)
         sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, self.partition_for(state.user_id), now).allowed:

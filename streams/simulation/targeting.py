@@ -1,0 +1,349 @@
+"""Whom to treat, judged by the truth: targeting by uplift against targeting by churn risk.
+
+The simulator knows what an offer would do to every customer (common random numbers,
+:mod:`streams.simulation.offers`), so a targeting rule can be scored exactly. One run per
+seed and world:
+
+1. The closed loop (:func:`~streams.simulation.loop.closed_loop`) runs a policy whose coupon
+   rule is targeted by uplift (``deploy/policies/lapse-uplift.yaml``): the trainer learns the
+   coupon's uplift model online from the matured treatment and control decisions, as on a
+   worker, and every customer the rule looks at (a *candidate*: a lapsed streak customer at
+   its daily check) is logged with its churn score and the uplift the model of that
+   moment's snapshot predicts (``streams.domain.rules.Candidate``).
+2. Each candidate of the evaluation days (after the first ``learn_days``, whose window
+   ended by the end of the run) gets its **true individual effect**: the expected change in
+   purchase probability within the window if treated at that moment, given the world
+   without the offer (``Y0``: a natural purchase in the window, known to the simulator),
+   ``tau = (1 - Y0) * P(works in the window) - Y0 * P(backfires)`` by the customer's latent
+   state then.
+3. Four ways to spend the same coupons, each day on that day's candidates: the top
+   ``share`` by churn score (**risk**), by predicted uplift (**uplift**), at random
+   (**random**), and by the true effect (**oracle**, which knows ``Y0``: more than any
+   model can); and a reference, **latent**: by the mean true effect of the customer's latent
+   state (drifting, churned...), about the best a model of observable behaviour could do. A method earns the sum of the true
+   effects of the candidates it picks: its *true incremental conversions*; the margin
+   after the coupon's cost is ``AOV * (MARGIN * tau - percent / 100 * P(redeemed))``.
+4. The Qini curve of each ranking over all evaluation candidates (incremental conversions
+   when the top fraction is treated) and its area (AUUC).
+
+All four rank the same logged candidates: what treating them would have changed in the
+candidates of later days (a treated customer's episode ends) is not re-simulated per method.
+
+>>> tau_of(y0=False, p_works=0.3, p_backfire=0.0), tau_of(y0=True, p_works=0.3, p_backfire=0.5)
+(0.3, -0.5)
+>>> pick([0.1, 0.9, 0.5, 0.7], 0.5)
+[1, 3]
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from hashlib import blake2b
+from pathlib import Path
+from typing import Any
+
+from streams.domain.engine import EngineConfig
+from streams.domain.policy_file import Policy
+from streams.domain.rules import Candidate
+
+from .loop import closed_loop
+from .offers import DAY_MS, OfferEffects, _per_state, p_in_window
+from .shop import Shop, SimulationConfig
+
+#: Gross margin of an order (the share of its value the shop keeps before any coupon).
+MARGIN = 0.3
+METHODS = ("risk", "uplift", "random", "latent", "oracle")
+#: Budgets: the share of each day's candidates a method may treat.
+SHARES = (0.1, 0.2, 0.3, 0.5)
+#: Points of the Qini curve (fractions of the candidates treated).
+GRID = 50
+DELIVERY_MS = 6 * 3_600_000
+
+
+def backfire_effects() -> OfferEffects:
+    """A world where a coupon backfires for the customers at high risk: it hardly ever works
+    for drifting customers and never for churned ones, and it annoys 60 % of both into not
+    buying in the window (Ascarza, Iyengar & Schleicher 2016), while it works for new and
+    loyal customers somewhat more than by default. Whatever risk targeting picks among the
+    drifting and churned customers earns nothing or loses a purchase: it must lose."""
+    base = OfferEffects()
+    works = {**base.works, "coupon": _per_state(0.15, 0.12, 0.02, 0.0)}
+    return replace(base, works=works, backfire={"coupon": _per_state(0.0, 0.0, 0.6, 0.6)})
+
+
+WORLDS: dict[str, Callable[[], OfferEffects]] = {"default": OfferEffects, "backfire": backfire_effects}
+
+
+def tau_of(y0: bool, p_works: float, p_backfire: float) -> float:
+    """E[Y1 - Y0 | Y0] of one offer: it brings a purchase the customer would not have made, or
+    (backfiring) takes away one it would have made."""
+    return -p_backfire if y0 else p_works
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A candidate with its true effect and what a coupon would cost and earn."""
+
+    day: int
+    user_id: str
+    churn: float
+    predicted: float | None
+    tau: float
+    margin: float  #: AOV * (MARGIN * tau - share off * P(redeemed)), currency units
+    #: The customer's latent state at the decision (what the ``latent`` reference ranks by).
+    state: str = ""
+
+
+def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffects, from_ms: int, until_ms: int,
+                     percent: float) -> list[Judged]:
+    """The candidates decided in ``[from_ms, until_ms - window]`` with their true effects."""
+    truth = shop.truth()
+    out = []
+    for c in candidates:
+        end = c.at + effects.window_ms
+        if c.at < from_ms or end > until_ms:
+            continue
+        natural = truth[c.user_id].natural
+        i = bisect_right(natural, c.at)
+        y0 = i < len(natural) and natural[i] <= end
+        state = shop.state_at(c.user_id, c.at).value
+        p_works = effects.p_works(c.kind, c.rule, state) * p_in_window(effects, c.at + DELIVERY_MS, end)
+        p_backfire = effects.p_backfire(c.kind, state)
+        tau = tau_of(y0, p_works, p_backfire)
+        redeemed = p_works + (effects.carry * max(0.0, 1.0 - p_works - p_backfire) if y0 else 0.0)
+        aov = c.features.get("avg_order_value", 0.0)
+        out.append(Judged(c.at // DAY_MS, c.user_id, c.churn, c.predicted, tau, aov * (MARGIN * tau - percent / 100 * redeemed),
+                          state))
+    return out
+
+
+def by_state(judged: list[Judged]) -> dict[str, float]:
+    """The mean true effect of the candidates in each latent state: the best ranking a model
+    of the customer's observable behaviour could hope for (it cannot know ``Y0``)."""
+    sums: dict[str, list[float]] = {}
+    for j in judged:
+        sums.setdefault(j.state, []).append(j.tau)
+    return {state: statistics.fmean(taus) for state, taus in sums.items()}
+
+
+def _noise(user_id: str, day: int, salt: str) -> float:
+    digest = blake2b(f"{salt}\x1f{user_id}\x1f{day}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def score(j: Judged, method: str, states: dict[str, float] | None = None) -> float:
+    """The ranking key of a method (higher: treated first); ``latent`` needs ``states``
+    (:func:`by_state`)."""
+    if method == "latent":
+        return states[j.state] if states is not None else 0.0
+    if method == "risk":
+        return j.churn
+    if method == "uplift":
+        return j.predicted if j.predicted is not None else -1.0
+    if method == "oracle":
+        return j.tau
+    return _noise(j.user_id, j.day, "random")
+
+
+def pick(scores: Sequence[float], share: float, ties: Sequence[float] | None = None) -> list[int]:
+    """Indices of the top ``share`` of ``scores`` (rounded to the nearest count), best first;
+    equal scores in the order of ``ties``."""
+    k = math.floor(share * len(scores) + 0.5)
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], ties[i] if ties is not None else i))[:k]
+
+
+@dataclass
+class Spend:
+    """What a method earned with a budget: coupons, true incremental conversions, margin."""
+
+    coupons: int = 0
+    incremental: float = 0.0
+    margin: float = 0.0
+
+    @property
+    def per_coupon(self) -> float:
+        return self.incremental / self.coupons if self.coupons else 0.0
+
+
+def spend(judged: list[Judged], method: str, share: float) -> Spend:
+    """Each day, the top ``share`` of that day's candidates by ``method``."""
+    days: dict[int, list[Judged]] = {}
+    for j in judged:
+        days.setdefault(j.day, []).append(j)
+    out = Spend()
+    states = by_state(judged)
+    for members in days.values():
+        scores = [score(j, method, states) for j in members]
+        for i in pick(scores, share, [_noise(j.user_id, j.day, "tie") for j in members]):
+            out.coupons += 1
+            out.incremental += members[i].tau
+            out.margin += members[i].margin
+    return out
+
+
+def qini(judged: list[Judged], method: str, points: int = GRID) -> list[tuple[float, float]]:
+    """(fraction treated, true incremental conversions per candidate) when the top fraction of
+    all candidates by ``method`` is treated."""
+    states = by_state(judged)
+    ranked = sorted(judged, key=lambda j: (-score(j, method, states), _noise(j.user_id, j.day, "tie")))
+    n = len(ranked)
+    cum = [0.0]
+    for j in ranked:
+        cum.append(cum[-1] + j.tau)
+    return [(k / points, cum[round(k / points * n)] / n if n else 0.0) for k in range(points + 1)]
+
+
+def auuc(curve: list[tuple[float, float]]) -> float:
+    """The area under a Qini curve (trapezoids)."""
+    return sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in zip(curve, curve[1:]))
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    candidates: int
+    decisions: int
+    uplift_learned: int
+    spends: dict[str, dict[float, Spend]] = field(default_factory=dict)
+    curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+    def auuc(self, method: str) -> float:
+        return auuc(self.curves[method])
+
+
+def run_seed(sim: SimulationConfig, effects: OfferEffects, policy: Policy, learn_days: float) -> SeedResult:
+    """One closed-loop run under ``policy`` and the four targetings of its candidates."""
+    shop = Shop(sim, effects)
+    cfg = EngineConfig(policy=policy.lapse_config())
+    logged: list[Candidate] = []
+    result = closed_loop(shop, cfg, policy=policy, on_candidate=logged.append)
+    start = min((c.at for c in logged), default=0)
+    rule = next(r for r in policy.rules if r.target == "uplift")
+    percent = rule.coupon.percent if rule.coupon is not None and rule.coupon.percent is not None else 0.0
+    judged = judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS),
+                              result.now_ms - cfg.attribution.lateness_ms, percent)
+    models = result.models
+    out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0)
+    for method in METHODS:
+        out.spends[method] = {share: spend(judged, method, share) for share in SHARES}
+        out.curves[method] = qini(judged, method)
+    return out
+
+
+def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t interval of the mean over seeds."""
+    from scipy.stats import t
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    if n < 2:
+        return mean, mean, mean
+    half = t.ppf((1 + confidence) / 2, n - 1) * statistics.stdev(values) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def summary(results: list[SeedResult]) -> dict[str, Any]:
+    """Per budget and method: per coupon and total true incremental conversions and margin
+    (mean and interval over seeds); uplift against risk, paired by seed; AUUC per method."""
+    out: dict[str, Any] = {"seeds": [r.seed for r in results], "candidates": [r.candidates for r in results],
+                           "decisions": [r.decisions for r in results], "uplift_learned": [r.uplift_learned for r in results],
+                           "budgets": {}, "auuc": {}, "qini": {}}
+    for share in SHARES:
+        row: dict[str, Any] = {}
+        for method in METHODS:
+            spends = [r.spends[method][share] for r in results]
+            row[method] = {"coupons": statistics.fmean(s.coupons for s in spends),
+                           "incremental": interval([s.incremental for s in spends]),
+                           "per_coupon": interval([s.per_coupon for s in spends]),
+                           "margin": interval([s.margin for s in spends])}
+        diff = [r.spends["uplift"][share].per_coupon - r.spends["risk"][share].per_coupon for r in results]
+        ratio = [r.spends["uplift"][share].incremental / r.spends["risk"][share].incremental - 1
+                 for r in results if r.spends["risk"][share].per_coupon >= 0.01]  # (a ratio to about nothing says nothing)
+        row["uplift_minus_risk_per_coupon"] = interval(diff)
+        row["uplift_over_risk"] = interval(ratio) if len(ratio) == len(results) else None
+        out["budgets"][share] = row
+    for method in METHODS:
+        out["auuc"][method] = interval([r.auuc(method) for r in results])
+        out["qini"][method] = [(x, statistics.fmean(r.curves[method][i][1] for r in results))
+                               for i, (x, _) in enumerate(results[0].curves[method])]
+    return out
+
+
+def _fmt(iv: tuple[float, float, float], digits: int = 3, sign: bool = True) -> str:
+    f = f"{{:{'+' if sign else ''}.{digits}f}}"
+    return f"{f.format(iv[0])} [{f.format(iv[1])}, {f.format(iv[2])}]"
+
+
+def markdown(world: str, s: dict[str, Any]) -> str:
+    """The world's tables: per budget, per coupon and total incremental conversions and
+    margin per method; uplift against risk; AUUC."""
+    lines = [f"**{world}** ({len(s['seeds'])} seeds; evaluation candidates per seed: "
+             f"{', '.join(str(n) for n in s['candidates'])}; uplift examples learned: "
+             f"{', '.join(str(n) for n in s['uplift_learned'])})", "",
+             "| budget (share of each day's candidates) | method | coupons | true incremental conversions | per coupon | margin after coupon cost (EUR) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for share, row in s["budgets"].items():
+        for method in METHODS:
+            m = row[method]
+            lines.append(f"| {share:.0%} | {method} | {m['coupons']:.0f} | {_fmt(m['incremental'], 1)} | "
+                         f"{_fmt(m['per_coupon'])} | {_fmt(m['margin'], 0)} |")
+    lines += ["", "| budget | uplift - risk, per coupon [95 %] | uplift / risk - 1, total [95 %] |", "| --- | --- | --- |"]
+    for share, row in s["budgets"].items():
+        ratio = row["uplift_over_risk"]
+        lines.append(f"| {share:.0%} | {_fmt(row['uplift_minus_risk_per_coupon'])} | "
+                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} |")
+    lines += ["", "| method | AUUC (incremental conversions per candidate, area under the Qini curve) [95 %] |", "| --- | --- |"]
+    for method in METHODS:
+        lines.append(f"| {method} | {_fmt(s['auuc'][method], 4)} |")
+    return "\n".join(lines)
+
+
+_COLOURS = {"risk": "#d62728", "uplift": "#1f77b4", "random": "#7f7f7f", "latent": "#9467bd", "oracle": "#2ca02c"}
+
+
+def qini_svg(curves: dict[str, list[tuple[float, float]]], title: str) -> str:
+    """The Qini curves as an SVG picture (no plotting library needed)."""
+    w, h, left, right, top, bottom = 560, 380, 70, 120, 60, 50
+    ys = [y for c in curves.values() for _, y in c] + [0.0]
+    lo, hi = min(ys), max(ys)
+    span = (hi - lo) or 1.0
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return left + x * (w - left - right), top + (hi - y) / span * (h - top - bottom)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{w}" height="{h}" fill="white"/>',
+             f'<text x="{left}" y="22" font-size="14">{title}</text>']
+    x0, y0 = px(0, lo)
+    x1, _ = px(1, lo)
+    _, yt = px(0, hi)
+    parts.append(f'<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{yt}" stroke="black"/>')
+    zx0, zy = px(0, 0.0)
+    zx1, _ = px(1, 0.0)
+    parts.append(f'<line x1="{zx0}" y1="{zy}" x2="{zx1}" y2="{zy}" stroke="#bbb" stroke-dasharray="4 3"/>')
+    for k in range(6):
+        x, y = px(k / 5, lo)
+        parts.append(f'<text x="{x - 10}" y="{y + 16}">{k / 5:.1f}</text>')
+        v = lo + span * k / 5
+        x, y = px(0, v)
+        parts.append(f'<text x="{x - 55}" y="{y + 4}">{v:+.3f}</text>')
+    parts.append(f'<text x="{w / 2 - 110}" y="{h - 12}">share of the candidates treated (best first)</text>')
+    parts.append(f'<text x="14" y="{top - 8}">incremental conversions per candidate</text>')
+    for i, (name, curve) in enumerate(curves.items()):
+        points = " ".join(f"{a:.1f},{b:.1f}" for a, b in (px(x, y) for x, y in curve))
+        colour = _COLOURS.get(name, "black")
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
+        lx, ly = w - right + 12, top + 20 + 18 * i
+        parts.append(f'<line x1="{lx}" y1="{ly - 4}" x2="{lx + 20}" y2="{ly - 4}" stroke="{colour}" stroke-width="2"/>'
+                     f'<text x="{lx + 26}" y="{ly}">{name}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def write_svg(path: Path, curves: dict[str, list[tuple[float, float]]], title: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(qini_svg(curves, title), encoding="utf-8")
