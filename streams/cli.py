@@ -217,6 +217,33 @@ def simulate(
     raise typer.Exit(1 if report.failed else 0)
 
 
+@app.command()
+def heartbeat(
+    every: Annotated[float, typer.Option(min=0.01, help="Seconds between two heartbeats.")] = 60.0,
+    lag: Annotated[float, typer.Option(min=0.0, help="Event time of a heartbeat: the wall clock minus this many seconds (the most producers' events trail their event time).")] = 60.0,
+    count: Annotated[int, typer.Option(min=0, help="Stop after this many heartbeats (0 = run until SIGTERM or Ctrl-C).")] = 0,
+    source: Annotated[Optional[str], typer.Option(help="The heartbeats' `source` field (default: retention-heartbeat@<hostname>).")] = None,
+) -> None:
+    """Publish event-time heartbeats to every partition of the heartbeats topic, for shops
+    whose producers send live events (silent partitions still age). Exit 1 when a heartbeat
+    was not delivered to every partition."""
+    import socket
+    import threading
+
+    from streams.runtime.heartbeat import run
+    from streams.runtime.publish import Publisher
+
+    settings = _settings()
+    _brokers(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    publisher = Publisher(settings)
+    incomplete = run(publisher, every, lag, source or f"retention-heartbeat@{socket.gethostname()}", stop, count)
+    publisher.close()
+    raise typer.Exit(1 if incomplete else 0)
+
+
 @actions_app.command("tail")
 def actions_tail(
     kind: Annotated[Optional[str], typer.Option(help="Only this kind: coupon, recommendation, care_outreach.")] = None,

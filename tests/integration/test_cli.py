@@ -92,6 +92,23 @@ def test_actions_tail_prints_an_action_sent_right_after_it_started_with_kafka_de
     assert out == '{"action_id":"a1","kind":"coupon"}\n'
 
 
+def test_heartbeat_publishes_the_lagged_wall_clock_to_every_partition(pipeline: Pipeline) -> None:
+    from streams.domain.timestamps import parse_ts
+
+    env = {**os.environ, **pipeline.env}
+    before = time.time()
+    result = retention("heartbeat", "--count", "2", "--every", "0.5", "--lag", "120", "--source", "hb-it", env=env)
+    after = time.time()
+    assert result.returncode == 0, result.stderr
+    records = read_topic(pipeline.settings, pipeline.settings.topic_heartbeats, at_least=8, idle_s=1)
+    assert sorted(m.partition() for m in records) == [0, 0, 1, 1, 2, 2, 3, 3]
+    values = [json.loads(m.value()) for m in records]
+    assert {v["source"] for v in values} == {"hb-it"} and all(m.key() is None for m in records)
+    for message, value in zip(records, values):
+        ts = parse_ts(value["ts"])
+        assert message.timestamp()[1] == ts and (before - 120) * 1000 - 1 <= ts <= (after - 120) * 1000
+
+
 def test_demo_runs_the_whole_path_on_its_own_embedded_broker(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     result = retention("demo", "--customers", "80", "--days", "75", env=env, cwd=tmp_path, timeout=600)

@@ -49,7 +49,7 @@ APP_IMAGE = "retention-streams:local"
 DATA_DIR = "/var/lib/retention"
 WORKERS = {"worker-1": 6066, "worker-2": 6067}  # service -> published host port
 WEB_PORT = 6066
-EXPECTED_SERVICES = {"kafka", "topics", "worker-1", "worker-2", "simulator", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"kafka", "topics", "worker-1", "worker-2", "simulator", "heartbeat", "prometheus", "grafana"}
 
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y {pkg}"
 TIMEOUT = 120
@@ -314,6 +314,25 @@ def test_simulator_runs_after_topics():
     assert depends_on(sim).get("topics") == "service_completed_successfully"
 
 
+def heartbeat_args_are_a_valid_command(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    assert args[0] == "heartbeat"
+    result = CliRunner().invoke(app, [*args, "--help"])  # unknown options fail before --help answers
+    assert result.exit_code == 0, result.output
+
+
+def test_heartbeat_service_runs_for_live_producers_only_after_topics():
+    beat = service("heartbeat")
+    assert beat["image"] == APP_IMAGE and env_of(beat)["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert beat["profiles"] == ["live"]  # not beside the simulator's own event time
+    assert depends_on(beat) == {"topics": "service_completed_successfully"}
+    assert beat["restart"] == "unless-stopped"
+    heartbeat_args_are_a_valid_command(command_of(beat))
+
+
 def test_prometheus_service_mounts_the_config():
     prom = service("prometheus")
     image = prom["image"]
@@ -542,7 +561,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas():
     assert set(docs) == {
         "ConfigMap/retention-streams", "ConfigMap/retention-policy", "Job/retention-topics", "StatefulSet/retention-worker",
         "Service/retention-worker", "Service/retention-worker-metrics",
-        "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker",
+        "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker", "Deployment/retention-heartbeat",
     }
     for key, doc in docs.items():
         try:
@@ -614,6 +633,18 @@ def test_k8s_statefulset_probes_state_volume_and_graceful_stop():
         assert docs[key]["spec"]["selector"].items() <= labels.items(), key
         assert [p["targetPort"] for p in docs[key]["spec"]["ports"]] == [port["name"]], key
     assert docs["PodDisruptionBudget/retention-worker"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_heartbeat_deployment_sends_what_compose_sends_with_the_workers_settings():
+    docs = k8s_documents()
+    spec = docs["Deployment/retention-heartbeat"]["spec"]
+    assert spec["replicas"] == 1 and spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["args"] == command_of(service("heartbeat"))
+    heartbeat_args_are_a_valid_command(container["args"])
+    assert container["envFrom"] == [{"configMapRef": {"name": "retention-streams"}}]
+    assert container["image"] == docs["Job/retention-topics"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_k8s_workers_take_the_snapshot_key_from_a_secret_not_shipped():

@@ -116,6 +116,7 @@ def test_check_brokers_gives_up_on_a_refused_port_with_one_line(monkeypatch: pyt
         ["simulate", "--customers", "5", "--days", "1"],
         ["actions", "tail", "--idle-timeout", "1"],
         ["scores", "export", "-o", "{out}"],
+        ["heartbeat", "--count", "1"],
     ],
 )
 def test_a_command_without_a_broker_says_so_in_one_line_and_exits_2(args: list[str], tmp_path: Path) -> None:
@@ -138,3 +139,62 @@ def test_the_broker_command_prints_the_settings_its_clients_need() -> None:
     assert all(f"{k}={v}" in text for k, v in EMBEDDED_LIBRDKAFKA.items())
     assert int(EMBEDDED_LIBRDKAFKA["session.timeout.ms"]) == float(embedded["RETENTION_SESSION_TIMEOUT_S"]) * 1000
     assert int(EMBEDDED_LIBRDKAFKA["fetch.wait.max.ms"]) == int(embedded["RETENTION_FETCH_MAX_WAIT_MS"])
+
+
+class FakeProducer:
+    """The producer calls Publisher makes; deliveries resolve at flush, failing for ``refuse`` partitions."""
+
+    def __init__(self, refuse: frozenset[int] = frozenset()) -> None:
+        self.records: list[dict[str, object]] = []
+        self.pending: list[tuple[object, int]] = []
+        self.refuse = refuse
+
+    def produce(self, topic: str, value: bytes, key: bytes | None, timestamp: int, on_delivery: object, partition: int | None = None) -> None:
+        self.records.append({"topic": topic, "value": value, "key": key, "timestamp": timestamp, "partition": partition})
+        self.pending.append((on_delivery, partition))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def flush(self, timeout: float) -> int:
+        for callback, partition in self.pending:
+            callback(f"Broker: Unknown topic or partition {partition}" if partition in self.refuse else None, None)  # type: ignore[operator]
+        self.pending.clear()
+        return 0
+
+
+def test_heartbeats_go_to_every_partition_with_the_lagged_clock_and_never_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import threading
+
+    from streams.runtime.heartbeat import run
+    from streams.runtime.publish import Publisher
+
+    monkeypatch.setenv("RETENTION_PARTITIONS", "3")
+    client = FakeProducer()
+    wall = iter([1_767_225_600.0, 1_767_225_660.0, 1_767_225_000.0])  # the last reading: the clock stepped back
+    incomplete = run(Publisher(Settings(), client), every_s=0.0, lag_s=30.0, source="hb-test", stop=threading.Event(),
+                     count=3, clock=lambda: next(wall))
+    assert incomplete == 0
+    assert [(r["partition"], r["timestamp"], r["key"]) for r in client.records] == [
+        (p, ts, None) for ts in (1_767_225_570_000, 1_767_225_630_000, 1_767_225_630_000) for p in (0, 1, 2)
+    ]
+    assert {r["topic"] for r in client.records} == {"heartbeats"}
+    assert json.loads(client.records[0]["value"]) == {"ts": "2025-12-31T23:59:30.000Z", "source": "hb-test"}  # type: ignore[arg-type]
+
+
+def test_a_heartbeat_not_delivered_everywhere_is_counted(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    from streams.runtime.heartbeat import run
+    from streams.runtime.publish import Publisher
+
+    monkeypatch.setenv("RETENTION_PARTITIONS", "4")
+    stop = threading.Event()
+    with caplog.at_level(logging.ERROR):
+        incomplete = run(Publisher(Settings(), FakeProducer(refuse=frozenset({3}))), every_s=0.0, lag_s=0.0, source="s",
+                         stop=stop, count=2, clock=lambda: 1_767_225_600.0)
+    assert incomplete == 2
+    assert "1 of 4 partitions not delivered (Broker: Unknown topic or partition 3)" in caplog.text
+    stop.set()
+    assert run(Publisher(Settings(), FakeProducer()), 0.0, 0.0, "s", stop, clock=lambda: 0.0) == 0  # stopped: sends nothing
