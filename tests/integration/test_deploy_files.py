@@ -507,8 +507,14 @@ def test_grafana_service_provisions_the_datasource_and_the_dashboard():
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
     assert "prometheus" in compose_config()["services"] and (9090, 9090) in ports_of(service("prometheus"))
     dashboard = json.loads(DASHBOARD.read_text())
-    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
-    assert uids == {datasource["uid"]}
+    # the datasource is a variable (any Grafana picks its Prometheus), the provisioned one by default
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    chooser = variables["datasource"]
+    assert (chooser["type"], chooser["query"], chooser["current"]["value"]) == ("datasource", "prometheus", datasource["uid"])
+    refs = [t["datasource"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    refs += [p["datasource"] for p in dashboard["panels"] if "datasource" in p] + [variables["instance"]["datasource"]]
+    assert {r["uid"] for r in refs} == {"${datasource}"} and {r["type"] for r in refs} == {"prometheus"}
+    assert f'"uid": "{datasource["uid"]}"' not in DASHBOARD.read_text()  # no hard-coded uid left
 
 
 def test_dashboard_is_well_formed():
