@@ -565,7 +565,7 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas():
 
     docs = k8s_documents()
     assert set(docs) == {
-        "ConfigMap/retention-streams", "ConfigMap/retention-policy", "Job/retention-topics", "StatefulSet/retention-worker",
+        "ConfigMap/retention-streams", "Job/retention-topics", "StatefulSet/retention-worker",
         "Service/retention-worker", "Service/retention-worker-metrics",
         "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker", "Deployment/retention-heartbeat",
     }
@@ -593,15 +593,21 @@ def test_the_policy_file_reaches_every_deployment_unchanged():
     from streams.domain.policy_file import load_policy_text
 
     shipped = (ROOT / "deploy" / "policy.yaml").read_text()
+    load_policy_text(shipped, "policy.yaml")  # valid
     docs = k8s_documents()
-    in_k8s = docs["ConfigMap/retention-policy"]["data"]["policy.yaml"]
-    assert in_k8s == shipped, "deploy/k8s/policy-configmap.yaml differs from deploy/policy.yaml"
-    load_policy_text(in_k8s, "policy-configmap.yaml")  # valid
+    # kubectl apply -k deploy: deploy/k8s plus the ConfigMap generated from the shipped file itself
+    # (no copy to keep in step; the hash in its name rolls the workers when it changes)
+    root = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    assert root["resources"] == ["k8s"]
+    [generator] = root["configMapGenerator"]
+    assert generator["files"] == ["policy.yaml"] and "disableNameSuffixHash" not in generator.get("options", {})
+    assert not [d for d in docs.values() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == generator["name"]]
     path = docs["ConfigMap/retention-streams"]["data"]["RETENTION_POLICY_FILE"]
     pod = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["policy"]["configMap"]["name"] == "retention-policy"
+    assert volumes["policy"]["configMap"]["name"] == generator["name"] == "retention-policy"
+    assert volumes["policy"]["configMap"].get("items", [{"key": "policy.yaml"}])[0]["key"] == "policy.yaml"
     assert path == mounts["policy"]["mountPath"] + "/policy.yaml"
     env = dict(a.split("=", 1) for kw, args in final_stage() if kw == "ENV" for a in shlex.split(args) if "=" in a)
     assert env["RETENTION_POLICY_FILE"] == path
@@ -651,6 +657,45 @@ def test_k8s_heartbeat_deployment_sends_what_compose_sends_with_the_workers_sett
     assert container["envFrom"] == [{"configMapRef": {"name": "retention-streams"}}]
     assert container["image"] == docs["Job/retention-topics"]["spec"]["template"]["spec"]["containers"][0]["image"]
     assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def component(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A kustomize Component of deploy/k8s/components: its kustomization and its resources."""
+    folder = K8S / "components" / name
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Component"
+    return kustomization, [yaml.safe_load((folder / f).read_text()) for f in kustomization["resources"]]
+
+
+def test_k8s_service_monitor_component_scrapes_the_metrics_service():
+    docs = k8s_documents()
+    _, [monitor] = component("service-monitor")
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    metrics = docs["Service/retention-worker-metrics"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= docs["Service/retention-worker"]["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]} and endpoint["path"] == "/metrics"
+
+
+def test_k8s_keda_component_scales_like_the_hpa_on_exported_lag_and_replaces_it():
+    from tests.promql import metric_names
+
+    docs = k8s_documents()
+    kustomization, [scaled] = component("keda")
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    hpa = docs["HorizontalPodAutoscaler/retention-worker"]["spec"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == hpa["scaleTargetRef"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert metric_names(trigger["metadata"]["query"]) == {"retention_consumer_lag_records"} <= exported_metric_names()
+    assert trigger["metadata"]["threshold"] == hpa["metrics"][0]["external"]["target"]["averageValue"]
+    [patch] = kustomization["patches"]
+    deleted = yaml.safe_load(patch["patch"])
+    assert deleted["$patch"] == "delete" and (deleted["kind"], deleted["metadata"]["name"]) == ("HorizontalPodAutoscaler", "retention-worker")
 
 
 def test_k8s_workers_take_the_snapshot_key_from_a_secret_not_shipped():
