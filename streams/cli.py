@@ -1,7 +1,8 @@
-"""``retention``: the command line of Retention Streams.
+"""retention: the command line of Retention Streams.
 
-Every command reads its configuration from the environment (see ``retention settings``);
-options only say what to do.
+Every command reads its configuration from the environment (see `retention settings`);
+options only say what to do. Exit codes: 0 done; 1 records rejected, undelivered or
+a check failed; 2 bad configuration or usage, or no broker answered.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# Plain help (click's): the rich renderer shows a type for flags (`--help <bool>`).
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__, rich_markup_mode=None,
+                  context_settings={"max_content_width": 100})
 topics_app = typer.Typer(no_args_is_help=True, help="Topic administration.")
 actions_app = typer.Typer(no_args_is_help=True, help="The retention actions, as marketing systems see them.")
 app.add_typer(topics_app, name="topics")
@@ -29,17 +32,45 @@ app.add_typer(scores_app, name="scores")
 err = Console(stderr=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from streams import __version__
+
+        print(f"retention-streams {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """Options before the command."""
+
+
 def _settings():  # imported lazily: `retention --help` stays fast
+    from pydantic import ValidationError
+
     from streams.runtime.logs import configure
-    from streams.runtime.settings import Settings
+    from streams.runtime.settings import Settings, configuration_errors
 
     try:
         settings = Settings()
-    except Exception as exc:  # pydantic.ValidationError: say which variable is wrong
-        err.print(f"[red]invalid configuration:[/red] {exc}")
+    except ValidationError as exc:
+        for line in configuration_errors(exc):
+            sys.stderr.write(f"invalid configuration: {line}\n")
         raise typer.Exit(2) from None
     configure(settings.log_format, settings.log_level)
     return settings
+
+
+def _brokers(settings) -> None:  # one line and exit 2 when no broker answers
+    from streams.runtime.kafka import BrokersUnreachable, check_brokers
+
+    try:
+        check_brokers(settings)
+    except BrokersUnreachable as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -49,8 +80,11 @@ def broker(port: Annotated[int, typer.Option(help="Port to listen on (loopback).
 
     from streams.runtime.broker import broker_command
 
+    from streams.runtime.broker import client_settings_text
+
     cmd = broker_command(port)
-    err.print(f"embedded broker on 127.0.0.1:{port}; use KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:{port}. Ctrl-C stops it.")
+    sys.stdout.write(client_settings_text(port))
+    sys.stdout.flush()
     os.execv(cmd[0], cmd)
 
 
@@ -60,6 +94,7 @@ def topics_create() -> None:
     from streams.runtime.kafka import create_topics
 
     settings = _settings()
+    _brokers(settings)
     created = create_topics(settings)
     err.print(f"created {len(created)} topics: {', '.join(created) or '(all existed)'}")
 
@@ -126,7 +161,8 @@ def produce(
     topic: Annotated[str, typer.Option(help="Logical or configured topic: clicks, purchases, reviews, action-outcomes, heartbeats.")],
     rejects: Annotated[Optional[Path], typer.Option(help="Write rejected lines here as JSON lines with their errors.")] = None,
 ) -> None:
-    """Validate every line against the topic's contract, send the valid ones, report the rejected."""
+    """Validate every line against the topic's contract, send the valid ones, report the
+    rejected. Exit 1 when a line was rejected or a record not delivered."""
     from streams.runtime.publish import Publisher, read_jsonl
 
     settings = _settings()
@@ -134,6 +170,7 @@ def produce(
     if logical not in settings.inbound_topics.values():
         err.print(f"[red]unknown topic {topic!r}[/red]; one of {', '.join(settings.inbound_topics.values())}")
         raise typer.Exit(2)
+    _brokers(settings)
     rejected: list[tuple[int, str, bytes]] = []
     report = Publisher(settings).publish(read_jsonl(file, logical, rejected))
     for line_no, error, _ in rejected[:20]:
@@ -142,8 +179,10 @@ def produce(
         with rejects.open("w") as out:
             for line_no, error, raw in rejected:
                 out.write(json.dumps({"line": line_no, "error": error, "value": raw.decode("utf-8", "replace")}) + "\n")
-    err.print(f"sent {report.total} records to {logical}; rejected {len(rejected)}; delivery failures {report.failed}")
-    raise typer.Exit(1 if report.failed else 0)
+    for error in report.errors[:5]:
+        err.print(f"[yellow]not delivered[/yellow]: {error}")
+    err.print(f"sent {report.total - report.failed} records to {logical}; rejected {len(rejected)}; delivery failures {report.failed}")
+    raise typer.Exit(1 if report.failed or rejected else 0)
 
 
 @app.command()
@@ -160,6 +199,7 @@ def simulate(
     from streams.simulation import Shop, SimulationConfig
 
     settings = _settings()
+    _brokers(settings)
     shop = Shop(SimulationConfig(customers=customers, days=days, seed=seed,
                                  invalid_share=invalid_share, duplicate_share=duplicate_share))
     from rich.progress import Progress, TextColumn
@@ -177,22 +217,61 @@ def simulate(
     raise typer.Exit(1 if report.failed else 0)
 
 
+@app.command()
+def heartbeat(
+    every: Annotated[float, typer.Option(min=0.01, help="Seconds between two heartbeats.")] = 60.0,
+    lag: Annotated[float, typer.Option(min=0.0, help="Event time of a heartbeat: the wall clock minus this many seconds (the most producers' events trail their event time).")] = 60.0,
+    count: Annotated[int, typer.Option(min=0, help="Stop after this many heartbeats (0 = run until SIGTERM or Ctrl-C).")] = 0,
+    source: Annotated[Optional[str], typer.Option(help="The heartbeats' `source` field (default: retention-heartbeat@<hostname>).")] = None,
+) -> None:
+    """Publish event-time heartbeats to every partition of the heartbeats topic, for shops
+    whose producers send live events (silent partitions still age). Exit 1 when a heartbeat
+    was not delivered to every partition."""
+    import socket
+    import threading
+
+    from streams.runtime.heartbeat import run
+    from streams.runtime.publish import Publisher
+
+    settings = _settings()
+    _brokers(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    publisher = Publisher(settings)
+    incomplete = run(publisher, every, lag, source or f"retention-heartbeat@{socket.gethostname()}", stop, count)
+    publisher.close()
+    raise typer.Exit(1 if incomplete else 0)
+
+
 @actions_app.command("tail")
 def actions_tail(
     kind: Annotated[Optional[str], typer.Option(help="Only this kind: coupon, recommendation, care_outreach.")] = None,
     from_beginning: Annotated[bool, typer.Option(help="Start at the oldest action instead of new ones.")] = False,
     max_actions: Annotated[int, typer.Option("--max", help="Stop after this many (0 = never).")] = 0,
-    idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without an action (0 = never).")] = 0.0,
+    idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without an action, counted from when the partitions are assigned (0 = never).")] = 0.0,
 ) -> None:
-    """Print retention actions as JSON lines as they arrive."""
+    """Print retention actions as JSON lines as they arrive.
+
+    It reads every partition directly (no consumer group, nothing committed), so it starts
+    at once, even on a broker that holds group joins."""
+    from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, TopicPartition
+
     from streams.runtime.kafka import consumer, messages
 
     settings = _settings()
-    reader = consumer(settings, None, **({} if from_beginning else {"auto.offset.reset": "latest"}))
-    reader.subscribe([settings.topic_actions])
-    printed, last = 0, time.monotonic()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    _brokers(settings)
+    topic = settings.topic_actions
+    reader = consumer(settings, None)
     try:
+        meta = reader.list_topics(topic, timeout=settings.connect_timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            sys.stderr.write(f"no topic {topic} (RETENTION_TOPIC_ACTIONS) on {settings.bootstrap_servers}: run `retention topics create`\n")
+            raise typer.Exit(2)
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        reader.assign([TopicPartition(topic, p, start) for p in sorted(meta.partitions)])
+        printed, last = 0, time.monotonic()  # idle from the assignment, not from the start of the command
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         for msg in messages(reader):
             if msg is None:
                 if idle_timeout and time.monotonic() - last > idle_timeout:
@@ -216,16 +295,19 @@ def actions_tail(
 @scores_app.command("export")
 def scores_export(
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.csv or .parquet).")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="csv or parquet (default: from the file's suffix).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv or parquet (default: from the file's suffix, .csv or .parquet).")] = None,
 ) -> None:
     """Write every user's latest features and scores (from user-scores) as CSV or Parquet."""
-    from streams.runtime.export import latest_scores, rows, write
+    from streams.runtime.export import export_format, latest_scores, rows, write
 
-    fmt = fmt or ("parquet" if output.suffix == ".parquet" else "csv")
-    if fmt not in ("csv", "parquet"):
-        err.print(f"[red]unknown format {fmt!r}: csv or parquet[/red]")
-        raise typer.Exit(2)
-    columns, table = rows(latest_scores(_settings()).values())
+    try:
+        fmt = export_format(output, fmt)
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    _brokers(settings)
+    columns, table = rows(latest_scores(settings).values())
     write(output, columns, table, fmt)
     err.print(f"wrote {len(table)} users, {len(columns)} columns to {output} ({fmt})")
 
@@ -455,7 +537,24 @@ def settings_table() -> None:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app()
+    from confluent_kafka import KafkaException
+    from pydantic import ValidationError
+
+    from streams.runtime.broker import BrokerNotInstalled
+    from streams.runtime.kafka import BrokersUnreachable
+    from streams.runtime.settings import configuration_errors
+
+    try:  # what a command did not catch itself: one line, not a traceback
+        app()
+    except (BrokersUnreachable, BrokerNotInstalled) as exc:
+        sys.stderr.write(f"{exc}\n")
+        sys.exit(2)
+    except ValidationError as exc:  # Settings() read by demo, bench, evaluate
+        sys.stderr.write("".join(f"invalid configuration: {line}\n" for line in configuration_errors(exc)))
+        sys.exit(2)
+    except KafkaException as exc:
+        sys.stderr.write(f"Kafka error: {exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc}\n")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

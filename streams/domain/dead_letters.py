@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from streams.domain.events import unframe
 from streams.domain.timestamps import format_ts
 
 #: Fields masked in the redacted copy by default: identifiers and free text a customer wrote.
@@ -89,10 +90,10 @@ _encoder = msgspec.json.Encoder()
 
 
 def redacted(value: bytes, cfg: DeadLetterConfig) -> str | None:
-    """The value's JSON with the configured fields masked, or None when it is not JSON,
+    """The value's JSON (a Schema Registry header stripped) with the configured fields masked, or None when it is not JSON,
     nested too deeply, or its redacted copy is over the size limit."""
     try:
-        text = _encoder.encode(_masked(msgspec.json.decode(value), cfg.redact))
+        text = _encoder.encode(_masked(msgspec.json.decode(unframe(value)[0]), cfg.redact))
     except Exception:  # not JSON, too deep, not encodable: no copy, the reference stays
         return None
     return text.decode("utf-8") if len(text) <= cfg.max_copy_bytes else None

@@ -8,6 +8,11 @@ Decoding never raises: :func:`decode` returns an event or an :class:`Invalid` wh
 ``error`` says in words which rule failed, so the worker can dead-letter the record and
 carry on.
 
+Values framed by a Confluent Schema Registry JSON serializer (magic byte 0, then the
+schema id as 4 big-endian bytes, then the JSON) are accepted: :func:`unframe` strips the
+header (no JSON text starts with a zero byte, so plain JSON is never mistaken for it) and
+the runtime records the schema id (``retention_schema_registry_schema_id``).
+
 >>> decode("clicks", b'{"event_id":"e1","user_id":"u1","ts":1767225600000,"kind":"search"}').kind.value
 'search'
 >>> decode("reviews", b'{"event_id":"e1","user_id":"u1","ts":1767225600000,"item_id":"i","rating":7}').error
@@ -185,6 +190,23 @@ _DECODERS = {topic: msgspec.json.Decoder(tp, dec_hook=_dec_hook) for topic, tp i
 MAX_RECORD_BYTES = 1_048_576
 
 
+#: First byte of a value framed by a Confluent Schema Registry serializer.
+SCHEMA_REGISTRY_MAGIC = 0
+
+
+def unframe(raw: bytes) -> tuple[bytes, int | None]:
+    """The JSON of a value and its Schema Registry schema id (None when it is not framed).
+
+    >>> unframe(b"\\x00\\x00\\x00\\x01\\x07{}")
+    (b'{}', 263)
+    >>> unframe(b'{"ts": 1}')
+    (b'{"ts": 1}', None)
+    """
+    if len(raw) >= 5 and raw[0] == SCHEMA_REGISTRY_MAGIC:
+        return raw[5:], int.from_bytes(raw[1:5], "big")
+    return raw, None
+
+
 def decode(
     topic: str, raw: bytes | None, *, not_after_ms: int | None = None, not_before_ms: int | None = None,
     max_bytes: int = MAX_RECORD_BYTES,
@@ -195,13 +217,28 @@ def decode(
     earlier of the record's Kafka timestamp and its own clock, plus the allowed clock
     skew), so one bad clock cannot drag the event-time clock of a whole partition into the
     future; ``not_before_ms`` refuses implausibly old times (year 0001 is valid RFC 3339).
-    Any input, however large or deeply nested, gives an event or an :class:`Invalid`.
+    Any input, however large or deeply nested, gives an event or an :class:`Invalid`;
+    a Schema Registry header (:func:`unframe`) is stripped first, and named in the error.
 
     >>> decode("clicks", b'{"x":' + b"[" * 100_000).error
     'not valid JSON: nested too deeply'
     >>> decode("clicks", b" " * 11, max_bytes=10).error
     'record of 11 bytes is over the limit of 10 bytes'
+    >>> decode("heartbeats", b"\\x00\\x00\\x00\\x00\\x2a" + b'{"ts": 1767225600000}').ts
+    1767225600000
+    >>> decode("heartbeats", b"\\x00\\x00\\x00\\x00\\x2a" + b'{}').error
+    'Object missing required field `ts` (framed by a Schema Registry serializer, schema id 42)'
     """
+    result = _decode(topic, raw, not_after_ms, not_before_ms, max_bytes)
+    if isinstance(result, Invalid) and raw is not None and len(raw) <= max_bytes:
+        schema_id = unframe(raw)[1]
+        if schema_id is not None:
+            return Invalid(f"{result.error} (framed by a Schema Registry serializer, schema id {schema_id})")
+    return result
+
+
+def _decode(topic: str, raw: bytes | None, not_after_ms: int | None, not_before_ms: int | None, max_bytes: int) -> Event | Invalid:
+    """:func:`decode` of an unframed value."""
     if raw is None:
         return Invalid("value is empty (a tombstone): a JSON object is required")
     if len(raw) > max_bytes:
@@ -210,7 +247,7 @@ def decode(
     if decoder is None:
         return Invalid(f"no contract for topic {topic!r}")
     try:
-        event = decoder.decode(raw)
+        event = decoder.decode(unframe(raw)[0])
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
         return Invalid(str(exc))
     except msgspec.DecodeError as exc:

