@@ -95,6 +95,7 @@ class Models:
         refitted when due and its parameters handed to the churn and loyalty learners."""
         if self.bgnbd is not None:
             self.churn.bgnbd = self.loyalty.bgnbd = self.bgnbd.tick()
+        self.learners.close()
         for model in (self.churn, self.loyalty, self.sentiment, self.segments, self.bandits):
             model.snapshot = version
 
