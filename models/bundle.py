@@ -56,7 +56,7 @@ class Models:
     def fresh(
         cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = DEFAULT_LOYALTY,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
-        segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 1_000_000,
     ) -> Models:
         """Models that have learned nothing: every score is a prior (flagged so)."""
         learners = OnlineLearners(

@@ -153,7 +153,7 @@ class Replay:
         self, cfg: EngineConfig, churn_models: list[ChurnModel], loyalty_models: list[LoyaltyModel],
         period_days: float, bgnbd_refit_days: float = 7.0, learn_churn_early: bool = False,
         model_period_days: float = 1.0, model_lag_periods: int = 1,
-        partition_for: Callable[[str], int] | None = None, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        partition_for: Callable[[str], int] | None = None, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 1_000_000,
         scores_interval_ms: int = MS_PER_DAY,
     ) -> None:
         self.cfg = cfg

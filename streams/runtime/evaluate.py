@@ -87,7 +87,7 @@ def run_replay(
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,
     churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
     model_period_days: float = 1.0, model_lag_periods: int = 1, partitions: int = 1,
-    bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000, scores_interval_ms: int = 86_400_000,
+    bgnbd_refit_periods: int = 7, bgnbd_customers: int = 1_000_000, scores_interval_ms: int = 86_400_000,
 ) -> tuple[Replay, float]:
     """The in-process replay; with ``partitions`` > 1 users are split as the workers split
     them (murmur2 of the user id), each partition with its own event-time clock."""
