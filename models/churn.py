@@ -20,9 +20,9 @@ is ``prior + w (learner - prior)`` with ``w`` the learner's share in force (:cla
 at every snapshot it moves, by at most :data:`GATE_MAX_STEP`, toward the least-squares
 weight of the last :data:`GATE_PERIODS` periods' labels, shrunk toward the prior. Loyalty
 answers are multiplied by a scale that matches the predicted total to the actual one on the
-same window (:attr:`LoyaltyModel.scale`). Churn is gated only against BG/NBD: against the
-recency formula the learner answers alone once it has ``min_labels`` labels of both
-classes (measured, a gate kept that prior too long: ``docs/evaluation.md``).
+same window (:attr:`LoyaltyModel.scale`). Churn and loyalty are gated alike, against
+whatever their prior is (BG/NBD, the recency bins or the formula), and neither gains weight
+before it has ``min_labels`` labels (of both classes, for churn): ``docs/evaluation.md``.
 
 The pipelines to choose from are in :data:`CHURN_PIPELINES` and :data:`LOYALTY_PIPELINES`;
 the defaults were chosen by the prequential comparison in ``docs/evaluation.md``.
