@@ -85,24 +85,29 @@ def _close(model, periods: int) -> None:
         model.close()
 
 
-def test_the_gate_compares_what_was_predicted_at_scoring_time_not_at_maturity() -> None:
+def test_the_gate_compares_what_was_predicted_at_scoring_time_not_at_maturity(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.churn
+
     model = trained_loyalty()
     before = model.gate.current[0]
-    # the learner had learned nothing when this point was scored: it is judged on what it
-    # predicts now, before learning the label (test, then train), against the stored prior
-    now = model.learned(X)
+    # the learner had learned nothing when this point was scored: not judged (by default)
     model.learn(X, 2, prior_p=1.0, learned_p=None)
-    assert model.gate.current[0] == before + 1
+    assert model.gate.current[0] == before
     # the stored predictions are compared, whatever the models predict now
     sums = list(model.gate.current)
     model.learn(X, 2, prior_p=0.0, learned_p=2.0)
     added = [a - b for a, b in zip(model.gate.current, sums)]
-    assert added[1:5] == [0.0, 4.0, 4.0, 4.0]  # learner loss, prior loss, (2 - 0)^2, (2 - 0)(2 - 0)
+    assert added[:5] == [1.0, 0.0, 4.0, 4.0, 4.0]  # a label; learner loss, prior loss, (2 - 0)^2, (2 - 0)(2 - 0)
+    # judged on its prediction just before learning the label (test, then train), if so set
+    monkeypatch.setattr(models.churn, "JUDGE_UNSTORED", True)
+    now = model.learned(X)
+    sums = list(model.gate.current)
+    model.learn(X, 2, prior_p=1.0, learned_p=None)
+    added = [a - b for a, b in zip(model.gate.current, sums)]
+    assert added[0] == 1.0 and added[1] == pytest.approx((now - 2) ** 2) and added[3] == pytest.approx((now - 1) ** 2)
     fresh = LoyaltyModel(horizon_days=30, min_labels=1, kind="linear")
     fresh.learn(X, 2, prior_p=1.0, learned_p=None)  # its first label: nothing to judge yet
     assert fresh.gate.current[0] == 0
-    fresh.learn(X, 2, prior_p=1.0, learned_p=None)
-    assert fresh.gate.current[0] == 1 and now is not None
 
 
 def test_the_answer_blends_prior_and_learner_by_the_weight_their_stored_predictions_earned() -> None:
