@@ -32,6 +32,9 @@ from scipy.special import betaln, expit, gammaln, hyp2f1
 
 MS_PER_DAY = 86_400_000
 
+#: Bounds of the fit's log-parameters (each parameter within [e^-12, e^12]).
+BOUNDS = (-12.0, 12.0)
+
 K = TypeVar("K", bound=Hashable)
 Array = NDArray[np.float64]
 
@@ -162,9 +165,14 @@ class BgNbd:
     @staticmethod
     def _minimize(objective: Callable[[Array], float], start: tuple[float, ...]) -> Any:
         """L-BFGS-B on the log-parameters from ``start``; Nelder-Mead if that fails."""
-        best = minimize(objective, np.log(np.asarray(start, dtype=float)), method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 4)
+        best = minimize(objective, np.log(np.asarray(start, dtype=float)), method="L-BFGS-B", bounds=[BOUNDS] * 4)
         if not best.success:
-            fallback = minimize(objective, best.x, method="Nelder-Mead", options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-10})
+            # Nelder-Mead has no bounds: it searches the clipped parameters, so it cannot wander
+            # off to a degenerate corner (a simulator fit reached b = 1e193, whose expected
+            # purchases then overflowed in the cancellation of eq. (10))
+            fallback = minimize(lambda p: objective(np.clip(p, *BOUNDS)), best.x, method="Nelder-Mead",
+                                options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-10})
+            fallback.x = np.clip(fallback.x, *BOUNDS)
             if fallback.fun <= best.fun:
                 best = fallback
         return best

@@ -60,7 +60,7 @@ class Models:
     def fresh(
         cls, horizon_days: float = 30.0, min_labels: int = 50, churn_kind: str = "logreg", loyalty_kind: str = DEFAULT_LOYALTY,
         churn_prior_learns: bool = False, loyalty_prior_learns: bool = False, segment_clusters: int = 4,
-        segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        segment_halflife: float = 0.05, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 1_000_000,
         uplift_min_decisions: int = MIN_EXAMPLES,
     ) -> Models:
         """Models that have learned nothing: every score is a prior (flagged so)."""
@@ -105,6 +105,7 @@ class Models:
         refitted when due and its parameters handed to the churn and loyalty learners."""
         if self.bgnbd is not None:
             self.churn.bgnbd = self.loyalty.bgnbd = self.bgnbd.tick()
+        self.learners.close()
         for model in (self.churn, self.loyalty, self.sentiment, self.segments, self.bandits):
             model.snapshot = version
         self.uplift.stamp(version)  # (ranks the explored candidates with the new models)

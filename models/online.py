@@ -57,6 +57,11 @@ class OnlineLearners:
             self.churn.learn(x, bool(label), candidates[0], candidates[1])
         self.loyalty.learn(x, days, candidates[2], candidates[3])
 
+    def close(self) -> None:
+        """A model period ended (the trainer stamps a snapshot): the blends take their step."""
+        self.churn.close()
+        self.loyalty.close()
+
     def report(self) -> dict[str, Any]:
         """What ``GET /models`` shows: versions, labels, whether the prior answers, how the
         answer blends prior and learner (:meth:`models.churn.ChurnModel.blend_report`), and the

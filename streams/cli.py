@@ -374,6 +374,8 @@ def evaluate(
     price_column: Annotated[Optional[str], typer.Option(help="CSV column of the unit price.")] = None,
     quantity_column: Annotated[Optional[str], typer.Option(help="CSV column of the quantity.")] = None,
     date_format: Annotated[Optional[str], typer.Option(help="strptime format of the timestamps, if not detected.")] = None,
+    resamples: Annotated[int, typer.Option(help="Resamples of the customers for the paired bootstrap against BG/NBD (0: none).")] = 200,
+    blend_path: Annotated[Optional[Path], typer.Option(help="Write the first learners' blend (weights, targets, loyalty scale) at every snapshot to this CSV.")] = None,
     workers: Annotated[int, typer.Option(help="Also run the replay through this many real worker processes on the embedded broker (or KAFKA_BOOTSTRAP_SERVERS, on topics of the run's own) and check that they give the same figures.")] = 0,
 ) -> None:
     """Replay a purchase history in event time through the engine and print, per period,
@@ -437,7 +439,9 @@ def evaluate(
     )
     if workers:
         source += f", in process as {partitions} partitions"
-    ev.print_report(replay, seconds, source)
+    ev.print_report(replay, seconds, source, resamples=resamples)
+    if blend_path is not None:
+        ev.write_blend_path(replay, str(blend_path))
     if workers:
         from streams.runtime import evaluate_workers as ew
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from models.baselines import BgNbdBaseline, RecencyBaseline
 from models.bgnbd_prior import BgNbdFit, observed as _observed
+from models.bootstrap import RESAMPLES, paired
 from models.churn import ChurnModel, LoyaltyModel
 from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, candidates_of, churn_examples
 from models.prequential import ChurnMetrics, LoyaltyMetrics
@@ -50,10 +51,16 @@ class PeriodScores:
     loyalty: dict[str, LoyaltyMetrics] = field(default_factory=dict)
 
     def add_churn(self, model: str, p: float, churned: int) -> None:
-        self.churn.setdefault(model, ChurnMetrics(window=None)).update(p, churned)
+        metrics = self.churn.get(model)
+        if metrics is None:
+            metrics = self.churn[model] = ChurnMetrics(window=None)
+        metrics.update(p, churned)
 
     def add_loyalty(self, model: str, predicted: float, days: int) -> None:
-        self.loyalty.setdefault(model, LoyaltyMetrics(window=None)).update(predicted, days)
+        metrics = self.loyalty.get(model)
+        if metrics is None:
+            metrics = self.loyalty[model] = LoyaltyMetrics(window=None)
+        metrics.update(predicted, days)
 
 
 class ReplayModels:
@@ -65,7 +72,7 @@ class ReplayModels:
 
     def __init__(
         self, churn: list[ChurnModel], loyalty: list[LoyaltyModel], learn_churn_early: bool = False, bgnbd: BgNbdFit | None = None,
-        candidates: dict[str, dict[str, tuple[float, float | None]]] | None = None,
+        candidates: dict[str, dict[str, tuple[float, float | None]]] | None = None, path: list[dict[str, Any]] | None = None,
     ) -> None:
         self.churn_models = churn
         self.loyalty_models = loyalty
@@ -77,9 +84,12 @@ class ReplayModels:
         #: engine stores in the scoring point for the first learners, for every compared one
         #: (shared with the replay, not part of a snapshot).
         self.candidates = candidates if candidates is not None else {}
+        #: Every snapshot's blend of the first learners (version, weights, targets, scale):
+        #: the weight's path over the replay (shared with the replay, not part of a snapshot).
+        self.path = path if path is not None else []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "candidates": {}}
+        return {**self.__dict__, "candidates": {}, "path": []}
 
     def _stored(self, example: ChurnExample, index: int, model: ChurnModel | LoyaltyModel, pop: bool) -> tuple[float | None, float | None]:
         """The (prior, pipeline) predictions of ``model`` stored at the example's scoring
@@ -124,9 +134,16 @@ class ReplayModels:
     def stamp(self, version: str) -> None:
         fitted = self.bgnbd.tick() if self.bgnbd is not None else None
         for model in (*self.churn_models, *self.loyalty_models):
+            model.close()
             model.snapshot = version
             if self.bgnbd is not None:
                 model.bgnbd = fitted
+        churn, loyalty = self.churn_models[0], self.loyalty_models[0]
+        self.path.append({
+            "version": version, "churn_weight": churn.share, "churn_target": churn.gate.target if churn.gate else None,
+            "loyalty_weight": loyalty.share, "loyalty_target": loyalty.gate.target, "loyalty_scale": loyalty.scale,
+            "labels": churn.labels,
+        })
 
 
 class Replay:
@@ -136,7 +153,7 @@ class Replay:
         self, cfg: EngineConfig, churn_models: list[ChurnModel], loyalty_models: list[LoyaltyModel],
         period_days: float, bgnbd_refit_days: float = 7.0, learn_churn_early: bool = False,
         model_period_days: float = 1.0, model_lag_periods: int = 1,
-        partition_for: Callable[[str], int] | None = None, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000,
+        partition_for: Callable[[str], int] | None = None, bgnbd_refit_periods: int = 7, bgnbd_customers: int = 1_000_000,
         scores_interval_ms: int = MS_PER_DAY,
     ) -> None:
         self.cfg = cfg
@@ -147,11 +164,13 @@ class Replay:
         self.loyalty_models = loyalty_models
         #: The compared learners' candidates at each scoring point (:meth:`ReplayModels._stored`).
         self.candidates: dict[str, dict[str, tuple[float, float | None]]] = {}
+        #: The first learners' blend at every snapshot (:attr:`ReplayModels.path`).
+        self.path: list[dict[str, Any]] = []
         self.training = OfflineTraining(
             lambda: ReplayModels(
                 copy.deepcopy(churn_models), copy.deepcopy(loyalty_models), learn_churn_early,
                 BgNbdFit(refit_periods=bgnbd_refit_periods, customers=bgnbd_customers) if bgnbd_refit_periods > 0 else None,
-                self.candidates,
+                self.candidates, self.path,
             ),
             int(model_period_days * MS_PER_DAY), model_lag_periods,
         )
@@ -272,6 +291,33 @@ class Replay:
                         scores.add_churn(name, p, label)
                     if not name.startswith("churn-"):
                         scores.add_loyalty(name, n, days)
+
+    def paired(self, churn: str, loyalty: str, baseline: str = "bgnbd", resamples: int = RESAMPLES) -> list[dict[str, Any]]:
+        """Per period (and ``all``), the paired customer bootstrap (:mod:`models.bootstrap`) of the
+        AUC of ``churn`` minus ``baseline``'s and the RMSE of ``loyalty`` minus ``baseline``'s, on
+        the points both scored, with each one's predicted / actual total of purchase days."""
+        by_period: dict[int | None, list[tuple[str, float, float, float, float, float, float]]] = {}
+        start = self.start or 0
+        for (user, ts), (predicted, days) in self.scored.items():
+            if baseline not in predicted or churn not in predicted or loyalty not in predicted:
+                continue
+            row = (user, float(days == 0), float(days), predicted[churn][0], predicted[baseline][0],
+                   predicted[loyalty][1], predicted[baseline][1])
+            by_period.setdefault((ts - start) // self.period_ms, []).append(row)
+            by_period.setdefault(None, []).append(row)
+        out = []
+        for index in sorted(k for k in by_period if k is not None) + [None]:
+            rows = by_period.get(index)
+            if not rows:
+                continue
+            users, y, d, pa, pb, na, nb = zip(*rows)
+            result = paired(users, y, d, pa, pb, na, nb, resamples=resamples)
+            actual = sum(d)
+            out.append({
+                "period_start_ms": None if index is None else start + index * self.period_ms, "result": result,
+                "total_ratio": (sum(na) / actual, sum(nb) / actual) if actual else (None, None),
+            })
+        return out
 
     def table(self) -> list[dict[str, Any]]:
         """One row per period (and ``all``): each model's churn and loyalty figures."""

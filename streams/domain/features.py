@@ -18,7 +18,7 @@ from typing import NamedTuple
 from models.sentiment import NEGATIVE_THRESHOLD
 from streams.domain.population import Population, rfm_of
 from streams.domain.sketches import kmv_count
-from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_day_count, purchase_gaps
+from streams.domain.state import StateConfig, UserState, abandoned_carts_open, last_gap_days, purchase_day_count, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
 from streams.domain.windows import CLICK_KINDS, COLUMNS, LEVELS, WINDOWS, window_span
 
@@ -75,6 +75,11 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("rfm_frequency", "1-5: quintile of lifetime purchases among the buyers", "current population", "score"),
         Feature("rfm_monetary", "1-5: quintile of lifetime spend among the buyers", "current population", "score"),
         Feature("negative_reviews", f"reviews whose text scores at most {NEGATIVE_THRESHOLD} (a negative review)", "lifetime", "count"),
+        Feature("last_gap_days", "days between the latest two purchase days (0 with fewer than two)", "latest 16 purchases", "days"),
+        Feature("last_gap_ratio", "last_gap_days / gap_mean_days: the latest gap against the customer's usual one (0 without a gap)", "lifetime", "ratio"),
+        Feature("first_order_value", "total of the customer's first purchase (0 in states kept before it was recorded)", "lifetime", "currency units"),
+        Feature("spend_trend", "total of the latest purchase / avg_order_value (0 without purchases)", "lifetime", "ratio"),
+        Feature("order_value_std", "standard deviation of the purchase totals", "lifetime", "currency units"),
     ]
     return tuple(out)
 
@@ -104,6 +109,10 @@ MODEL_FEATURES: tuple[str, ...] = (
     "sentiment_mean",
     # appended (issue 4): vectors stored before it are one shorter and still line up
     "purchase_days",
+    # appended (issue 19): the latest gap against the usual one, which BG/NBD's (x, t_x, T)
+    # cannot carry (chosen among five by scripts/measure-features, docs/evaluation.md);
+    # vectors stored before it are one shorter and still line up
+    "last_gap_ratio",
 )
 
 
@@ -156,6 +165,12 @@ def features(
     out["sentiment_mean"] = state.sentiment_milli_sum / 1000 / state.texts if state.texts else 0.0
     out["last_sentiment"] = state.last_sentiment_milli / 1000
     out["negative_reviews"] = state.negative_reviews
+    out["last_gap_days"] = last_gap_days(state)
+    out["last_gap_ratio"] = out["last_gap_days"] / gap_mean if gap_mean > 0 else 0.0
+    out["first_order_value"] = state.first_order_cents / 100
+    out["spend_trend"] = state.last_order_cents / 100 / out["avg_order_value"] if out["avg_order_value"] > 0 else 0.0
+    mean_value = out["avg_order_value"]
+    out["order_value_std"] = math.sqrt(max(0.0, state.order_cents_sq / 1e4 / state.purchases - mean_value**2)) if state.purchases else 0.0
     r, f, m = population.scores(rfm_of(state)) if population is not None else (0, 0, 0)
     out["rfm_recency"], out["rfm_frequency"], out["rfm_monetary"] = r, f, m
     return {name: float(out[name]) for name in FEATURE_NAMES}

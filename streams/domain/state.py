@@ -234,6 +234,12 @@ class UserState(msgspec.Struct, array_like=True):
     #: each event of ``recent_ids`` (aligned from the end), to tell a re-sent copy from a
     #: different event re-using its id.
     recent_content: list[int] = msgspec.field(default_factory=list)
+    #: Added for the order-value features (issue 19; 0 in older states): the total of the
+    #: first and of the latest purchase (at equal times the larger), and the sum of the
+    #: squared purchase totals in cents (integers, capped at 2^62: every arrival order gives the same).
+    first_order_cents: int = 0
+    last_order_cents: int = 0
+    order_cents_sq: int = 0
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)
@@ -389,6 +395,11 @@ def _apply_purchase(state: UserState, purchase: Purchase, now: int, on_time: boo
     state.purchases += 1
     state.spend_cents = min(state.spend_cents + cents, MAX_CENTS)
     ts = purchase.ts
+    if state.first_purchase is None or (ts, -cents) < (state.first_purchase, -state.first_order_cents):
+        state.first_order_cents = cents
+    if state.last_purchase is None or (ts, cents) > (state.last_purchase, state.last_order_cents):
+        state.last_order_cents = cents
+    state.order_cents_sq = min(state.order_cents_sq + cents * cents, MAX_CENTS_SQ)
     state.first_purchase = ts if state.first_purchase is None else min(state.first_purchase, ts)
     state.last_purchase = ts if state.last_purchase is None else max(state.last_purchase, ts)
     _count_purchase_day(state, ts)
@@ -523,6 +534,21 @@ def purchase_gaps(state: UserState) -> tuple[float, float]:
         return mean, 0.0
     recent = sum(gaps) / len(gaps)
     return mean, math.sqrt(sum((g - recent) ** 2 for g in gaps) / (len(gaps) - 1))
+
+
+#: Cap of :attr:`UserState.order_cents_sq` (within msgpack's 64-bit integers).
+MAX_CENTS_SQ = 1 << 62
+
+
+def last_gap_days(state: UserState) -> float:
+    """Days between the latest two purchase days (among the latest purchases kept; 0 with
+    fewer than two days).
+
+    >>> last_gap_days(UserState("u", purchase_times=[0, 5, 3 * MS_PER_DAY, 10 * MS_PER_DAY]))
+    7.0
+    """
+    days = sorted({t // MS_PER_DAY for t in state.purchase_times})
+    return float(days[-1] - days[-2]) if len(days) >= 2 else 0.0
 
 
 def abandoned_carts_open(state: UserState, now: int, cfg: StateConfig) -> list[int]:

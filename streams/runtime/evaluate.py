@@ -87,7 +87,7 @@ def run_replay(
     period_days: float, min_labels: int, bgnbd_refit_days: float, learn_churn_early: bool = False,
     churn_prior_learns: bool = False, loyalty_prior_learns: bool = False,
     model_period_days: float = 1.0, model_lag_periods: int = 1, partitions: int = 1,
-    bgnbd_refit_periods: int = 7, bgnbd_customers: int = 5000, scores_interval_ms: int = 86_400_000,
+    bgnbd_refit_periods: int = 7, bgnbd_customers: int = 1_000_000, scores_interval_ms: int = 86_400_000,
 ) -> tuple[Replay, float]:
     """The in-process replay; with ``partitions`` > 1 users are split as the workers split
     them (murmur2 of the user id), each partition with its own event-time clock."""
@@ -168,15 +168,75 @@ def tables(replay: Replay) -> list[Table]:
     return [churn, loyalty, overall]
 
 
-def print_report(replay: Replay, seconds: float, source: str, console: Console | None = None) -> None:
+def _interval(i: Any) -> str:
+    return f"{i.diff:+.4f} [{i.low:+.4f}, {i.high:+.4f}]"
+
+
+def paired_table(replay: Replay, resamples: int) -> Table | None:
+    """Per period, the first learners against BG/NBD on the points both scored: the
+    difference of churn AUC and of loyalty RMSE with its paired 95 % bootstrap interval
+    (customers resampled), and each one's predicted / actual total of purchase days."""
+    churn, loyalty = replay.churn_models[0].name, replay.loyalty_models[0].name
+    rows = replay.paired(churn, loyalty, resamples=resamples)
+    if not rows:
+        return None
+    table = Table(title=f"{churn} and {loyalty} against BG/NBD, paired bootstrap ({resamples} resamples of the customers, 95 %)")
+    for col in ("period from", "points", "customers", "AUC difference [interval]", "RMSE difference [interval]",
+                "predicted / actual days", "BG/NBD's"):
+        table.add_column(col, justify="left" if col == "period from" else "right")
+    for row in rows:
+        r = row["result"]
+        mine, theirs = row["total_ratio"]
+        table.add_row(_day(row["period_start_ms"]), str(r.points), str(r.customers), _interval(r.auc), _interval(r.rmse), _f(mine), _f(theirs))
+    return table
+
+
+def blend_summary(replay: Replay, after_ms: int) -> str:
+    """The first learners' weights over the snapshots from ``after_ms`` on: range, mean
+    and largest change from one snapshot to the next, and the days the prior answered alone."""
+    from datetime import date
+
+    epoch = date(1970, 1, 1)
+    path = [p for p in replay.path if (date.fromisoformat(p["version"][:10]) - epoch).days * MS_PER_DAY >= after_ms]
+    if len(path) < 2:
+        return "blend: fewer than two snapshots after the first horizon"
+    parts = []
+    for part in ("churn", "loyalty"):
+        w = [p[f"{part}_weight"] for p in path]
+        steps = [abs(b - a) for a, b in zip(w, w[1:])]
+        parts.append(
+            f"{part} weight {min(w):.2f}-{max(w):.2f} (median {sorted(w)[len(w) // 2]:.2f}, last {w[-1]:.2f}), change per snapshot "
+            f"mean {sum(steps) / len(steps):.3f} max {max(steps):.3f}, prior alone on {sum(1 for v in w if v <= 0)} of {len(w)}"
+        )
+    scale = [p["loyalty_scale"] for p in path]
+    return f"blend after {format_ts(after_ms)[:10]}: " + "; ".join(parts) + f"; loyalty scale {min(scale):.3f}-{max(scale):.3f}"
+
+
+def write_blend_path(replay: Replay, path: str) -> None:
+    """The first learners' blend at every snapshot, as CSV (docs/evaluation.md plots it)."""
+    import csv
+
+    with open(path, "w", newline="") as handle:
+        fields = ["version", "labels", "churn_weight", "churn_target", "loyalty_weight", "loyalty_target", "loyalty_scale"]
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        for row in replay.path:
+            writer.writerow({k: row.get(k) for k in fields})
+
+
+def print_report(replay: Replay, seconds: float, source: str, console: Console | None = None, resamples: int = 200) -> None:
     console = console or Console(width=200)
     for table in tables(replay):
         console.print(table)
+    if resamples > 0 and (paired_rows := paired_table(replay, resamples)) is not None:
+        console.print(paired_rows)
+    if replay.start is not None:
+        console.print(blend_summary(replay, replay.start + int(replay.cfg.churn_horizon_days * MS_PER_DAY)))
     bg = replay.bgnbd
     console.print(
         f"{source}: {replay.events} events, {len(replay.states)} customers, {format_ts(replay.start or 0)[:10]} to "
         f"{format_ts(replay.end or 0)[:10]}; {replay.points} scoring points stored, "
         f"{replay.total.churn['recency'].count if 'recency' in replay.total.churn else 0} matured within the history; "
-        f"BG/NBD refitted {bg.fits} times; replay {seconds:.1f} s"
+        f"BG/NBD refitted {bg.fits} times; replay {seconds:.1f} s ({replay.events / seconds if seconds else 0:.0f} events/s)"
     )
     console.print("BG/NBD has no prediction before its first fit (20 buyers): its columns count only points after it.")

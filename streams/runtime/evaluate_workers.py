@@ -155,7 +155,7 @@ def workers_replay(replay: Replay, worker_labels: dict[str, ChurnExample], churn
     not score are left out (they are counted by :func:`compare`)."""
     out = Replay(replay.cfg, replay.churn_models, replay.loyalty_models, period_days=replay.period_ms / 86_400_000)
     out.start, out.end, out.events, out.points = replay.start, replay.end, replay.events, replay.points
-    out.bgnbd, out.states = replay.bgnbd, replay.states
+    out.bgnbd, out.states, out.path = replay.bgnbd, replay.states, replay.path
     for label in worker_labels.values():
         user_id, scored_at = label.id.rsplit("/", 1)[0].rsplit("@", 1)
         known = replay.scored.get((user_id, int(scored_at)))

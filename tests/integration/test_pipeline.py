@@ -153,11 +153,13 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert learned["churn"] >= 9 and learned["segment"] >= 10 and models["snapshot"]["dropped"] == {}
     assert models["churn"]["version"] == f"recency-prior@{version}" and models["churn"]["prior"]
     # the prior answers alone: too few labels, and too few repeat buyers for a BG/NBD fit
-    assert models["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": None}
+    churn_blend = models["churn"]["blend"]
+    assert {k: churn_blend[k] for k in ("weight", "answers", "prior_model")} == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior"}
+    assert churn_blend["gate"]["weight"] == 0.0 and churn_blend["gate"]["max_step"] == 0.1  # below its minimum labels: no step yet
     assert models["loyalty"]["blend"]["weight"] == 0.0 and models["loyalty"]["blend"]["answers"] == "prior"
-    assert models["loyalty"]["blend"]["prior_model"].startswith("recency-prior")
-    assert set(models["loyalty"]["blend"]["gate"]) == {"labels", "learner_loss", "prior_loss", "weight"}
-    assert models["loyalty"]["blend"]["gate"]["labels"] <= models["loyalty"]["labels"]  # only labels with both stored predictions
+    assert models["loyalty"]["blend"]["prior_model"].startswith("recency-prior") and models["loyalty"]["blend"]["scale"] > 0
+    assert set(models["loyalty"]["blend"]["gate"]) == {"labels", "periods", "learner_loss", "prior_loss", "target", "weight", "change", "max_step"}
+    assert models["loyalty"]["blend"]["gate"]["labels"] < models["loyalty"]["labels"]  # the first label has no learner prediction to judge
     assert sorted((lab["model"], v) for lab, v in worker.samples("retention_model_blend_weight")) == [("churn", 0.0), ("loyalty", 0.0)]
     assert models["segments"]["version"] == f"segments-kmeans4+{learned['segment']}@{version}"
     # Day 50 (2026-02-20) is scored by the newest snapshot with a boundary at or before

@@ -290,11 +290,14 @@ def test_churn_model_uses_prior_until_warm_then_learns_recency() -> None:
     for i in range(2000):
         recency = float(i % 40)
         model.learn({"recency_days": recency, "gap_mean_days": 7.0}, recency > 20)
-    assert model.warm and model.version == "churn-logreg+2000"
+        if i % 100 == 99:
+            model.close()  # a model period ends: the learner's share takes its step
+    assert model.warm and model.version == "churn-logreg+2000" and model.weight > 0.5
     fresh = model.score({"recency_days": 2.0, "gap_mean_days": 7.0})
     stale = model.score({"recency_days": 38.0, "gap_mean_days": 7.0})
     assert not fresh.prior and fresh.value < 0.2 < 0.8 < stale.value
-    assert fresh.value == model.learned({"recency_days": 2.0, "gap_mean_days": 7.0})
+    x = {"recency_days": 2.0, "gap_mean_days": 7.0}
+    assert fresh.value == pytest.approx(model.prior(x) + model.weight * (model.learned(x) - model.prior(x)))
 
 
 def test_events_decoded_from_the_wire_fold_into_storable_state() -> None:
@@ -358,7 +361,10 @@ def test_gate_keeps_the_prior_while_the_learner_loses_to_it() -> None:
     for i in range(600):
         recency = (1.0, 10.0, 100.0)[i % 3]
         model.learn({"recency_days": recency}, 5 if recency == 10.0 else 0)
-    assert model.labels >= model.min_labels and model.gate.prior < model.gate.model
+        if i % 30 == 29:
+            model.close()
+    gate = model.gate.report()
+    assert model.labels >= model.min_labels and gate["prior_loss"] < gate["learner_loss"] and model.weight == 0.0
     score = model.score({"recency_days": 10.0})
     assert score.prior and score.version == "recency-prior+600"
     assert score.value == pytest.approx(model.bins.predict(10.0)[1]) and score.value > 4.9
@@ -370,6 +376,9 @@ def test_gate_hands_over_once_the_learner_beats_the_prior() -> None:
     for i in range(3000):
         gap = (2.0, 50.0)[i % 2]
         model.learn({"recency_days": 10.0, "gap_mean_days": gap}, 4 if gap < 10 else 0)
-    assert model.warm and model.version == "loyalty-linear+3000" and model.gate.model < model.gate.prior
+        if i % 100 == 99:
+            model.close()
+    gate = model.gate.report()
+    assert model.warm and model.version == "loyalty-linear+3000" and gate["learner_loss"] < gate["prior_loss"]
     score = model.score({"recency_days": 10.0, "gap_mean_days": 2.0})
     assert not score.prior and score.value > 3.5

@@ -79,50 +79,121 @@ def test_points_and_examples_stored_before_the_candidates_still_load() -> None:
     assert models.loyalty.labels == 1 and models.churn.labels == 1
 
 
-def test_the_gate_compares_what_was_predicted_at_scoring_time_not_at_maturity() -> None:
+def _close(model, periods: int) -> None:
+    """``periods`` model periods end (the trainer stamps that many snapshots)."""
+    for _ in range(periods):
+        model.close()
+
+
+def test_the_gate_compares_what_was_predicted_at_scoring_time_not_at_maturity(monkeypatch: pytest.MonkeyPatch) -> None:
+    import models.churn
+
     model = trained_loyalty()
-    before = len(model.gate.losses)
-    # the learner had learned nothing when this point was scored: no comparison
+    before = model.gate.current[0]
+    # the learner had learned nothing when this point was scored: not judged (by default)
     model.learn(X, 2, prior_p=1.0, learned_p=None)
-    assert len(model.gate.losses) == before
+    assert model.gate.current[0] == before
     # the stored predictions are compared, whatever the models predict now
+    sums = list(model.gate.current)
     model.learn(X, 2, prior_p=0.0, learned_p=2.0)
-    assert model.gate.losses[-1] == (0.0, 4.0) and model.gate.pairs[-1] == (2.0, 2.0)
+    added = [a - b for a, b in zip(model.gate.current, sums)]
+    assert added[:5] == [1.0, 0.0, 4.0, 4.0, 4.0]  # a label; learner loss, prior loss, (2 - 0)^2, (2 - 0)(2 - 0)
+    # judged on its prediction just before learning the label (test, then train), if so set
+    monkeypatch.setattr(models.churn, "JUDGE_UNSTORED", True)
+    now = model.learned(X)
+    sums = list(model.gate.current)
+    model.learn(X, 2, prior_p=1.0, learned_p=None)
+    added = [a - b for a, b in zip(model.gate.current, sums)]
+    assert added[0] == 1.0 and added[1] == pytest.approx((now - 2) ** 2) and added[3] == pytest.approx((now - 1) ** 2)
+    fresh = LoyaltyModel(horizon_days=30, min_labels=1, kind="linear")
+    fresh.learn(X, 2, prior_p=1.0, learned_p=None)  # its first label: nothing to judge yet
+    assert fresh.gate.current[0] == 0
 
 
 def test_the_answer_blends_prior_and_learner_by_the_weight_their_stored_predictions_earned() -> None:
     model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
-    for i in range(100):  # the label lies halfway between the prior's and the learner's stored predictions
+    for i in range(1000):  # the label lies halfway between the prior's and the learner's stored predictions
         model.learn({"recency_days": float(i % 4)}, 2, prior_p=1.0, learned_p=3.0)
-    assert model.gate.weight == pytest.approx(0.5) and model.warm
+    assert model.weight == 0.0 and not model.warm  # nothing moves until a period ends
+    _close(model, 1)
+    assert model.gate.target == pytest.approx(0.5 / (1 + 200 / 999)) and model.weight == pytest.approx(0.1) and model.warm
+    _close(model, 10)  # one bounded step a period, up to the weight earned
+    assert model.weight == pytest.approx(model.gate.target)
     prior, learned = model.prior(X), model.learned(X)
     score = model.score(X)
-    assert not score.prior and score.value == pytest.approx(prior + 0.5 * (learned - prior))
+    w = model.weight
+    assert not score.prior and score.value == pytest.approx((prior + w * (learned - prior)) * model.scale)
     assert model.scored(X) == (score, pytest.approx(prior), pytest.approx(learned))
-    for i in range(200):  # a window later the learner is the one that is off
+    for i in range(40_000):  # then the learner is the one that is off, for longer than the window remembers
         model.learn({"recency_days": float(i % 4)}, 1, prior_p=1.0, learned_p=3.0)
-    assert model.gate.weight == 0.0 and not model.warm and model.score(X).prior
+        if i % 1000 == 999:
+            before = model.weight
+            model.close()
+            assert abs(model.weight - before) <= 0.1 + 1e-12  # never more than the step
+    assert model.gate.target < 0.05 and model.weight < 0.05
 
 
-def test_the_churn_learner_is_blended_only_against_bgnbd() -> None:
+def test_the_weight_moves_at_most_one_step_a_period_however_noisy_the_labels() -> None:
+    gate = Gate(periods=30)
+    weights = []
+    for day in range(60):
+        for i in range(300):  # a day's labels: the learner right on some days, wrong on others
+            right = (day % 3 == 0) == (i % 2 == 0)
+            gate.update(0.0, 0.0, 1.0, 1.0 if right else 0.0)
+        gate.close()
+        weights.append(gate.weight)
+    steps = [abs(b - a) for a, b in zip(weights, weights[1:])]
+    assert max(steps) <= 0.1 + 1e-12 and max(weights[30:]) - min(weights[30:]) < 0.05
+
+
+def test_the_learner_does_not_gain_weight_before_it_has_its_minimum_labels() -> None:
+    model = LoyaltyModel(horizon_days=30, min_labels=100, kind="linear")
+    for i in range(50):
+        model.learn(X, 2, prior_p=1.0, learned_p=2.0)
+    _close(model, 5)
+    assert model.gate.target > 0.0 and model.weight == 0.0 and model.score(X).prior
+
+
+def test_the_loyalty_scale_matches_the_predicted_total_to_the_actual_one() -> None:
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
+    for day in range(30):
+        for i in range(100):
+            model.learn({"recency_days": float(i % 4), "purchases": 2.0, "gap_mean_days": 10.0}, 3, prior_p=1.0, learned_p=1.0)
+        model.close()
+    answer = model.prior(X) + model.weight * (model.learned(X) - model.prior(X))
+    assert model.scale > 1.0 and model.score(X).value == pytest.approx(min(30.0, answer * model.scale))
+    assert model.blend_report()["scale"] == model.scale
+
+
+def test_every_churn_learner_earns_its_share_against_its_prior() -> None:
     model = ChurnModel(min_labels=10)
     for i in range(40):
-        model.learn({"recency_days": float(i % 40)}, i % 2 == 0, prior_p=0.5, learned_p=0.9)
-    assert model.gate is None and model.weight == 1.0 and model.warm  # no BG/NBD: the learner alone
+        model.learn({"recency_days": float(i % 40)}, i % 2 == 0, prior_p=0.5, learned_p=0.9 if i % 2 == 0 else 0.1)
+    assert model.weight == 0.0 and not model.warm  # earned, but no period has ended
+    model.close()
+    assert model.weight == pytest.approx(0.1) and model.warm
     model.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
-    assert model.weight == 0.0 and not model.warm  # against BG/NBD: nothing earned yet
-    for i in range(40):  # the learner's stored probability was right every time, BG/NBD's half-way
-        model.learn(X, True, prior_p=0.5, learned_p=0.99)
-    assert model.weight == pytest.approx(1.0) and model.score(X).value == pytest.approx(model.learned(X))
+    assert model.weight == pytest.approx(0.1)  # a new prior does not reset what was earned
+    for _ in range(20):
+        for i in range(40):  # the learner's stored probability was right every time, BG/NBD's half-way
+            model.learn(X, i % 2 == 0, prior_p=0.5, learned_p=0.99 if i % 2 == 0 else 0.01)
+        model.close()
+    assert model.weight > 0.8 and model.score(X).value == pytest.approx(
+        model.prior(X) + model.weight * (model.learned(X) - model.prior(X)))
 
 
-def test_old_gates_without_pairs_weigh_by_their_losses() -> None:
-    gate = Gate(window=3)
-    del gate.pairs  # as pickled before the blend: the class default
-    gate.update(0.1, 1.0)
-    assert gate.weight == 1.0
-    gate.update(5.0, 1.0, 1.0, 1.0)  # a stored pair starts the blend
-    assert gate.pairs is not None and gate.weight == 1.0
+def test_gates_pickled_in_the_rolling_window_format_keep_their_weight() -> None:
+    import pickle
+    from collections import deque
+
+    old = Gate.__new__(Gate)
+    old.__dict__.update({"losses": deque([(0.1, 1.0)], maxlen=200), "model": 0.1, "prior": 1.0,
+                         "pairs": deque([(1.0, 0.5)], maxlen=200), "dd": 1.0, "dr": 0.5})
+    gate = pickle.loads(pickle.dumps(old))
+    assert gate.weight == 0.5 and gate.labels == 0 and gate.report()["periods"] == 0
+    gate.update(1.0, 1.0, 1.0, 1.0)
+    gate.close()
+    assert gate.weight == pytest.approx(0.4)  # one label, shrunk toward the prior: one step down
 
 
 def test_models_report_shows_the_blend_its_gate_and_the_prior() -> None:
@@ -133,60 +204,37 @@ def test_models_report_shows_the_blend_its_gate_and_the_prior() -> None:
 
     learners = OnlineLearners(horizon_days=30, min_labels=2, loyalty_kind="linear", loyalty_prior_learns=True)
     fresh = learners.report()
-    assert fresh["loyalty"]["blend"] == {
-        "weight": 0.0, "answers": "prior", "prior_model": "recency-prior",
-        "gate": {"labels": 0, "learner_loss": None, "prior_loss": None, "weight": 0.0},
-    }
-    assert fresh["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": None}
-    # stored (learner, prior) against the label: (2, 0) on 1, (4, 0) on 1: w = (2 + 4) / (4 + 16) = 0.3
+    gate0 = {"labels": 0, "periods": 0, "learner_loss": None, "prior_loss": None, "target": 0.0, "weight": 0.0,
+             "change": 0.0, "max_step": 0.1}
+    assert fresh["loyalty"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0, "scale": 1.0}
+    assert fresh["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0}
+    learners.loyalty.learn(X, 1, prior_p=0.0, learned_p=None)  # the first label: nothing to judge yet
+    # stored (learner, prior) against the label: (2, 0) on 1, (4, 0) on 1: w = (2 + 4) / (4 + 16) = 0.3, shrunk by 200 labels
     for learned_p in (2.0, 4.0):
         learners.loyalty.learn(X, 1, prior_p=0.0, learned_p=learned_p)
+    learners.close()
     blend = learners.report()["loyalty"]["blend"]
-    assert blend["weight"] == pytest.approx(0.3) and blend["answers"] == "blend"
-    assert blend["prior_model"] == "recency-prior+2"  # the learned recency bins, after two labels
-    assert blend["gate"] == {"labels": 2, "learner_loss": pytest.approx(5.0), "prior_loss": pytest.approx(1.0), "weight": pytest.approx(0.3)}
+    assert blend["weight"] == pytest.approx(0.3 / 101) and blend["answers"] == "blend"
+    assert blend["prior_model"] == "recency-prior+3"  # the learned recency bins, after three labels
+    assert blend["gate"] == {"labels": 2, "periods": 1, "learner_loss": pytest.approx(5.0), "prior_loss": pytest.approx(1.0),
+                             "target": pytest.approx(0.3 / 101), "weight": pytest.approx(0.3 / 101),
+                             "change": pytest.approx(0.3 / 101), "max_step": 0.1}
     metrics.export_learners(learners)
-    assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "loyalty"}) == pytest.approx(0.3)
+    assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "loyalty"}) == pytest.approx(0.3 / 101)
     assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "churn"}) == 0.0
     learners.loyalty.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
     assert learners.report()["loyalty"]["blend"]["prior_model"] == "bgnbd-prior"
 
 
-def test_a_churn_learner_without_bgnbd_reports_weight_one_once_warm_and_zero_against_bgnbd_until_earned() -> None:
-    from prometheus_client import REGISTRY
-
-    from models.online import OnlineLearners
-    from streams.runtime import metrics
-
-    learners = OnlineLearners(horizon_days=30, min_labels=10)
-    model = learners.churn
-    for i in range(9):
-        model.learn({"recency_days": float(i)}, i % 2 == 0)
-    assert model.blend_report()["weight"] == 0.0 and model.blend_report()["answers"] == "prior"  # 9 of 10 labels
-    model.learn(X, True)
-    assert model.blend_report() == {"weight": 1.0, "answers": "learner", "prior_model": "recency-prior", "gate": None}
-    metrics.export_learners(learners)
-    assert REGISTRY.get_sample_value("retention_model_blend_weight", {"model": "churn"}) == 1.0
-    model.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
-    assert model.blend_report() == {"weight": 0.0, "answers": "prior", "prior_model": "bgnbd-prior", "gate": None}
-    model.learn(X, True, prior_p=0.5, learned_p=0.9)  # the learner was nearer: w = 0.5 / 0.4, capped at 1
-    assert model.blend_report()["weight"] == 1.0 and model.blend_report()["answers"] == "learner"
-    gate = model.blend_report()["gate"]
-    assert gate["labels"] == 1 and gate["learner_loss"] == pytest.approx(-math.log(0.9)) and gate["prior_loss"] == pytest.approx(math.log(2))
-
-
-def test_learners_pickled_with_gates_before_the_blend_still_report() -> None:
+def test_learners_pickled_before_every_churn_learner_had_a_gate_still_learn_and_report() -> None:
     import pickle
 
     from models.online import OnlineLearners
 
     learners = OnlineLearners(horizon_days=30, min_labels=1, loyalty_kind="linear")
-    learners.loyalty.learn(X, 1)
-    del learners.loyalty.gate.pairs  # as pickled before the blend: the class default
+    del learners.churn.gate  # as pickled when only a churn learner against BG/NBD had one: the class default
     old = pickle.loads(pickle.dumps(learners))
-    old.loyalty.learn(X, 1)  # compared on predictions made now: losses, no pair
-    assert old.loyalty.gate.pairs is None
-    blend = old.report()["loyalty"]["blend"]
-    gate = old.loyalty.gate
-    assert blend["gate"]["labels"] == 1 and blend["gate"]["weight"] == (1.0 if gate.model_ahead else 0.0)
-    assert blend["weight"] == blend["gate"]["weight"] and old.report()["churn"]["blend"]["gate"] is None
+    assert old.report()["churn"]["blend"]["gate"] is None and old.churn.weight == 0.0
+    old.churn.learn(X, True)
+    old.churn.learn(X, False, prior_p=0.5, learned_p=0.4)
+    assert old.churn.gate is not None and old.churn.gate.current[0] == 1
