@@ -113,6 +113,7 @@ class Popularity:
         self.tiles: dict[int, Counter[str]] = {}
         self.totals: Counter[str] = Counter()
         self.clock = -(1 << 62)
+        self._expired: int | None = None  #: the newest tile index dropped by the last expiry
 
     def learn(self, interaction: Interaction, history: Sequence[Interaction] = ()) -> None:
         weight = self.weights.get(interaction.kind, 0.0)
@@ -120,8 +121,12 @@ class Popularity:
         tile = interaction.ts_ms // self.tile_ms
         if not weight or tile <= self._oldest_expired():
             return
-        self.tiles.setdefault(tile, Counter())[interaction.item_id] += weight
-        self.totals[interaction.item_id] += weight
+        counts = self.tiles.get(tile)
+        if counts is None:
+            counts = self.tiles[tile] = Counter()
+        item = interaction.item_id  # (what += on a Counter does, without its __missing__ call)
+        counts[item] = counts.get(item, 0) + weight
+        self.totals[item] = self.totals.get(item, 0) + weight
 
     def recommend(
         self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
@@ -142,6 +147,9 @@ class Popularity:
             return
         self.clock = now_ms
         expired = self._oldest_expired()
+        if expired == self._expired:
+            return  # nothing learned since the last expiry is this old: no tile to drop
+        self._expired = expired
         for tile in [t for t in self.tiles if t <= expired]:
             self.totals.subtract(self.tiles.pop(tile))
             for item in [i for i, mass in self.totals.items() if mass <= 1e-9]:
@@ -217,22 +225,42 @@ class CoOccurrence:
         # Both directions of each pair, in line (the hot loop of learning): an existing score
         # is decayed to t and the weight added; a late one adds the weight decayed to the
         # score's time; a new neighbour may overfill the row, which keeps its strongest.
-        neighbours, half_life, most = self.neighbours, self.half_life_ms, 2 * self.max_neighbours
-        for other, w in self.partners(interaction, history).items():
+        # The item's own row is looked up once, and each direction written out.
+        partners = self.partners(interaction, history)
+        if not partners:
+            return
+        neighbours, half_life, keep = self.neighbours, self.half_life_ms, self.max_neighbours
+        most = 2 * keep
+        mine = neighbours.get(item)
+        if mine is None:
+            mine = neighbours[item] = {}
+        for other, w in partners.items():
             add = weight * w
-            for a, b in ((item, other), (other, item)):
-                row = neighbours.get(a)
-                if row is None:
-                    row = neighbours[a] = {}
-                entry = row.get(b)
-                if entry is None:
-                    row[b] = (add, t)
-                    if len(row) > most:
-                        neighbours[a] = strongest(row, self.max_neighbours, t, half_life)
-                elif t >= entry[1]:
-                    row[b] = (entry[0] * 0.5 ** ((t - entry[1]) / half_life) + add, t)
+            entry = mine.get(other)  # (item, other)
+            if entry is None:
+                mine[other] = (add, t)
+                if len(mine) > most:
+                    mine = neighbours[item] = strongest(mine, keep, t, half_life)
+            else:
+                value, since = entry
+                if t >= since:
+                    mine[other] = (value * 0.5 ** ((t - since) / half_life) + add, t)
                 else:
-                    row[b] = (entry[0] + add * 0.5 ** ((entry[1] - t) / half_life), entry[1])
+                    mine[other] = (value + add * 0.5 ** ((since - t) / half_life), since)
+            row = neighbours.get(other)  # (other, item): the same steps
+            if row is None:
+                row = neighbours[other] = {}
+            entry = row.get(item)
+            if entry is None:
+                row[item] = (add, t)
+                if len(row) > most:
+                    neighbours[other] = strongest(row, keep, t, half_life)
+            else:
+                value, since = entry
+                if t >= since:
+                    row[item] = (value * 0.5 ** ((t - since) / half_life) + add, t)
+                else:
+                    row[item] = (value + add * 0.5 ** ((since - t) / half_life), since)
 
     def partners(self, interaction: Interaction, history: Sequence[Interaction]) -> dict[str, float]:
         """The other items of ``history`` within the pair window before ``interaction``, each

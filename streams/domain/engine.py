@@ -252,23 +252,26 @@ def on_event(
     again: most events are clicks."""
     carts = state.carts_abandoned
     applied = apply_event(state, event, now_ms, cfg.state, sentiment)
+    counted = applied.counted
+    purchase = isinstance(event, Purchase)
     examples: list[Matured] = []
     points: list[PendingScore] = []
-    if applied.counted and isinstance(event, Purchase):
+    if counted and purchase:
         examples = on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
         if applied is Applied.OK:
             point = _score_point(state, event.ts, feature_vector(state, event.ts, cfg.state), cfg, churn, loyalty)
             points = [point] if point is not None else []
-    negative = applied.counted and sentiment is not None and is_negative(sentiment)
+    negative = counted and sentiment is not None and is_negative(sentiment)
     actions: list[RetentionAction] = []
-    if act is not None and applied.counted:
+    if act is not None and counted:
         if negative:
             actions += act("negative_review", state, now_ms, event.ts)
-        if isinstance(event, Purchase) and state.purchases == 1:
+        if purchase and state.purchases == 1:
             actions += act("first_purchase", state, now_ms, event.ts)
-        actions += _abandoned(act, state, now_ms, carts)
+        if state.carts_abandoned > carts:
+            actions += _abandoned(act, state, now_ms, carts)
     tally = _attribute_event(state, event, applied, cfg)
-    moved = due_before is Unknown.DUE or isinstance(event, (Purchase, Outcome))
+    moved = due_before is Unknown.DUE or purchase or isinstance(event, Outcome)
     return Step(applied=applied, examples=examples, points=points, actions=actions,
                 due_ms=due_at(state, cfg) if moved else due_before, negative_review=negative, tally=tally)
 

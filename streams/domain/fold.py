@@ -111,15 +111,20 @@ class Fold:
         return step
 
     def _finish(self, state: UserState, step: Step) -> None:
-        for example in churn_examples(state.user_id, step.examples, self.now):  # as the worker sends them
-            self.training.add(example)
-        if self.rules is not None:
-            step.actions = [a for a in step.actions if self.rules.admit(state, a, self.now)]
-        went_out(state, step, step.actions, self.cfg)  # their windows start (and mature at a due check)
-        for reward in bandit_examples(step.rewards, self.now):  # the bandits' rewards, as the worker sends them
-            self.training.add(reward)
-        for outcome in uplift_examples(step.outcomes, self.now):  # the uplift models' outcomes, likewise
-            self.training.add(outcome)
+        # (each part only when the step has any: most steps are clicks, which have none)
+        if step.examples:
+            for example in churn_examples(state.user_id, step.examples, self.now):  # as the worker sends them
+                self.training.add(example)
+        if step.actions:
+            if self.rules is not None:
+                step.actions = [a for a in step.actions if self.rules.admit(state, a, self.now)]
+            went_out(state, step, step.actions, self.cfg)  # their windows start (and mature at a due check)
+        if step.rewards:
+            for reward in bandit_examples(step.rewards, self.now):  # the bandits' rewards, as the worker sends them
+                self.training.add(reward)
+        if step.outcomes:
+            for outcome in uplift_examples(step.outcomes, self.now):  # the uplift models' outcomes, likewise
+                self.training.add(outcome)
         if self.on_step is not None:
             self.on_step(state, step, self.now)
         self.queue.schedule(state.user_id, step.due_ms)

@@ -22,8 +22,10 @@ from streams.domain.state import ITEM_KINDS, UserState
 
 
 def history(state: UserState) -> list[Interaction]:
-    """The user's recent item interactions, oldest first."""
-    return [Interaction(state.user_id, t.item, ITEM_KINDS[t.kind], t.ts) for t in state.items]
+    """The user's recent item interactions, oldest first (built for every click on an item:
+    the tuples made directly, without the NamedTuple's Python-level ``__new__``)."""
+    user, make = state.user_id, tuple.__new__
+    return [make(Interaction, (user, t.item, ITEM_KINDS[t.kind], t.ts)) for t in state.items]
 
 
 class ItemRecommender:

@@ -33,7 +33,7 @@ from streams.domain.events import Click, ClickKind, Outcome, OutcomeKind, Purcha
 from streams.domain.sketches import hash32, kmv_add
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
 from streams.domain.uplift import Entered, Mine
-from streams.domain.windows import Tiles
+from streams.domain.windows import COLUMNS, Tiles
 from models.sentiment import is_negative
 
 #: How many recent event-id digests a user keeps for de-duplication.
@@ -49,6 +49,13 @@ RECENT_ITEMS = 20
 BOUGHT_ITEMS = 20
 #: Kinds of item interaction, lightest first (an entry keeps the heaviest seen).
 ITEM_KINDS = ("product_view", "wishlist", "add_to_cart", "purchase")
+#: Per click kind, read once per click: its tile column; with the sessions column (a new
+#: session's first click); its ITEM_KINDS index (None: not an item interaction).
+_KIND_COLUMN = {kind: (COLUMNS.index(kind.value),) for kind in ClickKind}
+_KIND_SESSION = {kind: (COLUMNS.index(kind.value), COLUMNS.index("sessions")) for kind in ClickKind}
+_SESSIONS = (COLUMNS.index("sessions"),)
+_ITEM_KIND = {kind: ITEM_KINDS.index(kind.value) if kind.value in ITEM_KINDS else None for kind in ClickKind}
+_CART_KINDS = (ClickKind.ADD_TO_CART, ClickKind.CHECKOUT_START)
 
 
 @dataclass(frozen=True)
@@ -315,8 +322,10 @@ def apply_event(state: UserState, event: UserEvent, now: int, cfg: StateConfig, 
     ts = event.ts
     on_time = ts >= now - cfg.allowed_lateness_ms
     if not isinstance(event, Outcome):  # our own actions' outcomes are not the customer's activity
-        state.first_seen = min(state.first_seen, ts) if state.first_seen else ts
-        state.last_seen = max(state.last_seen, ts)
+        if not state.first_seen or ts < state.first_seen:  # (min and max, without their calls)
+            state.first_seen = ts
+        if ts > state.last_seen:
+            state.last_seen = ts
     if isinstance(event, Click):
         _apply_click(state, event, now, on_time, cfg)
     elif isinstance(event, Purchase):
@@ -331,20 +340,21 @@ def apply_event(state: UserState, event: UserEvent, now: int, cfg: StateConfig, 
 
 def _apply_click(state: UserState, click: Click, now: int, on_time: bool, cfg: StateConfig) -> None:
     state.clicks += 1
+    kind = click.kind
     if click.item_id is not None:
         kmv_add(state.items_seen, click.item_id)
-        if click.kind.value in ITEM_KINDS:
-            touch_item(state, click.item_id, ITEM_KINDS.index(click.kind.value), click.ts)
+        item_kind = _ITEM_KIND[kind]
+        if item_kind is not None:
+            touch_item(state, click.item_id, item_kind, click.ts)
     if click.category is not None:
         kmv_add(state.categories_seen, click.category)
     if not on_time:
         return
     ts = click.ts
-    state.tiles.add(ts, {click.kind.value: 1}, now)
     _open_session(state, click, now, cfg)
-    if click.kind is ClickKind.SEARCH:
+    if kind is ClickKind.SEARCH:
         _keep_latest(state.search_times, ts, RECENT_SEARCHES)
-    elif click.kind in (ClickKind.ADD_TO_CART, ClickKind.CHECKOUT_START):
+    elif kind in _CART_KINDS:
         state.cart_touched = ts if state.cart_touched is None else max(state.cart_touched, ts)
         episode = ts // cfg.cart_timeout_ms
         for cart in state.carts:
@@ -358,20 +368,24 @@ def _apply_click(state: UserState, click: Click, now: int, on_time: bool, cfg: S
 
 
 def _open_session(state: UserState, click: Click, now: int, cfg: StateConfig) -> None:
-    """Count a session in the tile of its first event, moving it if an earlier event
-    of the same session arrives late. Without a session id, a session is the channel's
-    clicks in one ``session_gap`` bucket of event time."""
-    key = click.session_id or f"{click.channel.value if click.channel else '-'}|{click.ts // cfg.session_gap_ms}"
+    """Count the click in the tile of its time and a session in the tile of its first
+    event, moving it if an earlier event of the same session arrives late. Without a
+    session id, a session is the channel's clicks in one ``session_gap`` bucket of event
+    time. (The click's and a new session's counts go to the same tiles in one pass.)"""
+    ts = click.ts
+    key = click.session_id or f"{click.channel.value if click.channel else '-'}|{ts // cfg.session_gap_ms}"
     digest = hash32(key)
+    tiles = state.tiles
     for session in state.sessions:
         if session[0] == digest:
-            if click.ts < session[1]:
-                state.tiles.add(session[1], {"sessions": -1}, now)
-                state.tiles.add(click.ts, {"sessions": 1}, now)
-                session[1] = click.ts
+            tiles.bump(ts, now, _KIND_COLUMN[click.kind])
+            if ts < session[1]:
+                tiles.bump(session[1], now, _SESSIONS, -1)
+                tiles.bump(ts, now, _SESSIONS)
+                session[1] = ts
             return
-    state.sessions.append([digest, click.ts])
-    state.tiles.add(click.ts, {"sessions": 1}, now)
+    state.sessions.append([digest, ts])
+    tiles.bump(ts, now, _KIND_SESSION[click.kind])
     if len(state.sessions) > RECENT_SESSIONS:
         state.sessions.remove(min(state.sessions, key=lambda s: s[1]))
 
@@ -487,16 +501,18 @@ def _keep_latest(times: list[int], ts: int, bound: int) -> None:
 def advance(state: UserState, now: int, cfg: StateConfig) -> None:
     """Move the state's clock to ``now``: finalize the abandoned carts the lateness can
     no longer change, and expire tiles."""
-    if now <= state.clock:
+    since = state.clock
+    if now <= since:
         return
     state.clock = now
-    final = now - cfg.allowed_lateness_ms
-    for cart in sorted(c for c in state.carts if c[1] + cfg.cart_timeout_ms < final):
-        state.carts.remove(cart)
-        if not _bought_within(state, cart[1], cfg.cart_timeout_ms):
-            state.carts_abandoned += 1
-            state.tiles.add(cart[1], {"carts_abandoned": 1}, now)
-    state.tiles.expire(now)
+    if state.carts:
+        final = now - cfg.allowed_lateness_ms
+        for cart in sorted(c for c in state.carts if c[1] + cfg.cart_timeout_ms < final):
+            state.carts.remove(cart)
+            if not _bought_within(state, cart[1], cfg.cart_timeout_ms):
+                state.carts_abandoned += 1
+                state.tiles.add(cart[1], {"carts_abandoned": 1}, now)
+    state.tiles.expire(now, since)  # every add to the tiles is at a clock >= the state's
 
 
 def _bought_within(state: UserState, start: int, span: int) -> bool:

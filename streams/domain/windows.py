@@ -68,6 +68,8 @@ COLUMNS: tuple[str, ...] = (
 )
 CLICK_KINDS = COLUMNS[:7]
 _INDEX = {name: i for i, name in enumerate(COLUMNS)}
+#: (tile_ms, keep) of each level, read in the per-event loops (a NamedTuple's attribute is slower).
+_SPANS: tuple[tuple[int, int], ...] = tuple((level.tile_ms, level.keep) for level in LEVELS)
 
 
 def window_span(window: str) -> str:
@@ -84,9 +86,9 @@ class Tiles(msgspec.Struct, array_like=True):
 
     def add(self, ts: int, counts: dict[str, int], now: int) -> None:
         """Add ``counts`` to the tiles of event time ``ts`` (on every level still keeping it)."""
-        for level, tiles in zip(LEVELS, self.levels):
-            index = ts // level.tile_ms
-            if index <= now // level.tile_ms - level.keep:
+        for (tile_ms, keep), tiles in zip(_SPANS, self.levels):
+            index = ts // tile_ms
+            if index <= now // tile_ms - keep:
                 continue  # outside every window of this level, now and later
             row = tiles.get(index)
             if row is None:
@@ -94,10 +96,34 @@ class Tiles(msgspec.Struct, array_like=True):
             for name, value in counts.items():
                 row[_INDEX[name]] += value
 
-    def expire(self, now: int) -> None:
-        """Drop the tiles the clock has left behind."""
-        for level, tiles in zip(LEVELS, self.levels):
-            oldest = now // level.tile_ms - level.keep
+    def bump(self, ts: int, now: int, columns: tuple[int, ...], value: int = 1) -> None:
+        """:meth:`add` of ``value`` to each column of ``columns`` (indices in :data:`COLUMNS`):
+        the per-click call, without a dict of counts.
+
+        >>> t, u = Tiles(), Tiles()
+        >>> t.bump(7, 7, (_INDEX["search"], _INDEX["sessions"])); u.add(7, {"search": 1, "sessions": 1}, 7)
+        >>> t == u
+        True
+        """
+        for (tile_ms, keep), tiles in zip(_SPANS, self.levels):
+            index = ts // tile_ms
+            if index <= now // tile_ms - keep:
+                continue  # outside every window of this level, now and later
+            row = tiles.get(index)
+            if row is None:
+                row = tiles[index] = [0] * len(COLUMNS)
+            for column in columns:
+                row[column] += value
+
+    def expire(self, now: int, since: int | None = None) -> None:
+        """Drop the tiles the clock has left behind. ``since``: the clock of the previous
+        expiry, when every add since then was at a clock at least as late (as the state's
+        are): a level whose current tile is still that clock's has nothing old enough."""
+        for (tile_ms, keep), tiles in zip(_SPANS, self.levels):
+            current = now // tile_ms
+            if since is not None and current == since // tile_ms:
+                continue
+            oldest = current - keep
             if tiles and min(tiles) <= oldest:  # (most moves of the clock drop nothing)
                 for index in [i for i in tiles if i <= oldest]:
                     del tiles[index]

@@ -285,3 +285,21 @@ def test_the_sums_of_a_window_are_each_column_summed_alone() -> None:
             for window in WINDOWS:
                 assert tiles.sums(window, now) == [tiles.window(window, column, now) for column in COLUMNS]
     assert tiles.sums("1h", now + 400 * MS_PER_DAY) == [0] * len(COLUMNS)
+
+
+def test_an_expiry_that_skips_levels_whose_tile_did_not_move_keeps_exactly_the_tiles_of_a_full_one() -> None:
+    """``Tiles.expire(now, since)`` (the state's previous clock) leaves the levels alone whose
+    current tile is still the previous clock's: the same tiles, in the same order, as
+    ``expire(now)`` looking at every level, and ``bump`` adds what ``add`` adds."""
+    rng = random.Random(11)
+    skipping, full, now = Tiles(), Tiles(), T0
+    for _ in range(3000):  # steps of seconds (no level moves) to days (every level does), late events too
+        since, now = now, now + rng.choice((rng.randrange(60_000), rng.randrange(2 * MS_PER_HOUR), rng.randrange(3 * MS_PER_DAY)))
+        ts = now - rng.randrange(2 * MS_PER_HOUR)
+        columns = tuple(rng.sample(range(len(COLUMNS)), rng.randrange(1, 3)))
+        skipping.bump(ts, now, columns, 2)
+        full.add(ts, {COLUMNS[c]: 2 for c in columns}, now)
+        skipping.expire(now, since)
+        full.expire(now)
+        assert skipping.levels == full.levels and [list(level) for level in skipping.levels] == [list(level) for level in full.levels]
+    assert any(len(level) < keep for level, keep in zip(full.levels, (12, 24, 30, 53)))  # tiles did expire
