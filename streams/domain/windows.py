@@ -86,19 +86,12 @@ class Tiles(msgspec.Struct, array_like=True):
 
     def add(self, ts: int, counts: dict[str, int], now: int) -> None:
         """Add ``counts`` to the tiles of event time ``ts`` (on every level still keeping it)."""
-        for (tile_ms, keep), tiles in zip(_SPANS, self.levels):
-            index = ts // tile_ms
-            if index <= now // tile_ms - keep:
-                continue  # outside every window of this level, now and later
-            row = tiles.get(index)
-            if row is None:
-                row = tiles[index] = [0] * len(COLUMNS)
-            for name, value in counts.items():
-                row[_INDEX[name]] += value
+        for name, value in counts.items():
+            self.bump(ts, now, (_INDEX[name],), value)
 
     def bump(self, ts: int, now: int, columns: tuple[int, ...], value: int = 1) -> None:
-        """:meth:`add` of ``value`` to each column of ``columns`` (indices in :data:`COLUMNS`):
-        the per-click call, without a dict of counts.
+        """Add ``value`` to each column of ``columns`` (indices in :data:`COLUMNS`) in the tiles
+        of event time ``ts``: the per-click call, without a dict of counts.
 
         >>> t, u = Tiles(), Tiles()
         >>> t.bump(7, 7, (_INDEX["search"], _INDEX["sessions"])); u.add(7, {"search": 1, "sessions": 1}, 7)
