@@ -13,6 +13,7 @@ only learned model the decisions depend on.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from models.bundle import Models
 from streams.domain.actions import encode_action
 from streams.domain.fold import offline_training
 from streams.domain.policy_file import load_policy
-from streams.runtime.publish import simulation_records
+from streams.runtime.publish import Outgoing, simulation_records
 from streams.simulation import Shop, SimulationConfig
 from tests.integration.conftest import Pipeline
 from tests.integration.test_recovery import STEADY, publish, read_to_end, trained, wait_committed
@@ -42,12 +43,13 @@ def decisions(actions: list[dict[str, Any]]) -> dict[str, tuple[str, str, dict[s
     return {a["action_id"]: (a["reason"]["rule"], a["group"], a["reason"].get("chosen")) for a in actions}
 
 
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
-def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pipeline, ingest: str) -> None:
-    pipeline.env["RETENTION_INGEST"] = ingest
-    env = {**STEADY, "RETENTION_POLICY_FILE": str(LAPSE_BANDIT)}
-    sent = publish(pipeline, simulation_records(Shop(SHOP)))
-    worker = pipeline.worker("w1", **env)
+def worker_and_replay(pipeline: Pipeline, shop: SimulationConfig, records: Iterable[Outgoing], policy: Path,
+                      env: dict[str, str], **fresh: Any) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """The actions a worker sends for ``records`` (of ``shop``) under ``policy``, its trainer's
+    ``GET /models`` snapshot, and the actions of the ordered replay of ``shop`` (``fresh``: more
+    arguments of its models)."""
+    sent = publish(pipeline, records)
+    worker = pipeline.worker("w1", **{**STEADY, "RETENTION_POLICY_FILE": str(policy), **env})
     worker.wait_ready()
     worker.wait_processed(sum(sent.values()), timeout=300)
     wait_committed(pipeline, sent, [worker])
@@ -57,17 +59,28 @@ def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pip
     settings = pipeline.settings
     training = offline_training(
         lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9, bgnbd_refit_periods=0,
-                             churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner),
+                             churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner, **fresh),
         settings.model_period_ms, settings.model_lag_periods,
     )
     replayed = [json.loads(encode_action(a)) for a in
-                ordered_replay(Shop(SHOP), settings.partitions, settings.engine, training, policy=load_policy(LAPSE_BANDIT))]
+                ordered_replay(Shop(shop), settings.partitions, settings.engine, training, policy=load_policy(policy))]
+    return live, models, replayed
 
-    want, got = decisions(replayed), decisions(live)
+
+def assert_same_decisions(want: dict[str, Any], got: dict[str, Any], live: list[dict[str, Any]]) -> None:
+    """One send per decision, the same decisions, each alike (by the test's own view of one)."""
     assert len(live) == len(got)  # one send per decision
     assert set(got) == set(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
     differ = {aid: (want[aid], got[aid]) for aid in want if want[aid] != got[aid]}
     assert not differ, f"{len(differ)} of {len(want)} decisions differ (replay, worker): {differ}"
+
+
+@pytest.mark.parametrize("ingest", ["faust", "batched"])
+def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pipeline, ingest: str) -> None:
+    pipeline.env["RETENTION_INGEST"] = ingest
+    live, models, replayed = worker_and_replay(pipeline, SHOP, simulation_records(Shop(SHOP)), LAPSE_BANDIT, {})
+    want, got = decisions(replayed), decisions(live)
+    assert_same_decisions(want, got, live)
     # what makes this more than a tie-break by the seed: choices by a bandit that had learned
     # rewards, both arms chosen, and the worker's trainer learned rewards too
     chosen = [c for _, _, c in want.values()]

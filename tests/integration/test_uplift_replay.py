@@ -24,15 +24,10 @@ from typing import Any
 
 import pytest
 
-from models.bundle import Models
-from streams.domain.actions import encode_action
-from streams.domain.fold import offline_training
-from streams.domain.policy_file import load_policy
 from streams.runtime.publish import Outgoing, simulation_records
 from streams.simulation import Shop, SimulationConfig
 from tests.integration.conftest import Pipeline
-from tests.integration.test_recovery import STEADY, publish, read_to_end, trained, wait_committed
-from tests.ordered_replay import ordered_replay
+from tests.integration.test_bandit_replay import assert_same_decisions, worker_and_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -63,30 +58,11 @@ def decisions(actions: list[dict[str, Any]]) -> dict[str, tuple[str, str, str, d
 @pytest.mark.parametrize("ingest", ["faust", "batched"])
 def test_the_worker_makes_the_uplift_decisions_of_the_ordered_replay(pipeline: Pipeline, ingest: str) -> None:
     pipeline.env["RETENTION_INGEST"] = ingest
-    env = {**STEADY, "RETENTION_POLICY_FILE": str(LAPSE_UPLIFT), "RETENTION_UPLIFT_MIN_DECISIONS": str(MIN_DECISIONS)}
-    sent = publish(pipeline, without_texts(simulation_records(Shop(SHOP))))
-    worker = pipeline.worker("w1", **env)
-    worker.wait_ready()
-    worker.wait_processed(sum(sent.values()), timeout=300)
-    wait_committed(pipeline, sent, [worker])
-    live = [json.loads(m.value()) for m in read_to_end(pipeline, pipeline.settings.topic_actions)]
-    models = trained(worker)
-
-    settings = pipeline.settings
-    training = offline_training(
-        lambda: Models.fresh(horizon_days=settings.engine.churn_horizon_days, min_labels=10**9, bgnbd_refit_periods=0,
-                             churn_kind=settings.churn_learner, loyalty_kind=settings.loyalty_learner,
-                             uplift_min_decisions=MIN_DECISIONS),
-        settings.model_period_ms, settings.model_lag_periods,
-    )
-    replayed = [json.loads(encode_action(a)) for a in
-                ordered_replay(Shop(SHOP), settings.partitions, settings.engine, training, policy=load_policy(LAPSE_UPLIFT))]
-
+    live, models, replayed = worker_and_replay(pipeline, SHOP, without_texts(simulation_records(Shop(SHOP))), LAPSE_UPLIFT,
+                                               {"RETENTION_UPLIFT_MIN_DECISIONS": str(MIN_DECISIONS)},
+                                               uplift_min_decisions=MIN_DECISIONS)
     want, got = decisions(replayed), decisions(live)
-    assert len(live) == len(got)  # one send per decision
-    assert set(got) == set(want), (sorted(set(want) - set(got)), sorted(set(got) - set(want)))
-    differ = {aid: (want[aid], got[aid]) for aid in want if want[aid] != got[aid]}
-    assert not differ, f"{len(differ)} of {len(want)} decisions differ (replay, worker): {differ}"
+    assert_same_decisions(want, got, live)
     # more than exploration: decisions by a model that had learned outcomes of both groups,
     # some picked by it (not explored), and the worker's trainer learned uplift examples too
     said = [u for _, _, _, u in want.values()]
