@@ -1,13 +1,13 @@
 """``GET /actions/stats``: what the retention actions achieved, for the whole shop.
 
 Each worker adds the attribution counts of every step (:class:`~streams.domain.uplift.Tally`:
-decisions, matured windows, conversions, redemptions, outcomes) to one tally per partition
-in the ``attribution`` table (RocksDB with a changelog, like the users table: a partition's
+decisions, matured windows, conversions, redemptions, outcomes) to one tally per partition,
+kept in the partition's store with the users' states (RocksDB with a changelog: a partition's
 counts move with it on a rebalance and survive a restart).
 
 The whole shop is the sum over partitions. A worker answers ``?scope=local`` with the
 tallies of the partitions it owns, and the plain request by asking every other worker
-that owns partitions of the table (the group's assignment names their URLs, as it does for
+that owns partitions (the group's assignment of the ``owners`` table names their URLs, as it does for
 ``GET /users/{id}``) and summing: with one worker the answer is exact and local; with more,
 ``complete`` says whether every partition was counted (a peer that did not answer is
 named in ``errors``). The rates and uplift intervals are computed from the summed counts
@@ -23,9 +23,8 @@ from typing import Any
 import aiohttp
 import faust
 import msgspec
-from faust.exceptions import ConsumerNotStarted
 
-from streams.domain.uplift import Tally, load_tally, report, total
+from streams.domain.uplift import Tally, report, total
 from streams.runtime import metrics
 from streams.runtime.settings import Settings
 from streams.runtime.web import bearer_headers
@@ -36,11 +35,10 @@ PEER_TIMEOUT_S = 5.0
 
 
 class ActionStats:
-    def __init__(self, app: faust.App, settings: Settings, table: Any, batched: Any = None) -> None:
+    def __init__(self, app: faust.App, settings: Settings, ingest: Any) -> None:
         self.app = app
         self.settings = settings
-        self.table = table  #: the attribution table (Faust agent), or the batched path's owners table: peers are its owners
-        self.batched = batched  #: the batched hot path, which keeps each partition's tally in its store
+        self.ingest = ingest  #: the agent that folds batches: each partition's tally is in its store; peers own its ``owners`` table
         self.token = settings.bearer_token  # peers answer /actions/stats?scope=local to it
 
         @app.page("/actions/stats")
@@ -49,28 +47,13 @@ class ActionStats:
 
         app.timer(settings.metrics_interval_s, name="retention-uplift-metrics")(self.export)
 
-    def owned(self) -> set[int]:
-        """Partitions this worker processes (actively: a standby copy of the table is not counted)."""
-        try:
-            assignment = self.app.consumer.assignment()
-        except ConsumerNotStarted:
-            return set()
-        return {tp.partition for tp in assignment if tp.topic == self.settings.topic_heartbeats}
-
     def local(self) -> tuple[Tally, list[int]]:
-        if self.batched is not None:
-            return total(self.batched.tallies()), sorted(self.batched.owned_partitions())
-        owned = self.owned()
-        tallies = []
-        for key, raw in self.table.items():
-            if int(key.decode()[1:]) in owned:
-                tallies.append(load_tally(raw))
-        return total(tallies), sorted(owned)
+        return total(self.ingest.tallies()), sorted(self.ingest.owned_partitions())
 
     def peers(self) -> list[str]:
-        """URLs of the other workers that own partitions of the attribution table."""
+        """URLs of the other workers that own partitions."""
         try:
-            hosts = self.app.router.table_metadata(self.table.name)
+            hosts = self.app.router.table_metadata(self.ingest.owners.name)
         except Exception:  # no assignment yet
             return []
         own = str(self.app.conf.canonical_url).rstrip("/")

@@ -11,7 +11,6 @@ from prometheus_client import generate_latest
 from streams.runtime import metrics
 from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.batched import BatchIngest
-from streams.runtime.agents.ingest import Ingest
 from streams.runtime.agents.trainer import TrainerAgent
 from streams.runtime.kafka import faust_credentials
 from streams.runtime.faults import BROKER_DATA_LOST, broker_data_lost
@@ -77,33 +76,24 @@ def new_app(settings: Settings, **conf: Any) -> RetentionApp:
     return app
 
 
-def create_app(settings: Settings) -> tuple[RetentionApp, Ingest | BatchIngest]:
+def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
     app = new_app(
         settings,
         canonical_url=settings.canonical_url,
-        # The ingest agent holds records in its event-time merge, unacknowledged, until
-        # their turn; a rebalance must not wait for them (they are read again instead).
-        stream_wait_empty=False,
-        # the batched path keeps its own state: Faust's tables are only the anchor of ownership
-        **({"table_standby_replicas": 0} if settings.ingest == "batched" else {}),
+        # the agent that folds batches keeps its own state: Faust's tables are only the anchor of ownership
+        table_standby_replicas=0,
     )
     follower = ModelFollower(app, settings)  # every worker reads every model snapshot
-    ingest: Ingest | BatchIngest
-    if settings.ingest == "batched":
-        ingest = BatchIngest(app, settings, follower)
-        routing = ingest.owners
-        app.action_stats = ActionStats(app, settings, ingest.owners, batched=ingest)  # GET /actions/stats, uplift gauges
-    else:
-        ingest = Ingest(app, settings, follower)
-        routing = ingest.users
-        app.action_stats = ActionStats(app, settings, ingest.tallies)
+    ingest = BatchIngest(app, settings, follower)
+    app.action_stats = ActionStats(app, settings, ingest)  # GET /actions/stats, uplift gauges
     app.trainer = TrainerAgent(app, settings, follower)  # runs on the worker that owns model-labels
-    if settings.trace_offsets_interval_s > 0 and isinstance(ingest, Ingest):
+    if settings.trace_offsets_interval_s > 0:
 
         @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
         async def trace_offsets() -> None:
-            await _trace(app, ingest)
-    app.operations = Operations(app, settings, ingest, batched=ingest if isinstance(ingest, BatchIngest) else None)  # /health/*, lag
+            for line in app.consumer.trace_report():
+                log.warning("offset trace: %s", line)
+    app.operations = Operations(app, settings, ingest)  # /health/*, lag
 
     @app.page("/models")
     async def models_page(web: Any, request: Any) -> Any:
@@ -114,7 +104,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest | BatchIngest]:
 
     @app.page("/users/{user_id}")
     @bounded_id("user_id")
-    @app.table_route(table=routing, match_info="user_id")
+    @app.table_route(table=ingest.owners, match_info="user_id")
     async def user_page(web: Any, request: Any, user_id: str) -> Any:
         """A user's features, scores and state, answered by the worker that owns the
         user's partition (another worker forwards the request there)."""
@@ -127,12 +117,3 @@ def create_app(settings: Settings) -> tuple[RetentionApp, Ingest | BatchIngest]:
 
     return app, ingest
 
-
-async def _trace(app: RetentionApp, ingest: Ingest) -> None:
-    """The offset trace (``RETENTION_TRACE_OFFSETS_INTERVAL_S``) and what waits in the merge."""
-    for line in app.consumer.trace_report():
-        log.warning("offset trace: %s", line)
-    waiting = {p: {t: len(b) for t, b in m.buffers.items() if b} for p, m in ingest.merges.items() if m.size}
-    if waiting:
-        log.warning("offset trace: records waiting in the event-time merge %s; last received %s",
-                    waiting, {f"{tp.topic}[{tp.partition}]": o for tp, o in ingest.received.items()})

@@ -5,7 +5,7 @@
   restored from their changelogs, while it is neither crashed nor stopping nor stalled; else
   503 with the reason, as JSON. Stalled: records to read (consumer lag) and none processed or
   committed for ``RETENTION_STALL_TIMEOUT_S``; the reason says which partition waits for what
-  (the facts of the ingest agent's stall warnings), and the stall is logged once.
+  (the facts of the batch agent's stall warnings), and the stall is logged once.
 - Every ``RETENTION_METRICS_INTERVAL_S``: consumer lag per
   assigned inbound partition, assigned partitions, recovery progress, table keys and bytes,
   readiness. Series of partitions the worker no longer owns are removed.
@@ -26,7 +26,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Protocol
 
 import faust
-from faust.exceptions import ConsumerNotStarted
 from faust.types import TP
 
 from streams.runtime import metrics
@@ -38,21 +37,28 @@ REKEYED = "rekeyed"  # logical name of the internal re-key topic in labels
 
 
 class Progress(Protocol):
-    """What readiness reads from the agent: how many records it processed, and why records
-    have waited too long (:meth:`streams.runtime.agents.ingest.Ingest.waits`)."""
+    """What readiness and the lag gauges read from the agent that folds the inbound topics
+    (:class:`streams.runtime.agents.batched.BatchIngest`): the records it processed, why
+    records have waited too long, its committed offsets, lag and partitions."""
 
     processed: int
+    committed: dict[tuple[str, int], int]
 
     def waits(self) -> list[str]: ...
+
+    def lag_of(self) -> dict[tuple[str, int], int]: ...
+
+    def owned_partitions(self) -> set[int]: ...
+
+    def store_size(self) -> tuple[int, int]: ...
 
 
 class Operations:
     """Health endpoints and operational metrics of one worker's Faust app."""
 
-    def __init__(self, app: faust.App, settings: Settings, progress: Progress | None = None, batched: Any = None) -> None:
+    def __init__(self, app: faust.App, settings: Settings, progress: Progress) -> None:
         self.app = app
-        self.batched = batched  #: the batched hot path: it reads the inbound topics, not Faust's consumer
-        self.progress = progress
+        self.progress = progress  #: the agent that folds batches: it reads the inbound topics, not Faust's consumer
         self.stall_s = settings.stall_timeout_s
         self.stopping: str | None = None  # the stop signal received (set by streams.runtime.worker)
         self._moved: tuple[int, int] | None = None  # (records processed, sum of committed offsets) last seen
@@ -61,7 +67,6 @@ class Operations:
         self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED}
         self._lag_series: set[tuple[str, str]] = set()
         self._assigned_series: set[str] = set()
-        self._log_start: dict[TP, int] = {}
         metrics.BUILD.info({"version": _version("retention-streams"), "faust": _version("faust-streaming"),
                             "python": platform.python_version()})
         app.on_rebalance_complete.connect(self._on_rebalance_complete)
@@ -87,10 +92,7 @@ class Operations:
             return f"crashed: {self.app.crash_reason!r}"
         if self.stopping or self.app.should_stop:
             return f"stopping ({self.stopping or 'the app stops'})"
-        try:
-            inbound = self._inbound()
-        except ConsumerNotStarted:
-            return "consumer not started"
+        inbound = self._inbound()
         if self.app.rebalancing:
             return "rebalancing"
         if not inbound:
@@ -104,9 +106,8 @@ class Operations:
         """Why the worker is stalled (records to read, and none processed or committed for
         ``stall_s``), or None. Logged once when the stall is seen, and when it ends."""
         lag = sum(self._lags(inbound).values())
-        committed = self.batched.committed if self.batched is not None else self.app.consumer._committed_offset
-        moved = (self.progress.processed if self.progress else 0,
-                 sum(committed.get((tp.topic, tp.partition) if self.batched is not None else tp) or 0 for tp in inbound))
+        committed = self.progress.committed
+        moved = (self.progress.processed, sum(committed.get((tp.topic, tp.partition)) or 0 for tp in inbound))
         now = time.monotonic()
         if not lag or moved != self._moved:
             self._moved, self._still_since = moved, (now if lag else None)
@@ -119,7 +120,7 @@ class Operations:
         waited = now - self._still_since
         if waited < self.stall_s:
             return None
-        waits = self.progress.waits() if self.progress else []
+        waits = self.progress.waits()
         reason = (f"stalled: {lag} records to read and none processed or committed for {waited:.0f} s (RETENTION_STALL_TIMEOUT_S "
                   f"{self.stall_s:.0f} s); " + ("; ".join(waits) if waits else
                   "no record waits in the agent's merge or for a model snapshot: the consumer fetches nothing (paused partitions, broker)"))
@@ -132,10 +133,7 @@ class Operations:
 
     async def refresh(self) -> None:
         """Update the operational gauges from the consumer, the recovery and the stores."""
-        try:
-            inbound = self._inbound()
-        except ConsumerNotStarted:
-            return
+        inbound = self._inbound()
         recovery = self.app.tables.recovery
         metrics.RECOVERY_IN_PROGRESS.set(1 if recovery.in_recovery else 0)
         metrics.RECOVERY_REMAINING.set(recovery.active_remaining_total() if recovery.in_recovery else 0)
@@ -143,23 +141,8 @@ class Operations:
         self._refresh_tables()
         if self.app.rebalancing:  # the assignment is in flux: keep the last series until it settles
             return
-        await self._refresh_lag(inbound)
-        self._refresh_assignment(inbound)
-
-    async def _refresh_lag(self, inbound: set[TP]) -> None:
-        if self.batched is not None:
-            self._set_lag({(self.logical[tp.topic], str(tp.partition)): lag for tp, lag in self._lags(inbound).items()})
-            return
-        consumer = self.app.consumer
-        unknown = [tp for tp in inbound if consumer._committed_offset.get(tp) is None and tp not in self._log_start]
-        if unknown:  # nothing committed yet: lag counts from the start of the log
-            try:
-                self._log_start.update(await consumer.earliest_offsets(*unknown))
-            except Exception as exc:  # the next refresh asks again
-                log.warning("could not read the log start offsets of %d partitions: %r", len(unknown), exc)
         self._set_lag({(self.logical[tp.topic], str(tp.partition)): lag for tp, lag in self._lags(inbound).items()})
-        for tp in set(self._log_start) - inbound:
-            del self._log_start[tp]
+        self._refresh_assignment(inbound)
 
     def _set_lag(self, series: dict[tuple[str, str], int]) -> None:
         for labels, lag in series.items():
@@ -170,17 +153,8 @@ class Operations:
 
     def _lags(self, inbound: set[TP]) -> dict[TP, int]:
         """Per inbound partition fetched at least once: its fetch high watermark minus the
-        committed offset (or the log start, while nothing is committed)."""
-        if self.batched is not None:
-            return {TP(t, p): lag for (t, p), lag in self.batched.lag_of().items()}
-        consumer = self.app.consumer
-        lags = {}
-        for tp in inbound:
-            highwater, committed = consumer.highwater(tp), consumer._committed_offset.get(tp)
-            position = committed if committed is not None else self._log_start.get(tp)
-            if highwater is not None and position is not None:
-                lags[tp] = max(highwater - position, 0)
-        return lags
+        committed offset (or the first offset read, while nothing is committed)."""
+        return {TP(t, p): lag for (t, p), lag in self.progress.lag_of().items() if TP(t, p) in inbound}
 
     def _refresh_assignment(self, inbound: set[TP]) -> None:
         counts: dict[str, int] = {}
@@ -198,6 +172,9 @@ class Operations:
                     metrics.EVENT_TIME.remove(sample.labels["partition"])
 
     def _refresh_tables(self) -> None:
+        keys, size = self.progress.store_size()  # the users' states, in the batch agent's own stores
+        metrics.TABLE_KEYS.labels("users").set(keys)
+        metrics.TABLE_BYTES.labels("users").set(size)
         for name, table in self.app.tables.items():
             dbs = list(getattr(table.data, "_dbs", {}).values())  # faust's rocksdb store: one DB per partition
             if not all(hasattr(db, "property_int_value") for db in dbs):
@@ -214,10 +191,8 @@ class Operations:
                  extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in self._inbound())})
 
     def _inbound(self) -> set[TP]:
-        """Assigned partitions of the topics the worker reads (not changelogs)."""
-        if self.batched is not None:
-            return {TP(topic, p) for p in self.batched.owned_partitions() for topic in self.logical}
-        return {tp for tp in self.app.consumer.assignment() if tp.topic in self.logical}
+        """Partitions of the topics the worker reads (not changelogs) that it owns."""
+        return {TP(topic, p) for p in self.progress.owned_partitions() for topic in self.logical}
 
 
 def _version(package: str) -> str:

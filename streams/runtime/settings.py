@@ -84,11 +84,10 @@ class Settings(BaseSettings):
     topic_model_snapshots: str = Field("model-snapshots", description="Internal, one partition, compacted: the trainer's versioned model snapshots, read by every worker (docs/models.md).")
 
     data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
-    ingest: Literal["faust", "batched"] = Field("faust", description="How the inbound topics are folded: `faust`, a Faust agent per record (the default, every guarantee tested); `batched`, the agent that folds confluent-kafka micro-batches with state written once per batch (preview: README, \"The batched hot path\").")
-    state_cache_users: int = Field(100_000, ge=100, description="Batched hot path: decoded user states kept in memory per partition (least recently used evicted once persisted).")
-    rocksdb_block_cache_mb: int = Field(16, ge=1, description="Batched hot path: RocksDB block cache per partition store, MB.")
-    rocksdb_write_buffer_mb: int = Field(16, ge=1, description="Batched hot path: RocksDB memtable size per partition store, MB (two at most).")
-    batch_max_records: int = Field(5_000, ge=1, description="Batched hot path: most records received per micro-batch.")
+    state_cache_users: int = Field(100_000, ge=100, description="Decoded user states kept in memory per partition (least recently used evicted once persisted).")
+    rocksdb_block_cache_mb: int = Field(16, ge=1, description="RocksDB block cache per partition store, MB.")
+    rocksdb_write_buffer_mb: int = Field(16, ge=1, description="RocksDB memtable size per partition store, MB (two at most).")
+    batch_max_records: int = Field(5_000, ge=1, description="Most records received per micro-batch.")
     merge_max_records: int = Field(20_000, ge=100, description="Records a partition may hold in its event-time merge (both ingest paths); an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; records fetched before the pause still arrive).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server listens on (the only one: 127.0.0.1 accepts no connection from other hosts); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
@@ -388,6 +387,12 @@ class Settings(BaseSettings):
     def rekey_topic(self) -> str:
         """Internal: records that arrived on the wrong partition for their user_id, re-keyed."""
         return f"{self.app_id}-rekeyed"
+
+    @property
+    def ingest_group(self) -> str:
+        """The consumer group under which the agent that folds batches commits the inbound
+        topics' offsets (Faust's own group, the app id, holds the low-rate agents' topics)."""
+        return f"{self.app_id}-ingest"
 
     @property
     def lifecycle(self) -> LifecycleConfig:

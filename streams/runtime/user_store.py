@@ -196,6 +196,13 @@ class PartitionStore:
                 break
             yield load_state(value)
 
+    def size(self) -> tuple[int, int]:
+        """RocksDB's estimate of the keys and bytes (SST files and memtables) of this store."""
+        keys = self.db.property_int_value("rocksdb.estimate-num-keys") or 0
+        size = (self.db.property_int_value("rocksdb.total-sst-files-size") or 0) + (
+            self.db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0)
+        return keys, size
+
     def _evict(self) -> None:
         excess = len(self.cache) - self.options.cache_users
         if excess <= 0:

@@ -135,19 +135,15 @@ def test_all_three_kinds_go_out_with_reasons_and_cooldown_budget_and_unsubscribe
 
 
 def budgets(pipe: Pipeline) -> dict[int, BudgetState]:
-    """Each partition's latest budget on the table's changelog (the batched path keeps it,
-    key ``pbudget``, in the user-state changelog's partition of its partition)."""
-    if pipe.env.get("RETENTION_INGEST") == "batched":
-        latest = {m.partition(): m.value() for m in read_to_end(pipe, f"{pipe.settings.app_id}-user-state-changelog")
-                  if m.key() == b"pbudget"}
-        return {p: decode_budget(v) for p, v in latest.items()}
-    latest = {m.key(): m.value() for m in read_to_end(pipe, f"{pipe.settings.app_id}-budgets-changelog")}
-    return {int(k): decode_budget(v) for k, v in latest.items()}
+    """Each partition's latest budget (key ``pbudget``, in the user-state changelog's
+    partition of its partition)."""
+    latest = {m.partition(): m.value() for m in read_to_end(pipe, f"{pipe.settings.app_id}-user-state-changelog")
+              if m.key() == b"pbudget"}
+    return {p: decode_budget(v) for p, v in latest.items()}
 
 
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
 def test_kill_9_mid_commit_and_re_sent_records_neither_make_a_second_decision_nor_spend_twice(
-    pipeline: Pipeline, tmp_path: Path, ingest: str
+    pipeline: Pipeline, tmp_path: Path
 ) -> None:
     """Worker a decides the coupon of day 35 in partition P (its budget: one coupon a day)
     and the care of a customer who then unsubscribes, and is killed -9 as soon as it has
@@ -157,7 +153,6 @@ def test_kill_9_mid_commit_and_re_sent_records_neither_make_a_second_decision_no
     P's budget spent, the unsubscribed one gets nothing more, and no decision gets a second
     action id or a second count in the budget (a re-send of the same id is allowed: at
     least once)."""
-    pipeline.env["RETENTION_INGEST"] = ingest
     env = policy_env(tmp_path / "policy.yaml", NO_CONTROL_EDIT, ONE_COUPON_A_DAY)
     first, second = same_partition("lapser", 2, pipeline.settings.partitions)
     records = [buy(first, n) for n in (0, 7, 14, 21)] + [buy(second, n + 0.5) for n in (0, 7, 14, 21)]

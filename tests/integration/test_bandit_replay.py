@@ -75,9 +75,7 @@ def assert_same_decisions(want: dict[str, Any], got: dict[str, Any], live: list[
     assert not differ, f"{len(differ)} of {len(want)} decisions differ (replay, worker): {differ}"
 
 
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
-def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pipeline, ingest: str) -> None:
-    pipeline.env["RETENTION_INGEST"] = ingest
+def test_the_worker_makes_the_bandit_choices_of_the_ordered_replay(pipeline: Pipeline) -> None:
     live, models, replayed = worker_and_replay(pipeline, SHOP, simulation_records(Shop(SHOP)), LAPSE_BANDIT, {})
     want, got = decisions(replayed), decisions(live)
     assert_same_decisions(want, got, live)

@@ -94,8 +94,7 @@ def committed(pipe: Pipeline) -> Counter[str]:
     Topics are fresh (offsets start at 0), so this is the number of records of a topic the
     group will never read again. Read without joining the group."""
     settings = pipe.settings
-    group = f"{settings.app_id}-ingest" if batched(pipe) else settings.app_id  # (the batched path commits under its own)
-    reader = consumer(settings, group, **{"enable.auto.commit": False})
+    reader = consumer(settings, settings.ingest_group, **{"enable.auto.commit": False})
     try:
         tps = [TopicPartition(t, p) for t in settings.inbound_topics for p in range(settings.partitions)]
         out: Counter[str] = Counter()
@@ -120,8 +119,8 @@ def settled(pipe: Pipeline) -> Counter[str]:
 
 
 def wait_committed(pipe: Pipeline, sent: Counter[str], workers: list[WorkerProcess], timeout: float = 180.0) -> None:
-    """Until the group has committed every record sent (Faust flushes its producer, and so
-    the changelog, before it commits)."""
+    """Until the group has committed every record sent (a batch's offsets are committed once
+    its states are on the changelog)."""
     deadline = time.monotonic() + timeout
     while (done := committed(pipe)) != +sent:
         assert any(w.alive for w in workers), f"no worker alive; see {[str(w.log_file) for w in workers]}"
@@ -163,18 +162,11 @@ def read_to_end(pipe: Pipeline, topic: str) -> list[Message]:
     return out
 
 
-def batched(pipe: Pipeline) -> bool:
-    return pipe.env.get("RETENTION_INGEST") == "batched"
-
-
 def latest_states(pipe: Pipeline) -> dict[str, UserState]:
-    """Every user's state: the latest value per key on the table's changelog topic (the
-    batched path's: users' keys are ``u`` + user id, a forgotten one's value is empty)."""
-    if batched(pipe):
-        latest = {msg.key(): msg.value() for msg in read_to_end(pipe, f"{pipe.settings.app_id}-user-state-changelog")}
-        return {key[1:].decode(): load_state(value) for key, value in latest.items() if key[:1] == b"u" and value is not None}
-    latest = {msg.key(): msg.value() for msg in read_to_end(pipe, f"{pipe.settings.app_id}-users-changelog")}
-    return {key.decode(): load_state(value) for key, value in latest.items()}
+    """Every user's state: the latest value per key on the state changelog topic (users' keys
+    are ``u`` + user id, a forgotten one's value is empty)."""
+    latest = {msg.key(): msg.value() for msg in read_to_end(pipe, f"{pipe.settings.app_id}-user-state-changelog")}
+    return {key[1:].decode(): load_state(value) for key, value in latest.items() if key[:1] == b"u" and value is not None}
 
 
 def trained(worker: WorkerProcess, covered: int | None = None, timeout: float = 120.0) -> dict[str, Any]:
@@ -235,7 +227,7 @@ def assert_same_learning(run: Run, reference: Run, known_segment_loss: bool = Fa
 
 
 def click_history(pipe: Pipeline, user: str) -> str:
-    """What the batched path's changelog and the clicks hold of one user, for a failure's
+    """What the state changelog and the clicks hold of one user, for a failure's
     message: each changelog record's (partition@offset, clicks, clock, input positions) and the
     user's clicks (offset, id, time, kind). (Found the cause of a lost click once: a record
     whose scoring raised on the fold thread, dead-lettered; see ``records["invalid"]``.)"""
@@ -262,7 +254,7 @@ def assert_same_users(run: Run, reference: Run, pipe: Pipeline | None = None) ->
         want, got = view(state), view(run.states[user])
         if want != got:
             differ[user] = {k: (want[k], got[k]) for k in want if want[k] != got[k]}
-    history = "; ".join(f"{user}: {click_history(pipe, user)}" for user in list(differ)[:2]) if differ and pipe and batched(pipe) else ""
+    history = "; ".join(f"{user}: {click_history(pipe, user)}" for user in list(differ)[:2]) if differ and pipe else ""
     assert not differ, f"{len(differ)} of {len(reference.states)} users differ (reference, run): {differ} {history}"
 
 
@@ -314,33 +306,15 @@ def reference(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFacto
 # --- kill -9 --------------------------------------------------------------------------------
 
 
-#: Issue 3, fixed (streams/runtime/transport.py, unit tests in tests/unit/test_transport.py).
-#: Earlier fixes: the producer flush before a commit let the commit cover table writes still
-#: held by Faust's buffer sender (a lost update after kill -9), then waited for an empty
-#: queue (no commit at all while the agent wrote faster than the sender); commits passed
-#: records still in the event-time merge (gap ranges of the recovery race, faust-streaming
-#: #596/#606). The last loss (seen 2026-12-03: the restarted worker 71, then 7 records short,
-#: every input committed to its end, users' changelog states missing purchases): the offset
-#: trace, with every offset the agents processed logged, showed the restarted worker's first
-#: commits passing records it had not processed (committed 816 -> 912 over 824..826 on
-#: heartbeats[3], the same on eleven more inputs), through the gap range Faust records
-#: when the rest of a batch fetched before its post-assignment seek arrives after it (its
-#: read offset then runs ahead and it drops the records the seek brings back). Fixed by not
-#: delivering records a seek has overtaken and by committing a guarded input only as far as
-#: the agents processed it in the current generation (which also covers the records Faust's
-#: stream acknowledges when it skips them), and by seeking a partition back to the records
-#: the stream let go of when Faust resumed the flow after that seek (its queue is cleared).
-#: Since: every scripts/kill-loop run passed both variants (runs and load average in the
-#: README's known limits).
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
+#: The inputs' offsets are committed only after a batch's states are in RocksDB and on the
+#: changelog, and its outputs acknowledged (streams/runtime/deliveries.py); the trainer's
+#: topic, still read by Faust, is guarded by streams/runtime/transport.py.
 @pytest.mark.parametrize("restart", ["same-data-dir", "empty-data-dir"])
 def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_uninterrupted_run(
-    pipeline: Pipeline, reference: Run, restart: str, ingest: str
+    pipeline: Pipeline, reference: Run, restart: str
 ) -> None:
     """``empty-data-dir`` rebuilds every user's state from the changelog alone;
-    ``same-data-dir`` resumes from the local RocksDB files a killed process left behind.
-    On both ingest paths (the uninterrupted reference ran on the Faust agent's)."""
-    pipeline.env["RETENTION_INGEST"] = ingest
+    ``same-data-dir`` resumes from the local RocksDB files a killed process left behind."""
     sent = publish(pipeline, RECORDS)
     total = sum(sent.values())
     first = pipeline.worker("a", **STEADY)
@@ -363,21 +337,14 @@ def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_unint
     assert_same_users(run, reference, pipe=pipeline)
     assert_same_learning(run, reference)
     moved = assert_same_actions(run, reference)
-    # Redelivered: the records worker a read after its last commit. How many events b applies
-    # again is not a property to bound: on a kept data dir Faust's recovery replays the
-    # changelog from the offset stored with the local files, which can put back an older
-    # version of a user whose latest write never reached the changelog; b then re-applies
-    # those events onto that older state. What must hold is above: every user's features
-    # and counters, and every decision, equal those of the uninterrupted run.
+    # Redelivered: the records worker a read after its last commit. A batch's states are
+    # stored only once its outputs are acknowledged, so most of them were never stored and
+    # are applied anew; what must hold is above: every user's features and counters, and
+    # every decision, equal those of the uninterrupted run.
     redelivered = before_kill.total() - resumed_from
     print(f"{restart}: killed after >= {before_kill.total()} of {total} records, last commit at {resumed_from}, "
           f">= {redelivered} redelivered; worker b: {dict(after)}; actions sent {len(run.actions)}, "
           f"distinct {len({a['action_id'] for a in run.actions})}; decision times that differ: {moved}")
-    # On the Faust agent a state is written as each record is applied, so records worker a applied
-    # and never committed come back as redelivered; the batched path writes a batch's states only
-    # once its outputs are acknowledged, so most of them were never stored and are applied anew.
-    if ingest == "faust" and before_kill.total() > resumed_from + 100:
-        assert after["redelivered"] > 0
 
 
 # --- two workers ----------------------------------------------------------------------------
@@ -392,9 +359,7 @@ def wait_ready_after_rebalance(worker: WorkerProcess, times: int, timeout: float
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
-def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pipeline, reference: Run, ingest: str) -> None:
-    pipeline.env["RETENTION_INGEST"] = ingest
+def test_two_workers_split_the_partitions_and_state_moves_with_them(pipeline: Pipeline, reference: Run) -> None:
     third = len(RECORDS) // 3
     one = pipeline.worker("w1", **STEADY)
     one.wait_ready()

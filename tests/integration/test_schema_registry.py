@@ -1,5 +1,5 @@
 """Records framed by a Confluent Schema Registry JSON serializer (magic byte 0, a 4-byte
-schema id, then the JSON), through a real worker on both ingest paths: processed like plain
+schema id, then the JSON), through a real worker: processed like plain
 JSON, the schema id recorded, and a framed record that breaks the contract dead-lettered with
 its schema id named and its redacted copy kept."""
 
@@ -31,9 +31,8 @@ def purchase(user: str, day: int) -> Outgoing:
     return Outgoing("purchases", user, framed(100_007, value), ts)
 
 
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
-def test_schema_registry_framed_records_are_processed_and_their_schema_id_recorded(pipeline: Pipeline, ingest: str) -> None:
-    worker = pipeline.worker(RETENTION_INGEST=ingest)
+def test_schema_registry_framed_records_are_processed_and_their_schema_id_recorded(pipeline: Pipeline) -> None:
+    worker = pipeline.worker()
     valid = [purchase(u, d) for u in ("ann", "bob") for d in (0, 7, 14)]
     bad = Outgoing("clicks", "eve", framed(9, {"event_id": "c1", "user_id": "eve", "ts": T0 + MS_PER_DAY, "kind": "teleport",
                                                "email": "eve@example.com"}), T0 + MS_PER_DAY)

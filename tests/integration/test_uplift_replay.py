@@ -55,9 +55,7 @@ def decisions(actions: list[dict[str, Any]]) -> dict[str, tuple[str, str, str, d
     return {a["action_id"]: (a["reason"]["rule"], a["group"], a["ts"], a["reason"].get("uplift")) for a in actions}
 
 
-@pytest.mark.parametrize("ingest", ["faust", "batched"])
-def test_the_worker_makes_the_uplift_decisions_of_the_ordered_replay(pipeline: Pipeline, ingest: str) -> None:
-    pipeline.env["RETENTION_INGEST"] = ingest
+def test_the_worker_makes_the_uplift_decisions_of_the_ordered_replay(pipeline: Pipeline) -> None:
     live, models, replayed = worker_and_replay(pipeline, SHOP, without_texts(simulation_records(Shop(SHOP))), LAPSE_UPLIFT,
                                                {"RETENTION_UPLIFT_MIN_DECISIONS": str(MIN_DECISIONS)},
                                                uplift_min_decisions=MIN_DECISIONS)

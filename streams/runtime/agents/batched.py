@@ -5,7 +5,7 @@ write through its producer another ~100 µs (docs/benchmarks.md, ``../shared/per
 more than a 20,000 events/s budget. So the inbound topics (clicks, purchases, reviews,
 action outcomes, heartbeats, re-keys) are read by a confluent-kafka consumer on a thread of
 its own, in micro-batches, and each partition's records are folded in event-time order
-through the same pure engine as the Faust agent (:mod:`streams.runtime.agents.ingest`).
+through the pure engine (:mod:`streams.domain.engine`).
 Faust keeps the app: its lifecycle, web server, metrics, the trainer and the model snapshots.
 
 One cycle: receive a micro-batch -> decode -> merge each partition's inputs by event time
@@ -42,7 +42,7 @@ from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
 from streams.domain.engine import Step, Unknown, due_at, on_due, on_event, went_out
-from streams.domain.events import Heartbeat, Invalid, Review, decode
+from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, Review, decode
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyRanks
 from streams.domain.population import Population, rfm_of
@@ -54,7 +54,6 @@ from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
-from streams.runtime.agents.ingest import SOURCE_HEADER, USER_EVENTS
 from streams.runtime.changelog import ChangelogWriter, create_changelog, restore
 from streams.runtime.deliveries import Batch, Ledger
 from streams.runtime.faults import infrastructure_failure, operator_hint
@@ -67,6 +66,10 @@ from streams.runtime.user_store import PartitionStore, StoreOptions
 
 log = logging.getLogger(__name__)
 
+#: The header of a re-keyed record that names the topic it came from.
+SOURCE_HEADER = "retention-source-topic"
+#: The events that belong to a user (re-keyed when their key is not the user's partition).
+USER_EVENTS = (Click, Purchase, Review, Outcome)
 #: How long one receive waits for records (the cycle also releases what waited in the merges).
 RECEIVE_WAIT_S = 0.05
 #: How often idle partitions send a watermark for the others (see BatchIngest._vouch_for_idle_partitions).
@@ -99,7 +102,7 @@ class PartitionWork:
 
 
 class BatchIngest:
-    """The batched hot path of one worker (``RETENTION_INGEST=batched``)."""
+    """The agent that folds batches: the inbound topics of one worker."""
 
     def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
         self.app = app
@@ -219,7 +222,7 @@ class BatchIngest:
 
     def _loop(self) -> None:
         self.producer = new_producer(self.settings, **{"linger.ms": 5, "acks": "all"})
-        self.consumer = new_consumer(self.settings, f"{self.settings.app_id}-ingest",
+        self.consumer = new_consumer(self.settings, self.settings.ingest_group,
                                      **{"enable.auto.commit": False, "enable.auto.offset.store": False})
         self.changelog = ChangelogWriter(self.settings, self.producer)
         self.running.set()
@@ -668,6 +671,12 @@ class BatchIngest:
                     if high is not None and high >= 0 and position is not None:
                         lag[(topic, work.partition)] = max(high - position, 0)
             self.lag = lag
+
+    def store_size(self) -> tuple[int, int]:
+        """Keys and bytes of the owned partitions' stores (the ``users`` series of the table gauges)."""
+        with self.lock:
+            sizes = [w.store.size() for w in self.works.values()]
+        return sum(k for k, _ in sizes), sum(b for _, b in sizes)
 
     def lag_of(self) -> dict[tuple[str, int], int]:
         """Consumer lag per owned input partition (fetch high watermark minus committed offset)."""
