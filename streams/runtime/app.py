@@ -80,6 +80,9 @@ def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
     app = new_app(
         settings,
         canonical_url=settings.canonical_url,
+        # The trainer holds label records unacknowledged until the period they belong to is
+        # covered; a stop or a rebalance must not wait for them (they are read again instead).
+        stream_wait_empty=False,
         # the agent that folds batches keeps its own state: Faust's tables are only the anchor of ownership
         table_standby_replicas=0,
     )

@@ -19,6 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Messag
 from confluent_kafka.admin import NewTopic
 
 from streams.runtime.kafka import admin, consumer
+from streams.runtime.faults import BrokerDataLost
 from streams.runtime.settings import Settings
 from streams.runtime.user_store import PartitionStore
 
@@ -67,7 +68,9 @@ def restore(settings: Settings, stores: dict[int, PartitionStore], timeout: floa
     end = {p: offset or 0 for p, offset in start.items()}
     counts = dict.fromkeys(stores, 0)
     pending: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in stores}
-    reader = consumer(settings, None, **{"enable.partition.eof": True, "enable.auto.commit": False})
+    # "error": a store that applied more of its changelog than the broker has is not silently
+    # restored from the start of the log (the broker lost its data)
+    reader = consumer(settings, None, **{"enable.partition.eof": True, "enable.auto.commit": False, "auto.offset.reset": "error"})
     try:
         reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING if start[p] is None else start[p]) for p in stores])
         for p, store in stores.items():
@@ -81,6 +84,9 @@ def restore(settings: Settings, stores: dict[int, PartitionStore], timeout: floa
                 error = msg.error()
                 if error is not None and error.code() == KafkaError._PARTITION_EOF:
                     todo.discard(msg.partition())
+                elif error is not None and error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    raise BrokerDataLost(f"{topic}[{msg.partition()}] ends before offset {start[msg.partition()]}, "
+                                         f"which this worker's store had applied ({error.str()})")
                 elif error is not None:
                     raise KafkaException(error)
                 else:

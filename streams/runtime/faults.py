@@ -48,13 +48,21 @@ BROKER_DATA_LOST = (
 )
 
 
+class BrokerDataLost(Exception):
+    """A log ends before an offset this worker has read or stored (a fetch there is out of
+    range, and not because retention deleted the records before it)."""
+
+
 def broker_data_lost(exc: BaseException) -> bool:
-    """True for Faust's recovery finding a changelog shorter than the local state.
+    """True for a log found shorter than what this worker read or stored: our own check, or
+    Faust's recovery finding a changelog shorter than the local state.
 
     >>> from faust.exceptions import ConsistencyError
     >>> broker_data_lost(ConsistencyError("The persisted offset ... is higher than the last offset")), broker_data_lost(KeyError())
     (True, False)
+    >>> broker_data_lost(BrokerDataLost("clicks[0] ends before offset 17"))
+    True
     """
     from faust.exceptions import ConsistencyError
 
-    return isinstance(exc, ConsistencyError)
+    return isinstance(exc, (ConsistencyError, BrokerDataLost))

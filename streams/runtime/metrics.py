@@ -6,6 +6,11 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
+RECORDS_EXPIRED = Counter(
+    "retention_records_expired",
+    "Inbound records deleted by the topic's retention before this worker read them (never processed), by logical topic.",
+    ["topic"],
+)
 RECORDS = Counter(
     "retention_records",
     "Inbound records by logical topic and result: ok; late (beyond the allowed lateness: lifetime figures only); "

@@ -6,9 +6,8 @@ all of it from the beginning, in the app's event loop), keeping the last snapsho
 :class:`~models.trainer.SnapshotStore`. A record whose signature does not check out (or
 whose models do not load) is refused: logged with its offset and the reason, counted in
 ``retention_model_snapshots_refused_total{reason}``, and the worker goes on with the
-models it had. :class:`ModelLink` is the ingest side: the
-examples and, at every model-period boundary a partition's clock crosses, its watermark,
-through the app's producer (in order, after the examples of the records before it).
+models it had. The agent that folds batches sends the examples and, at every model-period
+boundary a partition's clock crosses, its watermark (:mod:`streams.runtime.agents.batched`).
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from models.bundle import Models
-from models.examples import Example, Watermark, encode_example
 from models.signing import REASONS, Refused
 from models.trainer import Snapshot, SnapshotStore, decode_snapshot, load_models, version_of
 from streams.runtime import metrics
@@ -162,84 +160,13 @@ class ModelFollower:
             return self.store.priors
         return self.store.models_at(newest + self.store.lag * self.store.period_ms)[0]
 
-
-class ModelLink:
-    """The ingest's side: models by event time from the follower; examples and watermarks out."""
-
-    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
-        self.follower = follower
-        self.store = follower.store
-        self.period_ms = settings.model_period_ms
-        self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
-        self.marked: dict[int, int] = {}  #: the last watermark sent per partition
-        #: per user, the label records sent by this process and their delivery futures
-        self.unconfirmed: dict[str, list[tuple[bytes, Any]]] = {}
-        self.resend: list[tuple[str, list[bytes]]] = []  #: outboxes found in the table, to send again
-
-    def models_at(self, t: int) -> Models:
-        models, boundary = self.store.models_at(t)
-        metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
-        return models
-
-    def ready(self, t: int) -> bool:
-        return self.store.ready(t)
-
-    async def send(self, user_id: str, example: Example) -> None:
-        """Send a user's example; it stays in the user's outbox until its delivery is confirmed."""
-        await self._send(user_id, encode_example(example))
-
-    async def _send(self, user_id: str, raw: bytes) -> None:
-        future = await self.labels.send(value=raw, partition=0)
-        self.unconfirmed.setdefault(user_id, []).append((raw, future))
-
-    def outbox(self, user_id: str) -> list[bytes]:
-        """The user's label records not confirmed delivered yet: written with the user's
-        state, so that a state which survives a kill -9 carries the labels it made."""
-        entries = [(raw, f) for raw, f in self.unconfirmed.get(user_id, ()) if not (f.done() and not f.cancelled() and f.exception() is None)]
-        if entries:
-            self.unconfirmed[user_id] = entries
-        else:
-            self.unconfirmed.pop(user_id, None)
-        return [raw for raw, _ in entries]
-
-    async def send_outboxes(self) -> None:
-        """Send again the outboxes of users found in the table after a start or rebalance
-        (a copy the trainer already has is dropped by its id or its learned period)."""
-        resend, self.resend = self.resend, []
-        for user_id, records in resend:
-            if user_id not in self.unconfirmed:
-                for raw in records:
-                    await self._send(user_id, raw)
-        if resend:
-            log.info("sent again the unconfirmed model labels of %d users", len(resend))
-
-    async def watermark(self, partition: int, clock_ms: int) -> None:
-        """Send the partition's watermark when its clock enters a new model period (and
-        first after an assignment): every example of its records before was sent."""
-        clock_ms = int(clock_ms)  # (an EventTime is an int the encoder does not know)
-        last = self.marked.get(partition)
-        if last is None or clock_ms // self.period_ms > last // self.period_ms:
-            await self.labels.send(value=encode_example(Watermark(partition=partition, clock_ms=clock_ms)), partition=0)
-            self.marked[partition] = clock_ms
-
-    def at(self, partition: int, now: int) -> int:
-        """The time an example of the partition made at clock ``now`` is dated: never
-        before the partition's last watermark (which may run ahead of its clock when
-        the worker vouched for it while it was idle)."""
-        return int(max(now, self.marked.get(partition, now)))
-
-    def forget(self) -> None:
-        """Partitions moved: each sends its watermark again with its next record."""
-        self.marked.clear()
-        self.unconfirmed.clear()  # (the table's outboxes are read again with the due queues)
-
     def holding_back(self) -> list[int]:
         """Partitions the trainer waits for (no watermark, or the lowest), by the newest marker."""
         latest = self.store.latest
         if latest is None:
             return []
         marks = latest.marks
-        partitions = range(self.follower.settings.partitions)
+        partitions = range(self.settings.partitions)
         absent = [p for p in partitions if p not in marks]
         if absent:
             return absent

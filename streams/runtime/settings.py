@@ -196,7 +196,7 @@ class Settings(BaseSettings):
         60.0, gt=0,
         description="A worker with consumer lag that processes no record (and commits nothing) for this long is stalled: "
         "/health/ready answers 503 with which partition waits for what, retention_worker_ready is 0, and the stall is "
-        "logged (the ingest agent's per-partition waits again every this many seconds).",
+        "logged once.",
     )
     shutdown_timeout_s: float = Field(
         25.0, gt=0,

@@ -163,7 +163,7 @@ def test_a_stalled_worker_is_not_ready_and_sigterm_stops_it_within_its_grace_per
     own_broker.start()
     with new_pipeline(embedded_overrides(own_broker.bootstrap_servers), tmp_path, RETENTION_LOG_FORMAT="json",
                       RETENTION_STALL_TIMEOUT_S="4", RETENTION_SHUTDOWN_TIMEOUT_S="6", RETENTION_METRICS_INTERVAL_S="0.5") as pipe:
-        sent = send(pipe.settings, purchases(users=3000, per_user=2))
+        sent = send(pipe.settings, purchases(users=20_000, per_user=3))  # more than a few seconds of work
         worker = pipe.worker()
         worker.wait_ready()
         eventually(lambda: worker.total("retention_records_total") > 500, timeout=60, what="processing under way")

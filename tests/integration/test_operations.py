@@ -188,14 +188,14 @@ def check_operations(pipeline: Pipeline, worker: WorkerProcess, sent: int, query
     lines = [json.loads(line) for line in worker.log_file.read_text().splitlines()]
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     dead = [line for line in lines if line["message"].startswith("dead-lettered")]
-    assert len(dead) == 1 and dead[0]["level"] == "WARNING" and dead[0]["logger"] == "streams.runtime.agents.ingest"
+    assert len(dead) == 1 and dead[0]["level"] == "WARNING" and dead[0]["logger"] == "streams.runtime.agents.batched"
     rebalances = [line for line in lines if line["logger"] == "streams.runtime.ops" and "rebalance complete" in line["message"]]
     assert [len(line["partitions"]) for line in rebalances] == [6 * parts, 6 * parts // 2]
 
 
 def committed_offsets(pipeline: Pipeline, topics: list[str]) -> dict[tuple[str, int], int]:
-    """The worker group's committed offsets (OffsetFetch by a consumer that joins nothing)."""
-    reader = consumer(pipeline.settings, pipeline.settings.app_id, **{"enable.auto.commit": False})
+    """The inbound topics' committed offsets (OffsetFetch by a consumer that joins nothing)."""
+    reader = consumer(pipeline.settings, pipeline.settings.ingest_group, **{"enable.auto.commit": False})
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(pipeline.settings.partitions)]
         return {(tp.topic, tp.partition): tp.offset for tp in reader.committed(tps, timeout=30) if tp.offset >= 0}

@@ -2,7 +2,7 @@
 
 A poison pill is a record that crashes the worker on every delivery: these properties
 are what makes one impossible by construction (the worker also contains its own bugs per
-record, see ``streams/runtime/agents/ingest.py``).
+record, see ``streams/runtime/agents/batched.py``).
 """
 
 from __future__ import annotations

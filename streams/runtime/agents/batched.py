@@ -56,7 +56,7 @@ from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
 from streams.runtime.changelog import ChangelogWriter, create_changelog, restore
 from streams.runtime.deliveries import Batch, Ledger
-from streams.runtime.faults import infrastructure_failure, operator_hint
+from streams.runtime.faults import BrokerDataLost, broker_data_lost, infrastructure_failure, operator_hint
 from streams.runtime.kafka import consumer as new_consumer
 from streams.runtime.kafka import producer as new_producer
 from streams.runtime.model_sync import ModelFollower
@@ -72,6 +72,8 @@ SOURCE_HEADER = "retention-source-topic"
 USER_EVENTS = (Click, Purchase, Review, Outcome)
 #: How long one receive waits for records (the cycle also releases what waited in the merges).
 RECEIVE_WAIT_S = 0.05
+#: A micro-batch folding longer than this is named in the stall reason.
+FOLD_WATCH_S = 10.0
 #: How often idle partitions send a watermark for the others (see BatchIngest._vouch_for_idle_partitions).
 VOUCH_EVERY_S = 1.0
 BUDGET, TALLY = "budget", "tally"
@@ -146,6 +148,8 @@ class BatchIngest:
         self.vouched_at = 0.0
         self.lag_at = 0.0
         self.processed = 0  #: records folded (readiness: progress)
+        self.misses = 0  #: model snapshot misses counted so far
+        self.folding: tuple[float, int] | None = None  #: (since, records) of the micro-batch being folded
         self.lag: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.ledger = Ledger()
@@ -162,6 +166,7 @@ class BatchIngest:
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_before_shutdown.connect(self._on_shutdown)
         app.task(self._run)
+        app.timer(settings.metrics_interval_s, name="ingest-model-metrics")(self._export_models)
 
     # ------------------------------------------------------------------ ownership (Faust's event loop)
 
@@ -197,12 +202,29 @@ class BatchIngest:
         for work in list(self.works.values()):
             if work.held is not None:
                 waited = time.monotonic() - (work.held_since or time.monotonic())
-                out.append(f"partition {work.partition}: a record waits {waited:.0f} s for its model snapshot (trainer covered "
-                           f"{format_ts(self.follower.store.covered) if self.follower.store.covered is not None else 'nothing'})")
+                store = self.follower.store
+                out.append(f"partition {work.partition}: a record waits {waited:.0f} s for its model snapshot (the trainer has covered "
+                           f"{format_ts(store.covered) if store.covered is not None else 'nothing'}; partitions holding it back "
+                           f"(no watermark yet, or the lowest: send them heartbeats): {self.follower.holding_back()})")
             elif work.merge.size:
+                holding = [f"{self.logical[t]} (received to {work.received.get(t, work.start.get(t))}, committed "
+                           f"{self.committed.get((t, work.partition))}, high watermark {self._high(t, work.partition)})"
+                           for t, buffer in work.merge.buffers.items() if not buffer]
                 out.append(f"partition {work.partition}: {work.merge.size} records wait in the event-time merge for "
-                           f"inputs neither buffered nor caught up")
+                           f"inputs neither buffered nor caught up: {', '.join(holding) or 'none'}")
+        folding = self.folding
+        if folding is not None and time.monotonic() - folding[0] >= FOLD_WATCH_S:
+            out.append(f"a micro-batch of {folding[1]} records has been folding for {time.monotonic() - folding[0]:.0f} s "
+                       "(the fold thread has not returned: `py-spy dump --pid` shows where)")
         return out
+
+    def _high(self, topic: str, partition: int) -> int | None:
+        """The high watermark librdkafka last fetched for an input partition (None: not fetched)."""
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        except Exception:  # the consumer is closed or not created yet
+            return None
+        return high if high is not None and high >= 0 else None
 
     def owned_partitions(self) -> set[int]:
         return set(self.works)
@@ -222,8 +244,9 @@ class BatchIngest:
 
     def _loop(self) -> None:
         self.producer = new_producer(self.settings, **{"linger.ms": 5, "acks": "all"})
+        # "error": a position outside the log is judged by _out_of_range, never silently reset
         self.consumer = new_consumer(self.settings, self.settings.ingest_group,
-                                     **{"enable.auto.commit": False, "enable.auto.offset.store": False})
+                                     **{"enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "error"})
         self.changelog = ChangelogWriter(self.settings, self.producer)
         self.running.set()
         try:
@@ -232,7 +255,9 @@ class BatchIngest:
                 self._cycle()
         except BaseException as exc:  # the fold thread's end is the worker's: Faust is told
             self.failure = exc
-            if infrastructure_failure(exc):
+            if broker_data_lost(exc):
+                pass  # said once, with what to do, by the app's crash (streams.runtime.app)
+            elif infrastructure_failure(exc):
                 log.critical("stopping: %s: %s", operator_hint(exc), exc)
             else:
                 log.exception("the batched ingest stopped")
@@ -319,6 +344,7 @@ class BatchIngest:
         self.polled_ms = _wall_ms()
         if len(messages) < self.max_batch:  # librdkafka's queue ran dry: its fetches are current
             self.drained_ms = asked_ms
+        self.folding = (time.monotonic(), len(messages))
         with self.lock:
             batch = self.batch = self.ledger.open()
             for msg in messages:
@@ -330,6 +356,7 @@ class BatchIngest:
                 self.vouched_at = time.monotonic()
                 self._vouch_for_idle_partitions()
             self._seal(batch)
+        self.folding = None
         self.producer.poll(0)
         self._store_and_commit()
         self._export()
@@ -337,7 +364,9 @@ class BatchIngest:
     def _receive(self, msg: Message) -> None:
         error = msg.error()
         if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
+            if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                self._out_of_range(msg.topic(), msg.partition(), error.str())
+            elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer: %s", error)
             return
         work = self.works.get(msg.partition())
@@ -356,6 +385,26 @@ class BatchIngest:
                         max_bytes=self.settings.max_record_bytes)
         metrics.count_framing(logical, msg.value())
         work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
+
+    def _out_of_range(self, topic: str, partition: int, reason: str) -> None:
+        """An input's position is outside its log (the consumer resets nothing by itself).
+        Before the log's start: retention deleted records before they were read; said with
+        their number, and reading goes on from the start. Otherwise the log ends before what
+        this worker read: the broker lost its data, and the worker stops (BrokerDataLost)."""
+        work = self.works.get(partition)
+        position = work.received.get(topic, work.start.get(topic)) if work is not None else None
+        low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10, cached=False)
+        if position is not None and position < low:
+            metrics.RECORDS_EXPIRED.labels(self.logical[topic]).inc(low - position)
+            log.error("%s[%d]: %d records were deleted by the topic's retention before this worker read them "
+                      "(offsets %d to %d): they are lost to the features; reading goes on at %d (raise the topic's retention.ms "
+                      "or add workers if this repeats)", self.logical[topic], partition, low - position, position, low - 1, low)
+            self.consumer.seek(TopicPartition(topic, partition, low))
+            if work is not None:
+                work.received[topic] = low
+            return
+        raise BrokerDataLost(f"{topic}[{partition}] ends at {high} (log start {low}) before offset {position}, which this "
+                             f"worker had read ({reason})")
 
     def _merge_ts(self, partition: int, result: Any) -> int | None:
         if isinstance(result, Heartbeat):
@@ -671,6 +720,13 @@ class BatchIngest:
                     if high is not None and high >= 0 and position is not None:
                         lag[(topic, work.partition)] = max(high - position, 0)
             self.lag = lag
+
+    async def _export_models(self) -> None:
+        """The newest models' label counts, blend weights and quality; snapshot misses."""
+        metrics.export_learners(self.follower.newest_models().learners)
+        misses = self.follower.store.misses
+        metrics.MODEL_SNAPSHOT_MISSES.inc(misses - self.misses)
+        self.misses = misses
 
     def store_size(self) -> tuple[int, int]:
         """Keys and bytes of the owned partitions' stores (the ``users`` series of the table gauges)."""
