@@ -54,7 +54,7 @@ from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import metrics
 from streams.runtime.agents.gate import ActionGate
-from streams.runtime.changelog import ChangelogWriter, create_changelog, restore
+from streams.runtime.changelog import ChangelogWriter, changelog_topic, create_changelog, restore
 from streams.runtime.deliveries import Batch, Ledger
 from streams.runtime.faults import BrokerDataLost, broker_data_lost, infrastructure_failure, operator_hint
 from streams.runtime.kafka import consumer as new_consumer
@@ -298,6 +298,7 @@ class BatchIngest:
                 self.works.pop(p).store.close()
         for work in self.works.values():  # kept: the rebalance forgot nothing of them, but the merge is read again
             work.marked = None
+        self._verify_kept(set(self.works))
         if new:
             # The committed offsets first, the changelog after: every record before an offset
             # read here had its states acknowledged on the changelog before that offset was
@@ -314,6 +315,23 @@ class BatchIngest:
             self._rebuild(new)
         if gone or new:
             log.info("batched ingest owns partitions %s", sorted(self.works))
+
+    def _verify_kept(self, partitions: set[int]) -> None:
+        """The logs of partitions kept across a rebalance still hold what this worker read
+        and stored. A broker that restarted without its data (memory storage) or topics
+        deleted and re-created make a group rebalance, and answer an empty log: a log this
+        worker read or wrote past offset 0 that now ends at 0 means the broker lost its data
+        (BrokerDataLost). (Only an empty log is judged: some brokers under-report the end of a
+        log in ListOffsets; a log cut shorter is caught by the consumer's out-of-range error.)"""
+        changelog = changelog_topic(self.settings)
+        for p in sorted(partitions):
+            work = self.works[p]
+            read = [(t, work.received.get(t, work.start.get(t)) or 0) for t in self.inputs] + [(changelog, work.changelog_next)]
+            for topic, position in read:
+                if position > 0:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    if high == 0:
+                        raise BrokerDataLost(f"{topic}[{p}] is empty, and this worker had read or written it up to offset {position}")
 
     def _start_offsets(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
         """Where reading starts on each input just taken: its committed offset, or the start
