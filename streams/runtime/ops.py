@@ -50,6 +50,8 @@ class Progress(Protocol):
 
     def owned_partitions(self) -> set[int]: ...
 
+    def assigned_partitions(self) -> set[int]: ...
+
     def store_size(self) -> tuple[int, int]: ...
 
 
@@ -187,8 +189,9 @@ class Operations:
 
     async def _on_rebalance_complete(self, *args: Any, **kwargs: Any) -> None:
         metrics.REBALANCES.inc()
-        log.info("rebalance complete: %d inbound partitions assigned", len(self._inbound()),
-                 extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in self._inbound())})
+        assigned = {TP(topic, p) for p in self.progress.assigned_partitions() for topic in self.logical}
+        log.info("rebalance complete: %d inbound partitions assigned", len(assigned),
+                 extra={"partitions": sorted(f"{tp.topic}/{tp.partition}" for tp in assigned)})
 
     def _inbound(self) -> set[TP]:
         """Partitions of the topics the worker reads (not changelogs) that it owns."""

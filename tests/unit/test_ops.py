@@ -30,6 +30,9 @@ class FakeIngest:
     def owned_partitions(self) -> set[int]:
         return set(self.owned)
 
+    def assigned_partitions(self) -> set[int]:
+        return set(self.owned)
+
     def lag_of(self) -> dict[tuple[str, int], int]:
         return dict(self.lags)
 

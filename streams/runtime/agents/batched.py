@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import faust
-from confluent_kafka import KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from models.bundle import Models
 from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
@@ -222,12 +222,21 @@ class BatchIngest:
         """The high watermark librdkafka last fetched for an input partition (None: not fetched)."""
         try:
             _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        except Exception:  # the consumer is closed or not created yet
+        except Exception:  # the consumer is closed or not created yet (a look from the event loop)
             return None
         return high if high is not None and high >= 0 else None
 
     def owned_partitions(self) -> set[int]:
+        """The partitions whose inputs this worker reads now."""
         return set(self.works)
+
+    def assigned_partitions(self) -> set[int]:
+        """The partitions Faust's group assigned to this worker (it reads their inputs once the
+        fold thread has stored what it gave back and restored what it took)."""
+        try:
+            return self._owned_of(self.app.consumer.assignment())
+        except Exception:  # the consumer has not started
+            return set()
 
     async def _run(self) -> None:
         await self.owners.changelog_topic.maybe_declare()
@@ -329,7 +338,13 @@ class BatchIngest:
             read = [(t, work.received.get(t, work.start.get(t)) or 0) for t in self.inputs] + [(changelog, work.changelog_next)]
             for topic, position in read:
                 if position > 0:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    try:
+                        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+                    except KafkaException as exc:
+                        if exc.args[0].code() not in (KafkaError._UNKNOWN_PARTITION, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                            raise
+                        raise BrokerDataLost(f"{topic}[{p}] no longer exists, and this worker had read or written it "
+                                             f"up to offset {position}") from exc
                     if high == 0:
                         raise BrokerDataLost(f"{topic}[{p}] is empty, and this worker had read or written it up to offset {position}")
 
