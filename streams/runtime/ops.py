@@ -97,6 +97,9 @@ class Operations:
         inbound = self._inbound()
         if self.app.rebalancing:
             return "rebalancing"
+        taking = self.progress.assigned_partitions() - self.progress.owned_partitions()
+        if taking:  # the fold thread restores them from the changelog before it reads their inputs
+            return f"restoring partitions {sorted(taking)} from the changelog"
         if not inbound:
             return "no partitions assigned"
         recovery = self.app.tables.recovery

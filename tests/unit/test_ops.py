@@ -22,6 +22,7 @@ class FakeIngest:
 
     def __init__(self) -> None:
         self.owned: set[int] = set()
+        self.assigned: set[int] | None = None  # None: what it owns (no restore under way)
         self.lags: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.processed = 0
@@ -31,7 +32,7 @@ class FakeIngest:
         return set(self.owned)
 
     def assigned_partitions(self) -> set[int]:
-        return set(self.owned)
+        return set(self.owned) if self.assigned is None else set(self.assigned)
 
     def lag_of(self) -> dict[tuple[str, int], int]:
         return dict(self.lags)
@@ -96,7 +97,11 @@ def test_lag_series_are_the_agents_per_input_partition_and_go_with_the_partition
 def test_ready_only_with_partitions_and_recovery_done(ops: tuple[Operations, FakeIngest]) -> None:
     operations, ingest = ops
     assert operations.not_ready_reason() == "no partitions assigned"
+    ingest.assigned = {0, 1}  # assigned by the group, not restored yet
+    assert operations.not_ready_reason() == "restoring partitions [0, 1] from the changelog"
     ingest.owned = {0}
+    assert operations.not_ready_reason() == "restoring partitions [1] from the changelog"
+    ingest.assigned = None
     assert operations.not_ready_reason() == "table recovery in progress"
     operations.app.tables.recovery.completed.set()
     assert operations.not_ready_reason() is None
