@@ -171,9 +171,9 @@ class Settings(BaseSettings):
     fetch_max_wait_ms: int = Field(500, ge=0, description="How long a fetch waits for data (Kafka's default 500 ms; the embedded broker uses 100 ms).")
     trace_offsets_interval_s: float = Field(
         0.0, ge=0,
-        description="Diagnostic, off at 0: every this many seconds the worker logs, per input partition, the offsets "
-        "Faust fetched, handed to the stream, acknowledged and committed, its gap ranges, and seeks and commits "
-        "as they happen (README, Operations: \"Tracing input offsets\").",
+        description="Diagnostic, off at 0: every this many seconds the worker logs, per partition Faust's consumer reads "
+        "(model-labels), the offsets it fetched, handed to the stream, acknowledged and committed, its gap ranges, "
+        "and seeks and commits as they happen (README, Operations: \"Tracing Faust's offsets\").",
     )
     snapshot_key: SecretStr | None = Field(
         None,
