@@ -104,8 +104,16 @@ class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     v: int = VERSION
 
 
+class Forget(msgspec.Struct, tag_field="kind", tag="forget", frozen=True):
+    """The customer ``user`` was erased: the trainer drops their examples not learned yet and
+    their BG/NBD history (the models' weights are aggregates and stay)."""
+
+    user: str
+    v: int = VERSION
+
+
 Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample]
-LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark]
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark, Forget]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)

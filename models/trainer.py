@@ -226,6 +226,25 @@ class Trainer(Generic[M]):
         self.pending.setdefault(example.at // self.period_ms, {})[example.id] = example
         self.waiting.add(example.id)
 
+    def forget(self, user: str) -> int:
+        """An erased customer: their examples not learned yet (churn and segment examples,
+        ids ``user@time...``) are dropped, and what the models keep per customer; how many
+        records were dropped."""
+        dropped = 0
+        for period in list(self.pending):
+            examples = self.pending[period]
+            for example_id in [i for i in examples if i.rpartition("@")[0] == user]:
+                del examples[example_id]
+                self.waiting.discard(example_id)
+                dropped += 1
+            if not examples:
+                del self.pending[period]
+        if hasattr(self.models, "forget") and self.models.forget(user):
+            dropped += 1
+        if dropped:
+            self.dropped["erased"] += dropped
+        return dropped
+
     def low(self) -> int | None:
         """The lowest watermark over all partitions (None while one has sent none)."""
         if len(self.marks) < self.partitions:

@@ -186,6 +186,47 @@ def produce(
 
 
 @app.command()
+def forget(
+    ids: Annotated[list[str], typer.Argument(help="The customers' user ids, as the shop knows them (or pseudonyms, with --pseudonym).")],
+    pseudonym: Annotated[bool, typer.Option("--pseudonym", help="The ids are pseudonyms (ps_...), as actions and user-scores carry them.")] = False,
+    requested_by: Annotated[Optional[str], typer.Option(help="Who asked (kept in the request, e.g. a ticket number).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for every confirmation (printed as JSON lines); 0: do not wait.")] = 0.0,
+) -> None:
+    """Ask the workers to erase customers (erasure-requests); prints each request_id.
+
+    The worker that owns a customer deletes their state, tombstones it, forgets them in
+    memory, keeps their pseudonym in the erased-ids set (their events, replayed or new, are
+    then not folded) and confirms on erasure-confirmations. Exit 1 when a request was not
+    delivered, or not confirmed within --wait."""
+    from streams.domain.privacy import is_pseudonym
+    from streams.runtime.forget import send_requests, wait_confirmations
+
+    settings = _settings()
+    bad = [i for i in ids if not i or len(i) > 128 or (pseudonym and not is_pseudonym(i))]
+    if bad:
+        err.print(f"[red]not {'a pseudonym' if pseudonym else 'a user id'} (1-128 characters{', ps_ and 40 hex digits' if pseudonym else ''})[/red]: {bad[0]!r}")
+        raise typer.Exit(2)
+    _brokers(settings)
+    try:
+        sent = send_requests(settings, ids, pseudonyms=pseudonym, requested_by=requested_by)
+    except RuntimeError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    for request_id, user in sent.items():
+        err.print(f"requested {request_id} for {user}")
+    if wait <= 0:
+        raise typer.Exit(0)
+    found = wait_confirmations(settings, set(sent), wait)
+    for request_id in sent:
+        if request_id in found:
+            sys.stdout.write(json.dumps(found[request_id]) + "\n")
+    missing = [r for r in sent if r not in found]
+    if missing:
+        err.print(f"[yellow]{len(missing)} of {len(sent)} not confirmed within {wait:.0f} s[/yellow] (is a worker with RETENTION_INGEST=batched running?)")
+    raise typer.Exit(1 if missing else 0)
+
+
+@app.command()
 def simulate(
     customers: Annotated[int, typer.Option(help="Customers at the start.")] = 1000,
     days: Annotated[float, typer.Option(help="Simulated days.")] = 180.0,

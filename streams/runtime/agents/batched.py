@@ -46,6 +46,7 @@ from streams.domain.events import Heartbeat, Invalid, Review, decode
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyRanks
 from streams.domain.population import Population, rfm_of
+from streams.domain.privacy import ErasureRequest
 from streams.domain.rules import Decider
 from streams.domain.schedule import DueQueue
 from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
@@ -62,6 +63,7 @@ from streams.runtime.kafka import consumer as new_consumer
 from streams.runtime.kafka import producer as new_producer
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.partitioning import make_partitioner
+from streams.runtime.privacy import ERASURE_REQUESTS, Privacy, create_privacy_topics
 from streams.runtime.settings import Settings
 from streams.runtime.user_store import PartitionStore, StoreOptions
 
@@ -106,9 +108,10 @@ class BatchIngest:
         self.settings = settings
         self.cfg = settings.engine
         self.follower = follower
-        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed"}
+        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed", settings.topic_erasure_requests: ERASURE_REQUESTS}
         data = [t for t in settings.inbound_topics if t != settings.topic_heartbeats]
-        self.inputs = data + [settings.rekey_topic, settings.topic_heartbeats]  # heartbeats last at equal times
+        # heartbeats last at equal times; erasure requests have no event time: released as they arrive
+        self.inputs = [settings.topic_erasure_requests] + data + [settings.rekey_topic, settings.topic_heartbeats]
         self.partition_for = make_partitioner(settings.partitions)
         self.skew_ms = int(settings.max_clock_skew_s * 1000)
         self.dead_letter_cfg = settings.dead_letter
@@ -125,6 +128,7 @@ class BatchIngest:
         self.population = Population()
         self.loyalty_cfg = settings.loyalty
         self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
+        self.privacy = Privacy(self)  # pseudonyms, erasures, the erased-ids set (streams/runtime/privacy.py)
         self.decide = Decider(
             self.policy, lambda state, now, churn: self._snapshot(state, now, self.models_at(now), churn, learn=False)[0],
             self.reco, bandits=lambda now: self.models_at(now).bandits, uplift=lambda now: self.models_at(now).uplift,
@@ -207,6 +211,7 @@ class BatchIngest:
     async def _run(self) -> None:
         await self.owners.changelog_topic.maybe_declare()
         await asyncio.to_thread(create_changelog, self.settings)
+        await asyncio.to_thread(create_privacy_topics, self.settings)
         try:
             await asyncio.to_thread(self._loop)
         finally:
@@ -302,6 +307,7 @@ class BatchIngest:
         """Due queues and the RFM population of the partitions just taken (one pass over their users)."""
         for p in partitions:
             work = self.works[p]
+            self.privacy.purge(work)
             for state in work.store.users():
                 self.population.update(None, rfm_of(state))
                 work.queue.schedule(state.user_id, due_at(state, self.cfg))
@@ -349,8 +355,11 @@ class BatchIngest:
         _, ts_ms = msg.timestamp()
         kafka_ts = ts_ms if ts_ms > 0 else None
         latest = self.polled_ms if kafka_ts is None else min(kafka_ts, self.polled_ms)
-        result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
-                        max_bytes=self.settings.max_record_bytes)
+        if logical == ERASURE_REQUESTS:
+            result = self.privacy.decode(msg.value())
+        else:
+            result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
+                            max_bytes=self.settings.max_record_bytes)
         metrics.count_framing(logical, msg.value())
         work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
 
@@ -464,6 +473,9 @@ class BatchIngest:
         if isinstance(result, Heartbeat):
             metrics.RECORDS.labels(topic, "heartbeat").inc()
             return result.ts
+        if isinstance(result, ErasureRequest):
+            self.privacy.erase(work, msg, result)
+            return None
         user_id = result.user_id
         owner = self.partition_for(user_id)
         if owner != work.partition:
@@ -471,6 +483,10 @@ class BatchIngest:
             self._emit(self.settings.rekey_topic, user_id.encode(), msg.value(), partition=owner,
                        headers={SOURCE_HEADER: topic.encode()})
             return None
+        folded = self.privacy.edge(work, topic, result)  # the pseudonym; None: an erased customer (counted)
+        if folded is None:
+            return result.ts
+        result, user_id = folded, folded.user_id
         store = work.store
         state = store.get(user_id)
         # the due time the user's last step left (every stored user is in the queue: _finish
@@ -679,7 +695,7 @@ class BatchIngest:
         partition = self.partition_for(user_id)
         with self.lock:
             work = self.works.get(partition)
-            state = work.store.get(user_id) if work is not None else None
+            state = work.store.get(self.privacy.key_of(user_id)) if work is not None else None
             if state is None:
                 return None
             now = max(state.clock, work.clock.now)

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from models.bundle import Models
-from models.examples import Watermark, decode_example
+from models.examples import Forget, Watermark, decode_example
 from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models, version_of
 from streams.runtime import metrics
 from streams.runtime.model_sync import ModelFollower
@@ -63,6 +63,11 @@ class TrainerAgent:
                 log.error("model-labels@%d unreadable, skipped: %r", event.message.offset, exc)
                 metrics.MODEL_TRAINER_RECORDS.labels("invalid").inc()
                 await ack(self.stream, event)
+                continue
+            if isinstance(record, Forget):  # an erased customer (acknowledged like a watermark: nothing to learn)
+                metrics.MODEL_TRAINER_RECORDS.labels("forget").inc()
+                self.unacked.append((None, event))
+                trainer.forget(record.user)
                 continue
             if isinstance(record, Watermark):
                 metrics.MODEL_TRAINER_RECORDS.labels("watermark").inc()

@@ -1,0 +1,176 @@
+"""Customers' privacy without a broker: pseudonyms (stability, routing, key rotation), the
+erasure request contract, the erased-ids set in the partition store and its changelog, and
+removal of a customer from every structure that keeps one (trainer, BG/NBD, loyalty)."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+
+import pytest
+
+from models.bgnbd_prior import BgNbdFit
+from models.bundle import Models
+from models.examples import ChurnExample, Forget, ReviewExample, SegmentExample, Watermark, decode_example, encode_example
+from models.trainer import Trainer
+from streams.domain.events import Invalid
+from streams.domain.loyalty import LoyaltyRanks
+from streams.domain.privacy import (
+    ErasedEntry, ErasureRequest, Pseudonyms, decode_erasure, dump_entry, expired, is_pseudonym, load_entry, pseudonym,
+    removed_from,
+)
+from streams.domain.state import Awaiting, PendingScore, UserState
+from streams.runtime.partitioning import make_partitioner
+from streams.runtime.user_store import PartitionStore, StoreOptions
+from tests.contract import SCHEMAS, schema_errors
+
+KEY = b"k" * 32
+OTHER = b"o" * 32
+DAY = 86_400_000
+
+
+def route8(s: str) -> int:
+    return make_partitioner(8)(s)
+
+
+# ---------------------------------------------------------------------------- pseudonyms
+
+def test_a_pseudonym_is_the_keyed_hmac_sha256_of_the_id_and_stable() -> None:
+    p = pseudonym(KEY, "alice@example.com", route8)
+    digest = hmac.new(KEY, b"alice@example.com", "sha256").hexdigest()[:40]
+    assert p.split(".")[0] == "ps_" + digest  # HMAC-SHA256, 160 bits, then a routing counter if needed
+    assert pseudonym(KEY, "alice@example.com", route8) == p  # the same every time, on every worker
+    assert is_pseudonym(p) and "alice" not in p
+
+
+def test_a_pseudonym_is_routed_to_the_partition_of_the_id_it_replaces() -> None:
+    for n in range(300):
+        user = f"customer-{n}"
+        p = pseudonym(KEY, user, route8)
+        assert route8(p) == route8(user), user  # so a record keyed by either reaches the same owner
+
+
+def test_another_key_gives_other_pseudonyms_and_rotation_keeps_both() -> None:
+    users = [f"u{n}" for n in range(50)]
+    old = Pseudonyms(OTHER, route=route8)
+    new = Pseudonyms(KEY, [OTHER], route=route8)
+    assert all(new.of(u) != old.of(u) for u in users)
+    assert len({new.of(u) for u in users}) == len(users)  # no collisions among them
+    assert all(new.all_of(u) == [new.of(u), old.of(u)] for u in users)
+
+
+def test_ids_that_are_not_pseudonyms_are_recognised() -> None:
+    assert not is_pseudonym("ps_xyz") and not is_pseudonym("PS_" + "a" * 40) and not is_pseudonym("ps_" + "a" * 39)
+
+
+# ---------------------------------------------------------------------------- erasure requests: the contract
+
+EXAMPLES = json.loads((SCHEMAS / "examples" / "erasure-requests.json").read_text())
+
+
+@pytest.mark.parametrize("value", EXAMPLES["valid"], ids=lambda v: v["request_id"])
+def test_valid_erasure_requests_pass_schema_and_decoder(value: dict) -> None:
+    assert schema_errors("erasure-requests", value) == []
+    request = decode_erasure(json.dumps(value).encode())
+    assert isinstance(request, ErasureRequest) and request.subject == value.get("user_id", value.get("pseudonym"))
+
+
+@pytest.mark.parametrize("case", EXAMPLES["invalid"], ids=lambda c: c["why"])
+def test_invalid_erasure_requests_fail_schema_and_decoder(case: dict) -> None:
+    assert schema_errors("erasure-requests", case["value"]) != []
+    assert isinstance(decode_erasure(json.dumps(case["value"]).encode()), Invalid)
+
+
+@pytest.mark.parametrize("raw", [None, b"", b"nope", b"[1]", b'{"x":' + b"[" * 50_000, b"\xff\xfe", b" " * 2_000_000])
+def test_any_bytes_give_a_request_or_a_reason(raw: bytes | None) -> None:
+    result = decode_erasure(raw)
+    assert isinstance(result, Invalid) and result.error
+
+
+# ---------------------------------------------------------------------------- the erased-ids set
+
+def test_an_entry_round_trips_and_expires_after_its_retention() -> None:
+    entry = ErasedEntry("r1", erased_at=1_000, removed={"state": 1, "events": 7})
+    assert load_entry(dump_entry(entry)) == entry
+    assert not expired(entry, now_ms=1_000 + 400 * DAY, keep_ms=400 * DAY)
+    assert expired(entry, now_ms=1_001 + 400 * DAY, keep_ms=400 * DAY)
+
+
+def store(path: Path) -> PartitionStore:
+    return PartitionStore(path, StoreOptions(cache_users=100, block_cache_mb=1, write_buffer_mb=1))
+
+
+def test_an_erasure_is_a_tombstone_and_an_entry_in_the_changelog_and_a_restore_keeps_both(tmp_path: Path) -> None:
+    s = store(tmp_path / "a")
+    s.put(UserState("ann", purchases=3))
+    s.put(UserState("bob"))
+    log = s.flush({"clicks": 5})
+    s.delete("ann")
+    s.set_erased("ann", dump_entry(ErasedEntry("r1", 0, {"state": 1})))
+    records = s.flush({"erasure-requests": 1})
+    assert (b"uann", None) in records and any(k == b"eann" and v for k, v in records)
+    assert s.get("ann") is None and s.erased("ann") is not None and s.erased("bob") is None
+    # a new machine restores the changelog in order: the user stays gone, the entry is back
+    fresh = store(tmp_path / "b")
+    fresh.restore(log + records)
+    assert fresh.get("ann") is None and fresh.get("bob") is not None
+    assert load_entry(fresh.erased("ann")).request_id == "r1"
+    # an expired entry is removed the same way
+    fresh.set_erased("ann", None)
+    assert fresh.flush({}) == [(b"eann", None)] and fresh.erased("ann") is None
+    again = store(tmp_path / "c")
+    again.restore(log + records + [(b"eann", None)])
+    assert again.erased("ann") is None and again.erased_entries() == {}
+
+
+def test_the_erased_set_survives_a_reopen_of_the_store(tmp_path: Path) -> None:
+    s = store(tmp_path / "a")
+    s.set_erased("ps_x", dump_entry(ErasedEntry("r9", 5, {})))
+    s.flush({})
+    s.close()
+    assert store(tmp_path / "a").erased_entries().keys() == {"ps_x"}
+
+
+def test_what_a_state_held_is_counted_for_the_confirmation() -> None:
+    state = UserState("u", clicks=4, purchases=2, reviews=1, pending=[PendingScore(0, [1.0])],
+                      awaiting=[Awaiting("a1", 0, "coupon", "r", "treatment")], bought=["i1", "i2"])
+    assert removed_from(state) == {"state": 1, "events": 7, "pending_labels": 1, "open_decisions": 1, "item_history": 2, "outbox": 0}
+
+
+# ---------------------------------------------------------------------------- in-memory structures
+
+def test_the_trainer_drops_an_erased_customers_examples_not_learned_yet_and_their_bgnbd_history() -> None:
+    trainer = Trainer(Models.fresh(min_labels=5), DAY, partitions=1)
+    x = {"recency_days": 3.0, "purchases": 2.0, "first_seen_days": 40.0, "gap_mean_days": 10.0}
+    for user in ("ann", "bob"):
+        trainer.add(ChurnExample(id=f"{user}@{DAY}/c", at=DAY + 5, features=[1.0] * 8, churned=0, days=None))
+        trainer.add(SegmentExample(id=f"{user}@{DAY + 7}", at=DAY + 7, x=x))
+    trainer.add(ReviewExample(id="r1", at=DAY + 9, text="fine", rating=4))
+    assert trainer.models.bgnbd is not None
+    trainer.models.bgnbd.observe("ann", DAY, x)
+    assert "ann" in trainer.models.bgnbd.histories
+    assert trainer.forget("ann") == 3  # two examples, one history
+    left = {i for period in trainer.pending.values() for i in period}
+    assert left == {f"bob@{DAY}/c", f"bob@{DAY + 7}", "r1"} and "ann" not in trainer.models.bgnbd.histories
+    assert trainer.dropped["erased"] == 3
+    trainer.watermark(0, 3 * DAY)
+    assert trainer.learned["churn"] == 1 and trainer.learned["segment"] == 1  # bob's only
+
+
+def test_the_forget_record_round_trips_on_model_labels() -> None:
+    assert decode_example(encode_example(Forget(user="ps_" + "a" * 40))) == Forget(user="ps_" + "a" * 40)
+    assert isinstance(decode_example(encode_example(Watermark(0, 1))), Watermark)
+
+
+def test_bgnbd_and_loyalty_forget_one_customer_only() -> None:
+    fit = BgNbdFit(refit_periods=1)
+    x = {"recency_days": 3.0, "purchases": 2.0, "first_seen_days": 40.0, "gap_mean_days": 10.0}
+    fit.observe("a", 0, x)
+    fit.observe("b", 0, x)
+    assert fit.forget("a") and not fit.forget("a") and set(fit.histories) == {"b"}
+    ranks = LoyaltyRanks(capacity=10)
+    for n, user in enumerate(("a", "b", "c")):
+        ranks.update(user, float(n), last_purchase=0, now=0)
+    assert ranks.forget("b") and not ranks.forget("b") and len(ranks) == 2
+    assert ranks.percentile("x", 1.0) == pytest.approx(0.5)  # b's prediction no longer counts
