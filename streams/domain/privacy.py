@@ -32,12 +32,12 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
 from streams.domain.events import ID_MAX_LENGTH, Invalid, MAX_RECORD_BYTES
-from streams.domain.state import UserState
+from streams.domain.state import Consent, UserState
 from streams.domain.timestamps import TimestampError, parse_ts
 
 #: Every pseudonym starts with this; the rest is 40 hex digits (160 bits of the HMAC),
@@ -251,3 +251,87 @@ class ErasureConfirmation(msgspec.Struct, frozen=True):
 
 def encode_confirmation(confirmation: ErasureConfirmation) -> bytes:
     return msgspec.json.encode(confirmation)
+
+
+# ---------------------------------------------------------------------------- consent
+
+#: The kinds of retention action a customer can allow or refuse (the contract's).
+ACTION_KINDS = ("coupon", "recommendation", "care_outreach")
+Kind = Literal["coupon", "recommendation", "care_outreach"]
+
+
+class ConsentChange(msgspec.Struct, frozen=True):
+    """A customer's marketing permissions (``consents`` v1): per action kind, allowed or not,
+    as of event time ``ts``; kinds not named keep what was stated before."""
+
+    user_id: Id
+    ts: int
+    allow: dict[Kind, bool]
+    event_id: Id | None = None
+    source: Annotated[str, msgspec.Meta(max_length=1_000)] | None = None
+
+
+class _ConsentWire(msgspec.Struct, frozen=True):
+    user_id: Id
+    ts: str | int
+    allow: Annotated[dict[Kind, bool], msgspec.Meta(min_length=1)]
+    event_id: Id | None = None
+    source: Annotated[str, msgspec.Meta(max_length=1_000)] | None = None
+
+
+_consent_decoder = msgspec.json.Decoder(_ConsentWire)
+
+
+def decode_consent(raw: bytes | None, not_after_ms: int | None = None, max_bytes: int = MAX_RECORD_BYTES) -> ConsentChange | Invalid:
+    """Decode and validate a consents record; never raises.
+
+    >>> decode_consent(b'{"user_id":"u1","ts":1767225600000,"allow":{"coupon":false}}').allow
+    {'coupon': False}
+    >>> decode_consent(b'{"user_id":"u1","ts":1767225600000,"allow":{"sms":true}}').error
+    "Invalid enum value 'sms' - at `key` in `$.allow`"
+    """
+    if raw is None:
+        return Invalid("value is empty (a tombstone): a JSON object is required")
+    if len(raw) > max_bytes:
+        return Invalid(f"record of {len(raw)} bytes is over the limit of {max_bytes} bytes")
+    try:
+        wire = _consent_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        return Invalid(str(exc))
+    except msgspec.DecodeError as exc:
+        return Invalid(f"not valid JSON: {exc}")
+    except UnicodeDecodeError as exc:
+        return Invalid(f"not valid UTF-8: {exc}")
+    except RecursionError:
+        return Invalid("not valid JSON: nested too deeply")
+    except Exception as exc:  # the decoder's last word: the record's failure, not ours
+        return Invalid(f"not decodable: {type(exc).__name__}: {exc}"[:500])
+    if isinstance(wire.ts, bool):
+        return Invalid("`ts` must be RFC 3339 or epoch milliseconds - at `$.ts`")
+    try:
+        ts = parse_ts(wire.ts)
+    except (TimestampError, TypeError) as exc:
+        return Invalid(f"{exc} - at `$.ts`")
+    if not_after_ms is not None and ts > not_after_ms:
+        return Invalid("ts is beyond the allowed clock skew past the record's Kafka timestamp and the worker's clock")
+    return ConsentChange(wire.user_id, ts, dict(wire.allow), wire.event_id, wire.source)
+
+
+def apply_consent(state: UserState, change: ConsentChange) -> bool:
+    """Record the permissions in the customer's state, the latest by event time winning per
+    kind (any arrival order gives the same); True if something changed.
+
+    >>> state = UserState("u")
+    >>> apply_consent(state, ConsentChange("u", 10, {"coupon": False})), state.consent["coupon"].allowed
+    (True, False)
+    >>> apply_consent(state, ConsentChange("u", 5, {"coupon": True}))  # older: the later statement stands
+    False
+    """
+    changed = False
+    for kind, allowed in change.allow.items():
+        before = state.consent.get(kind)
+        if before is None or change.ts >= before.ts:
+            if before is None or before.allowed != allowed or before.ts != change.ts:
+                state.consent[kind] = Consent(allowed, change.ts)
+                changed = True
+    return changed

@@ -36,7 +36,7 @@ PROCESSING_ERRORS = Counter(
 ACTIONS = Counter("retention_actions", "Retention actions emitted, by kind, rule and experiment group.", ["kind", "rule", "group"])
 ACTIONS_SUPPRESSED = Counter(
     "retention_actions_suppressed",
-    "Retention actions a rule decided that the guard rails stopped (not sent), by kind and reason: unsubscribed, "
+    "Retention actions a rule decided that the guard rails stopped (not sent), by kind and reason: unsubscribed, no_consent (the customer did not allow the kind: consents topic), "
     "checking_out, cooldown, budget_count, budget_value.",
     ["kind", "reason"],
 )

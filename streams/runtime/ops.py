@@ -59,7 +59,8 @@ class Operations:
         self._still_since: float | None = None  # since when there is lag and nothing moved
         self._stall_logged = False
         self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED,
-                        settings.topic_erasure_requests: "erasure-requests"}  # (read by the batched path only)
+                        settings.topic_erasure_requests: "erasure-requests",
+                        settings.topic_consents: "consents"}  # (these two read by the batched path only)
         self._lag_series: set[tuple[str, str]] = set()
         self._assigned_series: set[str] = set()
         self._log_start: dict[TP, int] = {}

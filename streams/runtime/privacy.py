@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,12 +29,14 @@ from confluent_kafka import Message
 from confluent_kafka.admin import NewTopic
 
 from models.examples import Forget
+from streams.domain.actions import RetentionAction, encode_action
 from streams.domain.events import Invalid, Outcome
 from streams.domain.population import rfm_of
 from streams.domain.privacy import (
-    KEPT, ErasedEntry, ErasureConfirmation, ErasureRequest, Pseudonyms, decode_erasure, dump_entry, encode_confirmation,
-    expired, is_pseudonym, load_entry, removed_from,
+    KEPT, ConsentChange, ErasedEntry, ErasureConfirmation, ErasureRequest, Pseudonyms, apply_consent, decode_consent,
+    decode_erasure, dump_entry, encode_confirmation, expired, is_pseudonym, load_entry, removed_from,
 )
+from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_DAY, format_ts
 from streams.runtime import metrics
 from streams.runtime.kafka import admin, create_new_topics
@@ -44,8 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Logical name of the erasure-requests topic (the contract's).
+#: Logical names of the topics of this module (the contract's).
 ERASURE_REQUESTS = "erasure-requests"
+CONSENTS = "consents"
 #: Pseudonyms remembered per worker (raw id -> pseudonym), so routing one costs one HMAC once.
 CACHE = 262_144
 
@@ -58,7 +62,8 @@ def create_privacy_topics(settings: Settings, timeout: float = 30.0) -> list[str
     existing = client.list_topics(timeout=timeout).topics
     wanted = [NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
                        config=settings.topic_config(name))
-              for name in (settings.topic_erasure_requests, settings.topic_erasure_confirmations) if name not in existing]
+              for name in (settings.topic_consents, settings.topic_erasure_requests, settings.topic_erasure_confirmations)
+              if name not in existing]
     return create_new_topics(client, wanted, timeout) if wanted else []
 
 
@@ -80,6 +85,7 @@ class Privacy:
         self.cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self.keep_ms = int(settings.erased_ids_retention_days * MS_PER_DAY)
         self.topic = settings.topic_erasure_requests
+        self.shop_ids = self.names is not None and settings.actions_include_user_id
 
     # ------------------------------------------------------------------ ids
 
@@ -103,8 +109,24 @@ class Privacy:
         """The state key of a ``GET /users/{id}`` (the shop's id or a pseudonym)."""
         return self.pseudonym(user_id)
 
-    def decode(self, raw: bytes | None) -> ErasureRequest | Invalid:
-        return decode_erasure(raw, self.settings.max_record_bytes)
+    def decoder(self, logical: str) -> Callable[[bytes | None, int], Any] | None:
+        """The decoder of a topic of this module (None: an event topic): ``(value, not_after_ms)``."""
+        limit = self.settings.max_record_bytes
+        if logical == ERASURE_REQUESTS:
+            return lambda raw, not_after_ms: decode_erasure(raw, limit)
+        if logical == CONSENTS:
+            return lambda raw, not_after_ms: decode_consent(raw, not_after_ms, limit)
+        return None
+
+    def consent(self, work: PartitionWork, change: ConsentChange) -> None:
+        """A customer's marketing permissions (already pseudonymised by :meth:`edge`), kept
+        in their state for the guard rails."""
+        state = work.store.get(change.user_id)
+        if state is None:
+            state = UserState(change.user_id, first_seen=change.ts, last_seen=change.ts)
+        if apply_consent(state, change):
+            work.store.put(state)
+        metrics.RECORDS.labels(CONSENTS, "ok").inc()
 
     # ------------------------------------------------------------------ ingest
 
@@ -124,7 +146,18 @@ class Privacy:
             return None
         if len(names) > 1 and work.store.get(names[0]) is None:
             self._rotate(work, names)
+        if self.shop_ids and work.store.shop_id(names[0]) != event.user_id:
+            work.store.set_shop_id(names[0], event.user_id)  # (the operator lets actions carry it)
         return msgspec.structs.replace(event, user_id=names[0])
+
+    def action_value(self, work: PartitionWork, action: RetentionAction) -> bytes:
+        """The action as published: with ``shop_user_id`` when the operator allows it
+        (RETENTION_ACTIONS_INCLUDE_USER_ID) and the worker knows it."""
+        value = encode_action(action)
+        shop_id = work.store.shop_id(action.user_id) if self.shop_ids else None
+        if shop_id is None:
+            return value
+        return value[:-1] + b',"shop_user_id":' + msgspec.json.encode(shop_id) + b"}"
 
     def _erased(self, work: PartitionWork, key: str) -> bool:
         raw = work.store.erased(key)
@@ -146,6 +179,7 @@ class Privacy:
                 continue
             due = work.queue.due(old)
             work.store.delete(old)
+            work.store.set_shop_id(old, None)
             work.queue.schedule(old, None)
             self.ingest.loyalty_ranks.forget(old)
             self.ingest._emit(self.settings.topic_scores, old.encode(), None)
@@ -218,6 +252,7 @@ class Privacy:
         ingest = self.ingest
         state = work.store.get(key)
         removed = removed_from(state)
+        work.store.set_shop_id(key, None)
         if state is not None:
             work.store.delete(key)
             ingest.population.update(rfm_of(state), None)

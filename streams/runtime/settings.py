@@ -83,6 +83,7 @@ class Settings(BaseSettings):
     topic_model_labels: str = Field("model-labels", description="Internal, one partition: the examples the workers send the model trainer, and each partition's event-time watermarks (docs/models.md).")
     topic_model_snapshots: str = Field("model-snapshots", description="Internal, one partition, compacted: the trainer's versioned model snapshots, read by every worker (docs/models.md).")
     topic_erasure_requests: str = Field("erasure-requests", description="Topic of requests to forget a customer (in; `retention forget`; schemas/erasure-requests.v1), keyed by the user id (or pseudonym) they name; kept RETENTION_ERASURE_REQUESTS_RETENTION_DAYS (they hold shop ids).")
+    topic_consents: str = Field("consents", description="Topic of customers' marketing permissions per action kind (in; schemas/consents.v1), keyed by user_id; the guard rails honour them (batched hot path).")
     topic_erasure_confirmations: str = Field("erasure-confirmations", description="Topic of erasure confirmations (out; schemas/erasure-confirmations.v1), keyed by request_id: what was removed.")
 
     data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
@@ -253,6 +254,11 @@ class Settings(BaseSettings):
         False,
         description="With RETENTION_PSEUDONYMIZE: retention actions also carry the shop's own id (`shop_user_id`), which the "
         "worker then keeps beside the customer's state (and erases with it); false: the pseudonym only.",
+    )
+    consent_required: bool = Field(
+        False,
+        description="Opt-in: an action of a kind the customer never allowed on the consents topic is suppressed "
+        "(`no_consent`); false: allowed until the customer refuses it (opt-out).",
     )
     erased_ids_retention_days: float = Field(
         400.0, gt=0,
@@ -460,7 +466,7 @@ class Settings(BaseSettings):
     @property
     def all_topics(self) -> list[str]:
         return [*self.inbound_topics, self.topic_actions, self.topic_dead_letters, self.topic_scores, self.rekey_topic,
-                self.topic_erasure_requests, self.topic_erasure_confirmations]
+                self.topic_consents, self.topic_erasure_requests, self.topic_erasure_confirmations]
 
     @property
     def canonical_url(self) -> str:

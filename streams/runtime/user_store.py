@@ -15,7 +15,8 @@ length of the run.
 
 Keys, the same in RocksDB and in the changelog: ``u`` + user id for a user's state, ``p`` +
 name for a partition-wide value (the guard rails' budget, the attribution tally), ``e`` +
-pseudonym for an entry of the erased-ids set (:mod:`streams.domain.privacy`), ``m`` +
+pseudonym for an entry of the erased-ids set (:mod:`streams.domain.privacy`), ``s`` +
+pseudonym for the shop's own id of a pseudonymous customer (kept only when actions carry it), ``m`` +
 name for the store's own bookkeeping (the input offsets folded, the changelog offset
 applied up to; never in the changelog).
 """
@@ -36,6 +37,7 @@ from streams.domain.state import UserState, dump_state, load_state
 _USER = b"u"
 _PARTITION = b"p"
 _ERASED = b"e"
+_SHOP_ID = b"s"
 _META = b"m"
 _OFFSETS = _META + b"offsets"
 _CHANGELOG = _META + b"changelog"
@@ -89,6 +91,7 @@ class PartitionStore:
         self.dirty_values: set[str] = set()
         self._erased: dict[str, bytes] | None = None  #: the erased-ids set (small: loaded whole on first use)
         self.dirty_erased: dict[str, bytes | None] = {}
+        self.dirty_shop_ids: dict[str, str | None] = {}
 
     def get(self, user_id: str) -> UserState | None:
         """The user's state (the cached object: changes count once :meth:`put` says so)."""
@@ -126,6 +129,8 @@ class PartitionStore:
         self.dirty_values.clear()
         records += [(_ERASED + key.encode(), entry) for key, entry in sorted(self.dirty_erased.items())]
         self.dirty_erased.clear()
+        records += [(_SHOP_ID + key.encode(), None if v is None else v.encode()) for key, v in sorted(self.dirty_shop_ids.items())]
+        self.dirty_shop_ids.clear()
         return records
 
     def persist(self, records: list[tuple[bytes, bytes | None]], offsets: dict[str, int],
@@ -187,6 +192,17 @@ class PartitionStore:
         else:
             entries[key] = entry
         self.dirty_erased[key] = entry
+
+    def shop_id(self, key: str) -> str | None:
+        """The shop's own id kept beside the pseudonymous customer ``key`` (None: none kept)."""
+        if key in self.dirty_shop_ids:
+            return self.dirty_shop_ids[key]
+        raw = self.db.get(_SHOP_ID + key.encode())
+        return None if raw is None else raw.decode()
+
+    def set_shop_id(self, key: str, shop_id: str | None) -> None:
+        """Keep (None: forget) the shop's id of ``key``; persisted and changelogged like a state."""
+        self.dirty_shop_ids[key] = shop_id
 
     def offsets(self) -> dict[str, int]:
         """The next input offset of each topic whose records are folded into this store."""

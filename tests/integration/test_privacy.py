@@ -19,13 +19,13 @@ from models.examples import Forget, decode_example
 from streams.domain.privacy import pseudonym
 from streams.runtime.export import latest_scores
 from streams.runtime.forget import send_requests, wait_confirmations
-from streams.runtime.kafka import read_to_end
+from streams.runtime.kafka import producer, read_to_end
 from streams.runtime.partitioning import make_partitioner
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing
 from tests.contract import schema_errors
 from tests.integration.conftest import Pipeline
-from tests.integration.test_pipeline import NO_CONTROL, heartbeats, publish, purchase
+from tests.integration.test_pipeline import NO_CONTROL, day, heartbeats, publish, purchase
 from tests.integration.test_recovery import read_to_end as read_partitions_to_end
 
 pytestmark = pytest.mark.integration
@@ -207,3 +207,30 @@ def test_an_erasure_survives_kill_9_between_request_and_confirmation_and_a_resta
     until(lambda: fresh.total("retention_records_total", topic="purchases", result="erased") == 6, what="replay refused")
     log = changelog_latest(pipeline)
     assert log[b"u" + ann.encode()] is None and log[b"u" + bob.encode()] is None
+
+
+def test_a_refused_kind_is_suppressed_with_its_reason_and_actions_carry_the_pseudonym_and_the_shop_id_if_allowed(
+    pipeline: Pipeline,
+) -> None:
+    worker = pipeline.worker(**PSEUDO, RETENTION_ACTIONS_INCLUDE_USER_ID="true")
+    streak = (0, 7, 14, 21)  # a weekly buyer who then lapses: the lapse coupon at day 35
+    total = publish(pipeline, buys("refuser", streak) + buys("agreeer", streak))
+    client = producer(pipeline.settings)
+    client.produce(pipeline.settings.topic_consents, key=b"refuser", timestamp=day(1),
+                   value=json.dumps({"user_id": "refuser", "ts": day(1), "allow": {"coupon": False}}).encode())
+    assert client.flush(30) == 0
+    worker.wait_ready()
+    worker.wait_processed(total + 1, timeout=120)
+    worker.wait_processed(total + 1 + publish(pipeline, heartbeats(until_day=50)), timeout=120)
+
+    actions = until(lambda: [json.loads(m.value()) for m in read_to_end(pipeline.settings, pipeline.settings.topic_actions)],
+                    what="an action")
+    agreeer, refuser = pseudonym_of(pipeline, "agreeer"), pseudonym_of(pipeline, "refuser")
+    coupons = [a for a in actions if a["kind"] == "coupon"]
+    assert [(a["user_id"], a["shop_user_id"]) for a in coupons] == [(agreeer, "agreeer")]
+    assert all(schema_errors("retention-actions", a) == [] for a in actions)
+    assert all(a["user_id"] != refuser for a in coupons)
+    assert worker.total("retention_actions_suppressed_total", kind="coupon", reason="no_consent") == 1
+    assert worker.total("retention_records_total", topic="consents", result="ok") == 1
+    status, profile = worker.get_json("/users/refuser")
+    assert status == 200 and profile["user_id"] == refuser and profile["features"]["purchases"] == 4

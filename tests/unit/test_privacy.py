@@ -16,9 +16,10 @@ from models.examples import ChurnExample, Forget, ReviewExample, SegmentExample,
 from models.trainer import Trainer
 from streams.domain.events import Invalid
 from streams.domain.loyalty import LoyaltyRanks
+from streams.domain.guards import BudgetState, GuardLimits, Verdict, admit
 from streams.domain.privacy import (
-    ErasedEntry, ErasureRequest, Pseudonyms, decode_erasure, dump_entry, expired, is_pseudonym, load_entry, pseudonym,
-    removed_from,
+    ConsentChange, ErasedEntry, ErasureRequest, Pseudonyms, apply_consent, decode_consent, decode_erasure, dump_entry, expired,
+    is_pseudonym, load_entry, pseudonym, removed_from,
 )
 from streams.domain.state import Awaiting, PendingScore, UserState
 from streams.runtime.partitioning import make_partitioner
@@ -174,3 +175,60 @@ def test_bgnbd_and_loyalty_forget_one_customer_only() -> None:
         ranks.update(user, float(n), last_purchase=0, now=0)
     assert ranks.forget("b") and not ranks.forget("b") and len(ranks) == 2
     assert ranks.percentile("x", 1.0) == pytest.approx(0.5)  # b's prediction no longer counts
+
+
+# ---------------------------------------------------------------------------- consent
+
+CONSENT_EXAMPLES = json.loads((SCHEMAS / "examples" / "consents.json").read_text())
+
+
+@pytest.mark.parametrize("value", CONSENT_EXAMPLES["valid"], ids=lambda v: v["user_id"])
+def test_valid_consents_pass_schema_and_decoder(value: dict) -> None:
+    assert schema_errors("consents", value) == []
+    change = decode_consent(json.dumps(value).encode())
+    assert isinstance(change, ConsentChange) and change.allow == value["allow"]
+
+
+@pytest.mark.parametrize("case", CONSENT_EXAMPLES["invalid"], ids=lambda c: c["why"])
+def test_invalid_consents_fail_schema_and_decoder(case: dict) -> None:
+    assert schema_errors("consents", case["value"]) != []
+    assert isinstance(decode_consent(json.dumps(case["value"]).encode()), Invalid)
+
+
+def test_a_consent_from_the_future_is_refused_like_an_event() -> None:
+    raw = b'{"user_id":"u1","ts":1767225600000,"allow":{"coupon":false}}'
+    assert isinstance(decode_consent(raw, not_after_ms=1767225599999), Invalid)
+
+
+def test_the_latest_statement_per_kind_wins_in_any_arrival_order() -> None:
+    changes = [ConsentChange("u", 30, {"coupon": True}), ConsentChange("u", 10, {"coupon": False, "recommendation": False}),
+               ConsentChange("u", 20, {"recommendation": True})]
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [1, 2, 0]):
+        state = UserState("u")
+        for i in order:
+            apply_consent(state, changes[i])
+        assert {k: (c.allowed, c.ts) for k, c in state.consent.items()} == {"coupon": (True, 30), "recommendation": (True, 20)}
+
+
+def test_the_guard_rails_suppress_a_kind_the_customer_refused_and_name_the_reason() -> None:
+    limits = GuardLimits(count=10)
+    user = UserState("u")
+    apply_consent(user, ConsentChange("u", 0, {"coupon": False}))
+    budget = BudgetState()
+    assert admit("coupon", "a1", 0, user, budget, 1, limits) == Verdict(False, "no_consent")
+    assert budget.count == 0 and "coupon" not in user.acted  # nothing spent, no cooldown started
+    assert admit("recommendation", "a2", 0, user, budget, 1, limits).allowed  # not refused: allowed (opt-out)
+    opt_in = GuardLimits(count=10, consent_required=True)
+    assert admit("care_outreach", "a3", 0, user, budget, 1, opt_in) == Verdict(False, "no_consent")  # never allowed
+    apply_consent(user, ConsentChange("u", 2, {"coupon": True, "care_outreach": True}))
+    assert admit("coupon", "a1", 0, user, budget, 3, opt_in).allowed and admit("care_outreach", "a3", 0, user, budget, 3, opt_in).allowed
+
+
+def test_a_state_encoded_before_consent_existed_loads_without_any() -> None:
+    import msgspec
+
+    from streams.domain.state import dump_state, load_state
+
+    old = msgspec.msgpack.decode(dump_state(UserState("u", purchases=2)))[:-1]  # the same state without the new field
+    state = load_state(msgspec.msgpack.encode(old))
+    assert state.consent == {} and state.purchases == 2

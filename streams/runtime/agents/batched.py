@@ -38,7 +38,6 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 from models.bundle import Models
 from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
 from models.reco import interactions
-from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
 from streams.domain.engine import Step, Unknown, due_at, on_due, on_event, went_out
@@ -46,7 +45,7 @@ from streams.domain.events import Heartbeat, Invalid, Review, decode
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyRanks
 from streams.domain.population import Population, rfm_of
-from streams.domain.privacy import ErasureRequest
+from streams.domain.privacy import ConsentChange, ErasureRequest
 from streams.domain.rules import Decider
 from streams.domain.schedule import DueQueue
 from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
@@ -63,7 +62,7 @@ from streams.runtime.kafka import consumer as new_consumer
 from streams.runtime.kafka import producer as new_producer
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.partitioning import make_partitioner
-from streams.runtime.privacy import ERASURE_REQUESTS, Privacy, create_privacy_topics
+from streams.runtime.privacy import CONSENTS, ERASURE_REQUESTS, Privacy, create_privacy_topics
 from streams.runtime.settings import Settings
 from streams.runtime.user_store import PartitionStore, StoreOptions
 
@@ -108,8 +107,9 @@ class BatchIngest:
         self.settings = settings
         self.cfg = settings.engine
         self.follower = follower
-        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed", settings.topic_erasure_requests: ERASURE_REQUESTS}
-        data = [t for t in settings.inbound_topics if t != settings.topic_heartbeats]
+        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed", settings.topic_erasure_requests: ERASURE_REQUESTS,
+                        settings.topic_consents: CONSENTS}
+        data = [t for t in settings.inbound_topics if t != settings.topic_heartbeats] + [settings.topic_consents]
         # heartbeats last at equal times; erasure requests have no event time: released as they arrive
         self.inputs = [settings.topic_erasure_requests] + data + [settings.rekey_topic, settings.topic_heartbeats]
         self.partition_for = make_partitioner(settings.partitions)
@@ -135,7 +135,7 @@ class BatchIngest:
         )
         # the guard rails, with each partition's budget in its store
         self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical), budgets=_Budgets(self),
-                               owned=self.owned_partitions)
+                               owned=self.owned_partitions, consent_required=settings.consent_required)
         metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
                                   "version": str(self.policy.version)})
         self.works: dict[int, PartitionWork] = {}
@@ -355,8 +355,9 @@ class BatchIngest:
         _, ts_ms = msg.timestamp()
         kafka_ts = ts_ms if ts_ms > 0 else None
         latest = self.polled_ms if kafka_ts is None else min(kafka_ts, self.polled_ms)
-        if logical == ERASURE_REQUESTS:
-            result = self.privacy.decode(msg.value())
+        own_decoder = self.privacy.decoder(logical)  # erasure requests, consents
+        if own_decoder is not None:
+            result = own_decoder(msg.value(), latest + self.skew_ms)
         else:
             result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
                             max_bytes=self.settings.max_record_bytes)
@@ -366,7 +367,7 @@ class BatchIngest:
     def _merge_ts(self, partition: int, result: Any) -> int | None:
         if isinstance(result, Heartbeat):
             return result.ts
-        if isinstance(result, USER_EVENTS) and self.partition_for(result.user_id) == partition:
+        if isinstance(result, (*USER_EVENTS, ConsentChange)) and self.partition_for(result.user_id) == partition:
             return result.ts
         return None
 
@@ -487,6 +488,9 @@ class BatchIngest:
         if folded is None:
             return result.ts
         result, user_id = folded, folded.user_id
+        if isinstance(result, ConsentChange):
+            self.privacy.consent(work, result)
+            return result.ts
         store = work.store
         state = store.get(user_id)
         # the due time the user's last step left (every stored user is in the queue: _finish
@@ -558,7 +562,7 @@ class BatchIngest:
             if not self.gate.admit(state, action, work.partition, now).allowed:
                 continue  # counted by reason; not sent
             sent.append(action)
-            self._emit(self.settings.topic_actions, state.user_id.encode(), encode_action(action))
+            self._emit(self.settings.topic_actions, state.user_id.encode(), self.privacy.action_value(work, action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
             if self.trigger_kafka_ts is not None:
                 metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
