@@ -405,6 +405,9 @@ class Settings(BaseSettings):
             _long_enough(k.strip(), "every key of RETENTION_PSEUDONYM_KEYS_PREVIOUS")
             for k in self.pseudonym_keys_previous.get_secret_value().split(",") if k.strip()
         ]
+        if self.ingest != "batched" and (self.pseudonymize or self.consent_required):
+            raise ValueError("RETENTION_PSEUDONYMIZE and RETENTION_CONSENT_REQUIRED need RETENTION_INGEST=batched (the Faust "
+                             "agent keeps raw ids and reads neither consents nor erasure requests)")
         if self.pseudonymize and key is None:
             raise ValueError(f"RETENTION_PSEUDONYMIZE is on but no key is set: set RETENTION_PSEUDONYM_KEY (or "
                              f"RETENTION_PSEUDONYM_KEY_FILE) to the same secret on every worker; make one with: {MAKE_A_KEY}")

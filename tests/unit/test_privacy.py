@@ -232,3 +232,40 @@ def test_a_state_encoded_before_consent_existed_loads_without_any() -> None:
     old = msgspec.msgpack.decode(dump_state(UserState("u", purchases=2)))[:-1]  # the same state without the new field
     state = load_state(msgspec.msgpack.encode(old))
     assert state.consent == {} and state.purchases == 2
+
+
+# ---------------------------------------------------------------------------- settings
+
+def privacy_settings(monkeypatch: pytest.MonkeyPatch, **env: str) -> object:
+    from streams.runtime.settings import Settings
+
+    for name in ("RETENTION_PSEUDONYMIZE", "RETENTION_PSEUDONYM_KEY", "RETENTION_PSEUDONYM_KEY_FILE", "RETENTION_INGEST",
+                 "RETENTION_PSEUDONYM_KEYS_PREVIOUS", "RETENTION_CONSENT_REQUIRED"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return Settings()
+
+
+def test_pseudonyms_need_a_key_of_32_characters_and_the_batched_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="no key is set"):
+        privacy_settings(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_INGEST="batched")
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        privacy_settings(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_INGEST="batched", RETENTION_PSEUDONYM_KEY="short")
+    with pytest.raises(ValidationError, match="need RETENTION_INGEST=batched"):
+        privacy_settings(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_PSEUDONYM_KEY="k" * 32)
+    key_file = tmp_path / "pseudonym.key"
+    key_file.write_text("f" * 64 + "\n")
+    settings = privacy_settings(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_INGEST="batched",
+                                RETENTION_PSEUDONYM_KEY_FILE=str(key_file), RETENTION_PSEUDONYM_KEYS_PREVIOUS="o" * 32)
+    assert settings.pseudonym_keys == (b"f" * 64, b"o" * 32)  # (the key file's whitespace stripped)
+    assert privacy_settings(monkeypatch, RETENTION_PSEUDONYM_KEY="k" * 32).pseudonym_keys == ()  # off: no pseudonyms
+
+
+def test_topics_we_create_get_retention_and_bounded_compaction_lag(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = privacy_settings(monkeypatch)
+    assert settings.topic_config(settings.topic_scores) == {"cleanup.policy": "compact", "max.compaction.lag.ms": str(7 * DAY)}
+    assert settings.topic_config(settings.topic_erasure_requests) == {"retention.ms": str(30 * DAY)}
+    assert {settings.topic_erasure_requests, settings.topic_erasure_confirmations, settings.topic_consents} <= set(settings.all_topics)
