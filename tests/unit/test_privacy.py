@@ -269,3 +269,138 @@ def test_topics_we_create_get_retention_and_bounded_compaction_lag(monkeypatch: 
     assert settings.topic_config(settings.topic_scores) == {"cleanup.policy": "compact", "max.compaction.lag.ms": str(7 * DAY)}
     assert settings.topic_config(settings.topic_erasure_requests) == {"retention.ms": str(30 * DAY)}
     assert {settings.topic_erasure_requests, settings.topic_erasure_confirmations, settings.topic_consents} <= set(settings.all_topics)
+
+
+# ---------------------------------------------------------------------------- the worker's hooks, without a broker
+
+class FakeIngest:
+    """What :class:`streams.runtime.privacy.Privacy` uses of the batched ingest: its settings,
+    partitioner, in-memory structures, and what it sends (recorded)."""
+
+    def __init__(self, settings: object) -> None:
+        from streams.domain.population import Population
+
+        self.settings = settings
+        self.partition_for = make_partitioner(settings.partitions)  # type: ignore[attr-defined]
+        self.population = Population()
+        self.loyalty_ranks = LoyaltyRanks(capacity=100)
+        self.sent: list[tuple[str, bytes | None, bytes | None]] = []
+
+    def _emit(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> None:
+        self.sent.append((topic, key, value))
+
+    def _label(self, example: object) -> None:
+        self.sent.append(("model-labels", None, encode_example(example)))  # type: ignore[arg-type]
+
+
+def work_of(tmp_path: Path, partition: int) -> object:
+    from types import SimpleNamespace
+
+    from streams.domain.schedule import DueQueue
+
+    return SimpleNamespace(partition=partition, store=store(tmp_path / f"p{partition}"), queue=DueQueue(), rewritten=set())
+
+
+def hooks(monkeypatch: pytest.MonkeyPatch, **env: str) -> tuple[object, FakeIngest]:
+    from streams.runtime.privacy import Privacy
+
+    settings = privacy_settings(monkeypatch, RETENTION_INGEST="batched", RETENTION_PARTITIONS="4", **env)
+    ingest = FakeIngest(settings)
+    return Privacy(ingest), ingest  # type: ignore[arg-type]
+
+
+T0 = 1_767_225_600_000  # 2026-01-01
+
+
+def click(user: str, ts: int = T0) -> object:
+    from streams.domain.events import decode
+
+    return decode("clicks", json.dumps({"event_id": f"e{ts}", "user_id": user, "ts": ts, "kind": "search"}).encode())
+
+
+def test_an_erasure_removes_the_customer_from_every_structure_and_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from streams.domain.population import rfm_of
+
+    privacy, ingest = hooks(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_PSEUDONYM_KEY="k" * 32)
+    work = work_of(tmp_path, ingest.partition_for("ann"))
+    folded = privacy.edge(work, "clicks", click("ann"))
+    ann = folded.user_id
+    assert is_pseudonym(ann) and ann == privacy.key_of("ann") == privacy.key_of(ann)
+    state = UserState(ann, purchases=2, last_purchase=DAY, spend_cents=5000, clicks=1, bought=["i1"])
+    work.store.put(state)
+    ingest.population.update(None, rfm_of(state))
+    ingest.loyalty_ranks.update(ann, 3.0, last_purchase=DAY, now=DAY)
+    work.queue.schedule(ann, 5 * DAY)
+    work.store.flush({})
+
+    request = decode_erasure(json.dumps({"request_id": "r1", "user_id": "ann", "requested_at": T0}).encode())
+    privacy.erase(work, None, request)
+    assert work.store.get(ann) is None and work.queue.due(ann) is None
+    assert ingest.population.size == 0 and len(ingest.loyalty_ranks) == 0
+    records = dict(work.store.flush({}))
+    assert records[b"u" + ann.encode()] is None and load_entry(records[b"e" + ann.encode()]).request_id == "r1"
+    topics = [(topic, key) for topic, key, _ in ingest.sent]
+    assert (ingest.settings.topic_scores, ann.encode()) in topics  # the user-scores row tombstoned
+    assert (ingest.settings.topic_scores, b"ann") in topics  # and any row from before pseudonyms
+    assert any(t == "model-labels" and decode_example(v) == Forget(user=ann) for t, _, v in ingest.sent)
+    [confirmation] = [json.loads(v) for t, _, v in ingest.sent if t == ingest.settings.topic_erasure_confirmations]
+    assert schema_errors("erasure-confirmations", confirmation) == []
+    assert confirmation["removed"] == {"state": 1, "events": 3, "pending_labels": 0, "open_decisions": 0, "item_history": 1,
+                                       "outbox": 0, "rfm_population": 1, "due_schedule": 1, "loyalty_ranking": 1,
+                                       "user_scores_rows": 1, "trainer_notified": 1}
+    # the customer's events, and a repeated request
+    assert privacy.edge(work, "clicks", click("ann", T0 + DAY)) is None
+    privacy.erase(work, None, request)
+    again = json.loads([v for t, _, v in ingest.sent if t == ingest.settings.topic_erasure_confirmations][-1])
+    assert again["repeated"] and again["removed"] == confirmation["removed"]
+
+
+def test_a_request_on_the_wrong_partition_goes_on_to_its_owner(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    privacy, ingest = hooks(monkeypatch)
+    owner = ingest.partition_for("ann")
+    work = work_of(tmp_path, (owner + 1) % 4)
+    request = decode_erasure(b'{"request_id":"r1","user_id":"ann","requested_at":1767225600000}')
+
+    class Msg:
+        def value(self) -> bytes:
+            return b"the request"
+
+    privacy.erase(work, Msg(), request)
+    assert ingest.sent == [(ingest.settings.topic_erasure_requests, b"ann", b"the request")]
+    assert work.store.erased_entries() == {}
+
+
+def test_a_rotated_key_moves_the_state_to_the_new_pseudonym_at_the_next_event(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    old_hooks, _ = hooks(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_PSEUDONYM_KEY="o" * 32)
+    privacy, ingest = hooks(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_PSEUDONYM_KEY="k" * 32,
+                            RETENTION_PSEUDONYM_KEYS_PREVIOUS="o" * 32)
+    work = work_of(tmp_path, ingest.partition_for("ann"))
+    old = old_hooks.key_of("ann")
+    work.store.put(UserState(old, purchases=4))
+    work.queue.schedule(old, 9 * DAY)
+    work.store.flush({})
+    new = privacy.edge(work, "clicks", click("ann")).user_id
+    assert new != old and work.store.get(new).purchases == 4 and work.store.get(old) is None
+    assert work.queue.due(new) == 9 * DAY and work.queue.due(old) is None
+    # an erasure names every key's pseudonym; the erased-ids set covers both
+    privacy.erase(work, None, decode_erasure(b'{"request_id":"r2","user_id":"ann","requested_at":1767225600000}'))
+    assert set(work.store.erased_entries()) == {new, old}
+
+
+def test_actions_carry_the_shop_id_only_where_the_operator_allows_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from streams.domain.actions import Reason, RetentionAction
+
+    for allowed in (False, True):
+        privacy, ingest = hooks(monkeypatch, RETENTION_PSEUDONYMIZE="true", RETENTION_PSEUDONYM_KEY="k" * 32,
+                                RETENTION_ACTIONS_INCLUDE_USER_ID=str(allowed).lower())
+        work = work_of(tmp_path / str(allowed), ingest.partition_for("ann"))
+        ann = privacy.edge(work, "clicks", click("ann")).user_id
+        action = RetentionAction(
+            action_id="a-1", user_id=ann, ts="2026-02-05T00:00:00.000Z", kind="care_outreach",
+            payload={"priority": "high", "topic": "negative_review"},
+            reason=Reason(rule="care", scores={"churn": 0.5}, model_versions={"churn": "prior"}),
+            group="treatment", expires_at="2026-02-19T00:00:00.000Z",
+        )
+        value = json.loads(privacy.action_value(work, action))
+        assert value["user_id"] == ann and value.get("shop_user_id") == ("ann" if allowed else None)
+        assert schema_errors("retention-actions", value) == []
