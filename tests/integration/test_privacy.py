@@ -167,6 +167,21 @@ def test_two_workers_erase_the_customers_of_their_partitions_and_answer_404_for_
           == erased_before + 3 * len(gone), what="replays refused on both workers")
     assert all(a.get_json(f"/users/{u}")[0] == 404 for u in gone)
 
+    # bad requests are dead-lettered with the reason, and the workers carry on; an unknown customer is confirmed as not found
+    client = producer(pipeline.settings)
+    for raw in (b"not json", b'{"request_id":"r-x","requested_at":1767225600000}'):
+        client.produce(pipeline.settings.topic_erasure_requests, key=kept.encode(), value=raw)
+    assert client.flush(30) == 0
+    [unknown] = forget(pipeline, "never-seen")
+    assert not unknown["found"] and unknown["removed"] == {"state": 0, "due_schedule": 0, "loyalty_ranking": 0}
+    until(lambda: a.total("retention_records_total", topic="erasure-requests", result="invalid")
+          + b.total("retention_records_total", topic="erasure-requests", result="invalid") == 2, what="bad requests counted")
+    letters = until(lambda: (d := [json.loads(m.value()) for m in read_partitions_to_end(pipeline, pipeline.settings.topic_dead_letters)])
+                    and len(d) == 2 and d)
+    assert sorted(d["error"][:14] for d in letters) == ["name the custo", "not valid JSON"]
+    assert all(d["topic"] == pipeline.settings.topic_erasure_requests and schema_errors("dead-letters", d) == [] for d in letters)
+    assert a.alive and b.alive and a.get_json(f"/users/{kept}")[0] == 200
+
 
 def test_an_erasure_survives_kill_9_between_request_and_confirmation_and_a_restart_on_an_empty_data_dir(pipeline: Pipeline) -> None:
     a = pipeline.worker("a", **PSEUDO)
