@@ -228,12 +228,12 @@ class Trainer(Generic[M]):
 
     def forget(self, user: str) -> int:
         """An erased customer: their examples not learned yet (churn and segment examples,
-        ids ``user@time...``) are dropped, and what the models keep per customer; how many
+        ids ``user@time...``; bandit and uplift examples naming them) are dropped, and what the models keep per customer; how many
         records were dropped."""
         dropped = 0
         for period in list(self.pending):
             examples = self.pending[period]
-            for example_id in [i for i in examples if i.rpartition("@")[0] == user]:
+            for example_id in [i for i, e in examples.items() if i.rpartition("@")[0] == user or getattr(e, "user", None) == user]:
                 del examples[example_id]
                 self.waiting.discard(example_id)
                 dropped += 1

@@ -12,7 +12,7 @@ import pytest
 
 from models.bgnbd_prior import BgNbdFit
 from models.bundle import Models
-from models.examples import ChurnExample, Forget, ReviewExample, SegmentExample, Watermark, decode_example, encode_example
+from models.examples import BanditExample, ChurnExample, Forget, UpliftExample, ReviewExample, SegmentExample, Watermark, decode_example, encode_example
 from models.trainer import Trainer
 from streams.domain.events import Invalid
 from streams.domain.loyalty import LoyaltyRanks
@@ -148,13 +148,16 @@ def test_the_trainer_drops_an_erased_customers_examples_not_learned_yet_and_thei
         trainer.add(ChurnExample(id=f"{user}@{DAY}/c", at=DAY + 5, features=[1.0] * 8, churned=0, days=None))
         trainer.add(SegmentExample(id=f"{user}@{DAY + 7}", at=DAY + 7, x=x))
     trainer.add(ReviewExample(id="r1", at=DAY + 9, text="fine", rating=4))
+    trainer.add(BanditExample(id="act-ann", at=DAY + 8, bandit="lapse/coupon", arm="c10", context={"churn": 0.5}, reward=1.0, user="ann"))
+    trainer.add(UpliftExample(id="act-ann2", at=DAY + 8, action="coupon", rule="r", group="control", features=[1.0] * 8,
+                              converted=False, user="ann"))
     assert trainer.models.bgnbd is not None
     trainer.models.bgnbd.observe("ann", DAY, x)
     assert "ann" in trainer.models.bgnbd.histories
-    assert trainer.forget("ann") == 3  # two examples, one history
+    assert trainer.forget("ann") == 5  # four examples, one history
     left = {i for period in trainer.pending.values() for i in period}
     assert left == {f"bob@{DAY}/c", f"bob@{DAY + 7}", "r1"} and "ann" not in trainer.models.bgnbd.histories
-    assert trainer.dropped["erased"] == 3
+    assert trainer.dropped["erased"] == 5
     trainer.watermark(0, 3 * DAY)
     assert trainer.learned["churn"] == 1 and trainer.learned["segment"] == 1  # bob's only
 

@@ -553,9 +553,9 @@ class BatchIngest:
             if example.days is not None:
                 metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
                 metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
-        for reward in bandit_examples(step.rewards, at):
+        for reward in bandit_examples(step.rewards, at, state.user_id):
             self._label(reward)
-        for outcome in uplift_examples(step.outcomes, at):
+        for outcome in uplift_examples(step.outcomes, at, state.user_id):
             self._label(outcome)
         sent = []
         for action in step.actions:
