@@ -249,3 +249,12 @@ def test_a_refused_kind_is_suppressed_with_its_reason_and_actions_carry_the_pseu
     assert worker.total("retention_records_total", topic="consents", result="ok") == 1
     status, profile = worker.get_json("/users/refuser")
     assert status == 200 and profile["user_id"] == refuser and profile["features"]["purchases"] == 4
+
+    # the marketing system reports an outcome with the pseudonym it got (key and user_id): it reaches the customer's state
+    [coupon] = coupons
+    client.produce(pipeline.settings.topic_outcomes, key=agreeer.encode(), timestamp=day(50), value=json.dumps(
+        {"action_id": coupon["action_id"], "user_id": agreeer, "ts": day(50), "outcome": "unsubscribed"}).encode())
+    assert client.flush(30) == 0
+    until(lambda: worker.get_json("/users/agreeer")[1].get("unsubscribed"), what="the outcome folded into agreeer's state")
+    assert worker.get_json("/users/agreeer")[1]["features"]["purchases"] == 4  # the same state, not a new one
+    assert worker.total("retention_records_total", topic="action-outcomes", result="rekeyed") == 0  # keyed by the pseudonym: its owner

@@ -407,3 +407,33 @@ def test_actions_carry_the_shop_id_only_where_the_operator_allows_it(monkeypatch
         value = json.loads(privacy.action_value(work, action))
         assert value["user_id"] == ann and value.get("shop_user_id") == ("ann" if allowed else None)
         assert schema_errors("retention-actions", value) == []
+
+
+def test_a_broker_that_refuses_max_compaction_lag_gets_the_topic_without_it() -> None:
+    from concurrent.futures import Future
+
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    from streams.runtime.kafka import create_new_topics
+
+    class OldBroker:
+        def __init__(self) -> None:
+            self.made: dict[str, dict[str, str]] = {}
+
+        def create_topics(self, topics: list, operation_timeout: float) -> dict:
+            out = {}
+            for topic in topics:
+                future: Future = Future()
+                if "max.compaction.lag.ms" in (topic.config or {}):
+                    future.set_exception(KafkaException(KafkaError(KafkaError.INVALID_CONFIG, "unknown config")))
+                else:
+                    self.made[topic.topic] = dict(topic.config or {})
+                    future.set_result(None)
+                out[topic.topic] = future
+            return out
+
+    broker = OldBroker()
+    wanted = [NewTopic("scores", 4, 1, config={"cleanup.policy": "compact", "max.compaction.lag.ms": "1"}), NewTopic("plain", 4, 1)]
+    assert sorted(create_new_topics(broker, wanted, 5)) == ["plain", "scores"]
+    assert broker.made == {"plain": {}, "scores": {"cleanup.policy": "compact"}}  # still compacted
