@@ -176,6 +176,7 @@ class Trainer(Generic[M]):
         self.model_boundary: int | None = None
         self.pending: dict[int, dict[str, Example]] = {}
         self.waiting: set[str] = set()  #: ids of the pending examples
+        self.forgot_in_models = False  #: the last forget() dropped something the models held
         self.learned: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         #: why the models the trainer resumed from were refused (it started from fresh ones)
@@ -239,8 +240,9 @@ class Trainer(Generic[M]):
                 dropped += 1
             if not examples:
                 del self.pending[period]
-        if hasattr(self.models, "forget") and self.models.forget(user):
-            dropped += 1
+        #: the models held something of the customer: durable once a snapshot with models follows
+        self.forgot_in_models = bool(hasattr(self.models, "forget") and self.models.forget(user))
+        dropped += self.forgot_in_models
         if dropped:
             self.dropped["erased"] += dropped
         return dropped

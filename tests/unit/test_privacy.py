@@ -154,12 +154,13 @@ def test_the_trainer_drops_an_erased_customers_examples_not_learned_yet_and_thei
     assert trainer.models.bgnbd is not None
     trainer.models.bgnbd.observe("ann", DAY, x)
     assert "ann" in trainer.models.bgnbd.histories
-    assert trainer.forget("ann") == 5  # four examples, one history
+    assert trainer.forget("ann") == 5 and trainer.forgot_in_models  # four examples, one history (durable with the next models)
     left = {i for period in trainer.pending.values() for i in period}
     assert left == {f"bob@{DAY}/c", f"bob@{DAY + 7}", "r1"} and "ann" not in trainer.models.bgnbd.histories
     assert trainer.dropped["erased"] == 5
     trainer.watermark(0, 3 * DAY)
     assert trainer.learned["churn"] == 1 and trainer.learned["segment"] == 1  # bob's only
+    assert trainer.forget("carl") == 0 and not trainer.forgot_in_models  # nothing held: nothing to wait for
 
 
 def test_the_forget_record_round_trips_on_model_labels() -> None:
