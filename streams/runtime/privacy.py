@@ -1,9 +1,11 @@
 """The batched hot path's privacy hooks: pseudonyms at the edge, erasure requests, the erased-ids set.
 
-:class:`Privacy` is called by :class:`~streams.runtime.agents.batched.BatchIngest` at three
-points, on its fold thread: an erasure request released from a partition's merge
-(:meth:`Privacy.erase`), a user event once it is known to belong to the partition
-(:meth:`Privacy.edge`: pseudonym, erased-ids set, key rotation), and a ``GET /users/{id}``
+:class:`Privacy` is called by :class:`~streams.runtime.agents.batched.BatchIngest` on its
+fold thread: to decode the records of its own topics (:meth:`Privacy.decoder`), for an
+erasure request released from a partition's merge (:meth:`Privacy.erase`), for a user event
+or consent once it is known to belong to the partition (:meth:`Privacy.edge`: pseudonym,
+erased-ids set, key rotation; then :meth:`Privacy.consent`), for each action sent
+(:meth:`Privacy.action_value`: the shop's id where allowed) and for a ``GET /users/{id}``
 (:meth:`Privacy.key_of`). The rules themselves are pure (:mod:`streams.domain.privacy`).
 
 An erasure is a state write like any other: the user's state is deleted (a tombstone in
@@ -50,14 +52,14 @@ log = logging.getLogger(__name__)
 #: Logical names of the topics of this module (the contract's).
 ERASURE_REQUESTS = "erasure-requests"
 CONSENTS = "consents"
-#: Pseudonyms remembered per worker (raw id -> pseudonym), so routing one costs one HMAC once.
+#: Customers whose pseudonyms a worker remembers (shop id -> pseudonyms), so each costs its HMAC and routing once.
 CACHE = 262_144
 
 
 def create_privacy_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
-    """Create erasure-requests and erasure-confirmations unless they exist (a deployment
-    whose topics were created before them: the merge must be able to see the requests'
-    input caught up)."""
+    """Create consents, erasure-requests and erasure-confirmations unless they exist (a
+    deployment whose topics were created before them: the event-time merge must be able to
+    see those inputs caught up, or it would wait for them)."""
     client = admin(settings)
     existing = client.list_topics(timeout=timeout).topics
     wanted = [NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
@@ -121,9 +123,8 @@ class Privacy:
     def consent(self, work: PartitionWork, change: ConsentChange) -> None:
         """A customer's marketing permissions (already pseudonymised by :meth:`edge`), kept
         in their state for the guard rails."""
-        state = work.store.get(change.user_id)
-        if state is None:
-            state = UserState(change.user_id, first_seen=change.ts, last_seen=change.ts)
+        # (a statement is not shopping: first and last seen stay those of the customer's events)
+        state = work.store.get(change.user_id) or UserState(change.user_id)
         if apply_consent(state, change):
             work.store.put(state)
         metrics.RECORDS.labels(CONSENTS, "ok").inc()
