@@ -46,6 +46,7 @@ from streams.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from streams.runtime.agents.batched import BatchIngest, PartitionWork
+    from streams.runtime.user_store import PartitionStore
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +108,13 @@ class Privacy:
                 self.cache.popitem(last=False)
         return found
 
-    def key_of(self, user_id: str) -> str:
-        """The state key of a ``GET /users/{id}`` (the shop's id or a pseudonym)."""
-        return self.pseudonym(user_id)
+    def key_of(self, user_id: str, store: PartitionStore | None = None) -> str:
+        """The state key of a ``GET /users/{id}`` (the shop's id or a pseudonym): with a
+        ``store``, a previous key's pseudonym that still holds the state (not seen since a rotation)."""
+        names = self.pseudonyms(user_id)
+        if store is not None and len(names) > 1 and store.get(names[0]) is None:
+            return next((p for p in names[1:] if store.get(p) is not None), names[0])
+        return names[0]
 
     def decoder(self, logical: str) -> Callable[[bytes | None, int], Any] | None:
         """The decoder of a topic of this module (None: an event topic): ``(value, not_after_ms)``."""

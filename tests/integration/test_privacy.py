@@ -258,3 +258,34 @@ def test_a_refused_kind_is_suppressed_with_its_reason_and_actions_carry_the_pseu
     until(lambda: worker.get_json("/users/agreeer")[1].get("unsubscribed"), what="the outcome folded into agreeer's state")
     assert worker.get_json("/users/agreeer")[1]["features"]["purchases"] == 4  # the same state, not a new one
     assert worker.total("retention_records_total", topic="action-outcomes", result="rekeyed") == 0  # keyed by the pseudonym: its owner
+
+
+def test_a_rotated_pseudonym_key_keeps_each_customers_history_and_an_erasure_covers_both_keys(pipeline: Pipeline) -> None:
+    old_key, new_key = KEY, "n3w-" * 16
+    first = pipeline.worker("a", **PSEUDO)
+    total = publish(pipeline, buys("ann") + buys("bob") + heartbeats(until_day=16))
+    first.wait_ready()
+    first.wait_processed(total, timeout=120)
+    old = pseudonym_of(pipeline, "ann")
+    assert first.get_json("/users/ann")[1]["user_id"] == old
+    first.stop()
+
+    rotated = {**PSEUDO, "RETENTION_PSEUDONYM_KEY": new_key, "RETENTION_PSEUDONYM_KEYS_PREVIOUS": old_key}
+    second = pipeline.worker("a", **rotated)  # the same data dir
+    second.wait_ready()
+    publish(pipeline, buys("ann", (17,)))
+    until(lambda: second.total("retention_pseudonym_rotations_total") == 1, what="ann's state moved")
+    new = pseudonym(new_key.encode(), "ann", make_partitioner(pipeline.settings.partitions))
+    status, profile = second.get_json("/users/ann")
+    assert status == 200 and profile["user_id"] == new != old and profile["features"]["purchases"] == 4  # 3 before, 1 after
+    assert second.get_json(f"/users/{old}")[0] == 404
+    assert second.get_json("/users/bob")[1]["user_id"] == pseudonym_of(pipeline, "bob")  # not seen since: still the old key's
+    log = changelog_latest(pipeline)
+    assert log[b"u" + old.encode()] is None and log[b"u" + new.encode()]
+
+    [confirmation] = forget(pipeline, "bob")  # bob's state is under the old key's pseudonym: found through the previous key
+    assert confirmation["found"] and confirmation["subject"] == pseudonym(new_key.encode(), "bob", make_partitioner(pipeline.settings.partitions))
+    log = changelog_latest(pipeline)
+    bob_old = pseudonym_of(pipeline, "bob")
+    assert log[b"u" + bob_old.encode()] is None and log[b"e" + bob_old.encode()] and log[b"e" + confirmation["subject"].encode()]
+    assert second.get_json("/users/bob")[0] == 404

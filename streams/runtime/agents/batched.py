@@ -699,7 +699,7 @@ class BatchIngest:
         partition = self.partition_for(user_id)
         with self.lock:
             work = self.works.get(partition)
-            state = work.store.get(self.privacy.key_of(user_id)) if work is not None else None
+            state = work.store.get(self.privacy.key_of(user_id, work.store)) if work is not None else None
             if state is None:
                 return None
             now = max(state.clock, work.clock.now)
