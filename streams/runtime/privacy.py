@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-from aiokafka.partitioner import murmur2
 from confluent_kafka import Message
 from confluent_kafka.admin import NewTopic
 
@@ -42,6 +41,7 @@ from streams.domain.state import UserState
 from streams.domain.timestamps import MS_PER_DAY, format_ts
 from streams.runtime import metrics
 from streams.runtime.kafka import admin, create_new_topics
+from streams.runtime.partitioning import murmur2_words
 from streams.runtime.settings import Settings
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ class Privacy:
         partitions = settings.partitions
         keys = settings.pseudonym_keys
         self.names = None if not keys else Pseudonyms(
-            keys[0], keys[1:], route=lambda s: (murmur2(s.encode()) & 0x7FFFFFFF) % partitions)
+            keys[0], keys[1:], route=lambda s: (murmur2_words(s.encode()) & 0x7FFFFFFF) % partitions)
         self.cache: OrderedDict[str, tuple[str, ...]] = OrderedDict()
         self.keep_ms = int(settings.erased_ids_retention_days * MS_PER_DAY)
         self.topic = settings.topic_erasure_requests

@@ -438,3 +438,16 @@ def test_a_broker_that_refuses_max_compaction_lag_gets_the_topic_without_it() ->
     wanted = [NewTopic("scores", 4, 1, config={"cleanup.policy": "compact", "max.compaction.lag.ms": "1"}), NewTopic("plain", 4, 1)]
     assert sorted(create_new_topics(broker, wanted, 5)) == ["plain", "scores"]
     assert broker.made == {"plain": {}, "scores": {"cleanup.policy": "compact"}}  # still compacted
+
+
+def test_the_fast_murmur2_is_the_java_clients() -> None:
+    import random
+
+    from aiokafka.partitioner import murmur2
+
+    from streams.runtime.partitioning import murmur2_words
+
+    rng = random.Random(7)
+    for _ in range(20_000):
+        data = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 90)))
+        assert murmur2_words(data) == murmur2(data), data
