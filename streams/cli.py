@@ -158,7 +158,7 @@ def worker() -> None:
 @app.command()
 def produce(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON lines, one event per line.")],
-    topic: Annotated[str, typer.Option(help="Logical or configured topic: clicks, purchases, reviews, action-outcomes, heartbeats.")],
+    topic: Annotated[str, typer.Option(help="Logical or configured topic: clicks, purchases, reviews, action-outcomes, heartbeats, consents.")],
     rejects: Annotated[Optional[Path], typer.Option(help="Write rejected lines here as JSON lines with their errors.")] = None,
 ) -> None:
     """Validate every line against the topic's contract, send the valid ones, report the
@@ -166,9 +166,10 @@ def produce(
     from streams.runtime.publish import Publisher, read_jsonl
 
     settings = _settings()
-    logical = settings.inbound_topics.get(topic, topic)
-    if logical not in settings.inbound_topics.values():
-        err.print(f"[red]unknown topic {topic!r}[/red]; one of {', '.join(settings.inbound_topics.values())}")
+    topics = {**settings.inbound_topics, settings.topic_consents: "consents"}
+    logical = topics.get(topic, topic)
+    if logical not in topics.values():
+        err.print(f"[red]unknown topic {topic!r}[/red]; one of {', '.join(topics.values())}")
         raise typer.Exit(2)
     _brokers(settings)
     rejected: list[tuple[int, str, bytes]] = []

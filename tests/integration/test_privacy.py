@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -225,15 +226,18 @@ def test_an_erasure_survives_kill_9_between_request_and_confirmation_and_a_resta
 
 
 def test_a_refused_kind_is_suppressed_with_its_reason_and_actions_carry_the_pseudonym_and_the_shop_id_if_allowed(
-    pipeline: Pipeline,
+    pipeline: Pipeline, tmp_path: Path,
 ) -> None:
     worker = pipeline.worker(**PSEUDO, RETENTION_ACTIONS_INCLUDE_USER_ID="true")
     streak = (0, 7, 14, 21)  # a weekly buyer who then lapses: the lapse coupon at day 35
     total = publish(pipeline, buys("refuser", streak) + buys("agreeer", streak))
+    statements = tmp_path / "consents.jsonl"  # as the shop sends them: `retention produce --topic consents`
+    statements.write_text(json.dumps({"user_id": "refuser", "ts": day(1), "allow": {"coupon": False}}) + "\n"
+                          + json.dumps({"user_id": "refuser", "ts": day(1), "allow": {"sms": True}}) + "\n")
+    done = subprocess.run([sys.executable, "-m", "streams.cli", "produce", str(statements), "--topic", "consents"],
+                          env={**os.environ, **pipeline.env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "sent 1 records to consents; rejected 1" in done.stderr  # the unknown kind refused
     client = producer(pipeline.settings)
-    client.produce(pipeline.settings.topic_consents, key=b"refuser", timestamp=day(1),
-                   value=json.dumps({"user_id": "refuser", "ts": day(1), "allow": {"coupon": False}}).encode())
-    assert client.flush(30) == 0
     worker.wait_ready()
     worker.wait_processed(total + 1, timeout=120)
     worker.wait_processed(total + 1 + publish(pipeline, heartbeats(until_day=50)), timeout=120)
