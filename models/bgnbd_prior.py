@@ -183,6 +183,10 @@ class BgNbdFit:
             self.threshold //= 2
             self.histories = {u: v for u, v in self.histories.items() if zlib.crc32(u.encode()) < self.threshold}
 
+    def forget(self, user: str) -> bool:
+        """Drop the customer's history (an erased customer); True if there was one."""
+        return self.histories.pop(user, None) is not None
+
     def tick(self) -> BgNbd | None:
         """A period was learned: refit when due (first as soon as there are
         ``min_customers``, then every ``refit_periods``); the current fit (None: none yet)."""

@@ -100,6 +100,11 @@ class Models:
                                   example.explored)
         self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
 
+    def forget(self, user: str) -> bool:
+        """Forget what the bundle keeps per customer (the BG/NBD history; every other model
+        keeps aggregates only); True if something was dropped."""
+        return self.bgnbd is not None and self.bgnbd.forget(user)
+
     def stamp(self, version: str) -> None:
         """Every model's version names the snapshot it came in (``...@version``); BG/NBD is
         refitted when due and its parameters handed to the churn and loyalty learners."""

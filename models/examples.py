@@ -77,6 +77,8 @@ class BanditExample(msgspec.Struct, tag_field="kind", tag="bandit", frozen=True)
     context: dict[str, float]
     reward: float
     v: int = VERSION
+    #: The customer (optional, appended: older records load): an erased customer's example not learned yet is dropped.
+    user: str | None = None
 
 
 class UpliftExample(msgspec.Struct, tag_field="kind", tag="uplift", frozen=True):
@@ -94,6 +96,8 @@ class UpliftExample(msgspec.Struct, tag_field="kind", tag="uplift", frozen=True)
     converted: bool
     explored: bool = False
     v: int = VERSION
+    #: The customer (optional, appended: older records load): an erased customer's example not learned yet is dropped.
+    user: str | None = None
 
 
 class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
@@ -104,8 +108,16 @@ class Watermark(msgspec.Struct, tag_field="kind", tag="watermark", frozen=True):
     v: int = VERSION
 
 
+class Forget(msgspec.Struct, tag_field="kind", tag="forget", frozen=True):
+    """The customer ``user`` was erased: the trainer drops their examples not learned yet and
+    their BG/NBD history (the models' weights are aggregates and stay)."""
+
+    user: str
+    v: int = VERSION
+
+
 Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample]
-LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark]
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark, Forget]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)
@@ -144,22 +156,22 @@ def churn_examples(user_id: str, matured: list, at: int) -> list[ChurnExample]:
     ]
 
 
-def bandit_examples(matured: list, at: int) -> list[BanditExample]:
+def bandit_examples(matured: list, at: int, user: str | None = None) -> list[BanditExample]:
     """The rewards of a step's matured bandit decisions (``streams.domain.engine.Reward``) as
-    examples made at ``at``."""
+    examples made at ``at`` (``user``: the customer, so an erasure can drop them unlearned)."""
     return [
         BanditExample(id=r.action_id, at=int(at), bandit=r.bandit, arm=r.arm, context={k: float(v) for k, v in r.context.items()},
-                      reward=float(r.reward))
+                      reward=float(r.reward), user=user)
         for r in matured
     ]
 
 
-def uplift_examples(matured: list, at: int) -> list[UpliftExample]:
+def uplift_examples(matured: list, at: int, user: str | None = None) -> list[UpliftExample]:
     """The outcomes of a step's matured decisions whose uplift is learned
-    (``streams.domain.engine.UpliftOutcome``) as examples made at ``at``."""
+    (``streams.domain.engine.UpliftOutcome``) as examples made at ``at`` (``user``: as above)."""
     return [
         UpliftExample(id=o.action_id, at=int(at), action=o.kind, rule=o.rule, group=o.group,
-                      features=[float(f) for f in o.features], converted=bool(o.converted), explored=bool(o.explored))
+                      features=[float(f) for f in o.features], converted=bool(o.converted), explored=bool(o.explored), user=user)
         for o in matured
     ]
 

@@ -176,6 +176,7 @@ class Trainer(Generic[M]):
         self.model_boundary: int | None = None
         self.pending: dict[int, dict[str, Example]] = {}
         self.waiting: set[str] = set()  #: ids of the pending examples
+        self.forgot_in_models = False  #: the last forget() dropped something the models held
         self.learned: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         #: why the models the trainer resumed from were refused (it started from fresh ones)
@@ -225,6 +226,26 @@ class Trainer(Generic[M]):
             return
         self.pending.setdefault(example.at // self.period_ms, {})[example.id] = example
         self.waiting.add(example.id)
+
+    def forget(self, user: str) -> int:
+        """An erased customer: their examples not learned yet (churn and segment examples,
+        ids ``user@time...``; bandit and uplift examples naming them) are dropped, and what the models keep per customer; how many
+        records were dropped."""
+        dropped = 0
+        for period in list(self.pending):
+            examples = self.pending[period]
+            for example_id in [i for i, e in examples.items() if i.rpartition("@")[0] == user or getattr(e, "user", None) == user]:
+                del examples[example_id]
+                self.waiting.discard(example_id)
+                dropped += 1
+            if not examples:
+                del self.pending[period]
+        #: the models held something of the customer: durable once a snapshot with models follows
+        self.forgot_in_models = bool(hasattr(self.models, "forget") and self.models.forget(user))
+        dropped += self.forgot_in_models
+        if dropped:
+            self.dropped["erased"] += dropped
+        return dropped
 
     def low(self) -> int | None:
         """The lowest watermark over all partitions (None while one has sent none)."""

@@ -158,7 +158,7 @@ def worker() -> None:
 @app.command()
 def produce(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON lines, one event per line.")],
-    topic: Annotated[str, typer.Option(help="Logical or configured topic: clicks, purchases, reviews, action-outcomes, heartbeats.")],
+    topic: Annotated[str, typer.Option(help="Logical or configured topic: clicks, purchases, reviews, action-outcomes, heartbeats, consents.")],
     rejects: Annotated[Optional[Path], typer.Option(help="Write rejected lines here as JSON lines with their errors.")] = None,
 ) -> None:
     """Validate every line against the topic's contract, send the valid ones, report the
@@ -166,9 +166,10 @@ def produce(
     from streams.runtime.publish import Publisher, read_jsonl
 
     settings = _settings()
-    logical = settings.inbound_topics.get(topic, topic)
-    if logical not in settings.inbound_topics.values():
-        err.print(f"[red]unknown topic {topic!r}[/red]; one of {', '.join(settings.inbound_topics.values())}")
+    topics = {**settings.inbound_topics, settings.topic_consents: "consents"}
+    logical = topics.get(topic, topic)
+    if logical not in topics.values():
+        err.print(f"[red]unknown topic {topic!r}[/red]; one of {', '.join(topics.values())}")
         raise typer.Exit(2)
     _brokers(settings)
     rejected: list[tuple[int, str, bytes]] = []
@@ -183,6 +184,47 @@ def produce(
         err.print(f"[yellow]not delivered[/yellow]: {error}")
     err.print(f"sent {report.total - report.failed} records to {logical}; rejected {len(rejected)}; delivery failures {report.failed}")
     raise typer.Exit(1 if report.failed or rejected else 0)
+
+
+@app.command()
+def forget(
+    ids: Annotated[list[str], typer.Argument(help="The customers' user ids, as the shop knows them (or pseudonyms, with --pseudonym).")],
+    pseudonym: Annotated[bool, typer.Option("--pseudonym", help="The ids are pseudonyms (ps_...), as actions and user-scores carry them.")] = False,
+    requested_by: Annotated[Optional[str], typer.Option(help="Who asked (kept in the request, e.g. a ticket number).")] = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for every confirmation (printed as JSON lines); 0: do not wait.")] = 0.0,
+) -> None:
+    """Ask the workers to erase customers (erasure-requests); prints each request_id.
+
+    The worker that owns a customer deletes their state, tombstones it, forgets them in
+    memory, keeps their pseudonym in the erased-ids set (their events, replayed or new, are
+    then not folded) and confirms on erasure-confirmations. Exit 1 when a request was not
+    delivered, or not confirmed within --wait."""
+    from streams.domain.privacy import is_pseudonym
+    from streams.runtime.forget import send_requests, wait_confirmations
+
+    settings = _settings()
+    bad = [i for i in ids if not i or len(i) > 128 or (pseudonym and not is_pseudonym(i))]
+    if bad:
+        err.print(f"[red]not {'a pseudonym' if pseudonym else 'a user id'} (1-128 characters{', ps_ and 40 hex digits' if pseudonym else ''})[/red]: {bad[0]!r}")
+        raise typer.Exit(2)
+    _brokers(settings)
+    try:
+        sent = send_requests(settings, ids, pseudonyms=pseudonym, requested_by=requested_by)
+    except RuntimeError as exc:
+        err.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    for request_id, user in sent.items():
+        err.print(f"requested {request_id} for {user}")
+    if wait <= 0:
+        raise typer.Exit(0)
+    found = wait_confirmations(settings, set(sent), wait)
+    for request_id in sent:
+        if request_id in found:
+            sys.stdout.write(json.dumps(found[request_id]) + "\n")
+    missing = [r for r in sent if r not in found]
+    if missing:
+        err.print(f"[yellow]{len(missing)} of {len(sent)} not confirmed within {wait:.0f} s[/yellow] (is a worker running?)")
+    raise typer.Exit(1 if missing else 0)
 
 
 @app.command()

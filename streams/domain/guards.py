@@ -6,6 +6,8 @@ is suppressed. :func:`admit` is the same check and, when allowed, records the ac
 the user's state (cooldown) and the partition's budget. The checks, in order:
 
 1. ``unsubscribed``: the customer sent an unsubscribe outcome; nothing more, ever.
+   ``no_consent``: the customer did not allow actions of this kind (the ``consents``
+   topic; without a statement, ``consent_required`` decides).
 2. ``checking_out``: no coupon while the customer has touched a cart or started a
    checkout within ``checkout_window`` of event time and not bought since (other kinds
    pass: a coupon then only gives away margin on a purchase that was coming anyway).
@@ -51,7 +53,7 @@ from streams.domain.policy_file import Coupon, Guards
 from streams.domain.state import Acted, UserState
 from streams.domain.timestamps import MS_PER_DAY
 
-SuppressReason = Literal["unsubscribed", "checking_out", "cooldown", "budget_count", "budget_value"]
+SuppressReason = Literal["unsubscribed", "no_consent", "checking_out", "cooldown", "budget_count", "budget_value"]
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class GuardLimits:
     count: int = 0
     count_per_kind: dict[str, int] = field(default_factory=dict)
     coupon_value_cents: int | None = None
+    #: A kind the customer never stated a permission for is refused (opt-in) rather than allowed.
+    consent_required: bool = False
 
 
 class KindSpend(msgspec.Struct, array_like=True):
@@ -158,6 +162,18 @@ def checking_out(user: UserState, now_ms: int, window_ms: int) -> bool:
     return user.last_purchase is None or user.last_purchase < touched
 
 
+def consented(user: UserState, kind: str, required: bool = False) -> bool:
+    """The customer allows actions of ``kind``: their latest statement, else not ``required``.
+
+    >>> from streams.domain.state import Consent
+    >>> user = UserState("u", consent={"coupon": Consent(False, 5)})
+    >>> consented(user, "coupon"), consented(user, "recommendation"), consented(user, "recommendation", required=True)
+    (False, True, False)
+    """
+    stated = user.consent.get(kind)
+    return not required if stated is None else stated.allowed
+
+
 def _digest(action_id: str) -> int:
     return int.from_bytes(blake2b(action_id.encode(), digest_size=8).digest(), "big")
 
@@ -206,6 +222,8 @@ def check(
     see :func:`coupon_value_cents`)."""
     if user.unsubscribed:
         return Verdict(False, "unsubscribed")
+    if not consented(user, kind, limits.consent_required):
+        return Verdict(False, "no_consent")
     if kind == "coupon" and checking_out(user, now_ms, limits.checkout_window_ms):
         return Verdict(False, "checking_out")
     acted = user.acted.get(kind)

@@ -171,6 +171,10 @@ class LoyaltyRanks:
             if entry is not None and entry.last_purchase == last_purchase:
                 self._remove(user_id)
 
+    def forget(self, user_id: str) -> bool:
+        """Drop the customer (erased); True if they were ranked."""
+        return self._remove(user_id) is not None
+
     def _remove(self, user_id: str) -> _Entry | None:
         entry = self._entries.pop(user_id, None)
         if entry is not None:

@@ -162,6 +162,13 @@ class Awaiting(msgspec.Struct, array_like=True):
     uplift: UpliftTrace | None = None
 
 
+class Consent(msgspec.Struct, array_like=True):
+    """What the customer said last (by event time) about one kind of retention action."""
+
+    allowed: bool
+    ts: int
+
+
 class UserState(msgspec.Struct, array_like=True):
     user_id: str
     #: The latest event-time clock this state has seen (ms).
@@ -247,6 +254,9 @@ class UserState(msgspec.Struct, array_like=True):
     first_order_cents: int = 0
     last_order_cents: int = 0
     order_cents_sq: int = 0
+    #: Added with customers' privacy (issue 18; default: older states load): the marketing
+    #: permissions stated on the ``consents`` topic, per action kind (the guard rails honour them).
+    consent: dict[str, Consent] = msgspec.field(default_factory=dict)
 
 
 _encoder = msgspec.msgpack.Encoder(enc_hook=plain_int)

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from streams.runtime.kafka import admin, consumer
+from streams.domain.timestamps import MS_PER_DAY
 from streams.runtime.faults import BrokerDataLost
+from streams.runtime.kafka import admin, consumer, create_new_topics
 from streams.runtime.settings import Settings
 from streams.runtime.user_store import PartitionStore
 
@@ -40,15 +41,11 @@ def create_changelog(settings: Settings, timeout: float = 30.0) -> bool:
     client = admin(settings)
     if name in client.list_topics(timeout=timeout).topics:
         return False
+    # compacted within max.compaction.lag.ms of a tombstone: an erased customer's states leave the log
+    lag = str(int(settings.changelog_max_compaction_lag_days * MS_PER_DAY))
     topic = NewTopic(name, num_partitions=settings.partitions, replication_factor=settings.replication_factor,
-                     config={"cleanup.policy": "compact"})
-    try:
-        client.create_topics([topic], operation_timeout=timeout)[name].result()
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise
-        return False
-    return True
+                     config={"cleanup.policy": "compact", "max.compaction.lag.ms": lag})
+    return name in create_new_topics(client, [topic], timeout)
 
 
 @dataclass(frozen=True)

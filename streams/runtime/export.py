@@ -58,6 +58,9 @@ def latest_scores(settings: Settings) -> dict[str, UserScores]:
     """The latest snapshot per user (records of a key are in one partition, in order)."""
     latest: dict[str, UserScores] = {}
     for msg in read_to_end(settings, settings.topic_scores):
+        if msg.value() is None:  # a tombstone: the customer was erased (or moved to a new pseudonym)
+            latest.pop((msg.key() or b"").decode("utf-8", "replace"), None)
+            continue
         row = decode_scores(msg.value())
         latest[row.user_id] = row
     return latest

@@ -181,7 +181,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
             name,
             num_partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            config={"cleanup.policy": "compact"} if name == settings.topic_scores else {},
+            config=settings.topic_config(name),
         )
         for name in settings.all_topics
         if name not in existing
@@ -193,14 +193,36 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     ]
     if not wanted:
         return []
+    return create_new_topics(client, wanted, timeout)
+
+
+#: Topic settings a broker may not know (Kafka before 2.3, some Kafka-compatible brokers):
+#: a topic refused with one of them is created without it, and a warning says so.
+OPTIONAL_TOPIC_CONFIGS = ("max.compaction.lag.ms",)
+
+
+def create_new_topics(client: AdminClient, wanted: list[NewTopic], timeout: float) -> list[str]:
+    """Create ``wanted`` (existing ones are skipped); the names created."""
     created = []
+    retry = []
+    by_name = {t.topic: t for t in wanted}
     for name, future in client.create_topics(wanted, operation_timeout=timeout).items():
         try:
             future.result()
             created.append(name)
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            if exc.args[0].code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            topic = by_name[name]
+            optional = [k for k in OPTIONAL_TOPIC_CONFIGS if k in (topic.config or {})]
+            if not optional:
                 raise
+            log.warning("topic %s: the broker refused it with %s (%s); creating it without (compaction of erased "
+                        "customers' records then follows the broker's own schedule)", name, ", ".join(optional), exc.args[0].str())
+            retry.append(NewTopic(name, num_partitions=topic.num_partitions, replication_factor=topic.replication_factor,
+                                  config={k: v for k, v in topic.config.items() if k not in optional}))
+    if retry:
+        created += create_new_topics(client, retry, timeout)
     return created
 
 

@@ -16,8 +16,15 @@ RECORDS = Counter(
     "Inbound records by logical topic and result: ok; late (beyond the allowed lateness: lifetime figures only); "
     "invalid (dead-lettered); duplicate (an event id already applied, same content); conflict (an event id "
     "already applied with other content: a producer re-used it; dead-lettered, the first event stands); redelivered (read again after a crash or "
-    "rebalance, already applied); rekeyed (sent on to its user's partition); heartbeat.",
+    "rebalance, already applied); rekeyed (sent on to its user's partition); heartbeat; erased (an event of a customer "
+    "in the erased-ids set: counted, not folded, not dead-lettered); on erasure-requests: ok (a customer erased), "
+    "repeated (already erased: confirmed again), invalid, rekeyed.",
     ["topic", "result"],
+)
+PSEUDONYMS_ROTATED = Counter(
+    "retention_pseudonym_rotations",
+    "Customer states moved from a previous pseudonym key's pseudonym to the current key's at their first event after a "
+    "key rotation (RETENTION_PSEUDONYM_KEYS_PREVIOUS).",
 )
 SCHEMA_REGISTRY_RECORDS = Counter(
     "retention_schema_registry_records",
@@ -34,7 +41,7 @@ PROCESSING_ERRORS = Counter(
 ACTIONS = Counter("retention_actions", "Retention actions emitted, by kind, rule and experiment group.", ["kind", "rule", "group"])
 ACTIONS_SUPPRESSED = Counter(
     "retention_actions_suppressed",
-    "Retention actions a rule decided that the guard rails stopped (not sent), by kind and reason: unsubscribed, "
+    "Retention actions a rule decided that the guard rails stopped (not sent), by kind and reason: unsubscribed, no_consent (the customer did not allow the kind: consents topic), "
     "checking_out, cooldown, budget_count, budget_value.",
     ["kind", "reason"],
 )
@@ -188,7 +195,7 @@ MODEL_SNAPSHOT_MISSES = Counter(
     "Records scored by the oldest kept snapshot because theirs was no longer kept (raise RETENTION_MODEL_SNAPSHOTS_KEPT).",
 )
 MODEL_TRAINER_RECORDS = Counter(
-    "retention_model_trainer_records", "model-labels records the trainer read, by result: buffered, watermark, invalid.", ["result"]
+    "retention_model_trainer_records", "model-labels records the trainer read, by result: buffered, watermark, forget (an erased customer: their examples not learned yet dropped), invalid.", ["result"]
 )
 MODEL_SNAPSHOTS = Counter("retention_model_snapshots", "Snapshots the trainer published, by kind: models, marker.", ["kind"])
 MODEL_SNAPSHOTS_REFUSED = Counter(

@@ -66,7 +66,9 @@ class Operations:
         self._moved: tuple[int, int] | None = None  # (records processed, sum of committed offsets) last seen
         self._still_since: float | None = None  # since when there is lag and nothing moved
         self._stall_logged = False
-        self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED}
+        self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED,
+                        settings.topic_erasure_requests: "erasure-requests",
+                        settings.topic_consents: "consents"}  # (these two read by the batched path only)
         self._lag_series: set[tuple[str, str]] = set()
         self._assigned_series: set[str] = set()
         metrics.BUILD.info({"version": _version("retention-streams"), "faust": _version("faust-streaming"),

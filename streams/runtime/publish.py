@@ -23,6 +23,7 @@ import msgspec
 from confluent_kafka import Producer
 
 from streams.domain.events import Invalid, decode
+from streams.domain.privacy import decode_consent
 from streams.runtime.kafka import producer
 from streams.runtime.settings import Settings
 
@@ -62,6 +63,7 @@ class Publisher:
         self.settings = settings
         self.client = client or producer(settings, **{"message.timeout.ms": int(settings.delivery_timeout_s * 1000)})
         self.names = {logical: actual for actual, logical in settings.inbound_topics.items()}
+        self.names["consents"] = settings.topic_consents  # (read by the batched path: README, "Customers' privacy")
         self.report = PublishReport()
 
     def _delivered(self, err: object, msg: object) -> None:
@@ -135,7 +137,7 @@ def read_jsonl(path: Path, topic: str, rejected: list[tuple[int, str, bytes]]) -
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
                 continue
-            event = decode(topic, raw)
+            event = decode_consent(raw) if topic == "consents" else decode(topic, raw)
             if isinstance(event, Invalid):
                 rejected.append((number, event.error, raw))
                 continue

@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     topic_scores: str = Field("user-scores", description="Topic of each user's latest features and scores (out, compacted).")
     topic_model_labels: str = Field("model-labels", description="Internal, one partition: the examples the workers send the model trainer, and each partition's event-time watermarks (docs/models.md).")
     topic_model_snapshots: str = Field("model-snapshots", description="Internal, one partition, compacted: the trainer's versioned model snapshots, read by every worker (docs/models.md).")
+    topic_erasure_requests: str = Field("erasure-requests", description="Topic of requests to forget a customer (in; `retention forget`; schemas/erasure-requests.v1), keyed by the user id (or pseudonym) they name; kept RETENTION_ERASURE_REQUESTS_RETENTION_DAYS (they hold shop ids).")
+    topic_consents: str = Field("consents", description="Topic of customers' marketing permissions per action kind (in; schemas/consents.v1), keyed by user_id; the guard rails honour them (batched hot path).")
+    topic_erasure_confirmations: str = Field("erasure-confirmations", description="Topic of erasure confirmations (out; schemas/erasure-confirmations.v1), keyed by request_id: what was removed.")
 
     data_dir: Path = Field(Path("var/data"), description="Where the workers keep RocksDB state.")
     state_cache_users: int = Field(100_000, ge=100, description="Decoded user states kept in memory per partition (least recently used evicted once persisted).")
@@ -227,6 +230,51 @@ class Settings(BaseSettings):
         "it reports the end of a topic as the start of its last batch, which would cut table recovery short).",
     )
 
+    pseudonymize: bool = Field(
+        False,
+        description="Replace every event's user_id by a keyed HMAC-SHA256 pseudonym (`ps_` + 40 hex digits) on ingest: state, "
+        "learning, actions, user-scores and exports carry the pseudonym only (README, \"Customers' privacy\"). Off in code so "
+        "that existing deployments keep their state's keys; on in the shipped docker-compose and Kubernetes files. Producers "
+        "that already send pseudonyms leave it off.",
+    )
+    pseudonym_key: SecretStr | None = Field(
+        None, description=f"Secret key of the pseudonyms (at least {KEY_MIN_CHARS} characters, the same on every worker; make one "
+        f"with `{MAKE_A_KEY}`); needed with RETENTION_PSEUDONYMIZE.",
+    )
+    pseudonym_key_file: Path | None = Field(
+        None, description="File holding the pseudonym key (surrounding whitespace stripped), e.g. a mounted secret; instead of RETENTION_PSEUDONYM_KEY.",
+    )
+    pseudonym_keys_previous: SecretStr | None = Field(
+        None, description="Previous pseudonym keys, comma separated, while a key is rotated: a customer's state kept under an "
+        "old key's pseudonym moves to the new one at their next event, and erasures and the erased-ids set cover every key "
+        "(README, \"Customers' privacy\": rotating the key).",
+    )
+    actions_include_user_id: bool = Field(
+        False,
+        description="With RETENTION_PSEUDONYMIZE: retention actions also carry the shop's own id (`shop_user_id`), which the "
+        "worker then keeps beside the customer's state (and erases with it); false: the pseudonym only.",
+    )
+    consent_required: bool = Field(
+        False,
+        description="Opt-in: an action of a kind the customer never allowed on the consents topic is suppressed "
+        "(`no_consent`); false: allowed until the customer refuses it (opt-out).",
+    )
+    erased_ids_retention_days: float = Field(
+        400.0, gt=0,
+        description="How long (wall clock) an erased customer's pseudonym stays in the erased-ids set, which refuses their "
+        "events (counted as `erased`, not folded): at least as long as the input topics keep records a replay could "
+        "bring back.",
+    )
+    erasure_requests_retention_days: float = Field(
+        30.0, gt=0, description="retention.ms of the erasure-requests topic we create (its records name customers by their shop id).",
+    )
+    changelog_max_compaction_lag_days: float = Field(
+        7.0, gt=0,
+        description="max.compaction.lag.ms of the compacted topics we create (state changelog, user-scores): an erased "
+        "customer's old records are compacted away within this time after the tombstone (where the broker supports it, "
+        "Kafka 2.3+, KIP-354).",
+    )
+
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How every Kafka client of ours connects (Kafka's security.protocol): PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (README, \"Connecting to a managed Kafka\")."
     )
@@ -288,12 +336,12 @@ class Settings(BaseSettings):
             raise ValueError("; ".join(problems))
         return self
 
-    @field_validator("api_token", "kafka_ssl_key_password", "kafka_sasl_password", mode="before")
+    @field_validator("api_token", "kafka_ssl_key_password", "kafka_sasl_password", "pseudonym_key", "pseudonym_keys_previous", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("api_token_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_sasl_mechanism", "kafka_sasl_username", mode="before")
+    @field_validator("api_token_file", "pseudonym_key_file", "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", "kafka_sasl_mechanism", "kafka_sasl_username", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -336,6 +384,48 @@ class Settings(BaseSettings):
             raise ValueError("RETENTION_SNAPSHOT_KEYS_PREVIOUS is set but RETENTION_SNAPSHOT_KEY is not: set the current key too")
         return self
 
+    _pseudonym_keys: tuple[bytes, ...] = PrivateAttr(())
+
+    @model_validator(mode="after")
+    def _pseudonym_keys_read(self) -> "Settings":
+        """Read the pseudonym key (and its file) once; pseudonymisation without one does not start."""
+        if self.pseudonym_key is not None and self.pseudonym_key_file is not None:
+            raise ValueError("set RETENTION_PSEUDONYM_KEY or RETENTION_PSEUDONYM_KEY_FILE, not both")
+        key = None
+        if self.pseudonym_key is not None:
+            key = _long_enough(self.pseudonym_key.get_secret_value(), "RETENTION_PSEUDONYM_KEY")
+        elif self.pseudonym_key_file is not None:
+            try:
+                text = self.pseudonym_key_file.read_text()
+            except OSError as exc:
+                raise ValueError(f"RETENTION_PSEUDONYM_KEY_FILE: cannot read the key ({exc})") from None
+            key = _long_enough(text.strip(), f"the key in RETENTION_PSEUDONYM_KEY_FILE ({self.pseudonym_key_file})")
+        previous = [] if self.pseudonym_keys_previous is None else [
+            _long_enough(k.strip(), "every key of RETENTION_PSEUDONYM_KEYS_PREVIOUS")
+            for k in self.pseudonym_keys_previous.get_secret_value().split(",") if k.strip()
+        ]
+        if self.pseudonymize and key is None:
+            raise ValueError(f"RETENTION_PSEUDONYMIZE is on but no key is set: set RETENTION_PSEUDONYM_KEY (or "
+                             f"RETENTION_PSEUDONYM_KEY_FILE) to the same secret on every worker; make one with: {MAKE_A_KEY}")
+        if previous and key is None:
+            raise ValueError("RETENTION_PSEUDONYM_KEYS_PREVIOUS is set but RETENTION_PSEUDONYM_KEY is not: set the current key too")
+        self._pseudonym_keys = () if key is None else (key, *previous)
+        return self
+
+    @property
+    def pseudonym_keys(self) -> tuple[bytes, ...]:
+        """With pseudonymisation on: the current key, then the previous ones; else ()."""
+        return self._pseudonym_keys if self.pseudonymize else ()
+
+    def topic_config(self, name: str) -> dict[str, str]:
+        """The configuration of a topic we create (retention where we know what it holds)."""
+        lag = str(int(self.changelog_max_compaction_lag_days * MS_PER_DAY))
+        if name == self.topic_scores:
+            return {"cleanup.policy": "compact", "max.compaction.lag.ms": lag}
+        if name == self.topic_erasure_requests:
+            return {"retention.ms": str(int(self.erasure_requests_retention_days * MS_PER_DAY))}
+        return {}
+
     @property
     def snapshot_keys(self) -> SnapshotKeys:
         """The key to sign model snapshots with and the keys to accept; MissingSnapshotKey
@@ -374,7 +464,8 @@ class Settings(BaseSettings):
 
     @property
     def all_topics(self) -> list[str]:
-        return [*self.inbound_topics, self.topic_actions, self.topic_dead_letters, self.topic_scores, self.rekey_topic]
+        return [*self.inbound_topics, self.topic_actions, self.topic_dead_letters, self.topic_scores, self.rekey_topic,
+                self.topic_consents, self.topic_erasure_requests, self.topic_erasure_confirmations]
 
     @property
     def canonical_url(self) -> str:

@@ -14,7 +14,9 @@ evicted), so memory is set by the cache size, not by the number of customers or 
 length of the run.
 
 Keys, the same in RocksDB and in the changelog: ``u`` + user id for a user's state, ``p`` +
-name for a partition-wide value (the guard rails' budget, the attribution tally), ``m`` +
+name for a partition-wide value (the guard rails' budget, the attribution tally), ``e`` +
+pseudonym for an entry of the erased-ids set (:mod:`streams.domain.privacy`), ``s`` +
+pseudonym for the shop's own id of a pseudonymous customer (kept only when actions carry it), ``m`` +
 name for the store's own bookkeeping (the input offsets folded, the changelog offset
 applied up to; never in the changelog).
 """
@@ -34,6 +36,8 @@ from streams.domain.state import UserState, dump_state, load_state
 
 _USER = b"u"
 _PARTITION = b"p"
+_ERASED = b"e"
+_SHOP_ID = b"s"
 _META = b"m"
 _OFFSETS = _META + b"offsets"
 _CHANGELOG = _META + b"changelog"
@@ -85,6 +89,9 @@ class PartitionStore:
         self.unpersisted: dict[bytes, int] = {}  #: keys taken by changes() and not persisted yet: how many times
         self.values: dict[str, bytes] = {}  #: partition-wide values (few: kept in memory)
         self.dirty_values: set[str] = set()
+        self._erased: dict[str, bytes] | None = None  #: the erased-ids set (small: loaded whole on first use)
+        self.dirty_erased: dict[str, bytes | None] = {}
+        self.dirty_shop_ids: dict[str, str | None] = {}
 
     def get(self, user_id: str) -> UserState | None:
         """The user's state (the cached object: changes count once :meth:`put` says so)."""
@@ -120,6 +127,10 @@ class PartitionStore:
         self.dirty.clear()
         records += [(_PARTITION + name.encode(), self.values[name]) for name in sorted(self.dirty_values)]
         self.dirty_values.clear()
+        records += [(_ERASED + key.encode(), entry) for key, entry in sorted(self.dirty_erased.items())]
+        self.dirty_erased.clear()
+        records += [(_SHOP_ID + key.encode(), None if v is None else v.encode()) for key, v in sorted(self.dirty_shop_ids.items())]
+        self.dirty_shop_ids.clear()
         return records
 
     def persist(self, records: list[tuple[bytes, bytes | None]], offsets: dict[str, int],
@@ -158,6 +169,41 @@ class PartitionStore:
         self.values[name] = value
         self.dirty_values.add(name)
 
+    def erased(self, key: str) -> bytes | None:
+        """The erased-ids entry of ``key`` (a pseudonym, or a user id), or None."""
+        return self.erased_entries().get(key)
+
+    def erased_entries(self) -> dict[str, bytes]:
+        """The whole erased-ids set (read from RocksDB once, then kept in memory: a set lookup per event)."""
+        if self._erased is None:
+            self._erased = {}
+            for key, value in self.db.items(from_key=_ERASED):
+                if not key.startswith(_ERASED):
+                    break
+                self._erased[key[1:].decode()] = value
+        return self._erased
+
+    def set_erased(self, key: str, entry: bytes | None) -> None:
+        """Add ``key`` to the erased-ids set (None: remove it, an expired entry); like a
+        state, persisted and sent to the changelog with the next :meth:`changes`."""
+        entries = self.erased_entries()
+        if entry is None:
+            entries.pop(key, None)
+        else:
+            entries[key] = entry
+        self.dirty_erased[key] = entry
+
+    def shop_id(self, key: str) -> str | None:
+        """The shop's own id kept beside the pseudonymous customer ``key`` (None: none kept)."""
+        if key in self.dirty_shop_ids:
+            return self.dirty_shop_ids[key]
+        raw = self.db.get(_SHOP_ID + key.encode())
+        return None if raw is None else raw.decode()
+
+    def set_shop_id(self, key: str, shop_id: str | None) -> None:
+        """Keep (None: forget) the shop's id of ``key``; persisted and changelogged like a state."""
+        self.dirty_shop_ids[key] = shop_id
+
     def offsets(self) -> dict[str, int]:
         """The next input offset of each topic whose records are folded into this store."""
         raw = self.db.get(_OFFSETS)
@@ -168,6 +214,7 @@ class PartitionStore:
         returns how many. The cache is emptied: it would hold states from before."""
         self.cache.clear()
         self.values.clear()
+        self._erased = None
         count = 0
         batch = WriteBatch(raw_mode=True)
         for key, value in records:

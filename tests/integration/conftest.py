@@ -78,7 +78,7 @@ def fresh_env(broker_env: dict[str, str], **extra_env: str) -> dict[str, str]:
         "RETENTION_PARTITIONS": "4",
         **{f"RETENTION_TOPIC_{name}": f"{name.lower()}-{suffix}"
            for name in ("CLICKS", "PURCHASES", "REVIEWS", "OUTCOMES", "HEARTBEATS", "ACTIONS", "DEAD_LETTERS", "SCORES",
-                        "MODEL_LABELS", "MODEL_SNAPSHOTS")},
+                        "MODEL_LABELS", "MODEL_SNAPSHOTS", "ERASURE_REQUESTS", "ERASURE_CONFIRMATIONS", "CONSENTS")},
         **extra_env,
     }
 

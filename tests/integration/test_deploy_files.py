@@ -285,6 +285,7 @@ def test_workers_have_distinct_named_state_volumes():
 
 
 KEY_FILE = "/var/lib/retention-key/snapshot.key"
+PSEUDONYM_KEY_FILE = "/var/lib/retention-key/pseudonym.key"
 
 
 def test_workers_share_a_snapshot_key_made_once_by_a_one_shot(tmp_path):
@@ -295,17 +296,22 @@ def test_workers_share_a_snapshot_key_made_once_by_a_one_shot(tmp_path):
     for name in WORKERS:
         worker = service(name)
         assert env_of(worker)["RETENTION_SNAPSHOT_KEY_FILE"] == KEY_FILE and "RETENTION_SNAPSHOT_KEY" not in env_of(worker)
+        # customers' privacy is on for new deployments: pseudonyms keyed by a key made once beside the snapshot key
+        assert env_of(worker)["RETENTION_PSEUDONYMIZE"] == "true"
+        assert env_of(worker)["RETENTION_PSEUDONYM_KEY_FILE"] == PSEUDONYM_KEY_FILE and "RETENTION_PSEUDONYM_KEY" not in env_of(worker)
         assert (volume, target, "volume") in volumes_of(worker) and depends_on(worker)["snapshot-key"] == "service_completed_successfully"
     assert "RETENTION_SNAPSHOT_KEY=" not in COMPOSE_FILE.read_text() and "RETENTION_SNAPSHOT_KEY:" not in COMPOSE_FILE.read_text()
     # the one-shot's program, run here on a temporary path: a 64-hex-character key readable by its owner only, made once
     assert keygen["entrypoint"] == ["python", "-c"]
     [program] = keygen["command"]
-    key = tmp_path / "snapshot.key"
+    key, pseudonym_key = tmp_path / "snapshot.key", tmp_path / "pseudonym.key"
+    program = program.replace(KEY_FILE, str(key)).replace(PSEUDONYM_KEY_FILE, str(pseudonym_key))
     for _ in range(2):
-        subprocess.run([sys.executable, "-c", program.replace(KEY_FILE, str(key))], check=True, timeout=TIMEOUT)
-        made = key.read_text()
-        assert len(made) == 64 and int(made, 16) >= 0 and key.stat().st_mode & 0o777 == 0o400
-    assert key.read_text() == made  # kept on the next run
+        subprocess.run([sys.executable, "-c", program], check=True, timeout=TIMEOUT)
+        made, made_pseudonym = key.read_text(), pseudonym_key.read_text()
+        for k, text in ((key, made), (pseudonym_key, made_pseudonym)):
+            assert len(text) == 64 and int(text, 16) >= 0 and k.stat().st_mode & 0o777 == 0o400
+    assert key.read_text() == made and pseudonym_key.read_text() == made_pseudonym != made  # kept on the next run
 
 
 def test_simulator_runs_after_topics():
@@ -584,7 +590,9 @@ def test_k8s_configmap_holds_valid_settings(monkeypatch):
     assert set(data) <= known, set(data) - known
     for name, value in data.items():
         monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RETENTION_PSEUDONYM_KEY", "p" * 64)  # (from the retention-pseudonym-key Secret)
     settings = Settings()  # validates every value
+    assert settings.pseudonymize
     assert (settings.web_host, settings.log_format) == ("0.0.0.0", "json")
 
 
@@ -709,6 +717,17 @@ def test_k8s_workers_take_the_snapshot_key_from_a_secret_not_shipped():
     assert not [name for name in docs if name.startswith("Secret/")]  # each deployment makes its own
     assert f"kubectl create secret generic {key['name']}" in (K8S / "kustomization.yaml").read_text()
     assert not {k for k in docs["ConfigMap/retention-streams"]["data"] if k.startswith("RETENTION_SNAPSHOT_KEY")}
+
+
+def test_k8s_workers_take_the_pseudonym_key_from_a_secret_not_shipped():
+    docs = k8s_documents()
+    [container] = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    key = env["RETENTION_PSEUDONYM_KEY"]["valueFrom"]["secretKeyRef"]
+    previous = env["RETENTION_PSEUDONYM_KEYS_PREVIOUS"]["valueFrom"]["secretKeyRef"]
+    assert key["name"] == previous["name"] == "retention-pseudonym-key" and not key.get("optional") and previous["optional"] is True
+    assert f"kubectl create secret generic {key['name']}" in (K8S / "kustomization.yaml").read_text()
+    assert not {k for k in docs["ConfigMap/retention-streams"]["data"] if k.startswith("RETENTION_PSEUDONYM_KEY")}
 
 
 def test_k8s_autoscaling_on_consumer_lag():

@@ -38,7 +38,6 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from models.bundle import Models
 from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
 from models.reco import interactions
-from streams.domain.actions import encode_action
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
 from streams.domain.engine import Step, Unknown, due_at, on_due, on_event, went_out
@@ -46,6 +45,7 @@ from streams.domain.events import Click, Heartbeat, Invalid, Outcome, Purchase, 
 from streams.domain.items import ItemRecommender, history
 from streams.domain.loyalty import LoyaltyRanks
 from streams.domain.population import Population, rfm_of
+from streams.domain.privacy import ConsentChange, ErasureRequest
 from streams.domain.rules import Decider
 from streams.domain.schedule import DueQueue
 from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
@@ -61,6 +61,7 @@ from streams.runtime.kafka import consumer as new_consumer
 from streams.runtime.kafka import producer as new_producer
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.partitioning import make_partitioner
+from streams.runtime.privacy import CONSENTS, ERASURE_REQUESTS, Privacy, create_privacy_topics
 from streams.runtime.settings import Settings
 from streams.runtime.user_store import PartitionStore, StoreOptions
 
@@ -111,9 +112,11 @@ class BatchIngest:
         self.settings = settings
         self.cfg = settings.engine
         self.follower = follower
-        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed"}
-        data = [t for t in settings.inbound_topics if t != settings.topic_heartbeats]
-        self.inputs = data + [settings.rekey_topic, settings.topic_heartbeats]  # heartbeats last at equal times
+        self.logical = {**settings.inbound_topics, settings.rekey_topic: "rekeyed", settings.topic_erasure_requests: ERASURE_REQUESTS,
+                        settings.topic_consents: CONSENTS}
+        data = [t for t in settings.inbound_topics if t != settings.topic_heartbeats] + [settings.topic_consents]
+        # heartbeats last at equal times; erasure requests have no event time: released as they arrive
+        self.inputs = [settings.topic_erasure_requests] + data + [settings.rekey_topic, settings.topic_heartbeats]
         self.partition_for = make_partitioner(settings.partitions)
         self.skew_ms = int(settings.max_clock_skew_s * 1000)
         self.dead_letter_cfg = settings.dead_letter
@@ -130,13 +133,14 @@ class BatchIngest:
         self.population = Population()
         self.loyalty_cfg = settings.loyalty
         self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
+        self.privacy = Privacy(self)  # pseudonyms, erasures, the erased-ids set (streams/runtime/privacy.py)
         self.decide = Decider(
             self.policy, lambda state, now, churn: self._snapshot(state, now, self.models_at(now), churn, learn=False)[0],
             self.reco, bandits=lambda now: self.models_at(now).bandits, uplift=lambda now: self.models_at(now).uplift,
         )
         # the guard rails, with each partition's budget in its store
         self.gate = ActionGate(app, self.policy, settings.partitions, set(self.logical), budgets=_Budgets(self),
-                               owned=self.owned_partitions)
+                               owned=self.owned_partitions, consent_required=settings.consent_required)
         metrics.POLICY_INFO.info({"file": str(settings.policy_path), "rules": ",".join(r.name for r in self.policy.rules),
                                   "version": str(self.policy.version)})
         self.works: dict[int, PartitionWork] = {}
@@ -241,6 +245,7 @@ class BatchIngest:
     async def _run(self) -> None:
         await self.owners.changelog_topic.maybe_declare()
         await asyncio.to_thread(create_changelog, self.settings)
+        await asyncio.to_thread(create_privacy_topics, self.settings)
         try:
             await asyncio.to_thread(self._loop)
         finally:
@@ -363,6 +368,7 @@ class BatchIngest:
         """Due queues and the RFM population of the partitions just taken (one pass over their users)."""
         for p in partitions:
             work = self.works[p]
+            self.privacy.purge(work)
             for state in work.store.users():
                 self.population.update(None, rfm_of(state))
                 work.queue.schedule(state.user_id, due_at(state, self.cfg))
@@ -414,8 +420,12 @@ class BatchIngest:
         _, ts_ms = msg.timestamp()
         kafka_ts = ts_ms if ts_ms > 0 else None
         latest = self.polled_ms if kafka_ts is None else min(kafka_ts, self.polled_ms)
-        result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
-                        max_bytes=self.settings.max_record_bytes)
+        own_decoder = self.privacy.decoder(logical)  # erasure requests, consents
+        if own_decoder is not None:
+            result = own_decoder(msg.value(), latest + self.skew_ms)
+        else:
+            result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
+                            max_bytes=self.settings.max_record_bytes)
         metrics.count_framing(logical, msg.value())
         work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
 
@@ -442,7 +452,7 @@ class BatchIngest:
     def _merge_ts(self, partition: int, result: Any) -> int | None:
         if isinstance(result, Heartbeat):
             return result.ts
-        if isinstance(result, USER_EVENTS) and self.partition_for(result.user_id) == partition:
+        if isinstance(result, (*USER_EVENTS, ConsentChange)) and self.partition_for(result.user_id) == partition:
             return result.ts
         return None
 
@@ -549,6 +559,9 @@ class BatchIngest:
         if isinstance(result, Heartbeat):
             metrics.RECORDS.labels(topic, "heartbeat").inc()
             return result.ts
+        if isinstance(result, ErasureRequest):
+            self.privacy.erase(work, msg, result)
+            return None
         user_id = result.user_id
         owner = self.partition_for(user_id)
         if owner != work.partition:
@@ -556,6 +569,13 @@ class BatchIngest:
             self._emit(self.settings.rekey_topic, user_id.encode(), msg.value(), partition=owner,
                        headers={SOURCE_HEADER: topic.encode()})
             return None
+        folded = self.privacy.edge(work, topic, result)  # the pseudonym; None: an erased customer (counted)
+        if folded is None:
+            return result.ts
+        result, user_id = folded, folded.user_id
+        if isinstance(result, ConsentChange):
+            self.privacy.consent(work, result)
+            return result.ts
         store = work.store
         state = store.get(user_id)
         # the due time the user's last step left (every stored user is in the queue: _finish
@@ -618,16 +638,16 @@ class BatchIngest:
             if example.days is not None:
                 metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
                 metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
-        for reward in bandit_examples(step.rewards, at):
+        for reward in bandit_examples(step.rewards, at, state.user_id):
             self._label(reward)
-        for outcome in uplift_examples(step.outcomes, at):
+        for outcome in uplift_examples(step.outcomes, at, state.user_id):
             self._label(outcome)
         sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, work.partition, now).allowed:
                 continue  # counted by reason; not sent
             sent.append(action)
-            self._emit(self.settings.topic_actions, state.user_id.encode(), encode_action(action))
+            self._emit(self.settings.topic_actions, state.user_id.encode(), self.privacy.action_value(work, action))
             metrics.ACTIONS.labels(action.kind, action.reason.rule, action.group).inc()
             if self.trigger_kafka_ts is not None:
                 metrics.ACTION_LATENCY.labels(action.kind).observe(time.time() - self.trigger_kafka_ts / 1000)
@@ -777,7 +797,7 @@ class BatchIngest:
         partition = self.partition_for(user_id)
         with self.lock:
             work = self.works.get(partition)
-            state = work.store.get(user_id) if work is not None else None
+            state = work.store.get(self.privacy.key_of(user_id, work.store)) if work is not None else None
             if state is None:
                 return None
             now = max(state.clock, work.clock.now)

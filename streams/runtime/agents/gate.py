@@ -14,6 +14,7 @@ budget and start cooldowns, so both groups see the same guard rails).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -35,14 +36,15 @@ class ActionGate:
     (default: the ``budgets`` table; the batched path passes its partition stores)."""
 
     def __init__(self, app: faust.App, policy: Policy, partitions: int, inbound: set[str],
-                 budgets: Any = None, owned: Any = None) -> None:
+                 budgets: Any = None, owned: Any = None, consent_required: bool = False) -> None:
         self.app = app
         self.policy = policy
         self.inbound = inbound
         self.budgets = budgets if budgets is not None else app.Table("budgets", partitions=partitions, key_type=bytes, value_type=bytes)
         #: the partitions this worker processes (default: its Faust consumer's inbound ones)
         self.owned = owned or (lambda: {tp.partition for tp in self.app.consumer.assignment() if tp.topic in self.inbound})
-        self.limits = [partition_limits(policy.guards, p, partitions) for p in range(partitions)]
+        self.limits = [dataclasses.replace(partition_limits(policy.guards, p, partitions), consent_required=consent_required)
+                       for p in range(partitions)]
         self.coupons = {rule.name: rule.coupon for rule in policy.rules if rule.coupon is not None}
         app.on_rebalance_complete.connect(self._on_rebalance)
 

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from models.bundle import Models
-from models.examples import Watermark, decode_example
+from models.examples import Forget, Watermark, decode_example
 from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models, version_of
 from streams.runtime import metrics
 from streams.runtime.model_sync import ModelFollower
@@ -25,6 +25,9 @@ from streams.runtime.settings import Settings
 from streams.runtime.transport import ack, guard
 
 log = logging.getLogger(__name__)
+
+#: Marks an unacknowledged forget record (with the model boundary of its time) in TrainerAgent.unacked.
+FORGET = "forget"
 
 MARKER_KEY = b"covered"
 
@@ -49,7 +52,8 @@ class TrainerAgent:
         self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
         guard(app, self.labels.topics)  # committed only as far as the trainer acknowledged them
         self.trainer: Trainer[Models] | None = None
-        self.unacked: list[tuple[int | None, Any]] = []  # (example time, or None for a watermark; event)
+        # (example time, or None for a watermark, or (FORGET, model boundary); event)
+        self.unacked: list[tuple[int | tuple[str, int] | None, Any]] = []
         app.on_rebalance_complete.connect(self._on_rebalance)
         app.agent(self.labels, name="model-trainer")(self.run)
 
@@ -63,6 +67,13 @@ class TrainerAgent:
                 log.error("model-labels@%d unreadable, skipped: %r", event.message.offset, exc)
                 metrics.MODEL_TRAINER_RECORDS.labels("invalid").inc()
                 await ack(self.stream, event)
+                continue
+            if isinstance(record, Forget):  # an erased customer: nothing to learn
+                metrics.MODEL_TRAINER_RECORDS.labels("forget").inc()
+                trainer.forget(record.user)
+                # what the models held of them (BG/NBD) is gone for good once a snapshot with models
+                # follows: acknowledged then (read again after a crash before it), else like a watermark
+                self.unacked.append(((FORGET, trainer.model_boundary or -1) if trainer.forgot_in_models else None, event))
                 continue
             if isinstance(record, Watermark):
                 metrics.MODEL_TRAINER_RECORDS.labels("watermark").inc()
@@ -117,7 +128,10 @@ class TrainerAgent:
         covered = trainer.covered
         done = 0
         for at, event in self.unacked:
-            if at is not None and (covered is None or at >= covered):
+            if isinstance(at, tuple):  # a forget: once the models were published after it
+                if (trainer.model_boundary or -1) <= at[1]:
+                    break
+            elif at is not None and (covered is None or at >= covered):
                 break
             await ack(self.stream, event)
             done += 1
