@@ -68,7 +68,7 @@ class Operations:
         self._stall_logged = False
         self.logical = {**settings.inbound_topics, settings.rekey_topic: REKEYED,
                         settings.topic_erasure_requests: "erasure-requests",
-                        settings.topic_consents: "consents"}  # (these two read by the batched path only)
+                        settings.topic_consents: "consents"}
         self._lag_series: set[tuple[str, str]] = set()
         self._assigned_series: set[str] = set()
         metrics.BUILD.info({"version": _version("retention-streams"), "faust": _version("faust-streaming"),

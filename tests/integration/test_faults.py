@@ -23,7 +23,7 @@ from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher
 from streams.runtime.settings import Settings, embedded_overrides
 from tests.integration.conftest import Pipeline, fresh_env, new_pipeline, settings_of
-from tests.integration.test_operations import eventually, get, lag_series
+from tests.integration.test_operations import LOGICAL, eventually, get, lag_series
 from tests.integration.test_pipeline import T0
 
 pytestmark = pytest.mark.integration
@@ -134,7 +134,7 @@ def test_a_full_disk_stops_the_worker_and_a_restart_with_room_loses_nothing(pipe
     def caught_up() -> bool:
         stalls = [line for line in again.log_file.read_text(errors="replace").splitlines() if "worker stalled" in line]
         assert not stalls, stalls[0][-400:]  # (what the per-record Faust agent did once after a restart)
-        return bool((lag := lag_series(again)) and len(lag) == 6 * parts and sum(lag.values()) == 0)
+        return bool((lag := lag_series(again)) and len(lag) == len(LOGICAL) * parts and sum(lag.values()) == 0)
 
     eventually(caught_up, timeout=180, what="every input committed to its end after the restart")
     users = {}
