@@ -201,7 +201,7 @@ MODEL_SNAPSHOTS = Counter("retention_model_snapshots", "Snapshots the trainer pu
 MODEL_SNAPSHOTS_REFUSED = Counter(
     "retention_model_snapshots_refused",
     "model-snapshots records this worker refused to load, by reason: unsigned, bad_signature, malformed, newer_format, "
-    "forbidden_global (README, Operations: \"The model snapshot key\").",
+    "forbidden_global (docs/operations.md: \"The model snapshot key\").",
     ["reason"],
 )
 

@@ -63,7 +63,7 @@ class Publisher:
         self.settings = settings
         self.client = client or producer(settings, **{"message.timeout.ms": int(settings.delivery_timeout_s * 1000)})
         self.names = {logical: actual for actual, logical in settings.inbound_topics.items()}
-        self.names["consents"] = settings.topic_consents  # (read by the batched path: README, "Customers' privacy")
+        self.names["consents"] = settings.topic_consents  # (read by the batched path: docs/privacy.md)
         self.report = PublishReport()
 
     def _delivered(self, err: object, msg: object) -> None:

@@ -176,14 +176,14 @@ class Settings(BaseSettings):
         0.0, ge=0,
         description="Diagnostic, off at 0: every this many seconds the worker logs, per partition Faust's consumer reads "
         "(model-labels), the offsets it fetched, handed to the stream, acknowledged and committed, its gap ranges, "
-        "and seeks and commits as they happen (README, Operations: \"Tracing Faust's offsets\").",
+        "and seeks and commits as they happen (docs/operations.md: \"Tracing Faust's offsets\").",
     )
     snapshot_key: SecretStr | None = Field(
         None,
         description="Secret the trainer signs model snapshots with (HMAC-SHA256) and every worker checks before it loads one "
         f"(snapshots are pickles): at least {KEY_MIN_CHARS} characters, the same on every worker; make one with "
         f"`{MAKE_A_KEY}`. A worker without a key (nor RETENTION_SNAPSHOT_KEY_FILE) does not start "
-        "(README, Operations: \"The model snapshot key\").",
+        "(docs/operations.md: \"The model snapshot key\").",
     )
     snapshot_key_file: Path | None = Field(
         None,
@@ -233,7 +233,7 @@ class Settings(BaseSettings):
     pseudonymize: bool = Field(
         False,
         description="Replace every event's user_id by a keyed HMAC-SHA256 pseudonym (`ps_` + 40 hex digits) on ingest: state, "
-        "learning, actions, user-scores and exports carry the pseudonym only (README, \"Customers' privacy\"). Off in code so "
+        "learning, actions, user-scores and exports carry the pseudonym only (docs/privacy.md). Off in code so "
         "that existing deployments keep their state's keys; on in the shipped docker-compose and Kubernetes files. Producers "
         "that already send pseudonyms leave it off.",
     )
@@ -247,7 +247,7 @@ class Settings(BaseSettings):
     pseudonym_keys_previous: SecretStr | None = Field(
         None, description="Previous pseudonym keys, comma separated, while a key is rotated: a customer's state kept under an "
         "old key's pseudonym moves to the new one at their next event, and erasures and the erased-ids set cover every key "
-        "(README, \"Customers' privacy\": rotating the key).",
+        "(docs/privacy.md: rotating the key).",
     )
     actions_include_user_id: bool = Field(
         False,
