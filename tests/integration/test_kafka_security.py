@@ -1,5 +1,5 @@
 """The Kafka security settings on real connections: TLS (RETENTION_KAFKA_SECURITY_PROTOCOL=SSL
-with a private CA) end to end, through every client of ours and Faust's.
+with a private CA) end to end, through every client of ours and Faust's, and mutual TLS.
 
 The embedded broker cannot serve TLS itself: Tansu 0.6.0's command line puts ``--cert`` and
 ``--key`` in one exclusive group ("the argument '--cert <CERT>' cannot be used with
@@ -43,8 +43,9 @@ MS_PER_DAY = 86_400_000
 
 
 def make_pki(tmp: Path) -> dict[str, Path]:
-    """A CA, and two server certificates it signs (the openssl CLI): ``cert`` for 127.0.0.1 and
-    localhost, ``elsewhere`` for another host name (same CA), each with its key."""
+    """A CA, and the certificates it signs (the openssl CLI): ``cert`` for 127.0.0.1 and
+    localhost, ``elsewhere`` for another host name, each with its key, and ``client`` with
+    its encrypted key."""
     def openssl(*args: str | Path) -> None:
         subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
 
@@ -58,20 +59,31 @@ def make_pki(tmp: Path) -> dict[str, Path]:
                                          "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
         openssl("x509", "-req", "-in", tmp / f"{name}.csr", "-CA", tmp / "ca.pem", "-CAkey", tmp / "ca.key", "-CAcreateserial",
                 "-out", tmp / f"{name}.pem", "-days", "1", "-extfile", tmp / f"{name}.ext")
+    # a client certificate for mutual TLS, its key encrypted (PKCS#8) with the password "keypw"
+    openssl("req", "-newkey", "rsa:2048", "-passout", "pass:keypw", "-keyout", tmp / "client.key", "-out", tmp / "client.csr",
+            "-subj", "/CN=retention-worker")
+    (tmp / "client.ext").write_text("basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n")
+    openssl("x509", "-req", "-in", tmp / "client.csr", "-CA", tmp / "ca.pem", "-CAkey", tmp / "ca.key", "-CAcreateserial",
+            "-out", tmp / "client.pem", "-days", "1", "-extfile", tmp / "client.ext")
     return {"ca": tmp / "ca.pem", "cert": tmp / "cert.pem", "key": tmp / "cert.key",
-            "elsewhere": tmp / "elsewhere.pem", "elsewhere_key": tmp / "elsewhere.key"}
+            "elsewhere": tmp / "elsewhere.pem", "elsewhere_key": tmp / "elsewhere.key",
+            "client": tmp / "client.pem", "client_key": tmp / "client.key"}
 
 
 class TlsTerminator:
     """Accepts TLS connections on a loopback port (its own event loop, in a thread) and
     relays each one's bytes to the broker's plaintext port. ``connections``: TLS sessions
-    set up (a connection whose handshake fails never gets here)."""
+    set up (a connection whose handshake fails never gets here). With ``client_ca``, only
+    clients with a certificate that CA signed are let in (mutual TLS)."""
 
-    def __init__(self, upstream_port: int, cert: Path, key: Path) -> None:
+    def __init__(self, upstream_port: int, cert: Path, key: Path, client_ca: Path | None = None) -> None:
         self.port = free_port()
         self.upstream_port = upstream_port
         self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(client_ca)
         self.connections = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="tls-terminator", daemon=True)
@@ -188,6 +200,26 @@ def test_clients_without_the_ca_or_without_tls_or_for_another_host_are_refused(
     check_brokers(trusted, timeout=30)  # the same broker, with the CA and its own name: answers
     assert aiokafka_connects(trusted)
     assert terminator.connections >= 2
+
+
+def test_mutual_tls_with_an_encrypted_client_key(tls_broker: tuple[TlsTerminator, dict[str, Path]]) -> None:
+    terminator, pki = tls_broker
+    mutual = TlsTerminator(terminator.upstream_port, pki["cert"], pki["key"], client_ca=pki["ca"]).start()
+    try:
+        server_only = settings_of(fresh_env(tls_env(mutual, RETENTION_KAFKA_SSL_CAFILE=str(pki["ca"]))))
+        with pytest.raises(BrokersUnreachable):
+            check_brokers(server_only, timeout=5)
+        assert not aiokafka_connects(server_only)
+        assert mutual.connections == 0  # no client certificate: no TLS session
+
+        client = settings_of(fresh_env(tls_env(
+            mutual, RETENTION_KAFKA_SSL_CAFILE=str(pki["ca"]), RETENTION_KAFKA_SSL_CERTFILE=str(pki["client"]),
+            RETENTION_KAFKA_SSL_KEYFILE=str(pki["client_key"]), RETENTION_KAFKA_SSL_KEY_PASSWORD="keypw")))
+        check_brokers(client, timeout=30)
+        assert aiokafka_connects(client)
+        assert mutual.connections >= 2
+    finally:
+        mutual.stop()
 
 
 def aiokafka_connects(settings: Settings) -> bool:
