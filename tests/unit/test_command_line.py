@@ -226,3 +226,16 @@ def test_the_broker_is_an_extra_not_a_runtime_dependency_and_the_image_installs_
     installs = re.findall(r"^RUN pip install (\S+)", (ROOT / "deploy" / "Dockerfile").read_text(), re.M)
     assert installs == ["."]
     assert (ROOT / "LICENSE").read_text().lstrip("\n").startswith(" " * 33 + "Apache License\n") and project["license"] == "Apache-2.0"
+
+
+def test_the_embedded_broker_can_advertise_another_port_than_it_listens_on() -> None:
+    """A TLS terminator in front of it (tests/integration/test_kafka_security.py): clients are sent to the terminator."""
+    from streams.runtime.broker import broker_command
+
+    def after(cmd: list[str], flag: str) -> str:
+        return cmd[cmd.index(flag) + 1]
+
+    relayed = broker_command(9092, advertised_port=9093)
+    assert (after(relayed, "--listener-url"), after(relayed, "--advertised-listener-url")) == ("tcp://127.0.0.1:9092", "tcp://127.0.0.1:9093")
+    direct = broker_command(9092)
+    assert (after(direct, "--listener-url"), after(direct, "--advertised-listener-url")) == ("tcp://127.0.0.1:9092", "tcp://127.0.0.1:9092")
