@@ -356,15 +356,16 @@ def scores_export(
 
 @app.command()
 def demo(
-    customers: Annotated[int, typer.Option(help="Customers at the start.")] = 600,
-    days: Annotated[float, typer.Option(help="Simulated days.")] = 150.0,
+    customers: Annotated[int, typer.Option(help="Customers at the start (600 for the longer run of earlier releases).")] = 300,
+    days: Annotated[float, typer.Option(help="Simulated days (150 for the longer run of earlier releases).")] = 90.0,
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second; 0 = as fast as possible.")] = 0.0,
     control_share: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Share of customers in the control group (default: control_share of the policy file).")] = None,
+    details: Annotated[bool, typer.Option("--details", help="Print every table, an example per rule, two actions and a profile.")] = False,
 ) -> None:
-    """Embedded broker + a worker + the simulator, the loop closed; live progress, then a summary."""
+    """Embedded broker + a worker + the simulator, the loop closed; live progress, then a one-screen summary."""
     from streams.runtime.demo import run_demo
 
-    raise typer.Exit(run_demo(customers=customers, days=days, speed=speed or None, control_share=control_share))
+    raise typer.Exit(run_demo(customers=customers, days=days, speed=speed or None, control_share=control_share, details=details))
 
 
 @app.command()

@@ -23,7 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from streams.domain.policy_file import DEFAULT_POLICY, load_policy
@@ -47,7 +47,8 @@ def policy_with_control_share(path: Path, share: float) -> Path:
     return path
 
 
-def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None, control_share: float | None = None) -> int:
+def run_demo(customers: int, days: float, speed: float | None, workdir: Path | None = None, control_share: float | None = None,
+             details: bool = False) -> int:
     console = Console()
     workdir = workdir or Path("var/demo") / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -68,9 +69,12 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
         marketing = MarketingLoop(settings, shop, worker)
         stack.callback(marketing.close)
         publisher = Publisher(settings)
-        columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+        # published: event-time days of the shop (the total is known, so the ETA is); processed:
+        # the records published so far
+        columns = (TextColumn("{task.description:<10}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:
-            sim = bar.add_task("published", total=None, info="")
+            sim = bar.add_task("published", total=days, info=f"day 0/{days:g}")
             work = bar.add_task("processed", total=None, info="")
             seen = {"t0": 0, "last": 0.0}
 
@@ -80,44 +84,52 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
                 now = time.monotonic()
                 if now - seen["last"] > 0.25:
                     seen["last"] = now
-                    bar.update(sim, completed=publisher.report.total, info=f"day {(record.ts_ms - seen['t0']) / 86_400_000:.0f}")
-                    bar.update(work, completed=worker.total("retention_records_total"), info=f"{worker.total('retention_actions_total'):.0f} actions")
+                    day = min((record.ts_ms - seen["t0"]) / 86_400_000, days)
+                    published = publisher.report.total
+                    bar.update(sim, completed=day, info=f"day {day:.0f}/{days:g}, {published:,} records")
+                    done = worker.total("retention_records_total") - worker.total("retention_records_total", result="rekeyed")
+                    bar.update(work, completed=done, total=max(published, 1),
+                               info=f"{done:,.0f}/{published:,} records, {worker.total('retention_actions_total'):.0f} actions")
 
             started = time.monotonic()
             report = publisher.publish(simulation_records(shop), speed=speed, on_record=tick)
             publisher.close()
-            bar.update(sim, completed=report.total, total=report.total)
+            bar.update(sim, completed=days, info=f"day {days:g}/{days:g}, {report.total:,} records")
             bar.update(work, total=report.total)
             deadline = time.monotonic() + 600
             while (done := worker.total("retention_records_total") - worker.total("retention_records_total", result="rekeyed")) < report.total:
                 if time.monotonic() > deadline or not worker.alive:
                     console.print(f"[red]worker stopped short at {done:.0f} of {report.total}; see {worker.log_file}[/red]")
                     return 1
-                bar.update(work, completed=done, info=f"{worker.total('retention_actions_total'):.0f} actions")
+                bar.update(work, completed=done, info=f"{done:,.0f}/{report.total:,} records, {worker.total('retention_actions_total'):.0f} actions")
                 time.sleep(0.25)
-            bar.update(work, completed=report.total)
+            bar.update(work, completed=report.total, info=f"{report.total:,}/{report.total:,} records, "
+                                                          f"{worker.total('retention_actions_total'):.0f} actions")
             elapsed = time.monotonic() - started
 
         actions = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_actions, at_least=int(worker.total('retention_actions_total')))]
         dead = [json.loads(msg.value()) for msg in read_topic(settings, settings.topic_dead_letters, at_least=int(worker.total('retention_dead_letters_total')))]
         with open(workdir / "actions.jsonl", "w") as out:  # to compare runs (action_id: one per decision)
             out.writelines(json.dumps(action, sort_keys=True) + "\n" for action in actions)
-        print_summary(console, shop, report.sent, worker, actions, dead)
+        print_summary(console, shop, report.sent, worker, actions, dead, details)
         status, stats = worker.get_json("/actions/stats")
         clock_ms = int(min(v for _, v in worker.samples("retention_event_time_seconds")) * 1000)
         truth = shop.uplift_truth(clock_ms - settings.engine.attribution.lateness_ms)
         itt_truth = shop.itt_truth(clock_ms - settings.engine.attribution.lateness_ms, settings.policy.control_by)
-        print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence, itt_truth)
+        print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence, itt_truth, details)
         with open(workdir / "uplift.json", "w") as out:
             json.dump({"measured": stats, "truth": truth, "itt_truth": itt_truth}, out, indent=1)
         console.print(
-            f"{report.total} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "
-            f"of wall time: {report.total / elapsed:,.0f} records/s through one worker"
+            f"{report.total:,} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "
+            f"of wall time: {report.total / elapsed:,.0f} records/s through one worker (paced by the closed loop: not a benchmark)"
         )
+        console.print(f"kept in {workdir}: worker.log, actions.jsonl, uplift.json" + ("" if details else "; `retention demo --details` prints every table"))
         return 0 if actions and dead else 1
 
 
-def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: WorkerProcess, actions: list[dict], dead: list[dict]) -> None:
+def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: WorkerProcess, actions: list[dict], dead: list[dict],
+                  details: bool = False) -> None:
+    """One screen by default; ``details``: every table, an example per rule, two actions and a profile."""
     results = Table(title="Records in", show_lines=False)
     for column in ("topic", "published", "ok", "late", "duplicate", "invalid", "rekeyed"):
         results.add_column(column, justify="right" if column != "topic" else "left")
@@ -132,31 +144,52 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
     table = Table(title=f"Dead letters: {len(dead)} on the dead-letter topic, top reasons")
     table.add_column("count", justify="right")
     table.add_column("error")
-    for reason, count in reasons.most_common(6):
+    for reason, count in reasons.most_common(6 if details else 3):
         table.add_row(str(count), reason)
     console.print(table)
 
-    by = Counter((a["kind"], a["reason"]["rule"], a["group"]) for a in actions)
-    table = Table(title=f"Retention actions: {len(actions)} on the actions topic, by kind and rule (policy: {worker.env.get('RETENTION_POLICY_FILE', 'deploy/policy.yaml')})")
-    for column in ("kind", "rule", "group", "count"):
-        table.add_column(column, justify="right" if column == "count" else "left")
-    for (kind, rule, group), count in sorted(by.items()):
-        table.add_row(kind, rule, group, str(count))
-    console.print(table)
-    suppressed = Table(title="Decided but suppressed by the guard rails (not sent)")
-    for column in ("kind", "reason", "count"):
-        suppressed.add_column(column, justify="right" if column == "count" else "left")
-    for labels, value in sorted(worker.samples("retention_actions_suppressed_total"), key=lambda s: (s[0]["kind"], s[0]["reason"])):
-        suppressed.add_row(labels["kind"], labels["reason"], f"{value:.0f}")
-    console.print(suppressed)
+    if not details:
+        kinds = Counter((a["kind"], a["group"]) for a in actions)
+        suppressed_n = sum(v for _, v in worker.samples("retention_actions_suppressed_total"))
+        console.print(f"Retention actions: {len(actions)} on the actions topic: " + "; ".join(
+            f"{kind} {kinds[(kind, 'treatment')]} treatment / {kinds[(kind, 'control')]} control"
+            for kind in sorted({k for k, _ in kinds})) + f"; {suppressed_n:.0f} decided but suppressed by the guard rails",
+            highlight=False)
+    if details:
+        by = Counter((a["kind"], a["reason"]["rule"], a["group"]) for a in actions)
+        table = Table(title=f"Retention actions: {len(actions)} on the actions topic, by kind and rule (policy: {worker.env.get('RETENTION_POLICY_FILE', 'deploy/policy.yaml')})")
+        for column in ("kind", "rule", "group", "count"):
+            table.add_column(column, justify="right" if column == "count" else "left")
+        for (kind, rule, group), count in sorted(by.items()):
+            table.add_row(kind, rule, group, str(count))
+        console.print(table)
+        suppressed = Table(title="Decided but suppressed by the guard rails (not sent)")
+        for column in ("kind", "reason", "count"):
+            suppressed.add_column(column, justify="right" if column == "count" else "left")
+        for labels, value in sorted(worker.samples("retention_actions_suppressed_total"), key=lambda s: (s[0]["kind"], s[0]["reason"])):
+            suppressed.add_row(labels["kind"], labels["reason"], f"{value:.0f}")
+        console.print(suppressed)
+        print_examples(console, actions)
+    ground_truth(console, shop, worker, actions)
+    if details:
+        print_profile(console, worker, actions)
+
+
+def print_examples(console: Console, actions: list[dict]) -> None:
     console.print("why, one example per rule:")
     for rule in sorted({a["reason"]["rule"] for a in actions}):
         a = next(x for x in actions if x["reason"]["rule"] == rule)
         r = a["reason"]
         scores = ", ".join(f"{k} {v:.2f}" for k, v in r["scores"].items())
         context = f"{r.get('trigger')}, stage {r.get('lifecycle_stage')}, tier {r.get('loyalty_tier')}, segment {r.get('segment')}"
-        console.print(f"  {rule}: {a['kind']} {json.dumps(a['payload'])[:90]} for {a['user_id']} at {a['ts']}; "
+        payload = json.dumps(a["payload"])
+        if len(payload) > 90:  # whole items, never a JSON cut mid-token
+            payload = json.dumps({k: (v[:2] + ["..."] if isinstance(v, list) and len(v) > 2 else v) for k, v in a["payload"].items()})
+        console.print(f"  {rule}: {a['kind']} {payload} for {a['user_id']} at {a['ts']}; "
                       f"{context}; scores {scores}; models {r['model_versions']}", highlight=False)
+
+
+def ground_truth(console: Console, shop: Shop, worker: WorkerProcess, actions: list[dict]) -> None:
     coupons = [a for a in actions if a["kind"] == "coupon"]
     states = Counter(shop.state_at(a["user_id"], parse_ts(a["ts"])).value for a in coupons)
     truth = ", ".join(f"{state} {count / len(coupons):.0%}" for state, count in states.most_common()) if coupons else "-"
@@ -166,6 +199,9 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
         f"churn model: {worker.total('retention_model_labels_learned', model='churn-logreg'):.0f} matured labels learned; "
         + ("still on the recency prior" if prior else "learned model in use")
     )
+
+
+def print_profile(console: Console, worker: WorkerProcess, actions: list[dict]) -> None:
     for action in actions[:2]:
         console.print_json(json.dumps(action))
     if actions:
@@ -178,11 +214,26 @@ def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: Work
         console.print_json(json.dumps(picked))
 
 
-def print_uplift(console: Console, stats: dict, truth: dict, offered: int, confidence: float, itt_truth: dict | None = None) -> None:
+def print_uplift(console: Console, stats: dict, truth: dict, offered: int, confidence: float, itt_truth: dict | None = None,
+                 details: bool = False) -> None:
     """Measured (GET /actions/stats) beside true uplift (the simulator's), per kind: the
     intention-to-treat contrast (one observation per customer) is the uplift; the
     per-decision contrast, which the rules' feedback biases upwards, is shown beside it."""
     itt_truth = itt_truth or {}
+    if not details:
+        compact = Table(title=f"What the actions achieved ({offered} delivered back to the shop)")
+        for column in ("kind", "customers T/C", "measured uplift [95 % CI]", "true"):
+            compact.add_column(column, justify="left" if column == "kind" else "right")
+        for kind, arms in sorted(stats.get("by_kind", {}).items()):
+            it = arms.get("itt") or {}
+            iu, real = it.get("uplift"), itt_truth.get(kind, {})
+            compact.add_row(kind, f"{it.get('treatment', {}).get('matured', 0)}/{it.get('control', {}).get('matured', 0)}",
+                            f"{iu['estimate']:+.3f} [{iu['low']:+.3f}, {iu['high']:+.3f}]" if iu else "-",
+                            f"{real['true_uplift']:+.3f}" if real else "-")
+        console.print(compact)
+        console.print("uplift: a purchase within the attribution window after the customer's first decision of the kind, "
+                      "treatment minus control; true: known to the simulator (docs/measuring-actions.md)")
+        return
     table = Table(title=f"What the actions achieved: measured vs true uplift ({offered} actions delivered back to the shop)")
     for column in ("kind", "customers T/C", "converted T/C", "uplift [CI]", "true uplift", "expected",
                    "decisions T/C (matured)", "redeemed T", "per decision [CI]", "true per decision"):

@@ -111,7 +111,7 @@ def test_heartbeat_publishes_the_lagged_wall_clock_to_every_partition(pipeline: 
 
 def test_demo_runs_the_whole_path_on_its_own_embedded_broker(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
-    result = retention("demo", "--customers", "80", "--days", "75", env=env, cwd=tmp_path, timeout=600)
+    result = retention("demo", "--customers", "80", "--days", "75", "--details", env=env, cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
     assert "Dead letters:" in out and "Retention actions:" in out and "lapsed_after_streak" in out
