@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from streams.domain.policy_file import DEFAULT_POLICY, load_policy
-from streams.domain.timestamps import parse_ts
+from streams.domain.timestamps import MS_PER_DAY, parse_ts
 from streams.runtime.broker import cluster_or_embedded
 from streams.runtime.feedback import MarketingLoop
 from streams.runtime.kafka import create_topics, read_topic
@@ -77,10 +77,12 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
             sim = bar.add_task("published", total=days, info=f"day 0/{days:g}")
             work = bar.add_task("processed", total=None, info="")
             seen = {"t0": 0, "last": 0.0}
+            daily: dict[str, Counter[int]] = {}  # records per topic per day of event time (the report)
 
             def tick(record) -> None:  # type: ignore[no-untyped-def]
                 marketing.pace(record)  # the actions decided so far reach the customers
                 seen["t0"] = seen["t0"] or record.ts_ms
+                daily.setdefault(record.topic, Counter())[(record.ts_ms - seen["t0"]) // MS_PER_DAY] += 1
                 now = time.monotonic()
                 if now - seen["last"] > 0.25:
                     seen["last"] = now
@@ -119,12 +121,41 @@ def run_demo(customers: int, days: float, speed: float | None, workdir: Path | N
         print_uplift(console, stats if status == 200 else {}, truth, len(marketing.offered), settings.uplift_confidence, itt_truth, details)
         with open(workdir / "uplift.json", "w") as out:
             json.dump({"measured": stats, "truth": truth, "itt_truth": itt_truth}, out, indent=1)
+        picture = write_picture(workdir, shop, daily, seen["t0"], actions, stats if status == 200 else {}, itt_truth,
+                                f"{report.total:,} records, {days:g} days of event time, {customers} customers at the start")
         console.print(
             f"{report.total:,} records ({days:g} days of event time) published and processed in {elapsed:.0f} s "
             f"of wall time: {report.total / elapsed:,.0f} records/s through one worker (paced by the closed loop: not a benchmark)"
         )
         console.print(f"kept in {workdir}: worker.log, actions.jsonl, uplift.json" + ("" if details else "; `retention demo --details` prints every table"))
+        console.print(f"the picture: {picture}" if picture else "no picture: matplotlib is missing (pip install 'retention-streams[demo]')")
         return 0 if actions and dead else 1
+
+
+def write_picture(workdir: Path, shop: Shop, daily: dict[str, Counter[int]], start_ms: int, actions: list[dict],
+                  stats: dict, itt_truth: dict, subtitle: str) -> Path | None:
+    """report.html next to the logs (None without matplotlib): records and actions over event
+    time, measured uplift against the truth, the actions' churn-score calibration."""
+    from streams.runtime.demo_report import calibration_bins, per_day, write_report
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return None
+    kinds: dict[str, list[int]] = {}
+    for a in actions:
+        kinds.setdefault(a["kind"], []).append(parse_ts(a["ts"]))
+    uplift = {kind: arms["itt"]["uplift"] for kind, arms in stats.get("by_kind", {}).items() if (arms.get("itt") or {}).get("uplift")}
+    scored = [(a["reason"]["scores"]["churn"], shop.state_at(a["user_id"], parse_ts(a["ts"])).value == "churned")
+              for a in actions if a["group"] == "treatment" and "churn" in a["reason"].get("scores", {})]
+    return write_report(
+        workdir / "report.html", title=f"Retention Streams demo: {subtitle}", records=daily,
+        actions={kind: per_day(times, start_ms) for kind, times in kinds.items()}, uplift=uplift, truth=itt_truth,
+        calibration=calibration_bins(scored),
+        notes=["Same seed, same shop: offers reach the simulated customers at the worker's pace, so counts vary a little from run to run.",
+               "Uplift: a purchase within the attribution window after the customer's first decision of the kind, treatment minus control (95 % interval); true: known to the simulator.",
+               "Calibration: the churn score each treated action carried when it was decided, against the simulator's latent state of the customer then."],
+    )
 
 
 def print_summary(console: Console, shop: Shop, sent: Counter[str], worker: WorkerProcess, actions: list[dict], dead: list[dict],
