@@ -143,6 +143,7 @@ class BatchIngest:
         self.vouched_at = 0.0
         self.lag_at = 0.0
         self.processed = 0  #: records folded (readiness: progress)
+        self.in_use: int | None | bool = False  #: the boundary of the models last in use (False: none yet)
         self.lag: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.ledger = Ledger()
@@ -378,6 +379,7 @@ class BatchIngest:
         def caught_up_here(topic: str, since_ms: int) -> bool:
             return self._caught_up(work, topic, since_ms)
 
+        clock = work.clock.now
         while (item := work.held or work.merge.pop(caught_up_here)) is not None:
             work.held = None
             msg, logical, result, kafka_ts = item
@@ -385,7 +387,7 @@ class BatchIngest:
             if ts is not None and not self._model_ready(work, ts):
                 work.held = item
                 work.held_since = work.held_since or time.monotonic()
-                return
+                break
             work.held_since = None
             started = time.perf_counter()
             self.trigger_kafka_ts = kafka_ts
@@ -404,6 +406,8 @@ class BatchIngest:
             metrics.PROCESSING.observe(time.perf_counter() - started)
             if kafka_ts is not None:
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
+        if work.clock.now != clock:
+            metrics.EVENT_TIME.labels(str(work.partition)).set(work.clock.now / 1000)
 
     def _pace(self, work: PartitionWork) -> None:
         """Back-pressure: an input whose records fill its share of the partition's merge stops
@@ -421,7 +425,9 @@ class BatchIngest:
 
     def models_at(self, t: int) -> Models:
         models, boundary = self.follower.store.models_at(t)
-        metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
+        if boundary != self.in_use:  # (asked several times per record; the gauge moves once a period)
+            self.in_use = boundary
+            metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
         return models
 
     def _model_ready(self, work: PartitionWork, ts: int) -> bool:
@@ -462,12 +468,12 @@ class BatchIngest:
             self._dead_letter(msg, topic, kafka_ts, result.error)
             return None
         if isinstance(result, Heartbeat):
-            metrics.RECORDS.labels(topic, "heartbeat").inc()
+            metrics.count_record(topic, "heartbeat")
             return result.ts
         user_id = result.user_id
         owner = self.partition_for(user_id)
         if owner != work.partition:
-            metrics.RECORDS.labels(topic, "rekeyed").inc()
+            metrics.count_record(topic, "rekeyed")
             self._emit(self.settings.rekey_topic, user_id.encode(), msg.value(), partition=owner,
                        headers={SOURCE_HEADER: topic.encode()})
             return None
@@ -478,7 +484,7 @@ class BatchIngest:
         due: int | None | Unknown = Unknown.DUE if state is None else work.queue.due(user_id)
         state = state or UserState(user_id)
         if redelivered(state, msg.topic(), msg.offset()):
-            metrics.RECORDS.labels(topic, "redelivered").inc()
+            metrics.count_record(topic, "redelivered")
             if user_id not in work.rewritten:  # its changelog record may not have been acknowledged
                 work.rewritten.add(user_id)
                 store.put(state)
@@ -492,7 +498,7 @@ class BatchIngest:
         touches = interactions(result)
         past = history(state) if touches else []
         step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide, due)
-        metrics.RECORDS.labels(topic, step.applied.value).inc()
+        metrics.count_record(topic, step.applied.value)
         if step.applied is Applied.CONFLICT:
             self._dead_letter(msg, topic, kafka_ts, conflict_reason(result), result=None)
         if not step.applied.counted:
@@ -508,9 +514,7 @@ class BatchIngest:
         return result.ts
 
     def _advance(self, work: PartitionWork, ts: int | None) -> None:
-        now = work.clock.advance(ts)
-        if ts is not None:
-            metrics.EVENT_TIME.labels(str(work.partition)).set(now / 1000)
+        now = work.clock.advance(ts)  # (the partition's EVENT_TIME gauge is set once per release, not per record)
         due = work.queue.pop_due(now)
         if not due:
             return
@@ -568,7 +572,7 @@ class BatchIngest:
 
     def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str, result: str | None = "invalid") -> None:
         if result is not None:  # (a conflicting re-use is counted as such by the caller)
-            metrics.RECORDS.labels(topic, result).inc()
+            metrics.count_record(topic, result)
         metrics.DEAD_LETTERS.labels(topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
         cfg = self.dead_letter_cfg
