@@ -274,6 +274,25 @@ def test_rfm_scores_rank_a_buyer_against_the_population() -> None:
     assert features(run([click("c", at(1))]), at(2), CFG, population)["rfm_recency"] == 0  # never bought
 
 
+def test_rfm_scores_are_the_share_of_buyers_strictly_below_through_any_changes() -> None:
+    """The population ranks by bisecting running counts it keeps between changes: always
+    what counting the buyers below in each histogram gives."""
+    from streams.domain.population import Population, Rfm
+
+    def counted(p: Population, values: Rfm) -> tuple[int, ...]:
+        return tuple(1 + min(4, 5 * sum(c for k, c in h.items() if k < key) // p.size) for h, key in p._bins(values))
+
+    rng, population, buyers = random.Random(5), Population(), {}
+    for _ in range(3000):
+        u = rng.randrange(200)
+        new = Rfm(rng.randrange(300), rng.randrange(1, 90), rng.randrange(10**7))
+        population.update(buyers.get(u), new)
+        buyers[u] = new
+        asked = Rfm(rng.randrange(-3, 305), rng.randrange(95), rng.randrange(2 * 10**7))
+        assert population.scores(asked) == counted(population, asked)
+        assert population.scores(new) == counted(population, new)
+
+
 def test_the_sums_of_a_window_are_each_column_summed_alone() -> None:
     rng = random.Random(3)
     tiles, now = Tiles(), T0
