@@ -52,7 +52,7 @@ from streams.domain.snapshots import UserScores, describe, encode_scores, profil
 from streams.domain.state import Applied, UserState, conflict_reason, event_digest, mark_applied, redelivered
 from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
-from streams.runtime import metrics
+from streams.runtime import heap, metrics
 from streams.runtime.agents.gate import ActionGate
 from streams.runtime.agents.ingest import SOURCE_HEADER, USER_EVENTS
 from streams.runtime.changelog import ChangelogWriter, create_changelog, restore
@@ -223,6 +223,7 @@ class BatchIngest:
         self.consumer = new_consumer(self.settings, f"{self.settings.app_id}-ingest",
                                      **{"enable.auto.commit": False, "enable.auto.offset.store": False})
         self.changelog = ChangelogWriter(self.settings, self.producer)
+        heap.settle()  # the start-up heap frozen, collections spaced out (streams/runtime/heap.py)
         self.running.set()
         try:
             while not self.stopping.is_set() and self.app.should_stop is False:
