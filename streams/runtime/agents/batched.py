@@ -532,16 +532,20 @@ class BatchIngest:
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
 
     def _finish(self, work: PartitionWork, state: UserState, step: Step, now: int, models: Models) -> None:
+        # (each part only when the step has any: most steps are clicks, which have none)
         at = self._at(work, now)
-        for example in churn_examples(state.user_id, step.examples, at):
-            self._label(example)
-            if example.days is not None:
-                metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
-                metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
-        for reward in bandit_examples(step.rewards, at):
-            self._label(reward)
-        for outcome in uplift_examples(step.outcomes, at):
-            self._label(outcome)
+        if step.examples:
+            for example in churn_examples(state.user_id, step.examples, at):
+                self._label(example)
+                if example.days is not None:
+                    metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
+                    metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
+        if step.rewards:
+            for reward in bandit_examples(step.rewards, at):
+                self._label(reward)
+        if step.outcomes:
+            for outcome in uplift_examples(step.outcomes, at):
+                self._label(outcome)
         sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, work.partition, now).allowed:
