@@ -133,7 +133,7 @@ def features(
     Built as a list of values in :data:`FEATURE_NAMES` order (no per-call key strings or
     intermediate dict: it runs for every score row, sweep and rule evaluation)."""
     tiles = state.tiles
-    sums = {window: tiles.sums(window, now) for window in WINDOWS}  # one pass over each window's tiles
+    sums = tiles.all_sums(now)  # one pass over each window's tiles
     values: list[float] = []
     for window in CLICK_WINDOWS:
         values += sums[window][:_CLICK_COLUMNS]  # the click kinds, then sessions (COLUMNS order)

@@ -306,6 +306,23 @@ def test_the_sums_of_a_window_are_each_column_summed_alone() -> None:
     assert tiles.sums("1h", now + 400 * MS_PER_DAY) == [0] * len(COLUMNS)
 
 
+def test_every_window_summed_at_once_and_active_tiles_read_as_column_by_column() -> None:
+    rng = random.Random(4)
+    tiles, now = Tiles(), T0
+    for n in range(400):
+        now += rng.randrange(6 * MS_PER_HOUR)
+        tiles.add(now - rng.randrange(3 * MS_PER_DAY), {rng.choice(COLUMNS): rng.randrange(-1, 4)}, now)
+        tiles.expire(now)
+        if n % 40 == 0:
+            assert tiles.all_sums(now) == {window: [tiles.window(window, c, now) for c in COLUMNS] for window in WINDOWS}
+            for columns in (CLICK_KINDS, CLICK_KINDS[:3], ("search", "purchases"), COLUMNS[-2:]):
+                level, k = WINDOWS["30d"]
+                current = now // MS_PER_DAY
+                expected = sum(1 for i, row in tiles.levels[level].items()
+                               if current - k < i <= current and any(row[COLUMNS.index(c)] for c in columns))
+                assert tiles.active_tiles("30d", columns, now) == expected
+
+
 def test_an_expiry_that_skips_levels_whose_tile_did_not_move_keeps_exactly_the_tiles_of_a_full_one() -> None:
     """``Tiles.expire(now, since)`` (the state's previous clock) leaves the levels alone whose
     current tile is still the previous clock's: the same tiles, in the same order, as
