@@ -363,13 +363,22 @@ class BatchIngest:
             return result.ts
         return None
 
-    def _caught_up(self, work: PartitionWork, topic: str, since_ms: int) -> bool:
+    def _caught_up(self, work: PartitionWork, topic: str, since_ms: int, highs: dict[str, int] | None = None) -> bool:
         """Nothing of ``topic`` left to receive, by the high watermark of the fetches (not
         ListOffsets, which some brokers under-report). The watermark librdkafka caches is
         only trusted as of a receive that found its queue dry (no partition's fetching held
         back by a full queue), less two fetch waits: fresher than a record that arrived
-        before that, it proves nothing earlier is still on the broker."""
-        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
+        before that, it proves nothing earlier is still on the broker.
+
+        ``highs``: the watermarks read so far in this release, reused (the merge asks for
+        every input without a buffered record at every record it releases). One read earlier
+        in the same release is as fresh as that bound requires: the answer is the one a
+        release started at that read would have had."""
+        high = highs.get(topic) if highs is not None else None
+        if high is None:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
+            if highs is not None and high is not None and high >= 0:
+                highs[topic] = high
         if high is None or high < 0:
             return False
         position = work.received.get(topic, work.start.get(topic))
@@ -377,8 +386,10 @@ class BatchIngest:
         return caught_up(position, high, fetched, since_ms)
 
     def _release(self, work: PartitionWork) -> None:
+        highs: dict[str, int] = {}
+
         def caught_up_here(topic: str, since_ms: int) -> bool:
-            return self._caught_up(work, topic, since_ms)
+            return self._caught_up(work, topic, since_ms, highs)
 
         clock = work.clock.now
         while (item := work.held or work.merge.pop(caught_up_here)) is not None:
