@@ -334,6 +334,9 @@ class SnapshotStore(Generic[M]):
         self.misses = 0
         self.first_models: int | None = None  #: boundary of the first snapshot with models read
         self._lock = threading.RLock()
+        #: (target, models, boundary) of the last look-up: every record and due check asks, and
+        #: the answer only changes when the target moves (once a period) or a snapshot arrives
+        self._last: tuple[int, M, int | None] | None = None
 
     def add(self, snapshot: Snapshot) -> None:
         with self._lock:
@@ -342,6 +345,7 @@ class SnapshotStore(Generic[M]):
     def _add(self, snapshot: Snapshot) -> None:
         if self.covered is not None and snapshot.boundary < self.covered:
             return  # older than what is covered: nothing new
+        self._last = None
         self.latest = snapshot
         self.covered = snapshot.boundary
         if snapshot.models is not None:
@@ -382,6 +386,17 @@ class SnapshotStore(Generic[M]):
             return self._models_at(t)
 
     def _models_at(self, t: int) -> tuple[M, int | None]:
+        target = self.target(t)
+        last = self._last
+        if last is not None and last[0] == target:
+            return last[1], last[2]
+        misses = self.misses
+        models, boundary = self._look_up(t)
+        if self.misses == misses:  # (a miss is counted at every look-up, so it is not remembered)
+            self._last = (target, models, boundary)
+        return models, boundary
+
+    def _look_up(self, t: int) -> tuple[M, int | None]:
         while (boundary := self._boundary_at(t)) is not None:
             models = self.loaded.get(boundary)
             if models is not None:

@@ -32,6 +32,10 @@ class Feature(NamedTuple):
 
 CLICK_WINDOWS = ("1h", "24h", "7d", "30d", "90d")
 _COLUMN = {name: i for i, name in enumerate(COLUMNS)}
+#: Tile columns read by :func:`features` by position: the click kinds then sessions lead COLUMNS.
+_CLICK_COLUMNS = len(CLICK_KINDS) + 1
+_PURCHASES, _SPEND, _CARTS = _COLUMN["purchases"], _COLUMN["spend_cents"], _COLUMN["carts_abandoned"]
+assert COLUMNS[:_CLICK_COLUMNS] == (*CLICK_KINDS, "sessions")
 PURCHASE_WINDOWS = ("7d", "30d", "90d", "365d")
 
 
@@ -124,56 +128,65 @@ def features(
     state: UserState, now: int, cfg: StateConfig = StateConfig(), population: Population | None = None
 ) -> dict[str, float]:
     """Every feature of :data:`FEATURES` at event time ``now``; the RFM scores are 0
-    without a ``population`` to rank against."""
+    without a ``population`` to rank against.
+
+    Built as a list of values in :data:`FEATURE_NAMES` order (no per-call key strings or
+    intermediate dict: it runs for every score row, sweep and rule evaluation)."""
     tiles = state.tiles
-    sums = {window: tiles.sums(window, now) for window in WINDOWS}  # one pass over each window's tiles
-    out: dict[str, float] = {}
+    sums = tiles.all_sums(now)  # one pass over each window's tiles
+    values: list[float] = []
     for window in CLICK_WINDOWS:
-        for kind in CLICK_KINDS:
-            out[f"{kind}_{window}"] = sums[window][_COLUMN[kind]]
-        out[f"sessions_{window}"] = sums[window][_COLUMN["sessions"]]
+        values += sums[window][:_CLICK_COLUMNS]  # the click kinds, then sessions (COLUMNS order)
     for window in PURCHASE_WINDOWS:
-        out[f"purchases_{window}"] = sums[window][_COLUMN["purchases"]]
-        out[f"spend_{window}"] = sums[window][_COLUMN["spend_cents"]] / 100
-    out["days_active_30d"] = tiles.active_tiles("30d", CLICK_KINDS, now)
-    out["distinct_items_viewed"] = kmv_count(state.items_seen)
-    out["distinct_categories_viewed"] = kmv_count(state.categories_seen)
-    out["purchases"] = state.purchases
-    out["purchase_days"] = purchase_day_count(state)
-    out["spend"] = state.spend_cents / 100
-    out["avg_order_value"] = state.spend_cents / 100 / state.purchases if state.purchases else 0.0
-    out["first_seen_days"] = _days(now, state.first_seen)
-    out["last_seen_days"] = _days(now, state.last_seen)
+        s = sums[window]
+        values += (s[_PURCHASES], s[_SPEND] / 100)
+    purchases, spend = state.purchases, state.spend_cents / 100
+    avg_order_value = spend / purchases if purchases else 0.0
     recency = _days(now, state.last_purchase if state.last_purchase is not None else state.first_seen)
     gap_mean, gap_std = purchase_gaps(state)
-    out["recency_days"] = recency
-    out["gap_mean_days"] = gap_mean
-    out["gap_std_days"] = gap_std
-    out["recency_over_gap"] = recency / gap_mean if gap_mean > 0 else 0.0
     open_abandoned = abandoned_carts_open(state, now, cfg)
+    carts = []
     for window in ("7d", "30d"):
         level, n = WINDOWS[window]
-        current = now // LEVELS[level].tile_ms
-        recent = sum(1 for ts in open_abandoned if current - n < ts // LEVELS[level].tile_ms <= current)
-        out[f"carts_abandoned_{window}"] = sums[window][_COLUMN["carts_abandoned"]] + recent
-    out["carts_abandoned"] = state.carts_abandoned + len(open_abandoned)
+        tile_ms = LEVELS[level].tile_ms
+        current = now // tile_ms
+        recent = sum(1 for ts in open_abandoned if current - n < ts // tile_ms <= current) if open_abandoned else 0
+        carts.append(sums[window][_CARTS] + recent)
     since = state.last_purchase if state.last_purchase is not None else -1
-    out["searches_since_purchase"] = sum(1 for ts in state.search_times if ts > since)
-    out["reviews"] = state.reviews
-    out["rating_mean"] = state.rating_sum / state.reviews if state.reviews else 0.0
-    out["last_rating"] = state.last_rating
-    out["sentiment_mean"] = state.sentiment_milli_sum / 1000 / state.texts if state.texts else 0.0
-    out["last_sentiment"] = state.last_sentiment_milli / 1000
-    out["negative_reviews"] = state.negative_reviews
-    out["last_gap_days"] = last_gap_days(state)
-    out["last_gap_ratio"] = out["last_gap_days"] / gap_mean if gap_mean > 0 else 0.0
-    out["first_order_value"] = state.first_order_cents / 100
-    out["spend_trend"] = state.last_order_cents / 100 / out["avg_order_value"] if out["avg_order_value"] > 0 else 0.0
-    mean_value = out["avg_order_value"]
-    out["order_value_std"] = math.sqrt(max(0.0, state.order_cents_sq / 1e4 / state.purchases - mean_value**2)) if state.purchases else 0.0
+    gap_days = last_gap_days(state)
     r, f, m = population.scores(rfm_of(state)) if population is not None else (0, 0, 0)
-    out["rfm_recency"], out["rfm_frequency"], out["rfm_monetary"] = r, f, m
-    return {name: float(out[name]) for name in FEATURE_NAMES}
+    values += (
+        tiles.active_tiles("30d", CLICK_KINDS, now),  # days_active_30d
+        kmv_count(state.items_seen),
+        kmv_count(state.categories_seen),
+        purchases,
+        purchase_day_count(state),
+        spend,
+        avg_order_value,
+        _days(now, state.first_seen),
+        _days(now, state.last_seen),
+        recency,
+        gap_mean,
+        gap_std,
+        recency / gap_mean if gap_mean > 0 else 0.0,  # recency_over_gap
+        carts[0],
+        carts[1],
+        state.carts_abandoned + len(open_abandoned),
+        sum(1 for ts in state.search_times if ts > since),  # searches_since_purchase
+        state.reviews,
+        state.rating_sum / state.reviews if state.reviews else 0.0,
+        state.last_rating,
+        state.sentiment_milli_sum / 1000 / state.texts if state.texts else 0.0,
+        state.last_sentiment_milli / 1000,
+        r, f, m,
+        state.negative_reviews,
+        gap_days,
+        gap_days / gap_mean if gap_mean > 0 else 0.0,  # last_gap_ratio
+        state.first_order_cents / 100,
+        state.last_order_cents / 100 / avg_order_value if avg_order_value > 0 else 0.0,  # spend_trend
+        math.sqrt(max(0.0, state.order_cents_sq / 1e4 / purchases - avg_order_value**2)) if purchases else 0.0,
+    )
+    return dict(zip(FEATURE_NAMES, map(float, values)))
 
 
 def model_inputs(all_features: dict[str, float]) -> dict[str, float]:

@@ -23,7 +23,9 @@ lower score, so equal customers always score alike.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections import Counter
+from itertools import accumulate
 from typing import NamedTuple
 
 from streams.domain.state import UserState
@@ -59,11 +61,16 @@ class Population:
         self.frequency: Counter[int] = Counter()
         self.money: Counter[int] = Counter()
         self.size = 0
+        #: per histogram, its sorted bins and the running count of buyers below each: built
+        #: at the first ranking after a change (rankings, one per score row, far outnumber
+        #: changes, one per purchase), so a rank is a bisection, not a pass over the bins
+        self._ranked: tuple[tuple[list[int], list[int]], ...] | None = None
 
     def update(self, old: Rfm | None, new: Rfm | None) -> None:
         """Move one customer from ``old`` to ``new`` values (None: not a buyer)."""
         if old == new:
             return
+        self._ranked = None
         for values, step in ((old, -1), (new, 1)):
             if values is None:
                 continue
@@ -84,8 +91,17 @@ class Population:
         """(R, F, M), each 1-5; (0, 0, 0) for a customer who never bought."""
         if values is None or self.size <= 0:
             return 0, 0, 0
+        ranked = self._ranked
+        if ranked is None:
+            ranked = self._ranked = tuple(self._cumulative(h) for h in (self.recency, self.frequency, self.money))
         out = []
-        for histogram, key in self._bins(values):
-            below = sum(count for k, count in histogram.items() if k < key)
-            out.append(1 + min(4, 5 * below // self.size))
+        for (keys, below), (_, key) in zip(ranked, self._bins(values)):
+            out.append(1 + min(4, 5 * below[bisect_left(keys, key)] // self.size))
         return out[0], out[1], out[2]
+
+    @staticmethod
+    def _cumulative(histogram: Counter[int]) -> tuple[list[int], list[int]]:
+        """The sorted bins and, at index i, the count in the bins before the i-th (one more
+        entry than bins: the count below a key past every bin is everyone's)."""
+        keys = sorted(histogram)
+        return keys, [0, *accumulate(histogram[k] for k in keys)]

@@ -137,15 +137,33 @@ class Tiles(msgspec.Struct, array_like=True):
         (2, True)
         """
         level, n = WINDOWS[window]
-        current = now // LEVELS[level].tile_ms
-        rows = [row for index, row in self.levels[level].items() if current - n < index <= current]
-        return [sum(column) for column in zip(*rows)] if rows else [0] * len(COLUMNS)
+        return _summed(self.levels[level], now // LEVELS[level].tile_ms, n)
+
+    def all_sums(self, now: int) -> dict[str, list[int]]:
+        """:meth:`sums` of every window of :data:`WINDOWS` (what a feature row reads)."""
+        levels = self.levels
+        return {window: _summed(levels[level], now // tile_ms, n) for window, level, n, tile_ms in _PLAN}
 
     def active_tiles(self, window: str, columns: tuple[str, ...], now: int) -> int:
         """How many tiles of ``window`` have any of ``columns`` (e.g. days active)."""
         level, n = WINDOWS[window]
         current = now // LEVELS[level].tile_ms
         cols = [_INDEX[c] for c in columns]
-        return sum(
-            1 for index, row in self.levels[level].items() if current - n < index <= current and any(row[c] for c in cols)
-        )
+        tiles = self.levels[level].items()
+        if cols == list(range(len(cols))):  # leading columns (the click kinds): one slice per tile
+            k = len(cols)
+            return sum(1 for index, row in tiles if current - n < index <= current and any(row[:k]))
+        return sum(1 for index, row in tiles if current - n < index <= current and any(row[c] for c in cols))
+
+
+#: (window, level, tiles summed, tile_ms) of every window, in WINDOWS order.
+_PLAN: tuple[tuple[str, int, int, int], ...] = tuple((w, level, n, LEVELS[level].tile_ms) for w, (level, n) in WINDOWS.items())
+
+
+def _summed(tiles: dict[int, list[int]], current: int, n: int) -> list[int]:
+    """Each column's sum over the tiles of index in ``(current - n, current]`` (a lone tile:
+    a copy of it; integers, so any order of addition gives the same sums)."""
+    rows = [row for index, row in tiles.items() if current - n < index <= current]
+    if len(rows) > 1:
+        return list(map(sum, zip(*rows)))
+    return list(rows[0]) if rows else [0] * len(COLUMNS)

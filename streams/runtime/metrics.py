@@ -206,6 +206,18 @@ MODEL_SNAPSHOTS_REFUSED = Counter(
 )
 
 
+_record_counters: dict[tuple[str, str], Any] = {}
+
+
+def count_record(topic: str, result: str) -> None:
+    """``RECORDS.labels(topic, result).inc()`` with the labelled child kept: it runs once per
+    record, and ``labels()`` costs more than the increment (the series are never removed)."""
+    child = _record_counters.get((topic, result))
+    if child is None:
+        child = _record_counters[(topic, result)] = RECORDS.labels(topic, result)
+    child.inc()
+
+
 def count_framing(topic: str, value: bytes | None) -> None:
     """Record the Schema Registry schema id of an inbound value, if it is framed (the label is a
     contract topic or ``other``: bounded)."""

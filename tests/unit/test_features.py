@@ -274,6 +274,25 @@ def test_rfm_scores_rank_a_buyer_against_the_population() -> None:
     assert features(run([click("c", at(1))]), at(2), CFG, population)["rfm_recency"] == 0  # never bought
 
 
+def test_rfm_scores_are_the_share_of_buyers_strictly_below_through_any_changes() -> None:
+    """The population ranks by bisecting running counts it keeps between changes: always
+    what counting the buyers below in each histogram gives."""
+    from streams.domain.population import Population, Rfm
+
+    def counted(p: Population, values: Rfm) -> tuple[int, ...]:
+        return tuple(1 + min(4, 5 * sum(c for k, c in h.items() if k < key) // p.size) for h, key in p._bins(values))
+
+    rng, population, buyers = random.Random(5), Population(), {}
+    for _ in range(3000):
+        u = rng.randrange(200)
+        new = Rfm(rng.randrange(300), rng.randrange(1, 90), rng.randrange(10**7))
+        population.update(buyers.get(u), new)
+        buyers[u] = new
+        asked = Rfm(rng.randrange(-3, 305), rng.randrange(95), rng.randrange(2 * 10**7))
+        assert population.scores(asked) == counted(population, asked)
+        assert population.scores(new) == counted(population, new)
+
+
 def test_the_sums_of_a_window_are_each_column_summed_alone() -> None:
     rng = random.Random(3)
     tiles, now = Tiles(), T0
@@ -285,6 +304,23 @@ def test_the_sums_of_a_window_are_each_column_summed_alone() -> None:
             for window in WINDOWS:
                 assert tiles.sums(window, now) == [tiles.window(window, column, now) for column in COLUMNS]
     assert tiles.sums("1h", now + 400 * MS_PER_DAY) == [0] * len(COLUMNS)
+
+
+def test_every_window_summed_at_once_and_active_tiles_read_as_column_by_column() -> None:
+    rng = random.Random(4)
+    tiles, now = Tiles(), T0
+    for n in range(400):
+        now += rng.randrange(6 * MS_PER_HOUR)
+        tiles.add(now - rng.randrange(3 * MS_PER_DAY), {rng.choice(COLUMNS): rng.randrange(-1, 4)}, now)
+        tiles.expire(now)
+        if n % 40 == 0:
+            assert tiles.all_sums(now) == {window: [tiles.window(window, c, now) for c in COLUMNS] for window in WINDOWS}
+            for columns in (CLICK_KINDS, CLICK_KINDS[:3], ("search", "purchases"), COLUMNS[-2:]):
+                level, k = WINDOWS["30d"]
+                current = now // MS_PER_DAY
+                expected = sum(1 for i, row in tiles.levels[level].items()
+                               if current - k < i <= current and any(row[COLUMNS.index(c)] for c in columns))
+                assert tiles.active_tiles("30d", columns, now) == expected
 
 
 def test_an_expiry_that_skips_levels_whose_tile_did_not_move_keeps_exactly_the_tiles_of_a_full_one() -> None:

@@ -163,6 +163,23 @@ def test_the_snapshot_of_a_record_is_chosen_by_its_event_time_with_the_lag() -> 
     assert store.models_at(DAY)[1] is None
 
 
+def test_a_look_up_repeated_after_a_snapshot_arrives_answers_with_the_new_models() -> None:
+    """The store remembers its last answer per target boundary; an added snapshot and a miss
+    are not answered from that memory."""
+    trainer = Trainer(fresh(), DAY, 1)
+    store = SnapshotStore(fresh, load_models, DAY, lag=1, keep=2)
+    assert store.models_at(3 * DAY + 1) == (store.priors, None)
+    for day in range(3):
+        trainer.add(ReviewExample(id=f"r{day}", at=day * DAY + 1, text="broke at once", rating=1))
+        for s in trainer.watermark(0, (day + 1) * DAY):
+            store.add(s)
+        models, boundary = store.models_at(3 * DAY + 1)  # target: day 2
+        assert boundary == min(day + 1, 2) * DAY and models.sentiment.labels == min(day + 1, 2)
+        assert store.models_at(3 * DAY + 2) == (models, boundary)  # the same answer, remembered
+    miss = 2 * DAY + 1  # its boundary (day 1) is no longer kept: the oldest kept answers, each time counted
+    assert store.models_at(miss)[1] == 2 * DAY and store.models_at(miss)[1] == 2 * DAY and store.misses == 2
+
+
 def test_the_offline_training_scores_with_the_snapshot_before_the_lag() -> None:
     training = OfflineTraining(fresh, DAY, lag=2)
     for day in range(5):

@@ -52,7 +52,7 @@ from streams.domain.snapshots import UserScores, describe, encode_scores, profil
 from streams.domain.state import Applied, UserState, conflict_reason, event_digest, mark_applied, redelivered
 from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
-from streams.runtime import metrics
+from streams.runtime import heap, metrics
 from streams.runtime.agents.gate import ActionGate
 from streams.runtime.changelog import ChangelogWriter, changelog_topic, create_changelog, restore
 from streams.runtime.deliveries import Batch, Ledger
@@ -154,6 +154,7 @@ class BatchIngest:
         self.processed = 0  #: records folded (readiness: progress)
         self.misses = 0  #: model snapshot misses counted so far
         self.folding: tuple[float, int] | None = None  #: (since, records) of the micro-batch being folded
+        self.in_use: int | None | bool = False  #: the boundary of the models last in use (False: none yet)
         self.lag: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.ledger = Ledger()
@@ -262,6 +263,7 @@ class BatchIngest:
         self.consumer = new_consumer(self.settings, self.settings.ingest_group,
                                      **{"enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "error"})
         self.changelog = ChangelogWriter(self.settings, self.producer)
+        heap.settle()  # the start-up heap frozen, collections spaced out (streams/runtime/heap.py)
         self.running.set()
         try:
             while not self.stopping.is_set() and self.app.should_stop is False:
@@ -456,13 +458,22 @@ class BatchIngest:
             return result.ts
         return None
 
-    def _caught_up(self, work: PartitionWork, topic: str, since_ms: int) -> bool:
+    def _caught_up(self, work: PartitionWork, topic: str, since_ms: int, highs: dict[str, int] | None = None) -> bool:
         """Nothing of ``topic`` left to receive, by the high watermark of the fetches (not
         ListOffsets, which some brokers under-report). The watermark librdkafka caches is
         only trusted as of a receive that found its queue dry (no partition's fetching held
         back by a full queue), less two fetch waits: fresher than a record that arrived
-        before that, it proves nothing earlier is still on the broker."""
-        _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
+        before that, it proves nothing earlier is still on the broker.
+
+        ``highs``: the watermarks read so far in this release, reused (the merge asks for
+        every input without a buffered record at every record it releases). One read earlier
+        in the same release is as fresh as that bound requires: the answer is the one a
+        release started at that read would have had."""
+        high = highs.get(topic) if highs is not None else None
+        if high is None:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, work.partition), cached=True)
+            if highs is not None and high is not None and high >= 0:
+                highs[topic] = high
         if high is None or high < 0:
             return False
         position = work.received.get(topic, work.start.get(topic))
@@ -470,9 +481,12 @@ class BatchIngest:
         return caught_up(position, high, fetched, since_ms)
 
     def _release(self, work: PartitionWork) -> None:
-        def caught_up_here(topic: str, since_ms: int) -> bool:
-            return self._caught_up(work, topic, since_ms)
+        highs: dict[str, int] = {}
 
+        def caught_up_here(topic: str, since_ms: int) -> bool:
+            return self._caught_up(work, topic, since_ms, highs)
+
+        clock = work.clock.now
         while (item := work.held or work.merge.pop(caught_up_here)) is not None:
             work.held = None
             msg, logical, result, kafka_ts = item
@@ -480,7 +494,7 @@ class BatchIngest:
             if ts is not None and not self._model_ready(work, ts):
                 work.held = item
                 work.held_since = work.held_since or time.monotonic()
-                return
+                break
             work.held_since = None
             started = time.perf_counter()
             self.trigger_kafka_ts = kafka_ts
@@ -499,6 +513,8 @@ class BatchIngest:
             metrics.PROCESSING.observe(time.perf_counter() - started)
             if kafka_ts is not None:
                 metrics.RECORD_LATENCY.observe(time.time() - kafka_ts / 1000)
+        if work.clock.now != clock:
+            metrics.EVENT_TIME.labels(str(work.partition)).set(work.clock.now / 1000)
 
     def _pace(self, work: PartitionWork) -> None:
         """Back-pressure: an input whose records fill its share of the partition's merge stops
@@ -516,7 +532,9 @@ class BatchIngest:
 
     def models_at(self, t: int) -> Models:
         models, boundary = self.follower.store.models_at(t)
-        metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
+        if boundary != self.in_use:  # (asked several times per record; the gauge moves once a period)
+            self.in_use = boundary
+            metrics.MODEL_SNAPSHOT_BOUNDARY.labels("in_use").set((boundary or 0) / 1000)
         return models
 
     def _model_ready(self, work: PartitionWork, ts: int) -> bool:
@@ -557,7 +575,7 @@ class BatchIngest:
             self._dead_letter(msg, topic, kafka_ts, result.error)
             return None
         if isinstance(result, Heartbeat):
-            metrics.RECORDS.labels(topic, "heartbeat").inc()
+            metrics.count_record(topic, "heartbeat")
             return result.ts
         if isinstance(result, ErasureRequest):
             self.privacy.erase(work, msg, result)
@@ -565,7 +583,7 @@ class BatchIngest:
         user_id = result.user_id
         owner = self.partition_for(user_id)
         if owner != work.partition:
-            metrics.RECORDS.labels(topic, "rekeyed").inc()
+            metrics.count_record(topic, "rekeyed")
             self._emit(self.settings.rekey_topic, user_id.encode(), msg.value(), partition=owner,
                        headers={SOURCE_HEADER: topic.encode()})
             return None
@@ -583,7 +601,7 @@ class BatchIngest:
         due: int | None | Unknown = Unknown.DUE if state is None else work.queue.due(user_id)
         state = state or UserState(user_id)
         if redelivered(state, msg.topic(), msg.offset()):
-            metrics.RECORDS.labels(topic, "redelivered").inc()
+            metrics.count_record(topic, "redelivered")
             if user_id not in work.rewritten:  # its changelog record may not have been acknowledged
                 work.rewritten.add(user_id)
                 store.put(state)
@@ -597,7 +615,7 @@ class BatchIngest:
         touches = interactions(result)
         past = history(state) if touches else []
         step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide, due)
-        metrics.RECORDS.labels(topic, step.applied.value).inc()
+        metrics.count_record(topic, step.applied.value)
         if step.applied is Applied.CONFLICT:
             self._dead_letter(msg, topic, kafka_ts, conflict_reason(result), result=None)
         if not step.applied.counted:
@@ -613,9 +631,7 @@ class BatchIngest:
         return result.ts
 
     def _advance(self, work: PartitionWork, ts: int | None) -> None:
-        now = work.clock.advance(ts)
-        if ts is not None:
-            metrics.EVENT_TIME.labels(str(work.partition)).set(now / 1000)
+        now = work.clock.advance(ts)  # (the partition's EVENT_TIME gauge is set once per release, not per record)
         due = work.queue.pop_due(now)
         if not due:
             return
@@ -632,16 +648,20 @@ class BatchIngest:
                 metrics.PROCESSING_ERRORS.labels(type(exc).__name__).inc()
 
     def _finish(self, work: PartitionWork, state: UserState, step: Step, now: int, models: Models) -> None:
+        # (each part only when the step has any: most steps are clicks, which have none)
         at = self._at(work, now)
-        for example in churn_examples(state.user_id, step.examples, at):
-            self._label(example)
-            if example.days is not None:
-                metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
-                metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
-        for reward in bandit_examples(step.rewards, at, state.user_id):
-            self._label(reward)
-        for outcome in uplift_examples(step.outcomes, at, state.user_id):
-            self._label(outcome)
+        if step.examples:
+            for example in churn_examples(state.user_id, step.examples, at):
+                self._label(example)
+                if example.days is not None:
+                    metrics.LABELS.labels(models.churn.name, str(int(example.days == 0))).inc()
+                    metrics.LABELS.labels(models.loyalty.name, str(example.days) if example.days < 5 else "5+").inc()
+        if step.rewards:
+            for reward in bandit_examples(step.rewards, at, state.user_id):
+                self._label(reward)
+        if step.outcomes:
+            for outcome in uplift_examples(step.outcomes, at, state.user_id):
+                self._label(outcome)
         sent = []
         for action in step.actions:
             if not self.gate.admit(state, action, work.partition, now).allowed:
@@ -673,7 +693,7 @@ class BatchIngest:
 
     def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str, result: str | None = "invalid") -> None:
         if result is not None:  # (a conflicting re-use is counted as such by the caller)
-            metrics.RECORDS.labels(topic, result).inc()
+            metrics.count_record(topic, result)
         metrics.DEAD_LETTERS.labels(topic).inc()
         log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
         cfg = self.dead_letter_cfg
