@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer
 
 from streams.domain.events import Invalid, decode
 from streams.domain.privacy import decode_consent
@@ -94,6 +94,9 @@ class Publisher:
                     break
                 except BufferError:  # local queue full: let deliveries drain
                     self.client.poll(0.05)
+                except KafkaException as exc:  # refused before sending (e.g. a partition the topic lacks,
+                    self._delivered(exc.args[0], None)  # once the client knows its metadata): a delivery failure
+                    break
             self.report.sent[record.topic] += 1
         self.client.poll(0)
 

@@ -239,3 +239,34 @@ def test_the_embedded_broker_can_advertise_another_port_than_it_listens_on() -> 
     assert (after(relayed, "--listener-url"), after(relayed, "--advertised-listener-url")) == ("tcp://127.0.0.1:9092", "tcp://127.0.0.1:9093")
     direct = broker_command(9092)
     assert (after(direct, "--listener-url"), after(direct, "--advertised-listener-url")) == ("tcp://127.0.0.1:9092", "tcp://127.0.0.1:9092")
+
+
+def test_a_record_the_client_refuses_at_once_counts_as_a_delivery_failure() -> None:
+    """librdkafka refuses a partition the topic lacks at produce() once it knows the topic's
+    metadata (before, the refusal comes as a failed delivery): either way the publisher
+    counts a failure with the reason and sends the rest."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from streams.runtime.publish import Outgoing, Publisher
+    from streams.runtime.settings import Settings
+
+    class Client:
+        def __init__(self) -> None:
+            self.partitions: list[int] = []
+
+        def produce(self, topic: str, partition: int, on_delivery: Any, **kwargs: Any) -> None:
+            if partition >= 4:
+                raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, "Unable to produce message: Local: Unknown partition"))
+            self.partitions.append(partition)
+
+        def poll(self, timeout: float) -> int:
+            return 0
+
+        def flush(self, timeout: float) -> int:
+            return 0
+
+    client = Client()
+    publisher = Publisher(Settings(partitions=6), client)  # type: ignore[arg-type]
+    report = publisher.publish([Outgoing("heartbeats", None, b'{"ts": 1}', 1)])
+    assert client.partitions == [0, 1, 2, 3]
+    assert (report.total, report.failed) == (6, 2) and "Unknown partition" in report.errors[0]
