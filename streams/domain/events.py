@@ -22,7 +22,7 @@ the runtime records the schema id (``retention_schema_registry_schema_id``).
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Literal, TypeAlias, Union
+from typing import Annotated, Any, Literal, TypeAlias, Union
 
 import msgspec
 
@@ -237,17 +237,16 @@ def decode(
     return result
 
 
-def _decode(topic: str, raw: bytes | None, not_after_ms: int | None, not_before_ms: int | None, max_bytes: int) -> Event | Invalid:
-    """:func:`decode` of an unframed value."""
+def decode_value(decoder: msgspec.json.Decoder[Any], raw: bytes | None, max_bytes: int, unframed: bytes | None = None) -> Any:
+    """``raw`` decoded by ``decoder``, or an :class:`Invalid` saying why; never raises (every
+    topic's decoding refuses tombstones, oversize records and undecodable bytes alike).
+    ``unframed``: the bytes to decode when they differ from ``raw`` (a Schema Registry frame)."""
     if raw is None:
         return Invalid("value is empty (a tombstone): a JSON object is required")
     if len(raw) > max_bytes:
         return Invalid(f"record of {len(raw)} bytes is over the limit of {max_bytes} bytes")
-    decoder = _DECODERS.get(topic)
-    if decoder is None:
-        return Invalid(f"no contract for topic {topic!r}")
     try:
-        event = decoder.decode(unframe(raw)[0])
+        return decoder.decode(raw if unframed is None else unframed)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
         return Invalid(str(exc))
     except msgspec.DecodeError as exc:
@@ -258,6 +257,16 @@ def _decode(topic: str, raw: bytes | None, not_after_ms: int | None, not_before_
         return Invalid("not valid JSON: nested too deeply")
     except Exception as exc:  # the decoder's last word: any other failure is the record's, not ours
         return Invalid(f"not decodable: {type(exc).__name__}: {exc}"[:500])
+
+
+def _decode(topic: str, raw: bytes | None, not_after_ms: int | None, not_before_ms: int | None, max_bytes: int) -> Event | Invalid:
+    """:func:`decode` of an unframed value."""
+    decoder = _DECODERS.get(topic)
+    if decoder is None:
+        return Invalid(f"no contract for topic {topic!r}")
+    event = decode_value(decoder, raw, max_bytes, unframe(raw)[0] if raw is not None and len(raw) <= max_bytes else None)
+    if isinstance(event, Invalid):
+        return event
     ts = event.ts
     if not_after_ms is not None and ts > not_after_ms:
         return Invalid(

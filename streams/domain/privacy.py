@@ -36,7 +36,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from streams.domain.events import ID_MAX_LENGTH, Invalid, MAX_RECORD_BYTES
+from streams.domain.events import ID_MAX_LENGTH, MAX_RECORD_BYTES, Invalid, decode_value
 from streams.domain.state import Consent, UserState
 from streams.domain.timestamps import TimestampError, parse_ts
 
@@ -140,22 +140,9 @@ def decode_erasure(raw: bytes | None, max_bytes: int = MAX_RECORD_BYTES) -> Eras
     >>> decode_erasure(b'{"request_id":"r1","pseudonym":"bob","requested_at":1767225600000}').error
     '`pseudonym` is not a pseudonym of this system (ps_ and 40 hex digits)'
     """
-    if raw is None:
-        return Invalid("value is empty (a tombstone): a JSON object is required")
-    if len(raw) > max_bytes:
-        return Invalid(f"record of {len(raw)} bytes is over the limit of {max_bytes} bytes")
-    try:
-        wire = _decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        return Invalid(str(exc))
-    except msgspec.DecodeError as exc:
-        return Invalid(f"not valid JSON: {exc}")
-    except UnicodeDecodeError as exc:
-        return Invalid(f"not valid UTF-8: {exc}")
-    except RecursionError:
-        return Invalid("not valid JSON: nested too deeply")
-    except Exception as exc:  # the decoder's last word: the record's failure, not ours
-        return Invalid(f"not decodable: {type(exc).__name__}: {exc}"[:500])
+    wire = decode_value(_decoder, raw, max_bytes)
+    if isinstance(wire, Invalid):
+        return wire
     if (wire.user_id is None) == (wire.pseudonym is None):
         return Invalid("name the customer by exactly one of `user_id` and `pseudonym`")
     if wire.pseudonym is not None and not is_pseudonym(wire.pseudonym):
@@ -290,22 +277,9 @@ def decode_consent(raw: bytes | None, not_after_ms: int | None = None, max_bytes
     >>> decode_consent(b'{"user_id":"u1","ts":1767225600000,"allow":{"sms":true}}').error
     "Invalid enum value 'sms' - at `key` in `$.allow`"
     """
-    if raw is None:
-        return Invalid("value is empty (a tombstone): a JSON object is required")
-    if len(raw) > max_bytes:
-        return Invalid(f"record of {len(raw)} bytes is over the limit of {max_bytes} bytes")
-    try:
-        wire = _consent_decoder.decode(raw)
-    except msgspec.ValidationError as exc:
-        return Invalid(str(exc))
-    except msgspec.DecodeError as exc:
-        return Invalid(f"not valid JSON: {exc}")
-    except UnicodeDecodeError as exc:
-        return Invalid(f"not valid UTF-8: {exc}")
-    except RecursionError:
-        return Invalid("not valid JSON: nested too deeply")
-    except Exception as exc:  # the decoder's last word: the record's failure, not ours
-        return Invalid(f"not decodable: {type(exc).__name__}: {exc}"[:500])
+    wire = decode_value(_consent_decoder, raw, max_bytes)
+    if isinstance(wire, Invalid):
+        return wire
     if isinstance(wire.ts, bool):
         return Invalid("`ts` must be RFC 3339 or epoch milliseconds - at `$.ts`")
     try:
