@@ -117,7 +117,18 @@ class Forget(msgspec.Struct, tag_field="kind", tag="forget", frozen=True):
 
 
 Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample]
-LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark, Forget]
+
+
+class Examples(msgspec.Struct, tag_field="kind", tag="examples", frozen=True):
+    """Several examples in one record, in the order they were made: a worker packs what it
+    makes in a micro-batch (``RETENTION_MODEL_LABELS_PACK``), so the trainer reads one record,
+    not one per example. Acknowledged once every example in it is in a learned period."""
+
+    items: list[Example]
+    v: int = VERSION
+
+
+LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, UpliftExample, Watermark, Forget, Examples]
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)
@@ -131,9 +142,22 @@ def decode_example(raw: bytes) -> LabelRecord:
     """Raises ``msgspec.DecodeError``/``ValidationError`` for bytes not in this format, and
     ValueError for a newer format version than this code reads."""
     record = _decoder.decode(raw)
-    if record.v > VERSION:
-        raise ValueError(f"model-labels record of format v{record.v}; this worker reads up to v{VERSION}")
+    newest = max((i.v for i in record.items), default=record.v) if isinstance(record, Examples) else record.v
+    if max(record.v, newest) > VERSION:
+        raise ValueError(f"model-labels record of format v{max(record.v, newest)}; this worker reads up to v{VERSION}")
     return record
+
+
+def examples_in(record: LabelRecord) -> list[LabelRecord]:
+    """The records a model-labels record stands for: a pack's examples, else the record itself.
+
+    >>> pack = Examples(items=[ReviewExample(id="a", at=1, text="ok", rating=4), ReviewExample(id="b", at=2, text="", rating=1)])
+    >>> [e.id for e in examples_in(decode_example(encode_example(pack)))]
+    ['a', 'b']
+    >>> examples_in(Forget(user="ann"))
+    [Forget(user='ann', v=1)]
+    """
+    return list(record.items) if isinstance(record, Examples) else [record]
 
 
 def churn_example_id(user_id: str, scored_at: int, days: int | None) -> str:

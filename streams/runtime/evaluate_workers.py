@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from models.examples import ChurnExample, decode_example
+from models.examples import ChurnExample, decode_example, examples_in
 from streams.domain.evaluation import Replay
 from streams.runtime.broker import cluster_or_embedded
 from streams.runtime.kafka import create_topics, read_topic
@@ -53,9 +53,9 @@ def published_labels(settings: Settings, expected: int, timeout: float) -> dict[
     """The matured horizon-end labels on ``model-labels``, by id (a re-sent copy counts once)."""
     out: dict[str, ChurnExample] = {}
     for msg in read_topic(settings, settings.topic_model_labels, idle_s=3.0, at_least=expected, timeout=timeout):
-        record = decode_example(msg.value())
-        if isinstance(record, ChurnExample) and record.days is not None:
-            out.setdefault(record.id, record)
+        for record in examples_in(decode_example(msg.value())):
+            if isinstance(record, ChurnExample) and record.days is not None:
+                out.setdefault(record.id, record)
     return out
 
 

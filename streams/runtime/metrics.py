@@ -195,7 +195,7 @@ MODEL_SNAPSHOT_MISSES = Counter(
     "Records scored by the oldest kept snapshot because theirs was no longer kept (raise RETENTION_MODEL_SNAPSHOTS_KEPT).",
 )
 MODEL_TRAINER_RECORDS = Counter(
-    "retention_model_trainer_records", "model-labels records the trainer read, by result: buffered, watermark, forget (an erased customer: their examples not learned yet dropped), invalid.", ["result"]
+    "retention_model_trainer_records", "model-labels records the trainer read, by result: buffered (examples: a pack counts each), watermark, forget (an erased customer: their examples not learned yet dropped), invalid.", ["result"]
 )
 MODEL_SNAPSHOTS = Counter("retention_model_snapshots", "Snapshots the trainer published, by kind: models, marker.", ["kind"])
 MODEL_SNAPSHOTS_REFUSED = Counter(

@@ -89,11 +89,12 @@ class WorkerProcess:
         except urllib.error.HTTPError as error:
             return error.code, json.loads(error.read())
 
-    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
-        """Samples of one metric (e.g. ``retention_records_total``) as (labels, value)."""
+    def samples(self, *names: str) -> list[tuple[dict[str, str], float]]:
+        """Samples of the metrics named (e.g. ``retention_records_total``) as (labels, value),
+        from one read of the page."""
         out = []
         for family in text_string_to_metric_families(self.metrics_text()):
-            out += [(s.labels, s.value) for s in family.samples if s.name == name]
+            out += [(s.labels, s.value) for s in family.samples if s.name in names]
         return out
 
     def total(self, name: str, **labels: str) -> float:

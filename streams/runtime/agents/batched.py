@@ -36,7 +36,7 @@ import faust
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from models.bundle import Models
-from models.examples import ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
+from models.examples import Examples, Forget, ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
 from models.reco import interactions
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
@@ -78,6 +78,8 @@ FOLD_WATCH_S = 10.0
 #: How often idle partitions send a watermark for the others (see BatchIngest._vouch_for_idle_partitions).
 VOUCH_EVERY_S = 1.0
 BUDGET, TALLY = "budget", "tally"
+#: A pack of examples is sent once its review texts reach this many characters (a record stays far below 1 MB).
+LABELS_TEXT_MAX = 200_000
 
 
 def _wall_ms() -> int:
@@ -122,6 +124,8 @@ class BatchIngest:
         self.dead_letter_cfg = settings.dead_letter
         self.scores_interval_ms = int(settings.scores_interval_s * 1000)
         self.period_ms = settings.model_period_ms
+        self.labels: list[Any] = []  #: examples made in this micro-batch, not yet sent (packed)
+        self.labels_text = 0  #: review characters among them
         self.options = StoreOptions(cache_users=settings.state_cache_users, block_cache_mb=settings.rocksdb_block_cache_mb,
                                     write_buffer_mb=settings.rocksdb_write_buffer_mb)
         self.max_batch = settings.batch_max_records
@@ -545,6 +549,7 @@ class BatchIngest:
     def _watermark(self, work: PartitionWork, clock_ms: int) -> None:
         clock_ms = int(clock_ms)
         if work.marked is None or clock_ms // self.period_ms > work.marked // self.period_ms:
+            self._send_labels()  # a watermark vouches for the examples sent before it
             self._emit(self.settings.topic_model_labels, None, encode_example(Watermark(partition=work.partition, clock_ms=clock_ms)), partition=0)
             work.marked = clock_ms
 
@@ -566,7 +571,24 @@ class BatchIngest:
         return int(max(now, work.marked if work.marked is not None else now))
 
     def _label(self, example: Any) -> None:
-        self._emit(self.settings.topic_model_labels, None, encode_example(example), partition=0)
+        """Send ``example`` to the trainer: packed with the micro-batch's others (one record for
+        many, :class:`~models.examples.Examples`) unless the pack is 1; a forget goes alone,
+        after what was made before it."""
+        if isinstance(example, Forget) or self.settings.model_labels_pack == 1:
+            self._send_labels()
+            self._emit(self.settings.topic_model_labels, None, encode_example(example), partition=0)
+            return
+        self.labels.append(example)
+        if isinstance(example, ReviewExample):
+            self.labels_text += len(example.text)
+        if len(self.labels) >= self.settings.model_labels_pack or self.labels_text >= LABELS_TEXT_MAX:
+            self._send_labels()
+
+    def _send_labels(self) -> None:
+        if self.labels:
+            pack = Examples(items=self.labels) if len(self.labels) > 1 else self.labels[0]
+            self._emit(self.settings.topic_model_labels, None, encode_example(pack), partition=0)
+            self.labels, self.labels_text = [], 0
 
     # ------------------------------------------------------------------ one record
 
@@ -738,6 +760,7 @@ class BatchIngest:
         return done
 
     def _seal(self, batch: Batch) -> None:
+        self._send_labels()
         offsets = {(t, w.partition): o for w in self.works.values() for t, o in w.released.items()}
         changes = {p: w.store.changes() for p, w in self.works.items()}
         for work in self.works.values():

@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from models.bundle import Models
-from models.examples import Forget, Watermark, decode_example
+from models.examples import Examples, Forget, Watermark, decode_example
 from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models, version_of
 from streams.runtime import metrics
 from streams.runtime.model_sync import ModelFollower
@@ -84,6 +84,11 @@ class TrainerAgent:
                 if published:
                     await self._publish(published)
                     await self._ack_covered(trainer)
+            elif isinstance(record, Examples):  # a worker's pack: acknowledged once all of it is learned
+                metrics.MODEL_TRAINER_RECORDS.labels("buffered").inc(len(record.items))
+                for example in record.items:
+                    trainer.add(example)
+                self.unacked.append((max((e.at for e in record.items), default=None), event))
             else:
                 metrics.MODEL_TRAINER_RECORDS.labels("buffered").inc()
                 trainer.add(record)
