@@ -156,6 +156,34 @@ def worker() -> None:
 
 
 @app.command()
+def trainer() -> None:
+    """Run the one model trainer as a process of its own (RETENTION_TRAINER=separate, set for the workers too, so
+    that none of them trains). Run exactly one per app id: it learns from model-labels and publishes the model
+    snapshots every worker scores with. Exit 2 when RETENTION_TRAINER is not separate (the workers would train as well)."""
+    from streams.runtime.app import create_trainer_app
+    from streams.runtime.logs import worker_logging_config
+    from streams.runtime.settings import MissingSnapshotKey
+    from streams.runtime.worker import RetentionWorker, wait_for_brokers
+
+    settings = _settings()
+    if settings.trainer != "separate":
+        err.print("[red]retention trainer needs RETENTION_TRAINER=separate[/red], for the workers as well: with "
+                  f"RETENTION_TRAINER={settings.trainer} a worker trains, and two trainers would publish snapshots")
+        raise typer.Exit(2)
+    try:
+        settings.snapshot_keys
+    except MissingSnapshotKey as exc:
+        sys.stderr.write(f"{exc}\n")
+        raise typer.Exit(2) from None
+    if not wait_for_brokers(settings):
+        raise typer.Exit(2)
+    faust_app = create_trainer_app(settings)
+    logging_config = worker_logging_config(settings.log_format, settings.log_level)
+    RetentionWorker(faust_app, settings, loglevel=settings.log_level.upper(), logging_config=logging_config,
+                    quiet=True).execute_from_commandline()
+
+
+@app.command()
 def produce(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="JSON lines, one event per line.")],
     topic: Annotated[str, typer.Option(help="Logical or configured topic: clicks, purchases, reviews, action-outcomes, heartbeats, consents.")],
@@ -377,6 +405,7 @@ def bench(
     rate: Annotated[float, typer.Option(help="Records/s published in live mode.")] = 500.0,
     workers: Annotated[int, typer.Option(help="Worker processes per pipeline.")] = 1,
     skip_naive: Annotated[bool, typer.Option("--skip-naive", help="Measure the full pipeline only.")] = False,
+    trainer: Annotated[str, typer.Option(help="worker: a worker of the full pipeline trains (RETENTION_TRAINER=worker); separate: a trainer process does, measured in a row of its own.")] = "worker",
 ) -> None:
     """The full pipeline and a naive Faust pipeline on the same records, side by side: events/s per worker, CPU, peak RSS, latency."""
     from streams.runtime.bench import run_bench
@@ -384,7 +413,10 @@ def bench(
     if mode not in ("backlog", "live"):
         err.print(f"[red]unknown mode {mode!r}: backlog or live[/red]")
         raise typer.Exit(2)
-    raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive))
+    if trainer not in ("worker", "separate"):
+        err.print(f"[red]unknown trainer {trainer!r}: worker or separate[/red]")
+        raise typer.Exit(2)
+    raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive, trainer=trainer))
 
 
 def _days(text: str) -> float:

@@ -40,12 +40,13 @@ class RetentionApp(faust.App):
         super()._crash(reason)
 
 
-def new_app(settings: Settings, **conf: Any) -> RetentionApp:
+def new_app(settings: Settings, app_id: str | None = None, **conf: Any) -> RetentionApp:
     """A Faust app with the settings every pipeline of ours shares (broker and its security,
     store, topics, group timeouts, producer batch, web server and its access check, fetch
-    wait) and a ``/metrics`` page; ``conf``: more Faust settings of one pipeline."""
+    wait) and a ``/metrics`` page; ``app_id``: another group than the workers';  ``conf``:
+    more Faust settings of one pipeline."""
     app = RetentionApp(
-        settings.app_id,
+        app_id or settings.app_id,
         broker=[f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
         broker_credentials=faust_credentials(settings),
         store="rocksdb://",
@@ -89,7 +90,8 @@ def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
     follower = ModelFollower(app, settings)  # every worker reads every model snapshot
     ingest = BatchIngest(app, settings, follower)
     app.action_stats = ActionStats(app, settings, ingest)  # GET /actions/stats, uplift gauges
-    app.trainer = TrainerAgent(app, settings, follower)  # runs on the worker that owns model-labels
+    if settings.trainer == "worker":
+        app.trainer = TrainerAgent(app, settings, follower)  # runs on the worker that owns model-labels
     if settings.trace_offsets_interval_s > 0:
 
         @app.timer(settings.trace_offsets_interval_s, name="trace-offsets")
@@ -98,12 +100,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
                 log.warning("offset trace: %s", line)
     app.operations = Operations(app, settings, ingest)  # /health/*, lag
 
-    @app.page("/models")
-    async def models_page(web: Any, request: Any) -> Any:
-        """The newest model snapshot this worker has read (the same on every worker): its
-        version and boundary, the trainer's label counts, whether each prior still answers,
-        and the prequential scores the trainer computed."""
-        return web.json(follower.report())
+    models_page(app, follower)
 
     @app.page("/users/{user_id}")
     @bounded_id("user_id")
@@ -120,3 +117,33 @@ def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
 
     return app, ingest
 
+
+def models_page(app: faust.App, follower: ModelFollower) -> None:
+    @app.page("/models")
+    async def models(web: Any, request: Any) -> Any:
+        """The newest model snapshot this process has read (the same on every worker): its
+        version and boundary, the trainer's label counts, whether each prior still answers,
+        and the prequential scores the trainer computed."""
+        return web.json(follower.report())
+
+
+def trainer_app_id(settings: Settings) -> str:
+    return f"{settings.app_id}-trainer"
+
+
+def create_trainer_app(settings: Settings) -> RetentionApp:
+    """The one model trainer as a process of its own (``RETENTION_TRAINER=separate``): the
+    trainer agent on ``model-labels`` in a group of its own (``<app id>-trainer``), the
+    snapshot follower, ``/models``, ``/metrics`` and ``/health/live``. No worker of the app
+    trains then, so the workers' CPU goes to the events alone."""
+    app = new_app(settings, app_id=trainer_app_id(settings), stream_wait_empty=False)
+    follower = ModelFollower(app, settings)
+    app.trainer = TrainerAgent(app, settings, follower)
+    models_page(app, follower)
+
+    @app.page("/health/live")
+    async def live(web: Any, request: Any) -> Any:
+        """The process runs (Faust stops it on a crash)."""
+        return web.json({"live": True})
+
+    return app

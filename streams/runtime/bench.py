@@ -62,6 +62,7 @@ class Sample:
     records: float  # processed inbound records, summed over workers (re-keys not counted)
     cpu_s: float  # CPU seconds (user + system) of the worker processes so far
     buckets: dict[float, float]  # latency histogram: upper bound -> cumulative count, summed
+    trainer_cpu_s: float = 0.0  # CPU seconds of a separate trainer process so far (--trainer separate)
 
 
 @dataclass
@@ -122,7 +123,7 @@ def quantile(q: float, buckets: dict[float, float]) -> float:
     return lower
 
 
-def sample(workers: list[WorkerProcess]) -> Sample:
+def sample(workers: list[WorkerProcess], trainer: WorkerProcess | None = None) -> Sample:
     records, cpu, buckets = 0.0, 0.0, {}
     for worker in workers:
         families = worker.samples("retention_records_total", f"{LATENCY}_bucket")  # one page read: the worker renders it
@@ -133,7 +134,8 @@ def sample(workers: list[WorkerProcess]) -> Sample:
             elif labels.get("result") != "rekeyed":
                 records += value
         cpu += cpu_seconds(worker.process.pid)
-    return Sample(time.monotonic(), records, cpu, buckets)
+    trainer_cpu = cpu_seconds(trainer.process.pid) if trainer is not None and trainer.process is not None else 0.0
+    return Sample(time.monotonic(), records, cpu, buckets, trainer_cpu)
 
 
 def bench_records(events: int, customers: int, seed: int, partitions: int) -> list[Outgoing]:
@@ -164,18 +166,20 @@ def publish_paced(publisher: Publisher, records: list[Outgoing], rate: float) ->
     client.flush(60)
 
 
-def wait_processed(workers: list[WorkerProcess], count: int, trace: list[Sample], stall_s: float = 120.0) -> Sample:
+def wait_processed(
+    workers: list[WorkerProcess], count: int, trace: list[Sample], stall_s: float = 120.0, trainer: WorkerProcess | None = None
+) -> Sample:
     """Sample the workers every ``SAMPLE_EVERY_S`` until they have processed ``count`` records."""
     last_progress = time.monotonic()
     while True:
-        now = sample(workers)
+        now = sample(workers, trainer)
         if trace and now.records > trace[-1].records:
             last_progress = now.t
         trace.append(now)
         if now.records >= count:
             return now
-        if not all(w.alive for w in workers):
-            raise RuntimeError(f"a worker died; see {[str(w.log_file) for w in workers]}")
+        if not all(w.alive for w in workers + ([trainer] if trainer else [])):
+            raise RuntimeError(f"a worker died; see {[str(w.log_file) for w in workers + ([trainer] if trainer else [])]}")
         if now.t - last_progress > stall_s:
             raise TimeoutError(f"no progress for {stall_s:.0f} s at {now.records:.0f} of {count} records")
         time.sleep(SAMPLE_EVERY_S)
@@ -194,8 +198,10 @@ def cpu_us_between(trace: list[Sample], start: float, end: float) -> float:
 
 def measure(
     name: str, mode: str, base_env: dict[str, str], records: list[Outgoing], workdir: Path,
-    partitions: int, workers: int, rate: float, console: Console,
-) -> Result:
+    partitions: int, workers: int, rate: float, console: Console, trainer: str = "worker",
+) -> list[Result]:
+    """The pipeline's figures; with ``trainer`` separate (the full pipeline), a second row:
+    the trainer process's CPU per record of the same window."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **base_env,
@@ -203,6 +209,9 @@ def measure(
         "RETENTION_PARTITIONS": str(partitions),
         **{f"RETENTION_TOPIC_{topic}": f"bench-{topic.lower().replace('_', '-')}-{suffix}" for topic in TOPICS},
     }
+    separate = trainer == "separate" and PIPELINES[name] is None
+    if separate:
+        env["RETENTION_TRAINER"] = "separate"
     os.environ.update(env)
     settings = Settings()
     create_topics(settings)
@@ -212,20 +221,22 @@ def measure(
         WorkerProcess(env, workdir / name / f"w{i}" / "data", workdir / name / f"w{i}" / "worker.log", module=PIPELINES[name])
         for i in range(workers)
     ]
+    trainer_proc = WorkerProcess(env, workdir / name / "trainer" / "data", workdir / name / "trainer" / "trainer.log",
+                                 command="trainer") if separate else None
     trace: list[Sample] = []
     with contextlib.ExitStack() as stack:
         if mode == "backlog":
             started = time.monotonic()
             publisher.publish(records)
             published_per_s = total / (time.monotonic() - started)
-        for proc in procs:
+        for proc in procs + ([trainer_proc] if trainer_proc else []):
             stack.callback(proc.stop)
             proc.start()
-            console.print(f"{name} worker pid {proc.process.pid}, log {proc.log_file}")
-        for proc in procs:
+            console.print(f"{name} {'trainer' if proc is trainer_proc else 'worker'} pid {proc.process.pid}, log {proc.log_file}")
+        for proc in procs + ([trainer_proc] if trainer_proc else []):
             proc.wait_ready()
         if mode == "backlog":
-            wait_processed(procs, total, trace)
+            wait_processed(procs, total, trace, trainer=trainer_proc)
             begin, end = first_at(trace, 0.05 * total), first_at(trace, 0.95 * total)
             latency = None
             # the first and the last fifth of the measured window (5 %..95 %)
@@ -233,24 +244,35 @@ def measure(
         else:
             warm = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
             publish_paced(publisher, records[:warm], rate)
-            begin = wait_processed(procs, publisher.report.total, trace)
+            begin = wait_processed(procs, publisher.report.total, trace, trainer=trainer_proc)
             started, before = time.monotonic(), publisher.report.total
             publish_paced(publisher, records[warm:], rate)
             published_per_s = (publisher.report.total - before) / (time.monotonic() - started)
-            end = wait_processed(procs, total, trace)
+            end = wait_processed(procs, total, trace, trainer=trainer_proc)
             window = {b: end.buckets[b] - begin.buckets.get(b, 0.0) for b in end.buckets}
             latency = tuple(1000 * quantile(q, window) for q in (0.5, 0.95, 0.99))
             fifths = None
         rss = max(peak_rss_mb(p.process.pid) for p in procs)
+        trainer_rss = peak_rss_mb(trainer_proc.process.pid) if trainer_proc else 0.0
         if publisher.report.failed:
             raise RuntimeError(f"{publisher.report.failed} records not delivered: {publisher.report.errors[:3]}")
     wall = end.t - begin.t
     done = end.records - begin.records
     cpu = end.cpu_s - begin.cpu_s
-    return Result(
+    results = [Result(
         name, mode, workers, int(done), wall, done / wall / workers, cpu, 100 * cpu / wall / workers,
         1e6 * cpu / done, rss, latency, published_per_s, fifths,  # type: ignore[arg-type]
-    )
+    )]
+    if trainer_proc is not None:  # what the one trainer spent on the same records (it kept up if the run ended)
+        tcpu = end.trainer_cpu_s - begin.trainer_cpu_s
+        tfifths = None
+        if mode == "backlog":
+            a, b, c, d = (first_at(trace, f * total) for f in (0.05, 0.23, 0.77, 0.95))
+            tfifths = (1e6 * (b.trainer_cpu_s - a.trainer_cpu_s) / max(b.records - a.records, 1),
+                       1e6 * (d.trainer_cpu_s - c.trainer_cpu_s) / max(d.records - c.records, 1))
+        results.append(Result(f"{name}: its trainer", mode, 1, int(done), wall, done / wall, tcpu, 100 * tcpu / wall,
+                              1e6 * tcpu / done, trainer_rss, None, published_per_s, tfifths))
+    return results
 
 
 def result_table(results: list[Result]) -> Table:
@@ -276,7 +298,7 @@ def result_table(results: list[Result]) -> Table:
 
 def run_bench(
     events: int | None, customers: int, partitions: int, mode: str, rate: float, workers: int,
-    skip_naive: bool, seed: int = 7, workdir: Path | None = None,
+    skip_naive: bool, seed: int = 7, workdir: Path | None = None, trainer: str = "worker",
 ) -> int:
     console = Console()
     if not console.is_terminal:
@@ -294,7 +316,7 @@ def run_bench(
                           f"{customers} customers, mode {mode}" + (f" at {rate:,.0f} records/s" if mode == "live" else ""))
             results = []
             for name in [n for n in PIPELINES if not (skip_naive and n == "naive")]:
-                results.append(measure(name, mode, env, records, workdir, partitions, workers, rate, console))
+                results += measure(name, mode, env, records, workdir, partitions, workers, rate, console, trainer)
                 os.environ.clear()
                 os.environ.update(saved)
     finally:

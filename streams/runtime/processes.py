@@ -28,12 +28,14 @@ class WorkerProcess:
     """``retention worker`` in a child process, with its own data dir and web port.
 
     ``module`` runs another worker module the same way (the bench's naive reference:
-    ``streams.runtime.bench_naive``)."""
+    ``streams.runtime.bench_naive``); ``command``: another ``retention`` command
+    (``trainer``)."""
 
     def __init__(
-        self, env: dict[str, str], data_dir: Path, log_file: Path, web_port: int | None = None, module: str | None = None
+        self, env: dict[str, str], data_dir: Path, log_file: Path, web_port: int | None = None, module: str | None = None,
+        command: str = "worker",
     ) -> None:
-        self.command = [sys.executable, "-m", module] if module else [sys.executable, "-m", "streams.cli", "worker"]
+        self.command = [sys.executable, "-m", module] if module else [sys.executable, "-m", "streams.cli", command]
         self.web_port = web_port or free_port()
         self.data_dir = data_dir
         self.log_file = log_file

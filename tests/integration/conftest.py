@@ -46,8 +46,8 @@ class Pipeline:
     tmp: Path
     workers: list[WorkerProcess]
 
-    def worker(self, name: str = "w1", **extra_env: str) -> WorkerProcess:
-        worker = WorkerProcess({**self.env, **extra_env}, self.tmp / name / "data", self.tmp / name / "worker.log")
+    def worker(self, name: str = "w1", command: str = "worker", **extra_env: str) -> WorkerProcess:
+        worker = WorkerProcess({**self.env, **extra_env}, self.tmp / name / "data", self.tmp / name / "worker.log", command=command)
         self.workers.append(worker)
         return worker.start()
 

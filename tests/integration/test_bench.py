@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_bench_prints_both_pipelines_side_by_side_and_stops_what_it_started(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
     result = retention("bench", "--mode", "live", "--events", "2000", "--rate", "1000", "--customers", "40",
-                       "--partitions", "2", env=env, cwd=tmp_path, timeout=120)
+                       "--partitions", "2", "--trainer", "separate", env=env, cwd=tmp_path, timeout=120)
     out = result.stdout
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     for column in ("events/s per worker", "CPU µs/event", "peak RSS MB", "p99 ms"):
@@ -28,14 +28,17 @@ def test_bench_prints_both_pipelines_side_by_side_and_stops_what_it_started(tmp_
 
     [results_file] = tmp_path.glob("var/bench/*/results.json")
     results = {r["pipeline"]: r for r in json.loads(results_file.read_text())}
+    # --trainer separate: the full pipeline's trainer is a process of its own, in a row of its own
+    trainer = results.pop("full: its trainer")
+    assert trainer["records"] == results["full"]["records"] and trainer["cpu_s"] > 0 and trainer["peak_rss_mb"] > 50
     assert results.keys() == {"full", "naive"}
     for r in results.values():
         assert r["records"] > 0 and r["per_worker"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 50
         p50, p95, p99 = r["latency_ms"]
         assert 0 < p50 <= p95 <= p99
 
-    pids = [int(p) for p in re.findall(r"(?:embedded broker at \S+ \(pid|worker pid) (\d+)", out)]
-    assert len(pids) == 3  # the broker and one worker per pipeline, each stopped by its PID
+    pids = [int(p) for p in re.findall(r"(?:embedded broker at \S+ \(pid|worker pid|trainer pid) (\d+)", out)]
+    assert len(pids) == 4  # the broker, one worker per pipeline and the trainer, each stopped by its PID
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

@@ -777,3 +777,31 @@ def test_k8s_workers_read_the_api_token_from_a_secret_and_kafka_clients_the_sasl
     from streams.runtime.web import OPEN_PATHS
 
     assert {*probes, annotations["prometheus.io/path"]} <= OPEN_PATHS  # probes and scrapes need no token
+
+
+def test_k8s_separate_trainer_component_runs_one_trainer_and_tells_the_workers_not_to_train(monkeypatch):
+    import kubernetes_validate
+
+    from streams.runtime.settings import Settings
+
+    docs = k8s_documents()
+    kustomization, [deployment] = component("separate-trainer")
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1 and spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    [container] = spec["template"]["spec"]["containers"]
+    assert container["args"] == ["trainer"] and container["envFrom"] == [{"configMapRef": {"name": "retention-streams"}}]
+    worker = docs["StatefulSet/retention-worker"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == worker["image"]
+    env = {e["name"]: e for e in container["env"]}
+    worker_env = {e["name"]: e for e in worker["env"]}
+    for name in ("RETENTION_SNAPSHOT_KEY", "RETENTION_SNAPSHOT_KEYS_PREVIOUS", "RETENTION_KAFKA_SASL_PASSWORD"):
+        assert env[name] == worker_env[name], name  # it signs the snapshots the workers check
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert docs["ConfigMap/retention-streams"]["data"]["RETENTION_DATA_DIR"] in mounts  # a read-only root: Faust writes there
+    [patch] = kustomization["patches"]
+    patched = yaml.safe_load(patch["patch"])
+    assert (patched["kind"], patched["metadata"]["name"]) == ("ConfigMap", "retention-streams")
+    for name, value in patched["data"].items():
+        monkeypatch.setenv(name, value)
+    assert Settings().trainer == "separate"  # for the workers and the trainer alike

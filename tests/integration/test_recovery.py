@@ -347,6 +347,37 @@ def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_unint
           f"distinct {len({a['action_id'] for a in run.actions})}; decision times that differ: {moved}")
 
 
+def test_a_separate_trainer_killed_mid_stream_learns_what_a_workers_own_trainer_learns(pipeline: Pipeline, reference: Run) -> None:
+    """``RETENTION_TRAINER=separate``: no worker trains, the ``retention trainer`` process
+    does, in a group of its own. Killed with kill -9 half-way and started again on an empty
+    data dir, it learns exactly what the uninterrupted run's in-worker trainer learned (no
+    label lost or learned twice), and the worker, whose records wait for the snapshots
+    meanwhile, decides the same."""
+    separate = {**STEADY, "RETENTION_TRAINER": "separate"}
+    sent = publish(pipeline, RECORDS)
+    total = sum(sent.values())
+    first = pipeline.worker("trainer-a", command="trainer", **separate)
+    worker = pipeline.worker("w", **separate)
+    first.wait_ready()
+    worker.wait_ready()
+    deadline = time.monotonic() + 120
+    while results(worker).total() < total / 2 or not first.total("retention_model_snapshots_total", kind="models"):
+        assert first.alive and worker.alive and time.monotonic() < deadline, f"no progress; see {first.log_file}, {worker.log_file}"
+        time.sleep(0.05)
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    second = pipeline.worker("trainer-b", command="trainer", **separate)
+    second.wait_ready()
+    worker.wait_processed(total, timeout=300)
+    wait_committed(pipeline, sent, [worker])
+    run = collect(pipeline, [worker], [results(worker)], covered=reference.models["covered"])
+
+    assert_same_users(run, reference, pipe=pipeline)
+    assert_same_learning(run, reference)
+    assert {a["action_id"]: a["ts"] for a in run.actions} == {a["action_id"]: a["ts"] for a in reference.actions}
+    assert worker.total("retention_model_trainer_records_total") == 0  # the worker did not train
+    assert second.total("retention_model_trainer_records_total", result="buffered") > 0
+
+
 # --- two workers ----------------------------------------------------------------------------
 
 

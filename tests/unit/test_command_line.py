@@ -270,3 +270,10 @@ def test_a_record_the_client_refuses_at_once_counts_as_a_delivery_failure() -> N
     report = publisher.publish([Outgoing("heartbeats", None, b'{"ts": 1}', 1)])
     assert client.partitions == [0, 1, 2, 3]
     assert (report.total, report.failed) == (6, 2) and "Unknown partition" in report.errors[0]
+
+
+def test_the_trainer_refuses_to_run_unless_the_workers_are_told_not_to_train(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RETENTION_TRAINER", raising=False)
+    result = CliRunner().invoke(app, ["trainer"])
+    assert result.exit_code == 2
+    assert "RETENTION_TRAINER=separate" in result.output and "two trainers" in result.output
