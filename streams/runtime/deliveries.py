@@ -18,8 +18,8 @@ on is stored or committed (it is read again after a restart; nothing is lost).
 
 >>> ledger = Ledger()
 >>> a = ledger.open(); ledger.sent(a, 2); ledger.seal(a, {("clicks", 0): 10}, {0: ["state"]})
->>> ledger.to_store()           # outputs in flight
-[]
+>>> ledger.to_store(), ledger.waiting, ledger.in_flight   # outputs in flight
+([], 1, 2)
 >>> ledger.acked(a.id); ledger.acked(a.id); [b.id for b in ledger.to_store()]
 [0]
 >>> ledger.stored(a, changelog_records=1); ledger.committable()
@@ -114,6 +114,11 @@ class Ledger:
             out.update(batch.offsets)
             del self.batches[batch.id]
         return out
+
+    @property
+    def waiting(self) -> int:
+        """Sealed batches waiting for acknowledgements (outputs, or changelog records)."""
+        return sum(1 for batch in self.batches.values() if batch.phase in (Phase.OUTPUTS, Phase.STATE))
 
     @property
     def in_flight(self) -> int:

@@ -93,6 +93,14 @@ def observe_merge(size: int) -> None:
 
 
 DUE_USERS = Gauge("retention_due_users", "Users waiting for an event-time check, on this worker.")
+BATCHES_UNACKNOWLEDGED = Gauge(
+    "retention_batches_unacknowledged",
+    "Folded micro-batches whose outputs or changelog records the broker has not all acknowledged (their input offsets "
+    "are not committed yet); one or two is normal, a growing number means deliveries are stuck.",
+)
+RECORDS_UNACKNOWLEDGED = Gauge(
+    "retention_records_unacknowledged", "Records those micro-batches sent that the broker has not acknowledged yet."
+)
 PROCESSING = Histogram(
     "retention_processing_seconds",
     "Wall time to process one inbound record, including due checks it triggers.",

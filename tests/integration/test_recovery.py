@@ -15,6 +15,7 @@ rule decides with the fixed recency formula, as the ordered replay does (see STE
 from __future__ import annotations
 
 import json
+import os
 import signal
 import time
 from collections import Counter
@@ -29,7 +30,9 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_INVALID, KafkaError, KafkaE
 from models.bundle import Models
 from streams.domain.features import features
 from streams.domain.state import UserState, load_state
+from streams.runtime.broker import EmbeddedBroker
 from streams.runtime.kafka import consumer
+from streams.runtime.settings import embedded_overrides
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, simulation_records
 from streams.simulation import Shop, SimulationConfig
@@ -345,6 +348,55 @@ def test_kill_9_mid_stream_and_restart_gives_every_user_the_features_of_an_unint
     print(f"{restart}: killed after >= {before_kill.total()} of {total} records, last commit at {resumed_from}, "
           f">= {redelivered} redelivered; worker b: {dict(after)}; actions sent {len(run.actions)}, "
           f"distinct {len({a['action_id'] for a in run.actions})}; decision times that differ: {moved}")
+
+
+def test_kill_9_while_a_batchs_outputs_wait_for_their_acknowledgements(broker_env: dict[str, str], reference: Run, tmp_path: Path) -> None:
+    """The broker freezes (SIGSTOP) mid-stream at a moment the worker has a folded batch whose
+    outputs or changelog records are sent and not acknowledged (its gauges say so), and the
+    worker is killed (kill -9) in that state: the batch is neither stored nor committed. The
+    broker resumes (and appends what it had received of them: copies the next owner makes
+    again), and a new worker on an empty data dir ends with the uninterrupted run's users,
+    decisions and learning. A broker of this test alone (the shared one must not freeze)."""
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        pytest.skip("freezes the embedded broker")
+    broker = EmbeddedBroker(log_file=tmp_path / "broker.log").start()
+    try:
+        with new_pipeline({**broker_env, **embedded_overrides(broker.bootstrap_servers)}, tmp_path) as pipe:
+            sent = publish(pipe, RECORDS)
+            total = sum(sent.values())
+            first = pipe.worker("a", **STEADY)
+            first.wait_ready()
+            deadline = time.monotonic() + 120
+            while processed(first) < total / 3:
+                assert first.alive and time.monotonic() < deadline, f"worker a stuck; see {first.log_file}"
+                time.sleep(0.05)
+            unacknowledged = 0.0
+            for _ in range(50):  # freeze at a moment a folded batch waits for the broker's acknowledgements
+                broker.process.send_signal(signal.SIGSTOP)
+                time.sleep(0.3)  # (the worker's gauges are set once per cycle)
+                unacknowledged = first.total("retention_records_unacknowledged")
+                if first.total("retention_batches_unacknowledged") and unacknowledged:
+                    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+                    broker.process.send_signal(signal.SIGCONT)
+                    break
+                broker.process.send_signal(signal.SIGCONT)
+                time.sleep(0.1)
+            assert not first.alive, f"no moment with a batch waiting for acknowledgements; see {first.log_file}"
+            resumed_from = settled(pipe).total()
+            assert resumed_from < total
+            second = pipe.worker("b", **STEADY)
+            second.wait_ready()
+            second.wait_processed(total - resumed_from, timeout=300)
+            wait_committed(pipe, sent, [second])
+            run = collect(pipe, [first, second], [results(second)], covered=reference.models["covered"])
+            run.records["invalid"] = results(second)["invalid"]
+            assert_same_users(run, reference, pipe=pipe)
+            assert_same_learning(run, reference)
+            moved = assert_same_actions(run, reference)
+            print(f"kill -9 with {unacknowledged:.0f} records sent and not acknowledged, commits at {resumed_from} of "
+                  f"{total}; actions sent {len(run.actions)}, distinct {len({a['action_id'] for a in run.actions})}; moved {moved}")
+    finally:
+        broker.stop()
 
 
 def test_a_separate_trainer_killed_mid_stream_learns_what_a_workers_own_trainer_learns(pipeline: Pipeline, reference: Run) -> None:

@@ -806,6 +806,8 @@ class BatchIngest:
         metrics.DUE_USERS.set(sum(len(w.queue) for w in self.works.values()))
         metrics.observe_merge(sum(w.merge.size for w in self.works.values()))
         metrics.MODEL_WAITING.set(sum(1 for w in self.works.values() if w.held is not None))
+        metrics.BATCHES_UNACKNOWLEDGED.set(self.ledger.waiting)
+        metrics.RECORDS_UNACKNOWLEDGED.set(self.ledger.in_flight)
         if time.monotonic() - self.lag_at >= self.settings.metrics_interval_s:
             self.lag_at = time.monotonic()
             lag = {}
