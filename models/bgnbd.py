@@ -212,6 +212,31 @@ class BgNbd:
         silent = np.exp((self.r + x) * (np.log(self.alpha + T) - np.log(self.alpha + T + horizon)))
         return 1.0 - alive + alive * silent
 
+    def churn_and_expected(self, x: float, t_x: float, T: float, horizon: float) -> tuple[float, float]:
+        """(:meth:`p_no_purchase`, :meth:`expected_purchases`) of one customer: the same
+        numbers bit for bit (the same numpy and scipy functions, on scalars, with the terms
+        the two share computed once) in ~6 µs instead of ~55 (a score row asks for both, and
+        numpy's 0-d arrays cost more than the arithmetic).
+
+        >>> m = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
+        >>> m.churn_and_expected(2, 20.0, 30.0, 90.0) == (float(m.p_no_purchase(2, 20.0, 30.0, 90.0)), float(m.expected_purchases(2, 20.0, 30.0, 90.0)))
+        True
+        """
+        x, t_x, T, t = float(x), float(t_x), float(T), float(horizon)
+        a = self.a if abs(self.a - 1.0) > 1e-7 else 1.0 + 1e-7
+        r, alpha, b = self.r, self.alpha, self.b
+        alive = 1.0
+        if x > 0:
+            odds = math.log(self.a) - np.log(max(b + x - 1, 1e-300)) + (r + x) * (np.log(alpha + T) - np.log(alpha + t_x))
+            alive = expit(-odds)
+        decay = np.exp((r + x) * (np.log(alpha + T) - np.log(alpha + T + t)))
+        z = t / (alpha + T + t)
+        f = hyp2f1(r + x, b + x, a + b + x - 1, z)
+        if not math.isfinite(f):
+            f = float(gauss_2f1(r + x, b + x, a + b + x - 1, z))
+        alive_mean = (a + b + x - 1) / (a - 1) * (1.0 - decay * f)
+        return float(1.0 - alive + alive * decay), float(alive * alive_mean)
+
     def expected_purchases(self, x: ArrayLike, t_x: ArrayLike, T: ArrayLike, horizon: ArrayLike) -> Array:
         """E[purchases in (T, T + horizon] | x, t_x, T], FHL (2005) eq. (10):
 

@@ -89,9 +89,8 @@ def history_of(x: dict[str, float]) -> History | None:
 
 @lru_cache(maxsize=4096)
 def _closed_forms(params: tuple[float, float, float, float], x: int, t_x: float, T: float, horizon: float) -> tuple[float, float]:
-    model = BgNbd(*params)
-    p = float(model.p_no_purchase(x, t_x, T, horizon))
-    n = float(model.expected_purchases(x, t_x, T, horizon))
+    p_, n_ = BgNbd(*params).churn_and_expected(x, t_x, T, horizon)
+    p, n = float(p_), float(n_)
     if not math.isfinite(p):
         p = 1.0 - EPS
     if not math.isfinite(n) or n < 0:

@@ -192,3 +192,21 @@ def test_expected_purchases_stay_finite_for_a_fit_with_a_large_r() -> None:
     assert np.all(np.isfinite(n)) and np.all(n > 0)
     # the mean purchase rate is r / alpha per day: a customer alive for 30 days buys about 30 r / alpha
     assert n[0] <= 30 * 18068.19 / 162351.8 * 1.5
+
+
+def test_one_customers_closed_forms_are_the_array_methods_bit_for_bit() -> None:
+    """The scalar path the score rows use (BgNbd.churn_and_expected) must give the very
+    floats of the array methods: the decisions' digest and the replay equality rest on it."""
+    import random
+
+    rng = random.Random(2)
+    models = [BgNbd(r=rng.uniform(0.1, 5), alpha=rng.uniform(1, 50), a=rng.uniform(0.2, 3), b=rng.uniform(0.5, 10))
+              for _ in range(10)] + [BgNbd(r=18_068.2, alpha=400.0, a=0.7, b=1.9), BgNbd(r=0.5, alpha=10.0, a=1.0, b=2.5)]
+    for _ in range(3000):
+        m = rng.choice(models)
+        x = rng.randint(0, 40)
+        t_x = rng.uniform(0, 300) if x else 0.0
+        T, horizon = t_x + rng.uniform(0, 300), rng.choice([7.5, 30.0, 90.0])
+        want = (float(m.p_no_purchase(x, t_x, T, horizon)), float(m.expected_purchases(x, t_x, T, horizon)))
+        got = m.churn_and_expected(x, t_x, T, horizon)
+        assert all(g == w or (math.isnan(g) and math.isnan(w)) for g, w in zip(got, want)), (m, x, t_x, T, horizon, got, want)
