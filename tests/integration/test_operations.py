@@ -195,7 +195,7 @@ def check_operations(pipeline: Pipeline, worker: WorkerProcess, sent: int, query
     assert dead[0]["topic"] == "clicks" and dead[0]["dead_letters"] == 1 and dead[0]["records"] >= 1
     assert [(reason.startswith("not valid JSON"), n) for reason, n in dead[0]["reasons"].items()] == [(True, 1)], dead
     assert dead[0]["level"] == ("WARNING" if 1 / dead[0]["records"] > 0.01 else "INFO")
-    assert "clicks[" in dead[0]["message"] and "@" in dead[0]["message"]
+    assert f"first {pipeline.settings.topic_clicks}[" in dead[0]["message"] and "@" in dead[0]["message"]
     rebalances = [line for line in lines if line["logger"] == "streams.runtime.ops" and "rebalance complete" in line["message"]]
     assert [len(line["partitions"]) for line in rebalances] == [len(LOGICAL) * parts, len(LOGICAL) * parts // 2]
 
