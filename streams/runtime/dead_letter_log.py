@@ -38,6 +38,7 @@ MAX_REASONS = 10
 OTHER = "other reasons"
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
 _GOT = re.compile(r"\bgot [^,;)\s]+")
+_LONG_NUMBER = re.compile(r"(?<![\w.-])-?\d{6,}(?:\.\d+)?(?![\w])")  # a value (epoch time, id), not a limit
 _LONGEST_REASON = 160
 
 Emit = Callable[[int, str, dict], None]
@@ -50,8 +51,10 @@ def reason_class(error: str) -> str:
     "ts '…' is not RFC 3339 with an offset (e.g. 2026-01-05T13:04:05Z) - at `$.ts`"
     >>> reason_class("Expected `int` >= 1, got 0 - at `$.quantity`")
     'Expected `int` >= 1, got … - at `$.quantity`'
+    >>> reason_class("ts 1767618245 is before 2000-01-01 as epoch milliseconds (epoch seconds are not accepted) - at `$.ts`")
+    'ts … is before 2000-01-01 as epoch milliseconds (epoch seconds are not accepted) - at `$.ts`'
     """
-    masked = _GOT.sub("got …", _QUOTED.sub("'…'", error.splitlines()[0] if error else ""))
+    masked = _LONG_NUMBER.sub("…", _GOT.sub("got …", _QUOTED.sub("'…'", error.splitlines()[0] if error else "")))
     return masked if len(masked) <= _LONGEST_REASON else masked[: _LONGEST_REASON - 1] + "…"
 
 
