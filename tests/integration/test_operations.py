@@ -189,12 +189,12 @@ def check_operations(pipeline: Pipeline, worker: WorkerProcess, sent: int, query
     lines = [json.loads(line) for line in worker.log_file.read_text().splitlines()]
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
     # the dead letter in the summary of its interval (not a line per record): counted with its
-    # reason and position; a WARNING only if dead letters were over 1 % of the interval's clicks
+    # reason and position
     dead = [line for line in lines if line["message"].startswith("dead-lettered")]
     assert len(dead) == 1 and dead[0]["logger"] == "streams.runtime.dead_letters", dead
     assert dead[0]["topic"] == "clicks" and dead[0]["dead_letters"] == 1 and dead[0]["records"] >= 1
     assert [(reason.startswith("not valid JSON"), n) for reason, n in dead[0]["reasons"].items()] == [(True, 1)], dead
-    assert dead[0]["level"] == ("WARNING" if 1 / dead[0]["records"] > 0.01 else "INFO")
+    assert dead[0]["level"] == "INFO"  # one stray record (a WARNING takes 10 and more than 1 %)
     assert f"first {pipeline.settings.topic_clicks}[" in dead[0]["message"] and "@" in dead[0]["message"]
     rebalances = [line for line in lines if line["logger"] == "streams.runtime.ops" and "rebalance complete" in line["message"]]
     assert [len(line["partitions"]) for line in rebalances] == [len(LOGICAL) * parts, len(LOGICAL) * parts // 2]

@@ -33,19 +33,22 @@ def test_a_stray_record_is_an_info_line_a_broken_producer_a_warning() -> None:
     summary.flush(0, lambda: dict(totals))
     for i in range(3):
         summary.add("clicks", f"clicks[0]@{i}", "not valid JSON: Input data was truncated", now=i)
-    for i in range(5):
+    for i in range(12):
         summary.add("purchases", f"purchases[1]@{i}", "Object missing required field `user_id`", now=i)
-    totals.update(clicks=10_000.0, purchases=200.0)  # 0.03 % of the clicks, 2.5 % of the purchases
+    summary.add("reviews", "reviews[0]@3", "not valid UTF-8", now=3)
+    totals.update(clicks=10_000.0, purchases=400.0, reviews=50.0)  # 0.03 % of the clicks, 3 % of the purchases, 2 % of the reviews
     summary.flush(60, lambda: dict(totals))
     by_topic = {extra["topic"]: (level, message, extra) for level, message, extra in out.lines}
-    assert len(out.lines) == 2
+    assert len(out.lines) == 3
     level, message, extra = by_topic["clicks"]
     assert level == logging.INFO and extra["dead_letters"] == 3 and extra["records"] == 10_000
     assert message == ("dead-lettered 3 of 10000 clicks records in the last 60 s (0.03 %), first clicks[0]@0: "
                        "3 not valid JSON: Input data was truncated; reasons and positions on the dead-letter topic")
     level, message, extra = by_topic["purchases"]
-    assert level == logging.WARNING and extra["reasons"] == {"Object missing required field `user_id`": 5}
-    assert "(2.50 %)" in message and "first purchases[1]@0" in message
+    assert level == logging.WARNING and extra["reasons"] == {"Object missing required field `user_id`": 12}
+    assert "(3.00 %)" in message and "first purchases[1]@0" in message
+    level, message, extra = by_topic["reviews"]  # one bad record of a slow minute's 50: a stray one, not a broken producer
+    assert level == logging.INFO and "(2.00 %)" in message
 
 
 def test_one_summary_per_interval_and_none_for_a_quiet_one() -> None:
