@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An example marketing consumer of ``retention-actions`` (confluent-kafka only).
 
-The contract (README, "Subscribing to retention actions"):
+The contract (docs/consuming.md):
 
 - delivery is **at least once**: the same action can arrive twice (a worker restart, a
   rebalance); it has the same ``action_id`` (deterministic from the decision), so

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -263,15 +264,36 @@ def simulate(
     speed: Annotated[float, typer.Option(help="Simulated seconds per wall second; 0 = as fast as possible.")] = 0.0,
     invalid_share: Annotated[float, typer.Option(help="Share of deliberately malformed records.")] = 0.0,
     duplicate_share: Annotated[float, typer.Option(help="Share of records sent twice.")] = 0.0,
+    start: Annotated[Optional[datetime], typer.Option(
+        formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"],
+        help="Start of the simulated period, UTC (default 2026-01-01): a later start simulates the same customer ids "
+             "in a later period, with event ids of their own.")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Publish even if the topics already hold events of the simulated period (an earlier run): "
+                        "the workers count each copy they no longer remember as a late event, in lifetime totals again.")] = False,
 ) -> None:
-    """Publish a synthetic shop's clicks, purchases, reviews and heartbeats in event time."""
-    from streams.runtime.publish import Publisher, simulation_records
+    """Publish a synthetic shop's clicks, purchases, reviews and heartbeats in event time.
+
+    Refuses (exit 2) when the clicks, purchases or reviews topics already hold an event at or
+    after the period's start (by their partitions' last records): a second identical run
+    would be counted again."""
+    from streams.runtime.kafka import held_records
+    from streams.runtime.publish import Publisher, simulation_records, overlap_message
     from streams.simulation import Shop, SimulationConfig
+    from streams.simulation.shop import DEFAULT_START
 
     settings = _settings()
     _brokers(settings)
-    shop = Shop(SimulationConfig(customers=customers, days=days, seed=seed,
-                                 invalid_share=invalid_share, duplicate_share=duplicate_share))
+    config = SimulationConfig(customers=customers, days=days, seed=seed, invalid_share=invalid_share,
+                              duplicate_share=duplicate_share, start=(start or DEFAULT_START).replace(tzinfo=timezone.utc))
+    start_ms = int(config.start.timestamp() * 1000)
+    if not force:
+        topics = {settings.topic_clicks: "clicks", settings.topic_purchases: "purchases", settings.topic_reviews: "reviews"}
+        held = {topics[t]: found for t, found in held_records(settings, list(topics)).items()}
+        if held and max(latest for _, latest in held.values()) >= start_ms:
+            err.print(overlap_message(held, start_ms), highlight=False, markup=False, soft_wrap=True)
+            raise typer.Exit(2)
+    shop = Shop(config)
     from rich.progress import Progress, TextColumn
 
     with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[day]}"), console=err) as bar:

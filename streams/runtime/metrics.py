@@ -217,6 +217,17 @@ MODEL_SNAPSHOTS_REFUSED = Counter(
 _record_counters: dict[tuple[str, str], Any] = {}
 
 
+def records_by_topic() -> dict[str, float]:
+    """Inbound records counted so far per logical topic, whatever their result (all of ``RECORDS``)."""
+    totals: dict[str, float] = {}
+    for metric in RECORDS.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                topic = sample.labels["topic"]
+                totals[topic] = totals.get(topic, 0.0) + sample.value
+    return totals
+
+
 def count_record(topic: str, result: str) -> None:
     """``RECORDS.labels(topic, result).inc()`` with the labelled child kept: it runs once per
     record, and ``labels()`` costs more than the increment (the series are never removed)."""

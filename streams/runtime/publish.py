@@ -24,6 +24,7 @@ from confluent_kafka import KafkaException, Producer
 
 from streams.domain.events import Invalid, decode
 from streams.domain.privacy import decode_consent
+from streams.domain.state import RECENT_IDS
 from streams.runtime.kafka import producer
 from streams.runtime.settings import Settings
 
@@ -151,3 +152,23 @@ def simulation_records(shop: Shop) -> Iterator[Outgoing]:
     """The simulator's records as they go on the wire (malformed ones included, on purpose)."""
     for record in shop.records():
         yield Outgoing(record.topic, record.key, encode_value(record.value), record.ts_ms)
+
+
+def overlap_message(held: dict[str, tuple[int, int]], start_ms: int) -> str:
+    """Why ``retention simulate`` refuses to publish over an earlier run, and what to do instead.
+
+    ``held``: per logical topic, the records it holds and the latest record's timestamp.
+
+    >>> print(overlap_message({"clicks": (24616, 1782777600000), "purchases": (900, 1782700000000)}, 1767225600000))
+    the topics already hold events up to 2026-06-30T00:00:00.000Z (clicks 24,616 records, purchases 900), after the simulated period's start 2026-01-01T00:00:00.000Z: an earlier `retention simulate`? Sent again, every event a worker no longer remembers (it keeps each customer's latest 64 event ids) would count as a late one, in lifetime totals a second time. Simulate the next period with --start 2026-07-01 (same customer ids, new event ids), or start afresh (new topic names or a new broker, and new workers' state), or pass --force.
+    """
+    from streams.domain.timestamps import format_ts
+
+    counts = ", ".join(f"{topic} {n:,}" + (" records" if i == 0 else "") for i, (topic, (n, _)) in enumerate(sorted(held.items())))
+    latest = max(last for _, last in held.values())
+    after = (latest // 86_400_000 + 1) * 86_400_000  # the day after the latest event
+    return (f"the topics already hold events up to {format_ts(latest)} ({counts}), after the simulated period's start "
+            f"{format_ts(start_ms)}: an earlier `retention simulate`? Sent again, every event a worker no longer remembers "
+            f"(it keeps each customer's latest {RECENT_IDS} event ids) would count as a late one, in lifetime totals a "
+            f"second time. Simulate the next period with --start {format_ts(after)[:10]} (same customer ids, new event ids), "
+            "or start afresh (new topic names or a new broker, and new workers' state), or pass --force.")

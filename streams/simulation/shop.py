@@ -62,6 +62,10 @@ class LatentState(str, Enum):
 NEW, LOYAL, DRIFTING, CHURNED = LatentState.NEW, LatentState.LOYAL, LatentState.DRIFTING, LatentState.CHURNED
 
 
+#: The simulated period's default start.
+DEFAULT_START = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """What to simulate; the same config always yields the same records."""
@@ -70,7 +74,7 @@ class SimulationConfig:
     new_customers_per_day: float = 5.0  # ... plus arrivals
     days: float = 180.0
     seed: int = 7
-    start: datetime = datetime(2026, 1, 1, tzinfo=timezone.utc)  # naive datetimes are taken as UTC
+    start: datetime = DEFAULT_START  # naive datetimes are taken as UTC
     heartbeat_every: timedelta = timedelta(hours=1)
     invalid_share: float = 0.0  # of clicks/purchases/reviews records, replaced by malformed bytes
     duplicate_share: float = 0.0  # of valid clicks/purchases/reviews records, re-sent shortly after
@@ -192,6 +196,11 @@ class _Run:
         self.rng = random.Random(f"retention-shop-{config.seed}")
         self.noise = random.Random(f"retention-wire-{config.seed}")
         self.seed = config.seed
+        #: In every event, session and order id: a shop simulated from another start (a later
+        #: period of the same customer ids) has ids of its own, so its events never re-use
+        #: those of an earlier period (the workers would dead-letter them as conflicts).
+        start = config.start if config.start.tzinfo else config.start.replace(tzinfo=timezone.utc)
+        self.run = f"{config.seed}" if start == DEFAULT_START else f"{config.seed}-{start:%Y%m%dT%H%M%S}"
         self.start_ms = _to_ms(config.start)
         self.end_ms = self.start_ms + round(config.days * DAY_MS)
         self.hb_every = config.heartbeat_every // timedelta(milliseconds=1) or 1
@@ -420,7 +429,7 @@ class _Run:
         hi = c.next_transition if c.next_transition < c.forced_drift else c.forced_drift
         t = self._snap(nominal, lo, hi)
         self.sessions += 1
-        sid = f"s-{self.seed}-{self.sessions}"
+        sid = f"s-{self.run}-{self.sessions}"
         channel = "app" if rng.random() < c.app_share else "web"
         click = self._click
         first_category = CATEGORIES[bisect_right(c.cat_cum, rng.random() * c.cat_cum[-1])]
@@ -492,7 +501,7 @@ class _Run:
     def _purchase(self, c: _Customer, t: int, channel: str, cart: list[Item]) -> None:
         rng = self.rng
         self.orders += 1
-        order_id = f"o-{self.seed}-{self.orders}"
+        order_id = f"o-{self.run}-{self.orders}"
         lines, total_cents = [], 0
         for item in cart:
             quantity = 1 if rng.random() < 0.8 else 2 if rng.random() < 0.75 else 3
@@ -629,7 +638,7 @@ class _Run:
         # Inlined _eid() and _ts(): this is the hottest path of the simulation.
         self.events += 1
         noise = self.noise.random
-        value = {"event_id": f"e-{self.seed}-{self.events}", "user_id": c.user_id,
+        value = {"event_id": f"e-{self.run}-{self.events}", "user_id": c.user_id,
                  "ts": t if noise() < 0.1 else format_ts(t), "kind": kind, "session_id": sid}  # fmt: skip
         if item is not None:
             value["item_id"] = item.item_id
@@ -644,7 +653,7 @@ class _Run:
 
     def _eid(self) -> str:
         self.events += 1
-        return f"e-{self.seed}-{self.events}"
+        return f"e-{self.run}-{self.events}"
 
     def _ts(self, t: int) -> str | int:
         """About 10 % of producers send integer epoch milliseconds instead of RFC 3339."""

@@ -128,7 +128,7 @@ def lag_series(worker: WorkerProcess) -> dict[tuple[str, str], float]:
 
 def test_an_operators_view_health_metrics_prometheus_dashboard_logs_and_partitions_moving(pipeline: Pipeline, tmp_path: Path) -> None:
     sent = publish(pipeline, clicks(range(200)) + [Outgoing("clicks", "u-bad", b"not json", T0)])
-    worker = pipeline.worker(RETENTION_LOG_FORMAT="json", **FAST)
+    worker = pipeline.worker(RETENTION_LOG_FORMAT="json", RETENTION_DEAD_LETTER_LOG_INTERVAL_S="1", **FAST)
     with prometheus_server(tmp_path, worker.web_port) as query:
         check_operations(pipeline, worker, sent, query)
 
@@ -188,8 +188,14 @@ def check_operations(pipeline: Pipeline, worker: WorkerProcess, sent: int, query
     # every log line is one JSON object; the dead letter and the rebalance are there with their fields
     lines = [json.loads(line) for line in worker.log_file.read_text().splitlines()]
     assert all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+    # the dead letter in the summary of its interval (not a line per record): counted with its
+    # reason and position
     dead = [line for line in lines if line["message"].startswith("dead-lettered")]
-    assert len(dead) == 1 and dead[0]["level"] == "WARNING" and dead[0]["logger"] == "streams.runtime.agents.batched"
+    assert len(dead) == 1 and dead[0]["logger"] == "streams.runtime.dead_letters", dead
+    assert dead[0]["topic"] == "clicks" and dead[0]["dead_letters"] == 1 and dead[0]["records"] >= 1
+    assert [(reason.startswith("not valid JSON"), n) for reason, n in dead[0]["reasons"].items()] == [(True, 1)], dead
+    assert dead[0]["level"] == "INFO"  # one stray record (a WARNING takes 10 and more than 1 %)
+    assert f"first {pipeline.settings.topic_clicks}[" in dead[0]["message"] and "@" in dead[0]["message"]
     rebalances = [line for line in lines if line["logger"] == "streams.runtime.ops" and "rebalance complete" in line["message"]]
     assert [len(line["partitions"]) for line in rebalances] == [len(LOGICAL) * parts, len(LOGICAL) * parts // 2]
 

@@ -41,3 +41,10 @@ def test_relative_links_resolve(page: Path) -> None:
             elif fragment and linked.suffix == ".md" and fragment not in anchors(linked):
                 broken.append(f"{target}: no such heading")
     assert broken == []
+
+
+def test_the_readme_links_every_docs_page() -> None:
+    """The README's documentation index names every page of docs/ (a new page is found)."""
+    readme = (ROOT / "README.md").read_text()
+    unlinked = [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"](docs/{p.name})" not in readme]
+    assert unlinked == []

@@ -164,6 +164,25 @@ def test_same_config_gives_identical_records_and_another_seed_does_not() -> None
     assert [r.value for r in other if r.topic != "heartbeats"] != [r.value for r in first if r.topic != "heartbeats"]
 
 
+def test_a_later_start_simulates_the_same_customer_ids_with_event_ids_of_its_own() -> None:
+    """``retention simulate --start``: the next period of a shop must not re-use the ids of the
+    first (the workers would take a re-used id with other content for a conflict)."""
+    def ids(config: SimulationConfig) -> tuple[set[str], set[str], set[str]]:
+        values = [r.value for r in Shop(config).records() if r.topic in ("clicks", "purchases", "reviews")]
+        return ({v["event_id"] for v in values}, {v["user_id"] for v in values},
+                {v.get("session_id") or v.get("order_id") for v in values} - {None})
+
+    base = SimulationConfig(customers=30, days=5, seed=3)
+    events, users, others = ids(base)
+    assert all(re.fullmatch(r"e-3-\d+", e) for e in events)  # the default start keeps its ids (and the demo its figures)
+    later_events, later_users, later_others = ids(replace(base, start=datetime(2026, 1, 6, tzinfo=timezone.utc)))
+    assert events.isdisjoint(later_events) and others.isdisjoint(later_others)
+    assert all(e.startswith("e-3-20260106T000000-") for e in later_events)
+    assert len(users & later_users) >= 20  # the same customers, in a later period
+    naive = ids(replace(base, start=datetime(2026, 1, 6)))[0]  # naive datetimes are UTC
+    assert naive == later_events
+
+
 def test_records_come_in_event_time_order_within_the_window(run) -> None:
     _, records = run
     stamps = [r.ts_ms for r in records]

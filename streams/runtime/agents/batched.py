@@ -55,6 +55,7 @@ from streams.domain.uplift import Tally, dump_tally, load_tally
 from streams.runtime import heap, metrics
 from streams.runtime.agents.gate import ActionGate
 from streams.runtime.changelog import ChangelogWriter, changelog_topic, create_changelog, restore
+from streams.runtime.dead_letter_log import DeadLetterSummary
 from streams.runtime.deliveries import Batch, Ledger
 from streams.runtime.faults import BrokerDataLost, broker_data_lost, infrastructure_failure, operator_hint
 from streams.runtime.kafka import consumer as new_consumer
@@ -122,6 +123,7 @@ class BatchIngest:
         self.partition_for = make_partitioner(settings.partitions)
         self.skew_ms = int(settings.max_clock_skew_s * 1000)
         self.dead_letter_cfg = settings.dead_letter
+        self.dead_letter_log = DeadLetterSummary(settings.dead_letter_log_interval_s)  #: a summary per topic and interval, not a line per record
         self.scores_interval_ms = int(settings.scores_interval_s * 1000)
         self.period_ms = settings.model_period_ms
         self.labels: list[Any] = []  #: examples made in this micro-batch, not yet sent (packed)
@@ -282,6 +284,7 @@ class BatchIngest:
             else:
                 log.exception("the batched ingest stopped")
         finally:
+            self.dead_letter_log.flush(time.monotonic(), metrics.records_by_topic, force=True)
             with self.lock:
                 if self.failure is None:
                     self._drain(timeout=10.0)
@@ -717,7 +720,9 @@ class BatchIngest:
         if result is not None:  # (a conflicting re-use is counted as such by the caller)
             metrics.count_record(topic, result)
         metrics.DEAD_LETTERS.labels(topic).inc()
-        log.warning("dead-lettered %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+        position = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        log.debug("dead-lettered %s: %s", position, error)
+        self.dead_letter_log.add(topic, position, error, time.monotonic())
         cfg = self.dead_letter_cfg
         value = dead_letter(msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), kafka_ts, error, _wall_ms(), cfg)
         self._emit(self.settings.topic_dead_letters, dead_letter_key(msg.key(), cfg), value)
@@ -808,6 +813,7 @@ class BatchIngest:
         metrics.MODEL_WAITING.set(sum(1 for w in self.works.values() if w.held is not None))
         metrics.BATCHES_UNACKNOWLEDGED.set(self.ledger.waiting)
         metrics.RECORDS_UNACKNOWLEDGED.set(self.ledger.in_flight)
+        self.dead_letter_log.flush(time.monotonic(), metrics.records_by_topic)
         if time.monotonic() - self.lag_at >= self.settings.metrics_interval_s:
             self.lag_at = time.monotonic()
             lag = {}
