@@ -7,6 +7,15 @@ a check failed; 2 bad configuration or usage, or no broker answered.
 
 from __future__ import annotations
 
+import os
+
+# BLAS on one thread unless the environment says otherwise, set before numpy loads: the
+# numeric work here is small (a four-parameter BG/NBD fit, River's dict-based learners), where
+# OpenBLAS's threads only contend with the worker for the cores; and a multithreaded dot
+# product sums in an order that depends on the machine's cores, so a fit could end elsewhere
+# on another machine (docs/evaluation.md, "The replay's speed").
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import json
 import logging
 import signal
