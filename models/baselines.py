@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 from models.bgnbd import MS_PER_DAY, BgNbd, History, Summary
 
@@ -121,6 +122,16 @@ class BgNbdBaseline:
         h = self.history(customer, now_ms)
         if self.model is None or h is None:
             return None
-        p = float(self.model.p_no_purchase(h.x, h.t_x, h.T, horizon_days))
-        n = float(self.model.expected_purchases(h.x, h.t_x, h.T, horizon_days))
-        return min(1.0 - 1e-6, max(1e-6, p)), n
+        m = self.model
+        return _answer((m.r, m.alpha, m.a, m.b), h.x, h.t_x, h.T, float(horizon_days))
+
+
+@lru_cache(maxsize=1 << 16)
+def _answer(params: tuple[float, float, float, float], x: int, t_x: float, T: float, horizon_days: float) -> tuple[float, float]:
+    """BG/NBD's answer for one history. Cached: histories are whole days (purchase days,
+    a midnight sweep), so on a day's sweep many customers share one (x, t_x, T) (every
+    one-time buyer of the same first day), and the closed forms cost more than the look-up."""
+    model = BgNbd(*params)
+    p = float(model.p_no_purchase(x, t_x, T, horizon_days))
+    n = float(model.expected_purchases(x, t_x, T, horizon_days))
+    return min(1.0 - 1e-6, max(1e-6, p)), n

@@ -67,6 +67,18 @@ def weighted_auc(groups: NDArray[np.int64], size: int, y: Array, w: Array) -> fl
     return float((pos @ below + 0.5 * pos @ neg) / total)
 
 
+def auc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """Exact ROC AUC of any real-valued ``scores`` against 0/1 ``labels`` (ties count one half;
+    nan without both classes).
+
+    >>> auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    0.75
+    """
+    y = np.asarray(labels, dtype=float)
+    groups, size = _ranks(np.asarray(scores, dtype=float))
+    return weighted_auc(groups, size, y, np.ones_like(y))
+
+
 def _rmse(err2: Array, w: Array) -> float:
     return float(np.sqrt(err2 @ w / w.sum()))
 

@@ -7,6 +7,15 @@ a check failed; 2 bad configuration or usage, or no broker answered.
 
 from __future__ import annotations
 
+import os
+
+# BLAS on one thread unless the environment says otherwise, set before numpy loads: the
+# numeric work here is small (a four-parameter BG/NBD fit, River's dict-based learners), where
+# OpenBLAS's threads only contend with the worker for the cores; and a multithreaded dot
+# product sums in an order that depends on the machine's cores, so a fit could end elsewhere
+# on another machine (docs/evaluation.md, "The replay's speed").
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import json
 import logging
 import signal
@@ -455,6 +464,7 @@ def evaluate(
     transactions: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Transactions CSV (customer id, timestamp, amount; usual column names detected).")] = None,
     cdnow: Annotated[bool, typer.Option("--cdnow", help="Replay the CDNOW history (Lifetimes wheel data, the eval extra).")] = False,
     cdnow_sample: Annotated[bool, typer.Option("--cdnow-sample", help="With --cdnow: the 2,357-customer sample instead of all 23,570.")] = False,
+    cdnow_classic: Annotated[bool, typer.Option("--cdnow-classic", help="The classic split of the CDNOW sample: weeks 1-39 replayed (learning horizon --horizon), every customer scored once at their end for 'buys again in weeks 40-78'; ROC AUC per model.")] = False,
     simulate: Annotated[bool, typer.Option("--simulate", help="Replay the simulator's shop (clicks, purchases, reviews).")] = False,
     customers: Annotated[int, typer.Option(help="With --simulate: customers at the start.")] = 1000,
     days: Annotated[float, typer.Option(help="With --simulate: simulated days.")] = 180.0,
@@ -484,8 +494,8 @@ def evaluate(
     from streams.runtime import evaluate as ev
 
     settings = _settings()
-    if sum([transactions is not None, cdnow, simulate]) != 1:
-        err.print("[red]give exactly one of --transactions FILE, --cdnow, --simulate[/red]")
+    if sum([transactions is not None, cdnow or cdnow_classic, simulate]) != 1 or (cdnow_classic and workers):
+        err.print("[red]give exactly one of --transactions FILE, --cdnow, --cdnow-classic, --simulate (--cdnow-classic in process only)[/red]")
         raise typer.Exit(2)
     churn_kinds = [k.strip() for k in churn_learners.split(",") if k.strip()]
     loyalty_kinds = [k.strip() for k in loyalty_learners.split(",") if k.strip()]
@@ -496,6 +506,26 @@ def evaluate(
     cfg = settings.engine
     if horizon is not None:
         cfg = replace(cfg, churn_horizon_days=_days(horizon))
+    if cdnow_classic:
+        from models.datasets import cdnow as cdnow_rows
+        from streams.runtime import evaluate_classic
+
+        result = evaluate_classic.classic_split(
+            sorted(cdnow_rows(sample=True), key=lambda t: (t.ts, t.customer_id)), cfg, churn_kinds, loyalty_kinds, ev.run_replay,
+            resamples=resamples, period_days=_days(period) if period else cfg.churn_horizon_days,
+            min_labels=settings.churn_min_labels, bgnbd_refit_days=_days(bgnbd_refit), learn_churn_early=learn_churn_early,
+            churn_prior_learns=settings.churn_prior_learns, loyalty_prior_learns=settings.loyalty_prior_learns,
+            model_period_days=settings.model_period_days, model_lag_periods=settings.model_lag_periods,
+            bgnbd_refit_periods=settings.bgnbd_refit_periods, bgnbd_customers=settings.bgnbd_customers,
+            scores_interval_ms=int(settings.scores_interval_s * 1000),
+        )
+        console = Console(width=200)
+        for line in evaluate_classic.report(result):
+            console.print(line)
+        r = result.replay
+        console.print(f"calibration replay: {r.events} events, {r.points} scoring points, {result.seconds:.1f} s "
+                      f"({r.events / result.seconds if result.seconds else 0:.0f} events/s)")
+        return
     if transactions is not None:
         from models.datasets import Columns, detect_columns, read_transactions
 

@@ -34,13 +34,27 @@ from models.sentiment import SentimentModel
 from models.trainer import OfflineTraining
 from streams.domain.engine import EngineConfig, Step, on_due, on_event
 from streams.domain.events import Heartbeat, Purchase, Review, UserEvent
-from streams.domain.features import MODEL_FEATURES, as_dict, feature_vector
+from streams.domain.features import MODEL_FEATURES, as_dict
 from streams.domain.schedule import DueQueue
 from streams.domain.snapshots import snapshot_due
-from streams.domain.state import UserState, event_digest
+from streams.domain.state import PendingScore, UserState, event_digest, purchase_day_count, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
 
 RECENCY = MODEL_FEATURES.index("recency_days")
+
+
+def history_inputs(state: UserState, now: int) -> dict[str, float]:
+    """The model inputs a BG/NBD history is read from (:func:`models.bgnbd_prior.history_of`),
+    with the values :func:`~streams.domain.features.feature_vector` gives them at ``now``:
+    what the replay's trainer reads of a user-score row's inputs, without the windows'
+    sums the other features need (a row per customer and day on CDNOW's master history)."""
+    last = state.last_purchase if state.last_purchase is not None else state.first_seen
+    return {
+        "purchases": float(state.purchases),
+        "purchase_days": float(purchase_day_count(state)),
+        "gap_mean_days": float(purchase_gaps(state)[0]),
+        "recency_days": float(max(0.0, (now - last) / MS_PER_DAY)),
+    }
 
 
 @dataclass
@@ -89,7 +103,10 @@ class ReplayModels:
         self.path = path if path is not None else []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "candidates": {}, "path": []}
+        # a snapshot scores: the customers' histories (the trainer's BG/NBD fit keeps one per
+        # customer, all of them on CDNOW's master history) stay with the trainer, whose fitted
+        # parameters the learners carry; pickled into every daily snapshot they were most of its cost
+        return {**self.__dict__, "candidates": {}, "path": [], "bgnbd": None}
 
     def _stored(self, example: ChurnExample, index: int, model: ChurnModel | LoyaltyModel, pop: bool) -> tuple[float | None, float | None]:
         """The (prior, pipeline) predictions of ``model`` stored at the example's scoring
@@ -243,27 +260,40 @@ class Replay:
             if example.days is not None:
                 self.labels[example.id] = example
         for point in step.points:
-            self._predict(partition, state.user_id, point.ts, point.features)
+            self._predict(partition, state.user_id, point)
         now = self.clocks[partition]
         if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
-            # the worker publishes a user-score row here, and sends its model inputs to the trainer
-            x = as_dict(feature_vector(state, now, self.cfg.state))
+            # the worker publishes a user-score row here, and sends its model inputs to the trainer;
+            # the replay's trainer reads only the purchase history of them (BG/NBD's x, t_x, T)
+            x = history_inputs(state, now)
             self.training.add(SegmentExample(id=f"{state.user_id}@{now}", at=now, x=x))
             state.scores_at = now
         self.queues.setdefault(partition, DueQueue()).schedule(state.user_id, step.due_ms)
 
-    def _predict(self, partition: int, user_id: str, ts: int, features: list[float]) -> None:
+    def _predict(self, partition: int, user_id: str, point: PendingScore) -> None:
+        """Every model's predictions at a scoring point. The first learners' are those the
+        engine stored in the point (the same snapshot scored it at the same clock), so only
+        the other compared learners are asked."""
+        ts, features = point.ts, point.features
         x = as_dict(features)
         models = self.models_at(partition)
         out: dict[str, tuple[float, float]] = {}
         candidates: dict[str, tuple[float, float | None]] = {}
-        for churn in models.churn_models:
-            score, prior, learned = churn.scored(x)
-            out[churn.name] = (score.value, 0.0)
+        for i, churn in enumerate(models.churn_models):
+            if i == 0 and point.churn_p is not None:
+                value, prior, learned = point.churn_p, point.churn_prior_p, point.churn_learned_p
+            else:
+                score, prior, learned = churn.scored(x)
+                value = score.value
+            out[churn.name] = (value, 0.0)
             candidates[churn.name] = (prior, learned)
-        for loyalty in models.loyalty_models:
-            score, prior, learned = loyalty.scored(x)
-            out[loyalty.name] = (0.0, score.value)
+        for i, loyalty in enumerate(models.loyalty_models):
+            if i == 0 and point.loyalty_p is not None:
+                value, prior, learned = point.loyalty_p, point.loyalty_prior_p, point.loyalty_learned_p
+            else:
+                score, prior, learned = loyalty.scored(x)
+                value = score.value
+            out[loyalty.name] = (0.0, value)
             candidates[loyalty.name] = (prior, learned)
         if len(models.churn_models) > 1 or len(models.loyalty_models) > 1:
             self.candidates[f"{user_id}@{ts}"] = candidates

@@ -148,3 +148,68 @@ def test_a_history_before_2000_goes_on_the_wire_as_rfc3339_and_decodes_to_its_ti
     assert b'"ts":"1997-01-01T00:00:00.000Z"' in record.value or b'"ts":"1997-01-01T00:00:00Z"' in record.value
     [event] = decoded([record], heartbeats=False)
     assert event.ts == ts and event.total == 29.33
+
+
+def test_the_history_inputs_of_a_score_row_are_the_feature_vectors_values() -> None:
+    from streams.domain.evaluation import history_inputs
+    from streams.domain.features import as_dict, feature_vector
+    from streams.domain.state import UserState, apply_event
+
+    cfg = EngineConfig()
+    state = UserState("u")
+    history = [Transaction("u", ts, total) for ts, total in [(0, 10.0), (3_600_000, 5.0), (9 * DAY + 7, 20.0), (40 * DAY, 7.5)]]
+    for event in purchases_of(history):
+        apply_event(state, event, event.ts, cfg.state)
+        for now in (event.ts, event.ts + 5 * DAY + 11):  # at the purchase and days after it
+            x = as_dict(feature_vector(state, now, cfg.state))
+            assert history_inputs(state, now) == {k: x[k] for k in ("purchases", "purchase_days", "gap_mean_days", "recency_days")}
+    assert history_inputs(state, 45 * DAY)["purchase_days"] == 3.0  # two orders on day 0 are one purchase day
+
+
+def test_a_replay_snapshot_carries_the_fitted_bgnbd_but_not_the_customers_histories() -> None:
+    import pickle
+
+    rows = _weekly_rows(customers=25)
+    cfg = EngineConfig(churn_horizon_days=10, sweep_days=1)
+    replay = Replay(cfg, [ChurnModel(min_labels=1)], [LoyaltyModel(10, min_labels=1)], period_days=100, bgnbd_refit_periods=1)
+    replay.run(purchases_of(rows))
+    trainer_side = replay.training.trainer.models
+    assert trainer_side.bgnbd is not None and len(trainer_side.bgnbd.histories) == 25
+    scorer_side = pickle.loads(pickle.dumps(trainer_side))
+    assert scorer_side.bgnbd is None
+    assert scorer_side.churn_models[0].bgnbd == trainer_side.churn_models[0].bgnbd is not None  # the fit the learners use
+
+
+def test_the_first_learners_predictions_read_from_the_point_are_those_a_fresh_scoring_gives() -> None:
+    import copy
+
+    class Fresh(Replay):  # asks every learner again at each point, as the replay did before
+        def _predict(self, partition, user_id, point):  # type: ignore[no-untyped-def]
+            unstored = copy.copy(point)
+            unstored.churn_p = unstored.loyalty_p = None
+            super()._predict(partition, user_id, unstored)
+
+    rows = _weekly_rows(customers=25)
+    cfg = EngineConfig(churn_horizon_days=10, sweep_days=1)
+    runs = []
+    for cls in (Replay, Fresh):
+        replay = cls(cfg, [ChurnModel(min_labels=5), ChurnModel(min_labels=5, kind="amf")], [LoyaltyModel(10, min_labels=5)], period_days=100)
+        replay.run(purchases_of(rows))
+        runs.append(replay)
+    assert len(runs[0].scored) > 100
+    assert runs[0].scored == runs[1].scored and runs[0].candidates == runs[1].candidates
+    assert any(p["churn-logreg"][0] != p["recency"][0] for p, _ in runs[0].scored.values())
+
+
+def test_the_bgnbd_baselines_cached_answer_is_its_closed_forms() -> None:
+    from models.baselines import BgNbdBaseline
+    from models.bgnbd import BgNbd
+
+    b = BgNbdBaseline(refit_days=1, min_customers=2)
+    for user, day in [("a", 0), ("a", 5), ("a", 9), ("b", 0), ("c", 3), ("c", 4)]:
+        b.purchase(user, day * DAY)
+    p, n = b.predict("a", 10 * DAY, horizon_days=30)
+    assert b.model is not None
+    m = BgNbd(b.model.r, b.model.alpha, b.model.a, b.model.b)
+    assert (p, n) == (float(m.p_no_purchase(2, 9.0, 10.0, 30.0)), float(m.expected_purchases(2, 9.0, 10.0, 30.0)))
+    assert b.predict("a", 10 * DAY, horizon_days=30) == (p, n)
