@@ -623,7 +623,9 @@ def evaluate_targeting(
     """Targeting by uplift against targeting by churn risk, on the simulator: the uplift model
     learns online in the closed loop; every candidate of the coupon rule is judged by its true
     effect; per budget, the true incremental conversions and margin of risk, uplift, random
-    and oracle targeting, and the Qini curves and AUUC, over several seeds with intervals."""
+    and oracle targeting (and two references: by latent state, and by the uplift model's
+    inputs fitted to other customers' true effects), and the Qini curves and AUUC, over
+    several seeds with intervals."""
     from concurrent.futures import ProcessPoolExecutor
 
     from streams.domain.policy_file import PolicyFileError, load_policy

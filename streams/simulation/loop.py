@@ -67,6 +67,9 @@ class PolicyRules:
                               uplift=lambda now: self.models(now).uplift)
         self.models: Callable[[int], Models] = lambda now: Models.fresh()
         self.suppressed = 0
+        #: Only a policy that recommends needs the item recommender to learn every touch (a
+        #: fifth of the closed loop's time: `retention evaluate-targeting` runs coupon-only policies).
+        self.recommends = any(rule.recommendation is not None for rule in policy.rules)
 
     def describe(self, state: UserState, now: int, churn: Score | None) -> UserScores:
         return describe(state, now, self.models(now), self.ranks, self.loyalty.tiers, churn)[0]
@@ -75,7 +78,7 @@ class PolicyRules:
         return self.decide(trigger, state, now_ms, episode, churn)
 
     def before(self, state: UserState, event: UserEvent) -> Callable[[], None]:
-        touches = interactions(event)
+        touches = interactions(event) if self.recommends else []
         past = history(state) if touches else []  # each touch is learned with what came before
 
         def learn() -> None:

@@ -19,14 +19,17 @@ seed and world:
 3. Four ways to spend the same coupons, each day on that day's candidates: the top
    ``share`` by churn score (**risk**), by predicted uplift (**uplift**), at random
    (**random**), and by the true effect (**oracle**, which knows ``Y0``: more than any
-   model can); and a reference, **latent**: by the mean true effect of the customer's latent
-   state (drifting, churned...), about the best a model of observable behaviour could do. A method earns the sum of the true
+   model can); and two references: **latent**, by the mean true effect of the customer's latent
+   state (drifting, churned...), about the best a model of observable behaviour could do, and
+   **inputs**, by a linear function of the uplift model's inputs fitted to the true effects of
+   the other half of the customers (:func:`cross_fitted`): whether the inputs carry the
+   effect's differences at all. A method earns the sum of the true
    effects of the candidates it picks: its *true incremental conversions*; the margin
    after the coupon's cost is ``AOV * (MARGIN * tau - percent / 100 * P(redeemed))``.
 4. The Qini curve of each ranking over all evaluation candidates (incremental conversions
    when the top fraction is treated) and its area (AUUC).
 
-All four rank the same logged candidates: what treating them would have changed in the
+All methods rank the same logged candidates: what treating them would have changed in the
 candidates of later days (a treated customer's episode ends) is not re-simulated per method.
 
 >>> tau_of(y0=False, p_works=0.3, p_backfire=0.0), tau_of(y0=True, p_works=0.3, p_backfire=0.5)
@@ -46,6 +49,7 @@ from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 
+from models.churn import log_features
 from streams.domain.engine import EngineConfig
 from streams.domain.policy_file import Policy
 from streams.domain.rules import Candidate
@@ -56,7 +60,7 @@ from .shop import Shop, SimulationConfig
 
 #: Gross margin of an order (the share of its value the shop keeps before any coupon).
 MARGIN = 0.3
-METHODS = ("risk", "uplift", "random", "latent", "oracle")
+METHODS = ("risk", "uplift", "random", "latent", "inputs", "oracle")
 #: Budgets: the share of each day's candidates a method may treat.
 SHARES = (0.1, 0.2, 0.3, 0.5)
 #: Points of the Qini curve (fractions of the candidates treated).
@@ -96,6 +100,10 @@ class Judged:
     margin: float  #: AOV * (MARGIN * tau - share off * P(redeemed)), currency units
     #: The customer's latent state at the decision (what the ``latent`` reference ranks by).
     state: str = ""
+    #: The uplift model's inputs at the decision (what the ``inputs`` reference is fitted on).
+    inputs: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    #: The ``inputs`` reference's ranking key (:func:`cross_fitted`).
+    fitted: float = 0.0
 
 
 def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffects, from_ms: int, until_ms: int,
@@ -117,8 +125,38 @@ def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffe
         redeemed = p_works + (effects.carry * max(0.0, 1.0 - p_works - p_backfire) if y0 else 0.0)
         aov = c.features.get("avg_order_value", 0.0)
         out.append(Judged(c.at // DAY_MS, c.user_id, c.churn, c.predicted, tau, aov * (MARGIN * tau - percent / 100 * redeemed),
-                          state))
+                          state, c.features))
     return out
+
+
+def cross_fitted(judged: list[Judged], ridge: float = 1.0) -> list[Judged]:
+    """The candidates with ``fitted``: the **true** effect as a linear function of the uplift
+    model's inputs (on the same log scale, standardised; ridge regression), fitted on the
+    other half of the customers (two folds by a hash of the user id) and applied to this
+    half. What the ``inputs`` reference ranks by: the best a linear model of these inputs
+    could learn if it were taught every other customer's true effect, noise-free, on
+    thousands of candidates, where the uplift model learns a few hundred decisions' noisy
+    outcomes. When it earns little more than risk, the inputs do not carry the effect's
+    differences between customers, and no learner of them can."""
+    import numpy as np
+
+    if not judged:
+        return judged
+    names = sorted({k for j in judged for k in j.inputs})
+    x = np.array([[log_features(j.inputs).get(n, 0.0) for n in names] for j in judged], dtype=float).reshape(len(judged), len(names))
+    tau = np.array([j.tau for j in judged])
+    fold = np.array([_noise(j.user_id, 0, "fold") < 0.5 for j in judged])
+    fitted = np.zeros(len(judged))
+    for side in (True, False):
+        train, test = fold == side, fold != side
+        if train.sum() < 2 or not test.any():
+            continue
+        mu, sd = x[train].mean(0), x[train].std(0)
+        sd[sd == 0] = 1.0
+        a = np.column_stack([np.ones(int(train.sum())), (x[train] - mu) / sd])
+        coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ tau[train])
+        fitted[test] = np.column_stack([np.ones(int(test.sum())), (x[test] - mu) / sd]) @ coef
+    return [replace(j, fitted=float(f)) for j, f in zip(judged, fitted)]
 
 
 def by_state(judged: list[Judged]) -> dict[str, float]:
@@ -146,6 +184,8 @@ def score(j: Judged, method: str, states: dict[str, float] | None = None) -> flo
         return j.predicted if j.predicted is not None else -1.0
     if method == "oracle":
         return j.tau
+    if method == "inputs":
+        return j.fitted
     return _noise(j.user_id, j.day, "random")
 
 
@@ -224,8 +264,8 @@ def run_seed(sim: SimulationConfig, effects: OfferEffects, policy: Policy, learn
     start = min((c.at for c in logged), default=0)
     rule = next(r for r in policy.rules if r.target == "uplift")
     percent = rule.coupon.percent if rule.coupon is not None and rule.coupon.percent is not None else 0.0
-    judged = judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS),
-                              result.now_ms - cfg.attribution.lateness_ms, percent)
+    judged = cross_fitted(judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS),
+                                           result.now_ms - cfg.attribution.lateness_ms, percent))
     models = result.models
     out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0)
     for method in METHODS:
@@ -302,7 +342,8 @@ def markdown(world: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_COLOURS = {"risk": "#d62728", "uplift": "#1f77b4", "random": "#7f7f7f", "latent": "#9467bd", "oracle": "#2ca02c"}
+_COLOURS = {"risk": "#d62728", "uplift": "#1f77b4", "random": "#7f7f7f", "latent": "#9467bd", "inputs": "#ff7f0e",
+            "oracle": "#2ca02c"}
 
 
 def qini_svg(curves: dict[str, list[tuple[float, float]]], title: str) -> str:

@@ -21,7 +21,7 @@ from streams.domain.policy_file import PolicyFileError, load_policy, load_policy
 from streams.domain.rules import Candidate, Decider
 from streams.domain.snapshots import UserScores
 from streams.domain.state import UserState
-from streams.simulation.targeting import Judged, auuc, qini, spend
+from streams.simulation.targeting import Judged, auuc, cross_fitted, qini, spend
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = ROOT / "schemas" / "retention-actions.v1.schema.json"
@@ -256,3 +256,28 @@ def test_the_judge_spends_each_days_budget_by_the_method_and_the_oracle_bounds_t
     curves = {m: qini(judged, m, points=10) for m in ("risk", "uplift", "oracle", "random")}
     assert curves["uplift"][-1][1] == pytest.approx(sum(j.tau for j in judged) / 20)
     assert auuc(curves["oracle"]) >= auuc(curves["uplift"]) > auuc(curves["random"]) > auuc(curves["risk"])
+
+
+def test_the_inputs_reference_learns_the_true_effect_from_the_other_customers_only() -> None:
+    rng = random.Random(3)
+    judged = []
+    for i in range(400):
+        clicks = rng.choice([0.0, 2.0, 20.0])
+        tau = 0.3 if clicks > 10 else 0.05  # the effect follows an input
+        judged.append(Judged(i % 10, f"u{i}", churn=rng.random(), predicted=None, tau=tau, margin=0.0,
+                             inputs={"clicks_7d": clicks, "noise": rng.random()}))
+    fitted = cross_fitted(judged)
+    assert [j.tau for j in fitted] == [j.tau for j in judged]
+    assert spend(fitted, "inputs", 0.2).incremental == pytest.approx(spend(fitted, "oracle", 0.2).incremental)
+    assert spend(fitted, "inputs", 0.2).per_coupon > spend(fitted, "risk", 0.2).per_coupon + 0.1
+    # a candidate's own effect never enters its own fit: changing it leaves its key as it was
+    changed = cross_fitted([replace_tau(judged[0], 5.0)] + judged[1:])
+    assert changed[0].fitted == pytest.approx(fitted[0].fitted)
+    assert any(abs(a.fitted - b.fitted) > 1e-6 for a, b in zip(changed[1:], fitted[1:]))  # ... the other half learned it
+    assert cross_fitted([]) == []
+
+
+def replace_tau(j: Judged, tau: float) -> Judged:
+    from dataclasses import replace
+
+    return replace(j, tau=tau)
