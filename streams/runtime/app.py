@@ -58,6 +58,7 @@ def new_app(settings: Settings, app_id: str | None = None, **conf: Any) -> Reten
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.heartbeat_interval_s,
         producer_max_batch_size=settings.producer_max_batch_size,
+        producer_max_request_size=settings.model_snapshot_max_bytes,  # the trainer's snapshots
         web_host=settings.web_host,
         web_bind=settings.web_host,  # Faust listens on web_bind (default 0.0.0.0), not web_host
         web_port=settings.web_port,

@@ -188,7 +188,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     ]
     wanted += [  # internal, one partition each (docs/models.md)
         NewTopic(name, num_partitions=1, replication_factor=settings.replication_factor, config=config)
-        for name, config in ((settings.topic_model_labels, {}), (settings.topic_model_snapshots, {"cleanup.policy": "compact"}))
+        for name, config in ((settings.topic_model_labels, {}), (settings.topic_model_snapshots, settings.topic_config(settings.topic_model_snapshots)))
         if name not in existing
     ]
     if not wanted:

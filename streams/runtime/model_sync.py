@@ -29,14 +29,11 @@ from streams.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: A snapshot carries pickled models (the sentiment vocabulary grows): fetch big records.
-MAX_FETCH_BYTES = 64 * 1024 * 1024
-
 
 def snapshot_topic(app: faust.App, settings: Settings) -> Any:
     return app.topic(
         settings.topic_model_snapshots, partitions=1, key_serializer="raw", value_serializer="raw",
-        config={"cleanup.policy": "compact"},
+        config=settings.topic_config(settings.topic_model_snapshots),
     )
 
 
@@ -85,8 +82,8 @@ class ModelFollower:
         """A group-less reader of the snapshot topic, connecting as the app's clients do."""
         return AIOKafkaConsumer(
             bootstrap_servers=self.settings.bootstrap_servers.split(","), group_id=None, enable_auto_commit=False,
-            fetch_max_wait_ms=self.settings.fetch_max_wait_ms, max_partition_fetch_bytes=MAX_FETCH_BYTES,
-            fetch_max_bytes=MAX_FETCH_BYTES, **aiokafka_security(self.settings),
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms, max_partition_fetch_bytes=self.settings.model_snapshot_max_bytes,
+            fetch_max_bytes=self.settings.model_snapshot_max_bytes, **aiokafka_security(self.settings),
         )
 
     def _read(self, offset: int, value: bytes | None) -> None:

@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     model_lag_periods: int = Field(1, ge=0, description="A record at event time t is scored by the snapshot of boundary (floor(t / period) - lag) * period, and waits until the trainer has covered it: a larger lag lets partitions drift further apart without waiting.")
     trainer: Literal["worker", "separate"] = Field("worker", description="Where the one model trainer runs. worker: on whichever worker owns model-labels (its learning, ~40-140 CPU µs per event of the shop, then weighs on that worker). separate: on a `retention trainer` process of its own (one per app, group `<app id>-trainer`), and no worker trains; set it for the workers and the trainer alike (docs/architecture.md).")
     model_labels_pack: int = Field(512, ge=1, description="Most examples a worker packs into one model-labels record (a micro-batch's, in order; the trainer reads one record instead of one per example). 1: one example per record, the format of 0.1 workers: set it while a rolling upgrade from such a version runs, since their trainers skip packed records (CHANGELOG.md).")
+    model_snapshot_max_bytes: int = Field(64 * 1024 * 1024, ge=1_048_576, description="Largest model snapshot record: max.message.bytes of the model-snapshots topic we create, the Faust producer's largest request and the workers' fetch size. A snapshot grows with the customers the trainer's BG/NBD fit keeps (~100 bytes each compressed, RETENTION_BGNBD_CUSTOMERS) and the sentiment vocabulary: Kafka's default of 1 MB holds ~10,000 customers (docs/upgrading.md for a topic created before).")
     model_snapshots_kept: int = Field(32, ge=1, description="Snapshots with models each worker keeps (bytes) to score re-processed records after a restart with the models they had.")
     churn_prior_learns: bool = Field(False, description="Until the churn learner takes over, its prior answers with the churn rate of the matured labels in the same recency bin (calibrated as labels accumulate, but from a few labels at first, and learned by each worker); false: the fixed recency formula, so the lapse rule's early decisions depend on the records alone.")
     loyalty_prior_learns: bool = Field(True, description="Until the loyalty learner takes over, its prior answers with the mean purchase days of the matured labels in the same recency bin (measured better than the formula: docs/evaluation.md); false: the fixed formula.")
@@ -427,6 +428,8 @@ class Settings(BaseSettings):
             return {"cleanup.policy": "compact", "max.compaction.lag.ms": lag}
         if name == self.topic_erasure_requests:
             return {"retention.ms": str(int(self.erasure_requests_retention_days * MS_PER_DAY))}
+        if name == self.topic_model_snapshots:  # (records larger than Kafka's default 1 MB)
+            return {"cleanup.policy": "compact", "max.message.bytes": str(self.model_snapshot_max_bytes)}
         return {}
 
     @property

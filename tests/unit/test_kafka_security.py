@@ -157,4 +157,4 @@ def test_no_kafka_client_is_built_outside_the_functions_that_add_the_security_se
         ("streams/runtime/model_sync.py", "return AIOKafkaConsumer("),
     ]
     follower = (ROOT / "streams/runtime/model_sync.py").read_text()
-    assert "fetch_max_bytes=MAX_FETCH_BYTES, **aiokafka_security(self.settings)," in follower
+    assert "fetch_max_bytes=self.settings.model_snapshot_max_bytes, **aiokafka_security(self.settings)," in follower

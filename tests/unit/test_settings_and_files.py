@@ -179,3 +179,16 @@ def test_the_processes_of_a_run_share_a_fresh_key_unless_the_operator_set_one(mo
     assert len(first) == 64 and first != second
     monkeypatch.setenv("RETENTION_SNAPSHOT_KEY", "mine" * 10)
     assert run_snapshot_key() == {} and "RETENTION_SNAPSHOT_KEY" not in embedded_overrides("127.0.0.1:1")
+
+
+def test_model_snapshots_may_be_larger_than_kafkas_default_record_size() -> None:
+    """A snapshot holds the trainer's BG/NBD history of every customer (~100 bytes each):
+    Kafka's default 1 MB record would refuse the trainer's publication at ~10,000 customers.
+    The topic we create, the Faust producer and the followers' fetches take the setting."""
+    from streams.runtime.app import new_app
+
+    settings = Settings(model_snapshot_max_bytes=32 * 1024 * 1024)
+    assert settings.topic_config(settings.topic_model_snapshots) == {"cleanup.policy": "compact", "max.message.bytes": str(32 * 1024 * 1024)}
+    app = new_app(settings)
+    assert app.conf.producer_max_request_size == 32 * 1024 * 1024
+    assert Settings().model_snapshot_max_bytes == 64 * 1024 * 1024
