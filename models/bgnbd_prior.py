@@ -48,10 +48,14 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import math
 import zlib
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
+
+import msgspec
 
 from models.bgnbd import MS_PER_DAY, BgNbd, History, Summary
 
@@ -152,6 +156,7 @@ class BgNbdFit:
     min_repeaters = 5
     rejected = 0  #: fits set aside as unable to tell customers apart
     start: tuple[float, float, float, float] | None = None  #: the latest fit's parameters (warm start)
+    known: int | None = None  #: customers with a history, in a copy pickled without them
 
     def __init__(self, refit_periods: int = 7, customers: int = 1_000_000, min_customers: int = 20, min_repeaters: int = 5) -> None:
         self.refit_periods = refit_periods  #: 0: never fit
@@ -186,6 +191,29 @@ class BgNbdFit:
         """Drop the customer's history (an erased customer); True if there was one."""
         return self.histories.pop(user, None) is not None
 
+    def dump_histories(self) -> bytes:
+        """The customers' histories as bytes of their own (msgpack, compressed): the trainer's
+        state, published beside the models (``Snapshot.state``) so that the models the workers
+        keep and load do not grow with the customers.
+
+        >>> fit = BgNbdFit(); fit.histories = {"ann": (2, 10.5, 30.0, 1700000000000)}
+        >>> other = BgNbdFit(); other.load_histories(fit.dump_histories()); other.histories
+        {'ann': (2, 10.5, 30.0, 1700000000000)}
+        """
+        return zlib.compress(msgspec.msgpack.encode(self.histories), 1)
+
+    def load_histories(self, data: bytes) -> None:
+        self.histories = msgspec.msgpack.decode(zlib.decompress(data), type=dict[str, tuple[int, float, float, int]])
+
+    @contextlib.contextmanager
+    def without_histories(self) -> Iterator[None]:
+        """The fit pickled without its histories (they go as :meth:`dump_histories`)."""
+        histories, self.histories, self.known = self.histories, {}, len(self.histories)
+        try:
+            yield
+        finally:
+            self.histories, self.known = histories, None
+
     def tick(self) -> BgNbd | None:
         """A period was learned: refit when due (first as soon as there are
         ``min_customers``, then every ``refit_periods``); the current fit (None: none yet)."""
@@ -217,7 +245,7 @@ class BgNbdFit:
     def report(self) -> dict[str, Any]:
         m = self.model
         return {
-            "customers": len(self.histories), "fits": self.fits, "rejected": self.rejected,
+            "customers": len(self.histories) if self.known is None else self.known, "fits": self.fits, "rejected": self.rejected,
             "params": None if m is None else {"r": m.r, "alpha": m.alpha, "a": m.a, "b": m.b, "customers": m.customers},
         }
 

@@ -20,6 +20,7 @@ loyalty learners get the fitted parameters (their prior and three of their input
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from typing import Any
 
@@ -99,6 +100,19 @@ class Models:
             self.uplift.learn_one(example.action, example.rule, example.group, as_dict(example.features), example.converted,
                                   example.explored)
         self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
+
+    def trainer_state(self) -> bytes | None:
+        """What only the trainer needs to go on (the BG/NBD histories of every customer), apart
+        from the models the workers score with (:func:`models.trainer.dump_models`)."""
+        return self.bgnbd.dump_histories() if self.bgnbd is not None else None
+
+    def restore_trainer_state(self, data: bytes) -> None:
+        if self.bgnbd is not None:
+            self.bgnbd.load_histories(data)
+
+    def scoring_only(self) -> contextlib.AbstractContextManager[None]:
+        """While pickled for a snapshot: without the trainer's state."""
+        return self.bgnbd.without_histories() if self.bgnbd is not None else contextlib.nullcontext()
 
     def forget(self, user: str) -> bool:
         """Forget what the bundle keeps per customer (the BG/NBD history; every other model

@@ -36,6 +36,7 @@ scores every record with the same models as live traffic, on any number of worke
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import threading
 import zlib
@@ -76,6 +77,10 @@ class Snapshot(msgspec.Struct, frozen=True):
     marks: dict[int, int]
     models: bytes | None = None
     v: int = SNAPSHOT_VERSION
+    #: What only a trainer needs to resume (the models' ``trainer_state``: BG/NBD histories of
+    #: every customer), apart from ``models``, which every worker keeps and loads. Added
+    #: within v2 (older records: None; their ``models`` hold it).
+    state: bytes | None = None
 
 
 class Signed(msgspec.Struct, frozen=True):
@@ -128,8 +133,11 @@ def decode_snapshot(raw: bytes, keys: SnapshotKeys) -> Snapshot:
 
 
 def dump_models(models: Any) -> bytes:
-    """A snapshot's model bytes: the pickled bundle, compressed."""
-    return zlib.compress(pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    """A snapshot's model bytes: the pickled bundle, compressed, without what only the
+    trainer needs (``scoring_only``; that goes in ``Snapshot.state``)."""
+    scoring_only = getattr(models, "scoring_only", None)
+    with scoring_only() if scoring_only is not None else contextlib.nullcontext():
+        return zlib.compress(pickle.dumps(models, protocol=pickle.HIGHEST_PROTOCOL), 1)
 
 
 def load_models(data: bytes) -> Any:
@@ -187,25 +195,32 @@ class Trainer(Generic[M]):
         """The trainer where the latest of ``snapshots`` (in publishing order) left it."""
         latest: Snapshot | None = None
         models: bytes | None = None
+        state: bytes | None = None
         for s in snapshots:
             latest = s
-            models = s.models if s.models is not None else models
-        return cls.resume_from(latest, models, loads, fresh, period_ms, partitions)
+            if s.models is not None:
+                models, state = s.models, s.state
+        return cls.resume_from(latest, models, loads, fresh, period_ms, partitions, state=state)
 
     @classmethod
     def resume_from(
         cls, latest: Snapshot | None, models: bytes | None, loads: Callable[[bytes], M], fresh: M, period_ms: int, partitions: int,
-        dumps: Callable[[M], bytes] | None = None,
+        dumps: Callable[[M], bytes] | None = None, state: bytes | None = None,
     ) -> Trainer[M]:
-        """The trainer where the ``latest`` snapshot record left it (``models``: the bytes of
-        the latest snapshot with models, that of ``latest.model_boundary``). Models that
-        ``loads`` refuses are replaced by ``fresh`` (``refused`` says why): they learn
-        again from the examples to come, and the next snapshot replaces the refused one."""
+        """The trainer where the ``latest`` snapshot record left it (``models`` and ``state``:
+        the bytes of the latest snapshot with models, that of ``latest.model_boundary``).
+        Models that ``loads`` refuses are replaced by ``fresh`` (``refused`` says why): they
+        learn again from the examples to come, and the next snapshot replaces the refused one."""
         refused = None
         try:
             start = loads(models) if models is not None else fresh
+            restore = getattr(start, "restore_trainer_state", None)
+            if state is not None and restore is not None and models is not None:
+                restore(state)
         except Refused as exc:
             start, refused = fresh, exc
+        except Exception as exc:  # (signed, so a trainer of another version wrote it) zlib/msgpack errors
+            start, refused = fresh, Refused("malformed", f"trainer state that does not load ({exc!r})")
         trainer = cls(start, period_ms, partitions, dumps)
         trainer.refused = refused
         if latest is not None:
@@ -293,13 +308,15 @@ class Trainer(Generic[M]):
 
     def _snapshot(self, with_models: bool) -> Snapshot:
         assert self.covered is not None
-        models = None
+        models = state = None
         if with_models:
             self.models.stamp(version_of(self.covered))
             models = self.dumps(self.models)
+            state_of = getattr(self.models, "trainer_state", None)
+            state = state_of() if state_of is not None else None
         return Snapshot(
             boundary=self.covered, version=version_of(self.covered), model_boundary=self.model_boundary,
-            learned=dict(self.learned), dropped=dict(self.dropped), marks=dict(self.marks), models=models,
+            learned=dict(self.learned), dropped=dict(self.dropped), marks=dict(self.marks), models=models, state=state,
         )
 
 
@@ -331,6 +348,7 @@ class SnapshotStore(Generic[M]):
         self.loaded: dict[int, M] = {}  #: boundary -> models, the newest few used
         self.covered: int | None = None
         self.latest: Snapshot | None = None  #: the newest record read (its counts and marks)
+        self.state: bytes | None = None  #: the trainer's state of the newest snapshot with models
         self.misses = 0
         self.first_models: int | None = None  #: boundary of the first snapshot with models read
         self._lock = threading.RLock()
@@ -346,9 +364,10 @@ class SnapshotStore(Generic[M]):
         if self.covered is not None and snapshot.boundary < self.covered:
             return  # older than what is covered: nothing new
         self._last = None
-        self.latest = snapshot
+        self.latest = msgspec.structs.replace(snapshot, state=None) if snapshot.state is not None else snapshot
         self.covered = snapshot.boundary
         if snapshot.models is not None:
+            self.state = snapshot.state  # (a trainer taking over resumes with it; one copy, not ``keep``)
             if self.first_models is None:
                 self.first_models = snapshot.boundary
             self.kept[snapshot.boundary] = snapshot.models

@@ -120,12 +120,14 @@ class ModelFollower:
         async with self.progress:
             await self.progress.wait_for(lambda: self.position >= end)
 
-    def latest(self) -> tuple[Snapshot | None, bytes | None]:
-        """The newest snapshot record and the model bytes it refers to (None: priors)."""
+    def latest(self) -> tuple[Snapshot | None, bytes | None, bytes | None]:
+        """The newest snapshot record, the model bytes it refers to (None: priors) and the
+        trainer's state published with them."""
         latest = self.store.latest
         if latest is None or latest.model_boundary is None:
-            return latest, None
-        return latest, self.store.kept.get(latest.model_boundary)
+            return latest, None, None
+        models = self.store.kept.get(latest.model_boundary)
+        return latest, models, self.store.state if models is not None else None
 
     def report(self) -> dict[str, Any]:
         """What ``GET /models`` shows: the newest snapshot with models (the same on every

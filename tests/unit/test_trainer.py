@@ -207,3 +207,40 @@ def test_examples_of_decoded_events_encode() -> None:
     assert decode_example(encode_example(example)) == example and example.id == "u@5/c"
     review = ReviewExample(id="r", at=int(EventTime(9)), text="ok", rating=int(Rating(4)))
     assert decode_example(encode_example(review)).rating == 4
+
+
+def test_the_trainers_customer_histories_travel_apart_from_the_models_the_workers_keep() -> None:
+    """Snapshot.models (kept and loaded by every worker, RETENTION_MODEL_SNAPSHOTS_KEPT of
+    them) must not grow with the customers; the BG/NBD histories only a trainer needs go in
+    Snapshot.state, of which a worker keeps the newest only."""
+    import pickle
+    import zlib
+
+    from models.trainer import dump_models
+
+    crowded = fresh()
+    assert crowded.bgnbd is not None
+    crowded.bgnbd.histories = {f"u{i}": (i % 5, float(i % 90), 90.0, i) for i in range(20_000)}
+    assert len(dump_models(crowded)) < len(dump_models(fresh())) + 2_000
+    assert len(crowded.trainer_state() or b"") > 20_000
+    assert len(crowded.bgnbd.histories) == 20_000  # (pickled without them, not emptied)
+
+    trainer, published = run(stream(examples(), seed=5))
+    histories = trainer.models.bgnbd.histories
+    last = [s for s in published if s.models is not None][-1]
+    assert histories and last.state is not None
+    scoring = load_models(last.models)
+    assert scoring.bgnbd.histories == {} and scoring.report()["bgnbd"]["customers"] == len(histories)
+    resumed = Trainer.resume([decode_snapshot(encode_snapshot(s, KEYS.sign), KEYS) for s in published], load_models, fresh(), DAY, PARTITIONS)
+    assert resumed.models.bgnbd.histories == histories
+
+    # a worker keeps the state of the newest snapshot with models only, not in ``latest``
+    store: SnapshotStore[Models] = SnapshotStore(fresh, load_models, DAY, lag=1)
+    for s in published:
+        store.add(s)
+    assert store.state == last.state and store.latest is not None and store.latest.state is None
+
+    # a snapshot of before the split (histories inside the models' pickle, no state) still resumes with them
+    old = Snapshot(boundary=last.boundary, version=last.version, model_boundary=last.model_boundary, learned=last.learned,
+                   dropped=last.dropped, marks=last.marks, models=zlib.compress(pickle.dumps(trainer.models)))
+    assert Trainer.resume([old], load_models, fresh(), DAY, PARTITIONS).models.bgnbd.histories == histories

@@ -97,10 +97,10 @@ class TrainerAgent:
     async def _trainer(self) -> Trainer[Models]:
         if self.trainer is None:
             await self.follower.sync()  # every snapshot published before, by us or a previous owner
-            latest, models = self.follower.latest()
+            latest, models, state = self.follower.latest()
             self.trainer = Trainer.resume_from(
                 latest, models, load_models, self.settings.fresh_models(), self.settings.model_period_ms,
-                self.settings.partitions, dumps=dump_models,
+                self.settings.partitions, dumps=dump_models, state=state,
             )
             refused = self.follower.refusals
             if self.trainer.refused is not None:
