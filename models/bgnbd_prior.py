@@ -149,6 +149,16 @@ _HASH_SPACE = 1 << 32
 MAX_SHAPE = 100.0
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars in a history (features computed with numpy) as the numbers they are."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise NotImplementedError(f"{type(value).__name__} in a BG/NBD history")
+
+
+_HISTORIES = msgspec.msgpack.Encoder(enc_hook=_plain)
+
+
 class BgNbdFit:
     """The trainer's customer histories and the BG/NBD fitted on them."""
 
@@ -200,7 +210,7 @@ class BgNbdFit:
         >>> other = BgNbdFit(); other.load_histories(fit.dump_histories()); other.histories
         {'ann': (2, 10.5, 30.0, 1700000000000)}
         """
-        return zlib.compress(msgspec.msgpack.encode(self.histories), 1)
+        return zlib.compress(_HISTORIES.encode(self.histories), 1)
 
     def load_histories(self, data: bytes) -> None:
         self.histories = msgspec.msgpack.decode(zlib.decompress(data), type=dict[str, tuple[int, float, float, int]])
