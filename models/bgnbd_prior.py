@@ -214,6 +214,7 @@ class BgNbdFit:
 
     def load_histories(self, data: bytes) -> None:
         self.histories = msgspec.msgpack.decode(zlib.decompress(data), type=dict[str, tuple[int, float, float, int]])
+        self.known = None  # (the count of the pickled copy: the histories now count)
 
     @contextlib.contextmanager
     def without_histories(self) -> Iterator[None]:

@@ -122,9 +122,11 @@ Example = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, Upli
 class Examples(msgspec.Struct, tag_field="kind", tag="examples", frozen=True):
     """Several examples in one record, in the order they were made: a worker packs what it
     makes in a micro-batch (``RETENTION_MODEL_LABELS_PACK``), so the trainer reads one record,
-    not one per example. Acknowledged once every example in it is in a learned period."""
+    not one per example. Acknowledged once every example in it is in a learned period. Each
+    item is an encoded example of its own (:func:`pack`, :func:`unpack`), so that one this
+    reader cannot read (a newer kind or version) costs only itself."""
 
-    items: list[Example]
+    items: list[msgspec.Raw]
     v: int = VERSION
 
 
@@ -132,6 +134,7 @@ LabelRecord = Union[ChurnExample, ReviewExample, SegmentExample, BanditExample, 
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(LabelRecord)
+_example = msgspec.json.Decoder(Example)
 
 
 def encode_example(record: LabelRecord) -> bytes:
@@ -142,22 +145,47 @@ def decode_example(raw: bytes) -> LabelRecord:
     """Raises ``msgspec.DecodeError``/``ValidationError`` for bytes not in this format, and
     ValueError for a newer format version than this code reads."""
     record = _decoder.decode(raw)
-    newest = max((i.v for i in record.items), default=record.v) if isinstance(record, Examples) else record.v
-    if max(record.v, newest) > VERSION:
-        raise ValueError(f"model-labels record of format v{max(record.v, newest)}; this worker reads up to v{VERSION}")
+    if record.v > VERSION:
+        raise ValueError(f"model-labels record of format v{record.v}; this worker reads up to v{VERSION}")
     return record
 
 
-def examples_in(record: LabelRecord) -> list[LabelRecord]:
-    """The records a model-labels record stands for: a pack's examples, else the record itself.
+def pack(examples: list[Example]) -> Examples:
+    return Examples(items=[msgspec.Raw(_encoder.encode(e)) for e in examples])
 
-    >>> pack = Examples(items=[ReviewExample(id="a", at=1, text="ok", rating=4), ReviewExample(id="b", at=2, text="", rating=1)])
-    >>> [e.id for e in examples_in(decode_example(encode_example(pack)))]
+
+def unpack(record: Examples) -> tuple[list[Example], list[str]]:
+    """A pack's examples this code reads, and why each other item was skipped.
+
+    >>> raw = encode_example(pack([ReviewExample(id="a", at=1, text="ok", rating=4)])).replace(b"]", b',{"kind":"novel","id":"z"}]')
+    >>> examples, skipped = unpack(decode_example(raw))
+    >>> [e.id for e in examples], len(skipped)
+    (['a'], 1)
+    """
+    examples: list[Example] = []
+    skipped: list[str] = []
+    for item in record.items:
+        try:
+            example = _example.decode(item)
+            if example.v > VERSION:
+                raise ValueError(f"an example of format v{example.v}; this worker reads up to v{VERSION}")
+            examples.append(example)
+        except (msgspec.DecodeError, ValueError) as exc:
+            skipped.append(str(exc))
+    return examples, skipped
+
+
+def examples_in(record: LabelRecord) -> list[LabelRecord]:
+    """The records a model-labels record stands for: a pack's examples (those this code
+    reads), else the record itself.
+
+    >>> p = pack([ReviewExample(id="a", at=1, text="ok", rating=4), ReviewExample(id="b", at=2, text="", rating=1)])
+    >>> [e.id for e in examples_in(decode_example(encode_example(p)))]
     ['a', 'b']
     >>> examples_in(Forget(user="ann"))
     [Forget(user='ann', v=1)]
     """
-    return list(record.items) if isinstance(record, Examples) else [record]
+    return list(unpack(record)[0]) if isinstance(record, Examples) else [record]
 
 
 def churn_example_id(user_id: str, scored_at: int, days: int | None) -> str:

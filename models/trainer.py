@@ -37,6 +37,7 @@ scores every record with the same models as live traffic, on any number of worke
 from __future__ import annotations
 
 import contextlib
+import logging
 import pickle
 import threading
 import zlib
@@ -52,6 +53,8 @@ from streams.domain.timestamps import MS_PER_DAY, format_ts
 
 #: Format of a snapshot record (``Snapshot.v``): 2 since records are signed (1: unsigned).
 SNAPSHOT_VERSION = 2
+
+log = logging.getLogger(__name__)
 
 
 class Learner(Protocol):
@@ -214,13 +217,16 @@ class Trainer(Generic[M]):
         refused = None
         try:
             start = loads(models) if models is not None else fresh
-            restore = getattr(start, "restore_trainer_state", None)
-            if state is not None and restore is not None and models is not None:
-                restore(state)
         except Refused as exc:
             start, refused = fresh, exc
-        except Exception as exc:  # (signed, so a trainer of another version wrote it) zlib/msgpack errors
-            start, refused = fresh, Refused("malformed", f"trainer state that does not load ({exc!r})")
+        restore = getattr(start, "restore_trainer_state", None)
+        if state is not None and restore is not None and models is not None and refused is None:
+            try:
+                restore(state)
+            except Exception as exc:  # (signed: a trainer of another version wrote it) the models stay
+                log.error("the trainer's state of snapshot %s does not load (%r): it goes on with the models and "
+                          "without the customers' BG/NBD histories, which the examples to come build again",
+                          latest.version if latest else "-", exc)
         trainer = cls(start, period_ms, partitions, dumps)
         trainer.refused = refused
         if latest is not None:

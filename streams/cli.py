@@ -188,6 +188,11 @@ def trainer() -> None:
     if not wait_for_brokers(settings):
         raise typer.Exit(2)
     faust_app = create_trainer_app(settings)
+    from prometheus_client import REGISTRY
+
+    from streams.runtime import metrics
+
+    REGISTRY.unregister(metrics.WORKER_READY)  # (a worker's: at 0 here, RetentionWorkerNotReady would fire)
     logging_config = worker_logging_config(settings.log_format, settings.log_level)
     RetentionWorker(faust_app, settings, loglevel=settings.log_level.upper(), logging_config=logging_config,
                     quiet=True).execute_from_commandline()

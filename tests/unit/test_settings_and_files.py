@@ -182,8 +182,9 @@ def test_the_processes_of_a_run_share_a_fresh_key_unless_the_operator_set_one(mo
 
 
 def test_model_snapshots_may_be_larger_than_kafkas_default_record_size() -> None:
-    """A snapshot holds the trainer's BG/NBD history of every customer (~100 bytes each):
-    Kafka's default 1 MB record would refuse the trainer's publication at ~10,000 customers.
+    """A snapshot holds the trainer's BG/NBD history of every customer (35-70 bytes each in
+    the record): Kafka's default 1 MB record would refuse the trainer's publication past
+    15,000-30,000 customers.
     The topic we create, the Faust producer and the followers' fetches take the setting."""
     from streams.runtime.app import new_app
 

@@ -239,6 +239,15 @@ def test_the_trainers_customer_histories_travel_apart_from_the_models_the_worker
     for s in published:
         store.add(s)
     assert store.state == last.state and store.latest is not None and store.latest.state is None
+    # ... and a trainer taking over resumes from what the store holds (streams/runtime/model_sync.py latest())
+    models_bytes = store.kept[store.latest.model_boundary]
+    taken_over = Trainer.resume_from(store.latest, models_bytes, load_models, fresh(), DAY, PARTITIONS, state=store.state)
+    assert taken_over.models.bgnbd.histories == histories
+    assert taken_over.models.report()["bgnbd"]["customers"] == len(histories)
+    # a state that does not load costs the histories, not the models
+    broken = Trainer.resume_from(store.latest, models_bytes, load_models, fresh(), DAY, PARTITIONS, state=b"not a state")
+    assert broken.refused is None and broken.models.bgnbd.histories == {}
+    assert broken.models.report()["churn"] == taken_over.models.report()["churn"]
 
     # a snapshot of before the split (histories inside the models' pickle, no state) still resumes with them
     old = Snapshot(boundary=last.boundary, version=last.version, model_boundary=last.model_boundary, learned=last.learned,

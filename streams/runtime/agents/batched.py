@@ -36,7 +36,7 @@ import faust
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from models.bundle import Models
-from models.examples import Examples, Forget, ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example
+from models.examples import Forget, ReviewExample, SegmentExample, Watermark, bandit_examples, churn_examples, uplift_examples, encode_example, pack
 from models.reco import interactions
 from streams.domain.clock import InputMerge, PartitionClock, caught_up
 from streams.domain.dead_letters import dead_letter, dead_letter_key
@@ -79,8 +79,10 @@ FOLD_WATCH_S = 10.0
 #: How often idle partitions send a watermark for the others (see BatchIngest._vouch_for_idle_partitions).
 VOUCH_EVERY_S = 1.0
 BUDGET, TALLY = "budget", "tally"
-#: A pack of examples is sent once its review texts reach this many characters (a record stays far below 1 MB).
+#: A pack of examples is sent once its review texts reach this many characters.
 LABELS_TEXT_MAX = 200_000
+#: ... and split when its record would be larger (librdkafka's message.max.bytes is 1,000,000).
+LABELS_MAX_BYTES = 512 * 1024
 
 
 def _wall_ms() -> int:
@@ -589,9 +591,20 @@ class BatchIngest:
 
     def _send_labels(self) -> None:
         if self.labels:
-            pack = Examples(items=self.labels) if len(self.labels) > 1 else self.labels[0]
-            self._emit(self.settings.topic_model_labels, None, encode_example(pack), partition=0)
+            self._send_pack(self.labels)
             self.labels, self.labels_text = [], 0
+
+    def _send_pack(self, examples: list[Any]) -> None:
+        """One record for ``examples`` (one example alone as itself), halved until each record
+        is below LABELS_MAX_BYTES: librdkafka refuses a larger one at produce(), and the same
+        records would make it again after a restart."""
+        raw = encode_example(pack(examples) if len(examples) > 1 else examples[0])
+        if len(raw) > LABELS_MAX_BYTES and len(examples) > 1:
+            half = len(examples) // 2
+            self._send_pack(examples[:half])
+            self._send_pack(examples[half:])
+            return
+        self._emit(self.settings.topic_model_labels, None, raw, partition=0)
 
     # ------------------------------------------------------------------ one record
 
@@ -743,6 +756,8 @@ class BatchIngest:
                 break
             except BufferError:  # the local queue is full: serve acknowledgements, then retry
                 self.producer.poll(0.05)
+                metrics.BATCHES_UNACKNOWLEDGED.set(self.ledger.waiting)  # (stuck here, they must still show it)
+                metrics.RECORDS_UNACKNOWLEDGED.set(self.ledger.in_flight)
         self.ledger.sent(batch)
 
     def _acked(self, batch_id: int) -> Callable[[Any, Any], None]:

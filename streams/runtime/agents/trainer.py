@@ -17,7 +17,7 @@ from typing import Any
 import faust
 
 from models.bundle import Models
-from models.examples import Examples, Forget, Watermark, decode_example
+from models.examples import Examples, Forget, Watermark, decode_example, unpack
 from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models, version_of
 from streams.runtime import metrics
 from streams.runtime.model_sync import ModelFollower
@@ -85,10 +85,15 @@ class TrainerAgent:
                     await self._publish(published)
                     await self._ack_covered(trainer)
             elif isinstance(record, Examples):  # a worker's pack: acknowledged once all of it is learned
-                metrics.MODEL_TRAINER_RECORDS.labels("buffered").inc(len(record.items))
-                for example in record.items:
+                examples, skipped = unpack(record)
+                if skipped:  # (a newer worker's kind or version: skipped loudly, the rest learned)
+                    log.error("model-labels@%d: %d of %d examples unreadable, skipped: %s", event.message.offset,
+                              len(skipped), len(record.items), skipped[0])
+                    metrics.MODEL_TRAINER_RECORDS.labels("invalid").inc(len(skipped))
+                metrics.MODEL_TRAINER_RECORDS.labels("buffered").inc(len(examples))
+                for example in examples:
                     trainer.add(example)
-                self.unacked.append((max((e.at for e in record.items), default=None), event))
+                self.unacked.append((max((e.at for e in examples), default=None), event))
             else:
                 metrics.MODEL_TRAINER_RECORDS.labels("buffered").inc()
                 trainer.add(record)
@@ -118,7 +123,13 @@ class TrainerAgent:
     async def _publish(self, snapshots: list[Snapshot]) -> None:
         for s in snapshots:
             key = snapshot_key(s, self.settings.model_period_ms, self.settings.model_snapshots_kept)
-            await self.follower.topic.send(key=key, value=encode_snapshot(s, self.follower.keys.sign), partition=0)
+            value = encode_snapshot(s, self.follower.keys.sign)
+            if len(value) > self.settings.model_snapshot_max_bytes:
+                raise RuntimeError(
+                    f"model snapshot {s.version} is {len(value):,} bytes, more than RETENTION_MODEL_SNAPSHOT_MAX_BYTES "
+                    f"({self.settings.model_snapshot_max_bytes:,}): raise it (and max.message.bytes of {self.settings.topic_model_snapshots}, "
+                    "docs/upgrading.md) or lower RETENTION_BGNBD_CUSTOMERS")
+            await self.follower.topic.send(key=key, value=value, partition=0)
             metrics.MODEL_SNAPSHOTS.labels("models" if s.models is not None else "marker").inc()
             if s.models is not None:
                 log.info("model snapshot %s published (%d bytes; learned %s)", s.version, len(s.models), s.learned)
