@@ -342,8 +342,9 @@ class SnapshotStore(Generic[M]):
 
     def __init__(
         self, fresh: Callable[[], M], loads: Callable[[bytes], M], period_ms: int, lag: int, keep: int = 32,
-        on_refused: Callable[[int, Refused], None] = lambda boundary, refusal: None,
+        on_refused: Callable[[int, Refused], None] = lambda boundary, refusal: None, keep_state: bool = True,
     ) -> None:
+        self.keep_state = keep_state
         self.loads = loads
         self.on_refused = on_refused
         self.period_ms = period_ms
@@ -373,7 +374,8 @@ class SnapshotStore(Generic[M]):
         self.latest = msgspec.structs.replace(snapshot, state=None) if snapshot.state is not None else snapshot
         self.covered = snapshot.boundary
         if snapshot.models is not None:
-            self.state = snapshot.state  # (a trainer taking over resumes with it; one copy, not ``keep``)
+            if self.keep_state:  # (a trainer taking over resumes with it; one copy, not ``keep``)
+                self.state = snapshot.state
             if self.first_models is None:
                 self.first_models = snapshot.boundary
             self.kept[snapshot.boundary] = snapshot.models

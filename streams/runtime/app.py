@@ -88,7 +88,7 @@ def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
         # the agent that folds batches keeps its own state: Faust's tables are only the anchor of ownership
         table_standby_replicas=0,
     )
-    follower = ModelFollower(app, settings)  # every worker reads every model snapshot
+    follower = ModelFollower(app, settings, keep_state=settings.trainer == "worker")  # every worker reads every model snapshot
     ingest = BatchIngest(app, settings, follower)
     app.action_stats = ActionStats(app, settings, ingest)  # GET /actions/stats, uplift gauges
     if settings.trainer == "worker":

@@ -40,13 +40,15 @@ def snapshot_topic(app: faust.App, settings: Settings) -> Any:
 class ModelFollower:
     """Reads every snapshot the trainer publishes; ``store`` answers which models score an event time."""
 
-    def __init__(self, app: faust.App, settings: Settings) -> None:
+    def __init__(self, app: faust.App, settings: Settings, keep_state: bool = True) -> None:
+        """``keep_state``: keep the trainer's state of the newest snapshot (only a process that
+        may take the trainer over needs it: not a worker with ``RETENTION_TRAINER=separate``)."""
         self.settings = settings
         self.keys = settings.snapshot_keys  # (MissingSnapshotKey: the worker does not start)
         self.topic = snapshot_topic(app, settings)
         self.store: SnapshotStore[Models] = SnapshotStore(
             settings.fresh_models, load_models, settings.model_period_ms, settings.model_lag_periods,
-            keep=settings.model_snapshots_kept, on_refused=self._refused_models,
+            keep=settings.model_snapshots_kept, on_refused=self._refused_models, keep_state=keep_state,
         )
         self.offsets: dict[int, int] = {}  #: boundary -> offset of the kept snapshots' records
         self.refusals: Counter[str] = Counter()  #: snapshots refused, by reason

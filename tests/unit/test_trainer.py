@@ -239,6 +239,10 @@ def test_the_trainers_customer_histories_travel_apart_from_the_models_the_worker
     for s in published:
         store.add(s)
     assert store.state == last.state and store.latest is not None and store.latest.state is None
+    scorer_only: SnapshotStore[Models] = SnapshotStore(fresh, load_models, DAY, lag=1, keep_state=False)  # RETENTION_TRAINER=separate
+    for s in published:
+        scorer_only.add(s)
+    assert scorer_only.state is None and scorer_only.kept == store.kept
     # ... and a trainer taking over resumes from what the store holds (streams/runtime/model_sync.py latest())
     models_bytes = store.kept[store.latest.model_boundary]
     taken_over = Trainer.resume_from(store.latest, models_bytes, load_models, fresh(), DAY, PARTITIONS, state=store.state)
