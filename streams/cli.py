@@ -23,7 +23,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from collections.abc import Callable
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -146,12 +147,19 @@ def worker() -> None:
     answer); SIGTERM stops it gracefully, within RETENTION_SHUTDOWN_TIMEOUT_S (else exit 3); an invalid policy file or no
     model snapshot key stops it at once (exit 2)."""
     from streams.runtime.app import create_app
+
+    settings = _settings()
+    _policy(settings)
+    _run_faust(settings, lambda: create_app(settings)[0])
+
+
+def _run_faust(settings: Any, make_app: Callable[[], Any]) -> None:
+    """A Faust process of ours: the snapshot key checked (exit 2 without one), the brokers
+    waited for (exit 2 when none answers), then the app until it stops."""
     from streams.runtime.logs import worker_logging_config
     from streams.runtime.settings import MissingSnapshotKey
     from streams.runtime.worker import RetentionWorker, wait_for_brokers
 
-    settings = _settings()
-    _policy(settings)
     try:
         settings.snapshot_keys
     except MissingSnapshotKey as exc:
@@ -159,7 +167,7 @@ def worker() -> None:
         raise typer.Exit(2) from None
     if not wait_for_brokers(settings):
         raise typer.Exit(2)
-    faust_app, _ = create_app(settings)
+    faust_app = make_app()
     logging_config = worker_logging_config(settings.log_format, settings.log_level)
     RetentionWorker(faust_app, settings, loglevel=settings.log_level.upper(), logging_config=logging_config,
                     quiet=True).execute_from_commandline()
@@ -171,31 +179,18 @@ def trainer() -> None:
     that none of them trains). Run exactly one per app id: it learns from model-labels and publishes the model
     snapshots every worker scores with. Exit 2 when RETENTION_TRAINER is not separate (the workers would train as well)."""
     from streams.runtime.app import create_trainer_app
-    from streams.runtime.logs import worker_logging_config
-    from streams.runtime.settings import MissingSnapshotKey
-    from streams.runtime.worker import RetentionWorker, wait_for_brokers
 
     settings = _settings()
     if settings.trainer != "separate":
         err.print("[red]retention trainer needs RETENTION_TRAINER=separate[/red], for the workers as well: with "
                   f"RETENTION_TRAINER={settings.trainer} a worker trains, and two trainers would publish snapshots")
         raise typer.Exit(2)
-    try:
-        settings.snapshot_keys
-    except MissingSnapshotKey as exc:
-        sys.stderr.write(f"{exc}\n")
-        raise typer.Exit(2) from None
-    if not wait_for_brokers(settings):
-        raise typer.Exit(2)
-    faust_app = create_trainer_app(settings)
     from prometheus_client import REGISTRY
 
     from streams.runtime import metrics
 
     REGISTRY.unregister(metrics.WORKER_READY)  # (a worker's: at 0 here, RetentionWorkerNotReady would fire)
-    logging_config = worker_logging_config(settings.log_format, settings.log_level)
-    RetentionWorker(faust_app, settings, loglevel=settings.log_level.upper(), logging_config=logging_config,
-                    quiet=True).execute_from_commandline()
+    _run_faust(settings, lambda: create_trainer_app(settings))
 
 
 @app.command()

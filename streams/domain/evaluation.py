@@ -57,6 +57,12 @@ def history_inputs(state: UserState, now: int) -> dict[str, float]:
     }
 
 
+
+def _answer(model: Any, x: dict[str, float]) -> tuple[float, float | None, float | None]:
+    """(the answer, the prior's, the pipeline's) of a learner at a point not stored with one."""
+    score, prior, learned = model.scored(x)
+    return score.value, prior, learned
+
 @dataclass
 class PeriodScores:
     """One period's metrics per model (cumulative within the period)."""
@@ -279,22 +285,13 @@ class Replay:
         models = self.models_at(partition)
         out: dict[str, tuple[float, float]] = {}
         candidates: dict[str, tuple[float, float | None]] = {}
-        for i, churn in enumerate(models.churn_models):
-            if i == 0 and point.churn_p is not None:
-                value, prior, learned = point.churn_p, point.churn_prior_p, point.churn_learned_p
-            else:
-                score, prior, learned = churn.scored(x)
-                value = score.value
-            out[churn.name] = (value, 0.0)
-            candidates[churn.name] = (prior, learned)
-        for i, loyalty in enumerate(models.loyalty_models):
-            if i == 0 and point.loyalty_p is not None:
-                value, prior, learned = point.loyalty_p, point.loyalty_prior_p, point.loyalty_learned_p
-            else:
-                score, prior, learned = loyalty.scored(x)
-                value = score.value
-            out[loyalty.name] = (0.0, value)
-            candidates[loyalty.name] = (prior, learned)
+        stored = ((point.churn_p, point.churn_prior_p, point.churn_learned_p),
+                  (point.loyalty_p, point.loyalty_prior_p, point.loyalty_learned_p))
+        for kind, learners in enumerate((models.churn_models, models.loyalty_models)):
+            for i, model in enumerate(learners):
+                value, prior, learned = stored[kind] if i == 0 and stored[kind][0] is not None else _answer(model, x)
+                out[model.name] = (value, 0.0) if kind == 0 else (0.0, value)
+                candidates[model.name] = (prior, learned)
         if len(models.churn_models) > 1 or len(models.loyalty_models) > 1:
             self.candidates[f"{user_id}@{ts}"] = candidates
         out["recency"] = models.recency.predict(features[RECENCY])

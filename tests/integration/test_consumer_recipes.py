@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ import pytest
 from streams.runtime.kafka import producer, read_topic
 from streams.runtime.partitioning import make_partitioner
 from tests.integration.conftest import Pipeline
-from tests.integration.test_producer_recipes import KAFKAJS, env_of, newer_librdkafka, run, tool
+from tests.integration.test_producer_recipes import env_of, kafkajs_project, newer_librdkafka, run, tool
 
 pytestmark = pytest.mark.integration
 
@@ -141,13 +140,7 @@ def test_kcat_recipes_list_the_deliverable_actions_once_and_report_them(pipeline
 
 
 def test_kafkajs_recipe_delivers_each_action_once_and_reports_it(pipeline: Pipeline, tmp_path: Path) -> None:
-    node, npm = tool("node"), tool("npm")
-    project = tmp_path / "node"
-    project.mkdir()
-    for name in ("package.json", "package-lock.json"):
-        shutil.copy(KAFKAJS / name, project / name)
-    run([npm, "ci", "--no-audit", "--no-fund", "--prefer-offline", "--loglevel=error"],
-        "npm ci (kafkajs from tests/data/kafkajs/package-lock.json; is the npm registry reachable?)", 180, cwd=project)
+    node, project = tool("node"), kafkajs_project(tmp_path)
     (project / "deliver-actions.js").write_text(own_group(recipe("kafkajs-actions"), pipeline) + "\n")
     deliverable = publish_actions(pipeline)
     out = run_until_outcomes([node, "deliver-actions.js"], pipeline, deliverable, cwd=project,

@@ -131,8 +131,9 @@ def test_kcat_recipe_places_records_like_the_workers(pipeline: Pipeline, tmp_pat
     check_placement(pipeline, sent, event_time=False)  # kcat stamps the time of sending
 
 
-def test_kafkajs_recipe_places_records_like_the_workers(pipeline: Pipeline, tmp_path: Path) -> None:
-    node, npm = tool("node"), tool("npm")
+def kafkajs_project(tmp_path: Path) -> Path:
+    """A Node project with kafkajs installed from tests/data/kafkajs's lock file."""
+    npm = tool("npm")
     project = tmp_path / "node"
     project.mkdir()
     for name in ("package.json", "package-lock.json"):
@@ -142,6 +143,11 @@ def test_kafkajs_recipe_places_records_like_the_workers(pipeline: Pipeline, tmp_
             "npm ci (kafkajs from tests/data/kafkajs/package-lock.json; is the npm registry reachable?)", 180, cwd=project)
     except AssertionError as e:
         raise AssertionError(f"could not install kafkajs for the Node recipe: {e}") from None
+    return project
+
+
+def test_kafkajs_recipe_places_records_like_the_workers(pipeline: Pipeline, tmp_path: Path) -> None:
+    node, project = tool("node"), kafkajs_project(tmp_path)
     (project / "produce-events.js").write_text(recipe("kafkajs") + "\n")
     sent = write_events(tmp_path / "events.jsonl")
     with (tmp_path / "events.jsonl").open() as stdin:
