@@ -36,6 +36,7 @@ import math
 import random
 from collections import Counter, OrderedDict
 from collections.abc import Collection, Mapping, Sequence
+from operator import itemgetter
 from typing import NamedTuple, Protocol
 
 from river import optim, reco
@@ -160,20 +161,19 @@ def _decayed(value: float, since_ms: int, now_ms: int, half_life_ms: float) -> f
     return value * 0.5 ** (max(0, now_ms - since_ms) / half_life_ms)
 
 
-def strongest(row: dict[str, tuple[float, int]], n: int, now_ms: int, half_life_ms: float) -> dict[str, tuple[float, int]]:
-    """The ``n`` entries of largest score decayed to ``now_ms``, strongest first, ties in row
-    order: ``heapq.nlargest`` with a :func:`_decayed` key, which is ``sorted(..., reverse=True)[:n]``,
-    with each key computed once, in line.
+def strongest(row: dict[str, float], n: int) -> dict[str, float]:
+    """The ``n`` entries of largest score, strongest first, ties in row order
+    (``heapq.nlargest``, which is ``sorted(..., reverse=True)[:n]``).
 
-    >>> strongest({"a": (1.0, 0), "b": (4.0, 0), "c": (1.0, 10), "d": (2.0, 10)}, 2, now_ms=10, half_life_ms=10)
-    {'b': (4.0, 0), 'd': (2.0, 10)}
-
-    (b: 4 halved once, ties d's 2 and comes first: it is first in the row.)
+    >>> strongest({"a": 1.0, "b": 4.0, "c": 1.0, "d": 2.0}, 2)
+    {'b': 4.0, 'd': 2.0}
     """
-    entries = list(row.items())
-    scores = [v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life_ms) for _, (v, s) in entries]
-    order = sorted(range(len(entries)), key=scores.__getitem__, reverse=True)
-    return dict(entries[i] for i in order[:n])
+    return dict(heapq.nlargest(n, row.items(), key=itemgetter(1)))
+
+
+#: Scores are kept multiplied by 2 ** (age in half-lives since the model's origin); past this
+#: exponent the origin moves forward (every score divided once), long before floats overflow.
+_REBASE_AT = 256.0
 
 
 class CoOccurrence:
@@ -185,6 +185,13 @@ class CoOccurrence:
     item keeps its ``max_neighbours`` strongest neighbours whenever it has more than twice
     that many: memory is at most items × 2 ``max_neighbours`` pairs, whatever the number of
     users or events.
+
+    Every score decays at the same rate, so a score is stored as what it will be worth at
+    the model's origin time (``origin_ms``): ``w * 2 ** ((t - origin) / half_life)`` for a
+    weight ``w`` added at ``t``. Adding is then one multiplication per interaction whatever
+    its time (a late one included), ranking a row needs no decay at all (every entry shares
+    the factor to ``now``), and a normalised vote divides by the row's sum, where the
+    factor cancels. :meth:`score` reads a pair's value decayed to a time.
 
     To recommend, every item in the user's history votes for its neighbours with its kind's
     weight, halved every ``history_half_life_ms`` of age; with ``normalise`` a vote is
@@ -214,53 +221,60 @@ class CoOccurrence:
         self.max_neighbours, self.history_half_life_ms = max_neighbours, history_half_life_ms
         self.self_weight, self.weights = self_weight, weights
         self.popularity = popularity if popularity is not None else Popularity()
-        self.neighbours: dict[str, dict[str, tuple[float, int]]] = {}
+        #: item -> {neighbour: score at ``origin_ms``}
+        self.neighbours: dict[str, dict[str, float]] = {}
+        self.origin_ms: int | None = None
+
+    def score(self, item: str, other: str, now_ms: int) -> float:
+        """The pair's score decayed to ``now_ms`` (0 for a pair not kept)."""
+        value = self.neighbours.get(item, {}).get(other, 0.0)
+        return value * self._growth(now_ms) ** -1 if value else 0.0
+
+    def _growth(self, t: int) -> float:
+        """``2 ** ((t - origin) / half_life)``: a weight added at ``t`` stored at the origin."""
+        if self.origin_ms is None:
+            self.origin_ms = t
+        exponent = (t - self.origin_ms) / self.half_life_ms
+        if exponent > _REBASE_AT:
+            self._rebase(t)
+            return 1.0
+        return 2.0**exponent
+
+    def _rebase(self, origin_ms: int) -> None:
+        assert self.origin_ms is not None
+        shrink = 2.0 ** ((self.origin_ms - origin_ms) / self.half_life_ms)
+        for item, row in self.neighbours.items():
+            self.neighbours[item] = {other: value * shrink for other, value in row.items()}
+        self.origin_ms = origin_ms
 
     def learn(self, interaction: Interaction, history: Sequence[Interaction]) -> None:
         self.popularity.learn(interaction, history)
         weight = self.weights.get(interaction.kind, 0.0)
         if not weight:
             return
-        t, item = interaction.ts_ms, interaction.item_id
-        # Both directions of each pair, in line (the hot loop of learning): an existing score
-        # is decayed to t and the weight added; a late one adds the weight decayed to the
-        # score's time; a new neighbour may overfill the row, which keeps its strongest.
-        # The item's own row is looked up once, and each direction written out.
         partners = self.partners(interaction, history)
         if not partners:
             return
-        neighbours, half_life, keep = self.neighbours, self.half_life_ms, self.max_neighbours
+        # Both directions of each pair, in line (the hot loop of learning); a new neighbour may
+        # overfill the row, which then keeps its strongest.
+        item = interaction.item_id
+        weight *= self._growth(interaction.ts_ms)
+        neighbours, keep = self.neighbours, self.max_neighbours
         most = 2 * keep
         mine = neighbours.get(item)
         if mine is None:
             mine = neighbours[item] = {}
         for other, w in partners.items():
             add = weight * w
-            entry = mine.get(other)  # (item, other)
-            if entry is None:
-                mine[other] = (add, t)
-                if len(mine) > most:
-                    mine = neighbours[item] = strongest(mine, keep, t, half_life)
-            else:
-                value, since = entry
-                if t >= since:
-                    mine[other] = (value * 0.5 ** ((t - since) / half_life) + add, t)
-                else:
-                    mine[other] = (value + add * 0.5 ** ((since - t) / half_life), since)
-            row = neighbours.get(other)  # (other, item): the same steps
+            mine[other] = mine.get(other, 0.0) + add
+            if len(mine) > most:
+                mine = neighbours[item] = strongest(mine, keep)
+            row = neighbours.get(other)
             if row is None:
                 row = neighbours[other] = {}
-            entry = row.get(item)
-            if entry is None:
-                row[item] = (add, t)
-                if len(row) > most:
-                    neighbours[other] = strongest(row, keep, t, half_life)
-            else:
-                value, since = entry
-                if t >= since:
-                    row[item] = (value * 0.5 ** ((t - since) / half_life) + add, t)
-                else:
-                    row[item] = (value + add * 0.5 ** ((since - t) / half_life), since)
+            row[item] = row.get(item, 0.0) + add
+            if len(row) > most:
+                neighbours[other] = strongest(row, keep)
 
     def partners(self, interaction: Interaction, history: Sequence[Interaction]) -> dict[str, float]:
         """The other items of ``history`` within the pair window before ``interaction``, each
@@ -282,19 +296,24 @@ class CoOccurrence:
             w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
             votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
         scores: dict[str, float] = {}
-        half_life = self.half_life_ms
+        # Without normalising, a row's scores are read at now: the one factor from the origin.
+        to_now = 1.0 if self.normalise or self.origin_ms is None else 1.0 / self._growth(now_ms)
         for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
                 scores[source] = scores.get(source, 0) + self.self_weight * vote
             row = self.neighbours.get(source)
             if not row:
                 continue
-            # each score decayed to now (as _decayed, in line), in the row's order
-            values = [v if s >= now_ms else v * 0.5 ** ((now_ms - s) / half_life) for v, s in row.values()]
             if self.normalise:
-                vote /= sum(values)
-            for other, value in zip(row, values):
-                scores[other] = scores.get(other, 0) + vote * value
+                total = sum(row.values())
+                if total <= 0.0:
+                    continue
+                vote /= total
+            else:
+                vote *= to_now
+            get = scores.get
+            for other, value in row.items():
+                scores[other] = get(other, 0) + vote * value
         ranked = heapq.nsmallest(k, ((-s, i) for i, s in scores.items() if s > 0 and i not in exclude))
         out = [item for _, item in ranked]
         if len(out) < k:

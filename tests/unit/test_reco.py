@@ -99,7 +99,7 @@ def test_cooccurrence_ranks_the_co_bought_item_first_and_fills_with_popularity()
     history = (Interaction("new", "x", "product_view", T0 + DAY),)
     assert model.recommend("new", history, 3, (), T0 + DAY) == ["y", "z", "x"]
     # (purchase + view) x purchase, 3 users, decayed by at most 2 hours of a 60-day half-life
-    assert model.neighbours["x"]["y"][0] == pytest.approx(3 * (5 * 5 + 5 * 1), rel=1e-3)
+    assert model.score("x", "y", T0 + 2 * HOUR) == pytest.approx(3 * (5 * 5 + 5 * 1), rel=1e-3)
 
 
 def test_cooccurrence_excludes_bought_items_and_falls_back_to_popularity_for_unknown_users() -> None:
@@ -126,10 +126,11 @@ def test_cooccurrence_scores_halve_every_half_life() -> None:
     model.popularity = Popularity()
     history = (Interaction("u", "x", "product_view", T0 + 20 * DAY),)
     assert model.recommend("u", history, 2, (), T0 + 20 * DAY) == ["new", "old"]
-    scores = {k: v for k, v in model.neighbours["x"].items()}
-    assert scores["old"] == (1.0, T0)  # stored undecayed with its time; decayed on reading
+    assert model.score("x", "old", T0) == pytest.approx(1.0)
+    assert model.score("x", "old", T0 + 20 * DAY) == pytest.approx(1.0 / 4)  # two half-lives
     model.learn(Interaction("c", "old", "product_view", T0 + 20 * DAY), (Interaction("c", "x", "product_view", T0 + 20 * DAY),))
-    assert model.neighbours["x"]["old"] == (pytest.approx(1.0 / 4 + 1.0), T0 + 20 * DAY)
+    assert model.score("x", "old", T0 + 20 * DAY) == pytest.approx(1.0 / 4 + 1.0)
+    assert model.score("old", "x", T0 + 30 * DAY) == pytest.approx((1.0 / 4 + 1.0) / 2)
 
 
 def test_cooccurrence_keeps_at_most_twice_max_neighbours_per_item_and_the_strongest_survive() -> None:
@@ -204,7 +205,7 @@ def test_already_bought_items_count_neither_for_hits_nor_for_reachable() -> None
 
 def test_normalised_votes_stop_a_much_touched_item_from_outvoting_the_history() -> None:
     model = raw(popularity=Popularity())
-    model.neighbours = {"hub": {"p": (100.0, T0), "s": (100.0, T0)}, "niche": {"q": (10.0, T0)}}
+    model.neighbours, model.origin_ms = {"hub": {"p": 100.0, "s": 100.0}, "niche": {"q": 10.0}}, T0
     history = (Interaction("u", "hub", "product_view", T0), Interaction("u", "niche", "product_view", T0))
     assert model.recommend("u", history, 3, (), T0) == ["p", "s", "q"]  # 100, 100, 10
     model.normalise = True
@@ -245,7 +246,8 @@ def test_a_late_interaction_adds_its_weight_decayed_to_the_time_the_score_is_sto
     model = raw(half_life_ms=10 * DAY)
     model.learn(Interaction("a", "x", "product_view", T0 + 20 * DAY), (Interaction("a", "y", "product_view", T0 + 20 * DAY),))
     model.learn(Interaction("b", "x", "product_view", T0 + 10 * DAY), (Interaction("b", "y", "product_view", T0 + 10 * DAY),))
-    assert model.neighbours["x"]["y"] == (pytest.approx(1.0 + 0.5), T0 + 20 * DAY)
+    assert model.score("x", "y", T0 + 20 * DAY) == pytest.approx(1.0 + 0.5)
+    assert model.score("y", "x", T0 + 10 * DAY) == pytest.approx(2.0 + 1.0)
 
 
 class EagerCoOccurrence(CoOccurrence):
@@ -293,29 +295,45 @@ class EagerCoOccurrence(CoOccurrence):
         return out + self.popularity.recommend(user_id, history, k - len(out), {*exclude, *out}, now_ms)
 
 
-def test_learning_and_recommending_in_line_are_bit_for_bit_the_eager_version() -> None:
+def test_scores_kept_at_the_origin_are_the_eager_decayed_scores_and_rank_alike() -> None:
+    """Scores stored at the model's origin read back as the eager version's decayed scores,
+    rows keep the same neighbours, and recommendations are the same lists. (In time order: the
+    eager version prunes a row at a late interaction's time without raising the entries stored
+    at later times to it, so it may keep another neighbour than the true strongest.)"""
     rng = random.Random(5)
     shared, eager = CoOccurrence(max_neighbours=4), EagerCoOccurrence(max_neighbours=4)
     items = [f"i{n}" for n in range(40)]
     rows = []
-    for n in range(3000):  # late interactions (up to a day back), pruning (many neighbours), ties (equal times)
-        rows.append((f"u{rng.randrange(60)}", rng.choice(items), rng.choice(list(WEIGHTS)), T0 + n * HOUR - rng.randrange(3) * 12 * HOUR))
+    for n in range(3000):  # pruning (many neighbours), ties (equal times: two in three share an hour)
+        rows.append((f"u{rng.randrange(60)}", rng.choice(items), rng.choice(list(WEIGHTS)), T0 + (n // 3) * HOUR))
     learn_all(shared, rows)
     learn_all(eager, rows)
-    assert shared.neighbours == eager.neighbours
-    assert [list(row) for row in shared.neighbours.values()] == [list(row) for row in eager.neighbours.values()]
     now = T0 + 3000 * HOUR
+    assert {item: set(row) for item, row in shared.neighbours.items()} == {item: set(row) for item, row in eager.neighbours.items()}
+    for item, row in eager.neighbours.items():
+        for other, (value, since) in row.items():
+            assert shared.score(item, other, now) == pytest.approx(_decayed(value, since, now, shared.half_life_ms), rel=1e-9)
     for user in range(60):
         history = tuple(Interaction(f"u{user}", rng.choice(items), "product_view", now - rng.randrange(90) * DAY) for _ in range(8))
         assert shared.recommend(f"u{user}", history, 10, {history[0].item_id}, now) == eager.recommend(
             f"u{user}", history, 10, {history[0].item_id}, now)
 
 
-def test_strongest_keeps_the_largest_decayed_scores_with_ties_in_row_order() -> None:
-    row = {"a": (1.0, 0), "b": (2.0, 0), "c": (4.0, -DAY), "d": (1.0, 0), "e": (0.5, 2 * DAY)}
-    assert strongest(row, 3, DAY, DAY) == {"b": (2.0, 0), "c": (4.0, -DAY), "a": (1.0, 0)}  # c: 4 x 1/4 = 1 ties a, d
-    assert list(strongest(row, 3, DAY, DAY)) == [
-        kv[0] for kv in heapq.nlargest(3, row.items(), key=lambda kv: _decayed(kv[1][0], kv[1][1], DAY, DAY))]
+def test_the_origin_moves_forward_before_scores_overflow_and_keeps_their_values() -> None:
+    model = raw(half_life_ms=DAY)
+    model.learn(Interaction("a", "x", "product_view", T0), (Interaction("a", "y", "product_view", T0),))
+    later = T0 + 300 * DAY  # 300 half-lives: 2 ** 300 is past the rebase point
+    model.learn(Interaction("b", "x", "product_view", later), (Interaction("b", "z", "product_view", later),))
+    assert model.origin_ms == later
+    assert model.score("x", "z", later) == 1.0
+    assert model.score("x", "y", later) == pytest.approx(2.0**-300)
+    assert model.recommend("u", (Interaction("u", "x", "product_view", later),) * 3, 1, {"x"}, later) == ["z"]
+
+
+def test_strongest_keeps_the_largest_scores_with_ties_in_row_order() -> None:
+    row = {"a": 1.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 0.5}
+    assert list(strongest(row, 3)) == ["b", "a", "c"]
+    assert strongest(row, 3) == {"b": 2.0, "a": 1.0, "c": 1.0}
 
 
 def test_evaluate_reco_command_prints_every_model_and_the_ceiling() -> None:
