@@ -61,6 +61,8 @@ class Population:
         self.frequency: Counter[int] = Counter()
         self.money: Counter[int] = Counter()
         self.size = 0
+        #: how many updates changed a histogram (a row computed at an equal count ranks alike)
+        self.changes = 0
         #: per histogram, its sorted bins and the running count of buyers below each: built
         #: at the first ranking after a change (rankings, one per score row, far outnumber
         #: changes, one per purchase), so a rank is a bisection, not a pass over the bins
@@ -71,6 +73,7 @@ class Population:
         if old == new:
             return
         self._ranked = None
+        self.changes += 1
         for values, step in ((old, -1), (new, 1)):
             if values is None:
                 continue

@@ -95,20 +95,66 @@ def snapshot(
     )
 
 
+class Scored(NamedTuple):
+    """What a row is computed from: the features, the model inputs and the models' answers
+    (the costly part of :func:`describe`, which a caller may reuse within one step)."""
+
+    values: dict[str, float]
+    x: dict[str, float]
+    churn: Score
+    segment: Segment
+    loyalty: Score
+
+
+def scored_row(
+    state: UserState, now: int, models: Models, churn: Score | None = None, state_cfg: StateConfig = StateConfig(),
+    population: Population | None = None,
+) -> Scored:
+    """The user's features at ``now`` (computed once) and the models' answers for them."""
+    values = features(state, now, state_cfg, population)
+    x = model_inputs(values)
+    return Scored(values, x, churn or models.churn.score(x), Segment(models.segments.predict_one(x), models.segments.version),
+                  models.loyalty.score(x))
+
+
+class StepRows:
+    """The :func:`scored_row` of the step being folded, for its second row: a trigger's rules
+    describe the customer and the step's published row is the same features and answers.
+    Nothing a feature reads changes between the two but the RFM population, which is in the
+    key with the user, the time, the models and the churn score given; :meth:`clear` when a
+    step starts, so a row is never computed from another step's state."""
+
+    def __init__(self) -> None:
+        self._memo: tuple[tuple[str, int, int], Models, Score | None, Scored] | None = None
+
+    def clear(self) -> None:
+        self._memo = None
+
+    def scored(
+        self, state: UserState, now: int, models: Models, churn: Score | None, state_cfg: StateConfig, population: Population,
+    ) -> Scored:
+        key = (state.user_id, now, population.changes)
+        memo = self._memo
+        if memo is not None and memo[0] == key and memo[1] is models and memo[2] is churn:
+            return memo[3]
+        scored = scored_row(state, now, models, churn, state_cfg, population)
+        self._memo = (key, models, churn, scored)
+        return scored
+
+
 def describe(
     state: UserState, now: int, models: Models, ranks: LoyaltyRanks, tiers: Tiers, churn: Score | None = None,
     learn: bool = True, state_cfg: StateConfig = StateConfig(), population: Population | None = None,
-    lifecycle: LifecycleConfig = LifecycleConfig(),
+    lifecycle: LifecycleConfig = LifecycleConfig(), scored: Scored | None = None,
 ) -> tuple[UserScores, dict[str, float]]:
     """The user's row at ``now`` (features computed once, the scores and segment from them)
     and its model inputs, as a worker and the offline loop both build it; a published row
-    (``learn``) enters the loyalty distribution ``ranks``, a looked-up one does not."""
-    values = features(state, now, state_cfg, population)
-    x = model_inputs(values)
-    churn = churn or models.churn.score(x)
-    segment = Segment(models.segments.predict_one(x), models.segments.version)
-    loyalty = rank_loyalty(ranks, state.user_id, state.last_purchase, now, models.loyalty.score(x), tiers, learn=learn)
-    return snapshot(state, now, values, churn, models.sentiment.version, segment, loyalty, lifecycle), x
+    (``learn``) enters the loyalty distribution ``ranks``, a looked-up one does not.
+    ``scored``: :func:`scored_row` of the same state, time, models, churn and population,
+    computed earlier in the step."""
+    s = scored or scored_row(state, now, models, churn, state_cfg, population)
+    loyalty = rank_loyalty(ranks, state.user_id, state.last_purchase, now, s.loyalty, tiers, learn=learn)
+    return snapshot(state, now, s.values, s.churn, models.sentiment.version, s.segment, loyalty, lifecycle), s.x
 
 
 def snapshot_due(state: UserState, now: int, interval_ms: int, scored: bool) -> bool:

@@ -48,7 +48,7 @@ from streams.domain.population import Population, rfm_of
 from streams.domain.privacy import ConsentChange, ErasureRequest
 from streams.domain.rules import Decider
 from streams.domain.schedule import DueQueue
-from streams.domain.snapshots import UserScores, describe, encode_scores, profile_of, snapshot_due
+from streams.domain.snapshots import StepRows, UserScores, describe, encode_scores, profile_of, snapshot_due
 from streams.domain.state import Applied, UserState, conflict_reason, event_digest, mark_applied, redelivered
 from streams.domain.timestamps import format_ts
 from streams.domain.uplift import Tally, dump_tally, load_tally
@@ -161,6 +161,7 @@ class BatchIngest:
         self.lag_at = 0.0
         self.processed = 0  #: records folded (readiness: progress)
         self.misses = 0  #: model snapshot misses counted so far
+        self.rows = StepRows()  #: cleared when a step starts
         self.folding: tuple[float, int] | None = None  #: (since, records) of the micro-batch being folded
         self.in_use: int | None | bool = False  #: the boundary of the models last in use (False: none yet)
         self.lag: dict[tuple[str, int], int] = {}
@@ -609,6 +610,7 @@ class BatchIngest:
     # ------------------------------------------------------------------ one record
 
     def _process(self, work: PartitionWork, msg: Message, topic: str, result: Any, kafka_ts: int | None) -> int | None:
+        self.rows.clear()
         if isinstance(result, Invalid):
             self._dead_letter(msg, topic, kafka_ts, result.error)
             return None
@@ -675,6 +677,7 @@ class BatchIngest:
             return
         models = self.models_at(now)
         for user_id in due:
+            self.rows.clear()
             try:
                 state = work.store.get(user_id)
                 if state is not None:
@@ -726,8 +729,10 @@ class BatchIngest:
         work.queue.schedule(state.user_id, step.due_ms)
 
     def _snapshot(self, state: UserState, now: int, models: Models, churn: Any = None, learn: bool = True) -> tuple[UserScores, dict[str, float]]:
+        """The user's row (the rules' and the published row of one step: computed once)."""
+        scored = self.rows.scored(state, now, models, churn, self.cfg.state, self.population)
         return describe(state, now, models, self.loyalty_ranks, self.loyalty_cfg.tiers, churn, learn,
-                        self.cfg.state, self.population, self.settings.lifecycle)
+                        self.cfg.state, self.population, self.settings.lifecycle, scored)
 
     def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str, result: str | None = "invalid") -> None:
         if result is not None:  # (a conflicting re-use is counted as such by the caller)
@@ -867,6 +872,7 @@ class BatchIngest:
             if state is None:
                 return None
             now = max(state.clock, work.clock.now)
+            self.rows.clear()  # (a look-up is no step of the fold's)
             row, _ = self._snapshot(state, now, self.models_at(now), learn=False)
         return profile_of(row, state, partition)
 
