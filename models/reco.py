@@ -281,11 +281,12 @@ class CoOccurrence:
         once at its heaviest kind's weight."""
         t, item = interaction.ts_ms, interaction.item_id
         partners: dict[str, float] = {}
-        kind_weight, window = self.weights.get, self.pair_window_ms
-        for past in history:
-            w = kind_weight(past.kind, 0.0)
-            if past.item_id != item and w and 0 <= t - past.ts_ms <= window:
-                partners[past.item_id] = max(w, partners.get(past.item_id, 0.0))
+        kind_weight, window, heaviest = self.weights.get, self.pair_window_ms, partners.get
+        for _, other, kind, ts in history:  # (unpacked: a NamedTuple's attributes are slower)
+            if other != item and 0 <= t - ts <= window:
+                w = kind_weight(kind, 0.0)
+                if w > heaviest(other, 0.0):
+                    partners[other] = w
         return partners
 
     def recommend(

@@ -172,6 +172,11 @@ def check_operations(pipeline: Pipeline, worker: WorkerProcess, sent: int, query
     assert query('sum(retention_dead_letters_total{topic="clicks"})') == 1
     assert query('up{job="retention-workers"}') == 1
     check_dashboard(worker.metrics_text(), query)
+    # ?name[]= renders only the series asked for (the bench's and the tests' frequent reads)
+    asked = worker.metrics_text("retention_records_total", "retention_worker_ready")
+    assert {line.split("{")[0].split(" ")[0] for line in asked.splitlines() if not line.startswith("#")} == {
+        "retention_records_total", "retention_worker_ready"}
+    assert sum(v for _, v in worker.samples("retention_records_total")) == sent
 
     # a second worker joins: the first gives up half of the partitions and their series
     second = pipeline.worker("w2", **FAST)

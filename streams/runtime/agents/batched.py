@@ -140,6 +140,7 @@ class BatchIngest:
         self.reco = ItemRecommender()
         self.population = Population()
         self.loyalty_cfg = settings.loyalty
+        self.lifecycle_cfg = settings.lifecycle  # (a property that builds it: read once, not per row)
         self.loyalty_ranks = LoyaltyRanks(capacity=self.loyalty_cfg.capacity, current_days=self.loyalty_cfg.current_days)
         self.privacy = Privacy(self)  # pseudonyms, erasures, the erased-ids set (streams/runtime/privacy.py)
         self.decide = Decider(
@@ -732,7 +733,7 @@ class BatchIngest:
         """The user's row (the rules' and the published row of one step: computed once)."""
         scored = self.rows.scored(state, now, models, churn, self.cfg.state, self.population)
         return describe(state, now, models, self.loyalty_ranks, self.loyalty_cfg.tiers, churn, learn,
-                        self.cfg.state, self.population, self.settings.lifecycle, scored)
+                        self.cfg.state, self.population, self.lifecycle_cfg, scored)
 
     def _dead_letter(self, msg: Message, topic: str, kafka_ts: int | None, error: str, result: str | None = "invalid") -> None:
         if result is not None:  # (a conflicting re-use is counted as such by the caller)
