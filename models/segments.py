@@ -84,4 +84,34 @@ class SegmentModel:
         self.learned += 1
 
     def predict_one(self, x: dict[str, float]) -> int:
+        """The nearest centre to ``x``'s scaled behaviour, as River's scaler and KMeans answer
+        it, from their figures read once per learned state (a snapshot's model answers every
+        score row and never learns): the same distances summed in :data:`SEGMENT_FEATURES`
+        order (River sums over a set of names, whose order follows the hash seed)."""
+        frozen = getattr(self, "_frozen", None)
+        if frozen is None or frozen[0] != self.learned:
+            frozen = self._frozen = (self.learned, *self._figures())
+        _, scale, centres, p = frozen
+        z = [(math.log1p(max(0.0, x.get(name, 0.0))) - mean) / sd if sd else 0.0 for name, mean, sd in scale]
+        best, nearest = -1, math.inf
+        for i, centre in centres:
+            d = sum(abs(c - v) ** p for c, v in zip(centre, z))
+            if d < nearest:
+                best, nearest = i, d
+        return best
+
+    def _figures(self) -> tuple[list[tuple[str, float, float]], list[tuple[int, list[float]]], int]:
+        """(name, mean, standard deviation) per feature, each centre's coordinates, the power."""
+        means, vars_ = self.scaler.means, self.scaler.vars
+        scale = [(name, means.get(name, 0.0), vars_.get(name, 0.0) ** 0.5) for name in SEGMENT_FEATURES]
+        centres = [(int(i), [centre[name] for name in SEGMENT_FEATURES]) for i, centre in self.kmeans.centers.items()]
+        return scale, centres, self.kmeans.p
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_frozen", None)  # derived: not in snapshots
+        return state
+
+    def river_predict_one(self, x: dict[str, float]) -> int:
+        """River's own answer (what :meth:`predict_one` reproduces)."""
         return int(self.kmeans.predict_one(self.scaler.transform_one(behaviour(x))))

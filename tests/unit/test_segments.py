@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import subprocess
 import sys
@@ -77,3 +78,23 @@ def test_the_same_seed_gives_the_same_segments_whatever_the_hash_seed() -> None:
         for h in (0, 1, 2, 3)
     }
     assert len(outputs) == 1, outputs
+
+
+def test_the_answer_from_the_figures_read_once_is_rivers_and_follows_learning() -> None:
+    rng = random.Random(3)
+
+    def customer() -> dict[str, float]:
+        return {name: rng.choice([0.0, rng.expovariate(0.1), rng.uniform(0, 400)]) for name in SEGMENT_FEATURES}
+
+    model = SegmentModel(n_clusters=4, seed=5)
+    fresh = [customer() for _ in range(20)]
+    assert [model.predict_one(x) for x in fresh] == [model.river_predict_one(x) for x in fresh]  # untrained: scaled to 0
+    for _ in range(300):
+        model.learn_one(customer())
+    asked = [customer() for _ in range(2000)]
+    assert [model.predict_one(x) for x in asked] == [model.river_predict_one(x) for x in asked]
+    assert len({model.predict_one(x) for x in asked}) > 1
+    for _ in range(300):  # the centres move: the figures are read again
+        model.learn_one(customer())
+    assert [model.predict_one(x) for x in asked] == [model.river_predict_one(x) for x in asked]
+    assert "_frozen" not in pickle.loads(pickle.dumps(model)).__dict__  # derived, never in a snapshot
