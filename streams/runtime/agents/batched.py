@@ -169,6 +169,7 @@ class BatchIngest:
         self.committed: dict[tuple[str, int], int] = {}
         self.ledger = Ledger()
         self.batch: Batch | None = None
+        self.acked_cb: tuple[int | None, Callable[[Any, Any], None] | None] = (None, None)
         self.trigger_kafka_ts: int | None = None
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
@@ -755,7 +756,9 @@ class BatchIngest:
         kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
         if headers:
             kwargs["headers"] = headers
-        callback = self._acked(batch.id)
+        if self.acked_cb[0] != batch.id:  # one callback per batch, not a closure per record
+            self.acked_cb = (batch.id, self._acked(batch.id))
+        callback = self.acked_cb[1]
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, on_delivery=callback, **kwargs)
