@@ -293,9 +293,14 @@ class CoOccurrence:
         self, user_id: str, history: Sequence[Interaction], k: int, exclude: Collection[str], now_ms: int
     ) -> list[str]:
         votes: dict[str, float] = {}
-        for past in history:
-            w = _decayed(self.weights.get(past.kind, 0.0), past.ts_ms, now_ms, self.history_half_life_ms)
-            votes[past.item_id] = max(w, votes.get(past.item_id, 0.0))
+        kind_weight, half_life, vote_of = self.weights.get, self.history_half_life_ms, votes.get
+        for _, item, kind, ts in history:  # each item once, at its heaviest vote (_decayed, in line)
+            w = kind_weight(kind, 0.0)
+            if ts < now_ms:
+                w *= 0.5 ** ((now_ms - ts) / half_life)
+            held = vote_of(item)
+            if held is None or w > held:
+                votes[item] = w
         scores: dict[str, float] = {}
         # Without normalising, a row's scores are read at now: the one factor from the origin.
         to_now = 1.0 if self.normalise or self.origin_ms is None else 1.0 / self._growth(now_ms)

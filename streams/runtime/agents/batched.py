@@ -648,7 +648,8 @@ class BatchIngest:
                 work.rewritten.add(user_id)
                 store.put(state)
             return result.ts
-        before = rfm_of(state)
+        purchase = isinstance(result, Purchase)  # (only a purchase moves a customer's RFM values)
+        before = rfm_of(state) if purchase else None
         text = result.text if isinstance(result, Review) and result.text and not result.text.isspace() else None
         models = self.models_at(max(work.clock.now, result.ts))
         fresh_text = bool(text) and event_digest(result) not in state.recent_ids
@@ -665,7 +666,8 @@ class BatchIngest:
         for touch in touches:
             self.reco.learn(touch, past)
         mark_applied(state, msg.topic(), msg.offset())
-        self.population.update(before, rfm_of(state))
+        if purchase:
+            self.population.update(before, rfm_of(state))
         if text:
             self._label(ReviewExample(id=str(event_digest(result)), at=self._at(work, now), text=text, rating=int(result.rating)))
             metrics.NEGATIVE_REVIEWS.inc(step.negative_review)
