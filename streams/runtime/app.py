@@ -13,6 +13,7 @@ from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.batched import BatchIngest
 from streams.runtime.agents.trainer import TrainerAgent
 from streams.runtime.kafka import faust_credentials
+from streams.runtime.memory import warn_if_cache_outgrows_limit
 from streams.runtime.faults import BROKER_DATA_LOST, broker_data_lost
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
@@ -83,6 +84,7 @@ def new_app(settings: Settings, app_id: str | None = None, **conf: Any) -> Reten
 
 
 def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
+    warn_if_cache_outgrows_limit(settings)
     app = new_app(
         settings,
         canonical_url=settings.canonical_url,
