@@ -189,13 +189,17 @@ def features(
     return dict(zip(FEATURE_NAMES, map(float, values)))
 
 
+#: The per-kind click features summed into ``clicks_7d`` and ``clicks_30d``.
+_CLICK_SUMS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(
+    (f"clicks_{window}", tuple(f"{kind}_{window}" for kind in CLICK_KINDS)) for window in ("7d", "30d"))
+
+
 def model_inputs(all_features: dict[str, float]) -> dict[str, float]:
     """The churn model's inputs, derived from :func:`features` only."""
-    x = dict(all_features)
-    x["log_spend"] = math.log1p(x["spend"])
-    for window in ("7d", "30d"):
-        x[f"clicks_{window}"] = sum(x[f"{kind}_{window}"] for kind in CLICK_KINDS)
-    return {name: x[name] for name in MODEL_FEATURES}
+    derived = {"log_spend": math.log1p(all_features["spend"])}
+    for name, kinds in _CLICK_SUMS:
+        derived[name] = sum(map(all_features.__getitem__, kinds))
+    return {name: derived[name] if name in derived else all_features[name] for name in MODEL_FEATURES}
 
 
 def feature_vector(state: UserState, now: int, cfg: StateConfig = StateConfig()) -> list[float]:
