@@ -20,6 +20,7 @@ trainer's BG/NBD fit (:mod:`models.bgnbd_prior`) sees the same customer historie
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +42,12 @@ from streams.domain.state import PendingScore, UserState, event_digest, purchase
 from streams.domain.timestamps import MS_PER_DAY
 
 RECENCY = MODEL_FEATURES.index("recency_days")
+
+#: BG/NBD's churn ranked by its expected purchase days in the horizon (its probability
+#: ``exp(-E[N])``: no purchase if the expected count came as a Poisson count), beside ``bgnbd``
+#: (its own P(no purchase in H)): the better of BG/NBD's two rankings on CDNOW, and what the
+#: churn learners' prior is made of (:attr:`models.churn.ChurnModel.prior_from`). Churn only.
+BGNBD_EXPECTED = "bgnbd-expected"
 
 
 def history_inputs(state: UserState, now: int) -> dict[str, float]:
@@ -298,6 +305,7 @@ class Replay:
         bg = self.bgnbd.predict(user_id, ts, self.cfg.churn_horizon_days)
         if bg is not None:
             out["bgnbd"] = bg
+            out[BGNBD_EXPECTED] = (math.exp(-bg[1]), bg[1])
         self.predictions[(user_id, ts)] = out
         self.points += 1
 
@@ -316,7 +324,7 @@ class Replay:
                 for scores in (period, self.total):
                     if not name.startswith("loyalty-"):
                         scores.add_churn(name, p, label)
-                    if not name.startswith("churn-"):
+                    if not name.startswith("churn-") and name != BGNBD_EXPECTED:
                         scores.add_loyalty(name, n, days)
 
     def paired(self, churn: str, loyalty: str, baseline: str = "bgnbd", resamples: int = RESAMPLES) -> list[dict[str, Any]]:

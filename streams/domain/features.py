@@ -18,7 +18,7 @@ from typing import NamedTuple
 from models.sentiment import NEGATIVE_THRESHOLD
 from streams.domain.population import Population, rfm_of
 from streams.domain.sketches import kmv_count
-from streams.domain.state import StateConfig, UserState, abandoned_carts_open, last_gap_days, purchase_day_count, purchase_gaps
+from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_day_count, purchase_gaps
 from streams.domain.timestamps import MS_PER_DAY
 from streams.domain.windows import CLICK_KINDS, COLUMNS, LEVELS, WINDOWS, window_span
 
@@ -84,6 +84,11 @@ def _catalogue() -> tuple[Feature, ...]:
         Feature("first_order_value", "total of the customer's first purchase (0 in states kept before it was recorded)", "lifetime", "currency units"),
         Feature("spend_trend", "total of the latest purchase / avg_order_value (0 without purchases)", "lifetime", "ratio"),
         Feature("order_value_std", "standard deviation of the purchase totals", "lifetime", "currency units"),
+        Feature("usual_gap_days", "mean gap between consecutive purchase days (0 with fewer than two)", "latest 16 purchases", "days"),
+        Feature("gap_drift", "last_gap_days / the mean of the gaps before it: above 1 the customer is slowing down, "
+                "below 1 speeding up (0 with fewer than three purchase days)", "latest 16 purchases", "ratio"),
+        Feature("overdue_ratio", "days since the latest purchase day / usual_gap_days: how many of the customer's usual "
+                "gaps the current silence spans (0 without a gap)", "latest 16 purchases", "ratio"),
     ]
     return tuple(out)
 
@@ -120,6 +125,47 @@ MODEL_FEATURES: tuple[str, ...] = (
 )
 
 
+class Gaps(NamedTuple):
+    """The gaps between a customer's purchase days, in days (:func:`purchase_day_gaps`)."""
+
+    last: float  #: the latest gap (0 with fewer than two purchase days)
+    usual: float  #: the mean gap (0 with fewer than two purchase days)
+    drift: float  #: the latest gap over the mean of those before it (0 with fewer than three purchase days)
+
+
+def purchase_day_gaps(times: list[int]) -> Gaps:
+    """The gaps between the distinct UTC days of the purchases at ``times`` (the latest ones
+    a state keeps: bounded, any order): the latest, the mean, and the latest against the mean
+    of the earlier ones. What BG/NBD's (x, t_x, T) cannot carry: whether the latest gap is
+    longer than the customer's rhythm before it (drifting away) or not.
+
+    >>> purchase_day_gaps([0, 5, 10 * MS_PER_DAY, 20 * MS_PER_DAY, 60 * MS_PER_DAY])
+    Gaps(last=40.0, usual=20.0, drift=4.0)
+    >>> purchase_day_gaps([3 * MS_PER_DAY, 0])
+    Gaps(last=3.0, usual=3.0, drift=0.0)
+    """
+    days = sorted({t // MS_PER_DAY for t in times})
+    n = len(days) - 1
+    if n < 1:
+        return Gaps(0.0, 0.0, 0.0)
+    last = float(days[-1] - days[-2])
+    usual = (days[-1] - days[0]) / n
+    drift = last / ((days[-2] - days[0]) / (n - 1)) if n >= 2 else 0.0
+    return Gaps(last, usual, drift)
+
+
+def overdue_ratio(times: list[int], now: int, usual_gap_days: float) -> float:
+    """Days from the latest purchase day to ``now`` over the usual gap: above 1 the customer
+    is overdue by their own rhythm (0 without a gap).
+
+    >>> overdue_ratio([0, 10 * MS_PER_DAY + 5], 40 * MS_PER_DAY, 10.0)
+    3.0
+    """
+    if usual_gap_days <= 0 or not times:
+        return 0.0
+    return max(0.0, now - max(times) // MS_PER_DAY * MS_PER_DAY) / MS_PER_DAY / usual_gap_days
+
+
 def _days(now: int, then: int) -> float:
     return max(0.0, (now - then) / MS_PER_DAY)
 
@@ -153,7 +199,8 @@ def features(
         recent = sum(1 for ts in open_abandoned if current - n < ts // tile_ms <= current) if open_abandoned else 0
         carts.append(sums[window][_CARTS] + recent)
     since = state.last_purchase if state.last_purchase is not None else -1
-    gap_days = last_gap_days(state)
+    gaps = purchase_day_gaps(state.purchase_times)
+    gap_days = gaps.last
     r, f, m = population.scores(rfm_of(state)) if population is not None else (0, 0, 0)
     values += (
         tiles.active_tiles("30d", CLICK_KINDS, now),  # days_active_30d
@@ -185,6 +232,9 @@ def features(
         state.first_order_cents / 100,
         state.last_order_cents / 100 / avg_order_value if avg_order_value > 0 else 0.0,  # spend_trend
         math.sqrt(max(0.0, state.order_cents_sq / 1e4 / purchases - avg_order_value**2)) if purchases else 0.0,
+        gaps.usual,
+        gaps.drift,
+        overdue_ratio(state.purchase_times, now, gaps.usual),
     )
     return dict(zip(FEATURE_NAMES, map(float, values)))
 

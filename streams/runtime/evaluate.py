@@ -18,7 +18,7 @@ from rich.table import Table
 from models.churn import ChurnModel, LoyaltyModel
 from models.datasets import Transaction
 from streams.domain.engine import EngineConfig
-from streams.domain.evaluation import Replay
+from streams.domain.evaluation import BGNBD_EXPECTED, Replay
 from streams.domain.events import Channel, Heartbeat, Invalid, Item, Purchase, UserEvent, decode
 from streams.domain.timestamps import MS_PER_DAY, format_ts
 from streams.runtime.partitioning import make_partitioner
@@ -119,7 +119,7 @@ def _period_table(
     """One row per period of scoring time: its points and label summary (``label``: column,
     key, from the recency baseline, which scores every point) and, per model, two metrics."""
     heading, first, second = pair
-    models = learners + ["recency", "bgnbd"]
+    models = learners + ["recency", "bgnbd"] + ([BGNBD_EXPECTED] if part == "churn" else [])
     table = Table(title=f"{title}, by period of the scoring time")
     table.add_column("period from")
     table.add_column("points", justify="right")
@@ -165,6 +165,8 @@ def tables(replay: Replay) -> list[Table]:
             m, str(c.get("count", 0)), _f(c.get("auc")), _f(c.get("log_loss")), _f(c.get("brier")), _f(c.get("ece")),
             _f(v.get("mae")), _f(v.get("rmse")),
         )
+    c = total["churn"].get(BGNBD_EXPECTED, {})
+    overall.add_row(BGNBD_EXPECTED, str(c.get("count", 0)), _f(c.get("auc")), _f(c.get("log_loss")), _f(c.get("brier")), _f(c.get("ece")), "", "")
     return [churn, loyalty, overall]
 
 
@@ -180,14 +182,18 @@ def paired_table(replay: Replay, resamples: int) -> Table | None:
     rows = replay.paired(churn, loyalty, resamples=resamples)
     if not rows:
         return None
+    # the same resamples (the bootstrap's seed) against BG/NBD ranked by its expected purchases
+    expected = {row["period_start_ms"]: row["result"].auc for row in replay.paired(churn, loyalty, BGNBD_EXPECTED, resamples)}
     table = Table(title=f"{churn} and {loyalty} against BG/NBD, paired bootstrap ({resamples} resamples of the customers, 95 %)")
-    for col in ("period from", "points", "customers", "AUC difference [interval]", "RMSE difference [interval]",
+    for col in ("period from", "points", "customers", "AUC difference [interval]", f"vs {BGNBD_EXPECTED}", "RMSE difference [interval]",
                 "predicted / actual days", "BG/NBD's"):
         table.add_column(col, justify="left" if col == "period from" else "right")
     for row in rows:
         r = row["result"]
         mine, theirs = row["total_ratio"]
-        table.add_row(_day(row["period_start_ms"]), str(r.points), str(r.customers), _interval(r.auc), _interval(r.rmse), _f(mine), _f(theirs))
+        versus = expected.get(row["period_start_ms"])
+        table.add_row(_day(row["period_start_ms"]), str(r.points), str(r.customers), _interval(r.auc),
+                      _interval(versus) if versus is not None else "-", _interval(r.rmse), _f(mine), _f(theirs))
     return table
 
 

@@ -125,11 +125,33 @@ def test_the_prior_is_bgnbd_before_any_label() -> None:
     churn.bgnbd = loyalty.bgnbd = MODEL
     p = float(MODEL.p_no_purchase(2, 16.0, 36.0, 30.0))
     n = float(MODEL.expected_purchases(2, 16.0, 36.0, 30.0))
-    assert churn.score(x).value == pytest.approx(p) and churn.score(x).prior and churn.score(x).version == "bgnbd-prior"
+    # the churn prior: no purchase if the expected purchase days came as a Poisson count (it
+    # ranks as the expected purchases do); BG/NBD's own P(no purchase) with prior_from="p"
+    assert churn.score(x).value == pytest.approx(math.exp(-n)) and churn.score(x).prior and churn.score(x).version == "bgnbd-prior"
+    own = ChurnModel(min_labels=5, horizon_days=30.0, prior_from="p")
+    own.bgnbd = MODEL
+    assert own.score(x).value == pytest.approx(p) and own.score(x).prior
     assert loyalty.score(x).value == pytest.approx(n) and loyalty.score(x).prior
     for _ in range(3):  # a few labels: still BG/NBD (not the learned bins)
         loyalty.learn(x, 0)
     assert loyalty.score(x).value == pytest.approx(n)
+
+
+def test_the_churn_prior_ranks_customers_as_their_expected_purchases_do() -> None:
+    """Among histories where BG/NBD's P(no purchase) and its expected purchases disagree on
+    the order, the prior follows the expected purchases (fewer: more likely to churn)."""
+    churn = ChurnModel(min_labels=5, horizon_days=90.0)
+    churn.bgnbd = MODEL
+    xs = [{"purchases": float(n), "gap_mean_days": gap, "recency_days": r} for n in (1, 2, 4, 8) for gap in (3.0, 20.0) for r in (1.0, 60.0, 200.0)]
+    expected = [predict(MODEL, x, 90.0)[1] for x in xs]
+    priors = [churn.prior(x) for x in xs]
+    assert sorted(range(len(xs)), key=lambda i: priors[i]) == sorted(range(len(xs)), key=lambda i: -expected[i])
+    with pytest.raises(ValueError):
+        ChurnModel(prior_from="mean")
+    old = ChurnModel(min_labels=5, horizon_days=90.0)
+    del old.__dict__["prior_from"]  # as pickled before the option: BG/NBD's P(no purchase)
+    old.bgnbd = MODEL
+    assert old.prior(xs[0]) == pytest.approx(predict(MODEL, xs[0], 90.0)[0])
 
 
 def test_learners_see_bgnbd_of_the_point_as_inputs() -> None:

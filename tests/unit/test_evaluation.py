@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 
 import msgspec
@@ -29,7 +31,11 @@ def test_replay_scores_every_model_on_the_same_matured_points() -> None:
     # matured by day 56: the day-0 points (22), and weekly points of days 7..35 (ts + 20 < 56)
     total = replay.total
     # BG/NBD predicts from its first fit on (the 20th buyer, c19), so c0..c18's day-0 points lack it
-    assert {m: c.count for m, c in total.churn.items()} == {"churn-logreg": 27, "recency": 27, "bgnbd": 27 - 19}
+    assert {m: c.count for m, c in total.churn.items()} == {"churn-logreg": 27, "recency": 27, "bgnbd": 27 - 19, "bgnbd-expected": 27 - 19}
+    assert "bgnbd-expected" not in total.loyalty  # churn only: its expected days are bgnbd's
+    # bgnbd-expected is exp(-E[N]) of bgnbd's expected purchase days at every scored point
+    scored = [p for p, _ in replay.scored.values() if "bgnbd" in p]
+    assert scored and all(p["bgnbd-expected"] == (pytest.approx(math.exp(-p["bgnbd"][1])), p["bgnbd"][1]) for p in scored)
     assert total.loyalty["recency"].count == 27
     weekly_day0 = 2  # purchase days 7 and 14 in (0, 20]
     assert total.loyalty["recency"].report()["mean_label"] == pytest.approx((weekly_day0 + 5 * 2) / 27)  # each later weekly point: 2 purchase days

@@ -105,6 +105,36 @@ def test_gaps_are_those_of_the_purchases_in_time_order_whatever_the_arrival() ->
     assert abs(x["recency_over_gap"] - (1 / 24) / x["gap_mean_days"]) < 1e-12
 
 
+def test_gap_features_compare_the_latest_gap_with_the_customers_rhythm_before_it() -> None:
+    """A customer who bought every 10 days, then waited 40: the latest gap is 4 of the usual
+    ones before it (drifting), and 25 days after it the silence spans 25 / 17.5 usual gaps;
+    orders of one day are one purchase day, and the arrival order changes nothing."""
+    events = [buy("p1", at(0, 9)), buy("p1b", at(0, 15)), buy("p2", at(10)), buy("p3", at(20)), buy("p4", at(30)), buy("p5", at(70, 8))]
+    for order in (events, events[::-1], [events[3], events[0], events[5], events[2], events[1], events[4]]):
+        x = features(run(order), at(95))
+        assert (x["last_gap_days"], x["usual_gap_days"], x["gap_drift"]) == (40.0, 17.5, 4.0)
+        assert x["overdue_ratio"] == 25 / 17.5
+    steady = features(run([buy(f"p{i}", at(10 * i)) for i in range(5)]), at(45))
+    assert (steady["gap_drift"], steady["usual_gap_days"], steady["overdue_ratio"]) == (1.0, 10.0, 0.5)
+
+
+def test_gap_features_are_zero_where_there_are_too_few_purchase_days() -> None:
+    one_day = features(run([buy("a", at(0, 1)), buy("b", at(0, 2))]), at(9))
+    assert (one_day["last_gap_days"], one_day["usual_gap_days"], one_day["gap_drift"], one_day["overdue_ratio"]) == (0, 0, 0, 0)
+    two_days = features(run([buy("a", at(0)), buy("b", at(6))]), at(9))
+    assert (two_days["last_gap_days"], two_days["usual_gap_days"], two_days["gap_drift"], two_days["overdue_ratio"]) == (6, 6, 0, 0.5)
+    assert features(UserState("u"), at(1))["overdue_ratio"] == 0
+
+
+def test_gap_features_read_only_the_latest_purchases_kept() -> None:
+    """Bounded: 40 daily purchases then a 30-day gap; only the latest 16 purchases are kept,
+    so the rhythm is that of their 15 gaps (14 of one day, then 30)."""
+    state = run([buy(f"p{i}", at(i)) for i in range(40)] + [buy("late", at(69))])
+    assert len(state.purchase_times) == 16
+    x = features(state, at(69))
+    assert (x["last_gap_days"], x["usual_gap_days"], x["gap_drift"], x["overdue_ratio"]) == (30.0, 44 / 15, 30.0, 0.0)
+
+
 def test_purchase_days_count_a_day_once_whatever_the_arrival_order() -> None:
     events = [buy("p1", at(0, 9)), buy("p2", at(0, 15)), buy("p3", at(30, 1)), buy("p4", at(30, 2)), buy("p5", at(31))]
     for order in (events, events[::-1], [events[2], events[0], events[4], events[1], events[3]]):

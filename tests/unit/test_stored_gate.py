@@ -165,6 +165,23 @@ def test_the_loyalty_scale_matches_the_predicted_total_to_the_actual_one() -> No
     assert model.blend_report()["scale"] == model.scale
 
 
+def test_the_loyalty_scale_is_judged_on_what_was_forecast_at_scoring_time_only() -> None:
+    """The scale compares labels with the candidates stored at their scoring time, and only
+    where the learner had a label then (earlier points were the first fits' or the formula's)."""
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear")
+    for _ in range(200):  # scored before the learner had learned anything: no stored learner prediction
+        model.learn(X, 5, prior_p=1.0, learned_p=None)
+    model.close()
+    assert model.scale == 1.0
+    for _ in range(40):
+        for _ in range(100):
+            model.learn(X, 1, prior_p=2.0, learned_p=2.0)  # 2 purchase days forecast, 1 came
+        before = model.scale
+        model.close()
+        assert before * (1 - 0.05) - 1e-12 <= model.scale <= before
+    assert model.scale == pytest.approx(0.5)  # the bound
+
+
 def test_every_churn_learner_earns_its_share_against_its_prior() -> None:
     model = ChurnModel(min_labels=10)
     for i in range(40):
