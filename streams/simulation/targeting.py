@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from models.churn import log_features
+from streams.domain.attribution import AttributionConfig
 from streams.domain.engine import EngineConfig
 from streams.domain.policy_file import Policy
 from streams.domain.rules import Candidate
@@ -68,18 +69,41 @@ GRID = 50
 DELIVERY_MS = 6 * 3_600_000
 
 
-def backfire_effects() -> OfferEffects:
-    """A world where a coupon backfires for the customers at high risk: it hardly ever works
-    for drifting customers and never for churned ones, and it annoys 60 % of both into not
-    buying in the window (Ascarza, Iyengar & Schleicher 2016), while it works for new and
-    loyal customers somewhat more than by default. Whatever risk targeting picks among the
-    drifting and churned customers earns nothing or loses a purchase: it must lose."""
+@dataclass(frozen=True)
+class World:
+    """How the simulated customers behave and respond to a coupon: the offer effects (their
+    ``window_days`` is the outcome horizon, the worker's attribution window too) and the
+    mean days a churned customer stays away before coming back on its own."""
+
+    effects: OfferEffects = field(default_factory=OfferEffects)
+    reactivation_mean_days: float = 2500.0
+
+    def simulation(self, sim: SimulationConfig) -> SimulationConfig:
+        return replace(sim, reactivation_mean_days=self.reactivation_mean_days)
+
+
+#: The backfire world's outcome horizon (days): a coupon's harm comes after the usual 14-day window.
+BACKFIRE_HORIZON_DAYS = 60.0
+
+
+def backfire_world() -> World:
+    """Sleeping dogs (Ascarza, Iyengar & Schleicher 2016; Ascarza 2018): the customers at the
+    highest risk are *dormant*, not gone (a churned customer comes back on its own after 180
+    days on average instead of 2,500), a coupon does not win them back, and it wakes half of
+    them up to leave for good: they make none of their natural purchases from then on
+    (``backfire_days``), so the comeback they would have made is lost. A coupon still works
+    as by default for the customers still around (new 10 %, loyal 8 %, drifting 30 %). The
+    harm lands after the usual 14-day window, so outcomes are counted over
+    :data:`BACKFIRE_HORIZON_DAYS` (the truth and the worker's attribution window alike).
+    Targeting by risk treats the dormant first: it must lose."""
     base = OfferEffects()
-    works = {**base.works, "coupon": _per_state(0.15, 0.12, 0.02, 0.0)}
-    return replace(base, works=works, backfire={"coupon": _per_state(0.0, 0.0, 0.6, 0.6)})
+    works = {**base.works, "coupon": _per_state(0.10, 0.08, 0.30, 0.0)}
+    effects = replace(base, window_days=BACKFIRE_HORIZON_DAYS, works=works,
+                      backfire={"coupon": _per_state(0.0, 0.0, 0.0, 0.5)}, backfire_days=10_000.0)
+    return World(effects, reactivation_mean_days=180.0)
 
 
-WORLDS: dict[str, Callable[[], OfferEffects]] = {"default": OfferEffects, "backfire": backfire_effects}
+WORLDS: dict[str, Callable[[], World]] = {"default": World, "backfire": backfire_world}
 
 
 def tau_of(y0: bool, p_works: float, p_backfire: float) -> float:
@@ -255,10 +279,12 @@ class SeedResult:
         return auuc(self.curves[method])
 
 
-def run_seed(sim: SimulationConfig, effects: OfferEffects, policy: Policy, learn_days: float) -> SeedResult:
-    """One closed-loop run under ``policy`` and the four targetings of its candidates."""
-    shop = Shop(sim, effects)
-    cfg = EngineConfig(policy=policy.lapse_config())
+def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: float) -> SeedResult:
+    """One closed-loop run under ``policy`` in ``world`` and the targetings of its candidates
+    (the worker's attribution window is the world's outcome horizon)."""
+    effects = world.effects
+    shop = Shop(world.simulation(sim), effects)
+    cfg = EngineConfig(policy=policy.lapse_config(), attribution=AttributionConfig(window_ms=effects.window_ms))
     logged: list[Candidate] = []
     result = closed_loop(shop, cfg, policy=policy, on_candidate=logged.append)
     start = min((c.at for c in logged), default=0)
