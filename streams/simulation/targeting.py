@@ -274,6 +274,9 @@ class SeedResult:
     uplift_learned: int
     spends: dict[str, dict[float, Spend]] = field(default_factory=dict)
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: Evaluation candidates the uplift model answered for (the others: not learned enough
+    #: yet, ranked last, at random among themselves).
+    answered: int = 0
 
     def auuc(self, method: str) -> float:
         return auuc(self.curves[method])
@@ -293,7 +296,8 @@ def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: fl
     judged = cross_fitted(judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS),
                                            result.now_ms - cfg.attribution.lateness_ms, percent))
     models = result.models
-    out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0)
+    out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0,
+                     answered=sum(j.predicted is not None for j in judged))
     for method in METHODS:
         out.spends[method] = {share: spend(judged, method, share) for share in SHARES}
         out.curves[method] = qini(judged, method)
@@ -317,6 +321,7 @@ def summary(results: list[SeedResult]) -> dict[str, Any]:
     (mean and interval over seeds); uplift against risk, paired by seed; AUUC per method."""
     out: dict[str, Any] = {"seeds": [r.seed for r in results], "candidates": [r.candidates for r in results],
                            "decisions": [r.decisions for r in results], "uplift_learned": [r.uplift_learned for r in results],
+                           "answered": [r.answered for r in results],
                            "budgets": {}, "auuc": {}, "qini": {}}
     for share in SHARES:
         row: dict[str, Any] = {}
@@ -330,6 +335,9 @@ def summary(results: list[SeedResult]) -> dict[str, Any]:
         ratio = [r.spends["uplift"][share].incremental / r.spends["risk"][share].incremental - 1
                  for r in results if r.spends["risk"][share].per_coupon >= 0.01]  # (a ratio to about nothing says nothing)
         row["uplift_minus_risk_per_coupon"] = interval(diff)
+        for a, b in (("risk", "random"), ("uplift", "random")):  # (no treatment earns 0)
+            row[f"{a}_minus_{b}_per_coupon"] = interval([r.spends[a][share].per_coupon - r.spends[b][share].per_coupon
+                                                         for r in results])
         row["uplift_over_risk"] = interval(ratio) if len(ratio) == len(results) else None
         out["budgets"][share] = row
     for method in METHODS:
@@ -348,7 +356,8 @@ def markdown(world: str, s: dict[str, Any]) -> str:
     """The world's tables: per budget, per coupon and total incremental conversions and
     margin per method; uplift against risk; AUUC."""
     lines = [f"**{world}** ({len(s['seeds'])} seeds; evaluation candidates per seed: "
-             f"{', '.join(str(n) for n in s['candidates'])}; uplift examples learned: "
+             f"{', '.join(str(n) for n in s['candidates'])}; of them with a prediction of the uplift model: "
+             f"{', '.join(str(n) for n in s.get('answered', []))}; uplift examples learned: "
              f"{', '.join(str(n) for n in s['uplift_learned'])})", "",
              "| budget (share of each day's candidates) | method | coupons | true incremental conversions | per coupon | margin after coupon cost (EUR) |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -357,11 +366,13 @@ def markdown(world: str, s: dict[str, Any]) -> str:
             m = row[method]
             lines.append(f"| {share:.0%} | {method} | {m['coupons']:.0f} | {_fmt(m['incremental'], 1)} | "
                          f"{_fmt(m['per_coupon'])} | {_fmt(m['margin'], 0)} |")
-    lines += ["", "| budget | uplift - risk, per coupon [95 %] | uplift / risk - 1, total [95 %] |", "| --- | --- | --- |"]
+    lines += ["", "| budget | uplift - risk, per coupon [95 %] | uplift / risk - 1, total [95 %] | risk - random, per coupon | "
+              "uplift - random, per coupon |", "| --- | --- | --- | --- | --- |"]
     for share, row in s["budgets"].items():
         ratio = row["uplift_over_risk"]
         lines.append(f"| {share:.0%} | {_fmt(row['uplift_minus_risk_per_coupon'])} | "
-                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} |")
+                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} | "
+                     f"{_fmt(row['risk_minus_random_per_coupon'])} | {_fmt(row['uplift_minus_random_per_coupon'])} |")
     lines += ["", "| method | AUUC (incremental conversions per candidate, area under the Qini curve) [95 %] |", "| --- | --- |"]
     for method in METHODS:
         lines.append(f"| {method} | {_fmt(s['auuc'][method], 4)} |")
