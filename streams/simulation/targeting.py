@@ -61,7 +61,9 @@ from .shop import Shop, SimulationConfig
 
 #: Gross margin of an order (the share of its value the shop keeps before any coupon).
 MARGIN = 0.3
-METHODS = ("risk", "uplift", "random", "latent", "inputs", "oracle")
+METHODS = ("risk", "uplift", "uplift>0", "random", "latent", "inputs", "oracle")
+#: The methods with a ranking of their own (``uplift>0`` ranks as ``uplift``): Qini curves, AUUC.
+RANKINGS = tuple(m for m in METHODS if m != "uplift>0")
 #: Budgets: the share of each day's candidates a method may treat.
 SHARES = (0.1, 0.2, 0.3, 0.5)
 #: Points of the Qini curve (fractions of the candidates treated).
@@ -204,7 +206,7 @@ def score(j: Judged, method: str, states: dict[str, float] | None = None) -> flo
         return states[j.state] if states is not None else 0.0
     if method == "risk":
         return j.churn
-    if method == "uplift":
+    if method in ("uplift", "uplift>0"):
         return j.predicted if j.predicted is not None else -1.0
     if method == "oracle":
         return j.tau
@@ -233,8 +235,10 @@ class Spend:
         return self.incremental / self.coupons if self.coupons else 0.0
 
 
-def spend(judged: list[Judged], method: str, share: float) -> Spend:
-    """Each day, the top ``share`` of that day's candidates by ``method``."""
+def spend(judged: list[Judged], method: str, share: float, threshold: float = 0.0) -> Spend:
+    """Each day, the top ``share`` of that day's candidates by ``method``; ``uplift>0`` as
+    ``uplift``, but only the candidates whose predicted uplift exceeds the rule's ``threshold``
+    (as the policy decides: a budget it need not spend)."""
     days: dict[int, list[Judged]] = {}
     for j in judged:
         days.setdefault(j.day, []).append(j)
@@ -243,6 +247,8 @@ def spend(judged: list[Judged], method: str, share: float) -> Spend:
     for members in days.values():
         scores = [score(j, method, states) for j in members]
         for i in pick(scores, share, [_noise(j.user_id, j.day, "tie") for j in members]):
+            if method == "uplift>0" and not (members[i].predicted is not None and members[i].predicted > threshold):
+                continue
             out.coupons += 1
             out.incremental += members[i].tau
             out.margin += members[i].margin
@@ -298,8 +304,10 @@ def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: fl
     models = result.models
     out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0,
                      answered=sum(j.predicted is not None for j in judged))
+    threshold = rule.uplift.threshold if rule.uplift is not None and rule.uplift.threshold is not None else 0.0
     for method in METHODS:
-        out.spends[method] = {share: spend(judged, method, share) for share in SHARES}
+        out.spends[method] = {share: spend(judged, method, share, threshold) for share in SHARES}
+    for method in RANKINGS:
         out.curves[method] = qini(judged, method)
     return out
 
@@ -340,7 +348,7 @@ def summary(results: list[SeedResult]) -> dict[str, Any]:
                                                          for r in results])
         row["uplift_over_risk"] = interval(ratio) if len(ratio) == len(results) else None
         out["budgets"][share] = row
-    for method in METHODS:
+    for method in RANKINGS:
         out["auuc"][method] = interval([r.auuc(method) for r in results])
         out["qini"][method] = [(x, statistics.fmean(r.curves[method][i][1] for r in results))
                                for i, (x, _) in enumerate(results[0].curves[method])]
@@ -374,7 +382,7 @@ def markdown(world: str, s: dict[str, Any]) -> str:
                      f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} | "
                      f"{_fmt(row['risk_minus_random_per_coupon'])} | {_fmt(row['uplift_minus_random_per_coupon'])} |")
     lines += ["", "| method | AUUC (incremental conversions per candidate, area under the Qini curve) [95 %] |", "| --- | --- |"]
-    for method in METHODS:
+    for method in RANKINGS:
         lines.append(f"| {method} | {_fmt(s['auuc'][method], 4)} |")
     return "\n".join(lines)
 
