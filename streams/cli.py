@@ -614,7 +614,7 @@ def evaluate_targeting(
     days: Annotated[float, typer.Option(help="Simulated days.")] = 180.0,
     seed: Annotated[int, typer.Option(help="First random seed.")] = 1,
     seeds: Annotated[int, typer.Option(min=1, help="Shops to simulate (seeds seed, seed + 1, ...).")] = 5,
-    world: Annotated[str, typer.Option(help="How customers respond to a coupon: default, backfire (high-risk customers react negatively) or both.")] = "both",
+    world: Annotated[str, typer.Option(help="How customers respond to a coupon: default, backfire (the highest-risk customers are dormant and a coupon drives half of them away; outcomes over 60 days) or both.")] = "both",
     policy: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False, help="Policy file with an uplift-targeted coupon rule (default: deploy/policies/lapse-uplift.yaml).")] = None,
     learn_days: Annotated[float, typer.Option(help="Days from the first candidate on that only teach the model (not evaluated).")] = 60.0,
     jobs: Annotated[int, typer.Option(min=1, help="Shops simulated at once (processes).")] = 1,

@@ -65,6 +65,10 @@ class OfferEffects:
     #: Drawn with the same number as ``works`` (the next ``backfire`` of its range), so an
     #: offer works or backfires, never both, and the draws of other worlds do not move.
     backfire: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: How long a backfired customer makes none of its natural purchases, in days from when
+    #: it learnt of the offer (None: to the window's end). Longer than the window: the offer
+    #: drives the customer away (it leaves), and only an outcome horizon as long shows it.
+    backfire_days: float | None = None
     #: Mean days from delivery to the extra purchase (exponential; none if past the window).
     delay_days: float = 3.0
     #: P(a treated coupon customer's natural purchase in the window carries the code).

@@ -15,7 +15,9 @@ Dynamics (per customer, in continuous event time):
 * ``drifting``: purchase gaps stretch, half the planned purchases turn into
   abandoned carts, browsing decays, ratings are low. After a week or more it
   either ``churned`` (~70 %) or recovers to ``loyal``.
-* ``churned``: never buys; rare short visits; a tiny chance to come back (loyal).
+* ``churned``: never buys; rare short visits; a tiny chance to come back (loyal): after
+  an exponential time of mean ``SimulationConfig.reactivation_mean_days`` (2,500 days by
+  default; the targeting evaluation's backfire world makes them dormant, with 180).
 
 Customers in ``config.customers`` existed before the window: their state was
 run forward silently from a join date up to 8 months before ``config.start``.
@@ -78,12 +80,18 @@ class SimulationConfig:
     heartbeat_every: timedelta = timedelta(hours=1)
     invalid_share: float = 0.0  # of clicks/purchases/reviews records, replaced by malformed bytes
     duplicate_share: float = 0.0  # of valid clicks/purchases/reviews records, re-sent shortly after
+    #: Mean days a churned customer stays away before coming back on its own (``loyal``). The
+    #: same number of draws whatever the value: a world with dormant customers (a short mean)
+    #: differs from the default only in what the draws mean.
+    reactivation_mean_days: float = 2500.0
 
     def __post_init__(self) -> None:
         if self.customers < 0 or self.new_customers_per_day < 0:
             raise ValueError("customers and new_customers_per_day must be >= 0")
         if not self.days > 0:
             raise ValueError("days must be > 0")
+        if not self.reactivation_mean_days > 0:
+            raise ValueError("reactivation_mean_days must be > 0")
         if self.heartbeat_every <= timedelta(0):
             raise ValueError("heartbeat_every must be positive")
         for name in ("invalid_share", "duplicate_share"):
@@ -131,7 +139,6 @@ _DRIFT_TO_CHURN_MEAN_DAYS, _DRIFT_TO_LOYAL_MEAN_DAYS = 14.0, 35.0
 _DRIFT_DECAY_DAYS = 12.0  # e-folding time of a drifting customer's activity
 _DRIFT_SKIP = 0.5  # share of a drifting customer's planned purchases that become abandoned visits
 _CHURNED_BROWSE_PER_DAY = 0.012
-_REACTIVATION_MEAN_DAYS = 2500.0
 _BAD_REVIEW_DRIFT = 0.5  # chance a 1-2 star review by a new/loyal customer starts drifting
 _BURN_IN_MAX_DAYS = 240.0
 
@@ -325,7 +332,7 @@ class _Run:
             if c.next_purchase < _NEVER:  # the next purchase comes later than planned
                 c.next_purchase = max(c.next_purchase, t) + int(c.gap_ms * 0.5 * rng.random())
         else:
-            dwell = rng.expovariate(1 / _REACTIVATION_MEAN_DAYS)
+            dwell = rng.expovariate(1 / self.cfg.reactivation_mean_days)
             c.target = LOYAL
             c.next_purchase = _NEVER
         c.next_transition = t + int(dwell * DAY_MS)
@@ -576,8 +583,9 @@ class _Run:
                                       backfires=backfires, p_backfire=p_backfire))
         if offer.group != "treatment":
             return  # the control group was sent nothing
-        if backfires:
-            c.blocked = [(s, e) for s, e in c.blocked if e >= start] + [(start, end)]
+        if backfires:  # put off buying: to the window's end, or for ``backfire_days`` from now (it leaves)
+            until = end if fx.backfire_days is None else start + int(fx.backfire_days * DAY_MS)
+            c.blocked = [(s, e) for s, e in c.blocked if e >= start] + [(start, until)]
         self._outcomes(offer, start, orng, works)
         if offer.code is not None:
             c.coupons.append((offer.decided_ms, end, offer.code, orng))

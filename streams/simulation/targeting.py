@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from models.churn import log_features
+from streams.domain.attribution import AttributionConfig
 from streams.domain.engine import EngineConfig
 from streams.domain.policy_file import Policy
 from streams.domain.rules import Candidate
@@ -60,7 +61,9 @@ from .shop import Shop, SimulationConfig
 
 #: Gross margin of an order (the share of its value the shop keeps before any coupon).
 MARGIN = 0.3
-METHODS = ("risk", "uplift", "random", "latent", "inputs", "oracle")
+METHODS = ("risk", "uplift", "uplift>0", "random", "latent", "inputs", "oracle")
+#: The methods with a ranking of their own (``uplift>0`` ranks as ``uplift``): Qini curves, AUUC.
+RANKINGS = tuple(m for m in METHODS if m != "uplift>0")
 #: Budgets: the share of each day's candidates a method may treat.
 SHARES = (0.1, 0.2, 0.3, 0.5)
 #: Points of the Qini curve (fractions of the candidates treated).
@@ -68,18 +71,41 @@ GRID = 50
 DELIVERY_MS = 6 * 3_600_000
 
 
-def backfire_effects() -> OfferEffects:
-    """A world where a coupon backfires for the customers at high risk: it hardly ever works
-    for drifting customers and never for churned ones, and it annoys 60 % of both into not
-    buying in the window (Ascarza, Iyengar & Schleicher 2016), while it works for new and
-    loyal customers somewhat more than by default. Whatever risk targeting picks among the
-    drifting and churned customers earns nothing or loses a purchase: it must lose."""
+@dataclass(frozen=True)
+class World:
+    """How the simulated customers behave and respond to a coupon: the offer effects (their
+    ``window_days`` is the outcome horizon, the worker's attribution window too) and the
+    mean days a churned customer stays away before coming back on its own."""
+
+    effects: OfferEffects = field(default_factory=OfferEffects)
+    reactivation_mean_days: float = 2500.0
+
+    def simulation(self, sim: SimulationConfig) -> SimulationConfig:
+        return replace(sim, reactivation_mean_days=self.reactivation_mean_days)
+
+
+#: The backfire world's outcome horizon (days): a coupon's harm comes after the usual 14-day window.
+BACKFIRE_HORIZON_DAYS = 60.0
+
+
+def backfire_world() -> World:
+    """Sleeping dogs (Ascarza, Iyengar & Schleicher 2016; Ascarza 2018): the customers at the
+    highest risk are *dormant*, not gone (a churned customer comes back on its own after 180
+    days on average instead of 2,500), a coupon does not win them back, and it wakes half of
+    them up to leave for good: they make none of their natural purchases from then on
+    (``backfire_days``), so the comeback they would have made is lost. A coupon still works
+    as by default for the customers still around (new 10 %, loyal 8 %, drifting 30 %). The
+    harm lands after the usual 14-day window, so outcomes are counted over
+    :data:`BACKFIRE_HORIZON_DAYS` (the truth and the worker's attribution window alike).
+    Targeting by risk treats the dormant first: it must lose."""
     base = OfferEffects()
-    works = {**base.works, "coupon": _per_state(0.15, 0.12, 0.02, 0.0)}
-    return replace(base, works=works, backfire={"coupon": _per_state(0.0, 0.0, 0.6, 0.6)})
+    works = {**base.works, "coupon": _per_state(0.10, 0.08, 0.30, 0.0)}
+    effects = replace(base, window_days=BACKFIRE_HORIZON_DAYS, works=works,
+                      backfire={"coupon": _per_state(0.0, 0.0, 0.0, 0.5)}, backfire_days=10_000.0)
+    return World(effects, reactivation_mean_days=180.0)
 
 
-WORLDS: dict[str, Callable[[], OfferEffects]] = {"default": OfferEffects, "backfire": backfire_effects}
+WORLDS: dict[str, Callable[[], World]] = {"default": World, "backfire": backfire_world}
 
 
 def tau_of(y0: bool, p_works: float, p_backfire: float) -> float:
@@ -180,7 +206,7 @@ def score(j: Judged, method: str, states: dict[str, float] | None = None) -> flo
         return states[j.state] if states is not None else 0.0
     if method == "risk":
         return j.churn
-    if method == "uplift":
+    if method in ("uplift", "uplift>0"):
         return j.predicted if j.predicted is not None else -1.0
     if method == "oracle":
         return j.tau
@@ -209,8 +235,10 @@ class Spend:
         return self.incremental / self.coupons if self.coupons else 0.0
 
 
-def spend(judged: list[Judged], method: str, share: float) -> Spend:
-    """Each day, the top ``share`` of that day's candidates by ``method``."""
+def spend(judged: list[Judged], method: str, share: float, threshold: float = 0.0) -> Spend:
+    """Each day, the top ``share`` of that day's candidates by ``method``; ``uplift>0`` as
+    ``uplift``, but only the candidates whose predicted uplift exceeds the rule's ``threshold``
+    (as the policy decides: a budget it need not spend)."""
     days: dict[int, list[Judged]] = {}
     for j in judged:
         days.setdefault(j.day, []).append(j)
@@ -219,6 +247,8 @@ def spend(judged: list[Judged], method: str, share: float) -> Spend:
     for members in days.values():
         scores = [score(j, method, states) for j in members]
         for i in pick(scores, share, [_noise(j.user_id, j.day, "tie") for j in members]):
+            if method == "uplift>0" and not (members[i].predicted is not None and members[i].predicted > threshold):
+                continue
             out.coupons += 1
             out.incremental += members[i].tau
             out.margin += members[i].margin
@@ -250,15 +280,20 @@ class SeedResult:
     uplift_learned: int
     spends: dict[str, dict[float, Spend]] = field(default_factory=dict)
     curves: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    #: Evaluation candidates the uplift model answered for (the others: not learned enough
+    #: yet, ranked last, at random among themselves).
+    answered: int = 0
 
     def auuc(self, method: str) -> float:
         return auuc(self.curves[method])
 
 
-def run_seed(sim: SimulationConfig, effects: OfferEffects, policy: Policy, learn_days: float) -> SeedResult:
-    """One closed-loop run under ``policy`` and the four targetings of its candidates."""
-    shop = Shop(sim, effects)
-    cfg = EngineConfig(policy=policy.lapse_config())
+def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: float) -> SeedResult:
+    """One closed-loop run under ``policy`` in ``world`` and the targetings of its candidates
+    (the worker's attribution window is the world's outcome horizon)."""
+    effects = world.effects
+    shop = Shop(world.simulation(sim), effects)
+    cfg = EngineConfig(policy=policy.lapse_config(), attribution=AttributionConfig(window_ms=effects.window_ms))
     logged: list[Candidate] = []
     result = closed_loop(shop, cfg, policy=policy, on_candidate=logged.append)
     start = min((c.at for c in logged), default=0)
@@ -267,9 +302,12 @@ def run_seed(sim: SimulationConfig, effects: OfferEffects, policy: Policy, learn
     judged = cross_fitted(judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS),
                                            result.now_ms - cfg.attribution.lateness_ms, percent))
     models = result.models
-    out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0)
+    out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0,
+                     answered=sum(j.predicted is not None for j in judged))
+    threshold = rule.uplift.threshold if rule.uplift is not None and rule.uplift.threshold is not None else 0.0
     for method in METHODS:
-        out.spends[method] = {share: spend(judged, method, share) for share in SHARES}
+        out.spends[method] = {share: spend(judged, method, share, threshold) for share in SHARES}
+    for method in RANKINGS:
         out.curves[method] = qini(judged, method)
     return out
 
@@ -291,6 +329,7 @@ def summary(results: list[SeedResult]) -> dict[str, Any]:
     (mean and interval over seeds); uplift against risk, paired by seed; AUUC per method."""
     out: dict[str, Any] = {"seeds": [r.seed for r in results], "candidates": [r.candidates for r in results],
                            "decisions": [r.decisions for r in results], "uplift_learned": [r.uplift_learned for r in results],
+                           "answered": [r.answered for r in results],
                            "budgets": {}, "auuc": {}, "qini": {}}
     for share in SHARES:
         row: dict[str, Any] = {}
@@ -304,9 +343,12 @@ def summary(results: list[SeedResult]) -> dict[str, Any]:
         ratio = [r.spends["uplift"][share].incremental / r.spends["risk"][share].incremental - 1
                  for r in results if r.spends["risk"][share].per_coupon >= 0.01]  # (a ratio to about nothing says nothing)
         row["uplift_minus_risk_per_coupon"] = interval(diff)
+        for a, b in (("risk", "random"), ("uplift", "random")):  # (no treatment earns 0)
+            row[f"{a}_minus_{b}_per_coupon"] = interval([r.spends[a][share].per_coupon - r.spends[b][share].per_coupon
+                                                         for r in results])
         row["uplift_over_risk"] = interval(ratio) if len(ratio) == len(results) else None
         out["budgets"][share] = row
-    for method in METHODS:
+    for method in RANKINGS:
         out["auuc"][method] = interval([r.auuc(method) for r in results])
         out["qini"][method] = [(x, statistics.fmean(r.curves[method][i][1] for r in results))
                                for i, (x, _) in enumerate(results[0].curves[method])]
@@ -322,7 +364,8 @@ def markdown(world: str, s: dict[str, Any]) -> str:
     """The world's tables: per budget, per coupon and total incremental conversions and
     margin per method; uplift against risk; AUUC."""
     lines = [f"**{world}** ({len(s['seeds'])} seeds; evaluation candidates per seed: "
-             f"{', '.join(str(n) for n in s['candidates'])}; uplift examples learned: "
+             f"{', '.join(str(n) for n in s['candidates'])}; of them with a prediction of the uplift model: "
+             f"{', '.join(str(n) for n in s.get('answered', []))}; uplift examples learned: "
              f"{', '.join(str(n) for n in s['uplift_learned'])})", "",
              "| budget (share of each day's candidates) | method | coupons | true incremental conversions | per coupon | margin after coupon cost (EUR) |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -331,13 +374,15 @@ def markdown(world: str, s: dict[str, Any]) -> str:
             m = row[method]
             lines.append(f"| {share:.0%} | {method} | {m['coupons']:.0f} | {_fmt(m['incremental'], 1)} | "
                          f"{_fmt(m['per_coupon'])} | {_fmt(m['margin'], 0)} |")
-    lines += ["", "| budget | uplift - risk, per coupon [95 %] | uplift / risk - 1, total [95 %] |", "| --- | --- | --- |"]
+    lines += ["", "| budget | uplift - risk, per coupon [95 %] | uplift / risk - 1, total [95 %] | risk - random, per coupon | "
+              "uplift - random, per coupon |", "| --- | --- | --- | --- | --- |"]
     for share, row in s["budgets"].items():
         ratio = row["uplift_over_risk"]
         lines.append(f"| {share:.0%} | {_fmt(row['uplift_minus_risk_per_coupon'])} | "
-                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} |")
+                     f"{_fmt(ratio, 2) if ratio is not None else 'n/a (risk earned under 0.01 per coupon in a seed)'} | "
+                     f"{_fmt(row['risk_minus_random_per_coupon'])} | {_fmt(row['uplift_minus_random_per_coupon'])} |")
     lines += ["", "| method | AUUC (incremental conversions per candidate, area under the Qini curve) [95 %] |", "| --- | --- |"]
-    for method in METHODS:
+    for method in RANKINGS:
         lines.append(f"| {method} | {_fmt(s['auuc'][method], 4)} |")
     return "\n".join(lines)
 

@@ -13,6 +13,8 @@ from streams.domain.timestamps import format_ts
 from streams.domain.uplift import report
 from streams.simulation import OfferEffects, Shop, SimulationConfig
 from streams.simulation.loop import closed_loop
+from streams.simulation.shop import CHURNED as STATE_CHURNED
+from streams.simulation.shop import LOYAL as STATE_LOYAL
 
 DAY = 86_400_000
 CFG = SimulationConfig(customers=60, new_customers_per_day=0, days=40, seed=5)
@@ -185,3 +187,86 @@ def test_an_offer_that_backfires_takes_the_treated_customers_natural_purchases_o
         assert o.effect == -int(bool(o.y0)) and o.expected == (-1.0 if o.y0 else 0.0)
     assert taken > 0
     assert [o.y0 for o in run(certain(0.0), USERS)[0].offers()] == [o.y0 for o in shop.offers()]  # Y0 as without it
+
+
+def test_an_offer_that_drives_the_customer_away_takes_its_purchases_past_the_window() -> None:
+    """``backfire_days`` longer than the window: a treated customer whose offer backfires
+    makes none of its natural purchases for that long from when it learnt of the offer (the
+    harm an outcome counted over the window alone would miss); a control customer keeps
+    them, and Y0 is as without the offer."""
+    away = OfferEffects(works={"coupon": dict.fromkeys(STATES, 0.0)}, backfire={"coupon": dict.fromkeys(STATES, 1.0)},
+                        backfire_days=20.0, reactivate=0.0, carry=0.0)
+    _, plain = run(certain(0.0), {})
+    shop, treated = run(away, USERS)
+
+    def natural(records: list, user: str) -> list[int]:
+        return [r.ts_ms for r in records if r.topic == "purchases" and r.key == user and "action_id" not in r.value]
+
+    late = 0
+    for o in shop.offers():
+        user = o.offer.user_id
+        before, after = natural(plain, user), natural(treated, user)
+        gone = [t for t in before if o.start_ms < t <= o.start_ms + 20 * DAY]
+        if o.offer.group == "control":
+            assert after == before
+        else:
+            assert after == [t for t in before if t not in gone] and shop.truth()[user].suppressed == gone
+            late += sum(t > o.window_end_ms for t in gone)
+    assert late > 0  # some of what it took lies after the 14-day window
+    assert [o.y0 for o in run(certain(0.0), USERS)[0].offers()] == [o.y0 for o in shop.offers()]
+
+
+def test_the_backfire_world_harms_the_dormant_customers_a_coupon_wakes_up() -> None:
+    """The targeting evaluation's backfire world (sleeping dogs): churned customers are
+    dormant (they come back on their own, reactivation after 180 days on average instead of
+    2,500), a coupon never wins one back and drives half of them away for good, so a dormant
+    customer who would have bought within the 60-day horizon loses that purchase if treated;
+    for a drifting customer a coupon still works. Checked on known customers: the potential
+    outcomes of the simulator, treated against the same customers untreated."""
+    from streams.simulation.targeting import BACKFIRE_HORIZON_DAYS, backfire_world, tau_of
+
+    world = backfire_world()
+    fx = world.effects
+    assert fx.window_days == BACKFIRE_HORIZON_DAYS == 60.0 and world.reactivation_mean_days == 180.0
+    assert fx.p_backfire("coupon", "churned") == 0.5 and fx.p_works("coupon", "r", "churned") == 0.0
+    assert fx.p_backfire("coupon", "drifting") == 0.0 and fx.p_works("coupon", "r", "drifting") == 0.3
+    assert tau_of(True, 0.0, 0.5) == -0.5 and tau_of(False, 0.3, 0.0) == 0.3
+    # the dynamics: with dormant customers many churned ones come back; by default hardly any
+    cfg = SimulationConfig(customers=150, new_customers_per_day=0, days=110, seed=3)
+    sim = world.simulation(cfg)
+
+    def comebacks(shop: Shop) -> int:
+        return sum(a is STATE_CHURNED and b is STATE_LOYAL for c in shop.truth().values()
+                   for (_, a), (_, b) in zip(c.transitions, c.transitions[1:]))
+
+    assert comebacks(Shop(sim, fx)) >= 5 * max(1, comebacks(Shop(cfg)))
+    # every customer churned on day 40 gets a coupon then, all treated; the same shop untreated
+    probe = Shop(sim, fx)
+    dormant = sorted(u for u, c in probe.truth().items() if c.joined_ms < START + 40 * DAY
+                     and probe.state_at(u, START + 40 * DAY) is STATE_CHURNED)
+    decided = START + 40 * DAY
+
+    def treated_run() -> tuple[Shop, list]:
+        shop, records, sent = Shop(sim, fx), [], False
+        for record in shop.records():
+            if not sent and record.ts_ms >= decided:
+                for user in dormant:
+                    shop.offer({**action(user, 40, "treatment"), "ts": format_ts(decided)}, decided + 6 * 3_600_000)
+                sent = True
+            records.append(record)
+        return shop, records
+
+    untreated = list(Shop(sim, fx).records())
+    shop, treated = treated_run()
+    horizon = decided + fx.window_ms
+    bought = {u: any(r.topic == "purchases" and r.key == u and decided < r.ts_ms <= horizon for r in untreated) for u in dormant}
+    after = {u: any(r.topic == "purchases" and r.key == u and decided < r.ts_ms <= horizon for r in treated) for u in dormant}
+    offers = {o.offer.user_id: o for o in shop.offers()}
+    assert len(dormant) >= 20 and sum(bought.values()) >= 3  # dormant customers who would come back in the horizon
+    assert not any(o.works for o in offers.values())  # a coupon wins none of them back
+    lost = [u for u in dormant if bought[u] and not after[u]]
+    assert lost and all(offers[u].backfires for u in lost)  # the ones it drove away lost the purchase ...
+    assert all(after[u] == bought[u] for u in dormant if not offers[u].backfires)  # ... the others kept it
+    assert all(offers[u].effect == -1 for u in lost) and sum(o.backfires for o in offers.values()) >= len(dormant) // 4
+    late = [u for u in lost if not any(decided < t <= decided + 14 * DAY for t in shop.truth()[u].natural)]
+    assert late  # and some of those lost only come back after the usual 14-day window: a 14-day outcome misses them

@@ -540,7 +540,7 @@ def test_catalogue_is_fixed_with_priced_items_in_every_category() -> None:
 @pytest.mark.parametrize(
     "bad",
     [{"days": 0}, {"customers": -1}, {"invalid_share": 1.5}, {"duplicate_share": -0.1},
-     {"heartbeat_every": timedelta(0)}],  # fmt: skip
+     {"heartbeat_every": timedelta(0)}, {"reactivation_mean_days": 0}],  # fmt: skip
 )
 def test_config_rejects_nonsense(bad: dict) -> None:
     with pytest.raises(ValueError):

@@ -252,6 +252,8 @@ def test_the_judge_spends_each_days_budget_by_the_method_and_the_oracle_bounds_t
                      margin=0.0) for day in (1, 2) for i in range(10)]
     risk, uplift, oracle = (spend(judged, m, 0.2) for m in ("risk", "uplift", "oracle"))
     assert risk.coupons == uplift.coupons == oracle.coupons == 4
+    # with the rule's threshold: only the top candidates predicted above it (each day 0.9 and 0.8 are the top two)
+    assert spend(judged, "uplift>0", 0.2, threshold=0.75).coupons == 4 and spend(judged, "uplift>0", 0.2, threshold=0.85).coupons == 2
     assert risk.incremental == pytest.approx(-0.8) and uplift.incremental == pytest.approx(1.2) == oracle.incremental
     curves = {m: qini(judged, m, points=10) for m in ("risk", "uplift", "oracle", "random")}
     assert curves["uplift"][-1][1] == pytest.approx(sum(j.tau for j in judged) / 20)
@@ -281,3 +283,28 @@ def replace_tau(j: Judged, tau: float) -> Judged:
     from dataclasses import replace
 
     return replace(j, tau=tau)
+
+
+def test_the_summary_pairs_the_methods_by_seed_against_random_and_counts_the_answered_candidates() -> None:
+    """Over seeds: per budget, risk and uplift against random per coupon (no treatment earns
+    0, so a negative risk row is the loss of targeting by risk), paired by seed; and how many
+    evaluation candidates the uplift model answered for (a model not ready ranks at random)."""
+    from streams.simulation.targeting import SHARES, SeedResult, Spend, markdown, summary
+
+    results = []
+    for seed, (risk, uplift, random_) in enumerate(((-0.10, 0.02, -0.06), (-0.12, 0.00, -0.07), (-0.08, 0.04, -0.05)), 1):
+        r = SeedResult(seed, candidates=100, decisions=10, uplift_learned=8, answered=90 + seed)
+        for method, per in (("risk", risk), ("uplift", uplift), ("uplift>0", uplift), ("random", random_), ("latent", 0.1),
+                            ("inputs", 0.0), ("oracle", 0.2)):
+            r.spends[method] = {share: Spend(20, per * 20, 0.0) for share in SHARES}
+            r.curves[method] = [(0.0, 0.0), (1.0, per)]
+        results.append(r)
+    s = summary(results)
+    row = s["budgets"][0.2]
+    assert row["risk_minus_random_per_coupon"][0] == pytest.approx(-0.04)
+    assert row["risk_minus_random_per_coupon"][2] < 0  # the interval over the three seeds excludes 0
+    assert row["uplift_minus_random_per_coupon"][0] == pytest.approx(0.08)
+    assert row["uplift_over_risk"] is None  # risk earned nothing to divide by
+    assert s["answered"] == [91, 92, 93]
+    text = markdown("backfire", s)
+    assert "with a prediction of the uplift model: 91, 92, 93" in text and "| risk - random, per coupon |" in text
