@@ -191,7 +191,10 @@ class CoOccurrence:
     weight ``w`` added at ``t``. Adding is then one multiplication per interaction whatever
     its time (a late one included), ranking a row needs no decay at all (every entry shares
     the factor to ``now``), and a normalised vote divides by the row's sum, where the
-    factor cancels. :meth:`score` reads a pair's value decayed to a time.
+    factor cancels. :meth:`score` reads a pair's value decayed to a time. (Unlike the earlier
+    form, which did not raise a score stored at a later time than ``now``, every entry is read
+    at its true value at ``now``: a worker whose partitions' clocks differ may rank such
+    entries differently from before.)
 
     To recommend, every item in the user's history votes for its neighbours with its kind's
     weight, halved every ``history_half_life_ms`` of age; with ``normalise`` a vote is
@@ -228,7 +231,11 @@ class CoOccurrence:
     def score(self, item: str, other: str, now_ms: int) -> float:
         """The pair's score decayed to ``now_ms`` (0 for a pair not kept)."""
         value = self.neighbours.get(item, {}).get(other, 0.0)
-        return value * self._growth(now_ms) ** -1 if value else 0.0
+        return value * self._to(now_ms) if value else 0.0
+
+    def _to(self, now_ms: int) -> float:
+        """The factor from a stored score to its value at ``now_ms`` (reads change nothing)."""
+        return 1.0 if self.origin_ms is None else 2.0 ** ((self.origin_ms - now_ms) / self.half_life_ms)
 
     def _growth(self, t: int) -> float:
         """``2 ** ((t - origin) / half_life)``: a weight added at ``t`` stored at the origin."""
@@ -303,7 +310,7 @@ class CoOccurrence:
                 votes[item] = w
         scores: dict[str, float] = {}
         # Without normalising, a row's scores are read at now: the one factor from the origin.
-        to_now = 1.0 if self.normalise or self.origin_ms is None else 1.0 / self._growth(now_ms)
+        to_now = 1.0 if self.normalise else self._to(now_ms)
         for source, vote in votes.items() if len(votes) >= self.min_history else ():
             if self.self_weight:
                 scores[source] = scores.get(source, 0) + self.self_weight * vote

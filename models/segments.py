@@ -93,7 +93,7 @@ class SegmentModel:
             frozen = self._frozen = (self.learned, *self._figures())
         _, scale, centres, p = frozen
         z = [(math.log1p(max(0.0, x.get(name, 0.0))) - mean) / sd if sd else 0.0 for name, mean, sd in scale]
-        best, nearest = -1, math.inf
+        best, nearest = centres[0][0], math.inf  # (River's min(): the first centre unless one is nearer)
         for i, centre in centres:
             d = sum(abs(c - v) ** p for c, v in zip(centre, z))
             if d < nearest:

@@ -324,6 +324,9 @@ def test_the_origin_moves_forward_before_scores_overflow_and_keeps_their_values(
     model.learn(Interaction("a", "x", "product_view", T0), (Interaction("a", "y", "product_view", T0),))
     later = T0 + 300 * DAY  # 300 half-lives: 2 ** 300 is past the rebase point
     model.learn(Interaction("b", "x", "product_view", later), (Interaction("b", "z", "product_view", later),))
+    fresh = raw(half_life_ms=DAY)
+    fresh.learn(Interaction("a", "x", "product_view", T0), (Interaction("a", "y", "product_view", T0),))
+    assert fresh.score("x", "y", later) == pytest.approx(2.0**-300) and fresh.origin_ms == T0  # a read moves nothing
     assert model.origin_ms == later
     assert model.score("x", "z", later) == 1.0
     assert model.score("x", "y", later) == pytest.approx(2.0**-300)
