@@ -38,8 +38,8 @@ ReviewText = Annotated[str, msgspec.Meta(max_length=10_000)]
 class EventTime(int):
     """Epoch milliseconds, decoded from an RFC 3339 string or an integer on the wire.
 
-    These int subclasses select a decoding rule; encoders turn them back into ``int``
-    (see :func:`plain_int`).
+    These int subclasses select a decoding rule; :func:`decode` hands out events with plain
+    ``int`` times and ratings, and encoders turn any left back into ``int`` (see :func:`plain_int`).
     """
 
 
@@ -275,6 +275,17 @@ def _decode(topic: str, raw: bytes | None, not_after_ms: int | None, not_before_
         )
     if not_before_ms is not None and ts < not_before_ms:
         return Invalid(f"ts {_when(ts)} is before the earliest plausible event time {_when(not_before_ms)}")
+    return _plain(event)
+
+
+def _plain(event: Event) -> Event:
+    """``event`` with its time (and a review's rating) as plain ``int``: the subclasses only
+    select a decoding rule, and a value of one copied into a user's state would cost every
+    encoding of that state a Python call (:func:`plain_int`), dozens per state."""
+    set_field = msgspec.structs.force_setattr
+    set_field(event, "ts", int(event.ts))
+    if type(event) is Review:
+        set_field(event, "rating", int(event.rating))
     return event
 
 

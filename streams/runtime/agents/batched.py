@@ -106,6 +106,9 @@ class PartitionWork:
     paused: set[str] = field(default_factory=set)  #: inputs whose fetching is paused (back-pressure)
     rewritten: set[str] = field(default_factory=set)
     marked: int | None = None  #: the last watermark sent to the trainer
+    #: Before this event time a record's model snapshot is known ready and its watermark sent
+    #: (both hold to the end of a period: :meth:`BatchIngest._model_ready`)
+    settled_until: int = 0
     changelog_next: int = 0
 
 
@@ -124,6 +127,7 @@ class BatchIngest:
         self.inputs = [settings.topic_erasure_requests] + data + [settings.rekey_topic, settings.topic_heartbeats]
         self.partition_for = make_partitioner(settings.partitions)
         self.skew_ms = int(settings.max_clock_skew_s * 1000)
+        self.min_event_ms = settings.min_event_time_ms  #: (a property that parses: read once)
         self.dead_letter_cfg = settings.dead_letter
         self.dead_letter_log = DeadLetterSummary(settings.dead_letter_log_interval_s)  #: a summary per topic and interval, not a line per record
         self.scores_interval_ms = int(settings.scores_interval_s * 1000)
@@ -289,6 +293,7 @@ class BatchIngest:
             else:
                 log.exception("the batched ingest stopped")
         finally:
+            metrics.flush_record_counts()
             self.dead_letter_log.flush(time.monotonic(), metrics.records_by_topic, force=True)
             with self.lock:
                 if self.failure is None:
@@ -326,6 +331,7 @@ class BatchIngest:
                 self.works.pop(p).store.close()
         for work in self.works.values():  # kept: the rebalance forgot nothing of them, but the merge is read again
             work.marked = None
+            work.settled_until = 0
         self._verify_kept(set(self.works))
         if new:
             # The committed offsets first, the changelog after: every record before an offset
@@ -438,7 +444,7 @@ class BatchIngest:
         if own_decoder is not None:
             result = own_decoder(msg.value(), latest + self.skew_ms)
         else:
-            result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.settings.min_event_time_ms,
+            result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.min_event_ms,
                             max_bytes=self.settings.max_record_bytes)
         metrics.count_framing(logical, msg.value())
         work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
@@ -550,9 +556,16 @@ class BatchIngest:
         return models
 
     def _model_ready(self, work: PartitionWork, ts: int) -> bool:
-        t = max(work.clock.now, ts)
+        now = work.clock.now
+        t = now if now > ts else ts
+        if t < work.settled_until:  # (asked for every record; the answer moves once a period)
+            return True
         self._watermark(work, t)
-        return self.follower.store.ready(t)
+        if not self.follower.store.ready(t):
+            return False
+        # the snapshot's readiness and the watermark's period hold to the end of t's period
+        work.settled_until = (t // self.period_ms + 1) * self.period_ms
+        return True
 
     def _watermark(self, work: PartitionWork, clock_ms: int) -> None:
         clock_ms = int(clock_ms)
@@ -834,6 +847,7 @@ class BatchIngest:
                         "are read again by the partitions' next owner", len(self.ledger.batches), timeout, self.ledger.in_flight)
 
     def _export(self) -> None:
+        metrics.flush_record_counts()
         metrics.DUE_USERS.set(sum(len(w.queue) for w in self.works.values()))
         metrics.observe_merge(sum(w.merge.size for w in self.works.values()))
         metrics.MODEL_WAITING.set(sum(1 for w in self.works.values() if w.held is not None))
