@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 from models.bandit import CONTEXT
@@ -67,6 +68,11 @@ class ChurnScorer(Protocol):
 
 class LoyaltyScorer(Protocol):
     def score(self, x: dict[str, float]) -> Score: ...
+
+
+#: The model vector of a user at an event time (:func:`~streams.domain.features.feature_vector`
+#: by default; a worker passes one that shares the step's features with its rows).
+Vector = Callable[[UserState, int], list[float]]
 
 
 class Actor(Protocol):
@@ -236,7 +242,7 @@ class Unknown(enum.Enum):
 def on_event(
     state: UserState, event: UserEvent, now_ms: int, cfg: EngineConfig, sentiment: float | None = None,
     churn: ChurnScorer | None = None, loyalty: LoyaltyScorer | None = None, act: Actor | None = None,
-    due_before: int | None | Unknown = Unknown.DUE,
+    due_before: int | None | Unknown = Unknown.DUE, vector: Vector | None = None,
 ) -> Step:
     """Fold ``event`` in at event-time clock ``now_ms`` (``sentiment``: a review text's score).
 
@@ -249,7 +255,8 @@ def on_event(
     moves what the due time depends on (labels, purchases, the unsubscription, the
     decisions waiting: the actions of this step wait only once they went out, see
     :func:`went_out`), so for a click or a review it is the step's due time, not computed
-    again: most events are clicks."""
+    again: most events are clicks. ``vector``: how the step's model vector is computed
+    (default :func:`~streams.domain.features.feature_vector`)."""
     carts = state.carts_abandoned
     applied = apply_event(state, event, now_ms, cfg.state, sentiment)
     counted = applied.counted
@@ -259,7 +266,8 @@ def on_event(
     if counted and purchase:
         examples = on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
         if applied is Applied.OK:
-            point = _score_point(state, event.ts, feature_vector(state, event.ts, cfg.state), cfg, churn, loyalty)
+            features = feature_vector(state, event.ts, cfg.state) if vector is None else vector(state, event.ts)
+            point = _score_point(state, event.ts, features, cfg, churn, loyalty)
             points = [point] if point is not None else []
     negative = counted and sentiment is not None and is_negative(sentiment)
     actions: list[RetentionAction] = []
@@ -314,10 +322,11 @@ def went_out(state: UserState, step: Step, actions: list[RetentionAction], cfg: 
 
 def on_due(
     state: UserState, now_ms: int, churn: ChurnScorer, cfg: EngineConfig, loyalty: LoyaltyScorer | None = None,
-    act: Actor | None = None,
+    act: Actor | None = None, vector: Vector | None = None,
 ) -> Step:
     """The clock reached the user's due time: labels mature, a sweep scores, the lapse rule runs
-    (``act``: the policy file's rules at the lapse check, the sweep and abandoned carts)."""
+    (``act``: the policy file's rules at the lapse check, the sweep and abandoned carts;
+    ``vector`` as for :func:`on_event`)."""
     carts = state.carts_abandoned
     advance(state, now_ms, cfg.state)
     examples = mature(state, now_ms, cfg.horizon_ms)
@@ -326,7 +335,7 @@ def on_due(
     actions = [] if act is None else _abandoned(act, state, now_ms, carts)
     sweep = sweep_due(state, cfg)
     if sweep is not None and now_ms >= sweep:
-        features = feature_vector(state, now_ms, cfg.state)
+        features = feature_vector(state, now_ms, cfg.state) if vector is None else vector(state, now_ms)
         point = _score_point(state, now_ms, features, cfg, churn, loyalty)
         points = [point] if point is not None else []
         state.swept_at = now_ms
@@ -335,7 +344,8 @@ def on_due(
     due = lapse_check_due(state, cfg.policy)
     churn_score: Score | None = None
     if due is not None and now_ms >= due:
-        features = features or feature_vector(state, now_ms, cfg.state)
+        if features is None:
+            features = feature_vector(state, now_ms, cfg.state) if vector is None else vector(state, now_ms)
         churn_score = churn.score(as_dict(features))
         if act is None:
             action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)

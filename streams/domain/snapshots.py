@@ -28,7 +28,7 @@ import msgspec
 from models.score import Score
 from streams.domain.lifecycle import LifecycleConfig, Stage, lifecycle_stage
 from streams.domain.loyalty import TIER_PATTERN, Loyalty, LoyaltyRanks, Tiers, rank_loyalty
-from streams.domain.features import features, model_inputs
+from streams.domain.features import MODEL_FEATURES, features, model_inputs
 from streams.domain.population import Population
 from streams.domain.state import StateConfig, UserState
 from streams.domain.timestamps import format_ts
@@ -118,17 +118,42 @@ def scored_row(
 
 
 class StepRows:
-    """The :func:`scored_row` of the step being folded, for its second row: a trigger's rules
-    describe the customer and the step's published row is the same features and answers.
-    Nothing a feature reads changes between the two but the RFM population, which is in the
-    key with the user, the time, the models and the churn score given; :meth:`clear` when a
-    step starts, so a row is never computed from another step's state."""
+    """The features and :func:`scored_row` of the step being folded, computed once: the
+    engine's model vector (a scoring point, a lapse check), a trigger's rules and the step's
+    published row all read the same features (the vector's inputs do not include the RFM
+    scores, the only ones the population moves), and the rules' row and the published row
+    the same model answers. Nothing a feature reads changes within a step but the RFM
+    population, which is in the key with the user and the time; the answers are also keyed
+    by the models and the churn score given. :meth:`clear` when a step starts, so nothing is
+    ever read from another step's state."""
 
     def __init__(self) -> None:
+        self._features: tuple[tuple[str, int, int], dict[str, float], dict[str, float]] | None = None
+        #: [key, models, the churn model's answer (once asked), segment, loyalty]
+        self._answers: list[Any] | None = None
         self._memo: tuple[tuple[str, int, int], Models, Score | None, Scored] | None = None
 
     def clear(self) -> None:
-        self._memo = None
+        self._features = self._answers = self._memo = None
+
+    def features(
+        self, state: UserState, now: int, state_cfg: StateConfig, population: Population,
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """:func:`~streams.domain.features.features` at ``now`` and the model inputs of them."""
+        key = (state.user_id, now, population.changes)
+        memo = self._features
+        if memo is not None and memo[0] == key:
+            return memo[1], memo[2]
+        values = features(state, now, state_cfg, population)
+        x = model_inputs(values)
+        self._features = (key, values, x)
+        return values, x
+
+    def vector(self, state: UserState, now: int, state_cfg: StateConfig, population: Population) -> list[float]:
+        """The model vector at ``now``, as :func:`~streams.domain.features.feature_vector`
+        computes it (its inputs are the same with or without the population)."""
+        x = self.features(state, now, state_cfg, population)[1]
+        return [x[name] for name in MODEL_FEATURES]
 
     def scored(
         self, state: UserState, now: int, models: Models, churn: Score | None, state_cfg: StateConfig, population: Population,
@@ -137,7 +162,17 @@ class StepRows:
         memo = self._memo
         if memo is not None and memo[0] == key and memo[1] is models and memo[2] is churn:
             return memo[3]
-        scored = scored_row(state, now, models, churn, state_cfg, population)
+        values, x = self.features(state, now, state_cfg, population)
+        answers = self._answers
+        if answers is None or answers[0] != key or answers[1] is not models:
+            segment = Segment(models.segments.predict_one(x), models.segments.version)
+            answers = self._answers = [key, models, None, segment, models.loyalty.score(x)]
+        answer = churn
+        if answer is None:
+            answer = answers[2]
+            if answer is None:  # the model's own answer (the caller may bring the step's)
+                answer = answers[2] = models.churn.score(x)
+        scored = Scored(values, x, answer, answers[3], answers[4])
         self._memo = (key, models, churn, scored)
         return scored
 

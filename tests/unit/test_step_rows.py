@@ -52,3 +52,26 @@ def test_a_row_is_computed_again_for_another_time_population_models_churn_or_ste
     current = rows.scored(state, now + MS_PER_DAY, models, given, StateConfig(), population)
     rows.clear()  # a new step: the same user at the same time may have changed
     assert rows.scored(state, now + MS_PER_DAY, models, given, StateConfig(), population) is not current
+
+
+def test_the_engine_vector_and_the_rows_share_one_features_computation(monkeypatch) -> None:
+    import streams.domain.snapshots as snapshots
+    from streams.domain.features import feature_vector
+
+    state, population, models, rows = buyer(), Population(), Models.fresh(), StepRows()
+    population.update(None, rfm_of(state))
+    now = T0 + 5 * MS_PER_DAY
+    computed = []
+    real = snapshots.features
+    monkeypatch.setattr(snapshots, "features", lambda *args: computed.append(args[1]) or real(*args))
+    vector = rows.vector(state, now, StateConfig(), population)
+    assert vector == feature_vector(state, now, StateConfig())  # the RFM scores are no model input
+    first = rows.scored(state, now, models, None, StateConfig(), population)
+    given = models.churn.score(first.x)  # e.g. a lapse check's own score: only the churn answer differs
+    second = rows.scored(state, now, models, given, StateConfig(), population)
+    assert second.churn is given and second.segment == first.segment and second.values is first.values
+    assert computed == [now]  # one features computation for the vector and both rows
+    rows.vector(state, now + 1, StateConfig(), population)
+    population.update(None, rfm_of(buyer("v")))
+    rows.scored(state, now + 1, models, None, StateConfig(), population)
+    assert computed == [now, now + 1, now + 1]  # another time, then another population: computed again

@@ -167,6 +167,9 @@ class BatchIngest:
         self.processed = 0  #: records folded (readiness: progress)
         self.misses = 0  #: model snapshot misses counted so far
         self.rows = StepRows()  #: cleared when a step starts
+        state_cfg = self.cfg.state
+        #: the engine's model vectors from the step's features, which its rows read too
+        self.vector = lambda state, now: self.rows.vector(state, now, state_cfg, self.population)
         self.folding: tuple[float, int] | None = None  #: (since, records) of the micro-batch being folded
         self.in_use: int | None | bool = False  #: the boundary of the models last in use (False: none yet)
         self.lag: dict[tuple[str, int], int] = {}
@@ -670,7 +673,7 @@ class BatchIngest:
         now = work.clock.advance(result.ts)
         touches = interactions(result)
         past = history(state) if touches else []
-        step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide, due)
+        step = on_event(state, result, now, self.cfg, sentiment, models.churn, models.loyalty, self.decide, due, self.vector)
         metrics.count_record(topic, step.applied.value)
         if step.applied is Applied.CONFLICT:
             self._dead_letter(msg, topic, kafka_ts, conflict_reason(result), result=None)
@@ -698,7 +701,8 @@ class BatchIngest:
             try:
                 state = work.store.get(user_id)
                 if state is not None:
-                    self._finish(work, state, on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide), now, models)
+                    self._finish(work, state, on_due(state, now, models.churn, self.cfg, models.loyalty, self.decide, self.vector),
+                                 now, models)
             except Exception as exc:
                 if infrastructure_failure(exc):
                     raise
