@@ -344,6 +344,9 @@ def metrics_markdown() -> str:
     """The README's table of every metric a worker exports (``python -m streams.readme``)."""
     rows = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
     for collector in globals().values():
+        if isinstance(collector, RecordHistogram):
+            rows.append(f"| `{collector.name}` | histogram |  | {collector.documentation} |")
+            continue
         if not isinstance(collector, (Counter, Gauge, Histogram, Info)):
             continue
         kind = type(collector).__name__.lower()
