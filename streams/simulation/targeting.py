@@ -201,24 +201,33 @@ def cross_fitted(judged: list[Judged], ridge: float = 1.0, extra: Sequence[str] 
         train, test = fold == side, fold != side
         if train.sum() < 2 or not test.any():
             continue
-        mu, sd = x[train].mean(0), x[train].std(0)
-        sd[sd == 0] = 1.0
-        a = np.column_stack([np.ones(int(train.sum())), (x[train] - mu) / sd])
-        coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ tau[train])
-        fitted[test] = np.column_stack([np.ones(int(test.sum())), (x[test] - mu) / sd]) @ coef
+        fitted[test] = _ridge(x[train], tau[train], ridge)(x[test])
     return [replace(j, fitted=float(f)) for j, f in zip(judged, fitted)]
+
+
+def _standardised(x: Any) -> Callable[[Any], Any]:
+    import numpy as np
+
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    return lambda z: np.column_stack([np.ones(len(z)), (z - mu) / sd])
+
+
+def _ridge(x: Any, y: Any, ridge: float = 1.0) -> Callable[[Any], Any]:
+    """``y`` as a linear function of standardised ``x`` (ridge regression)."""
+    import numpy as np
+
+    design = _standardised(x)
+    a = design(x)
+    coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ y)
+    return lambda z: design(z) @ coef
 
 
 def _logistic(x: Any, y: Any, l2: float = 1.0) -> Callable[[Any], Any]:
     """P(y | x) by a logistic regression on standardised ``x`` (Newton's method, L2)."""
     import numpy as np
 
-    mu, sd = x.mean(0), x.std(0)
-    sd[sd == 0] = 1.0
-
-    def design(z: Any) -> Any:
-        return np.column_stack([np.ones(len(z)), (z - mu) / sd])
-
+    design = _standardised(x)
     a, w = design(x), np.zeros(x.shape[1] + 1)
     for _ in range(25):
         p = 1.0 / (1.0 + np.exp(-a @ w))
@@ -229,36 +238,54 @@ def _logistic(x: Any, y: Any, l2: float = 1.0) -> Callable[[Any], Any]:
     return lambda z: 1.0 / (1.0 + np.exp(-design(z) @ w))
 
 
-def state_fitted(judged: list[Judged], extra: Sequence[str] = ()) -> list[float]:
+def _by_states(x: Any, states: list[str], tau: Any) -> Callable[[Any], Any]:
+    """``sum_s P(s | x) * mean tau of s``: one logistic regression per latent state, normalised."""
+    import numpy as np
+
+    fits, means = [], []
+    for state in sorted(set(states)):
+        y = np.array([s == state for s in states], dtype=float)
+        fits.append(_logistic(x, y) if y.sum() < len(y) else (lambda z: np.ones(len(z))))
+        means.append(float(tau[y == 1].mean()))
+
+    def key(z: Any) -> Any:
+        p = np.array([f(z) for f in fits])
+        return (p / p.sum(0)).T @ np.array(means)
+
+    return key
+
+
+def state_fitted(judged: list[Judged], extra: Sequence[str] = (), train: list[Judged] | None = None) -> list[float]:
     """A ranking key per candidate: ``sum_s P(state s | x) * mean tau of s``, with ``P`` one
-    logistic regression per latent state on the inputs (and ``extra``), fitted on the
-    other half of the customers (the folds of :func:`cross_fitted`), normalised. Taught the
-    latent states themselves, which no model is: how well the inputs tell the states apart,
-    where the effect's differences lie (a drifting customer gains from a coupon, a loyal one in
-    a long gap buys anyway), not how well a learner finds it from outcomes."""
+    logistic regression per latent state on the inputs (and ``extra``), fitted on ``train``
+    (other seeds' candidates) or else on the other half of the customers (the folds of
+    :func:`cross_fitted`). Taught the latent states themselves, which no model is: how well
+    the inputs tell the states apart, where the effect's differences lie (a drifting customer
+    gains from a coupon, a loyal one in a long gap buys anyway), not how well a learner finds
+    it from outcomes."""
     import numpy as np
 
     if not judged:
         return []
-    x, fold = _design(judged, extra), _folds(judged)
-    states = sorted({j.state for j in judged})
-    label = np.array([states.index(j.state) for j in judged])
-    tau = np.array([j.tau for j in judged])
+    x = _design(judged, extra)
+    if train is not None:
+        return [float(k) for k in _by_states(_design(train, extra), [j.state for j in train], np.array([j.tau for j in train]))(x)]
+    fold, states, tau = _folds(judged), [j.state for j in judged], np.array([j.tau for j in judged])
     key = np.zeros(len(judged))
     for side in (True, False):
-        train, test = fold == side, fold != side
-        if not test.any():
-            continue
-        probs, means = [], []
-        for i in range(len(states)):
-            y = (label[train] == i).astype(float)
-            if y.sum() == 0:
-                continue
-            probs.append(_logistic(x[train], y)(x[test]) if 0 < y.sum() < len(y) else np.ones(int(test.sum())))
-            means.append(tau[train][y == 1].mean())
-        p = np.array(probs)
-        key[test] = (p / p.sum(0)).T @ np.array(means)
+        fit, apply = fold == side, fold != side
+        if fit.any() and apply.any():
+            key[apply] = _by_states(x[fit], [s for s, f in zip(states, fit) if f], tau[fit])(x[apply])
     return [float(k) for k in key]
+
+
+def linear_fitted(judged: list[Judged], train: list[Judged], extra: Sequence[str] = ()) -> list[float]:
+    """:func:`cross_fitted`'s key, fitted on ``train`` (other seeds' candidates) instead."""
+    import numpy as np
+
+    if not judged:
+        return []
+    return [float(k) for k in _ridge(_design(train, extra), np.array([j.tau for j in train]))(_design(judged, extra))]
 
 
 def observable(judged: list[Judged], days: float) -> dict[str, float]:
@@ -376,10 +403,11 @@ class SeedResult:
         return auuc(self.curves[method])
 
 
-def judged_run(sim: SimulationConfig, world: World, policy: Policy, learn_days: float) -> tuple[list[Judged], LoopResult, Rule]:
+def judged_run(sim: SimulationConfig, world: World, policy: Policy,
+               learn_days: float) -> tuple[list[Judged], list[Judged], LoopResult, Rule]:
     """One closed-loop run under ``policy`` in ``world`` (the worker's attribution window is
-    the world's outcome horizon): its evaluation candidates judged, the loop's result, the
-    uplift-targeted rule."""
+    the world's outcome horizon): its evaluation candidates judged, every candidate judged
+    (the learning days' too), the loop's result, the uplift-targeted rule."""
     effects = world.effects
     shop = Shop(world.simulation(sim), effects)
     cfg = EngineConfig(policy=policy.lapse_config(), attribution=AttributionConfig(window_ms=effects.window_ms))
@@ -388,13 +416,14 @@ def judged_run(sim: SimulationConfig, world: World, policy: Policy, learn_days: 
     start = min((c.at for c in logged), default=0)
     rule = next(r for r in policy.rules if r.target == "uplift")
     percent = rule.coupon.percent if rule.coupon is not None and rule.coupon.percent is not None else 0.0
-    judged = judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS), result.now_ms - cfg.attribution.lateness_ms, percent)
-    return judged, result, rule
+    end = result.now_ms - cfg.attribution.lateness_ms
+    judged = judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS), end, percent)
+    return judged, judge_candidates(shop, logged, effects, start, end, percent), result, rule
 
 
 def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: float) -> SeedResult:
     """One closed-loop run under ``policy`` in ``world`` and the targetings of its candidates."""
-    judged, result, rule = judged_run(sim, world, policy, learn_days)
+    judged, _, result, rule = judged_run(sim, world, policy, learn_days)
     judged = cross_fitted(judged)
     models = result.models
     out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0,
@@ -425,13 +454,15 @@ def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def feature_references(judged: list[Judged], extra: Sequence[str] = BEHAVIOUR_NAMES) -> dict[str, Any]:
+def feature_references(judged: list[Judged], extra: Sequence[str] = BEHAVIOUR_NAMES, train: list[Judged] | None = None) -> dict[str, Any]:
     """What the inputs, and the inputs with ``extra``, could earn, against risk, the model and
     the latent state; per ranking and budget the true incremental conversions per coupon.
     ``observable N d``: by latent state, a customer back to loyal for under N days counted as
     drifting (:func:`observable`). ``linear``: :func:`cross_fitted`; ``states``:
-    :func:`state_fitted`. And how well each ``states`` key tells a drifting candidate from a
-    loyal one (AUC), and from one back to loyal for under 7 days."""
+    :func:`state_fitted`; fitted on ``train`` (other seeds' candidates: more to learn the
+    few loyal ones from) or else on the other half of the customers. And how well each
+    ``states`` key tells a drifting candidate from a loyal one (AUC), and from one back to
+    loyal for under 7 days."""
     keys: dict[str, list[float]] = {
         "risk": [j.churn for j in judged],
         "uplift": [j.predicted if j.predicted is not None else -1.0 for j in judged],
@@ -439,10 +470,10 @@ def feature_references(judged: list[Judged], extra: Sequence[str] = BEHAVIOUR_NA
     for name, days in (("latent", 0.0), ("observable 3 d", 3.0), ("observable 7 d", 7.0)):
         means = observable(judged, days)
         keys[name] = [means[_seen_state(j, days)] for j in judged]
-    keys["inputs, linear"] = [j.fitted for j in cross_fitted(judged)]
-    keys["inputs + browsing, linear"] = [j.fitted for j in cross_fitted(judged, extra=extra)]
-    keys["inputs, states"] = state_fitted(judged)
-    keys["inputs + browsing, states"] = state_fitted(judged, extra)
+    for name, names in (("inputs", ()), ("inputs + browsing", tuple(extra))):
+        linear = linear_fitted(judged, train, names) if train is not None else [j.fitted for j in cross_fitted(judged, extra=names)]
+        keys[f"{name}, linear"] = linear
+        keys[f"{name}, states"] = state_fitted(judged, names, train)
     per_coupon = {name: {share: spend([replace(j, fitted=k) for j, k in zip(judged, key)], "inputs", share).per_coupon
                          for share in SHARES} for name, key in keys.items()}
     drifting = [j.state == "drifting" for j in judged]
