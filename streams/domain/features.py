@@ -125,9 +125,9 @@ MODEL_FEATURES: tuple[str, ...] = (
 )
 
 
-#: Candidate features of a customer's recent browsing (issue 21): measured as inputs of the
-#: coupon's uplift model by ``scripts/measure-targeting-features`` (docs/uplift.md, "Features
-#: for targeting"), **not published and not model inputs** (they did not carry the gain).
+#: Candidate features of a customer's recent browsing (issue 21), measured for the coupon's
+#: uplift targeting by ``scripts/measure-targeting-features`` (docs/uplift.md, "Features for
+#: targeting"): **not published and not model inputs** (they did not carry the gain).
 #: Read from the day tiles the state keeps anyway: nothing is added per event.
 BEHAVIOUR: tuple[Feature, ...] = (
     Feature("browse_depth_ew", "browsing clicks (page, product, search, wishlist) per session, each day weighted "
@@ -139,7 +139,8 @@ BEHAVIOUR: tuple[Feature, ...] = (
             "latest 13 weeks: below 1 the customer visits less than usual (0 without a session in 13 weeks)", "30d / 90d", "ratio"),
 )
 _DAY_LEVEL = next(i for i, level in enumerate(LEVELS) if level.tile_ms == MS_PER_DAY)
-_DECAY_DAYS = 7.0
+#: Each of the latest 30 days' weight, by age in days: exp(-age / 7 d).
+_DAY_WEIGHTS = tuple(math.exp(-age / 7.0) for age in range(30))
 _BROWSE_COLUMNS = tuple(_COLUMN[k] for k in ("page_view", "product_view", "search", "wishlist"))
 _SESSIONS, _ADDS = _COLUMN["sessions"], _COLUMN["add_to_cart"]
 
@@ -168,7 +169,7 @@ def behaviour_features(state: UserState, now: int) -> dict[str, float]:
         if not 0 <= age < 30:
             continue
         clicks = sum(row[c] for c in _BROWSE_COLUMNS)
-        weight = math.exp(-age / _DECAY_DAYS)
+        weight = _DAY_WEIGHTS[age]
         ew_sessions += weight * row[_SESSIONS]
         ew_browse += weight * clicks
         if age < 14:
@@ -176,14 +177,13 @@ def behaviour_features(state: UserState, now: int) -> dict[str, float]:
             browse += clicks
             adds += row[_ADDS]
             abandoned += row[_CARTS]
-    weights = sum(math.exp(-age / _DECAY_DAYS) for age in range(30))
     usual = state.tiles.sums("90d", now)[_SESSIONS] / 91
     return {
         "browse_depth_ew": ew_browse / ew_sessions if ew_sessions else 0.0,
         "browse_depth_14d": browse / sessions if sessions else 0.0,
         "cart_rate_14d": adds / sessions if sessions else 0.0,
         "abandon_rate_14d": abandoned / sessions if sessions else 0.0,
-        "visit_trend": ew_sessions / weights / usual if usual else 0.0,
+        "visit_trend": ew_sessions / sum(_DAY_WEIGHTS) / usual if usual else 0.0,
     }
 
 
