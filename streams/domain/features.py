@@ -125,6 +125,68 @@ MODEL_FEATURES: tuple[str, ...] = (
 )
 
 
+#: Candidate features of a customer's recent browsing (issue 21), measured for the coupon's
+#: uplift targeting by ``scripts/measure-targeting-features`` (docs/uplift.md, "Features for
+#: targeting"): **not published and not model inputs** (they did not carry the gain).
+#: Read from the day tiles the state keeps anyway: nothing is added per event.
+BEHAVIOUR: tuple[Feature, ...] = (
+    Feature("browse_depth_ew", "browsing clicks (page, product, search, wishlist) per session, each day weighted "
+            "by exp(-age / 7 d): how deeply the customer browses lately (0 without a session)", "30d", "clicks"),
+    Feature("browse_depth_14d", "browsing clicks per session (0 without a session)", "14d", "clicks"),
+    Feature("cart_rate_14d", "add_to_cart clicks per session (0 without a session)", "14d", "ratio"),
+    Feature("abandon_rate_14d", "carts abandoned (closed episodes) per session (0 without a session)", "14d", "ratio"),
+    Feature("visit_trend", "sessions per day, each day weighted by exp(-age / 7 d), over the sessions per day of the "
+            "latest 13 weeks: below 1 the customer visits less than usual (0 without a session in 13 weeks)", "30d / 90d", "ratio"),
+)
+_DAY_LEVEL = next(i for i, level in enumerate(LEVELS) if level.tile_ms == MS_PER_DAY)
+#: Each of the latest 30 days' weight, by age in days: exp(-age / 7 d).
+_DAY_WEIGHTS = tuple(math.exp(-age / 7.0) for age in range(30))
+_BROWSE_COLUMNS = tuple(_COLUMN[k] for k in ("page_view", "product_view", "search", "wishlist"))
+_SESSIONS, _ADDS = _COLUMN["sessions"], _COLUMN["add_to_cart"]
+
+
+def behaviour_features(state: UserState, now: int) -> dict[str, float]:
+    """The :data:`BEHAVIOUR` candidates at event time ``now``, from the day tiles (the
+    latest 30 days) and the 90-day window: what a drifting customer does differently from
+    a loyal one in the simulator (``streams/simulation/shop.py``: fewer browsing steps per
+    visit, more abandoned carts, visits decaying) and a real shop would read the same way.
+
+    >>> from streams.domain.windows import Tiles
+    >>> t, day = Tiles(), MS_PER_DAY
+    >>> t.add(0, {"sessions": 1, "page_view": 1, "product_view": 3}, now=0)
+    >>> t.add(10 * day, {"sessions": 3, "page_view": 4, "add_to_cart": 1, "carts_abandoned": 1}, now=10 * day)
+    >>> b = behaviour_features(UserState("u", tiles=t), 10 * day)
+    >>> b["browse_depth_14d"], b["cart_rate_14d"], b["abandon_rate_14d"]
+    (2.0, 0.25, 0.25)
+    >>> round(b["browse_depth_ew"], 3)  # today's shallow sessions weigh more than the deep one 10 days ago
+    1.531
+    """
+    current = now // MS_PER_DAY
+    sessions = browse = adds = abandoned = 0
+    ew_sessions = ew_browse = 0.0
+    for index, row in state.tiles.levels[_DAY_LEVEL].items():
+        age = current - index
+        if not 0 <= age < 30:
+            continue
+        clicks = sum(row[c] for c in _BROWSE_COLUMNS)
+        weight = _DAY_WEIGHTS[age]
+        ew_sessions += weight * row[_SESSIONS]
+        ew_browse += weight * clicks
+        if age < 14:
+            sessions += row[_SESSIONS]
+            browse += clicks
+            adds += row[_ADDS]
+            abandoned += row[_CARTS]
+    usual = state.tiles.sums("90d", now)[_SESSIONS] / 91
+    return {
+        "browse_depth_ew": ew_browse / ew_sessions if ew_sessions else 0.0,
+        "browse_depth_14d": browse / sessions if sessions else 0.0,
+        "cart_rate_14d": adds / sessions if sessions else 0.0,
+        "abandon_rate_14d": abandoned / sessions if sessions else 0.0,
+        "visit_trend": ew_sessions / sum(_DAY_WEIGHTS) / usual if usual else 0.0,
+    }
+
+
 class Gaps(NamedTuple):
     """The gaps between a customer's purchase days, in days (:func:`purchase_day_gaps`)."""
 

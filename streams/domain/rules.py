@@ -38,7 +38,7 @@ in the worker, on each action.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from hashlib import blake2b
 
 import msgspec
@@ -47,7 +47,7 @@ from models.bandit import Bandits, context_of, decision_seed
 from models.score import Score
 from models.uplift import UpliftModels
 from streams.domain.actions import Chosen, Reason, RetentionAction, Targeting, action_id, coupon_code, experiment_group
-from streams.domain.features import model_inputs
+from streams.domain.features import behaviour_features, model_inputs
 from streams.domain.policy_file import Choose, Policy, Rule, When
 from streams.domain.snapshots import UserScores
 from streams.domain.state import UserState
@@ -87,6 +87,8 @@ class Candidate:
     explored: bool
     picked: bool
     features: dict[str, float]
+    #: The browsing candidates of ``streams.domain.features.BEHAVIOUR`` (measured, not model inputs).
+    behaviour: dict[str, float] = field(default_factory=dict)
 
 
 def explore_draw(user_id: str, rule: str, episode: int, now_ms: int) -> float:
@@ -189,7 +191,7 @@ class Decider:
             u.top_share is None or (cutoff is not None and predicted >= cutoff))
         if self.on_candidate is not None:
             self.on_candidate(Candidate(state.user_id, now_ms, rule.name, rule.action, row.scores.get("churn", 0.0), predicted,
-                                        explored, picked, model_inputs(row.features)))
+                                        explored, picked, model_inputs(row.features), behaviour_features(state, now_ms)))
         if not (picked or explored):
             return False, msgspec.UNSET
         return True, Targeting("uplift", shown, models.version, explored=explored, threshold=u.threshold,

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
@@ -52,10 +52,11 @@ from typing import Any
 from models.churn import log_features
 from streams.domain.attribution import AttributionConfig
 from streams.domain.engine import EngineConfig
-from streams.domain.policy_file import Policy
+from streams.domain.features import BEHAVIOUR
+from streams.domain.policy_file import Policy, Rule
 from streams.domain.rules import Candidate
 
-from .loop import closed_loop
+from .loop import LoopResult, closed_loop
 from .offers import DAY_MS, OfferEffects, _per_state, p_in_window
 from .shop import Shop, SimulationConfig
 
@@ -130,6 +131,12 @@ class Judged:
     inputs: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
     #: The ``inputs`` reference's ranking key (:func:`cross_fitted`).
     fitted: float = 0.0
+    #: The browsing candidates at the decision (``streams.domain.features.BEHAVIOUR``).
+    behaviour: dict[str, float] = field(default_factory=dict, repr=False, compare=False)
+    #: Days the customer had been in ``state``, and the state before it ("" for none): a
+    #: customer back to loyal for a few days still looks drifting (:func:`observable`).
+    since_days: float = 0.0
+    previous: str = ""
 
 
 def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffects, from_ms: int, until_ms: int,
@@ -150,12 +157,30 @@ def judge_candidates(shop: Shop, candidates: list[Candidate], effects: OfferEffe
         tau = tau_of(y0, p_works, p_backfire)
         redeemed = p_works + (effects.carry * max(0.0, 1.0 - p_works - p_backfire) if y0 else 0.0)
         aov = c.features.get("avg_order_value", 0.0)
+        path = [(t, s.value) for t, s in truth[c.user_id].transitions if t <= c.at]
+        since, previous = ((c.at - path[-1][0]) / DAY_MS, path[-2][1] if len(path) > 1 else "") if path else (0.0, "")
         out.append(Judged(c.at // DAY_MS, c.user_id, c.churn, c.predicted, tau, aov * (MARGIN * tau - percent / 100 * redeemed),
-                          state, c.features))
+                          state, c.features, behaviour=c.behaviour, since_days=since, previous=previous))
     return out
 
 
-def cross_fitted(judged: list[Judged], ridge: float = 1.0) -> list[Judged]:
+def _design(judged: list[Judged], extra: Sequence[str] = ()) -> Any:
+    """The uplift model's inputs (and the ``extra`` browsing candidates) on the log scale."""
+    import numpy as np
+
+    names = sorted({k for j in judged for k in j.inputs})
+    rows = [[log_features(j.inputs).get(n, 0.0) for n in names] + [math.log1p(max(0.0, j.behaviour.get(n, 0.0))) for n in extra]
+            for j in judged]
+    return np.array(rows, dtype=float).reshape(len(judged), len(names) + len(extra))
+
+
+def _folds(judged: list[Judged]) -> Any:
+    import numpy as np
+
+    return np.array([_noise(j.user_id, 0, "fold") < 0.5 for j in judged])
+
+
+def cross_fitted(judged: list[Judged], ridge: float = 1.0, extra: Sequence[str] = ()) -> list[Judged]:
     """The candidates with ``fitted``: the **true** effect as a linear function of the uplift
     model's inputs (on the same log scale, standardised; ridge regression), fitted on the
     other half of the customers (two folds by a hash of the user id) and applied to this
@@ -168,21 +193,111 @@ def cross_fitted(judged: list[Judged], ridge: float = 1.0) -> list[Judged]:
 
     if not judged:
         return judged
-    names = sorted({k for j in judged for k in j.inputs})
-    x = np.array([[log_features(j.inputs).get(n, 0.0) for n in names] for j in judged], dtype=float).reshape(len(judged), len(names))
+    x = _design(judged, extra)
     tau = np.array([j.tau for j in judged])
-    fold = np.array([_noise(j.user_id, 0, "fold") < 0.5 for j in judged])
+    fold = _folds(judged)
     fitted = np.zeros(len(judged))
     for side in (True, False):
         train, test = fold == side, fold != side
         if train.sum() < 2 or not test.any():
             continue
-        mu, sd = x[train].mean(0), x[train].std(0)
-        sd[sd == 0] = 1.0
-        a = np.column_stack([np.ones(int(train.sum())), (x[train] - mu) / sd])
-        coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ tau[train])
-        fitted[test] = np.column_stack([np.ones(int(test.sum())), (x[test] - mu) / sd]) @ coef
+        fitted[test] = _ridge(x[train], tau[train], ridge)(x[test])
     return [replace(j, fitted=float(f)) for j, f in zip(judged, fitted)]
+
+
+def _standardised(x: Any) -> Callable[[Any], Any]:
+    import numpy as np
+
+    mu, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    return lambda z: np.column_stack([np.ones(len(z)), (z - mu) / sd])
+
+
+def _ridge(x: Any, y: Any, ridge: float = 1.0) -> Callable[[Any], Any]:
+    """``y`` as a linear function of standardised ``x`` (ridge regression)."""
+    import numpy as np
+
+    design = _standardised(x)
+    a = design(x)
+    coef = np.linalg.solve(a.T @ a + ridge * np.eye(a.shape[1]), a.T @ y)
+    return lambda z: design(z) @ coef
+
+
+def _logistic(x: Any, y: Any, l2: float = 1.0) -> Callable[[Any], Any]:
+    """P(y | x) by a logistic regression on standardised ``x`` (Newton's method, L2)."""
+    import numpy as np
+
+    design = _standardised(x)
+    a, w = design(x), np.zeros(x.shape[1] + 1)
+    for _ in range(25):
+        p = 1.0 / (1.0 + np.exp(-a @ w))
+        step = np.linalg.solve(a.T @ (a * (p * (1 - p))[:, None]) + l2 * np.eye(len(w)), a.T @ (p - y) + l2 * w)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return lambda z: 1.0 / (1.0 + np.exp(-design(z) @ w))
+
+
+def _by_states(x: Any, states: list[str], tau: Any) -> Callable[[Any], Any]:
+    """``sum_s P(s | x) * mean tau of s``: one logistic regression per latent state, normalised."""
+    import numpy as np
+
+    fits, means = [], []
+    for state in sorted(set(states)):
+        y = np.array([s == state for s in states], dtype=float)
+        fits.append(_logistic(x, y) if y.sum() < len(y) else (lambda z: np.ones(len(z))))
+        means.append(float(tau[y == 1].mean()))
+
+    def key(z: Any) -> Any:
+        p = np.array([f(z) for f in fits])
+        return (p / p.sum(0)).T @ np.array(means)
+
+    return key
+
+
+def state_fitted(judged: list[Judged], extra: Sequence[str] = (), train: list[Judged] | None = None) -> list[float]:
+    """A ranking key per candidate: ``sum_s P(state s | x) * mean tau of s``, with ``P`` one
+    logistic regression per latent state on the inputs (and ``extra``), fitted on ``train``
+    (other seeds' candidates) or else on the other half of the customers (the folds of
+    :func:`cross_fitted`). Taught the latent states themselves, which no model is: how well
+    the inputs tell the states apart, where the effect's differences lie (a drifting customer
+    gains from a coupon, a loyal one in a long gap buys anyway), not how well a learner finds
+    it from outcomes."""
+    import numpy as np
+
+    if not judged:
+        return []
+    x = _design(judged, extra)
+    if train is not None:
+        return [float(k) for k in _by_states(_design(train, extra), [j.state for j in train], np.array([j.tau for j in train]))(x)]
+    fold, states, tau = _folds(judged), [j.state for j in judged], np.array([j.tau for j in judged])
+    key = np.zeros(len(judged))
+    for side in (True, False):
+        fit, apply = fold == side, fold != side
+        if fit.any() and apply.any():
+            key[apply] = _by_states(x[fit], [s for s, f in zip(states, fit) if f], tau[fit])(x[apply])
+    return [float(k) for k in key]
+
+
+def linear_fitted(judged: list[Judged], train: list[Judged], extra: Sequence[str] = ()) -> list[float]:
+    """:func:`cross_fitted`'s key, fitted on ``train`` (other seeds' candidates) instead."""
+    import numpy as np
+
+    if not judged:
+        return []
+    return [float(k) for k in _ridge(_design(train, extra), np.array([j.tau for j in train]))(_design(judged, extra))]
+
+
+def observable(judged: list[Judged], days: float) -> dict[str, float]:
+    """As :func:`by_state`, but a customer back to ``loyal`` from drifting or churned for less
+    than ``days`` counts as drifting: its behaviour has not changed yet, no feature can tell
+    it apart. The group means per candidate key (``recovered`` merged into ``drifting``)."""
+    return by_state([replace(j, state=_seen_state(j, days)) for j in judged])
+
+
+def _seen_state(j: Judged, days: float) -> str:
+    recovered = j.state == "loyal" and j.previous in ("drifting", "churned") and j.since_days < days
+    return "drifting" if recovered else j.state
 
 
 def by_state(judged: list[Judged]) -> dict[str, float]:
@@ -288,9 +403,11 @@ class SeedResult:
         return auuc(self.curves[method])
 
 
-def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: float) -> SeedResult:
-    """One closed-loop run under ``policy`` in ``world`` and the targetings of its candidates
-    (the worker's attribution window is the world's outcome horizon)."""
+def judged_run(sim: SimulationConfig, world: World, policy: Policy,
+               learn_days: float) -> tuple[list[Judged], list[Judged], LoopResult, Rule]:
+    """One closed-loop run under ``policy`` in ``world`` (the worker's attribution window is
+    the world's outcome horizon): its evaluation candidates judged, every candidate judged
+    (the learning days' too), the loop's result, the uplift-targeted rule."""
     effects = world.effects
     shop = Shop(world.simulation(sim), effects)
     cfg = EngineConfig(policy=policy.lapse_config(), attribution=AttributionConfig(window_ms=effects.window_ms))
@@ -299,8 +416,15 @@ def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: fl
     start = min((c.at for c in logged), default=0)
     rule = next(r for r in policy.rules if r.target == "uplift")
     percent = rule.coupon.percent if rule.coupon is not None and rule.coupon.percent is not None else 0.0
-    judged = cross_fitted(judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS),
-                                           result.now_ms - cfg.attribution.lateness_ms, percent))
+    end = result.now_ms - cfg.attribution.lateness_ms
+    judged = judge_candidates(shop, logged, effects, start + int(learn_days * DAY_MS), end, percent)
+    return judged, judge_candidates(shop, logged, effects, start, end, percent), result, rule
+
+
+def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: float) -> SeedResult:
+    """One closed-loop run under ``policy`` in ``world`` and the targetings of its candidates."""
+    judged, _, result, rule = judged_run(sim, world, policy, learn_days)
+    judged = cross_fitted(judged)
     models = result.models
     out = SeedResult(sim.seed, len(judged), len(result.actions), models.uplift.learned if models is not None else 0,
                      answered=sum(j.predicted is not None for j in judged))
@@ -310,6 +434,62 @@ def run_seed(sim: SimulationConfig, world: World, policy: Policy, learn_days: fl
     for method in RANKINGS:
         out.curves[method] = qini(judged, method)
     return out
+
+
+#: The browsing candidates the features measurement adds to the inputs.
+BEHAVIOUR_NAMES = tuple(f.name for f in BEHAVIOUR)
+
+
+def auc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """P(a positive's score > a negative's), ties counting half (0.5 without both kinds).
+
+    >>> auc([0.9, 0.2, 0.5, 0.5], [True, False, True, False])
+    0.875
+    """
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = sorted(s for s, p in zip(scores, positive) if not p)
+    if not pos or not neg:
+        return 0.5
+    wins = sum(bisect_left(neg, s) + (bisect_right(neg, s) - bisect_left(neg, s)) / 2 for s in pos)
+    return wins / (len(pos) * len(neg))
+
+
+def feature_references(judged: list[Judged], extra: Sequence[str] = BEHAVIOUR_NAMES, train: list[Judged] | None = None) -> dict[str, Any]:
+    """What the inputs, and the inputs with ``extra``, could earn, against risk, the model and
+    the latent state; per ranking and budget the true incremental conversions per coupon.
+    ``observable N d``: by latent state, a customer back to loyal for under N days counted as
+    drifting (:func:`observable`). ``linear``: :func:`cross_fitted`; ``states``:
+    :func:`state_fitted`; fitted on ``train`` (other seeds' candidates: more to learn the
+    few loyal ones from) or else on the other half of the customers. And how well each
+    ``states`` key tells a drifting candidate from a loyal one (AUC), and from one back to
+    loyal for under 7 days."""
+    keys: dict[str, list[float]] = {
+        "risk": [j.churn for j in judged],
+        "uplift": [j.predicted if j.predicted is not None else -1.0 for j in judged],
+    }
+    for name, days in (("latent", 0.0), ("observable 3 d", 3.0), ("observable 7 d", 7.0)):
+        means = observable(judged, days)
+        keys[name] = [means[_seen_state(j, days)] for j in judged]
+    for name, names in (("inputs", ()), ("inputs + browsing", tuple(extra))):
+        linear = linear_fitted(judged, train, names) if train is not None else [j.fitted for j in cross_fitted(judged, extra=names)]
+        keys[f"{name}, linear"] = linear
+        keys[f"{name}, states"] = state_fitted(judged, names, train)
+    per_coupon = {name: {share: spend([replace(j, fitted=k) for j, k in zip(judged, key)], "inputs", share).per_coupon
+                         for share in SHARES} for name, key in keys.items()}
+    drifting = [j.state == "drifting" for j in judged]
+    loyal = [j.state == "loyal" for j in judged]
+    recovered = [j.state == "loyal" and _seen_state(j, 7.0) == "drifting" for j in judged]
+    separation = {}
+    for name in ("inputs, states", "inputs + browsing, states"):
+        key = keys[name]
+        separation[name] = {
+            "drifting vs loyal": auc([k for k, d, l in zip(key, drifting, loyal) if d or l], [d for d, l in zip(drifting, loyal) if d or l]),
+            "drifting vs back to loyal < 7 d": auc([k for k, d, r in zip(key, drifting, recovered) if d or r],
+                                                    [d for d, r in zip(drifting, recovered) if d or r]),
+        }
+    counts = {state: sum(j.state == state for j in judged) for state in sorted({j.state for j in judged})}
+    return {"candidates": len(judged), "states": counts, "recovered_7d": sum(recovered), "per_coupon": per_coupon,
+            "separation": separation}
 
 
 def interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:

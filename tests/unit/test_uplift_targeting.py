@@ -308,3 +308,67 @@ def test_the_summary_pairs_the_methods_by_seed_against_random_and_counts_the_ans
     assert s["answered"] == [91, 92, 93]
     text = markdown("backfire", s)
     assert "with a prediction of the uplift model: 91, 92, 93" in text and "| risk - random, per coupon |" in text
+
+
+# -- the features measurement (docs/uplift.md, "Features for targeting") ------------------------
+
+def test_the_browsing_candidates_read_recent_depth_carts_and_the_visit_trend_from_the_day_tiles() -> None:
+    from streams.domain.features import BEHAVIOUR, behaviour_features
+    from streams.domain.timestamps import MS_PER_DAY
+
+    now = 100 * MS_PER_DAY
+    steady, fading = UserState("a"), UserState("b")
+    for day in range(0, 101):  # a visit every other day: deep, no cart, at a steady pace ...
+        if day % 2 == 0:
+            steady.tiles.add(day * MS_PER_DAY, {"sessions": 1, "page_view": 1, "product_view": 4}, now=day * MS_PER_DAY)
+    for day in range(0, 101):  # ... against visits that thin out, shallow and with abandoned carts lately
+        if day < 80 or day % 5 == 0:
+            late = day >= 80
+            fading.tiles.add(day * MS_PER_DAY, {"sessions": 1, "page_view": 1, "product_view": 1 if late else 4,
+                                                "add_to_cart": int(late), "carts_abandoned": int(late)}, now=day * MS_PER_DAY)
+    a, b = behaviour_features(steady, now), behaviour_features(fading, now)
+    assert set(a) == set(b) == {f.name for f in BEHAVIOUR}
+    assert a["browse_depth_14d"] == 5.0 and a["browse_depth_ew"] == pytest.approx(5.0) and a["cart_rate_14d"] == a["abandon_rate_14d"] == 0.0
+    assert b["browse_depth_14d"] == 2.0 and b["cart_rate_14d"] == b["abandon_rate_14d"] == 1.0
+    assert 2.0 <= b["browse_depth_ew"] < 3.0  # the latest, shallow days weigh most
+    assert 0.8 < a["visit_trend"] < 1.2 and b["visit_trend"] < 0.6 * a["visit_trend"]
+    assert behaviour_features(UserState("c"), now) == dict.fromkeys(b, 0.0)
+
+
+def test_a_candidate_carries_its_browsing_candidates() -> None:
+    from streams.domain.features import behaviour_features
+
+    d, seen = decider(Fixed(0.25))
+    state = UserState("u")
+    state.tiles.add(1, {"sessions": 2, "page_view": 6}, now=1)
+    d("lapse", state, 5, episode=1)
+    assert [c.behaviour for c in seen] == [behaviour_features(state, 5)] and seen[0].behaviour["browse_depth_14d"] == 3.0
+
+
+def test_the_states_reference_ranks_by_the_state_the_inputs_tell_and_observable_merges_the_recently_recovered() -> None:
+    from streams.simulation.targeting import BEHAVIOUR_NAMES, auc, feature_references, observable, state_fitted
+
+    rng = random.Random(5)
+    judged = []
+    for i in range(600):
+        state = rng.choice(["churned", "drifting", "loyal"])
+        depth = {"churned": 0.0, "drifting": 2.0, "loyal": 5.0}[state] + rng.random()  # a browsing feature tells the state
+        tau = {"churned": 0.15, "drifting": 0.3, "loyal": 0.0}[state] * (rng.random() < 0.9)
+        recovered = state == "loyal" and i % 3 == 0
+        judged.append(Judged(i % 10, f"u{i}", churn=rng.random(), predicted=None, tau=tau, margin=0.0, state=state,
+                             inputs={"clicks_7d": 0.0 if state == "churned" else 5.0, "noise": rng.random()},
+                             behaviour=dict.fromkeys(BEHAVIOUR_NAMES, 0.0) | {"browse_depth_ew": depth},
+                             since_days=2.0 if recovered else 40.0, previous="drifting" if recovered else "new"))
+    with_depth = state_fitted(judged, ["browse_depth_ew"])
+    drifting = [j.state == "drifting" for j in judged]
+    active = [j.state != "churned" for j in judged]
+    assert auc([k for k, a in zip(with_depth, active) if a], [d for d, a in zip(drifting, active) if a]) > 0.95
+    without = state_fitted(judged)  # the inputs alone see active or not, not which
+    assert auc([k for k, a in zip(without, active) if a], [d for d, a in zip(drifting, active) if a]) < 0.65
+    means = observable(judged, 7.0)
+    assert set(means) == {"churned", "drifting", "loyal"} and means["loyal"] == 0.0 < means["drifting"] < observable(judged, 0.0)["drifting"]
+    report = feature_references(judged, ["browse_depth_ew"])
+    per = report["per_coupon"]
+    assert per["inputs + browsing, states"][0.1] > per["inputs, states"][0.1] + 0.05
+    assert per["latent"][0.1] >= per["observable 7 d"][0.1]
+    assert report["recovered_7d"] == sum(j.state == "loyal" and j.since_days < 7 for j in judged)
