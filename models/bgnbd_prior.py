@@ -266,8 +266,12 @@ class BgNbdFit:
         if self.shapes is None:
             self.shapes = {}
         if key not in self.shapes:
-            self.shapes[key] = _zero_shape(self.model, self._rows(), float(horizon_days))
+            summary = self.__dict__.get("_summary")  # the latest fit's own (not pickled)
+            self.shapes[key] = _zero_shape(self.model, summary if summary is not None else Summary.of(self._rows()), float(horizon_days))
         return self.shapes[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_summary"}
 
     def _rows(self) -> list[History]:
         return [History(x, t_x, T + max(0, self.now - at) / MS_PER_DAY) for x, t_x, T, at in (self.histories[u] for u in sorted(self.histories))]
@@ -275,16 +279,16 @@ class BgNbdFit:
     def _refit(self) -> None:
         start = self.start if self.start is not None else (
             None if self.model is None else (self.model.r, self.model.alpha, self.model.a, self.model.b))
-        rows = self._rows()
+        summary = Summary.of(self._rows())
         try:
-            model = BgNbd.fit(Summary.of(rows), start=start)
+            model = BgNbd.fit(summary, start=start)
         except (ValueError, FloatingPointError):
             return
         if all(math.isfinite(v) and v > 0 for v in (model.r, model.alpha, model.a, model.b)):
             self.start = (model.r, model.alpha, model.a, model.b)
             self.fitted_period = self.periods
             self.fits += 1
-            self.shapes = {}
+            self.shapes, self._summary = {}, summary
             usable = model.r <= MAX_SHAPE
             self.model = model if usable else None
             self.rejected += not usable
@@ -311,10 +315,9 @@ def nbd_zero(expected: float, shape: float) -> float:
     return math.exp(-shape * math.log1p(expected / shape))
 
 
-def _zero_shape(model: BgNbd, rows: list[History], horizon: float) -> float | None:
+def _zero_shape(model: BgNbd, s: Summary, horizon: float) -> float | None:
     from scipy.optimize import minimize_scalar
 
-    s = Summary.of(rows)
     with np.errstate(all="ignore"):
         p = model.p_no_purchase(s.x, s.t_x, s.T, horizon)
         n = model.expected_purchases(s.x, s.t_x, s.T, horizon)
