@@ -108,19 +108,10 @@ LOYALTY_PIPELINES: dict[str, Callable[[], Any]] = {
 RESIDUAL_LOYALTY = frozenset({"residual"})
 
 DEFAULT_CHURN = "logreg"
+DEFAULT_LOYALTY = "residual"
 
 #: What the churn prior's probability can be made of (:attr:`ChurnModel.prior_from`).
 PRIOR_FROM = ("nbd", "expected", "p")
-
-
-def hand_over(fit: BgNbdFit | None, model: BgNbd | None, learners: Any) -> None:
-    """A snapshot's BG/NBD for the learners: the fitted parameters (``model``, None: no usable
-    fit) and, for the churn learners, the zero-count shape of their horizon (the ``nbd`` prior)."""
-    for learner in learners:
-        learner.bgnbd = model
-        if isinstance(learner, ChurnModel):
-            learner.zero_shape = fit.zero_shape(learner.horizon_days) if fit is not None and model is not None else None
-DEFAULT_LOYALTY = "residual"
 
 #: Model periods (snapshots) over which the gate's sums are kept: the blend's weight is
 #: estimated over this many days of matured labels (on CDNOW's master history, ~25,000
@@ -581,6 +572,15 @@ class LoyaltyModel(_PriorThenLearner):
         self.pipeline.learn_one(self.inputs(x), target)
         self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
+
+
+def hand_over(fit: BgNbdFit | None, model: BgNbd | None, learners: Any) -> None:
+    """A snapshot's BG/NBD for the learners: the fitted parameters (``model``, None: no usable
+    fit) and, for the churn learners, the zero-count shape of their horizon (the ``nbd`` prior)."""
+    for learner in learners:
+        learner.bgnbd = model
+        if isinstance(learner, ChurnModel):
+            learner.zero_shape = fit.zero_shape(learner.horizon_days) if fit is not None and model is not None else None
 
 
 def _log_loss(p: float, y: float) -> float:
