@@ -56,6 +56,7 @@ from functools import lru_cache
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from models.bgnbd import MS_PER_DAY, BgNbd, History, Summary
 
@@ -237,18 +238,57 @@ class BgNbdFit:
             self._refit()
         return self.model
 
+    #: (fit, horizon in days) -> the zero-count shape :meth:`zero_shape` found; reset at each refit.
+    shapes: dict[tuple[int, float], float | None] | None = None
+
+    def zero_shape(self, horizon_days: float) -> float | None:
+        """The shape ``k`` with which the negative binomial's chance of no count,
+        ``(1 + E[N] / k) ** -k``, best matches BG/NBD's own P(no purchase in the horizon)
+        over the customers of the latest fit (least squares, each customer's ``T`` extended to
+        the latest observation as in the fit); None without a fit.
+
+        The churn prior ranks by BG/NBD's expected purchases ``E[N]`` (the better ranking),
+        and ``exp(-E[N])`` (``k`` infinite, a Poisson count) under-states the chance of no
+        purchase of a population whose rates vary: on CDNOW's master history, first horizon, before
+        any label, its calibration error was 0.15 against BG/NBD's own 0.05. A function of ``E[N]`` alone
+        keeps the ranking; ``k`` gives it BG/NBD's calibration (docs/evaluation.md). Computed
+        once per fit and horizon (cached: the trainer asks at the stamp that follows the fit).
+
+        >>> fit = BgNbdFit(refit_periods=1, min_customers=3, min_repeaters=2)
+        >>> for user, n, gap, recency in [("a", 1, 0, 40), ("b", 3, 10, 5), ("c", 5, 6, 2), ("d", 2, 30, 20)]:
+        ...     fit.observe(user, 0, {"purchases": n, "gap_mean_days": gap, "recency_days": recency})
+        >>> fit.zero_shape(30.0) is None, fit.tick() is not None, fit.zero_shape(30.0) > 0
+        (True, True, True)
+        """
+        if self.model is None or not self.histories:
+            return None
+        key = (self.fits, float(horizon_days))
+        if self.shapes is None:
+            self.shapes = {}
+        if key not in self.shapes:
+            summary = self.__dict__.get("_summary")  # the latest fit's own (not pickled)
+            self.shapes[key] = _zero_shape(self.model, summary if summary is not None else Summary.of(self._rows()), float(horizon_days))
+        return self.shapes[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_summary"}
+
+    def _rows(self) -> list[History]:
+        return [History(x, t_x, T + max(0, self.now - at) / MS_PER_DAY) for x, t_x, T, at in (self.histories[u] for u in sorted(self.histories))]
+
     def _refit(self) -> None:
         start = self.start if self.start is not None else (
             None if self.model is None else (self.model.r, self.model.alpha, self.model.a, self.model.b))
-        rows = [History(x, t_x, T + max(0, self.now - at) / MS_PER_DAY) for x, t_x, T, at in (self.histories[u] for u in sorted(self.histories))]
+        summary = Summary.of(self._rows())
         try:
-            model = BgNbd.fit(Summary.of(rows), start=start)
+            model = BgNbd.fit(summary, start=start)
         except (ValueError, FloatingPointError):
             return
         if all(math.isfinite(v) and v > 0 for v in (model.r, model.alpha, model.a, model.b)):
             self.start = (model.r, model.alpha, model.a, model.b)
             self.fitted_period = self.periods
             self.fits += 1
+            self.shapes, self._summary = {}, summary
             usable = model.r <= MAX_SHAPE
             self.model = model if usable else None
             self.rejected += not usable
@@ -259,6 +299,39 @@ class BgNbdFit:
             "customers": len(self.histories) if self.known is None else self.known, "fits": self.fits, "rejected": self.rejected,
             "params": None if m is None else {"r": m.r, "alpha": m.alpha, "a": m.a, "b": m.b, "customers": m.customers},
         }
+
+
+#: Bounds of the zero-count shape's logarithm (:meth:`BgNbdFit.zero_shape`): ``k`` within
+#: [e^-6, e^8]; at the upper end the count is as good as Poisson (``exp(-E[N])``).
+SHAPE_BOUNDS = (-6.0, 8.0)
+
+
+def nbd_zero(expected: float, shape: float) -> float:
+    """The chance of no count of a negative binomial with mean ``expected`` and shape ``shape``.
+
+    >>> round(nbd_zero(1.0, 1.0), 3), round(nbd_zero(1.0, 1e6), 3) == round(math.exp(-1.0), 3)
+    (0.5, True)
+    """
+    return math.exp(-shape * math.log1p(expected / shape))
+
+
+def _zero_shape(model: BgNbd, s: Summary, horizon: float) -> float | None:
+    from scipy.optimize import minimize_scalar
+
+    with np.errstate(all="ignore"):
+        p = model.p_no_purchase(s.x, s.t_x, s.T, horizon)
+        n = model.expected_purchases(s.x, s.t_x, s.T, horizon)
+    ok = np.isfinite(p) & np.isfinite(n) & (n >= 0)
+    if not ok.any():
+        return None
+    p, n, w = p[ok], n[ok], s.weights[ok]
+
+    def loss(log_k: float) -> float:
+        k = math.exp(log_k)
+        return float(w @ (p - np.exp(-k * np.log1p(n / k))) ** 2)
+
+    best = minimize_scalar(loss, bounds=SHAPE_BOUNDS, method="bounded", options={"xatol": 1e-4})
+    return float(math.exp(best.x))
 
 
 def observed(example: Any) -> tuple[str, int]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from models.bandit import Bandits
 from models.bgnbd_prior import BgNbdFit, observed as _observed
-from models.churn import DEFAULT_LOYALTY
+from models.churn import DEFAULT_LOYALTY, hand_over
 from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample, UpliftExample, candidates_of
 from models.online import OnlineLearners
 from models.segments import SegmentModel
@@ -123,7 +123,7 @@ class Models:
         """Every model's version names the snapshot it came in (``...@version``); BG/NBD is
         refitted when due and its parameters handed to the churn and loyalty learners."""
         if self.bgnbd is not None:
-            self.churn.bgnbd = self.loyalty.bgnbd = self.bgnbd.tick()
+            hand_over(self.bgnbd, self.bgnbd.tick(), (self.churn, self.loyalty))
         self.learners.close()
         for model in (self.churn, self.loyalty, self.sentiment, self.segments, self.bandits):
             model.snapshot = version

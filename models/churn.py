@@ -49,8 +49,8 @@ from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from models.baselines import RecencyBaseline
 from models.bgnbd import BgNbd
+from models.bgnbd_prior import BgNbdFit, nbd_zero, with_bgnbd
 from models.bgnbd_prior import predict as bgnbd_predict
-from models.bgnbd_prior import with_bgnbd
 from models.score import Score
 
 #: Probabilities are kept within [EPS, 1 - EPS]: a score of exactly 0 or 1 claims a
@@ -109,6 +109,9 @@ RESIDUAL_LOYALTY = frozenset({"residual"})
 
 DEFAULT_CHURN = "logreg"
 DEFAULT_LOYALTY = "residual"
+
+#: What the churn prior's probability can be made of (:attr:`ChurnModel.prior_from`).
+PRIOR_FROM = ("nbd", "expected", "p")
 
 #: Model periods (snapshots) over which the gate's sums are kept: the blend's weight is
 #: estimated over this many days of matured labels (on CDNOW's master history, ~25,000
@@ -404,10 +407,10 @@ class ChurnModel(_PriorThenLearner):
 
     def __init__(
         self, min_labels: int = 50, kind: str = DEFAULT_CHURN, learned_prior: bool = False, horizon_days: float = 30.0,
-        prior_from: str = "expected",
+        prior_from: str = "nbd",
     ) -> None:
-        if prior_from not in ("expected", "p"):
-            raise ValueError(f"prior_from must be 'expected' or 'p', not {prior_from!r}")
+        if prior_from not in PRIOR_FROM:
+            raise ValueError(f"prior_from must be one of {PRIOR_FROM}, not {prior_from!r}")
         self.prior_from = prior_from
         self.min_labels = min_labels
         self.horizon_days = horizon_days
@@ -441,19 +444,31 @@ class ChurnModel(_PriorThenLearner):
         """The share the learner's predictions earned against the prior (:attr:`Gate.weight`)."""
         return self.gate.weight if self.gate is not None else 0.0
 
-    #: What the BG/NBD prior's probability is made of: ``expected`` (default), the probability
-    #: of no purchase if BG/NBD's expected purchase days in the horizon came as a Poisson
-    #: count, ``exp(-E[N])``: it ranks customers as the expected purchases do, which ranks
-    #: better than BG/NBD's own P(no purchase) (CDNOW, every period: docs/evaluation.md);
-    #: ``p``: BG/NBD's P(no purchase in the horizon). (Learners pickled before it: ``p``.)
+    #: What the BG/NBD prior's probability is made of: ``nbd`` (default), the chance of no
+    #: purchase if BG/NBD's expected purchase days in the horizon ``E[N]`` came as a negative
+    #: binomial count whose shape (:attr:`zero_shape`) the trainer matched to BG/NBD's own
+    #: P(no purchase) over its customers at the fit: it ranks customers as the expected
+    #: purchases do, which ranks better than BG/NBD's own P(no purchase) (CDNOW, every
+    #: period), and is calibrated like it (docs/evaluation.md); ``expected``: ``exp(-E[N])``,
+    #: the same ranking as a Poisson count (over-confident before any label: CDNOW's first
+    #: horizon); ``p``: BG/NBD's P(no purchase in the horizon). (Learners pickled before it: ``p``.)
     prior_from: str = "p"
+
+    #: The negative binomial's shape of the ``nbd`` prior (:meth:`models.bgnbd_prior.BgNbdFit.zero_shape`),
+    #: handed over with each fit; None: not known (``exp(-E[N])``).
+    zero_shape: float | None = None
 
     def prior(self, x: dict[str, float]) -> float:
         """BG/NBD's churn probability (:attr:`prior_from`) once the trainer has fitted it, else
         the bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
         bg = self.bgnbd_score(x)
         if bg is not None:
-            p = math.exp(-bg[1]) if self.prior_from == "expected" else bg[0]
+            if self.prior_from == "p":
+                p = bg[0]
+            elif self.prior_from == "nbd" and self.zero_shape is not None:
+                p = nbd_zero(bg[1], self.zero_shape)
+            else:
+                p = math.exp(-bg[1])
         else:
             p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
         return min(1.0 - EPS, max(EPS, p))
@@ -557,6 +572,15 @@ class LoyaltyModel(_PriorThenLearner):
         self.pipeline.learn_one(self.inputs(x), target)
         self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
+
+
+def hand_over(fit: BgNbdFit | None, model: BgNbd | None, learners: Any) -> None:
+    """A snapshot's BG/NBD for the learners: the fitted parameters (``model``, None: no usable
+    fit) and, for the churn learners, the zero-count shape of their horizon (the ``nbd`` prior)."""
+    for learner in learners:
+        learner.bgnbd = model
+        if isinstance(learner, ChurnModel):
+            learner.zero_shape = fit.zero_shape(learner.horizon_days) if fit is not None and model is not None else None
 
 
 def _log_loss(p: float, y: float) -> float:

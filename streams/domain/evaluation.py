@@ -28,7 +28,7 @@ from typing import Any
 from models.baselines import BgNbdBaseline, RecencyBaseline
 from models.bgnbd_prior import BgNbdFit, observed as _observed
 from models.bootstrap import RESAMPLES, paired
-from models.churn import ChurnModel, LoyaltyModel
+from models.churn import ChurnModel, LoyaltyModel, hand_over
 from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, candidates_of, churn_examples
 from models.prequential import ChurnMetrics, LoyaltyMetrics
 from models.sentiment import SentimentModel
@@ -163,11 +163,11 @@ class ReplayModels:
 
     def stamp(self, version: str) -> None:
         fitted = self.bgnbd.tick() if self.bgnbd is not None else None
+        if self.bgnbd is not None:
+            hand_over(self.bgnbd, fitted, (*self.churn_models, *self.loyalty_models))
         for model in (*self.churn_models, *self.loyalty_models):
             model.close()
             model.snapshot = version
-            if self.bgnbd is not None:
-                model.bgnbd = fitted
         churn, loyalty = self.churn_models[0], self.loyalty_models[0]
         self.path.append({
             "version": version, "churn_weight": churn.share, "churn_target": churn.gate.target if churn.gate else None,

@@ -209,3 +209,35 @@ def test_bundles_and_learners_pickled_before_bgnbd_load_and_go_on_without_it() -
     assert old.churn.score(x).value == pytest.approx(recency_prior(x)) and old.churn.version == "recency-prior@2026-01-02"
 
 
+
+
+def test_the_nbd_prior_keeps_the_expected_purchases_ranking_with_bgnbds_calibration() -> None:
+    """The zero-count shape fitted over the trainer's customers makes ``(1 + E[N]/k)^-k`` close
+    to BG/NBD's own P(no purchase) (much closer than ``exp(-E[N])``), and the churn prior made
+    of it ranks as the expected purchases do."""
+    from models.bgnbd_prior import nbd_zero
+    from models.churn import hand_over
+
+    fit = BgNbdFit(refit_periods=1)
+    for i, x in enumerate(simulated_features(2000)):
+        fit.observe(f"u{i}", 60 * DAY, x)
+    assert fit.zero_shape(90.0) is None  # no fit yet
+    model = fit.tick()
+    assert model is not None
+    k = fit.zero_shape(90.0)
+    assert k is not None and 0.05 < k < 100 and fit.zero_shape(90.0) == k  # cached per fit and horizon
+    xs = simulated_features(400, seed=5)
+    p = np.array([predict(model, x, 90.0)[0] for x in xs if x["purchases"] >= 1])
+    n = np.array([predict(model, x, 90.0)[1] for x in xs if x["purchases"] >= 1])
+    nbd = np.array([nbd_zero(v, k) for v in n])
+    assert np.mean((nbd - p) ** 2) < 0.5 * np.mean((np.exp(-n) - p) ** 2)
+    churn, poisson, loyalty = ChurnModel(horizon_days=90.0), ChurnModel(horizon_days=90.0, prior_from="expected"), LoyaltyModel(horizon_days=90.0)
+    hand_over(fit, model, (churn, poisson, loyalty))
+    assert churn.zero_shape == k and loyalty.bgnbd is model and not hasattr(loyalty, "zero_shape")
+    assert churn.prior(xs[0]) == pytest.approx(nbd_zero(predict(model, xs[0], 90.0)[1], k))
+    assert poisson.prior(xs[0]) == pytest.approx(math.exp(-predict(model, xs[0], 90.0)[1]))
+    by_expected = sorted((x for x in xs if x["purchases"] >= 1), key=lambda x: predict(model, x, 90.0)[1])
+    priors = [churn.prior(x) for x in by_expected]  # more expected purchases: never a higher churn prior
+    assert all(a >= b for a, b in zip(priors, priors[1:])) and priors[0] > priors[-1]
+    hand_over(fit, None, (churn,))  # a fit set aside: no shape either
+    assert churn.zero_shape is None and churn.bgnbd is None
