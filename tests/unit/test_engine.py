@@ -382,3 +382,32 @@ def test_gate_hands_over_once_the_learner_beats_the_prior() -> None:
     assert model.warm and model.version == "loyalty-linear+3000" and gate["learner_loss"] < gate["prior_loss"]
     score = model.score({"recency_days": 10.0, "gap_mean_days": 2.0})
     assert not score.prior and score.value > 3.5
+
+
+def test_a_vector_function_given_to_the_engine_computes_every_model_vector_of_the_step() -> None:
+    """A worker passes the engine a vector that shares the step's features with its rows: the
+    scoring points and the lapse check are the default vector's, and it is the one asked."""
+    from copy import deepcopy
+
+    asked: list[int] = []
+
+    def vector(state: UserState, now: int) -> list[float]:
+        asked.append(now)
+        return feature_vector(state, now, SWEEP.state)
+
+    shared, plain = UserState("u1"), UserState("u1")
+    for n in (0, 7, 14, 21):
+        steps = [on_event(s, purchase(n), day(n), SWEEP, churn=Fixed(0.9), loyalty=Fixed(1.0), vector=v)
+                 for s, v in ((shared, vector), (plain, None))]
+        assert steps[0].points == steps[1].points
+    assert asked == [day(n) for n in (0, 7, 14, 21)]
+    kinds = []
+    for t in (day(29), day(35), day(44) + 1):  # a sweep, the lapse check (a coupon), a maturity and a sweep
+        asked.clear()
+        ours = on_due(shared, t, Fixed(0.9), SWEEP, Fixed(1.0), vector=vector)
+        theirs = on_due(plain, t, Fixed(0.9), SWEEP, Fixed(1.0))
+        assert (ours.points, ours.examples, ours.actions, ours.due_ms) == (theirs.points, theirs.examples, theirs.actions, theirs.due_ms)
+        assert asked == ([t] if ours.points or ours.churn is not None else [])
+        kinds.append((bool(ours.points), ours.churn is not None, len(ours.actions), bool(ours.examples)))
+    assert kinds == [(True, False, 0, False), (False, True, 1, True), (True, False, 0, True)]
+    assert dump_state(shared) == dump_state(deepcopy(plain))
