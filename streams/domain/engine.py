@@ -43,8 +43,8 @@ decides, as the evaluation replays do.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from models.bandit import CONTEXT
@@ -233,6 +233,10 @@ def _scored(model: ChurnScorer | LoyaltyScorer | None, x: dict[str, float]) -> t
     return score.value, prior, learned
 
 
+def _vector(state: UserState, now_ms: int, cfg: EngineConfig, vector: Vector | None) -> list[float]:
+    return feature_vector(state, now_ms, cfg.state) if vector is None else vector(state, now_ms)
+
+
 class Unknown(enum.Enum):
     """The caller does not know the user's due time (:func:`on_event` computes it)."""
 
@@ -266,7 +270,7 @@ def on_event(
     if counted and purchase:
         examples = on_purchase(state, event.ts, cfg.horizon_ms)  # the truth, however late
         if applied is Applied.OK:
-            features = feature_vector(state, event.ts, cfg.state) if vector is None else vector(state, event.ts)
+            features = _vector(state, event.ts, cfg, vector)
             point = _score_point(state, event.ts, features, cfg, churn, loyalty)
             points = [point] if point is not None else []
     negative = counted and sentiment is not None and is_negative(sentiment)
@@ -335,7 +339,7 @@ def on_due(
     actions = [] if act is None else _abandoned(act, state, now_ms, carts)
     sweep = sweep_due(state, cfg)
     if sweep is not None and now_ms >= sweep:
-        features = feature_vector(state, now_ms, cfg.state) if vector is None else vector(state, now_ms)
+        features = _vector(state, now_ms, cfg, vector)
         point = _score_point(state, now_ms, features, cfg, churn, loyalty)
         points = [point] if point is not None else []
         state.swept_at = now_ms
@@ -345,7 +349,7 @@ def on_due(
     churn_score: Score | None = None
     if due is not None and now_ms >= due:
         if features is None:
-            features = feature_vector(state, now_ms, cfg.state) if vector is None else vector(state, now_ms)
+            features = _vector(state, now_ms, cfg, vector)
         churn_score = churn.score(as_dict(features))
         if act is None:
             action = decide_lapse(state, now_ms, features, churn_score, cfg.policy)
