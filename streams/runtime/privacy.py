@@ -132,7 +132,7 @@ class Privacy:
         state = work.store.get(change.user_id) or UserState(change.user_id)
         if apply_consent(state, change):
             work.store.put(state)
-        metrics.RECORDS.labels(CONSENTS, "ok").inc()
+        metrics.count_record(CONSENTS, "ok")
 
     # ------------------------------------------------------------------ ingest
 
@@ -143,12 +143,12 @@ class Privacy:
         if self.names is None or (isinstance(event, Outcome) and is_pseudonym(event.user_id)):
             # (an outcome from a marketing system names the customer by the pseudonym it was sent)
             if self._erased(work, event.user_id):
-                metrics.RECORDS.labels(topic, "erased").inc()
+                metrics.count_record(topic, "erased")
                 return None
             return event
         names = self.pseudonyms(event.user_id)
         if any(self._erased(work, p) for p in names):  # (every key's: an erasure before a rotation holds after it)
-            metrics.RECORDS.labels(topic, "erased").inc()
+            metrics.count_record(topic, "erased")
             return None
         if len(names) > 1 and work.store.get(names[0]) is None:
             self._rotate(work, names)
@@ -210,7 +210,7 @@ class Privacy:
         ingest = self.ingest
         owner = ingest.partition_for(request.subject)
         if owner != work.partition:  # mis-keyed: on to the owner's partition of erasure-requests
-            metrics.RECORDS.labels(ERASURE_REQUESTS, "rekeyed").inc()
+            metrics.count_record(ERASURE_REQUESTS, "rekeyed")
             ingest._emit(self.topic, request.subject.encode(), msg.value(), partition=owner)
             return
         keys = self._keys(request)
@@ -231,7 +231,7 @@ class Privacy:
             ingest._emit(self.settings.topic_scores, request.user_id.encode(), None)
         self.cache.pop(request.user_id or "", None)
         ingest.partition_for.cache_clear()  # (it remembers raw ids)
-        metrics.RECORDS.labels(ERASURE_REQUESTS, "repeated" if repeated else "ok").inc()
+        metrics.count_record(ERASURE_REQUESTS, "repeated" if repeated else "ok")
         confirmation = ErasureConfirmation(
             request_id=request.request_id, subject=keys[0], pseudonymized=self.names is not None,
             found=entry.removed.get("state", 0) > 0, repeated=repeated, partition=work.partition,
