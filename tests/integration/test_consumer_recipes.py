@@ -7,12 +7,16 @@ The code is read from the page itself (the fenced block after ``<!-- recipe: NAM
 the page cannot drift from what is tested. Only the topic names and the consumer group (each
 test has its own: the embedded broker is shared, and a group's members must agree on their
 assignment protocol, which kafkajs and librdkafka name differently) and the bootstrap servers
-(``KAFKA_BOOTSTRAP_SERVERS``) differ from what a reader copies.
+(``KAFKA_BOOTSTRAP_SERVERS``) differ from what a reader copies; on the embedded broker, also the
+group's session timeout and fetch wait (as for every client of ours there, ``EMBEDDED_LIBRDKAFKA``:
+it holds a group join for half the session timeout, 22 s with librdkafka's default, and lets a
+fetch wait long).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -25,6 +29,7 @@ import pytest
 
 from streams.runtime.kafka import producer, read_topic
 from streams.runtime.partitioning import make_partitioner
+from streams.runtime.settings import EMBEDDED_LIBRDKAFKA
 from tests.integration.conftest import Pipeline
 from tests.integration.test_producer_recipes import env_of, kafkajs_project, newer_librdkafka, run, tool
 
@@ -109,10 +114,20 @@ def run_until_outcomes(args: list[str], pipeline: Pipeline, deliverable: list[di
 
 
 def own_group(code: str, pipeline: Pipeline) -> str:
-    """The recipe with the test's own consumer group in place of ``marketing-mailer``."""
+    """The recipe with the test's own consumer group in place of ``marketing-mailer``; on the
+    embedded broker, with the short session timeout and fetch wait of its other clients."""
     assert code.count("'marketing-mailer'") + code.count('"marketing-mailer"') == 1, code
     group = f"marketing-mailer-{pipeline.settings.app_id}"
-    return code.replace("'marketing-mailer'", f"'{group}'").replace('"marketing-mailer"', f'"{group}"')
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):  # a real cluster: the recipe's own timeouts
+        return code.replace("'marketing-mailer'", f"'{group}'").replace('"marketing-mailer"', f'"{group}"')
+    quick = EMBEDDED_LIBRDKAFKA
+    python = ", ".join(f'"{k}": {int(v)}' for k, v in quick.items())  # (the librdkafka names)
+    js = (f"sessionTimeout: {quick['session.timeout.ms']}, heartbeatInterval: {quick['heartbeat.interval.ms']}, "
+          f"maxWaitTimeInMs: {quick['fetch.wait.max.ms']}")  # (kafkajs's names for the same)
+    quicker = (code.replace('"group.id": "marketing-mailer",', f'"group.id": "{group}", {python},')
+                   .replace("{ groupId: 'marketing-mailer' }", f"{{ groupId: '{group}', {js} }}"))
+    assert group in quicker, f"the recipe names its group otherwise: {code}"
+    return quicker
 
 
 def recipe_env(pipeline: Pipeline) -> dict[str, str]:

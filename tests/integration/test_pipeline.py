@@ -9,6 +9,8 @@ import math
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import msgspec
@@ -21,7 +23,7 @@ from streams.runtime.partitioning import make_partitioner
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher
 from tests.contract import schema_errors
-from tests.integration.conftest import NO_CONTROL_EDIT, Pipeline, policy_env
+from tests.integration.conftest import NO_CONTROL_EDIT, Pipeline, new_pipeline, policy_env
 
 pytestmark = pytest.mark.integration
 
@@ -185,10 +187,16 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert all(has_loyalty(row) for row in latest.values())
     assert latest["lapsed"]["features"]["purchases"] == 4 and latest["lapsed"]["scores"]["churn"] > 0.5
 
-    # ... exported for analysts as CSV and Parquet, one row per user
-    for name in ("scores.csv", "scores.parquet"):
-        subprocess.run([sys.executable, "-m", "streams.cli", "scores", "export", "--output", str(pipeline.tmp / name)],
-                       env=worker.env, capture_output=True, timeout=60, check=True)
+    # ... exported for analysts as CSV and Parquet, one row per user; and the marketing side:
+    # `retention actions tail` prints the same actions as JSON lines (the three commands at once)
+    def retention(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=worker.env, capture_output=True, timeout=60, check=True)
+
+    with ThreadPoolExecutor(3) as pool:
+        exports = [pool.submit(retention, "scores", "export", "--output", str(pipeline.tmp / name)) for name in ("scores.csv", "scores.parquet")]
+        tailed = pool.submit(retention, "actions", "tail", "--from-beginning", "--kind", "coupon", "--max", "2")
+        for export in exports:
+            export.result()
     with (pipeline.tmp / "scores.csv").open() as handle:
         table = {row["user_id"]: row for row in csv.DictReader(handle)}
     assert set(table) == {"lapsed", "miskeyed", "loyal"}
@@ -201,11 +209,7 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     parquet = pq.read_table(pipeline.tmp / "scores.parquet").to_pylist()
     assert [r["user_id"] for r in parquet] == sorted(table) and parquet[0]["purchases"] == float(table[parquet[0]["user_id"]]["purchases"])
 
-    # the marketing side: `retention actions tail` prints the same actions as JSON lines
-    tail = subprocess.run(
-        [sys.executable, "-m", "streams.cli", "actions", "tail", "--from-beginning", "--kind", "coupon", "--max", "2"],
-        env=worker.env, capture_output=True, timeout=60, check=True,
-    )
+    tail = tailed.result()
     assert sorted(json.loads(line)["user_id"] for line in tail.stdout.decode().splitlines()) == ["lapsed", "miskeyed"]
 
 
@@ -226,19 +230,6 @@ def test_state_is_restored_from_the_changelog_on_a_fresh_worker(pipeline: Pipeli
     loyal = next(a for a in actions if a["user_id"] == "loyal")
     assert loyal["ts"] == format_ts(day(56))  # last purchase day 42 + 14 days
     assert loyal["reason"]["features"]["purchases"] == 7.0  # history from before the restart
-
-
-@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
-def test_compressed_records_from_any_producer_are_read(pipeline: Pipeline, codec: str) -> None:
-    worker = pipeline.worker()
-    publisher = Publisher(pipeline.settings, producer(pipeline.settings, **{"compression.type": codec}))
-    clicks = [Outgoing("clicks", f"u{i}", msgspec.json.encode(
-        {"event_id": f"c{i}", "user_id": f"u{i}", "ts": T0 + i, "kind": "page_view"}), T0 + i) for i in range(50)]
-    report = publisher.publish(clicks)
-    publisher.close()
-    worker.wait_ready()
-    worker.wait_processed(report.total, timeout=60)
-    assert worker.total("retention_records_total", topic="clicks", result="ok") == 50
 
 
 def test_our_producers_partition_like_the_worker(pipeline: Pipeline) -> None:
@@ -305,3 +296,28 @@ def test_a_backlog_is_merged_in_event_time_so_a_returning_buyer_still_gets_the_l
     worker.wait_processed(len(records) + len(beats) * pipeline.settings.partitions, timeout=180)
     actions = [json.loads(m.value()) for m in read_topic(pipeline.settings, pipeline.settings.topic_actions, at_least=1)]
     assert [(a["user_id"], a["ts"]) for a in actions] == [("returning", "2026-02-05T00:00:00.000Z")]
+
+
+@pytest.fixture(scope="module")
+def reader(broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pipeline, WorkerProcess]]:
+    """One worker for the compression tests (each sends its own clicks and counts what they
+    add): a worker start costs seconds, and what differs is only the producer's codec. (The
+    module's last tests: the worker stops with the module.)"""
+    with new_pipeline(broker_env, tmp_path_factory.mktemp("codecs")) as pipe:
+        worker = pipe.worker()
+        worker.wait_ready()
+        yield pipe, worker
+
+
+@pytest.mark.parametrize("codec", ["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_records_from_any_producer_are_read(reader: tuple[Pipeline, WorkerProcess], codec: str) -> None:
+    pipe, worker = reader
+    before = worker.wait_processed(0)  # the records it has processed so far (the other codecs')
+    ok = worker.total("retention_records_total", topic="clicks", result="ok")
+    publisher = Publisher(pipe.settings, producer(pipe.settings, **{"compression.type": codec}))
+    clicks = [Outgoing("clicks", f"{codec}-u{i}", msgspec.json.encode(
+        {"event_id": f"{codec}-c{i}", "user_id": f"{codec}-u{i}", "ts": T0 + i, "kind": "page_view"}), T0 + i) for i in range(50)]
+    report = publisher.publish(clicks)
+    publisher.close()
+    worker.wait_processed(before + report.total, timeout=60)
+    assert worker.total("retention_records_total", topic="clicks", result="ok") - ok == 50

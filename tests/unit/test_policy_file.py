@@ -149,14 +149,20 @@ def test_the_cli_check_and_the_worker_refuse_an_invalid_file_naming_line_and_pro
     import os
     import subprocess
     import sys
+    from concurrent.futures import ThreadPoolExecutor
 
     bad = tmp_path / "policy.yaml"
     bad.write_text(DEFAULT_POLICY.read_text().replace("percent: 20", "percent: 200"))
     line = next(i for i, text in enumerate(bad.read_text().splitlines(), 1) if "percent: 200" in text)
     want = f"{bad}:{line}: rules[0].coupon.percent: must be at most 100, got 200"
     env = {**os.environ, "RETENTION_POLICY_FILE": str(bad), "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    for args in (["policy", "check"], ["worker"]):  # the worker stops before it connects to anything
-        run = subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True, timeout=60)
-        assert run.returncode == 2 and want in run.stderr, (args, run.stderr[-2000:])
-    ok = subprocess.run([sys.executable, "-m", "streams.cli", "policy", "check", str(DEFAULT_POLICY)], capture_output=True, text=True, timeout=60)
+    def run(args: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "streams.cli", *args], env=env, capture_output=True, text=True, timeout=60)
+
+    refused = (["policy", "check"], ["worker"])  # the worker stops before it connects to anything
+    with ThreadPoolExecutor(3) as pool:  # the three at once: each spends seconds on its imports
+        checked = pool.submit(run, ["policy", "check", str(DEFAULT_POLICY)], None)
+        for args, result in zip(refused, list(pool.map(run, refused, [env] * len(refused)))):
+            assert result.returncode == 2 and want in result.stderr, (args, result.stderr[-2000:])
+        ok = checked.result()
     assert ok.returncode == 0 and "valid" in ok.stdout and "lapsed_after_streak: lapse -> coupon" in ok.stdout
