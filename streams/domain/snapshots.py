@@ -113,8 +113,13 @@ def scored_row(
     """The user's features at ``now`` (computed once) and the models' answers for them."""
     values = features(state, now, state_cfg, population)
     x = model_inputs(values)
-    return Scored(values, x, churn or models.churn.score(x), Segment(models.segments.predict_one(x), models.segments.version),
-                  models.loyalty.score(x))
+    segment, loyalty = _answers(models, x)
+    return Scored(values, x, churn or models.churn.score(x), segment, loyalty)
+
+
+def _answers(models: Models, x: dict[str, float]) -> tuple[Segment, Score]:
+    """The segment and loyalty models' answers for the model inputs ``x`` (a row's, with the churn score)."""
+    return Segment(models.segments.predict_one(x), models.segments.version), models.loyalty.score(x)
 
 
 class StepRows:
@@ -165,8 +170,7 @@ class StepRows:
         values, x = self.features(state, now, state_cfg, population)
         answers = self._answers
         if answers is None or answers[0] != key or answers[1] is not models:
-            segment = Segment(models.segments.predict_one(x), models.segments.version)
-            answers = self._answers = [key, models, None, segment, models.loyalty.score(x)]
+            answers = self._answers = [key, models, None, *_answers(models, x)]
         answer = churn
         if answer is None:
             answer = answers[2]

@@ -387,8 +387,6 @@ def test_gate_hands_over_once_the_learner_beats_the_prior() -> None:
 def test_a_vector_function_given_to_the_engine_computes_every_model_vector_of_the_step() -> None:
     """A worker passes the engine a vector that shares the step's features with its rows: the
     scoring points and the lapse check are the default vector's, and it is the one asked."""
-    from copy import deepcopy
-
     asked: list[int] = []
 
     def vector(state: UserState, now: int) -> list[float]:
@@ -410,4 +408,4 @@ def test_a_vector_function_given_to_the_engine_computes_every_model_vector_of_th
         assert asked == ([t] if ours.points or ours.churn is not None else [])
         kinds.append((bool(ours.points), ours.churn is not None, len(ours.actions), bool(ours.examples)))
     assert kinds == [(True, False, 0, False), (False, True, 1, True), (True, False, 0, True)]
-    assert dump_state(shared) == dump_state(deepcopy(plain))
+    assert dump_state(shared) == dump_state(plain)
