@@ -114,6 +114,10 @@ class ChurnMetrics:
         self.calibration.update(p, int(churned))
         self.rate.update(float(churned))
         self.count += 1
+        if self.count % self.auc.window_size == 0:
+            # River's rolling AUC keeps every update in a Python list until it is read: unread,
+            # the trainer's memory and every snapshot the workers load grew with the run
+            self.auc.get()
 
     def report(self) -> dict[str, Any]:
         both = 0 < (self.rate.get() or 0.0) < 1  # AUC needs both classes
