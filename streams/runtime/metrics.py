@@ -100,6 +100,11 @@ def observe_merge(size: int) -> None:
 
 
 DUE_USERS = Gauge("retention_due_users", "Users waiting for an event-time check, on this worker.")
+DUE_CHECKS = Counter(
+    "retention_due_checks",
+    "Users checked when the event-time clock reached their due time (labels maturing, scoring sweeps, lapse checks, "
+    "attribution windows ending): with the records, what a worker's CPU goes to (docs/scaling.md).",
+)
 BATCHES_UNACKNOWLEDGED = Gauge(
     "retention_batches_unacknowledged",
     "Folded micro-batches whose outputs or changelog records the broker has not all acknowledged (their input offsets "

@@ -695,6 +695,7 @@ class BatchIngest:
         due = work.queue.pop_due(now)
         if not due:
             return
+        metrics.DUE_CHECKS.inc(len(due))
         models = self.models_at(now)
         for user_id in due:
             self.rows.clear()
