@@ -35,7 +35,6 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import numpy
 from rich.console import Console
 from rich.table import Table
 
@@ -65,6 +64,7 @@ class Sample:
     buckets: dict[float, float]  # latency histogram: upper bound -> cumulative count, summed
     trainer_cpu_s: float = 0.0  # CPU seconds of a separate trainer process so far (--trainer separate)
     dues: float = 0.0  # users checked at their event-time due time, summed over workers (retention_due_checks_total)
+    due_cpu_s: float = 0.0  # CPU seconds the workers spent on those checks (retention_due_check_cpu_seconds_total)
 
 
 @dataclass
@@ -84,8 +84,9 @@ class Result:
     fifths_us: tuple[float, float] | None = None  # CPU µs/record of the first and the last fifth (backlog)
     #: due checks per record in the first and the last fifth (backlog, full pipeline)
     fifths_dues: tuple[float, float] | None = None
-    #: CPU µs per record and per due check, fitted over the window's tenths (backlog, full pipeline)
-    split_us: tuple[float, float] | None = None
+    #: CPU µs per record without the due checks' CPU, first and last fifth (backlog, full pipeline)
+    fifths_net_us: tuple[float, float] | None = None
+    due_check_us: float | None = None  #: CPU µs per due check over the window (full pipeline)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,13 +131,16 @@ def quantile(q: float, buckets: dict[float, float]) -> float:
 
 
 def sample(workers: list[WorkerProcess], trainer: WorkerProcess | None = None) -> Sample:
-    records, cpu, buckets, dues = 0.0, 0.0, {}, 0.0
+    records, cpu, buckets, dues, due_cpu = 0.0, 0.0, {}, 0.0, 0.0
     for worker in workers:
         # one page read: the worker renders it
-        families = worker.samples("retention_records_total", f"{LATENCY}_bucket", "retention_due_checks_total")
-        for labels, value in families:
-            if not labels:
+        families = worker.named_samples("retention_records_total", f"{LATENCY}_bucket", "retention_due_checks_total",
+                                        "retention_due_check_cpu_seconds_total")
+        for name, labels, value in families:
+            if name == "retention_due_checks_total":
                 dues += value
+            elif name == "retention_due_check_cpu_seconds_total":
+                due_cpu += value
             elif "le" in labels:
                 bound = float(labels["le"])
                 buckets[bound] = buckets.get(bound, 0.0) + value
@@ -144,7 +148,7 @@ def sample(workers: list[WorkerProcess], trainer: WorkerProcess | None = None) -
                 records += value
         cpu += cpu_seconds(worker.process.pid)
     trainer_cpu = cpu_seconds(trainer.process.pid) if trainer is not None and trainer.process is not None else 0.0
-    return Sample(time.monotonic(), records, cpu, buckets, trainer_cpu, dues)
+    return Sample(time.monotonic(), records, cpu, buckets, trainer_cpu, dues, due_cpu)
 
 
 def bench_records(events: int, customers: int, seed: int, partitions: int) -> list[Outgoing]:
@@ -205,35 +209,19 @@ def cpu_us_between(trace: list[Sample], start: float, end: float) -> float:
     return 1e6 * (b.cpu_s - a.cpu_s) / max(b.records - a.records, 1)
 
 
-def dues_between(trace: list[Sample], start: float, end: float) -> float:
-    """Due checks per record between the samples where ``start`` and ``end`` records were processed."""
-    a, b = first_at(trace, start), first_at(trace, end)
-    return (b.dues - a.dues) / max(b.records - a.records, 1)
+def due_split(trace: list[Sample], start: float, end: float) -> tuple[float, float]:
+    """(due checks per record, CPU µs per record without the due checks' CPU) between the
+    samples where ``start`` and ``end`` records were processed. A worker's CPU goes to the
+    records it reads and to the users whose due time comes (sweeps, labels maturing, lapse
+    checks); the second grow with the customers known, not with the records.
 
-
-def cost_split(trace: list[Sample], start: float, end: float, parts: int = 10) -> tuple[float, float] | None:
-    """(CPU µs per record, CPU µs per due check): the least-squares fit of each of ``parts``
-    equal spans of records between ``start`` and ``end`` (no constant term). A worker's CPU
-    goes to the records it reads and to the users whose due time comes (sweeps, labels
-    maturing, lapse checks), and the second grow with the customers known, not with the
-    records: the fit tells the two costs apart. None without due checks, or when the
-    spans' mixes do not vary enough to tell them apart.
-
-    >>> trace = [Sample(t, records=r, cpu_s=(100 * r + 500 * d) / 1e6, buckets={}, dues=d)
-    ...          for t, (r, d) in enumerate([(0, 0), (1000, 50), (2000, 150), (3000, 300), (4000, 500)])]
-    >>> [round(v) for v in cost_split(trace, 0, 4000, parts=4)]
-    [100, 500]
+    >>> trace = [Sample(0, records=0, cpu_s=0, buckets={}), Sample(1, records=1000, cpu_s=0.25, buckets={}, dues=100, due_cpu_s=0.1)]
+    >>> [round(v, 3) for v in due_split(trace, 0, 1000)]
+    [0.1, 150.0]
     """
-    bounds = [first_at(trace, start + (end - start) * i / parts) for i in range(parts + 1)]
-    spans = [(b.records - a.records, b.dues - a.dues, b.cpu_s - a.cpu_s) for a, b in zip(bounds, bounds[1:]) if b.records > a.records]
-    if len(spans) < 2 or not any(d for _, d, _ in spans):
-        return None
-    x = numpy.array([(r, d) for r, d, _ in spans], dtype=float)
-    y = numpy.array([1e6 * c for _, _, c in spans])
-    if numpy.linalg.cond(x / x.sum(axis=0)) > 1e3:  # every span has the same mix
-        return None
-    coef = numpy.linalg.lstsq(x, y, rcond=None)[0]
-    return float(coef[0]), float(coef[1])
+    a, b = first_at(trace, start), first_at(trace, end)
+    records = max(b.records - a.records, 1)
+    return (b.dues - a.dues) / records, 1e6 * ((b.cpu_s - a.cpu_s) - (b.due_cpu_s - a.due_cpu_s)) / records
 
 
 def measure(
@@ -281,8 +269,8 @@ def measure(
             latency = None
             # the first and the last fifth of the measured window (5 %..95 %)
             fifths = (cpu_us_between(trace, 0.05 * total, 0.23 * total), cpu_us_between(trace, 0.77 * total, 0.95 * total))
-            fifths_dues = (dues_between(trace, 0.05 * total, 0.23 * total), dues_between(trace, 0.77 * total, 0.95 * total))
-            split = cost_split(trace, 0.05 * total, 0.95 * total)
+            (first_dues, first_net), (last_dues, last_net) = (due_split(trace, 0.05 * total, 0.23 * total),
+                                                              due_split(trace, 0.77 * total, 0.95 * total))
         else:
             warm = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
             publish_paced(publisher, records[:warm], rate)
@@ -293,7 +281,7 @@ def measure(
             end = wait_processed(procs, total, trace, trainer=trainer_proc)
             window = {b: end.buckets[b] - begin.buckets.get(b, 0.0) for b in end.buckets}
             latency = tuple(1000 * quantile(q, window) for q in (0.5, 0.95, 0.99))
-            fifths = fifths_dues = split = None
+            fifths = None
         rss = max(peak_rss_mb(p.process.pid) for p in procs)
         trainer_rss = peak_rss_mb(trainer_proc.process.pid) if trainer_proc else 0.0
         if publisher.report.failed:
@@ -304,8 +292,11 @@ def measure(
     results = [Result(
         name, mode, workers, int(done), wall, done / wall / workers, cpu, 100 * cpu / wall / workers,
         1e6 * cpu / done, rss, latency, published_per_s, fifths,  # type: ignore[arg-type]
-        fifths_dues if split is not None else None, split,
     )]
+    dues = end.dues - begin.dues
+    if fifths is not None and dues > 0:  # (the naive pipeline has no due checks)
+        results[0].fifths_dues, results[0].fifths_net_us = (first_dues, last_dues), (first_net, last_net)
+        results[0].due_check_us = 1e6 * (end.due_cpu_s - begin.due_cpu_s) / dues
     if trainer_proc is not None:  # what the one trainer spent on the same records (it kept up if the run ended)
         tcpu = end.trainer_cpu_s - begin.trainer_cpu_s
         tfifths = None
@@ -367,12 +358,10 @@ def run_bench(
         os.environ.update(saved)
     console.print(result_table(results))
     for r in results:
-        if r.split_us is not None and r.fifths_dues is not None and r.fifths_us is not None:
-            a, b = r.split_us
-            net = [us - b * d for us, d in zip(r.fifths_us, r.fifths_dues)]
-            console.print(f"{r.pipeline}: {a:,.0f} CPU µs per record + {b:,.0f} per due check (fitted over tenths of the window); "
-                          f"due checks per record first→last fifth {r.fifths_dues[0]:.3f}→{r.fifths_dues[1]:.3f}; "
-                          f"CPU µs per record without the due checks' {net[0]:,.0f}→{net[1]:,.0f}")
+        if r.fifths_dues is not None and r.fifths_net_us is not None and r.due_check_us is not None:
+            console.print(f"{r.pipeline}: due checks per record first→last fifth {r.fifths_dues[0]:.3f}→{r.fifths_dues[1]:.3f}, "
+                          f"{r.due_check_us:,.0f} CPU µs each; CPU µs per record without them "
+                          f"{r.fifths_net_us[0]:,.0f}→{r.fifths_net_us[1]:,.0f}")
     for r in results:
         if r.mode == "live" and r.published_per_s < 0.95 * rate:
             console.print(f"[yellow]{r.pipeline}: published at {r.published_per_s:,.0f} records/s, below --rate[/yellow]")

@@ -105,6 +105,10 @@ DUE_CHECKS = Counter(
     "Users checked when the event-time clock reached their due time (labels maturing, scoring sweeps, lapse checks, "
     "attribution windows ending): with the records, what a worker's CPU goes to (docs/scaling.md).",
 )
+DUE_CHECK_SECONDS = Counter(
+    "retention_due_check_cpu_seconds",
+    "CPU time the fold thread spent on those checks (their rows, points, rules and actions; not the records' own).",
+)
 BATCHES_UNACKNOWLEDGED = Gauge(
     "retention_batches_unacknowledged",
     "Folded micro-batches whose outputs or changelog records the broker has not all acknowledged (their input offsets "

@@ -97,9 +97,13 @@ class WorkerProcess:
     def samples(self, *names: str) -> list[tuple[dict[str, str], float]]:
         """Samples of the metrics named (e.g. ``retention_records_total``) as (labels, value),
         from one read of the page."""
+        return [(labels, value) for _, labels, value in self.named_samples(*names)]
+
+    def named_samples(self, *names: str) -> list[tuple[str, dict[str, str], float]]:
+        """:meth:`samples` with each sample's name, for a read of several series."""
         out = []
         for family in text_string_to_metric_families(self.metrics_text(*names)):
-            out += [(s.labels, s.value) for s in family.samples if s.name in names]
+            out += [(s.name, s.labels, s.value) for s in family.samples if s.name in names]
         return out
 
     def total(self, name: str, **labels: str) -> float:

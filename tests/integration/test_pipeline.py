@@ -139,6 +139,8 @@ def test_lapsed_streak_customers_get_one_coupon_and_bad_records_are_dead_lettere
     assert worker.total("retention_dead_letters_total", topic="clicks") == len(BAD_CLICKS)
     assert worker.total("retention_actions_total", kind="coupon", rule="lapsed_after_streak", group="treatment") == 2
     assert worker.total("retention_action_latency_seconds_count", kind="coupon") == 2  # one latency per action sent
+    # both coupons came from lapse checks, users checked at their due time, and those checks took CPU
+    assert worker.total("retention_due_checks_total") >= 2 and worker.total("retention_due_check_cpu_seconds_total") > 0
 
     # any user's features and scores, at the partition's event-time clock (day 50)
     status, profile = worker.get_json("/users/lapsed")
