@@ -166,10 +166,6 @@ class Step:
     rewards: list[Reward] = field(default_factory=list)
     #: The outcomes of the decisions whose uplift is learned that matured in this step (for the trainer).
     outcomes: list[UpliftOutcome] = field(default_factory=list)
-    #: The step changed what the customer's row shows (an event, a cart found abandoned) or
-    #: scored or acted on them: a due check that only matured labels or ended decision windows
-    #: did not, and publishes no row (:func:`~streams.domain.snapshots.snapshot_due`).
-    shown: bool = True
 
 
 def sweep_due(state: UserState, cfg: EngineConfig) -> int | None:
@@ -362,9 +358,8 @@ def on_due(
             actions += _lapse(act, state, now_ms, churn_score)
     tally = Tally()
     matured = attribution.mature(state, now_ms, cfg.attribution, tally)  # the windows over by now
-    shown = bool(points or actions) or churn_score is not None or state.carts_abandoned > carts
     return Step(applied=Applied.OK, examples=examples, points=points, actions=actions, due_ms=due_at(state, cfg),
-                churn=churn_score, tally=tally, rewards=rewards_of(matured), outcomes=outcomes_of(matured), shown=shown)
+                churn=churn_score, tally=tally, rewards=rewards_of(matured), outcomes=outcomes_of(matured))
 
 
 def _lapse(act: Actor, state: UserState, now_ms: int, churn: Score) -> list[RetentionAction]:

@@ -275,7 +275,7 @@ class Replay:
         for point in step.points:
             self._predict(partition, state.user_id, point)
         now = self.clocks[partition]
-        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None, shown=step.shown):
+        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
             # the worker publishes a user-score row here, and sends its model inputs to the trainer;
             # the replay's trainer reads only the purchase history of them (BG/NBD's x, t_x, T)
             x = history_inputs(state, now)

@@ -196,17 +196,9 @@ def describe(
     return snapshot(state, now, s.values, s.churn, models.sentiment.version, s.segment, loyalty, lifecycle), s.x
 
 
-def snapshot_due(state: UserState, now: int, interval_ms: int, scored: bool, shown: bool = True) -> bool:
-    """Publish now? After a scoring, or once ``interval_ms`` of event time has passed since the
-    last row if the step changed what the row shows (``Step.shown``): a due check that only
-    matured labels or ended decision windows would publish the same customer, only older,
-    and the sweeps already re-score silent customers on their grid.
-
-    >>> s = UserState("u", scores_at=0)
-    >>> snapshot_due(s, 86_400_000, 86_400_000, scored=False), snapshot_due(s, 86_400_000, 86_400_000, False, shown=False)
-    (True, False)
-    """
-    return scored or (shown and (state.scores_at is None or now - state.scores_at >= interval_ms))
+def snapshot_due(state: UserState, now: int, interval_ms: int, scored: bool) -> bool:
+    """Publish now? After a scoring, or once ``interval_ms`` of event time has passed."""
+    return scored or state.scores_at is None or now - state.scores_at >= interval_ms
 
 
 def encode_scores(scores: UserScores) -> bytes:

@@ -125,7 +125,7 @@ class Settings(BaseSettings):
     allowed_lateness_s: float = Field(3600.0, ge=0, description="How late (behind the partition's event-time clock) an event may arrive and still count in its windows; later ones update lifetime figures only and are counted as `late`.")
     cart_timeout_hours: float = Field(24.0, gt=0, description="A cart (add_to_cart or checkout_start) with no purchase within this time is abandoned.")
     session_gap_minutes: float = Field(30.0, gt=0, description="Clicks without a session_id form one session per channel and bucket of this many minutes.")
-    scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose row changed (an event, a sweep's re-scoring, an action, a cart found abandoned; a lapse check's scoring always publishes one).")
+    scores_interval_s: float = Field(86_400.0, gt=0, description="Event time between two user-scores snapshots of a user whose state changed (a scoring always publishes one).")
     churn_horizon_days: float = Field(30.0, gt=0, description="H: churn at t means no purchase in (t, t + H]; loyalty at t is the number of purchase days in (t, t + H].")
     churn_min_labels: int = Field(50, ge=1, description="Matured labels (of both classes for churn) before the learned churn and loyalty models replace their recency priors.")
     uplift_min_decisions: int = Field(30, ge=1, description="Matured decisions of each group (treatment and control) before the uplift model of an action kind answers (docs/uplift.md); until then an uplift-targeted rule decides by its exploration share alone.")

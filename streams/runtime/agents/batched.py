@@ -743,7 +743,7 @@ class BatchIngest:
             counts.add(step.tally)
             work.store.set_value(TALLY, dump_tally(counts))
             metrics.count_attribution(step.tally)
-        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None, shown=step.shown):
+        if snapshot_due(state, now, self.scores_interval_ms, scored=step.churn is not None):
             row, x = self._snapshot(state, now, models, step.churn)
             self._emit(self.settings.topic_scores, state.user_id.encode(), encode_scores(row))
             self._label(SegmentExample(id=f"{state.user_id}@{now}", at=at, x=x))
