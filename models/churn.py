@@ -458,6 +458,11 @@ class ChurnModel(_PriorThenLearner):
     #: handed over with each fit; None: not known (``exp(-E[N])``).
     zero_shape: float | None = None
 
+    def blend_report(self) -> dict[str, Any]:
+        """The blend (:meth:`_PriorThenLearner.blend_report`), what the BG/NBD prior's probability is
+        made of (``prior_from``) and the negative binomial's shape of the latest fit (``zero_shape``)."""
+        return {**super().blend_report(), "prior_from": self.prior_from, "zero_shape": self.zero_shape}
+
     def prior(self, x: dict[str, float]) -> float:
         """BG/NBD's churn probability (:attr:`prior_from`) once the trainer has fitted it, else
         the bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""

@@ -234,6 +234,8 @@ def test_the_nbd_prior_keeps_the_expected_purchases_ranking_with_bgnbds_calibrat
     churn, poisson, loyalty = ChurnModel(horizon_days=90.0), ChurnModel(horizon_days=90.0, prior_from="expected"), LoyaltyModel(horizon_days=90.0)
     hand_over(fit, model, (churn, poisson, loyalty))
     assert churn.zero_shape == k and loyalty.bgnbd is model and not hasattr(loyalty, "zero_shape")
+    assert {key: churn.blend_report()[key] for key in ("prior_model", "prior_from", "zero_shape")} == {
+        "prior_model": "bgnbd-prior", "prior_from": "nbd", "zero_shape": k}  # what GET /models shows
     assert churn.prior(xs[0]) == pytest.approx(nbd_zero(predict(model, xs[0], 90.0)[1], k))
     assert poisson.prior(xs[0]) == pytest.approx(math.exp(-predict(model, xs[0], 90.0)[1]))
     by_expected = sorted((x for x in xs if x["purchases"] >= 1), key=lambda x: predict(model, x, 90.0)[1])

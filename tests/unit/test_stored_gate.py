@@ -224,7 +224,8 @@ def test_models_report_shows_the_blend_its_gate_and_the_prior() -> None:
     gate0 = {"labels": 0, "periods": 0, "learner_loss": None, "prior_loss": None, "target": 0.0, "weight": 0.0,
              "change": 0.0, "max_step": 0.1}
     assert fresh["loyalty"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0, "scale": 1.0}
-    assert fresh["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0}
+    assert fresh["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0,
+                                       "prior_from": "nbd", "zero_shape": None}
     learners.loyalty.learn(X, 1, prior_p=0.0, learned_p=None)  # the first label: nothing to judge yet
     # stored (learner, prior) against the label: (2, 0) on 1, (4, 0) on 1: w = (2 + 4) / (4 + 16) = 0.3, shrunk by 200 labels
     for learned_p in (2.0, 4.0):
