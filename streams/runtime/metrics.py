@@ -103,7 +103,8 @@ DUE_USERS = Gauge("retention_due_users", "Users waiting for an event-time check,
 DUE_CHECKS = Counter(
     "retention_due_checks",
     "Users checked when the event-time clock reached their due time (labels maturing, scoring sweeps, lapse checks, "
-    "attribution windows ending): with the records, what a worker's CPU goes to (docs/scaling.md).",
+    "attribution windows ending; a check that failed included): with the records, what a worker's CPU goes to "
+    "(docs/scaling.md).",
 )
 DUE_CHECK_SECONDS = Counter(
     "retention_due_check_cpu_seconds",
