@@ -42,3 +42,20 @@ def test_bench_prints_both_pipelines_side_by_side_and_stops_what_it_started(tmp_
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_backlog_run_splits_the_cpu_into_records_and_due_checks(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    result = retention("bench", "--events", "20000", "--customers", "40", "--partitions", "2", "--skip-naive",
+                       "--trainer", "separate", env=env, cwd=tmp_path, timeout=180)
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    [results_file] = tmp_path.glob("var/bench/*/results.json")
+    full = next(r for r in json.loads(results_file.read_text()) if r["pipeline"] == "full")
+    first, last = full["fifths_us"]
+    (_, dues_last), (net_first, net_last) = full["fifths_dues"], full["fifths_net_us"]
+    assert dues_last > 0 and full["due_check_us"] > 0  # 40 customers over months: sweeps and labels maturing
+    assert 0 < net_first <= first and 0 < net_last <= last  # without the due checks' CPU, never more
+    line = re.search(r"full: due checks per record first→last fifth ([\d.]+)→([\d.]+), ([\d,]+) CPU µs each", out)
+    assert line is not None, out[-2000:]
+    assert float(line[2]) == pytest.approx(dues_last, abs=5e-4)
