@@ -267,10 +267,15 @@ def measure(
             wait_processed(procs, total, trace, trainer=trainer_proc)
             begin, end = first_at(trace, 0.05 * total), first_at(trace, 0.95 * total)
             latency = None
-            # the first and the last fifth of the measured window (5 %..95 %)
+            # the first and the last fifth of the measured window (5 %..95 %); none if no sample fell
+            # inside the first (a worker can drain a burst between two samples while one is slow)
             fifths = (cpu_us_between(trace, 0.05 * total, 0.23 * total), cpu_us_between(trace, 0.77 * total, 0.95 * total))
             (first_dues, first_net), (last_dues, last_net) = (due_split(trace, 0.05 * total, 0.23 * total),
                                                               due_split(trace, 0.77 * total, 0.95 * total))
+            if begin.records >= 0.23 * total:
+                console.print(f"[yellow]{name}: the first sample past 5 % of the records came at {begin.records / total:.0%}: "
+                              f"the window starts there, and there are no fifths[/yellow]")
+                fifths = None
         else:
             warm = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
             publish_paced(publisher, records[:warm], rate)
@@ -300,7 +305,7 @@ def measure(
     if trainer_proc is not None:  # what the one trainer spent on the same records (it kept up if the run ended)
         tcpu = end.trainer_cpu_s - begin.trainer_cpu_s
         tfifths = None
-        if mode == "backlog":
+        if fifths is not None:  # (backlog, a sample inside the first fifth)
             a, b, c, d = (first_at(trace, f * total) for f in (0.05, 0.23, 0.77, 0.95))
             tfifths = (1e6 * (b.trainer_cpu_s - a.trainer_cpu_s) / max(b.records - a.records, 1),
                        1e6 * (d.trainer_cpu_s - c.trainer_cpu_s) / max(d.records - c.records, 1))
