@@ -31,6 +31,7 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -202,11 +203,21 @@ def first_at(trace: list[Sample], count: float) -> Sample:
     return next(s for s in trace if s.records >= count)
 
 
+#: The first and the last fifth of a backlog run's measured window (5 %..95 % of the records).
+FIFTHS = ((0.05, 0.23), (0.77, 0.95))
+
+
+def per_record(trace: list[Sample], start: float, end: float, value: Callable[[Sample], float]) -> float:
+    """How much ``value`` grew per record between the samples where ``start`` and ``end``
+    records were processed (the first samples at or past them)."""
+    a, b = first_at(trace, start), first_at(trace, end)
+    return (value(b) - value(a)) / max(b.records - a.records, 1)
+
+
 def cpu_us_between(trace: list[Sample], start: float, end: float) -> float:
     """CPU µs per record between the samples where ``start`` and ``end`` records were processed
     (a flat cost gives the same figure for the first and the last fifth of a run)."""
-    a, b = first_at(trace, start), first_at(trace, end)
-    return 1e6 * (b.cpu_s - a.cpu_s) / max(b.records - a.records, 1)
+    return 1e6 * per_record(trace, start, end, lambda s: s.cpu_s)
 
 
 def due_split(trace: list[Sample], start: float, end: float) -> tuple[float, float]:
@@ -219,9 +230,7 @@ def due_split(trace: list[Sample], start: float, end: float) -> tuple[float, flo
     >>> [round(v, 3) for v in due_split(trace, 0, 1000)]
     [0.1, 150.0]
     """
-    a, b = first_at(trace, start), first_at(trace, end)
-    records = max(b.records - a.records, 1)
-    return (b.dues - a.dues) / records, 1e6 * ((b.cpu_s - a.cpu_s) - (b.due_cpu_s - a.due_cpu_s)) / records
+    return per_record(trace, start, end, lambda s: s.dues), 1e6 * per_record(trace, start, end, lambda s: s.cpu_s - s.due_cpu_s)
 
 
 def measure(
@@ -265,17 +274,17 @@ def measure(
             proc.wait_ready()
         if mode == "backlog":
             wait_processed(procs, total, trace, trainer=trainer_proc)
-            begin, end = first_at(trace, 0.05 * total), first_at(trace, 0.95 * total)
-            latency = None
-            # the first and the last fifth of the measured window (5 %..95 %); none if no sample fell
-            # inside the first (a worker can drain a burst between two samples while one is slow)
-            fifths = (cpu_us_between(trace, 0.05 * total, 0.23 * total), cpu_us_between(trace, 0.77 * total, 0.95 * total))
-            (first_dues, first_net), (last_dues, last_net) = (due_split(trace, 0.05 * total, 0.23 * total),
-                                                              due_split(trace, 0.77 * total, 0.95 * total))
-            if begin.records >= 0.23 * total:
+            begin, end = first_at(trace, FIFTHS[0][0] * total), first_at(trace, FIFTHS[1][1] * total)
+            latency = fifths = None
+            # the first and the last fifth of the measured window; none if no sample fell inside
+            # the first (a worker can drain a burst between two samples while one is slow)
+            bounds = [(first * total, last * total) for first, last in FIFTHS]
+            if begin.records >= bounds[0][1]:
                 console.print(f"[yellow]{name}: the first sample past 5 % of the records came at {begin.records / total:.0%}: "
                               f"the window starts there, and there are no fifths[/yellow]")
-                fifths = None
+            else:
+                fifths = (cpu_us_between(trace, *bounds[0]), cpu_us_between(trace, *bounds[1]))
+                splits = [due_split(trace, *bound) for bound in bounds]
         else:
             warm = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
             publish_paced(publisher, records[:warm], rate)
@@ -300,15 +309,15 @@ def measure(
     )]
     dues = end.dues - begin.dues
     if fifths is not None and dues > 0:  # (the naive pipeline has no due checks)
+        (first_dues, first_net), (last_dues, last_net) = splits
         results[0].fifths_dues, results[0].fifths_net_us = (first_dues, last_dues), (first_net, last_net)
         results[0].due_check_us = 1e6 * (end.due_cpu_s - begin.due_cpu_s) / dues
     if trainer_proc is not None:  # what the one trainer spent on the same records (it kept up if the run ended)
         tcpu = end.trainer_cpu_s - begin.trainer_cpu_s
         tfifths = None
         if fifths is not None:  # (backlog, a sample inside the first fifth)
-            a, b, c, d = (first_at(trace, f * total) for f in (0.05, 0.23, 0.77, 0.95))
-            tfifths = (1e6 * (b.trainer_cpu_s - a.trainer_cpu_s) / max(b.records - a.records, 1),
-                       1e6 * (d.trainer_cpu_s - c.trainer_cpu_s) / max(d.records - c.records, 1))
+            tfifths = tuple(1e6 * per_record(trace, first * total, last * total, lambda s: s.trainer_cpu_s)
+                            for first, last in FIFTHS)
         results.append(Result(f"{name}: its trainer", mode, 1, int(done), wall, done / wall, tcpu, 100 * tcpu / wall,
                               1e6 * tcpu / done, trainer_rss, None, published_per_s, tfifths))
     return results
