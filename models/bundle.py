@@ -25,7 +25,8 @@ from collections import Counter
 from typing import Any
 
 from models.bandit import Bandits
-from models.bgnbd_prior import BgNbdFit, observed as _observed
+from models.bgnbd_prior import BgNbdFit, user_of
+from models.bgnbd_prior import observed as _observed
 from models.churn import DEFAULT_LOYALTY, hand_over
 from models.examples import BanditExample, ChurnExample, Example, ReviewExample, SegmentExample, UpliftExample, candidates_of
 from models.online import OnlineLearners
@@ -87,7 +88,8 @@ class Models:
             x = as_dict(example.features)
             if self.bgnbd is not None:
                 self.bgnbd.observe(*_observed(example), x)
-            self.learners.observe(x, example.churned, example.days, example.churn_p, example.loyalty_p, candidates_of(example))
+            scored_at = user_of(example.id)[1]
+            self.learners.observe(x, example.churned, example.days, example.churn_p, example.loyalty_p, candidates_of(example), scored_at)
         elif isinstance(example, ReviewExample):
             self.sentiment.learn(example.text, example.rating)
         elif isinstance(example, SegmentExample):

@@ -243,6 +243,18 @@ class Gate:
             earned = min(SCALE_BOUNDS[1], max(SCALE_BOUNDS[0], s[_S_LABEL] / s[_S_ANSWER]))
             self.scale = min(self.scale * (1 + SCALE_MAX_STEP), max(self.scale * (1 - SCALE_MAX_STEP), earned))
 
+    def restart(self, window: bool = True) -> None:
+        """The prior changed kind (:meth:`LoyaltyModel.prior_changed`): the scale calibrated
+        another prior's answers and starts again from 1; with ``window`` the weight's sums,
+        which judged the learner against another prior, start again too (the weight in force
+        stays until new labels move it)."""
+        for sums in (*self.periods, self.current):
+            sums[_S_ANSWER] = sums[_S_LABEL] = sums[_N_ANSWER] = 0.0
+        if window:
+            self.periods.clear()
+            self.current = [0.0] * 8
+        self.scale = 1.0
+
     @property
     def labels(self) -> int:
         return int(self._sums()[_N])
@@ -352,21 +364,32 @@ class _PriorThenLearner:
     def candidates(self, x: dict[str, float], prior_p: float | None, learned_p: float | None) -> tuple[float, float] | None:
         """(the prior's prediction, the learner's) that the gate judges on a matured label:
         those stored at its scoring time; where the learner had learned nothing then
-        (``learned_p`` None), its prediction now, before it learns this label (test, then
-        train), so the gate judges it from its first label on rather than a horizon later;
-        for points stored before the candidates were (``prior_p`` None), both now. None
-        before the learner's first label.
+        (``learned_p`` None), both as they predict now, before learning this label (test,
+        then train), if the prior learns from the same labels (:attr:`learns_alike`), else
+        none (with ``JUDGE_UNSTORED``, the learner's prediction now against the prior's
+        stored one); for points stored before the candidates were (``prior_p`` None), both
+        now. None before the learner's first label.
 
         The prediction now knows the labels matured since the scoring time (of other
         customers, in part of the same horizon): it can flatter the learner a little, and
         only until the learner's stored predictions mature, a horizon after its first label."""
         if not self.labels:
             return None
-        if prior_p is None:
+        if prior_p is None or (learned_p is None and self.learns_alike):
             return self.prior(x), self.learned(x)
         if learned_p is None and not JUDGE_UNSTORED:
             return None
         return prior_p, learned_p if learned_p is not None else self.learned(x)
+
+    @property
+    def learns_alike(self) -> bool:
+        """The prior learns from the labels the learner learns (the recency bins answer: no
+        BG/NBD fit is in force): judged on what both predict now, before learning a label,
+        neither knows more than the other, so a label scored before the learner had learned
+        anything can judge the pair at once (:meth:`candidates`) instead of a horizon later.
+        A BG/NBD fit or the formula does not learn labels: against them the learner's
+        prediction now would be flattered (``JUDGE_UNSTORED``)."""
+        return self.bgnbd is None and self.bins_answer
 
     def _update_gate(self, gate: Gate, x: dict[str, float], label: float, prior_p: float | None, learned_p: float | None) -> None:
         """The gate learns one matured label: both candidates' losses and their pair (:meth:`candidates`)."""
@@ -533,9 +556,34 @@ class LoyaltyModel(_PriorThenLearner):
     def _scaled(self, value: float) -> float:
         return min(self.horizon_days, value * self.gate.scale)
 
+    #: Event time (ms) since which the prior's kind in force answers (a BG/NBD fit handed
+    #: over where the recency prior answered, or set aside where a fit answered); None:
+    #: since the start (and in learners pickled before it).
+    prior_since: int | None = None
+
+    def prior_changed(self, at_ms: int) -> None:
+        """The prior changed kind at event time ``at_ms`` (:func:`hand_over`). The scale
+        calibrated another prior's answers: it starts again from 1, from the labels of points
+        scored since (:meth:`judges`). A residual learner answers the prior plus its
+        correction, so against another prior it is another learner: its gate's window starts
+        again too, judged by the points scored since. (On the simulator the recency bins
+        answered until BG/NBD's first usable fit, day 53: the scale they earned, 11 % down,
+        cut the fit's answers, which did not over-predict, and the window held the learner's
+        first, worse weeks; docs/evaluation.md. The churn learner keeps its window: restarting
+        it there cost churn AUC 0.812 -> 0.801.)"""
+        self.prior_since = at_ms
+        self.gate.restart(window=self.kind in RESIDUAL_LOYALTY)
+
+    def judges(self, scored_at: int | None) -> bool:
+        """A label of a point scored at ``scored_at`` (ms; None: not known) is evidence about
+        the prior in force: scored since its kind last changed (:meth:`prior_changed`)."""
+        return self.prior_since is None or scored_at is None or scored_at >= self.prior_since
+
     def blend_report(self) -> dict[str, Any]:
-        """The blend (:meth:`_PriorThenLearner.blend_report`) and ``scale``, the calibration the answer is multiplied by."""
-        return {**super().blend_report(), "scale": self.gate.scale}
+        """The blend (:meth:`_PriorThenLearner.blend_report`), ``scale``, the calibration the answer
+        is multiplied by, and ``prior_since``, the event time (ms) since which the prior's kind
+        answers (:meth:`prior_changed`; None: since the start)."""
+        return {**super().blend_report(), "scale": self.gate.scale, "prior_since": self.prior_since}
 
     def prior(self, x: dict[str, float]) -> float:
         """BG/NBD's expected purchases in the horizon once the trainer has fitted it, else
@@ -561,11 +609,18 @@ class LoyaltyModel(_PriorThenLearner):
     def loss(self, predicted: float, label: float) -> float:
         return (predicted - label) ** 2
 
-    def learn(self, x: dict[str, float], days: int, prior_p: float | None = None, learned_p: float | None = None) -> None:
+    def learn(
+        self, x: dict[str, float], days: int, prior_p: float | None = None, learned_p: float | None = None,
+        scored_at: int | None = None,
+    ) -> None:
         """Learn a matured label; ``prior_p``, ``learned_p``: the candidates' predictions
-        stored at its scoring time (:meth:`candidates`)."""
-        self._update_gate(self.gate, x, float(days), prior_p, learned_p)
-        if prior_p is not None and learned_p is not None:
+        stored at its scoring time (:meth:`candidates`), ``scored_at`` that time (ms; None:
+        not known): a label scored before the prior changed kind (:meth:`judges`) calibrates no
+        scale, nor judges a residual learner."""
+        judges = self.judges(scored_at)
+        if judges or self.kind not in RESIDUAL_LOYALTY:
+            self._update_gate(self.gate, x, float(days), prior_p, learned_p)
+        if judges and prior_p is not None and learned_p is not None:
             # the scale: the candidates stored at the scoring time, blended with the weight in
             # force (unscaled), against the label: what was forecast then, not what the models
             # as they are now say of an old point. Only points scored once the learner had a
@@ -581,8 +636,12 @@ class LoyaltyModel(_PriorThenLearner):
 
 def hand_over(fit: BgNbdFit | None, model: BgNbd | None, learners: Any) -> None:
     """A snapshot's BG/NBD for the learners: the fitted parameters (``model``, None: no usable
-    fit) and, for the churn learners, the zero-count shape of their horizon (the ``nbd`` prior)."""
+    fit) and, for the churn learners, the zero-count shape of their horizon (the ``nbd`` prior).
+    A loyalty learner whose prior changes kind (a first usable fit, or a fit set aside) is
+    told so, at the fit's cut-off (:meth:`LoyaltyModel.prior_changed`)."""
     for learner in learners:
+        if isinstance(learner, LoyaltyModel) and fit is not None and (learner.bgnbd is None) != (model is None):
+            learner.prior_changed(fit.now)
         learner.bgnbd = model
         if isinstance(learner, ChurnModel):
             learner.zero_shape = fit.zero_shape(learner.horizon_days) if fit is not None and model is not None else None

@@ -38,12 +38,14 @@ class OnlineLearners:
         self, x: dict[str, float], churned: int | None, days: int | None,
         churn_p: float | None = None, loyalty_p: float | None = None,
         candidates: tuple[float | None, float | None, float | None, float | None] = (None, None, None, None),
+        scored_at: int | None = None,
     ) -> None:
         """A scoring point's labels became known: ``churned`` when a purchase or the end of
         the horizon resolved it, ``days`` at the end of the horizon. Predictions not stored
         with the point (states from before they were) are made now, before learning.
         ``candidates``: the churn and the loyalty learner's (prior, pipeline) predictions
-        stored at the scoring time, for their gates."""
+        stored at the scoring time, for their gates; ``scored_at``: that time (ms), for
+        the loyalty learner (:meth:`models.churn.LoyaltyModel.judges`)."""
         if churned is not None and self.learn_churn_early:
             self.churn.learn(x, bool(churned))
         if days is None:
@@ -55,7 +57,7 @@ class OnlineLearners:
         self.loyalty_metrics.update(n, days)
         if not self.learn_churn_early:
             self.churn.learn(x, bool(label), candidates[0], candidates[1])
-        self.loyalty.learn(x, days, candidates[2], candidates[3])
+        self.loyalty.learn(x, days, candidates[2], candidates[3], scored_at)
 
     def close(self) -> None:
         """A model period ended (the trainer stamps a snapshot): the blends take their step."""

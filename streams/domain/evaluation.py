@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.baselines import BgNbdBaseline, RecencyBaseline
-from models.bgnbd_prior import BgNbdFit, observed as _observed
+from models.bgnbd_prior import BgNbdFit, user_of
+from models.bgnbd_prior import observed as _observed
 from models.bootstrap import RESAMPLES, paired
 from models.churn import ChurnModel, LoyaltyModel, hand_over
 from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, candidates_of, churn_examples
@@ -145,6 +146,7 @@ class ReplayModels:
         x = as_dict(example.features)
         if self.bgnbd is not None:
             self.bgnbd.observe(*_observed(example), x)
+        scored_at = user_of(example.id)[1]
         if example.churned is not None and self.learn_churn_early:
             for i, churn in enumerate(self.churn_models):
                 churn.learn(x, bool(example.churned), *self._stored(example, i, churn, pop=False))
@@ -157,7 +159,7 @@ class ReplayModels:
             for churn, (prior_p, learned_p) in zip(self.churn_models, stored):
                 churn.learn(x, bool(label), prior_p, learned_p)
         for loyalty, (prior_p, learned_p) in zip(self.loyalty_models, stored_loyalty):
-            loyalty.learn(x, example.days, prior_p, learned_p)
+            loyalty.learn(x, example.days, prior_p, learned_p, scored_at)
         self.recency.learn_churn(example.features[RECENCY], label)
         self.recency.learn_loyalty(example.features[RECENCY], example.days)
 

@@ -223,7 +223,7 @@ def test_models_report_shows_the_blend_its_gate_and_the_prior() -> None:
     fresh = learners.report()
     gate0 = {"labels": 0, "periods": 0, "learner_loss": None, "prior_loss": None, "target": 0.0, "weight": 0.0,
              "change": 0.0, "max_step": 0.1}
-    assert fresh["loyalty"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0, "scale": 1.0}
+    assert fresh["loyalty"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0, "scale": 1.0, "prior_since": None}
     assert fresh["churn"]["blend"] == {"weight": 0.0, "answers": "prior", "prior_model": "recency-prior", "gate": gate0,
                                        "prior_from": "nbd", "zero_shape": None}
     learners.loyalty.learn(X, 1, prior_p=0.0, learned_p=None)  # the first label: nothing to judge yet
@@ -256,3 +256,123 @@ def test_learners_pickled_before_every_churn_learner_had_a_gate_still_learn_and_
     old.churn.learn(X, True)
     old.churn.learn(X, False, prior_p=0.5, learned_p=0.4)
     assert old.churn.gate is not None and old.churn.gate.current[0] == 1
+
+
+def _bins_loyalty(labels: int = 60) -> LoyaltyModel:
+    """A loyalty learner whose prior is the recency bins (it learns the labels the learner learns)."""
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="linear", learned_prior=True)
+    for i in range(labels):
+        model.learn({"recency_days": float(i % 5)}, i % 3)
+    return model
+
+
+def test_a_point_scored_before_the_learner_learned_is_judged_now_when_the_prior_learns_the_same_labels() -> None:
+    """Both candidates as they predict now, before learning the label: neither knows more
+    than the other when the prior is the recency bins; against BG/NBD (which learns no label)
+    such a point is not judged."""
+    model = _bins_loyalty()
+    assert model.learns_alike
+    prior, learned = model.prior(X), model.learned(X)
+    assert prior != pytest.approx(0.25)  # (the prior's stored prediction below is not what it says now)
+    sums = list(model.gate.current)
+    model.learn(X, 2, prior_p=0.25, learned_p=None)
+    added = [a - b for a, b in zip(model.gate.current, sums)]
+    assert added[:5] == [1.0, pytest.approx((learned - 2) ** 2), pytest.approx((prior - 2) ** 2),
+                         pytest.approx((learned - prior) ** 2), pytest.approx((learned - prior) * (2 - prior))]
+    assert added[5:] == [0.0, 0.0, 0.0]  # not a forecast that was made: the scale does not count it
+    model.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
+    assert not model.learns_alike
+    sums = list(model.gate.current)
+    model.learn(X, 2, prior_p=0.25, learned_p=None)
+    assert model.gate.current == sums
+    churn = ChurnModel(min_labels=10)  # the formula prior learns nothing: not judged either
+    churn.learn(X, True)
+    assert not churn.learns_alike and churn.candidates(X, 0.5, None) is None
+
+
+def test_the_loyalty_scale_starts_again_when_the_prior_changes_kind() -> None:
+    """The recency bins over-predicted, the scale came down; a first usable BG/NBD fit answers
+    now: the scale starts from 1 and learns only from points scored since the change, while
+    the weight's sums are kept. A refit of the same kind changes nothing; a fit set aside
+    starts it again."""
+    from models.bgnbd_prior import BgNbdFit
+    from models.churn import hand_over
+
+    model = _bins_loyalty()
+    for day in range(20):
+        for _ in range(100):
+            model.learn(X, 1, prior_p=2.0, learned_p=2.0, scored_at=T0 + day * MS_PER_DAY)
+        model.close()
+    labels, weight = model.gate.labels, model.weight
+    assert model.scale == pytest.approx(0.5)  # 2 forecast, 1 came: down 5 % a period, to the bound
+    fit, first = BgNbdFit(), BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
+    fit.now = T0 + 20 * MS_PER_DAY
+    hand_over(fit, first, (model,))
+    assert model.prior_since == fit.now and model.scale == 1.0 and model.bgnbd is first
+    assert model.blend_report()["prior_since"] == fit.now
+    assert model.gate.labels == labels and model.weight == weight
+    assert all(p[5:] == [0.0, 0.0, 0.0] for p in model.gate.periods)
+    for _ in range(100):  # matured now, scored before the change: the bins' answers
+        model.learn(X, 1, prior_p=2.0, learned_p=2.0, scored_at=fit.now - MS_PER_DAY)
+    model.close()
+    assert model.scale == 1.0 and model.gate.labels == labels + 100
+    for _ in range(100):  # scored since: they count
+        model.learn(X, 1, prior_p=2.0, learned_p=2.0, scored_at=fit.now)
+    model.close()
+    assert model.scale == pytest.approx(0.95)
+    fit.now += 7 * MS_PER_DAY
+    hand_over(fit, BgNbd(r=0.6, alpha=9.0, a=0.8, b=2.5), (model,))  # a refit: the same kind
+    assert model.prior_since == fit.now - 7 * MS_PER_DAY and model.scale == pytest.approx(0.95)
+    hand_over(fit, None, (model,))  # set aside: the recency prior answers again
+    assert model.prior_since == fit.now and model.scale == 1.0 and model.bgnbd is None
+
+
+def test_the_trainer_hands_each_label_its_scoring_time_for_the_scale() -> None:
+    from models.examples import ChurnExample
+    from streams.domain.features import MODEL_FEATURES
+
+    models = Models.fresh(min_labels=1, loyalty_kind="linear")
+    loyalty = models.loyalty
+    for i in range(3):
+        loyalty.learn(X, 1)
+    loyalty.prior_since = T0
+    features = [1.0] * len(MODEL_FEATURES)
+
+    def example(scored_at: int) -> ChurnExample:
+        return ChurnExample(id=f"u1@{scored_at}/d", at=scored_at + 30 * MS_PER_DAY, features=features, churned=None, days=1,
+                            churn_p=0.5, loyalty_p=2.0, churn_prior_p=0.5, churn_learned_p=0.5, loyalty_prior_p=2.0,
+                            loyalty_learned_p=2.0)
+
+    judged = loyalty.gate.current[0]
+    models.learn(example(T0 - 1))  # the gate judges it, the scale does not count it
+    assert loyalty.gate.current[0] == judged + 1 and loyalty.gate.current[5:] == [0.0, 0.0, 0.0]
+    models.learn(example(T0))
+    assert loyalty.gate.current[5:] == [2.0, 1.0, 1.0]
+
+
+def test_a_residual_learner_is_judged_again_from_the_points_scored_under_its_new_prior() -> None:
+    """The residual learner answers the prior plus its correction: against a new prior it is
+    another learner, so its window starts again and the labels of points scored before the
+    change judge it no more; the weight in force stays until new labels move it."""
+    from models.bgnbd_prior import BgNbdFit
+    from models.churn import hand_over
+
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="residual", learned_prior=True)
+    for day in range(10):  # the learner's stored predictions were right, the prior's not
+        for i in range(100):
+            model.learn({"recency_days": float(i % 4)}, 2, prior_p=1.0, learned_p=2.0, scored_at=T0 + day * MS_PER_DAY)
+        model.close()
+    weight = model.weight
+    assert weight == pytest.approx(1 / (1 + 200 / 999))  # the least-squares weight 1, shrunk (the first label judges nothing)
+    fit = BgNbdFit()
+    fit.now = T0 + 10 * MS_PER_DAY
+    hand_over(fit, BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5), (model,))
+    assert model.gate.labels == 0 and model.weight == weight and model.scale == 1.0
+    for i in range(100):  # scored before the change (against the bins): judge nothing
+        model.learn(X, 2, prior_p=2.0, learned_p=0.0, scored_at=fit.now - 1)
+    model.close()
+    assert model.gate.labels == 0 and model.weight == weight
+    for i in range(1000):  # scored since: the learner was wrong against BG/NBD
+        model.learn(X, 2, prior_p=2.0, learned_p=0.0, scored_at=fit.now)
+    model.close()
+    assert model.gate.labels == 1000 and model.gate.target == 0.0 and model.weight == pytest.approx(weight - 0.1)
