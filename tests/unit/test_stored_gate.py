@@ -266,7 +266,9 @@ def _bins_loyalty(labels: int = 60) -> LoyaltyModel:
     return model
 
 
-def test_a_point_scored_before_the_learner_learned_is_judged_now_when_the_prior_learns_the_same_labels() -> None:
+def test_a_point_scored_before_the_learner_learned_is_judged_now_when_the_prior_learns_the_same_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Both candidates as they predict now, before learning the label: neither knows more
     than the other when the prior is the recency bins; against BG/NBD (which learns no label)
     such a point is not judged."""
@@ -280,6 +282,13 @@ def test_a_point_scored_before_the_learner_learned_is_judged_now_when_the_prior_
     assert added[:5] == [1.0, pytest.approx((learned - 2) ** 2), pytest.approx((prior - 2) ** 2),
                          pytest.approx((learned - prior) ** 2), pytest.approx((learned - prior) * (2 - prior))]
     assert added[5:] == [0.0, 0.0, 0.0]  # not a forecast that was made: the scale does not count it
+    import models.churn
+
+    monkeypatch.setattr(models.churn, "JUDGE_ALIKE_NOW", False)  # switched off: not judged
+    sums = list(model.gate.current)
+    model.learn(X, 2, prior_p=0.25, learned_p=None)
+    assert model.gate.current == sums
+    monkeypatch.setattr(models.churn, "JUDGE_ALIKE_NOW", True)
     model.bgnbd = BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5)
     assert not model.learns_alike
     sums = list(model.gate.current)
