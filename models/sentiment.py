@@ -34,10 +34,8 @@ from importlib import resources
 from river import feature_extraction, naive_bayes
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from models.score import NEGATIVE_THRESHOLD, is_negative  # noqa: F401 (where they were first)
 from models.signing import restricted_loads
-
-#: A score at or below this is a negative review (VADER's own cut-off for "negative").
-NEGATIVE_THRESHOLD = -0.05
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _TOKEN = re.compile(
@@ -164,11 +162,6 @@ class SentimentModel:
         model.nb = state["nb"]
         model.labels = state["labels"]
         return model
-
-
-def is_negative(score: float) -> bool:
-    """True for a score the policy should treat as a negative review."""
-    return score <= NEGATIVE_THRESHOLD
 
 
 # --- the lexicon prior -----------------------------------------------------------------

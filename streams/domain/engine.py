@@ -49,7 +49,7 @@ from typing import Protocol
 
 from models.bandit import CONTEXT
 from models.score import Score
-from models.sentiment import is_negative
+from models.score import is_negative
 from streams.domain import attribution
 from streams.domain.actions import RetentionAction
 from streams.domain.attribution import AttributionConfig

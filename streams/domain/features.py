@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-from models.sentiment import NEGATIVE_THRESHOLD
+from models.score import NEGATIVE_THRESHOLD
 from streams.domain.population import Population, rfm_of
 from streams.domain.sketches import kmv_count
 from streams.domain.state import StateConfig, UserState, abandoned_carts_open, purchase_day_count, purchase_gaps

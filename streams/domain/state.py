@@ -34,7 +34,7 @@ from streams.domain.sketches import hash32, kmv_add
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR
 from streams.domain.uplift import Entered, Mine
 from streams.domain.windows import COLUMNS, Tiles
-from models.sentiment import is_negative
+from models.score import is_negative
 
 #: How many recent event-id digests a user keeps for de-duplication.
 RECENT_IDS = 64

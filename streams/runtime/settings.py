@@ -20,16 +20,16 @@ from typing import Literal
 from pydantic import Field, PrivateAttr, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from streams.domain.attribution import AttributionConfig
 from streams.domain.dead_letters import DEFAULT_REDACT, DeadLetterConfig
-from models.bundle import Models
 from models.signing import KEY_MIN_CHARS, SnapshotKeys
-from streams.domain.engine import EngineConfig
 from streams.domain.lifecycle import LifecycleConfig
 from streams.domain.loyalty import DEFAULT_TIERS, LoyaltyConfig, parse_tiers
-from streams.domain.state import StateConfig
 from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, TimestampError, parse_ts
 from streams.domain.policy_file import DEFAULT_POLICY, Policy, load_policy
+
+if typing.TYPE_CHECKING:  # (imported where used: a command that only publishes or reads loads no model library)
+    from models.bundle import Models
+    from streams.domain.engine import EngineConfig
 
 #: SASL mechanisms both of our Kafka clients (aiokafka in the worker, librdkafka in the tools) take a password for.
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -522,6 +522,8 @@ class Settings(BaseSettings):
 
     def fresh_models(self) -> Models:
         """Models that learned nothing, configured by these settings (their priors answer)."""
+        from models.bundle import Models
+
         return Models.fresh(
             horizon_days=self.churn_horizon_days, min_labels=self.churn_min_labels, churn_kind=self.churn_learner,
             loyalty_kind=self.loyalty_learner, churn_prior_learns=self.churn_prior_learns,
@@ -532,6 +534,10 @@ class Settings(BaseSettings):
 
     @property
     def engine(self) -> EngineConfig:
+        from streams.domain.attribution import AttributionConfig
+        from streams.domain.engine import EngineConfig
+        from streams.domain.state import StateConfig
+
         return EngineConfig(
             churn_horizon_days=self.churn_horizon_days,
             sweep_days=self.sweep_days,
