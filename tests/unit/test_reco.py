@@ -18,6 +18,7 @@ from models.reco import (
     RecentlySeen,
     default_recommender,
     _decayed,
+    best,
     interactions,
     strongest,
 )
@@ -337,6 +338,24 @@ def test_strongest_keeps_the_largest_scores_with_ties_in_row_order() -> None:
     row = {"a": 1.0, "b": 2.0, "c": 1.0, "d": 1.0, "e": 0.5}
     assert list(strongest(row, 3)) == ["b", "a", "c"]
     assert strongest(row, 3) == {"b": 2.0, "a": 1.0, "c": 1.0}
+
+
+def test_best_and_strongest_answer_what_the_heapq_forms_they_replaced_answer() -> None:
+    """``best`` makes tuples only for the items that can be in the answer, ``strongest`` is one
+    stable sort: on random rows with many ties, zero and negative scores, exclusions that are
+    and are not scored, and every k from 0 past the row's size, the same lists as the plain
+    ``heapq`` forms (which the worker's recommendations were made with before)."""
+    from operator import itemgetter
+
+    rng = random.Random(5)
+    items = [f"i{j}" for j in range(15)]
+    for _ in range(5000):
+        scores = {i: rng.choice([0.0, -1.0, 1e-9, 2e-9, 1.0, 1.0, 2.0, rng.uniform(-1, 3)]) for i in rng.sample(items, rng.randint(0, 12))}
+        exclude = set(rng.sample(items, rng.randint(0, 6)))
+        k, above = rng.randint(0, 14), rng.choice([0.0, 1e-9])
+        eligible = ((-s, i) for i, s in scores.items() if s > above and i not in exclude)
+        assert best(scores, k, exclude, above) == [i for _, i in heapq.nsmallest(k, eligible)]
+        assert list(strongest(scores, k).items()) == heapq.nlargest(k, scores.items(), key=itemgetter(1))
 
 
 def test_evaluate_reco_command_prints_every_model_and_the_ceiling() -> None:
