@@ -256,13 +256,15 @@ class Gate:
     def restart(self, window: bool = True) -> None:
         """The prior changed kind (:meth:`LoyaltyModel.prior_changed`): the scale calibrated
         another prior's answers and starts again from 1; with ``window`` the weight's sums,
-        which judged the learner against another prior, start again too (the weight in force
-        stays until new labels move it)."""
+        which judged the learner against another prior, start again too, and so does the
+        weight they earned (:attr:`target`): the weight in force stays until new labels move
+        it, rather than walking on toward what the emptied window had earned."""
         for sums in (*self.periods, self.current):
             sums[_S_ANSWER] = sums[_S_LABEL] = sums[_N_ANSWER] = 0.0
         if window:
             self.periods.clear()
             self.current = [0.0] * 8
+            self.target = self.weight
         self.scale = 1.0
 
     @property

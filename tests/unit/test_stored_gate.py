@@ -385,3 +385,29 @@ def test_a_residual_learner_is_judged_again_from_the_points_scored_under_its_new
         model.learn(X, 2, prior_p=2.0, learned_p=0.0, scored_at=fit.now)
     model.close()
     assert model.gate.labels == 1000 and model.gate.target == 0.0 and model.weight == pytest.approx(weight - 0.1)
+
+
+def test_a_restarted_window_holds_the_weight_in_force_until_new_labels_move_it() -> None:
+    """The weight had not reached the target its old window earned when the prior changed
+    kind: with the window emptied it stays where it was (it does not walk on toward a target
+    earned against the other prior) while the labels of points scored before the change
+    mature and judge nothing."""
+    from models.bgnbd_prior import BgNbdFit
+    from models.churn import hand_over
+
+    model = LoyaltyModel(horizon_days=30, min_labels=10, kind="residual", learned_prior=True)
+    for day in range(3):
+        for i in range(100):
+            model.learn({"recency_days": float(i % 4)}, 2, prior_p=1.0, learned_p=2.0, scored_at=T0 + day * MS_PER_DAY)
+        model.close()
+    weight = model.weight
+    assert weight == pytest.approx(0.3) and model.gate.target > weight + 0.2  # two steps of 0.1 (the first period frozen)
+    fit = BgNbdFit()
+    fit.now = T0 + 3 * MS_PER_DAY
+    hand_over(fit, BgNbd(r=0.5, alpha=10.0, a=0.8, b=2.5), (model,))
+    assert model.gate.target == weight
+    for day in range(5):
+        for i in range(100):
+            model.learn(X, 2, prior_p=2.0, learned_p=0.0, scored_at=fit.now - MS_PER_DAY)
+        model.close()
+        assert model.gate.labels == 0 and model.weight == weight and model.gate.report()["target"] == weight
