@@ -359,6 +359,34 @@ def test_the_trainer_hands_each_label_its_scoring_time_for_the_scale() -> None:
     assert loyalty.gate.current[5:] == [2.0, 1.0, 1.0]
 
 
+def test_the_replay_hands_each_label_its_scoring_time_as_the_trainer_does() -> None:
+    """The workers' trainer and the in-process replay decide alike: the same examples, one
+    scored before the prior changed kind and one since, leave the same loyalty gate in both."""
+    from models.examples import ChurnExample
+    from streams.domain.evaluation import ReplayModels
+    from streams.domain.features import MODEL_FEATURES
+
+    trainer = Models.fresh(min_labels=1, loyalty_kind="residual", loyalty_prior_learns=True)
+    replay = ReplayModels([ChurnModel(min_labels=1)], [LoyaltyModel(horizon_days=30, min_labels=1, kind="residual", learned_prior=True)])
+    features = [1.0] * len(MODEL_FEATURES)
+
+    def example(scored_at: int, days: int) -> ChurnExample:
+        return ChurnExample(id=f"u1@{scored_at}/d", at=scored_at + 30 * MS_PER_DAY, features=features, churned=None, days=days,
+                            churn_p=0.5, loyalty_p=2.0, churn_prior_p=0.5, churn_learned_p=0.5, loyalty_prior_p=2.0,
+                            loyalty_learned_p=2.5)
+
+    for models, loyalty in ((trainer, trainer.loyalty), (replay, replay.loyalty_models[0])):
+        for i in range(3):
+            models.learn(example(T0 - 10 * MS_PER_DAY + i, i % 3))
+        loyalty.prior_since = T0
+        models.learn(example(T0 - 1, 1))  # scored before the change: judges nothing, no scale
+        models.learn(example(T0, 1))  # scored since: both
+    mine, theirs = trainer.loyalty.gate, replay.loyalty_models[0].gate
+    # the first label judges nothing (no learner yet), the one scored before the change neither;
+    # the scale counts every stored answer but that one: 2 forecast four times, 0 + 1 + 2 + 1 came
+    assert mine.current == pytest.approx(theirs.current) and mine.current[0] == 3 and mine.current[5:] == [8.0, 4.0, 4.0]
+
+
 def test_a_residual_learner_is_judged_again_from_the_points_scored_under_its_new_prior() -> None:
     """The residual learner answers the prior plus its correction: against a new prior it is
     another learner, so its window starts again and the labels of points scored before the
