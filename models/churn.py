@@ -151,7 +151,9 @@ JUDGE_UNSTORED = False
 #: 1.470, but in the second horizon, where the young learner it lets in over-predicts, worse on
 #: seeds 3 and 11 (1.558 -> 1.585, 1.663 -> 1.770): the learner, judged on the old points
 #: whose neighbours' labels it has just learned, fits them better than the coarse bins do.
-#: Without effect on CDNOW (BG/NBD answers before any label matures). On.
+#: Without effect on CDNOW (BG/NBD answers before any label matures). On. It applies to the
+#: churn learner too where its prior learns (``RETENTION_CHURN_PRIOR_LEARNS=true``, not the
+#: default): simulator seed 7, churn AUC 0.784 -> 0.789, ECE 0.041 -> 0.045 (one run each).
 JUDGE_ALIKE_NOW = True
 
 _N, _MODEL, _PRIOR, _DD, _DR, _S_ANSWER, _S_LABEL, _N_ANSWER = range(8)
