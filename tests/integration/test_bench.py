@@ -52,10 +52,14 @@ def test_a_backlog_run_splits_the_cpu_into_records_and_due_checks(tmp_path: Path
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     [results_file] = tmp_path.glob("var/bench/*/results.json")
     full = next(r for r in json.loads(results_file.read_text()) if r["pipeline"] == "full")
-    first, last = full["fifths_us"]
-    (_, dues_last), (net_first, net_last) = full["fifths_dues"], full["fifths_net_us"]
+    fifths, dues, nets = full["fifths_us"], full["fifths_dues"], full["fifths_net_us"]
+    assert len(fifths) == len(dues) == len(nets) == 5  # the window's five fifths
+    first, last, dues_last = fifths[0], fifths[-1], dues[-1]
     assert dues_last > 0 and full["due_check_us"] > 0  # 40 customers over months: sweeps and labels maturing
-    assert 0 < net_first <= first and 0 < net_last <= last  # without the due checks' CPU, never more
+    assert all(0 < net <= cpu for net, cpu in zip(nets, fifths))  # without the due checks' CPU, never more
     line = re.search(r"full: due checks per record first→last fifth ([\d.]+)→([\d.]+), ([\d,]+) CPU µs each", out)
     assert line is not None, out[-2000:]
     assert float(line[2]) == pytest.approx(dues_last, abs=5e-4)
+    by_fifth = re.search(r"full: by fifth, due checks per record ((?:[\d.]+, ){4}[\d.]+); CPU µs per record without them", out)
+    assert by_fifth is not None, out[-2000:]
+    assert [float(d) for d in by_fifth[1].split(", ")] == pytest.approx(dues, abs=5e-4)
