@@ -176,6 +176,14 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(45.0, gt=0, description="Consumer group session timeout (Kafka's default 45 s; the embedded broker uses 2 s).")
     heartbeat_interval_s: float = Field(3.0, gt=0, description="Consumer group heartbeat interval (the embedded broker uses 0.5 s).")
     fetch_max_wait_ms: int = Field(500, ge=0, description="How long a fetch waits for data (Kafka's default 500 ms; the embedded broker uses 100 ms).")
+    merge_margin_ms: int | None = Field(
+        None, ge=0,
+        description="The event-time merge releases a record once every other input of its partition is proven caught up by a "
+        "high watermark from the fetches; this is how much older than the last receive that found the queue dry that "
+        "watermark is taken to be. Unset: two fetch waits plus 100 ms, which folds the inputs in the order a replay does. "
+        "0 trusts it as of that receive, as Kafka Streams' max.task.idle.ms=0 does: a lower latency, and records of "
+        "different inputs a few ms apart may be folded out of order (within RETENTION_ALLOWED_LATENESS_S the features "
+        "are the same; a decision made at that instant may differ).")
     trace_offsets_interval_s: float = Field(
         0.0, ge=0,
         description="Diagnostic, off at 0: every this many seconds the worker logs, per partition Faust's consumer reads "
@@ -531,6 +539,11 @@ class Settings(BaseSettings):
             segment_halflife=self.segment_halflife, bgnbd_refit_periods=self.bgnbd_refit_periods,
             bgnbd_customers=self.bgnbd_customers, uplift_min_decisions=self.uplift_min_decisions,
         )
+
+    @property
+    def merge_margin(self) -> int:
+        """Milliseconds (:attr:`merge_margin_ms`, by default two fetch waits plus 100 ms)."""
+        return 2 * self.fetch_max_wait_ms + 100 if self.merge_margin_ms is None else self.merge_margin_ms
 
     @property
     def engine(self) -> EngineConfig:

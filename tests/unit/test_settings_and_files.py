@@ -25,6 +25,19 @@ def test_production_defaults_are_kafka_defaults_not_the_embedded_broker_ones(mon
     assert embedded.producer_max_batch_size == 1
 
 
+def test_the_merge_margin_is_two_fetch_waits_and_100_ms_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RETENTION_MERGE_MARGIN_MS", raising=False)
+    monkeypatch.setenv("RETENTION_FETCH_MAX_WAIT_MS", "500")
+    assert Settings().merge_margin == 1100  # Kafka's default fetch wait
+    monkeypatch.setenv("RETENTION_FETCH_MAX_WAIT_MS", "100")
+    assert Settings().merge_margin == 300  # the embedded broker's
+    monkeypatch.setenv("RETENTION_MERGE_MARGIN_MS", "0")
+    assert Settings().merge_margin == 0  # trusted as of the last dry receive (Kafka Streams' max.task.idle.ms=0)
+    monkeypatch.setenv("RETENTION_MERGE_MARGIN_MS", "-1")
+    with pytest.raises(ValidationError, match="merge_margin_ms"):
+        Settings()
+
+
 def test_topic_names_are_configurable_and_mapped_to_the_contract(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RETENTION_TOPIC_CLICKS", "shop.clicks.v1")
     monkeypatch.setenv("RETENTION_APP_ID", "rs-eu")

@@ -137,6 +137,7 @@ class BatchIngest:
         self.options = StoreOptions(cache_users=settings.state_cache_users, block_cache_mb=settings.rocksdb_block_cache_mb,
                                     write_buffer_mb=settings.rocksdb_write_buffer_mb)
         self.max_batch = settings.batch_max_records
+        self.merge_margin = settings.merge_margin  #: ms (a property that computes: read once)
         self.merge_cap = settings.merge_max_records
         # the anchor of ownership and of GET /users/{id} routing: never written
         self.owners = app.Table("owners", partitions=settings.partitions, key_type=bytes, value_type=bytes)
@@ -483,8 +484,9 @@ class BatchIngest:
         """Nothing of ``topic`` left to receive, by the high watermark of the fetches (not
         ListOffsets, which some brokers under-report). The watermark librdkafka caches is
         only trusted as of a receive that found its queue dry (no partition's fetching held
-        back by a full queue), less two fetch waits: fresher than a record that arrived
-        before that, it proves nothing earlier is still on the broker.
+        back by a full queue), less two fetch waits and 100 ms (``RETENTION_MERGE_MARGIN_MS``):
+        fresher than a record that arrived before that, it proves nothing earlier is still on
+        the broker.
 
         ``highs``: the watermarks read so far in this release, reused (the merge asks for
         every input without a buffered record at every record it releases). One read earlier
@@ -498,7 +500,7 @@ class BatchIngest:
         if high is None or high < 0:
             return False
         position = work.received.get(topic, work.start.get(topic))
-        fetched = self.drained_ms - 2 * self.settings.fetch_max_wait_ms - 100
+        fetched = self.drained_ms - self.merge_margin
         return caught_up(position, high, fetched, since_ms)
 
     def _release(self, work: PartitionWork) -> None:
