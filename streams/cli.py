@@ -437,6 +437,7 @@ def bench(
     workers: Annotated[int, typer.Option(help="Worker processes per pipeline.")] = 1,
     skip_naive: Annotated[bool, typer.Option("--skip-naive", help="Measure the full pipeline only.")] = False,
     trainer: Annotated[str, typer.Option(help="worker: a worker of the full pipeline trains (RETENTION_TRAINER=worker); separate: a trainer process does, measured in a row of its own.")] = "worker",
+    warm_records: Annotated[int, typer.Option(help="Backlog mode: measure only the records after the first this many (a shop with a history; they are processed too).")] = 0,
 ) -> None:
     """The full pipeline and a naive Faust pipeline on the same records, side by side: events/s per worker, CPU, peak RSS, latency."""
     from streams.runtime.bench import run_bench
@@ -447,7 +448,10 @@ def bench(
     if trainer not in ("worker", "separate"):
         err.print(f"[red]unknown trainer {trainer!r}: worker or separate[/red]")
         raise typer.Exit(2)
-    raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive, trainer=trainer))
+    if warm_records and (mode != "backlog" or warm_records < 0 or (events is not None and warm_records >= events)):
+        err.print("[red]--warm-records: backlog mode only, at least 0 and fewer than --events[/red]")
+        raise typer.Exit(2)
+    raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive, trainer=trainer, warm=warm_records))
 
 
 def _days(text: str) -> float:

@@ -208,6 +208,16 @@ def first_at(trace: list[Sample], count: float) -> Sample:
 FIFTHS = tuple((0.05 + 0.18 * i, 0.05 + 0.18 * (i + 1)) for i in range(5))
 
 
+def measured_at(share: float, warm: int, total: int) -> float:
+    """The count of processed records at ``share`` of a backlog run's measured part: the
+    records after the first ``warm`` (which are processed, and not measured).
+
+    >>> measured_at(0.05, 0, 1000), measured_at(0.05, 600, 1000), measured_at(0.95, 600, 1000)
+    (50.0, 620.0, 980.0)
+    """
+    return warm + share * (total - warm)
+
+
 def per_record(trace: list[Sample], start: float, end: float, value: Callable[[Sample], float]) -> float:
     """How much ``value`` grew per record between the samples where ``start`` and ``end``
     records were processed (the first samples at or past them)."""
@@ -236,10 +246,11 @@ def due_split(trace: list[Sample], start: float, end: float) -> tuple[float, flo
 
 def measure(
     name: str, mode: str, base_env: dict[str, str], records: list[Outgoing], workdir: Path,
-    partitions: int, workers: int, rate: float, console: Console, trainer: str = "worker",
+    partitions: int, workers: int, rate: float, console: Console, trainer: str = "worker", warm: int = 0,
 ) -> list[Result]:
     """The pipeline's figures; with ``trainer`` separate (the full pipeline), a second row:
-    the trainer process's CPU per record of the same window."""
+    the trainer process's CPU per record of the same window. ``warm`` (backlog): the window
+    and its fifths cover the records after the first ``warm`` (a shop with a history)."""
     suffix = uuid.uuid4().hex[:8]
     env = {
         **base_env,
@@ -255,6 +266,10 @@ def measure(
     create_topics(settings)
     publisher = Publisher(settings)
     total = sum(partitions if r.topic == "heartbeats" else 1 for r in records)
+
+    def at(share: float) -> float:
+        return measured_at(share, warm, total)
+
     procs = [
         WorkerProcess(env, workdir / name / f"w{i}" / "data", workdir / name / f"w{i}" / "worker.log", module=PIPELINES[name])
         for i in range(workers)
@@ -275,13 +290,13 @@ def measure(
             proc.wait_ready()
         if mode == "backlog":
             wait_processed(procs, total, trace, trainer=trainer_proc)
-            begin, end = first_at(trace, FIFTHS[0][0] * total), first_at(trace, FIFTHS[-1][1] * total)
+            begin, end = first_at(trace, at(FIFTHS[0][0])), first_at(trace, at(FIFTHS[-1][1]))
             latency = fifths = None
             # the first and the last fifth of the measured window; none if no sample fell inside
             # the first (a worker can drain a burst between two samples while one is slow)
-            bounds = [(first * total, last * total) for first, last in FIFTHS]
+            bounds = [(at(first), at(last)) for first, last in FIFTHS]
             if begin.records >= bounds[0][1]:
-                console.print(f"[yellow]{name}: the first sample past 5 % of the records came at {begin.records / total:.0%}: "
+                console.print(f"[yellow]{name}: the first sample past 5 % of the measured records came at {begin.records / total:.0%} of all: "
                               f"the window starts there, and there are no fifths[/yellow]")
             else:
                 fifths = tuple(cpu_us_between(trace, *bound) for bound in bounds)
@@ -317,7 +332,7 @@ def measure(
         tcpu = end.trainer_cpu_s - begin.trainer_cpu_s
         tfifths = None
         if fifths is not None:  # (backlog, a sample inside the first fifth)
-            tfifths = tuple(1e6 * per_record(trace, first * total, last * total, lambda s: s.trainer_cpu_s)
+            tfifths = tuple(1e6 * per_record(trace, at(first), at(last), lambda s: s.trainer_cpu_s)
                             for first, last in FIFTHS)
         results.append(Result(f"{name}: its trainer", mode, 1, int(done), wall, done / wall, tcpu, 100 * tcpu / wall,
                               1e6 * tcpu / done, trainer_rss, None, published_per_s, tfifths))
@@ -347,12 +362,15 @@ def result_table(results: list[Result]) -> Table:
 
 def run_bench(
     events: int | None, customers: int, partitions: int, mode: str, rate: float, workers: int,
-    skip_naive: bool, seed: int = 7, workdir: Path | None = None, trainer: str = "worker",
+    skip_naive: bool, seed: int = 7, workdir: Path | None = None, trainer: str = "worker", warm: int = 0,
 ) -> int:
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
     events = events or (200_000 if mode == "backlog" else int(30 * rate))
+    if not 0 <= warm < events:
+        console.print(f"[red]--warm-records {warm:,}: at least 0 and fewer than the {events:,} records[/red]")
+        return 2
     workdir = workdir or Path("var/bench") / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
     saved = dict(os.environ)
@@ -362,10 +380,11 @@ def run_bench(
             records = bench_records(events, customers, seed, partitions)
             total = sum(partitions if r.topic == "heartbeats" else 1 for r in records)
             console.print(f"{total:,} records ({len(records):,} before heartbeats fan out to {partitions} partitions), "
-                          f"{customers} customers, mode {mode}" + (f" at {rate:,.0f} records/s" if mode == "live" else ""))
+                          f"{customers} customers, mode {mode}" + (f" at {rate:,.0f} records/s" if mode == "live" else "")
+                          + (f", measured after the first {warm:,}" if warm else ""))
             results = []
             for name in [n for n in PIPELINES if not (skip_naive and n == "naive")]:
-                results += measure(name, mode, env, records, workdir, partitions, workers, rate, console, trainer)
+                results += measure(name, mode, env, records, workdir, partitions, workers, rate, console, trainer, warm)
                 os.environ.clear()
                 os.environ.update(saved)
     finally:
