@@ -448,9 +448,6 @@ def bench(
     if trainer not in ("worker", "separate"):
         err.print(f"[red]unknown trainer {trainer!r}: worker or separate[/red]")
         raise typer.Exit(2)
-    if warm_records and (mode != "backlog" or warm_records < 0 or (events is not None and warm_records >= events)):
-        err.print("[red]--warm-records: backlog mode only, at least 0 and fewer than --events[/red]")
-        raise typer.Exit(2)
     raise typer.Exit(run_bench(events, customers, partitions, mode, rate, workers, skip_naive, trainer=trainer, warm=warm_records))
 
 

@@ -302,11 +302,11 @@ def measure(
                 fifths = tuple(cpu_us_between(trace, *bound) for bound in bounds)
                 splits = [due_split(trace, *bound) for bound in bounds]
         else:
-            warm = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
-            publish_paced(publisher, records[:warm], rate)
+            warm_up = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
+            publish_paced(publisher, records[:warm_up], rate)
             begin = wait_processed(procs, publisher.report.total, trace, trainer=trainer_proc)
             started, before = time.monotonic(), publisher.report.total
-            publish_paced(publisher, records[warm:], rate)
+            publish_paced(publisher, records[warm_up:], rate)
             published_per_s = (publisher.report.total - before) / (time.monotonic() - started)
             end = wait_processed(procs, total, trace, trainer=trainer_proc)
             window = {b: end.buckets[b] - begin.buckets.get(b, 0.0) for b in end.buckets}
@@ -368,8 +368,8 @@ def run_bench(
     if not console.is_terminal:
         console = Console(width=200)
     events = events or (200_000 if mode == "backlog" else int(30 * rate))
-    if not 0 <= warm < events:
-        console.print(f"[red]--warm-records {warm:,}: at least 0 and fewer than the {events:,} records[/red]")
+    if warm and (mode != "backlog" or not 0 < warm < events):
+        console.print(f"[red]--warm-records {warm:,}: in backlog mode only, more than 0 and fewer than the {events:,} records[/red]")
         return 2
     workdir = workdir or Path("var/bench") / time.strftime("%Y%m%dT%H%M%S")
     workdir.mkdir(parents=True, exist_ok=True)
