@@ -34,7 +34,6 @@ from importlib import resources
 from river import feature_extraction, naive_bayes
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
-from models.score import NEGATIVE_THRESHOLD, is_negative  # noqa: F401 (where they were first)
 from models.signing import restricted_loads
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"

@@ -2,7 +2,7 @@
 
 Negative (1-2 stars) against positive (4-5 stars) reviews; 3-star reviews are left out.
 For the lexicon alone, the learner alone and the blend it prints accuracy (a review is
-called negative when :func:`models.sentiment.is_negative` says so) and ROC AUC, per
+called negative when :func:`models.score.is_negative` says so) and ROC AUC, per
 language, on two sets:
 
 - ``sim``: simulator reviews of one seed, after the model has learned the simulator
@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import NamedTuple
 
-from models.sentiment import SentimentModel, is_negative, lexicon_score
+from models.score import is_negative
+from models.sentiment import SentimentModel, lexicon_score
 from streams.simulation.texts import CATEGORY_NOUNS, review_text
 
 HELDOUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "reviews_heldout.jsonl"

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.sentiment import NEGATIVE_THRESHOLD, SentimentModel, is_negative, lexicon_score, tokens
+from models.score import NEGATIVE_THRESHOLD, is_negative
+from models.sentiment import SentimentModel, lexicon_score, tokens
 from models.sentiment_eval import (
     evaluate,
     heldout_reviews,
