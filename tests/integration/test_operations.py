@@ -240,3 +240,45 @@ def test_sigterm_flushes_the_producer_and_commits_so_a_restart_redoes_nothing(pi
     assert again.total("retention_records_total") == more  # old records would have come first
     assert again.total("retention_records_total", result="heartbeat") == more
     assert again.total("retention_actions_total") == 0  # nothing re-emitted
+
+
+def test_commit_interval_gathers_what_is_folded_and_a_graceful_stop_commits_it(pipeline: Pipeline) -> None:
+    """``RETENTION_COMMIT_INTERVAL_MS``: records are folded (their outputs go out) as they
+    arrive, while their states and offsets wait for the batch to close; a SIGTERM closes it,
+    so everything folded is committed and a restart redoes nothing."""
+    s = pipeline.settings
+    beats = heartbeats(until_day=50)
+    sent = publish(pipeline, [purchase("lapsed", n) for n in (0, 7, 14, 21)] + beats)
+    first = pipeline.worker(RETENTION_COMMIT_INTERVAL_MS="600000", **NO_CONTROL)  # ten minutes: never within this test
+    first.wait_ready()
+    first.wait_processed(sent)
+    # folded: the lapse action is out; nothing is committed while the batch stays open
+    [action] = read_topic(s, s.topic_actions, at_least=1)
+    assert json.loads(action.value())["user_id"] == "lapsed"
+    time.sleep(1.0)  # (room for a commit that must not come)
+    assert committed_offsets(pipeline, [s.topic_purchases, s.topic_heartbeats]) == {}
+    assert first.stop() == 0
+
+    ends = {(s.topic_heartbeats, p): len(beats) for p in range(s.partitions)}
+    ends[(s.topic_purchases, make_partitioner(s.partitions)("lapsed"))] = 4
+    assert committed_offsets(pipeline, [s.topic_purchases, s.topic_heartbeats]) == ends
+    again = pipeline.worker(**NO_CONTROL)  # the same data dir and group
+    again.wait_ready()
+    more = publish(pipeline, [h for h in heartbeats(until_day=60) if h.ts_ms > beats[-1].ts_ms])
+    assert again.wait_processed(more) == more
+    assert again.total("retention_actions_total") == 0  # nothing folded again
+
+
+def test_a_batch_closes_at_its_record_limit_whatever_the_interval(pipeline: Pipeline) -> None:
+    """``RETENTION_BATCH_MAX_RECORDS`` bounds a batch when the commit interval would not:
+    offsets are committed as the batches fill, with no stop."""
+    s = pipeline.settings
+    beats = heartbeats(until_day=50)
+    sent = publish(pipeline, beats)
+    worker = pipeline.worker(RETENTION_COMMIT_INTERVAL_MS="600000", RETENTION_BATCH_MAX_RECORDS="8", **NO_CONTROL)
+    worker.wait_ready()
+    worker.wait_processed(sent)
+    # batches of 8 records or more are committed as they fill: all but the last fewer than 8
+    done = eventually(lambda: sum(committed_offsets(pipeline, [s.topic_heartbeats]).values()) >= sent - 7 or None,
+                      timeout=30, what="the full batches committed")
+    assert done and sum(committed_offsets(pipeline, [s.topic_heartbeats]).values()) <= sent

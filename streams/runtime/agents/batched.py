@@ -72,7 +72,8 @@ log = logging.getLogger(__name__)
 SOURCE_HEADER = "retention-source-topic"
 #: The events that belong to a user (re-keyed when their key is not the user's partition).
 USER_EVENTS = (Click, Purchase, Review, Outcome)
-#: How long one receive waits for records (the cycle also releases what waited in the merges).
+#: How long a receive waits for a first record when there is nothing to fold (the cycle then
+#: releases what waited in the merges); it returns as soon as one arrives.
 RECEIVE_WAIT_S = 0.05
 #: A micro-batch folding longer than this is named in the stall reason.
 FOLD_WATCH_S = 10.0
@@ -137,6 +138,7 @@ class BatchIngest:
         self.options = StoreOptions(cache_users=settings.state_cache_users, block_cache_mb=settings.rocksdb_block_cache_mb,
                                     write_buffer_mb=settings.rocksdb_write_buffer_mb)
         self.max_batch = settings.batch_max_records
+        self.commit_interval_s = settings.commit_interval_ms / 1000
         self.merge_margin = settings.merge_margin  #: ms (a property that computes: read once)
         self.merge_cap = settings.merge_max_records
         # the anchor of ownership and of GET /users/{id} routing: never written
@@ -176,13 +178,16 @@ class BatchIngest:
         self.lag: dict[tuple[str, int], int] = {}
         self.committed: dict[tuple[str, int], int] = {}
         self.ledger = Ledger()
-        self.batch: Batch | None = None
+        self.batch: Batch | None = None  #: the batch being folded (None: the last one is sealed)
+        self.batch_opened = 0.0  #: when it was opened (monotonic s)
+        self.batch_from = 0  #: records folded before it (``processed`` when it was opened)
         self.acked_cb: tuple[int | None, Callable[[Any, Any], None] | None] = (None, None)
         self.trigger_kafka_ts: int | None = None
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.polled_ms = 0
         self.drained_ms = 0  #: wall time of the last receive that found librdkafka's queue dry
+        self.undrained = False  #: the last receive returned records: no dry receive after them yet
         self.consumer: Any = None
         self.producer: Any = None
         self.changelog: ChangelogWriter | None = None
@@ -402,14 +407,10 @@ class BatchIngest:
             self.producer.poll(RECEIVE_WAIT_S)
             self._store_and_commit()
             return
-        asked_ms = _wall_ms()
-        messages = self.consumer.consume(self.max_batch, RECEIVE_WAIT_S)
-        self.polled_ms = _wall_ms()
-        if len(messages) < self.max_batch:  # librdkafka's queue ran dry: its fetches are current
-            self.drained_ms = asked_ms
+        messages = self._poll()
         self.folding = (time.monotonic(), len(messages))
         with self.lock:
-            batch = self.batch = self.ledger.open()
+            batch = self._open_batch()
             for msg in messages:
                 self._receive(msg)
             for work in list(self.works.values()):
@@ -418,11 +419,31 @@ class BatchIngest:
             if time.monotonic() - self.vouched_at >= VOUCH_EVERY_S:
                 self.vouched_at = time.monotonic()
                 self._vouch_for_idle_partitions()
-            self._seal(batch)
+            if self.processed - self.batch_from >= self.max_batch or time.monotonic() - self.batch_opened >= self.commit_interval_s:
+                self._seal(batch)
         self.folding = None
         self.producer.poll(0)
         self._store_and_commit()
         self._export()
+
+    def _poll(self) -> list[Message]:
+        """What librdkafka holds, as soon as there is a record (as Kafka's ``poll()`` returns:
+        a record waits for no fuller batch). Records just received are released only after
+        a later receive finds the queue dry (``_caught_up``): that receive does not wait."""
+        asked_ms = _wall_ms()
+        if self.undrained:
+            messages = self.consumer.consume(self.max_batch, 0)
+        else:
+            first = self.consumer.poll(RECEIVE_WAIT_S)
+            messages = []
+            if first is not None:
+                asked_ms = _wall_ms()
+                messages = [first, *(self.consumer.consume(self.max_batch - 1, 0) if self.max_batch > 1 else [])]
+        self.polled_ms = _wall_ms()
+        if len(messages) < self.max_batch:  # librdkafka's queue ran dry: its fetches are current
+            self.drained_ms = asked_ms
+        self.undrained = bool(messages)
+        return messages
 
     def _receive(self, msg: Message) -> None:
         error = msg.error()
@@ -776,8 +797,7 @@ class BatchIngest:
 
     def _emit(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None = None,
               headers: dict[str, bytes] | None = None) -> None:
-        batch = self.batch
-        assert batch is not None
+        batch = self._open_batch()
         kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
         if headers:
             kwargs["headers"] = headers
@@ -813,6 +833,13 @@ class BatchIngest:
             self.ledger.acked(batch_id, None if err is None else str(err))
         return done
 
+    def _open_batch(self) -> Batch:
+        """The batch being folded: the outputs produced now count in it (a new one after a seal)."""
+        if self.batch is None:
+            self.batch = self.ledger.open()
+            self.batch_opened, self.batch_from = time.monotonic(), self.processed
+        return self.batch
+
     def _seal(self, batch: Batch) -> None:
         self._send_labels()
         offsets = {(t, w.partition): o for w in self.works.values() for t, o in w.released.items()}
@@ -820,6 +847,7 @@ class BatchIngest:
         for work in self.works.values():
             work.released = {}
         self.ledger.seal(batch, offsets, changes)
+        self.batch = None
 
     def _store_and_commit(self) -> None:
         if self.ledger.error is not None:
@@ -847,6 +875,8 @@ class BatchIngest:
 
     def _drain(self, timeout: float) -> None:
         """Until every batch so far is stored and committed (before partitions move, or at the end)."""
+        if self.batch is not None:  # what was folded since the last seal goes first
+            self._seal(self.batch)
         deadline = time.monotonic() + timeout
         while self.ledger.batches and time.monotonic() < deadline and self.ledger.error is None:
             self.producer.poll(0.05)
