@@ -38,7 +38,7 @@ T = TypeVar("T")
 
 #: ``caught_up(topic, since_ms)``: True if ``topic`` has no record that was not received,
 #: judged by a high watermark fetched *after* wall time ``since_ms``.
-CaughtUp = Callable[[str, int], bool]
+CaughtUp = Callable[[str, float], bool]
 
 
 class PartitionClock:
@@ -62,10 +62,10 @@ class InputMerge(Generic[T]):
 
     def __init__(self, inputs: Iterable[str]) -> None:
         self.inputs = list(inputs)
-        self.buffers: dict[str, deque[tuple[int | None, int, T]]] = {topic: deque() for topic in self.inputs}
+        self.buffers: dict[str, deque[tuple[int | None, float, T]]] = {topic: deque() for topic in self.inputs}
         self.size = 0
 
-    def push(self, topic: str, ts: int | None, item: T, arrived_ms: int) -> None:
+    def push(self, topic: str, ts: int | None, item: T, arrived_ms: float) -> None:
         """Buffer a record of ``topic`` with its event time and its wall-clock arrival."""
         self.buffers[topic].append((ts, arrived_ms, item))
         self.size += 1
@@ -131,7 +131,7 @@ class InputMerge(Generic[T]):
         self.size = 0
 
 
-def caught_up(next_offset: int | None, highwater: int | None, fetched_ms: int | None, since_ms: int) -> bool:
+def caught_up(next_offset: int | None, highwater: int | None, fetched_ms: float | None, since_ms: float) -> bool:
     """True if nothing of an input is left to receive, judged safely.
 
     ``next_offset`` is the offset of the next record the worker would receive (after the

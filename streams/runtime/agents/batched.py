@@ -90,6 +90,12 @@ def _wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _wall_ms_exact() -> float:
+    """Wall time in ms, not rounded: the merge compares a receive's start with the arrival of
+    records received a few µs before (rounded, both fall in one millisecond and prove nothing)."""
+    return time.time() * 1000
+
+
 @dataclass
 class PartitionWork:
     """What a worker keeps for one partition it owns."""
@@ -186,7 +192,8 @@ class BatchIngest:
         self.stopping = threading.Event()
         self.failure: BaseException | None = None
         self.polled_ms = 0
-        self.drained_ms = 0  #: wall time of the last receive that found librdkafka's queue dry
+        self.arrived_ms = 0.0  #: wall time (exact ms) the last receive returned: its records' arrival in the merge
+        self.drained_ms = 0.0  #: wall time (exact ms) of the last receive that found librdkafka's queue dry
         self.undrained = False  #: the last receive returned records: no dry receive after them yet
         self.consumer: Any = None
         self.producer: Any = None
@@ -430,16 +437,17 @@ class BatchIngest:
         """What librdkafka holds, as soon as there is a record (as Kafka's ``poll()`` returns:
         a record waits for no fuller batch). Records just received are released only after
         a later receive finds the queue dry (``_caught_up``): that receive does not wait."""
-        asked_ms = _wall_ms()
+        asked_ms = _wall_ms_exact()
         if self.undrained:
             messages = self.consumer.consume(self.max_batch, 0)
         else:
             first = self.consumer.poll(RECEIVE_WAIT_S)
             messages = []
             if first is not None:
-                asked_ms = _wall_ms()
+                asked_ms = _wall_ms_exact()
                 messages = [first, *(self.consumer.consume(self.max_batch - 1, 0) if self.max_batch > 1 else [])]
-        self.polled_ms = _wall_ms()
+        self.arrived_ms = _wall_ms_exact()
+        self.polled_ms = int(self.arrived_ms)
         if len(messages) < self.max_batch:  # librdkafka's queue ran dry: its fetches are current
             self.drained_ms = asked_ms
         self.undrained = bool(messages)
@@ -472,7 +480,7 @@ class BatchIngest:
             result = decode(logical, msg.value(), not_after_ms=latest + self.skew_ms, not_before_ms=self.min_event_ms,
                             max_bytes=self.settings.max_record_bytes)
         metrics.count_framing(logical, msg.value())
-        work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.polled_ms)
+        work.merge.push(topic, self._merge_ts(work.partition, result), (msg, logical, result, kafka_ts), self.arrived_ms)
 
     def _out_of_range(self, topic: str, partition: int, reason: str) -> None:
         """An input's position is outside its log (the consumer resets nothing by itself).
@@ -501,7 +509,7 @@ class BatchIngest:
             return result.ts
         return None
 
-    def _caught_up(self, work: PartitionWork, topic: str, since_ms: int, highs: dict[str, int] | None = None) -> bool:
+    def _caught_up(self, work: PartitionWork, topic: str, since_ms: float, highs: dict[str, int] | None = None) -> bool:
         """Nothing of ``topic`` left to receive, by the high watermark of the fetches (not
         ListOffsets, which some brokers under-report). The watermark librdkafka caches is
         only trusted as of a receive that found its queue dry (no partition's fetching held
@@ -527,7 +535,7 @@ class BatchIngest:
     def _release(self, work: PartitionWork) -> None:
         highs: dict[str, int] = {}
 
-        def caught_up_here(topic: str, since_ms: int) -> bool:
+        def caught_up_here(topic: str, since_ms: float) -> bool:
             return self._caught_up(work, topic, since_ms, highs)
 
         clock = work.clock.now

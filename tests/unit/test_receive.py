@@ -1,0 +1,134 @@
+"""The fold thread's receive and the event-time merge's proof that the other inputs are caught
+up (BatchIngest._poll, _caught_up): a record received alone is released once a later receive
+finds librdkafka's queue dry, and that receive follows at once, without waiting, even when it
+comes within the same millisecond (as it does when the fold in between is quick)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from streams.domain.clock import InputMerge
+from streams.domain.events import Heartbeat
+from streams.runtime.agents import batched
+from streams.runtime.agents.batched import BatchIngest, PartitionWork
+
+START_S = 1_767_225_605.0002  #: a wall clock inside a millisecond (not on its edge)
+STEP_S = 0.0001  #: each read of the clock moves it 0.1 ms: the fold thread's calls are that close
+
+
+class Message:
+    def __init__(self, topic: str, offset: int, value: bytes, kafka_ts: int) -> None:
+        self._topic, self._offset, self._value, self._ts = topic, offset, value, kafka_ts
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+    def headers(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return 1, self._ts
+
+
+class Consumer:
+    """librdkafka's queue as the fold thread sees it; the high watermarks of the fetches."""
+
+    def __init__(self, clock: list[float], highs: dict[str, int]) -> None:
+        self.clock, self.highs = clock, highs
+        self.queue: list[Message] = []
+        self.waits: list[float] = []  #: the timeout of every receive, in order
+
+    def poll(self, timeout: float) -> Message | None:
+        self.waits.append(timeout)
+        if self.queue:
+            return self.queue.pop(0)
+        self.clock[0] += timeout
+        return None
+
+    def consume(self, num_messages: int, timeout: float) -> list[Message]:
+        self.waits.append(timeout)
+        out, self.queue = self.queue[:num_messages], self.queue[num_messages:]
+        if not out:
+            self.clock[0] += timeout
+        return out
+
+    def get_watermark_offsets(self, tp: Any, cached: bool = False) -> tuple[int, int]:
+        return 0, self.highs[tp.topic]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [START_S]
+
+    def read() -> float:
+        now[0] += STEP_S
+        return now[0]
+
+    monkeypatch.setattr(batched.time, "time", read)
+    return now
+
+
+def ingest_with(consumer: Consumer, work: PartitionWork) -> BatchIngest:
+    ingest = object.__new__(BatchIngest)  # (only what the receive and the merge read: no app, no broker)
+    ingest.max_batch = 5000
+    ingest.merge_margin = 0  # RETENTION_MERGE_MARGIN_MS=0: the receive's own time is the bound
+    ingest.undrained = False
+    ingest.polled_ms = ingest.drained_ms = 0
+    ingest.consumer = consumer
+    ingest.works = {0: work}
+    ingest.logical = {"purchases": "purchases", "heartbeats": "heartbeats"}
+    ingest.privacy = SimpleNamespace(decoder=lambda logical: None)
+    ingest.settings = SimpleNamespace(max_record_bytes=1_000_000)
+    ingest.skew_ms, ingest.min_event_ms = 60_000, 0
+    ingest.partition_for = lambda user_id: 0
+    return ingest
+
+
+def receive(ingest: BatchIngest) -> int:
+    messages = ingest._poll()
+    for msg in messages:
+        ingest._receive(msg)
+    return len(messages)
+
+
+def release(ingest: BatchIngest, work: PartitionWork) -> Any:
+    item = work.merge.pop(lambda topic, since_ms: ingest._caught_up(work, topic, since_ms))
+    return None if item is None else item[2]
+
+
+@pytest.mark.parametrize("purchases_on_broker", [0, 1])
+def test_a_record_received_alone_is_released_by_the_next_receive_which_does_not_wait(
+        clock: list[float], purchases_on_broker: int) -> None:
+    # purchases read to offset 3; the fetches say the log ends there (or one record later)
+    consumer = Consumer(clock, {"purchases": 3 + purchases_on_broker, "heartbeats": 1})
+    work = PartitionWork(0, store=None, merge=InputMerge(["purchases", "heartbeats"]),  # type: ignore[arg-type]
+                         start={"purchases": 3, "heartbeats": 0})
+    ingest = ingest_with(consumer, work)
+    consumer.queue.append(Message("heartbeats", 0, b'{"ts": 1767225600000}', kafka_ts=int(START_S * 1000)))
+
+    assert receive(ingest) == 1
+    # purchases are proven caught up only by a receive after the heartbeat's: it waits
+    assert release(ingest, work) is None
+    assert receive(ingest) == 0  # the queue is dry, found so at once
+    assert consumer.waits == [batched.RECEIVE_WAIT_S, 0, 0]  # (the poll found the record at once)
+    released = release(ingest, work)
+    if purchases_on_broker:
+        assert released is None  # a purchase is still to be received: it may be earlier
+    else:
+        assert released == Heartbeat(ts=1767225600000)
