@@ -38,6 +38,19 @@ from typing import Any
 TopicPartition = tuple[str, int]
 
 
+def seal_now(age_s: float, folded: int, changed: int, interval_s: float, max_records: int) -> bool:
+    """Whether the batch being folded is complete: ``interval_s`` old (the commit interval),
+    or ``max_records`` records folded into it, or as many users' states changed (due checks
+    change states without a record, and a changed state stays in memory until written).
+
+    >>> seal_now(0.05, 10, 10, 0.1, 5000), seal_now(0.1, 10, 10, 0.1, 5000)
+    (False, True)
+    >>> seal_now(0.01, 5000, 10, 60.0, 5000), seal_now(0.01, 10, 5000, 60.0, 5000)
+    (True, True)
+    """
+    return age_s >= interval_s or folded >= max_records or changed >= max_records
+
+
 class Phase(enum.Enum):
     FOLDING = "folding"  #: records are being folded; outputs go out as they are made
     OUTPUTS = "outputs"  #: sealed: waiting for the outputs' acknowledgements

@@ -90,14 +90,14 @@ class Settings(BaseSettings):
     state_cache_users: int = Field(100_000, ge=100, description="Decoded user states kept in memory per partition (least recently used evicted once persisted).")
     rocksdb_block_cache_mb: int = Field(16, ge=1, description="RocksDB block cache per partition store, MB.")
     rocksdb_write_buffer_mb: int = Field(16, ge=1, description="RocksDB memtable size per partition store, MB (two at most).")
-    batch_max_records: int = Field(5_000, ge=1, description="Most records received at once, and folded into one batch of state writes and commits.")
+    batch_max_records: int = Field(5_000, ge=1, description="Most records received at once; a batch of state writes and commits is also sealed once it has folded this many records or changed this many users' states.")
     commit_interval_ms: int = Field(
         100, ge=0,
         description="How long the records folded since the last batch are gathered before their users' states are written "
         "(one RocksDB WriteBatch and one changelog record per user) and, once every output is acknowledged, their input "
-        "offsets committed: Kafka Streams' commit.interval.ms. Folding and the outputs (actions, score rows) do not wait "
-        "for it. Larger: fewer changelog records for busy users and fewer commits; more records folded again after a "
-        "crash. 0: a batch per receive.")
+        "offsets committed: Kafka Streams' commit.interval.ms. Folding, actions and score rows do not wait for it (model-labels "
+        "packs go out with it, or when full). Larger: fewer changelog records for busy users and fewer commits; more records "
+        "folded again after a crash. 0: a batch per receive.")
     merge_max_records: int = Field(20_000, ge=100, description="Records a partition may hold in its event-time merge (both ingest paths); an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; records fetched before the pause still arrive).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server listens on (the only one: 127.0.0.1 accepts no connection from other hosts); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")

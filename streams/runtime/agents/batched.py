@@ -56,7 +56,7 @@ from streams.runtime import heap, metrics
 from streams.runtime.agents.gate import ActionGate
 from streams.runtime.changelog import ChangelogWriter, changelog_topic, create_changelog, restore
 from streams.runtime.dead_letter_log import DeadLetterSummary
-from streams.runtime.deliveries import Batch, Ledger
+from streams.runtime.deliveries import Batch, Ledger, seal_now
 from streams.runtime.faults import BrokerDataLost, broker_data_lost, infrastructure_failure, operator_hint
 from streams.runtime.kafka import consumer as new_consumer
 from streams.runtime.kafka import producer as new_producer
@@ -426,7 +426,8 @@ class BatchIngest:
             if time.monotonic() - self.vouched_at >= VOUCH_EVERY_S:
                 self.vouched_at = time.monotonic()
                 self._vouch_for_idle_partitions()
-            if self.processed - self.batch_from >= self.max_batch or time.monotonic() - self.batch_opened >= self.commit_interval_s:
+            if seal_now(time.monotonic() - self.batch_opened, self.processed - self.batch_from,
+                        sum(len(w.store.dirty) for w in self.works.values()), self.commit_interval_s, self.max_batch):
                 self._seal(batch)
         self.folding = None
         self.producer.poll(0)
@@ -443,8 +444,8 @@ class BatchIngest:
         else:
             first = self.consumer.poll(RECEIVE_WAIT_S)
             messages = []
+            asked_ms = _wall_ms_exact()  # (nothing came: the queue was dry at the end of the wait)
             if first is not None:
-                asked_ms = _wall_ms_exact()
                 messages = [first, *(self.consumer.consume(self.max_batch - 1, 0) if self.max_batch > 1 else [])]
         self.arrived_ms = _wall_ms_exact()
         self.polled_ms = int(self.arrived_ms)
