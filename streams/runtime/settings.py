@@ -90,6 +90,7 @@ class Settings(BaseSettings):
     state_cache_users: int = Field(100_000, ge=100, description="Decoded user states kept in memory per partition (least recently used evicted once persisted).")
     rocksdb_block_cache_mb: int = Field(16, ge=1, description="RocksDB block cache per partition store, MB.")
     rocksdb_write_buffer_mb: int = Field(16, ge=1, description="RocksDB memtable size per partition store, MB (two at most).")
+    rocksdb_memtables_mb: int = Field(64, ge=0, description="RocksDB memtables of all the partition stores of one worker together, MB (a soft bound: once their sum nears it, the store being written flushes its memtable), so a worker's memtables do not grow with the partitions it owns (each store still flushes at RETENTION_ROCKSDB_WRITE_BUFFER_MB); 0: no shared budget (up to partitions owned x 2 x RETENTION_ROCKSDB_WRITE_BUFFER_MB).")
     batch_max_records: int = Field(5_000, ge=1, description="Most records received per micro-batch.")
     merge_max_records: int = Field(20_000, ge=100, description="Records a partition may hold in its event-time merge (both ingest paths); an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; records fetched before the pause still arrive).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server listens on (the only one: 127.0.0.1 accepts no connection from other hosts); 0.0.0.0 in containers.")
