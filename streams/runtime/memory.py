@@ -5,8 +5,8 @@ at most ``RETENTION_STATE_CACHE_USERS`` decoded states (~15 KB each for an activ
 measured by ``scripts/measure-state``: docs/state-size.md) plus RocksDB's block cache per
 partition and the memtables (``RETENTION_ROCKSDB_MEMTABLES_MB`` for all of a worker's
 partitions together). A worker left alone owns every partition, so the worst case is all of
-them. When that does not fit the cgroup's limit the worker would be OOM-killed under a large enough
-shop; the warning names the cache size that fits.
+them. When that does not fit the cgroup's limit the worker would be OOM-killed under a large
+enough shop; the warning names the cache size that fits.
 """
 
 from __future__ import annotations

@@ -50,11 +50,12 @@ class StoreOptions:
 
     ``memtables``: one budget shared by the memtables of every store opened with these
     options (a worker's partitions), from :meth:`sharing`. Without it each store fills a
-    memtable of ``write_buffer_mb`` before it flushes (and a second one while it does), so a worker's memtables grow with the
-    partitions it owns and, until they first fill, with the records it has written (the
-    bench's RSS rose by ~80 MB from 100,000 to 200,000 records that way: docs/benchmarks.md,
-    ninth round); with it the store being written flushes its memtable once their sum
-    nears the budget (a soft bound: memtables being flushed count until they are written).
+    memtable of ``write_buffer_mb`` before it flushes (and a second one while it does), so a
+    worker's memtables grow with the partitions it owns and, until they first fill, with the
+    records it has written (the bench's RSS rose by ~80 MB from 100,000 to 200,000 records
+    that way: docs/benchmarks.md, ninth round); with it the store being written flushes its
+    memtable once their sum nears the budget (a soft bound: memtables being flushed count
+    until they are written).
     """
 
     cache_users: int = 100_000
