@@ -11,7 +11,9 @@ enough shop; the warning names the cache size that fits.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from streams.runtime.settings import Settings
@@ -72,3 +74,19 @@ def warn_if_cache_outgrows_limit(settings: Settings) -> None:
     message = cache_warning(settings, cgroup_limit())
     if message is not None:
         log.warning(message)
+
+
+def heap_trimmer() -> Callable[[], bool] | None:
+    """glibc's ``malloc_trim(0)``: gives the system back the free memory of the C heap (True
+    when some was), or None where the C library has no such call (musl, macOS).
+
+    glibc keeps what is freed for the next allocation, so without it a worker's RSS stays at
+    its heap's high-water mark: the memtables RocksDB flushed, the records fetched ahead and
+    folded (docs/benchmarks.md, ninth round: 30-85 MB of a bench worker's RSS).
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return lambda: bool(trim(0))
