@@ -82,7 +82,7 @@ def heap_trimmer() -> Callable[[], bool] | None:
 
     glibc keeps what is freed for the next allocation, so without it a worker's RSS stays at
     its heap's high-water mark: the memtables RocksDB flushed, the records fetched ahead and
-    folded (docs/benchmarks.md, ninth round: 30-85 MB of a bench worker's RSS).
+    folded (docs/benchmarks.md, ninth round: 20-85 MB of a bench worker's RSS).
     """
     try:
         trim = ctypes.CDLL(None).malloc_trim
