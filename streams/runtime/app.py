@@ -13,7 +13,7 @@ from streams.runtime.action_stats import ActionStats
 from streams.runtime.agents.batched import BatchIngest
 from streams.runtime.agents.trainer import TrainerAgent
 from streams.runtime.kafka import faust_credentials
-from streams.runtime.memory import warn_if_cache_outgrows_limit
+from streams.runtime.memory import heap_trimmer, warn_if_cache_outgrows_limit
 from streams.runtime.faults import BROKER_DATA_LOST, broker_data_lost
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.ops import Operations
@@ -105,6 +105,12 @@ def create_app(settings: Settings) -> tuple[RetentionApp, BatchIngest]:
         async def trace_offsets() -> None:
             for line in app.consumer.trace_report():
                 log.warning("offset trace: %s", line)
+    trim = heap_trimmer() if settings.malloc_trim_interval_s > 0 else None
+    if trim is not None:
+
+        @app.timer(settings.malloc_trim_interval_s, name="malloc-trim")
+        async def trim_heap() -> None:
+            trim()
     app.operations = Operations(app, settings, ingest)  # /health/*, lag
 
     models_page(app, follower)

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     state_cache_users: int = Field(100_000, ge=100, description="Decoded user states kept in memory per partition (least recently used evicted once persisted).")
     rocksdb_block_cache_mb: int = Field(16, ge=1, description="RocksDB block cache per partition store, MB.")
     rocksdb_write_buffer_mb: int = Field(16, ge=1, description="RocksDB memtable size per partition store, MB (two at most).")
+    rocksdb_memtables_mb: int = Field(64, ge=0, description="RocksDB memtables of all the partition stores of one worker together, MB (a soft bound: once their sum nears it, the store being written flushes its memtable), so a worker's memtables do not grow with the partitions it owns (each store still flushes at RETENTION_ROCKSDB_WRITE_BUFFER_MB); 0: no shared budget (up to partitions owned x 2 x RETENTION_ROCKSDB_WRITE_BUFFER_MB).")
+    malloc_trim_interval_s: float = Field(5.0, ge=0, description="Seconds between two returns of the C heap's free memory to the system (glibc's malloc_trim, on the worker's event loop; a few ms each): glibc keeps what is freed (RocksDB's flushed memtables, records folded), so without it a worker's RSS stays at its heap's high-water mark. 0: never; nothing where the C library is not glibc.")
     batch_max_records: int = Field(5_000, ge=1, description="Most records received at once; a batch of state writes and commits is also sealed once it has folded this many records or changed this many users' states.")
     commit_interval_ms: int = Field(
         100, ge=0,

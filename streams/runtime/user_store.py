@@ -26,11 +26,11 @@ from __future__ import annotations
 import shutil
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
-from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch
+from rocksdict import BlockBasedOptions, Cache, Options, Rdict, WriteBatch, WriteBufferManager
 
 from streams.domain.state import UserState, dump_state, load_state
 
@@ -46,18 +46,37 @@ _offsets_codec = (msgspec.msgpack.Encoder(), msgspec.msgpack.Decoder(dict[str, i
 
 @dataclass(frozen=True)
 class StoreOptions:
-    """RocksDB memory per partition store (``RETENTION_ROCKSDB_*``) and the state cache size."""
+    """RocksDB memory per partition store (``RETENTION_ROCKSDB_*``) and the state cache size.
+
+    ``memtables``: one budget shared by the memtables of every store opened with these
+    options (a worker's partitions), from :meth:`sharing`. Without it each store fills a
+    memtable of ``write_buffer_mb`` before it flushes (and a second one while it does), so a
+    worker's memtables grow with the partitions it owns and, until they first fill, with the
+    records it has written (the bench's RSS rose by ~80 MB from 100,000 to 200,000 records
+    that way: docs/benchmarks.md, ninth round); with it the store being written flushes its
+    memtable once their sum nears the budget (a soft bound: memtables being flushed count
+    until they are written).
+    """
 
     cache_users: int = 100_000
     block_cache_mb: int = 16
     write_buffer_mb: int = 16
     max_write_buffers: int = 2
+    memtables: WriteBufferManager | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def sharing(cls, memtables_mb: int, **sizes: int) -> "StoreOptions":
+        """Options whose stores share one memtable budget of ``memtables_mb`` (0: none)."""
+        manager = WriteBufferManager(memtables_mb << 20, False) if memtables_mb > 0 else None
+        return cls(memtables=manager, **sizes)
 
     def rocksdb(self) -> Options:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.set_write_buffer_size(self.write_buffer_mb << 20)
         options.set_max_write_buffer_number(self.max_write_buffers)
+        if self.memtables is not None:
+            options.set_write_buffer_manager(self.memtables)
         table = BlockBasedOptions()
         table.set_block_cache(Cache(self.block_cache_mb << 20))
         options.set_block_based_table_factory(table)

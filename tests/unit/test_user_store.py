@@ -161,3 +161,35 @@ def test_partitions_taken_away_are_not_stored_or_committed_by_this_worker() -> N
     assert batch.changes == {0: "A"}
     ledger.stored(ledger.to_store()[0], 0)
     assert ledger.committable() == {("clicks", 0): 10}
+
+
+def _memtables_peak(root: Path, options: StoreOptions, stores: int = 8, rounds: int = 40, users: int = 200) -> tuple[int, list[PartitionStore]]:
+    """Write ``rounds`` batches of ``users`` states to each of ``stores`` stores; the largest sum
+    of their memtables seen after a round."""
+    parts = [PartitionStore(root / f"p{p}", options) for p in range(stores)]
+    most = 0
+    for n in range(rounds):
+        for p, s in enumerate(parts):
+            for u in range(users):
+                s.put(UserState(f"u{u}", purchases=n, spend_cents=(n * 7919 + u * 104729 + p) % 10**9))
+            s.flush({"clicks": n})
+        most = max(most, sum(s.db.property_int_value("rocksdb.size-all-mem-tables") for s in parts))
+    return most, parts
+
+
+def test_a_shared_memtable_budget_bounds_the_stores_together_and_they_keep_answering(tmp_path: Path) -> None:
+    """Eight stores of 1 MB memtables fill 5-8 MB alone; sharing a 1 MB budget, RocksDB flushes
+    as their sum nears it (a soft bound: memtables being flushed count until they are written:
+    1.6-2.5 MB seen, hence the margin), and every state reads back as last written."""
+    sizes = dict(cache_users=100, block_cache_mb=1, write_buffer_mb=1)
+    alone, _ = _memtables_peak(tmp_path / "alone", StoreOptions(**sizes))
+    budget = StoreOptions.sharing(1, **sizes)
+    shared, parts = _memtables_peak(tmp_path / "shared", budget)
+    assert alone > 5 << 20
+    assert shared < alone / 2
+    assert budget.memtables is not None and budget.memtables.get_buffer_size() == 1 << 20
+    for p, s in enumerate(parts):
+        s.cache.clear()  # read from RocksDB, not the cache
+        assert [s.get(f"u{u}").spend_cents for u in (0, 199)] == [(39 * 7919 + u * 104729 + p) % 10**9 for u in (0, 199)]
+        assert s.offsets() == {"clicks": 39}
+    assert StoreOptions.sharing(0, **sizes).memtables is None  # 0: each store on its own

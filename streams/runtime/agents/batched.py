@@ -141,8 +141,9 @@ class BatchIngest:
         self.period_ms = settings.model_period_ms
         self.labels: list[Any] = []  #: examples made in this micro-batch, not yet sent (packed)
         self.labels_text = 0  #: review characters among them
-        self.options = StoreOptions(cache_users=settings.state_cache_users, block_cache_mb=settings.rocksdb_block_cache_mb,
-                                    write_buffer_mb=settings.rocksdb_write_buffer_mb)
+        self.options = StoreOptions.sharing(settings.rocksdb_memtables_mb, cache_users=settings.state_cache_users,
+                                            block_cache_mb=settings.rocksdb_block_cache_mb,
+                                            write_buffer_mb=settings.rocksdb_write_buffer_mb)
         self.max_batch = settings.batch_max_records
         self.commit_interval_s = settings.commit_interval_ms / 1000
         self.merge_margin = settings.merge_margin  #: ms (a property that computes: read once)
