@@ -439,8 +439,8 @@ class BatchIngest:
         """What librdkafka holds, as soon as there is a record (as Kafka's ``poll()`` returns:
         a record waits for no fuller batch). Records just received are released only after
         a later receive finds the queue dry (``_caught_up``): that receive does not wait."""
-        asked_ms = _wall_ms_exact()
         if self.undrained:
+            asked_ms = _wall_ms_exact()
             messages = self.consumer.consume(self.max_batch, 0)
         else:
             first = self.consumer.poll(RECEIVE_WAIT_S)
