@@ -31,7 +31,7 @@ back: a late record, e.g. a re-keyed one, leaves it where it is).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -97,9 +97,11 @@ class InputMerge(Generic[T]):
         self.size -= 1
         return item
 
-    def pace(self, max_records: int, paused: set[str]) -> tuple[list[str], list[str]]:
+    def pace(self, max_records: int, paused: set[str], incoming: Mapping[str, int] | None = None) -> tuple[list[str], list[str]]:
         """Back-pressure for a merge of at most ``max_records``: the inputs to pause (their
         buffers hold their share) and to resume (back to half of it); ``paused`` is updated.
+        ``incoming``: records per input received but not pushed yet, counted as buffered (a
+        receive in chunks pauses an input as soon as its share is reached, not a batch later).
 
         Only an input with records buffered is ever paused, and the merge only waits for an
         input with none, which keeps fetching: pacing never stalls the merge.
@@ -117,10 +119,11 @@ class InputMerge(Generic[T]):
         share = max(max_records // len(self.inputs), 1)
         pause, resume = [], []
         for topic, buffer in self.buffers.items():
-            if topic not in paused and len(buffer) >= share:
+            held = len(buffer) + incoming.get(topic, 0) if incoming else len(buffer)
+            if topic not in paused and held >= share:
                 pause.append(topic)
                 paused.add(topic)
-            elif topic in paused and len(buffer) <= share // 2:
+            elif topic in paused and held <= share // 2:
                 resume.append(topic)
                 paused.discard(topic)
         return pause, resume

@@ -78,7 +78,7 @@ MERGE_RECORDS = Gauge("retention_merge_records", "Records held in this worker's 
 MERGE_RECORDS_MAX = Gauge(
     "retention_merge_records_max",
     "The most records this worker's event-time merges held at once since it started (bounded by "
-    "RETENTION_MERGE_MAX_RECORDS per partition, plus what was fetched before a pause).",
+    "RETENTION_MERGE_MAX_RECORDS per partition, plus one receive chunk of 500 records per input).",
 )
 INPUT_PAUSES = Counter(
     "retention_input_pauses",

@@ -100,7 +100,7 @@ class Settings(BaseSettings):
         "offsets committed: Kafka Streams' commit.interval.ms. Folding, actions and score rows do not wait for it (model-labels "
         "packs go out with it, or when full). Larger: fewer changelog records for busy users and fewer commits; more records "
         "folded again after a crash. 0: a batch per receive.")
-    merge_max_records: int = Field(20_000, ge=100, description="Records a partition may hold in its event-time merge (both ingest paths); an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; records fetched before the pause still arrive).")
+    merge_max_records: int = Field(20_000, ge=100, description="Records a partition may hold in its event-time merge (both ingest paths); an input holding its share stops fetching until half of them are folded (back-pressure: memory stays bounded under any backlog; a receive takes its records in chunks of 500 and pauses between two, so an input outgrows its share by one chunk at most).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server listens on (the only one: 127.0.0.1 accepts no connection from other hosts); 0.0.0.0 in containers.")
     web_port: int = Field(6066, description="Port of the worker's web server.")
     api_token: SecretStr | None = Field(

@@ -132,3 +132,51 @@ def test_a_record_received_alone_is_released_by_the_next_receive_which_does_not_
         assert released is None  # a purchase is still to be received: it may be earlier
     else:
         assert released == Heartbeat(ts=1767225600000)
+
+
+class PausingConsumer(Consumer):
+    """... and pausing as librdkafka does: a paused input's records already fetched are dropped
+    from the queue and fetched again, from the position reached, on resume."""
+
+    def __init__(self, clock: list[float], highs: dict[str, int]) -> None:
+        super().__init__(clock, highs)
+        self.paused: set[str] = set()
+        self.dropped: list[Message] = []
+
+    def pause(self, tps: list[Any]) -> None:
+        for tp in tps:
+            self.paused.add(tp.topic)
+            self.dropped += [m for m in self.queue if m.topic() == tp.topic]
+            self.queue = [m for m in self.queue if m.topic() != tp.topic]
+
+    def resume(self, tps: list[Any]) -> None:
+        for tp in tps:
+            self.paused.discard(tp.topic)
+            self.queue += [m for m in self.dropped if m.topic() == tp.topic]
+            self.dropped = [m for m in self.dropped if m.topic() != tp.topic]
+
+
+def test_a_receive_pauses_an_input_once_its_share_of_the_merge_is_full_and_takes_no_batch_more(clock: list[float]) -> None:
+    records = 3000
+    consumer = PausingConsumer(clock, {"purchases": 0, "heartbeats": records})
+    work = PartitionWork(0, store=None, merge=InputMerge(["purchases", "heartbeats"]),  # type: ignore[arg-type]
+                         start={"purchases": 0, "heartbeats": 0})
+    ingest = ingest_with(consumer, work)
+    ingest.merge_cap = 600  # a share of 300 for each of the two inputs
+    first_ts = 1_767_225_600_000
+    consumer.queue += [Message("heartbeats", n, b'{"ts": %d}' % (first_ts + n), kafka_ts=int(START_S * 1000))
+                       for n in range(records)]
+
+    received: list[int] = []
+    for _ in range(20):
+        messages = ingest._poll()
+        for msg in messages:
+            ingest._receive(msg)
+        received += [msg.offset() for msg in messages]
+        # a chunk (500) past the share at most, not the receive's whole batch of 5,000
+        assert work.merge.size <= 300 + 500
+        while release(ingest, work) is not None:
+            pass
+        ingest._pace(work)
+    assert work.merge.size == 0 and not consumer.paused
+    assert received == list(range(records))  # each record once, in offset order, none lost to the pauses

@@ -29,6 +29,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -75,6 +76,10 @@ USER_EVENTS = (Click, Purchase, Review, Outcome)
 #: How long a receive waits for a first record when there is nothing to fold (the cycle then
 #: releases what waited in the merges); it returns as soon as one arrives.
 RECEIVE_WAIT_S = 0.05
+#: A receive takes records from librdkafka this many at a time, and pauses the inputs that fill
+#: their share of the merge between two (as Kafka's ``max.poll.records`` bounds what a paused
+#: partition's buffer can outgrow its limit by in Kafka Streams).
+RECEIVE_CHUNK = 500
 #: A micro-batch folding longer than this is named in the stall reason.
 FOLD_WATCH_S = 10.0
 #: How often idle partitions send a watermark for the others (see BatchIngest._vouch_for_idle_partitions).
@@ -438,22 +443,53 @@ class BatchIngest:
     def _poll(self) -> list[Message]:
         """What librdkafka holds, as soon as there is a record (as Kafka's ``poll()`` returns:
         a record waits for no fuller batch). Records just received are released only after
-        a later receive finds the queue dry (``_caught_up``): that receive does not wait."""
+        a later receive finds the queue dry (``_caught_up``): that receive does not wait.
+
+        Up to ``RETENTION_BATCH_MAX_RECORDS`` are taken in chunks of ``RECEIVE_CHUNK``; an input
+        whose share of its merge fills meanwhile is paused before the next chunk (librdkafka
+        then drops what it had fetched of it, and fetches it again on resume), so a merge
+        outgrows its share by one chunk at most, not by a whole batch."""
+        chunk = min(RECEIVE_CHUNK, self.max_batch)
         if self.undrained:
             asked_ms = _wall_ms_exact()
-            messages = self.consumer.consume(self.max_batch, 0)
+            messages = self.consumer.consume(chunk, 0)
         else:
             first = self.consumer.poll(RECEIVE_WAIT_S)
             messages = []
             asked_ms = _wall_ms_exact()  # (nothing came: the queue was dry at the end of the wait)
             if first is not None:
-                messages = [first, *(self.consumer.consume(self.max_batch - 1, 0) if self.max_batch > 1 else [])]
+                messages = [first, *(self.consumer.consume(chunk - 1, 0) if chunk > 1 else [])]
+        dry = len(messages) < chunk
+        incoming: dict[int, Counter[str]] = {}
+        counted = 0
+        while not dry and len(messages) < self.max_batch:
+            counted = self._pace_incoming(messages, counted, incoming)
+            asked = min(chunk, self.max_batch - len(messages))
+            asked_ms = _wall_ms_exact()
+            more = self.consumer.consume(asked, 0)
+            messages += more
+            dry = len(more) < asked
         self.arrived_ms = _wall_ms_exact()
         self.polled_ms = int(self.arrived_ms)
-        if len(messages) < self.max_batch:  # librdkafka's queue ran dry: its fetches are current
+        if dry:  # librdkafka's queue ran dry: its fetches are current
             self.drained_ms = asked_ms
         self.undrained = bool(messages)
         return messages
+
+    def _pace_incoming(self, messages: list[Message], counted: int, incoming: dict[int, Counter[str]]) -> int:
+        """Pause the inputs that ``messages`` (the receive so far; those from ``counted`` on not
+        yet counted in ``incoming``) fill to their share; returns how many are counted now."""
+        touched = set()
+        for msg in messages[counted:]:
+            if msg.error() is None:
+                partition = msg.partition()
+                incoming.setdefault(partition, Counter())[msg.topic()] += 1
+                touched.add(partition)
+        for partition in touched:
+            work = self.works.get(partition)
+            if work is not None:  # (None: given back by a rebalance during this receive)
+                self._pace(work, incoming[partition])
+        return len(messages)
 
     def _receive(self, msg: Message) -> None:
         error = msg.error()
@@ -570,11 +606,12 @@ class BatchIngest:
         if work.clock.now != clock:
             metrics.EVENT_TIME.labels(str(work.partition)).set(work.clock.now / 1000)
 
-    def _pace(self, work: PartitionWork) -> None:
+    def _pace(self, work: PartitionWork, incoming: Counter[str] | None = None) -> None:
         """Back-pressure: an input whose records fill its share of the partition's merge stops
         fetching until half of them are folded. Only inputs with records buffered are paused:
-        the merge can only be waiting for an input with none, which keeps fetching."""
-        pause, resume = work.merge.pace(self.merge_cap, work.paused)
+        the merge can only be waiting for an input with none, which keeps fetching.
+        ``incoming``: records received and not yet in the merge, per input."""
+        pause, resume = work.merge.pace(self.merge_cap, work.paused, incoming)
         if pause:
             self.consumer.pause([TopicPartition(topic, work.partition) for topic in pause])
             for topic in pause:
