@@ -109,14 +109,30 @@ def purchase_days_in(purchases: Iterable[tuple[K, int]], after_ms: int, horizon_
     return {customer: len(seen) for customer, seen in days.items()}
 
 
-def _log_likelihood(params: Array, x: Array, t_x: Array, T: Array) -> Array:
-    """Per-history log-likelihood of FHL (2005), eq. (6), in log-sum-exp form."""
+def _log_likelihood(params: Array, x: Array, t_x: Array, T: Array, repeats: tuple[Array, Array] | None = None) -> Array:
+    """Per-history log-likelihood of FHL (2005), eq. (6), in log-sum-exp form.
+
+    ``repeats``: ``np.unique(x, return_inverse=True)`` of ``x``: the terms of ``x`` alone (the
+    log-gamma and log-beta functions, half the cost) are then computed once per distinct
+    repeat count (a dozen in a shop's histories, against hundreds of rows) and gathered.
+    Each value is the same bit for bit (the same element-wise operations on the same numbers).
+
+    >>> x, t_x, T = np.array([0.0, 2.0, 2.0, 5.0]), np.array([0.0, 10.0, 12.0, 20.0]), np.array([30.0, 30.0, 31.0, 40.0])
+    >>> p = np.array([0.5, 10.0, 0.8, 2.5])
+    >>> bool(np.array_equal(_log_likelihood(p, x, t_x, T), _log_likelihood(p, x, t_x, T, np.unique(x, return_inverse=True))))
+    True
+    """
     r, alpha, a, b = params
-    shared = gammaln(r + x) - gammaln(r) + r * math.log(alpha) + betaln(a, b + x) - betaln(a, b)
-    alive = -(r + x) * np.log(alpha + T)
+    if repeats is None:
+        shared = gammaln(r + x) - gammaln(r) + r * math.log(alpha) + betaln(a, b + x) - betaln(a, b)
+    else:
+        distinct, index = repeats
+        shared = (gammaln(r + distinct) - gammaln(r) + r * math.log(alpha) + betaln(a, b + distinct) - betaln(a, b))[index]
+    rx = r + x
+    alive = -rx * np.log(alpha + T)
     # B(a+1, b+x-1) / B(a, b+x) = a / (b+x-1): dropped out right after the last purchase.
     gone = np.where(
-        x > 0, math.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - (r + x) * np.log(alpha + t_x), -np.inf
+        x > 0, math.log(a) - np.log(np.maximum(b + x - 1, 1e-300)) - rx * np.log(alpha + t_x), -np.inf
     )
     return shared + np.logaddexp(alive, gone)
 
@@ -147,10 +163,11 @@ class BgNbd:
             raise ValueError("no customers to fit on")
         x, t_x, T, w = summary
         total = w.sum()
+        repeats = np.unique(x, return_inverse=True)  # (the terms of x alone: once per distinct count)
 
         def objective(log_params: Array) -> float:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a non-finite value is rejected below
-                value = -float(w @ _log_likelihood(np.exp(log_params), x, t_x, T)) / total
+                value = -float(w @ _log_likelihood(np.exp(log_params), x, t_x, T, repeats)) / total
             return value if math.isfinite(value) else 1e10
 
         cold = (1.0, max(float(w @ T / total), 1e-3), 1.0, 1.0)

@@ -210,3 +210,44 @@ def test_one_customers_closed_forms_are_the_array_methods_bit_for_bit() -> None:
         want = (float(m.p_no_purchase(x, t_x, T, horizon)), float(m.expected_purchases(x, t_x, T, horizon)))
         got = m.churn_and_expected(x, t_x, T, horizon)
         assert all(g == w or (math.isnan(g) and math.isnan(w)) for g, w in zip(got, want)), (m, x, t_x, T, horizon, got, want)
+
+
+def test_the_fits_likelihood_by_distinct_repeat_counts_is_the_plain_one_bit_for_bit() -> None:
+    """The fit computes the terms of ``x`` alone once per distinct repeat count: the very
+    floats of the row-by-row form, at any parameters (extremes too, where some are not
+    finite), so the trainer's fits, and the models after them, stay as they were."""
+    from models.bgnbd import BOUNDS, _log_likelihood
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 15, 700).astype(float)
+    t_x = np.where(x > 0, rng.uniform(0, 200, 700), 0.0)
+    T = t_x + rng.uniform(0, 200, 700)
+    repeats = np.unique(x, return_inverse=True)
+    assert len(repeats[0]) == 15
+    for _ in range(500):
+        params = np.exp(rng.uniform(*BOUNDS, 4))
+        with np.errstate(all="ignore"):
+            plain, gathered = _log_likelihood(params, x, t_x, T), _log_likelihood(params, x, t_x, T, repeats)
+        assert np.array_equal(plain, gathered, equal_nan=True), params
+
+
+def test_a_fit_is_the_one_on_the_plain_likelihood() -> None:
+    """The whole fit: the same parameters as L-BFGS-B on the row-by-row likelihood."""
+    from scipy.optimize import minimize
+
+    from models.bgnbd import BOUNDS, _log_likelihood
+
+    truth = BgNbd(r=0.8, alpha=12.0, a=0.6, b=3.0)
+    s = simulate(truth, np.random.default_rng(3).uniform(20, 300, 400), 0.0, np.random.default_rng(4))
+    summary = Summary.of(History(int(x), float(t), float(T)) for x, t, T in zip(s.x, s.t_x, s.T))
+    x, t_x, T, w = summary
+
+    def objective(log_params: np.ndarray) -> float:
+        with np.errstate(all="ignore"):
+            value = -float(w @ _log_likelihood(np.exp(log_params), x, t_x, T)) / w.sum()
+        return value if math.isfinite(value) else 1e10
+
+    start = (1.0, max(float(w @ T / w.sum()), 1e-3), 1.0, 1.0)
+    plain = np.exp(minimize(objective, np.log(start), method="L-BFGS-B", bounds=[BOUNDS] * 4).x)
+    fit = BgNbd.fit(summary)
+    assert (fit.r, fit.alpha, fit.a, fit.b) == tuple(float(v) for v in plain)
