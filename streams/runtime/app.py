@@ -151,7 +151,7 @@ def create_trainer_app(settings: Settings) -> RetentionApp:
     trains then, so the workers' CPU goes to the events alone."""
     app = new_app(settings, app_id=trainer_app_id(settings), stream_wait_empty=False)
     follower = ModelFollower(app, settings)
-    app.trainer = TrainerAgent(app, settings, follower)
+    app.trainer = TrainerAgent(app, settings, follower, settle_heap=True)
     models_page(app, follower)
 
     @app.page("/health/live")

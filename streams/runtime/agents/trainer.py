@@ -19,7 +19,7 @@ import faust
 from models.bundle import Models
 from models.examples import Examples, Forget, Watermark, decode_example, unpack
 from models.trainer import Snapshot, Trainer, dump_models, encode_snapshot, load_models, version_of
-from streams.runtime import metrics
+from streams.runtime import heap, metrics
 from streams.runtime.model_sync import ModelFollower
 from streams.runtime.settings import Settings
 from streams.runtime.transport import ack, guard
@@ -45,10 +45,14 @@ def snapshot_key(snapshot: Snapshot, period_ms: int, kept: int) -> bytes:
 
 
 class TrainerAgent:
-    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower) -> None:
+    def __init__(self, app: faust.App, settings: Settings, follower: ModelFollower, settle_heap: bool = False) -> None:
+        """``settle_heap``: the trainer is the process's hot loop (``retention trainer``): the
+        start-up heap is frozen and the collections spaced out once it has resumed, as a
+        worker does when it starts folding (:mod:`streams.runtime.heap`)."""
         self.app = app
         self.settings = settings
         self.follower = follower
+        self.settle_heap = settle_heap
         self.labels = app.topic(settings.topic_model_labels, partitions=1, key_serializer="raw", value_serializer="raw")
         guard(app, self.labels.topics)  # committed only as far as the trainer acknowledged them
         self.trainer: Trainer[Models] | None = None
@@ -118,6 +122,9 @@ class TrainerAgent:
                             "republishes signed snapshots", sum(refused.values()), dict(refused))
             log.info("model trainer resumed at %s (covered %s; learned %s)",
                      latest.version if latest else "the priors", self.trainer.covered, dict(self.trainer.learned))
+            if self.settle_heap:
+                heap.settle()  # (the first time: what is alive then, the models among it, is frozen)
+                self.settle_heap = False
         return self.trainer
 
     async def _publish(self, snapshots: list[Snapshot]) -> None:
