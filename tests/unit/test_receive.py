@@ -180,3 +180,21 @@ def test_a_receive_pauses_an_input_once_its_share_of_the_merge_is_full_and_takes
         ingest._pace(work)
     assert work.merge.size == 0 and not consumer.paused
     assert received == list(range(records))  # each record once, in offset order, none lost to the pauses
+
+
+def test_a_partition_given_back_while_paused_is_resumed_before_it_is_unassigned(clock: list[float]) -> None:
+    # librdkafka keeps a pause across an unassignment: taken again later, the partition would never fetch
+    calls: list[tuple[str, list[tuple[str, int]]]] = []
+    consumer = SimpleNamespace(
+        resume=lambda tps: calls.append(("resume", [(tp.topic, tp.partition) for tp in tps])),
+        incremental_unassign=lambda tps: calls.append(("unassign", sorted((tp.topic, tp.partition) for tp in tps))),
+    )
+    kept = PartitionWork(0, store=None, merge=InputMerge(["purchases", "heartbeats"]), paused={"purchases"})  # type: ignore[arg-type]
+    gone = PartitionWork(1, store=None, merge=InputMerge(["purchases", "heartbeats"]), paused={"purchases"})  # type: ignore[arg-type]
+    ingest = ingest_with(consumer, kept)  # type: ignore[arg-type]
+    ingest.works = {0: kept, 1: gone}
+    ingest.inputs = ["purchases", "heartbeats"]
+
+    ingest._unassign({1})
+
+    assert calls == [("resume", [("purchases", 1)]), ("unassign", [("heartbeats", 1), ("purchases", 1)])]

@@ -348,7 +348,7 @@ class BatchIngest:
         new = wanted - set(self.works)
         if gone:
             self.ledger.drop(gone)
-            self.consumer.incremental_unassign([TopicPartition(t, p) for p in gone for t in self.inputs])
+            self._unassign(gone)
             for p in gone:
                 self.works.pop(p).store.close()
         for work in self.works.values():  # kept: the rebalance forgot nothing of them, but the merge is read again
@@ -394,6 +394,15 @@ class BatchIngest:
                                              f"up to offset {position}") from exc
                     if high == 0:
                         raise BrokerDataLost(f"{topic}[{p}] is empty, and this worker had read or written it up to offset {position}")
+
+    def _unassign(self, gone: set[int]) -> None:
+        """Stop reading partitions given back. Inputs paused by back-pressure are resumed first:
+        librdkafka keeps a partition's pause across its unassignment, so a partition given back
+        while paused and taken again later would never fetch (its new merge pauses nothing)."""
+        paused = [TopicPartition(t, p) for p in sorted(gone) for t in sorted(self.works[p].paused)]
+        if paused:
+            self.consumer.resume(paused)
+        self.consumer.incremental_unassign([TopicPartition(t, p) for p in gone for t in self.inputs])
 
     def _start_offsets(self, tps: list[TopicPartition]) -> dict[tuple[str, int], int]:
         """Where reading starts on each input just taken: its committed offset, or the start
