@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 T0 = parse_ts("2026-01-01T00:00:00Z")
 USERS = [f"bp{n}" for n in range(40)]
 CLICKS = 15_000
-CAP = 300  # RETENTION_MERGE_MAX_RECORDS: per partition, shared by its six inputs (50 each)
+CAP = 300  # RETENTION_MERGE_MAX_RECORDS: per partition, shared by its eight inputs (37 each)
 BATCH = 100  # RETENTION_BATCH_MAX_RECORDS
 
 
