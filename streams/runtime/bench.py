@@ -39,7 +39,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from streams.runtime.broker import cluster_or_embedded
+from streams.runtime.broker import EmbeddedBroker, cluster_or_embedded
 from streams.runtime.kafka import create_topics
 from streams.runtime.processes import WorkerProcess
 from streams.runtime.publish import Outgoing, Publisher, simulation_records
@@ -66,6 +66,7 @@ class Sample:
     trainer_cpu_s: float = 0.0  # CPU seconds of a separate trainer process so far (--trainer separate)
     dues: float = 0.0  # users checked at their event-time due time, summed over workers (retention_due_checks_total)
     due_cpu_s: float = 0.0  # CPU seconds the workers spent on those checks (retention_due_check_cpu_seconds_total)
+    broker_cpu_s: float = 0.0  # CPU seconds of the embedded broker so far (none for a cluster)
 
 
 @dataclass
@@ -131,7 +132,7 @@ def quantile(q: float, buckets: dict[float, float]) -> float:
     return lower
 
 
-def sample(workers: list[WorkerProcess], trainer: WorkerProcess | None = None) -> Sample:
+def sample(workers: list[WorkerProcess], trainer: WorkerProcess | None = None, broker_pid: int | None = None) -> Sample:
     records, cpu, buckets, dues, due_cpu = 0.0, 0.0, {}, 0.0, 0.0
     for worker in workers:
         # one page read: the worker renders it
@@ -149,7 +150,8 @@ def sample(workers: list[WorkerProcess], trainer: WorkerProcess | None = None) -
                 records += value
         cpu += cpu_seconds(worker.process.pid)
     trainer_cpu = cpu_seconds(trainer.process.pid) if trainer is not None and trainer.process is not None else 0.0
-    return Sample(time.monotonic(), records, cpu, buckets, trainer_cpu, dues, due_cpu)
+    broker_cpu = cpu_seconds(broker_pid) if broker_pid is not None else 0.0
+    return Sample(time.monotonic(), records, cpu, buckets, trainer_cpu, dues, due_cpu, broker_cpu)
 
 
 def bench_records(events: int, customers: int, seed: int, partitions: int) -> list[Outgoing]:
@@ -181,12 +183,13 @@ def publish_paced(publisher: Publisher, records: list[Outgoing], rate: float) ->
 
 
 def wait_processed(
-    workers: list[WorkerProcess], count: int, trace: list[Sample], stall_s: float = 120.0, trainer: WorkerProcess | None = None
+    workers: list[WorkerProcess], count: int, trace: list[Sample], stall_s: float = 120.0, trainer: WorkerProcess | None = None,
+    broker_pid: int | None = None,
 ) -> Sample:
     """Sample the workers every ``SAMPLE_EVERY_S`` until they have processed ``count`` records."""
     last_progress = time.monotonic()
     while True:
-        now = sample(workers, trainer)
+        now = sample(workers, trainer, broker_pid)
         if trace and now.records > trace[-1].records:
             last_progress = now.t
         trace.append(now)
@@ -247,9 +250,11 @@ def due_split(trace: list[Sample], start: float, end: float) -> tuple[float, flo
 def measure(
     name: str, mode: str, base_env: dict[str, str], records: list[Outgoing], workdir: Path,
     partitions: int, workers: int, rate: float, console: Console, trainer: str = "worker", warm: int = 0,
+    broker_pid: int | None = None,
 ) -> list[Result]:
     """The pipeline's figures; with ``trainer`` separate (the full pipeline), a second row:
-    the trainer process's CPU per record of the same window. ``warm`` (backlog): the window
+    the trainer process's CPU per record of the same window; given the embedded broker's
+    ``broker_pid``, a row of its CPU per record too. ``warm`` (backlog): the window
     and its fifths cover the records after the first ``warm`` (a shop with a history)."""
     suffix = uuid.uuid4().hex[:8]
     env = {
@@ -289,7 +294,7 @@ def measure(
         for proc in procs + ([trainer_proc] if trainer_proc else []):
             proc.wait_ready()
         if mode == "backlog":
-            wait_processed(procs, total, trace, trainer=trainer_proc)
+            wait_processed(procs, total, trace, trainer=trainer_proc, broker_pid=broker_pid)
             begin, end = first_at(trace, at(FIFTHS[0][0])), first_at(trace, at(FIFTHS[-1][1]))
             latency = fifths = None
             # the first and the last fifth of the measured window; none if no sample fell inside
@@ -304,11 +309,11 @@ def measure(
         else:
             warm_up = max(int(0.05 * len(records)), int(rate))  # records (a heartbeat fans out to every partition)
             publish_paced(publisher, records[:warm_up], rate)
-            begin = wait_processed(procs, publisher.report.total, trace, trainer=trainer_proc)
+            begin = wait_processed(procs, publisher.report.total, trace, trainer=trainer_proc, broker_pid=broker_pid)
             started, before = time.monotonic(), publisher.report.total
             publish_paced(publisher, records[warm_up:], rate)
             published_per_s = (publisher.report.total - before) / (time.monotonic() - started)
-            end = wait_processed(procs, total, trace, trainer=trainer_proc)
+            end = wait_processed(procs, total, trace, trainer=trainer_proc, broker_pid=broker_pid)
             window = {b: end.buckets[b] - begin.buckets.get(b, 0.0) for b in end.buckets}
             latency = tuple(1000 * quantile(q, window) for q in (0.5, 0.95, 0.99))
             fifths = None
@@ -336,7 +341,41 @@ def measure(
                             for first, last in FIFTHS)
         results.append(Result(f"{name}: its trainer", mode, 1, int(done), wall, done / wall, tcpu, 100 * tcpu / wall,
                               1e6 * tcpu / done, trainer_rss, None, published_per_s, tfifths))
+    if broker_pid is not None:  # what the embedded broker spent serving the same records
+        bcpu = end.broker_cpu_s - begin.broker_cpu_s
+        results.append(Result(f"{name}: the broker", mode, 1, int(done), wall, done / wall, bcpu, 100 * bcpu / wall,
+                              1e6 * bcpu / done, peak_rss_mb(broker_pid), None, published_per_s))
     return results
+
+
+def machine_ceilings(results: list[Result], cores: int) -> list[str]:
+    """Per pipeline, in backlog mode: the records/s this machine's ``cores`` would give if the
+    workers, the trainer and the broker together used every core at the CPU per record measured
+    (their rows summed), and the share of it the run reached. It bounds what more workers on
+    the same machine can add, whatever their scaling.
+
+    >>> w = Result("full", "backlog", 1, 1000, 1.0, 2500.0, 0.3, 30.0, 300.0, 1.0, None, 0.0)
+    >>> t = Result("full: its trainer", "backlog", 1, 1000, 1.0, 2500.0, 0.06, 6.0, 60.0, 1.0, None, 0.0)
+    >>> b = Result("full: the broker", "backlog", 1, 1000, 1.0, 2500.0, 0.04, 4.0, 40.0, 1.0, None, 0.0)
+    >>> machine_ceilings([w, t, b], 2)
+    ['full: 2 cores at 400 CPU µs per record (workers 300, trainer 60, broker 40) give at most 5,000 records/s; this run reached 2,500 (50%)']
+    """
+    lines = []
+    for r in results:
+        if r.mode != "backlog" or ":" in r.pipeline:
+            continue
+        parts = [("workers", r.cpu_us_per_record)] + [
+            (other.pipeline.rpartition(" ")[2], other.cpu_us_per_record) for other in results
+            if other.pipeline.startswith(f"{r.pipeline}: ")]
+        total = sum(us for _, us in parts)
+        if total <= 0:
+            continue
+        ceiling = cores * 1e6 / total
+        reached = r.per_worker * r.workers
+        lines.append(f"{r.pipeline}: {cores} cores at {total:,.0f} CPU µs per record ("
+                     + ", ".join(f"{name} {us:,.0f}" for name, us in parts)
+                     + f") give at most {ceiling:,.0f} records/s; this run reached {reached:,.0f} ({reached / ceiling:.0%})")
+    return lines
 
 
 def result_table(results: list[Result]) -> Table:
@@ -376,7 +415,9 @@ def run_bench(
     saved = dict(os.environ)
     try:
         with contextlib.ExitStack() as stack:
-            env = cluster_or_embedded(stack, workdir, console.print)
+            brokers: list[EmbeddedBroker] = []
+            env = cluster_or_embedded(stack, workdir, console.print, brokers)
+            broker_pid = brokers[0].process.pid if brokers and brokers[0].process is not None else None
             records = bench_records(events, customers, seed, partitions)
             total = sum(partitions if r.topic == "heartbeats" else 1 for r in records)
             console.print(f"{total:,} records ({len(records):,} before heartbeats fan out to {partitions} partitions), "
@@ -384,7 +425,7 @@ def run_bench(
                           + (f", measured after the first {warm:,}" if warm else ""))
             results = []
             for name in [n for n in PIPELINES if not (skip_naive and n == "naive")]:
-                results += measure(name, mode, env, records, workdir, partitions, workers, rate, console, trainer, warm)
+                results += measure(name, mode, env, records, workdir, partitions, workers, rate, console, trainer, warm, broker_pid)
                 os.environ.clear()
                 os.environ.update(saved)
     finally:
@@ -398,6 +439,8 @@ def run_bench(
                           f"{r.fifths_net_us[0]:,.0f}→{r.fifths_net_us[-1]:,.0f}")
             console.print(f"{r.pipeline}: by fifth, due checks per record {', '.join(f'{d:.3f}' for d in r.fifths_dues)}; "
                           f"CPU µs per record without them {', '.join(f'{n:,.0f}' for n in r.fifths_net_us)}")
+    for line in machine_ceilings(results, os.cpu_count() or 1):
+        console.print(line)
     for r in results:
         if r.mode == "live" and r.published_per_s < 0.95 * rate:
             console.print(f"[yellow]{r.pipeline}: published at {r.published_per_s:,.0f} records/s, below --rate[/yellow]")

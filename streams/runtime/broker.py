@@ -135,10 +135,13 @@ def wait_until_ready(bootstrap_servers: str, timeout: float, process: subprocess
             time.sleep(0.1)
 
 
-def cluster_or_embedded(stack: contextlib.ExitStack, log_dir: Path, say: Callable[[str], object]) -> dict[str, str]:
+def cluster_or_embedded(
+    stack: contextlib.ExitStack, log_dir: Path, say: Callable[[str], object], started: list[EmbeddedBroker] | None = None,
+) -> dict[str, str]:
     """The environment a command's workers need: the run's snapshot key when
     ``KAFKA_BOOTSTRAP_SERVERS`` names a cluster, else an embedded broker started on a free
-    port and stopped with ``stack`` (its settings overrides). ``say`` tells the user which."""
+    port and stopped with ``stack`` (its settings overrides). ``say`` tells the user which;
+    ``started`` gets the embedded broker (the bench measures its CPU)."""
     from streams.runtime.settings import embedded_overrides, run_snapshot_key
 
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
@@ -150,4 +153,6 @@ def cluster_or_embedded(stack: contextlib.ExitStack, log_dir: Path, say: Callabl
         return run_snapshot_key()
     broker = stack.enter_context(EmbeddedBroker(log_file=log_dir / "broker.log"))
     say(f"embedded broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+    if started is not None:
+        started.append(broker)
     return embedded_overrides(broker.bootstrap_servers)

@@ -31,6 +31,10 @@ def test_bench_prints_both_pipelines_side_by_side_and_stops_what_it_started(tmp_
     # --trainer separate: the full pipeline's trainer is a process of its own, in a row of its own
     trainer = results.pop("full: its trainer")
     assert trainer["records"] == results["full"]["records"] and trainer["cpu_s"] > 0 and trainer["peak_rss_mb"] > 50
+    # the embedded broker's CPU over each pipeline's window, in a row of its own
+    for name in ("full", "naive"):
+        broker = results.pop(f"{name}: the broker")
+        assert broker["records"] == results[name]["records"] and broker["cpu_s"] > 0 and broker["latency_ms"] is None
     assert results.keys() == {"full", "naive"}
     for r in results.values():
         assert r["records"] > 0 and r["per_worker"] > 0 and r["cpu_s"] > 0 and r["peak_rss_mb"] > 50
@@ -66,3 +70,13 @@ def test_a_backlog_run_splits_the_cpu_into_records_and_due_checks(tmp_path: Path
     by_fifth = re.search(r"full: by fifth, due checks per record ((?:[\d.]+, ){4}[\d.]+); CPU µs per record without them", out)
     assert by_fifth is not None, out[-2000:]
     assert [float(d) for d in by_fifth[1].split(", ")] == pytest.approx(dues, abs=5e-4)
+    # what the machine's cores give at most at the CPU per record of the worker, the trainer and the broker
+    rows = {r["pipeline"]: r for r in json.loads(results_file.read_text())}
+    parts = [rows[p]["cpu_us_per_record"] for p in ("full", "full: its trainer", "full: the broker")]
+    ceiling = re.search(r"full: (\d+) cores at ([\d,]+) CPU µs per record \(workers ([\d,]+), trainer ([\d,]+), broker ([\d,]+)\) "
+                        r"give at most ([\d,]+) records/s; this run reached ([\d,]+)", out)
+    assert ceiling is not None, out[-2000:]
+    cores, total, *shown, most, reached = (int(v.replace(",", "")) for v in ceiling.groups())
+    assert cores == os.cpu_count() and shown == [round(p) for p in parts] and total == round(sum(parts))
+    assert most == pytest.approx(cores * 1e6 / sum(parts), abs=1) and reached == round(full["per_worker"])
+    assert reached < most  # one worker cannot use every core
