@@ -122,10 +122,14 @@ def with_bgnbd(model: BgNbd | None, x: dict[str, float], horizon_days: float) ->
     >>> with_bgnbd(None, {"purchases": 2.0}, 30.0)
     {'purchases': 2.0}
     """
-    out = predict(model, x, horizon_days)
-    if out is None:
+    return with_prediction(x, predict(model, x, horizon_days))
+
+
+def with_prediction(x: dict[str, float], predicted: tuple[float, float] | None) -> dict[str, float]:
+    """:func:`with_bgnbd` from the prediction :func:`predict` made for ``x`` (None: ``x`` itself)."""
+    if predicted is None:
         return x
-    p, n = out
+    p, n = predicted
     return {**x, "bgnbd_log_p_churn": math.log(p), "bgnbd_log_p_buy": math.log1p(-p), "bgnbd_expected": n}
 
 

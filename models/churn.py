@@ -49,7 +49,7 @@ from river import compose, forest, linear_model, optim, preprocessing, tree
 
 from models.baselines import RecencyBaseline
 from models.bgnbd import BgNbd
-from models.bgnbd_prior import BgNbdFit, nbd_zero, with_bgnbd
+from models.bgnbd_prior import BgNbdFit, nbd_zero, with_prediction
 from models.bgnbd_prior import predict as bgnbd_predict
 from models.score import Score
 
@@ -285,6 +285,18 @@ class Gate:
         }
 
 
+class _Ask:
+    """The default of a ``bg`` argument: BG/NBD's prediction is not known yet, ask for it."""
+
+    def __repr__(self) -> str:
+        return "ASK"
+
+
+ASK = _Ask()
+#: BG/NBD's (P(no purchase), expected purchases) for an ``x`` (None: no fit or no purchase), or ASK.
+Bg = tuple[float, float] | None | _Ask
+
+
 class _PriorThenLearner:
     """A recency prior until the River pipeline has earned the answer (``warm``); every
     score says which answered (``Score.prior``) and names the version."""
@@ -302,9 +314,10 @@ class _PriorThenLearner:
         """BG/NBD's (P(no purchase in the horizon), expected purchases) for ``x``; None without a fit."""
         return bgnbd_predict(self.bgnbd, x, self.horizon_days)
 
-    def inputs(self, x: dict[str, float]) -> dict[str, float]:
-        """What the River pipeline sees: ``x`` and, once BG/NBD is fitted, its predictions for ``x``."""
-        return with_bgnbd(self.bgnbd, x, self.horizon_days)
+    def inputs(self, x: dict[str, float], bg: Bg = ASK) -> dict[str, float]:
+        """What the River pipeline sees: ``x`` and, once BG/NBD is fitted, its predictions for ``x``
+        (``bg``: :meth:`bgnbd_score` of ``x``, when the caller has it)."""
+        return with_prediction(x, self.bgnbd_score(x) if bg is ASK else bg)
 
     @property
     def prior_name(self) -> str:
@@ -330,10 +343,12 @@ class _PriorThenLearner:
             base = self.prior_name
         return f"{base}@{self.snapshot}" if getattr(self, "snapshot", "") else base
 
-    def prior(self, x: dict[str, float]) -> float:
+    def prior(self, x: dict[str, float], bg: Bg = ASK) -> float:
+        """The prior's prediction for ``x`` (``bg``: :meth:`bgnbd_score` of ``x``, when the caller has it)."""
         raise NotImplementedError
 
-    def learned(self, x: dict[str, float]) -> float:
+    def learned(self, x: dict[str, float], bg: Bg = ASK) -> float:
+        """The River pipeline's prediction for ``x`` (``bg`` as for :meth:`prior`)."""
         raise NotImplementedError
 
     @property
@@ -354,19 +369,21 @@ class _PriorThenLearner:
         return self.weight if self.warm else 0.0
 
     def score(self, x: dict[str, float]) -> Score:
-        w = self.share
+        # (BG/NBD's prediction for x once: the prior and the pipeline's inputs both read it)
+        w, bg = self.share, self.bgnbd_score(x)
         if w <= 0.0:
-            return Score(self._scaled(self.prior(x)), self.version, prior=True)
+            return Score(self._scaled(self.prior(x, bg)), self.version, prior=True)
         if w >= 1.0:
-            return Score(self._scaled(self.learned(x)), self.version)
-        return Score(self._scaled(self._answer(self.prior(x), self.learned(x), w)), self.version)
+            return Score(self._scaled(self.learned(x, bg)), self.version)
+        return Score(self._scaled(self._answer(self.prior(x, bg), self.learned(x, bg), w)), self.version)
 
     def scored(self, x: dict[str, float]) -> tuple[Score, float, float | None]:
         """The score, and what each candidate predicts: the prior and the River pipeline
         (None before it has learned a label). Stored with the scoring point, the two are
         compared on its label when it matures (:meth:`candidates`)."""
-        prior = self.prior(x)
-        learned = self.learned(x) if self.labels else None
+        bg = self.bgnbd_score(x)
+        prior = self.prior(x, bg)
+        learned = self.learned(x, bg) if self.labels else None
         w = self.share if learned is not None else 0.0
         if learned is None or w <= 0.0:
             return Score(self._scaled(prior), self.version, prior=True), prior, learned
@@ -500,10 +517,11 @@ class ChurnModel(_PriorThenLearner):
         made of (``prior_from``) and the negative binomial's shape of the latest fit (``zero_shape``)."""
         return {**super().blend_report(), "prior_from": self.prior_from, "zero_shape": self.zero_shape}
 
-    def prior(self, x: dict[str, float]) -> float:
+    def prior(self, x: dict[str, float], bg: Bg = ASK) -> float:
         """BG/NBD's churn probability (:attr:`prior_from`) once the trainer has fitted it, else
         the bin's churn rate once a label has matured, else the :func:`recency_prior` formula."""
-        bg = self.bgnbd_score(x)
+        if bg is ASK:
+            bg = self.bgnbd_score(x)
         if bg is not None:
             if self.prior_from == "p":
                 p = bg[0]
@@ -515,9 +533,9 @@ class ChurnModel(_PriorThenLearner):
             p = self.bins.predict(x.get("recency_days", 0.0))[0] if self.bins_answer else recency_prior(x)
         return min(1.0 - EPS, max(EPS, p))
 
-    def learned(self, x: dict[str, float]) -> float:
+    def learned(self, x: dict[str, float], bg: Bg = ASK) -> float:
         """The learner's probability (whether or not it answers yet), within [EPS, 1 - EPS]."""
-        p = self.pipeline.predict_proba_one(self.inputs(x)).get(True, 0.0)
+        p = self.pipeline.predict_proba_one(self.inputs(x, bg)).get(True, 0.0)
         return min(1.0 - EPS, max(EPS, p))
 
     def loss(self, predicted: float, label: float) -> float:
@@ -599,25 +617,28 @@ class LoyaltyModel(_PriorThenLearner):
         answers (:meth:`prior_changed`; None: since the start)."""
         return {**super().blend_report(), "scale": self.gate.scale, "prior_since": self.prior_since}
 
-    def prior(self, x: dict[str, float]) -> float:
+    def prior(self, x: dict[str, float], bg: Bg = ASK) -> float:
         """BG/NBD's expected purchases in the horizon once the trainer has fitted it, else
         the bin's mean purchase days once a label has matured, else :func:`loyalty_prior`."""
-        bg = self.bgnbd_score(x)
+        if bg is ASK:
+            bg = self.bgnbd_score(x)
         if bg is not None:
             return min(self.horizon_days, bg[1])
         if self.bins_answer:
             return self.bins.predict(x.get("recency_days", 0.0))[1]
         return loyalty_prior(x, self.horizon_days)
 
-    def learned(self, x: dict[str, float]) -> float:
+    def learned(self, x: dict[str, float], bg: Bg = ASK) -> float:
         """The learner's prediction (whether or not it answers yet), clipped to [0, the most
         purchase days seen in a label] (never past the horizon): a count regressor that
         overshoots for a while cannot predict more than has ever happened."""
-        y = float(self.pipeline.predict_one(self.inputs(x)) or 0.0)
+        if bg is ASK:
+            bg = self.bgnbd_score(x)
+        y = float(self.pipeline.predict_one(self.inputs(x, bg)) or 0.0)
         if math.isnan(y):
             y = 0.0
         if self.kind in RESIDUAL_LOYALTY:
-            y += self.prior(x)
+            y += self.prior(x, bg)
         return min(float(self.max_days), self.horizon_days, max(0.0, y))
 
     def loss(self, predicted: float, label: float) -> float:
@@ -642,8 +663,9 @@ class LoyaltyModel(_PriorThenLearner):
             w = self.share
             self.gate.calibrate(prior_p if w <= 0.0 else self._answer(prior_p, learned_p, w), float(days))
         self.max_days = max(self.max_days, days)
-        target = float(days) - self.prior(x) if self.kind in RESIDUAL_LOYALTY else float(days)
-        self.pipeline.learn_one(self.inputs(x), target)
+        bg = self.bgnbd_score(x)
+        target = float(days) - self.prior(x, bg) if self.kind in RESIDUAL_LOYALTY else float(days)
+        self.pipeline.learn_one(self.inputs(x, bg), target)
         self.bins.learn_loyalty(x.get("recency_days", 0.0), days)
         self.labels += 1
 
