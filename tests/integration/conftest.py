@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
 from streams.runtime.broker import EmbeddedBroker
 from streams.runtime.kafka import create_topics
 from streams.runtime.processes import WorkerProcess
-from streams.runtime.publish import Publisher
+from streams.runtime.publish import Outgoing, Publisher
 from streams.runtime.settings import Settings, embedded_overrides, run_snapshot_key
 
 pytestmark = pytest.mark.integration
@@ -115,3 +117,18 @@ def settings_of(env: dict[str, str]) -> Settings:
     finally:
         os.environ.clear()
         os.environ.update(old)
+
+
+def page_views(prefix: str, users: list[str], clicks: int, days: int) -> list[Outgoing]:
+    """``clicks`` page views from 2026-01-01 over ``days`` of event time, the users in turn
+    (event ids ``<prefix>-<n>``), then the heartbeats that close the day after: every model
+    period the clicks fall in is closed, so none of them waits for a snapshot for ever."""
+    start, step = parse_ts("2026-01-01T00:00:00Z"), days * MS_PER_DAY // clicks
+    out = []
+    for n in range(clicks):
+        user, ts = users[n % len(users)], start + n * step
+        value = {"event_id": f"{prefix}-{n}", "user_id": user, "ts": ts, "kind": "page_view"}
+        out.append(Outgoing("clicks", user, msgspec.json.encode(value), ts))
+    end = start + (days + 1) * MS_PER_DAY
+    out += [Outgoing("heartbeats", None, msgspec.json.encode({"ts": t}), t) for t in range(end - 6 * MS_PER_HOUR, end, MS_PER_HOUR)]
+    return out

@@ -4,40 +4,23 @@ is lost or reordered by pausing and resuming."""
 
 from __future__ import annotations
 
-import msgspec
 import pytest
 
-from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
 from streams.runtime.agents.batched import RECEIVE_CHUNK
-from streams.runtime.publish import Outgoing
-from tests.integration.conftest import Pipeline
+from tests.integration.conftest import Pipeline, page_views
 
 pytestmark = pytest.mark.integration
 
-T0 = parse_ts("2026-01-01T00:00:00Z")
 USERS = [f"bp{n}" for n in range(40)]
 CLICKS = 15_000
 CAP = 300  # RETENTION_MERGE_MAX_RECORDS: per partition, shared by its eight inputs (37 each)
 BATCH = 100  # RETENTION_BATCH_MAX_RECORDS
 
 
-def backlog() -> list[Outgoing]:
-    """Clicks over 40 days (the trainer's snapshot periods: records wait for them, and the
-    merges fill behind a waiting record), then heartbeats that close the last period."""
-    step = 40 * MS_PER_DAY // CLICKS
-    out = []
-    for n in range(CLICKS):
-        user, ts = USERS[n % len(USERS)], T0 + n * step
-        value = {"event_id": f"bp-{n}", "user_id": user, "ts": ts, "kind": "page_view"}
-        out.append(Outgoing("clicks", user, msgspec.json.encode(value), ts))
-    end = T0 + 41 * MS_PER_DAY
-    out += [Outgoing("heartbeats", None, msgspec.json.encode({"ts": t}), t) for t in range(end - 6 * MS_PER_HOUR, end, MS_PER_HOUR)]
-    return out
-
-
 @pytest.mark.parametrize("batch", [BATCH, 5000])
 def test_a_backlog_is_paced_by_the_merge_cap_and_every_click_lands(pipeline: Pipeline, batch: int) -> None:
-    records = backlog()
+    # clicks over 40 days, the trainer's snapshot periods: records wait for them, and the merges fill behind a waiting record
+    records = page_views("bp", USERS, CLICKS, 40)
     publisher = pipeline.publisher()
     report = publisher.publish(records)
     publisher.close()

@@ -16,35 +16,18 @@ import re
 import time
 from collections.abc import Callable
 
-import msgspec
 import pytest
 
-from streams.domain.timestamps import MS_PER_DAY, MS_PER_HOUR, parse_ts
 from streams.runtime.processes import WorkerProcess
-from streams.runtime.publish import Outgoing
-from tests.integration.conftest import Pipeline
+from tests.integration.conftest import Pipeline, page_views
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-T0 = parse_ts("2026-01-01T00:00:00Z")
 USERS = [f"pr{n}" for n in range(40)]
 CLICKS = 1200
 #: RETENTION_MERGE_MAX_RECORDS (its least): a partition's clicks pause at their share of it (100 / its 8 inputs)
 CAP = 100
 SEPARATE = {"RETENTION_TRAINER": "separate", "RETENTION_MERGE_MAX_RECORDS": str(CAP)}
-
-
-def records() -> list[Outgoing]:
-    """Clicks over 3 days of event time, then heartbeats that close the last model period."""
-    step = 3 * MS_PER_DAY // CLICKS
-    out = []
-    for n in range(CLICKS):
-        user, ts = USERS[n % len(USERS)], T0 + n * step
-        value = {"event_id": f"pr-{n}", "user_id": user, "ts": ts, "kind": "page_view"}
-        out.append(Outgoing("clicks", user, msgspec.json.encode(value), ts))
-    end = T0 + 4 * MS_PER_DAY
-    out += [Outgoing("heartbeats", None, msgspec.json.encode({"ts": t}), t) for t in range(end - 6 * MS_PER_HOUR, end, MS_PER_HOUR)]
-    return out
 
 
 def owned(worker: WorkerProcess) -> set[int] | None:
@@ -78,7 +61,7 @@ def wait_until(condition: Callable[[], bool], what: str | Callable[[], str], wor
 
 def test_a_partition_given_back_while_paused_fetches_again_when_taken_back(pipeline: Pipeline) -> None:
     publisher = pipeline.publisher()
-    report = publisher.publish(records())
+    report = publisher.publish(page_views("pr", USERS, CLICKS, 3))
     publisher.close()
     assert report.failed == 0, report.errors
     everything = set(range(pipeline.settings.partitions))
