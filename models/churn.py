@@ -407,7 +407,8 @@ class _PriorThenLearner:
         if not self.labels:
             return None
         if prior_p is None or (learned_p is None and self.learns_alike):
-            return self.prior(x), self.learned(x)
+            bg = self.bgnbd_score(x)
+            return self.prior(x, bg), self.learned(x, bg)
         if learned_p is None and not JUDGE_UNSTORED:
             return None
         return prior_p, learned_p if learned_p is not None else self.learned(x)
