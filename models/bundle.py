@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
+
+import msgspec
 
 from models.bandit import Bandits
 from models.bgnbd_prior import BgNbdFit, user_of
@@ -34,6 +37,26 @@ from models.segments import SegmentModel
 from models.sentiment import SentimentModel
 from models.uplift import MIN_EXAMPLES, UpliftModels
 from streams.domain.features import as_dict
+
+
+class TrainerState(msgspec.Struct, frozen=True):
+    """``Snapshot.state``: what only a trainer needs to go on, beside the models every worker
+    keeps: the BG/NBD histories of every customer (:meth:`models.bgnbd_prior.BgNbdFit.dump_histories`)
+    and the learners' metrics with their windows (:meth:`models.online.OnlineLearners.metrics_state`).
+    Written as a msgpack map; a state from before the metrics were in it is the histories'
+    zlib stream alone (its first byte 0x78, which no msgpack map starts with)."""
+
+    histories: bytes | None = None
+    metrics: bytes | None = None
+
+    def encode(self) -> bytes:
+        return msgspec.msgpack.encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> TrainerState:
+        if data[:1] == b"\x78":
+            return cls(histories=data)
+        return msgspec.msgpack.decode(data, type=cls)
 
 
 class Models:
@@ -103,18 +126,31 @@ class Models:
                                   example.explored)
         self.counts[type(example).__name__.removesuffix("Example").lower()] += 1
 
-    def trainer_state(self) -> bytes | None:
-        """What only the trainer needs to go on (the BG/NBD histories of every customer), apart
-        from the models the workers score with (:func:`models.trainer.dump_models`)."""
-        return self.bgnbd.dump_histories() if self.bgnbd is not None else None
+    def trainer_state(self) -> bytes:
+        """What only the trainer needs to go on (:class:`TrainerState`), apart from the
+        models the workers score with (:func:`models.trainer.dump_models`)."""
+        histories = self.bgnbd.dump_histories() if self.bgnbd is not None else None
+        return TrainerState(histories=histories, metrics=self.learners.metrics_state()).encode()
 
-    def restore_trainer_state(self, data: bytes) -> None:
-        if self.bgnbd is not None:
-            self.bgnbd.load_histories(data)
+    def restore_trainer_state(self, data: bytes | None) -> None:
+        """The trainer's state back (``data``: :meth:`trainer_state`, None if the snapshot has
+        none); the metrics start again, empty, where it brings none (or does not load)."""
+        try:
+            state = TrainerState.decode(data) if data is not None else TrainerState()
+            if state.histories is not None and self.bgnbd is not None:
+                self.bgnbd.load_histories(state.histories)
+            self.learners.restore_metrics(state.metrics)
+        finally:
+            self.learners.restore_metrics(None)  # (no-op unless they are still a snapshot's figures)
 
-    def scoring_only(self) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def scoring_only(self) -> Iterator[None]:
         """While pickled for a snapshot: without the trainer's state."""
-        return self.bgnbd.without_histories() if self.bgnbd is not None else contextlib.nullcontext()
+        with contextlib.ExitStack() as stack:
+            if self.bgnbd is not None:
+                stack.enter_context(self.bgnbd.without_histories())
+            stack.enter_context(self.learners.scoring_only())
+            yield
 
     def forget(self, user: str) -> bool:
         """Forget what the bundle keeps per customer (the BG/NBD history; every other model

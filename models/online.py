@@ -15,10 +15,15 @@ skews what the learner sees toward 0 (measured in ``docs/evaluation.md``).
 
 from __future__ import annotations
 
+import contextlib
+import pickle
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 from models.churn import DEFAULT_CHURN, DEFAULT_LOYALTY, ChurnModel, LoyaltyModel
-from models.prequential import ChurnMetrics, LoyaltyMetrics
+from models.prequential import ChurnMetrics, Figures, LoyaltyMetrics
+from models.signing import restricted_loads
 
 
 class OnlineLearners:
@@ -31,8 +36,8 @@ class OnlineLearners:
         self.loyalty = LoyaltyModel(horizon_days=horizon_days, min_labels=min_labels, kind=loyalty_kind, learned_prior=loyalty_prior_learns)
         self.learn_churn_early = learn_churn_early
         self.window = window
-        self.churn_metrics = ChurnMetrics(window=window)
-        self.loyalty_metrics = LoyaltyMetrics(window=window)
+        self.churn_metrics: ChurnMetrics | Figures = ChurnMetrics(window=window)
+        self.loyalty_metrics: LoyaltyMetrics | Figures = LoyaltyMetrics(window=window)
 
     def observe(
         self, x: dict[str, float], churned: int | None, days: int | None,
@@ -64,6 +69,37 @@ class OnlineLearners:
         self.churn.close()
         self.loyalty.close()
 
+    @contextlib.contextmanager
+    def scoring_only(self) -> Iterator[None]:
+        """While pickled for a snapshot: the metrics' figures, not their windows, which only
+        the trainer updates (they go in its state: :meth:`metrics_state`)."""
+        kept = self.churn_metrics, self.loyalty_metrics
+        self.churn_metrics, self.loyalty_metrics = kept[0].figures(), kept[1].figures()
+        try:
+            yield
+        finally:
+            self.churn_metrics, self.loyalty_metrics = kept
+
+    def metrics_state(self) -> bytes | None:
+        """The metrics with their windows (pickled, compressed); None if they are a snapshot's figures."""
+        if isinstance(self.churn_metrics, Figures) or isinstance(self.loyalty_metrics, Figures):
+            return None
+        return zlib.compress(pickle.dumps((self.churn_metrics, self.loyalty_metrics), protocol=pickle.HIGHEST_PROTOCOL), 1)
+
+    def restore_metrics(self, data: bytes | None) -> None:
+        """A trainer resuming from a snapshot gets the metrics' windows back from ``data``
+        (:meth:`metrics_state`, unpickled as the models are); without it, metrics that are a
+        snapshot's figures start again, empty (older snapshots carry the windows in the models)."""
+        if data is not None:
+            churn, loyalty = restricted_loads(zlib.decompress(data))
+            if not isinstance(churn, ChurnMetrics) or not isinstance(loyalty, LoyaltyMetrics):
+                raise TypeError(f"not the learners' metrics: {type(churn).__name__}, {type(loyalty).__name__}")
+            self.churn_metrics, self.loyalty_metrics = churn, loyalty
+        if isinstance(self.churn_metrics, Figures):
+            self.churn_metrics = ChurnMetrics(window=self.window)
+        if isinstance(self.loyalty_metrics, Figures):
+            self.loyalty_metrics = LoyaltyMetrics(window=self.window)
+
     def report(self) -> dict[str, Any]:
         """What ``GET /models`` shows: versions, labels, whether the prior answers, how the
         answer blends prior and learner (:meth:`models.churn.ChurnModel.blend_report`), and the
@@ -75,7 +111,7 @@ class OnlineLearners:
                 "prior": not self.churn.warm, "blend": self.churn.blend_report(), "metrics": self.churn_metrics.report(),
                 "calibration": [
                     {"from": lo, "to": hi, "count": n, "mean_predicted": p, "observed": y}
-                    for lo, hi, n, p, y in self.churn_metrics.calibration.table()
+                    for lo, hi, n, p, y in self.churn_metrics.table()
                 ],
             },
             "loyalty": {

@@ -8,6 +8,9 @@ error) is here; the Brier score is River's ``MSE`` of the probability against th
 
 ``window=None`` gives cumulative figures (the evaluation replay's per-period tables).
 
+A snapshot carries the metrics' :class:`Figures`, not their windows: the workers only show
+them, and the windows (~90 % of the learners' bytes) stay in the trainer's state.
+
 >>> m = ChurnMetrics(window=None)
 >>> for p, y in [(0.9, 1), (0.8, 1), (0.3, 0), (0.6, 0)]:
 ...     m.update(p, y)
@@ -119,6 +122,13 @@ class ChurnMetrics:
             # the trainer's memory and every snapshot the workers load grew with the run
             self.auc.get()
 
+    def table(self) -> list[tuple[float, float, int, float, float]]:
+        """The calibration table (:meth:`Calibration.table`)."""
+        return self.calibration.table()
+
+    def figures(self) -> Figures:
+        return Figures(self.report(), self.table())
+
     def report(self) -> dict[str, Any]:
         both = 0 < (self.rate.get() or 0.0) < 1  # AUC needs both classes
         return {
@@ -148,6 +158,9 @@ class LoyaltyMetrics:
         self.prediction.update(predicted)
         self.count += 1
 
+    def figures(self) -> Figures:
+        return Figures(self.report())
+
     def report(self) -> dict[str, Any]:
         if not self.count:
             return {"count": 0, "mae": None, "rmse": None, "mean_label": None, "mean_prediction": None}
@@ -155,3 +168,34 @@ class LoyaltyMetrics:
             "count": self.count, "mae": _value(self.mae), "rmse": _value(self.rmse),
             "mean_label": self.label.get(), "mean_prediction": self.prediction.get(),
         }
+
+
+class Figures:
+    """What :class:`ChurnMetrics` or :class:`LoyaltyMetrics` reported when a snapshot was
+    taken, without the windows behind it: what a worker shows of the trainer's metrics.
+
+    >>> m = LoyaltyMetrics(window=10)
+    >>> m.update(2.0, 1)
+    >>> f = m.figures(); f.report() == m.report(), f.figures() is f
+    (True, True)
+    >>> f.update(1.0, 0)
+    Traceback (most recent call last):
+    ...
+    TypeError: a snapshot's metric figures learn nothing: the windows are in the trainer's state
+    """
+
+    def __init__(self, report: dict[str, Any], table: list[tuple[float, float, int, float, float]] | None = None) -> None:
+        self._report = report
+        self._table = table or []
+
+    def report(self) -> dict[str, Any]:
+        return dict(self._report)
+
+    def table(self) -> list[tuple[float, float, int, float, float]]:
+        return list(self._table)
+
+    def figures(self) -> Figures:
+        return self
+
+    def update(self, *_: Any) -> None:
+        raise TypeError("a snapshot's metric figures learn nothing: the windows are in the trainer's state")

@@ -51,8 +51,10 @@ from models.examples import Example
 from models.signing import UNSIGNED, Refused, SnapshotKeys, check, restricted_loads, sign
 from streams.domain.timestamps import MS_PER_DAY, format_ts
 
-#: Format of a snapshot record (``Snapshot.v``): 2 since records are signed (1: unsigned).
-SNAPSHOT_VERSION = 2
+#: Format of a snapshot record (``Snapshot.v``): 2 since records are signed (1: unsigned); 3
+#: since the models carry the prequential metrics' figures and ``state`` their windows
+#: (:class:`models.bundle.TrainerState`; a v2 record reads the same, its models with the windows).
+SNAPSHOT_VERSION = 3
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +83,13 @@ class Snapshot(msgspec.Struct, frozen=True):
     models: bytes | None = None
     v: int = SNAPSHOT_VERSION
     #: What only a trainer needs to resume (the models' ``trainer_state``: BG/NBD histories of
-    #: every customer), apart from ``models``, which every worker keeps and loads. Added
-    #: within v2 (older records: None; their ``models`` hold it).
+    #: every customer and the prequential metrics' windows), apart from ``models``, which every
+    #: worker keeps and loads. Added within v2 (older records: None; their ``models`` hold it).
     state: bytes | None = None
 
 
 class Signed(msgspec.Struct, frozen=True):
-    """The record as written (v2): ``body`` is the encoded :class:`Snapshot`, ``sig`` its
+    """The record as written (since v2): ``body`` is the encoded :class:`Snapshot`, ``sig`` its
     HMAC, checked before the body is decoded (and so before its models are unpickled)."""
 
     body: bytes
@@ -220,13 +222,13 @@ class Trainer(Generic[M]):
         except Refused as exc:
             start, refused = fresh, exc
         restore = getattr(start, "restore_trainer_state", None)
-        if state is not None and restore is not None and models is not None and refused is None:
+        if restore is not None and models is not None and refused is None:
             try:
-                restore(state)
+                restore(state)  # (None: a snapshot without one; the models' metrics start again)
             except Exception as exc:  # (signed: a trainer of another version wrote it) the models stay
-                log.error("the trainer's state of snapshot %s does not load (%r): it goes on with the models and "
-                          "without the customers' BG/NBD histories, which the examples to come build again",
-                          latest.version if latest else "-", exc)
+                log.error("the trainer's state of snapshot %s does not load (%r): it goes on with the models, "
+                          "without the customers' BG/NBD histories, which the examples to come build again, and "
+                          "with the prequential metrics started again", latest.version if latest else "-", exc)
         trainer = cls(start, period_ms, partitions, dumps)
         trainer.refused = refused
         if latest is not None:

@@ -19,7 +19,7 @@ from models.bundle import Models
 from models.churn import CHURN_PIPELINES, LOYALTY_PIPELINES
 from models.examples import ChurnExample, ReviewExample, SegmentExample
 from models.signing import UNSIGNED, Refused, SnapshotKeys, restricted_loads
-from models.trainer import Snapshot, SnapshotStore, Trainer, decode_snapshot, dump_models, encode_snapshot, load_models
+from models.trainer import SNAPSHOT_VERSION, Snapshot, SnapshotStore, Trainer, decode_snapshot, dump_models, encode_snapshot, load_models
 from streams.domain.features import MODEL_FEATURES
 from tests.crafted import crafted_models
 
@@ -94,7 +94,7 @@ def test_a_record_written_before_signing_is_refused_as_unsigned(marker: Path) ->
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [(b"", "malformed"), (b"\xc1garbage", "malformed"), (msgspec.msgpack.encode([1, 2]), "malformed"),
-     (msgspec.msgpack.encode({"v": 3, "body": b"", "sig": b"s"}), "newer_format")],
+     (msgspec.msgpack.encode({"v": SNAPSHOT_VERSION + 1, "body": b"", "sig": b"s"}), "newer_format")],
 )
 def test_unreadable_records_are_refused_with_a_reason(raw: bytes, reason: str) -> None:
     with pytest.raises(Refused) as refused:

@@ -3,15 +3,20 @@ de-duplication, watermarks, the choice of snapshot by event time and the gate.""
 
 from __future__ import annotations
 
+import pickle
 import random
+import zlib
 
+import msgspec
 import pytest
 
 from models.bundle import Models
 from models.examples import ChurnExample, Example, ReviewExample, SegmentExample, Watermark, decode_example, encode_example
+from models.prequential import ChurnMetrics
 from models.signing import SnapshotKeys
 from models.trainer import (
-    OfflineTraining, Snapshot, SnapshotStore, Trainer, decode_snapshot, encode_snapshot, load_models, model_boundary,
+    SNAPSHOT_VERSION, OfflineTraining, Snapshot, SnapshotStore, Trainer, decode_snapshot, dump_models, encode_snapshot, load_models,
+    model_boundary,
 )
 
 DAY = 86_400_000
@@ -213,11 +218,6 @@ def test_the_trainers_customer_histories_travel_apart_from_the_models_the_worker
     """Snapshot.models (kept and loaded by every worker, RETENTION_MODEL_SNAPSHOTS_KEPT of
     them) must not grow with the customers; the BG/NBD histories only a trainer needs go in
     Snapshot.state, of which a worker keeps the newest only."""
-    import pickle
-    import zlib
-
-    from models.trainer import dump_models
-
     crowded = fresh()
     assert crowded.bgnbd is not None
     crowded.bgnbd.histories = {f"u{i}": (i % 5, float(i % 90), 90.0, i) for i in range(20_000)}
@@ -248,12 +248,55 @@ def test_the_trainers_customer_histories_travel_apart_from_the_models_the_worker
     taken_over = Trainer.resume_from(store.latest, models_bytes, load_models, fresh(), DAY, PARTITIONS, state=store.state)
     assert taken_over.models.bgnbd.histories == histories
     assert taken_over.models.report()["bgnbd"]["customers"] == len(histories)
-    # a state that does not load costs the histories, not the models
+    # a state that does not load costs the histories and the metrics' windows, not the models
     broken = Trainer.resume_from(store.latest, models_bytes, load_models, fresh(), DAY, PARTITIONS, state=b"not a state")
     assert broken.refused is None and broken.models.bgnbd.histories == {}
-    assert broken.models.report()["churn"] == taken_over.models.report()["churn"]
+    learners = ("model", "version", "labels", "prior", "blend")
+    assert {k: broken.models.report()["churn"][k] for k in learners} == {k: taken_over.models.report()["churn"][k] for k in learners}
+    assert broken.models.report()["churn"]["metrics"]["count"] == 0 < taken_over.models.report()["churn"]["metrics"]["count"]
 
     # a snapshot of before the split (histories inside the models' pickle, no state) still resumes with them
     old = Snapshot(boundary=last.boundary, version=last.version, model_boundary=last.model_boundary, learned=last.learned,
                    dropped=last.dropped, marks=last.marks, models=zlib.compress(pickle.dumps(trainer.models)))
     assert Trainer.resume([old], load_models, fresh(), DAY, PARTITIONS).models.bgnbd.histories == histories
+
+
+def test_snapshots_carry_the_metrics_figures_and_the_trainer_keeps_their_windows() -> None:
+    """The prequential metrics' windows were ~90 % of the models every worker loads at each
+    period, only to show a few figures: the models carry the figures, the trainer's state the
+    windows, and a resumed trainer goes on with the same windows."""
+    from models.prequential import Figures
+
+    trainer, published = run(stream(examples(), seed=5))
+    last = [s for s in published if s.models is not None][-1]
+    scoring = load_models(last.models)
+    assert isinstance(scoring.learners.churn_metrics, Figures) and isinstance(scoring.learners.loyalty_metrics, Figures)
+    resumed = Trainer.resume([decode_snapshot(encode_snapshot(s, KEYS.sign), KEYS) for s in published], load_models, fresh(), DAY, PARTITIONS)
+    report = resumed.models.report()
+    assert report["churn"]["metrics"]["count"] > 0 and report == scoring.report()  # what the workers showed
+    assert report["churn"]["calibration"] and report["churn"]["calibration"] == scoring.report()["churn"]["calibration"]
+    assert not isinstance(resumed.models.learners.churn_metrics, Figures)
+    with pytest.raises(TypeError, match="learn nothing"):
+        scoring.learners.observe({"recency_days": 40.0}, churned=None, days=0, churn_p=0.9, loyalty_p=0.5)
+    count = report["loyalty"]["metrics"]["count"]
+    resumed.models.learners.observe({"recency_days": 40.0}, churned=None, days=0, churn_p=0.9, loyalty_p=0.5)
+    assert resumed.models.report()["loyalty"]["metrics"]["count"] == count + 1
+
+    # the windows are most of the learners' bytes: without them the models are a fraction
+    with_windows = zlib.compress(pickle.dumps(trainer.models, protocol=pickle.HIGHEST_PROTOCOL), 1)
+    assert len(dump_models(trainer.models)) < len(with_windows) / 3
+    assert isinstance(trainer.models.learners.churn_metrics, ChurnMetrics)  # (figures only while pickled)
+
+    # a snapshot without a state (none, or from before) resumes with the metrics started again
+    bare = msgspec.structs.replace(last, state=None)
+    again = Trainer.resume([bare], load_models, fresh(), DAY, PARTITIONS)
+    assert again.models.report()["churn"]["metrics"]["count"] == 0
+    again.models.learners.observe({"recency_days": 40.0}, churned=None, days=0, churn_p=0.9, loyalty_p=0.5)
+    # ... and a v2 record (its state the histories' zlib stream, its models with the windows) still resumes with both
+    with_windows_v2 = msgspec.structs.replace(last, v=2, state=trainer.models.bgnbd.dump_histories(),
+                                              models=zlib.compress(pickle.dumps(trainer.models), 1))
+    v2 = decode_snapshot(encode_snapshot(with_windows_v2, KEYS.sign), KEYS)
+    assert v2.v == 2 and last.v == SNAPSHOT_VERSION == 3
+    legacy = Trainer.resume([v2], load_models, fresh(), DAY, PARTITIONS).models
+    assert legacy.bgnbd.histories == trainer.models.bgnbd.histories and legacy.report() == trainer.models.report()
+    assert isinstance(legacy.learners.churn_metrics, ChurnMetrics)
