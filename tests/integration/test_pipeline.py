@@ -283,6 +283,23 @@ def test_any_worker_answers_for_any_user_by_forwarding_to_the_owner(pipeline: Pi
     assert reports[0]["version"] is not None and reports[0]["learned"]["churn"] > 0
 
 
+def test_a_worker_with_only_idle_partitions_still_lets_the_trainer_hear_from_each(pipeline: Pipeline) -> None:
+    """A worker that holds no record and knows of no marker still vouches for its idle
+    partitions (at their own clocks), so the trainer hears from every partition and publishes
+    a marker, whose watermarks then tell every worker what time to vouch for. Without it, a
+    second worker that owned only idle partitions from its start (the first worker's fold
+    thread had not started before the rebalance) left the trainer, and the first worker's
+    records waiting for a snapshot, waiting for good (seen in the forwarding test above)."""
+    worker = pipeline.worker(**NO_CONTROL)
+    worker.wait_ready()
+    deadline = time.monotonic() + 30
+    while (snapshot := worker.get_json("/models")[1]["snapshot"])["covered"] is None:
+        assert time.monotonic() < deadline, snapshot
+        time.sleep(0.25)
+    assert snapshot["covered"] == 0 and snapshot["boundary"] is None, snapshot  # a marker: nothing to learn yet
+    assert sorted(snapshot["watermarks"]) == [str(p) for p in range(pipeline.settings.partitions)], snapshot
+
+
 def test_a_backlog_is_merged_in_event_time_so_a_returning_buyer_still_gets_the_lapse_coupon(pipeline: Pipeline) -> None:
     """The sparse purchases topic is read far ahead of the dense clicks. If the buyer's
     return on day 45 were folded in before the clock reached day 35, the lapse between

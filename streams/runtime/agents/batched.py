@@ -659,12 +659,17 @@ class BatchIngest:
     def _vouch_for_idle_partitions(self) -> None:
         """Partitions with nothing to read (no record buffered or waiting, every input caught
         up) send as their watermark the latest time any partition needs, so that a shop
-        whose partitions are not all busy does not stall the trainer (as the Faust agent does)."""
+        whose partitions are not all busy does not stall the trainer (as the Faust agent does).
+
+        A worker that knows of no such time (it holds no record, and the trainer has published
+        no marker yet) still vouches, at its partitions' own clocks: the trainer needs a
+        watermark of every partition before it covers anything, and its first marker then
+        carries the other partitions' marks, from which this worker learns the time to vouch
+        for. (Otherwise a worker owning only idle partitions from the start would leave the
+        trainer, and every record waiting for a snapshot, waiting for good.)"""
         latest = self.follower.store.latest
         need = max((max(w.clock.now, self._merge_ts(w.partition, w.held[2]) or 0) for w in self.works.values() if w.held), default=0)
         need = max(need, max(latest.marks.values(), default=0) if latest else 0)
-        if not need:
-            return
         since = self.polled_ms - int(VOUCH_EVERY_S * 2000)
         for work in self.works.values():
             if work.held is None and not work.merge.size and all(self._caught_up(work, t, since) for t in self.inputs):
